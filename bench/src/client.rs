@@ -1,0 +1,220 @@
+//! A lean Confab protocol client for load generation: pipelined writes,
+//! and a reader that counts events without decoding them fully, so the
+//! load generator spends its CPU on load, not on allocations.
+
+use std::net::SocketAddr;
+
+use anyhow::{bail, Context};
+use bytes::{Bytes, BytesMut};
+use confab_codec::{
+    frame_type, Body, DeviceId, Frame, Header, Hello, MessageKind, Publish, RoomId, Seq, StartAt,
+    Subscribe, SubscribeItem, HEADER_LEN,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+
+/// Read side of a connection.
+pub struct Reader {
+    rd: OwnedReadHalf,
+    buf: BytesMut,
+}
+
+/// Write side of a connection.
+pub struct Writer {
+    wr: OwnedWriteHalf,
+    out: BytesMut,
+    next_request: u32,
+}
+
+/// What the light parser extracts from a server frame.
+#[derive(Debug)]
+pub enum Incoming {
+    /// One or more room events; the first 8 payload bytes of each (the
+    /// bench's timestamp) are returned.
+    Events { stamps: Vec<u64>, last_seq: u64 },
+    /// A publish was acknowledged.
+    PublishAck,
+    /// Anything else (decoded).
+    Other(Frame),
+}
+
+/// Connects and completes the handshake.
+pub async fn connect(
+    addr: SocketAddr,
+    user: &str,
+    device: &str,
+) -> anyhow::Result<(Reader, Writer)> {
+    let stream = TcpStream::connect(addr)
+        .await
+        .with_context(|| format!("connecting to {addr}"))?;
+    stream.set_nodelay(true)?;
+    let (rd, wr) = stream.into_split();
+    let mut reader = Reader {
+        rd,
+        buf: BytesMut::with_capacity(256 << 10),
+    };
+    let mut writer = Writer {
+        wr,
+        out: BytesMut::with_capacity(64 << 10),
+        next_request: 1,
+    };
+    writer.queue(Hello {
+        min_version: 1,
+        max_version: 1,
+        token: format!("{user}:{device}"),
+        device: DeviceId::new(device)?,
+        client_name: "confab-bench".into(),
+        resume: vec![],
+    })?;
+    writer.flush().await?;
+    match reader.next().await? {
+        Some(Incoming::Other(Frame {
+            body: Body::Welcome(_),
+            ..
+        })) => Ok((reader, writer)),
+        other => bail!("handshake failed: {other:?}"),
+    }
+}
+
+impl Writer {
+    /// Queues a frame (sent on the next flush) and returns its request id.
+    pub fn queue(&mut self, body: impl Into<Body>) -> anyhow::Result<u32> {
+        let rid = self.next_request;
+        self.next_request = self.next_request.wrapping_add(1).max(1);
+        Frame::request(rid, body).encode(&mut self.out)?;
+        Ok(rid)
+    }
+
+    /// Queues a publish of `payload`.
+    pub fn queue_publish(
+        &mut self,
+        room: &RoomId,
+        client_msg_id: u64,
+        payload: Bytes,
+    ) -> anyhow::Result<u32> {
+        self.queue(Publish {
+            room: room.clone(),
+            client_msg_id,
+            kind: MessageKind::MESSAGE,
+            refers_to: None,
+            thread: None,
+            payload,
+        })
+    }
+
+    /// Queues a subscription to `rooms`.
+    pub fn queue_subscribe(&mut self, rooms: &[RoomId], start: StartAt) -> anyhow::Result<u32> {
+        self.queue(Subscribe {
+            items: rooms
+                .iter()
+                .map(|r| SubscribeItem {
+                    room: r.clone(),
+                    start,
+                })
+                .collect(),
+        })
+    }
+
+    /// Bytes queued and not yet written.
+    pub fn pending(&self) -> usize {
+        self.out.len()
+    }
+
+    /// Writes everything queued.
+    pub async fn flush(&mut self) -> anyhow::Result<()> {
+        if !self.out.is_empty() {
+            self.wr.write_all(&self.out).await?;
+            self.out.clear();
+        }
+        Ok(())
+    }
+}
+
+fn get_u64(b: &[u8], at: usize) -> Option<u64> {
+    Some(u64::from_be_bytes(b.get(at..at + 8)?.try_into().ok()?))
+}
+
+/// Parses one EventRecord at `at`; returns (seq, first 8 payload bytes, end).
+fn record(b: &[u8], at: usize) -> Option<(u64, u64, usize)> {
+    let seq = get_u64(b, at)?;
+    let mut p = at + 16;
+    let sender = *b.get(p)? as usize;
+    p += 1 + sender;
+    let device = *b.get(p)? as usize;
+    p += 1 + device;
+    p += 8 + 1 + 8 + 8;
+    let len = u32::from_be_bytes(b.get(p..p + 4)?.try_into().ok()?) as usize;
+    p += 4;
+    let stamp = if len >= 8 { get_u64(b, p)? } else { 0 };
+    Some((seq, stamp, p + len))
+}
+
+impl Reader {
+    /// The next frame, lightly parsed; None when the server closed.
+    pub async fn next(&mut self) -> anyhow::Result<Option<Incoming>> {
+        loop {
+            if let Some(h) = Header::peek(&self.buf) {
+                let total = HEADER_LEN + h.len as usize;
+                if self.buf.len() >= total {
+                    let frame = self.buf.split_to(total).freeze();
+                    let body = &frame[HEADER_LEN..];
+                    return Ok(Some(match h.frame_type {
+                        frame_type::PublishAck => Incoming::PublishAck,
+                        frame_type::Event => {
+                            let room_len = *body.first().context("short event")? as usize;
+                            let (seq, stamp, _) =
+                                record(body, 1 + room_len).context("bad event")?;
+                            Incoming::Events {
+                                stamps: vec![stamp],
+                                last_seq: seq,
+                            }
+                        }
+                        frame_type::EventBatch => {
+                            let room_len = *body.first().context("short batch")? as usize;
+                            let mut p = 1 + room_len;
+                            let count = u16::from_be_bytes(
+                                body.get(p..p + 2).context("short batch")?.try_into()?,
+                            );
+                            p += 2;
+                            let mut stamps = Vec::with_capacity(count as usize);
+                            let mut last_seq = 0;
+                            for _ in 0..count {
+                                let (seq, stamp, end) = record(body, p).context("bad batch")?;
+                                stamps.push(stamp);
+                                last_seq = seq;
+                                p = end;
+                            }
+                            Incoming::Events { stamps, last_seq }
+                        }
+                        _ => {
+                            let mut b = BytesMut::from(&frame[..]);
+                            match Frame::decode(&mut b, u32::MAX)? {
+                                Some(f) => Incoming::Other(f),
+                                None => bail!("incomplete frame"),
+                            }
+                        }
+                    }));
+                }
+                self.buf.reserve(total - self.buf.len());
+            }
+            if self.rd.read_buf(&mut self.buf).await? == 0 {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// Reads until a SubscribeAck arrives; returns the head of the first room.
+    pub async fn wait_subscribed(&mut self) -> anyhow::Result<Seq> {
+        loop {
+            match self.next().await? {
+                Some(Incoming::Other(Frame {
+                    body: Body::SubscribeAck(a),
+                    ..
+                })) => return Ok(a.results.first().map(|r| r.head).unwrap_or_default()),
+                Some(_) => {}
+                None => bail!("closed before SubscribeAck"),
+            }
+        }
+    }
+}

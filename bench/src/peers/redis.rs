@@ -1,0 +1,392 @@
+//! Redis: pub/sub (PUBLISH/SUBSCRIBE, no persistence) for fan-out and
+//! latency; Streams (XADD pipelined from several connections) for durable
+//! publish, with three persistence settings:
+//!
+//! | system               | redis-server flags                      | compared with Confab |
+//! |----------------------|-----------------------------------------|----------------------|
+//! | `redis`              | `--appendonly no --save ''` (in memory) | `none`               |
+//! | `redis-aof-everysec` | `--appendonly yes --appendfsync everysec` | `wal` (survives a process kill, not a power cut) |
+//! | `redis-aof-always`   | `--appendonly yes --appendfsync always`   | `fsync` (fsync per event-loop batch) |
+//!
+//! Replay reads a stream from the start with XRANGE.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use futures_util::StreamExt;
+use redis::aio::MultiplexedConnection;
+use tokio::task::JoinHandle;
+
+use super::{measure, open_loop, reap, stamp_of, Binary, LatencySink, Pacer, PeerProc};
+use crate::report::Latency;
+use crate::scenarios::{now_ns, payload, Knobs};
+
+/// Redis persistence settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Persist {
+    /// No AOF, no RDB snapshots.
+    None,
+    /// AOF, fsync once a second.
+    AofEverySec,
+    /// AOF, fsync before replying (per event-loop batch).
+    AofAlways,
+}
+
+impl Persist {
+    /// The system name in the results.
+    pub fn system(self) -> &'static str {
+        match self {
+            Persist::None => "redis",
+            Persist::AofEverySec => "redis-aof-everysec",
+            Persist::AofAlways => "redis-aof-always",
+        }
+    }
+}
+
+/// A running redis-server.
+pub struct RedisServer {
+    proc: PeerProc,
+    client: redis::Client,
+}
+
+impl RedisServer {
+    /// Starts redis-server on a free loopback port, with its own dir.
+    pub async fn start(
+        bin: &Binary,
+        cpus: Option<&str>,
+        persist: Persist,
+    ) -> anyhow::Result<RedisServer> {
+        let (addr, dir) = PeerProc::prepare("redis-")?;
+        let mut cmd = crate::target::pinned(&bin.path, cpus);
+        cmd.arg("--bind")
+            .arg("127.0.0.1")
+            .arg("--port")
+            .arg(addr.port().to_string())
+            .arg("--dir")
+            .arg(dir.path())
+            .arg("--save")
+            .arg("")
+            .arg("--daemonize")
+            .arg("no")
+            .arg("--protected-mode")
+            .arg("no")
+            .arg("--maxclients")
+            .arg("15000")
+            // Subscribers are paced (see Pacer); this only keeps a brief
+            // burst from getting one cut off.
+            .arg("--client-output-buffer-limit")
+            .arg("pubsub 256mb 128mb 60");
+        match persist {
+            Persist::None => {
+                cmd.arg("--appendonly").arg("no");
+            }
+            Persist::AofEverySec => {
+                cmd.arg("--appendonly")
+                    .arg("yes")
+                    .arg("--appendfsync")
+                    .arg("everysec");
+            }
+            Persist::AofAlways => {
+                cmd.arg("--appendonly")
+                    .arg("yes")
+                    .arg("--appendfsync")
+                    .arg("always");
+            }
+        }
+        let proc = PeerProc::spawn(cmd, addr, dir)
+            .await
+            .context("starting redis-server")?;
+        let client = redis::Client::open(format!("redis://{addr}/"))?;
+        Ok(RedisServer { proc, client })
+    }
+
+    /// Resident memory, in MiB.
+    pub fn rss_mib(&self) -> u64 {
+        self.proc.rss_mib()
+    }
+
+    async fn conn(&self) -> anyhow::Result<MultiplexedConnection> {
+        let cfg = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(10)))
+            .set_response_timeout(Some(Duration::from_secs(120)));
+        self.client
+            .get_multiplexed_async_connection_with_config(&cfg)
+            .await
+            .context("connecting to redis")
+    }
+}
+
+type Tasks = Vec<JoinHandle<anyhow::Result<()>>>;
+
+/// `subs` connections subscribed to `channel`, each running `per_sub` on
+/// its message stream (SUBSCRIBE is confirmed before this returns).
+async fn subscribers<F, Fut>(
+    server: &RedisServer,
+    subs: usize,
+    channel: &str,
+    per_sub: F,
+) -> anyhow::Result<Tasks>
+where
+    F: Fn(redis::aio::PubSubStream) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+{
+    let mut tasks = Vec::with_capacity(subs);
+    for s in 0..subs {
+        let mut ps = server
+            .client
+            .get_async_pubsub()
+            .await
+            .with_context(|| format!("subscriber {s}"))?;
+        ps.subscribe(channel).await?;
+        tasks.push(tokio::spawn(per_sub(ps.into_on_message())));
+    }
+    Ok(tasks)
+}
+
+/// Pub/sub fan-out: one publisher connection with `window` PUBLISHes in
+/// flight (two pipelines of half a window, like the Confab client's
+/// refill at half), paced to stay at most `lag` messages ahead of the
+/// subscribers. Returns (deliveries/s, publishes/s, notes).
+pub async fn fanout(
+    server: &RedisServer,
+    subs: usize,
+    window: usize,
+    lag: usize,
+    size: usize,
+    k: &Knobs,
+) -> anyhow::Result<(f64, f64, Option<String>)> {
+    let channel = format!("fan-{subs}-{}", now_ns());
+    let pacer = Pacer::new(subs, lag);
+    let readers = subscribers(server, subs, &channel, |stream| {
+        let pacer = pacer.clone();
+        async move {
+            let mut chunks = stream.ready_chunks(1024);
+            while let Some(msgs) = chunks.next().await {
+                pacer.delivered(msgs.len() as u64);
+            }
+            anyhow::bail!("subscription ended")
+        }
+    })
+    .await?;
+    let conn = server.conn().await?;
+    let half = (window / 2).max(1);
+    let publishers = (0..2)
+        .map(|_| {
+            tokio::spawn(publisher(
+                conn.clone(),
+                channel.clone(),
+                half,
+                size,
+                pacer.clone(),
+            ))
+        })
+        .collect();
+    let rates = measure(k, &[&pacer.delivered, &pacer.published]).await;
+    let mut notes = reap("publishers", publishers).await;
+    if let Some(n) = reap("subscribers", readers).await {
+        notes = Some(n);
+    }
+    Ok((rates[0], rates[1], notes))
+}
+
+async fn publisher(
+    mut conn: MultiplexedConnection,
+    channel: String,
+    batch: usize,
+    size: usize,
+    pacer: Arc<Pacer>,
+) -> anyhow::Result<()> {
+    loop {
+        let mut pipe = redis::pipe();
+        for _ in 0..batch {
+            pipe.cmd("PUBLISH")
+                .arg(&channel)
+                .arg(payload(size, now_ns()).as_ref())
+                .ignore();
+        }
+        pipe.query_async::<()>(&mut conn).await?;
+        pacer.published(batch as u64);
+        pacer.wait().await;
+    }
+}
+
+struct RedisSender {
+    conn: MultiplexedConnection,
+    channel: String,
+    size: usize,
+    errors: Arc<AtomicU64>,
+}
+
+impl super::Sender for RedisSender {
+    async fn send(&mut self, stamps: &[u64]) -> anyhow::Result<()> {
+        let mut pipe = redis::pipe();
+        for &s in stamps {
+            pipe.cmd("PUBLISH")
+                .arg(&self.channel)
+                .arg(payload(self.size, s).as_ref())
+                .ignore();
+        }
+        // Replies are awaited off the send path, so they never delay sends.
+        let mut conn = self.conn.clone();
+        let errors = self.errors.clone();
+        tokio::spawn(async move {
+            if pipe.query_async::<()>(&mut conn).await.is_err() {
+                errors.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        Ok(())
+    }
+}
+
+/// Open-loop pub/sub latency at `rate` msgs/s to `subs` subscribers.
+pub async fn latency(
+    server: &RedisServer,
+    rate: f64,
+    subs: usize,
+    size: usize,
+    k: &Knobs,
+) -> anyhow::Result<(f64, Latency, Option<String>)> {
+    let channel = format!("lat-{}", now_ns());
+    let sink = LatencySink::new();
+    let readers = subscribers(server, subs, &channel, |stream| {
+        let mut rec = sink.recorder();
+        async move {
+            let mut chunks = stream.ready_chunks(1024);
+            loop {
+                tokio::select! {
+                    _ = rec.stopped() => return Ok(()),
+                    msgs = chunks.next() => match msgs {
+                        Some(msgs) => rec.record(msgs.iter().map(|m| stamp_of(m.get_payload_bytes()))),
+                        None => anyhow::bail!("subscription ended"),
+                    },
+                }
+            }
+        }
+    })
+    .await?;
+    let errors = Arc::new(AtomicU64::new(0));
+    let mut sender = RedisSender {
+        conn: server.conn().await?,
+        channel,
+        size,
+        errors: errors.clone(),
+    };
+    let (achieved, lat, mut notes) = open_loop(rate, k, &sink, readers, &mut sender).await?;
+    let errors = errors.load(Ordering::Relaxed);
+    if errors > 0 {
+        notes = Some(format!(
+            "{errors} PUBLISH pipelines failed; {}",
+            notes.unwrap_or_default()
+        ));
+    }
+    Ok((achieved, lat, notes))
+}
+
+/// Streams publish throughput: `conns` connections, each with `window`
+/// XADDs in flight (two pipelines of half a window), over `keys` streams.
+/// Counts replies per second.
+pub async fn publish(
+    server: &RedisServer,
+    conns: usize,
+    window: usize,
+    size: usize,
+    keys: usize,
+    k: &Knobs,
+) -> anyhow::Result<(f64, Option<String>)> {
+    let acked = Arc::new(AtomicU64::new(0));
+    let keys = keys.max(1);
+    let half = (window / 2).max(1);
+    let mut tasks = Vec::new();
+    for c in 0..conns {
+        let conn = server.conn().await?;
+        let names: Vec<String> = (0..keys)
+            .map(|r| format!("room-{}", (c + r * conns) % keys))
+            .collect();
+        for _ in 0..2 {
+            tasks.push(tokio::spawn(xadd_loop(
+                conn.clone(),
+                names.clone(),
+                half,
+                size,
+                acked.clone(),
+            )));
+        }
+    }
+    let rate = measure(k, &[&acked]).await[0];
+    let notes = reap("publishers", tasks).await;
+    Ok((rate, notes))
+}
+
+async fn xadd_loop(
+    mut conn: MultiplexedConnection,
+    keys: Vec<String>,
+    batch: usize,
+    size: usize,
+    acked: Arc<AtomicU64>,
+) -> anyhow::Result<()> {
+    let mut n = 0usize;
+    loop {
+        let mut pipe = redis::pipe();
+        for _ in 0..batch {
+            n += 1;
+            pipe.cmd("XADD")
+                .arg(&keys[n % keys.len()])
+                .arg("*")
+                .arg("p")
+                .arg(payload(size, now_ns()).as_ref())
+                .ignore();
+        }
+        pipe.query_async::<()>(&mut conn).await?;
+        acked.fetch_add(batch as u64, Ordering::Relaxed);
+    }
+}
+
+/// Replay: fills one stream with `count` entries, then times reading it
+/// all from the start with XRANGE, 10,000 entries per call.
+pub async fn replay(server: &RedisServer, count: u64, size: usize) -> anyhow::Result<f64> {
+    let mut conn = server.conn().await?;
+    let body = payload(size, 0);
+    let mut sent = 0u64;
+    while sent < count {
+        let n = (count - sent).min(4096);
+        let mut pipe = redis::pipe();
+        for _ in 0..n {
+            pipe.cmd("XADD")
+                .arg("replay")
+                .arg("*")
+                .arg("p")
+                .arg(body.as_ref())
+                .ignore();
+        }
+        pipe.query_async::<()>(&mut conn).await?;
+        sent += n;
+    }
+    let t0 = Instant::now();
+    let mut start = "-".to_string();
+    let mut got = 0u64;
+    while got < count {
+        let reply: redis::Value = redis::cmd("XRANGE")
+            .arg("replay")
+            .arg(&start)
+            .arg("+")
+            .arg("COUNT")
+            .arg(10_000)
+            .query_async(&mut conn)
+            .await?;
+        let redis::Value::Array(entries) = reply else {
+            anyhow::bail!("XRANGE: unexpected reply {reply:?}");
+        };
+        let Some(redis::Value::Array(last)) = entries.last() else {
+            anyhow::bail!("XRANGE: stream ended after {got} of {count} entries");
+        };
+        let id = match last.first() {
+            Some(redis::Value::BulkString(id)) => String::from_utf8_lossy(id).into_owned(),
+            other => anyhow::bail!("XRANGE: unexpected entry id {other:?}"),
+        };
+        got += entries.len() as u64;
+        start = format!("({id}");
+    }
+    Ok(count as f64 / t0.elapsed().as_secs_f64())
+}

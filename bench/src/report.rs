@@ -1,0 +1,210 @@
+//! Results: one row per measurement, printed as a table and saved as JSON.
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+/// Latency percentiles in microseconds.
+#[derive(Debug, Clone, Serialize)]
+pub struct Latency {
+    /// Median.
+    pub p50_us: f64,
+    /// 90th percentile.
+    pub p90_us: f64,
+    /// 99th percentile.
+    pub p99_us: f64,
+    /// 99.9th percentile.
+    pub p999_us: f64,
+    /// Maximum.
+    pub max_us: f64,
+    /// Samples.
+    pub count: u64,
+}
+
+impl Latency {
+    /// From a histogram of nanoseconds.
+    pub fn from_ns(h: &Histogram<u64>) -> Latency {
+        let us = |v: u64| v as f64 / 1000.0;
+        Latency {
+            p50_us: us(h.value_at_quantile(0.50)),
+            p90_us: us(h.value_at_quantile(0.90)),
+            p99_us: us(h.value_at_quantile(0.99)),
+            p999_us: us(h.value_at_quantile(0.999)),
+            max_us: us(h.max()),
+            count: h.len(),
+        }
+    }
+}
+
+/// One measurement.
+#[derive(Debug, Clone, Serialize)]
+pub struct Row {
+    /// Scenario name.
+    pub scenario: String,
+    /// System measured: `confab`, `nats`, `redis`, ...
+    pub system: String,
+    /// Parameters, human-readable.
+    pub params: String,
+    /// Achieved rate.
+    pub rate: f64,
+    /// What the rate counts (`msgs/s`, `deliveries/s`).
+    pub unit: String,
+    /// Offered rate, for open-loop runs.
+    pub offered: Option<f64>,
+    /// Latency, where measured.
+    pub latency: Option<Latency>,
+    /// Free-form notes (RSS, errors).
+    pub notes: String,
+}
+
+fn fmt_rate(r: f64) -> String {
+    if r >= 1e6 {
+        format!("{:.2} M", r / 1e6)
+    } else if r >= 1e3 {
+        format!("{:.1} k", r / 1e3)
+    } else {
+        format!("{r:.0}")
+    }
+}
+
+/// Prints rows as an aligned table.
+pub fn print_table(rows: &[Row]) {
+    println!(
+        "{:<10} {:<18} {:<44} {:>10} {:<13} {:>9} {:>7} {:>7} {:>8} {:>8} {:>8}  notes",
+        "scenario",
+        "system",
+        "params",
+        "rate",
+        "unit",
+        "offered",
+        "p50 us",
+        "p90 us",
+        "p99 us",
+        "p99.9 us",
+        "max us"
+    );
+    for r in rows {
+        let (p50, p90, p99, p999, max) = match &r.latency {
+            Some(l) => (
+                format!("{:.0}", l.p50_us),
+                format!("{:.0}", l.p90_us),
+                format!("{:.0}", l.p99_us),
+                format!("{:.0}", l.p999_us),
+                format!("{:.0}", l.max_us),
+            ),
+            None => Default::default(),
+        };
+        println!(
+            "{:<10} {:<18} {:<44} {:>10} {:<13} {:>9} {:>7} {:>7} {:>8} {:>8} {:>8}  {}",
+            r.scenario,
+            r.system,
+            r.params,
+            fmt_rate(r.rate),
+            r.unit,
+            r.offered.map(fmt_rate).unwrap_or_default(),
+            p50,
+            p90,
+            p99,
+            p999,
+            max,
+            r.notes
+        );
+    }
+}
+
+/// Confab's result divided by a peer's, for one measurement both made.
+#[derive(Debug, Clone, Serialize)]
+pub struct Ratio {
+    /// Scenario name.
+    pub scenario: String,
+    /// Confab's parameters.
+    pub params: String,
+    /// The peer system (`nats`, `redis-aof-always`, ...).
+    pub peer: String,
+    /// The peer's parameters.
+    pub peer_params: String,
+    /// Confab's rate.
+    pub confab_rate: f64,
+    /// The peer's rate.
+    pub peer_rate: f64,
+    /// Confab's rate / the peer's (above 1: Confab is faster).
+    pub rate_ratio: f64,
+    /// Confab's p99 latency (us), for latency rows.
+    pub confab_p99_us: Option<f64>,
+    /// The peer's p99 latency (us), for latency rows.
+    pub peer_p99_us: Option<f64>,
+    /// Confab's p99 / the peer's, for latency rows (below 1: Confab's is lower).
+    pub p99_ratio: Option<f64>,
+}
+
+/// Ratios for `pairs` of (Confab row, peer row) indices into `rows`;
+/// pairs with a failed (zero-rate) side are left out.
+pub fn ratios(rows: &[Row], pairs: &[(usize, usize)]) -> Vec<Ratio> {
+    pairs
+        .iter()
+        .filter_map(|&(c, p)| {
+            let (c, p) = (rows.get(c)?, rows.get(p)?);
+            if c.rate <= 0.0 || p.rate <= 0.0 {
+                return None;
+            }
+            let (cp, pp) = (
+                c.latency.as_ref().map(|l| l.p99_us),
+                p.latency.as_ref().map(|l| l.p99_us),
+            );
+            let p99_ratio = match (cp, pp) {
+                (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+                _ => None,
+            };
+            Some(Ratio {
+                scenario: c.scenario.clone(),
+                params: c.params.clone(),
+                peer: p.system.clone(),
+                peer_params: p.params.clone(),
+                confab_rate: c.rate,
+                peer_rate: p.rate,
+                rate_ratio: c.rate / p.rate,
+                confab_p99_us: cp,
+                peer_p99_us: pp,
+                p99_ratio,
+            })
+        })
+        .collect()
+}
+
+/// Prints the ratios as an aligned table.
+pub fn print_ratios(ratios: &[Ratio]) {
+    println!("ratios: confab / peer (rate: above 1 = confab faster; p99: below 1 = confab lower)");
+    println!(
+        "{:<10} {:<44} {:<18} {:>10} {:>10} {:>8} {:>10} {:>10} {:>8}",
+        "scenario",
+        "confab params",
+        "peer",
+        "confab",
+        "peer",
+        "rate",
+        "confab p99",
+        "peer p99",
+        "p99"
+    );
+    for r in ratios {
+        let us = |v: Option<f64>| v.map(|v| format!("{v:.0} us")).unwrap_or_default();
+        let pr = r.p99_ratio.map(|x| format!("{x:.2}x")).unwrap_or_default();
+        let (cp, pp) = (us(r.confab_p99_us), us(r.peer_p99_us));
+        println!(
+            "{:<10} {:<44} {:<18} {:>10} {:>10} {:>8} {:>10} {:>10} {:>8}",
+            r.scenario,
+            r.params,
+            r.peer,
+            fmt_rate(r.confab_rate),
+            fmt_rate(r.peer_rate),
+            format!("{:.2}x", r.rate_ratio),
+            cp,
+            pp,
+            pr
+        );
+    }
+}
+
+/// A histogram for latencies from 1 ns to 60 s at 3 significant digits.
+pub fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("static histogram bounds are valid")
+}

@@ -1,0 +1,493 @@
+//! Typed, layered, validated configuration.
+//!
+//! Layers, each overriding the one before: built-in defaults, then a TOML
+//! file, then `CONFAB_<SECTION>__<KEY>` environment variables, then
+//! command-line flags. Unknown keys are errors, so a typo never silently
+//! falls back to a default.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// How durable an acknowledged publish is. See docs/operations.md.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// No write-ahead log: acknowledged messages live in memory until the
+    /// next flush. Survives a clean shutdown only. For benchmarks.
+    None,
+    /// Write-ahead log without fsync: survives a process crash or
+    /// `kill -9`, not a power loss or kernel crash.
+    Wal,
+    /// Write-ahead log fsynced before each group commit is acknowledged:
+    /// survives power loss.
+    Fsync,
+}
+
+/// How clients authenticate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// Insecure: the token is `user` or `user:device` and is believed.
+    Dev,
+    /// No way to authenticate is configured: every Hello is refused.
+    Disabled,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The whole broker configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where RocksDB keeps its files.
+    pub data_dir: PathBuf,
+    /// Listeners.
+    pub listen: ListenConfig,
+    /// Authentication.
+    pub auth: AuthConfig,
+    /// Storage and group commit.
+    pub storage: StorageConfig,
+    /// Admission control and protocol limits.
+    pub limits: LimitsConfig,
+    /// Per-device queues and slow consumers.
+    pub delivery: DeliveryConfig,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+/// Listener addresses.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ListenConfig {
+    /// Plain TCP.
+    pub tcp: SocketAddr,
+}
+
+/// Authentication settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// `dev` (insecure, the default for local use) or `disabled`.
+    pub mode: AuthMode,
+}
+
+/// Storage settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// `none`, `wal` (default) or `fsync`.
+    pub durability: Durability,
+    /// Most messages in one group commit.
+    pub max_batch: usize,
+    /// RocksDB block cache, in MiB.
+    pub block_cache_mb: usize,
+    /// Publishes remembered for deduplication of retries, across all rooms.
+    pub dedup_window: usize,
+    /// After a restart, how many of a room's latest messages are scanned to
+    /// rebuild its deduplication entries when the room is first used.
+    pub dedup_recovery_scan: usize,
+}
+
+/// Admission control and protocol limits.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Most simultaneous connections; more are refused with `ServerBusy`.
+    pub max_connections: usize,
+    /// Largest frame body accepted, in bytes.
+    pub max_frame_len: u32,
+    /// Largest message payload accepted, in bytes.
+    pub max_payload_len: u32,
+    /// Most rooms one connection may follow.
+    pub max_rooms_per_connection: u32,
+    /// Time allowed between accept and a valid Hello, in milliseconds.
+    pub handshake_timeout_ms: u64,
+    /// Heartbeat interval announced to clients, in milliseconds.
+    pub heartbeat_ms: u64,
+    /// A connection silent this long is closed, in milliseconds.
+    pub idle_timeout_ms: u64,
+    /// Most unacknowledged publishes per connection; beyond it the broker
+    /// stops reading from that connection until acks go out.
+    pub max_inflight_publishes: u32,
+}
+
+/// Per-device outbound queues.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeliveryConfig {
+    /// Frames a device's live queue holds before its rooms switch to
+    /// catch-up from the log.
+    pub queue_capacity: usize,
+    /// A device whose socket accepts nothing for this long is disconnected,
+    /// in milliseconds.
+    pub slow_consumer_timeout_ms: u64,
+    /// Most bytes written to a socket per write call.
+    pub write_batch_bytes: usize,
+    /// Most events per catch-up or history frame.
+    pub catchup_batch: usize,
+}
+
+/// Logging.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A `tracing` filter, for example `info` or `confab_broker=debug`.
+    pub level: String,
+    /// `text` or `json`.
+    pub format: LogFormat,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("./confab-data"),
+            listen: ListenConfig::default(),
+            auth: AuthConfig::default(),
+            storage: StorageConfig::default(),
+            limits: LimitsConfig::default(),
+            delivery: DeliveryConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+impl Default for ListenConfig {
+    fn default() -> Self {
+        Self {
+            tcp: SocketAddr::from(([127, 0, 0, 1], 7400)),
+        }
+    }
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            mode: AuthMode::Dev,
+        }
+    }
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            durability: Durability::Wal,
+            max_batch: 4096,
+            block_cache_mb: 64,
+            dedup_window: 262_144,
+            dedup_recovery_scan: 1024,
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_connections: 10_000,
+            max_frame_len: confab_codec::DEFAULT_MAX_FRAME_LEN,
+            max_payload_len: 64 << 10,
+            max_rooms_per_connection: 10_000,
+            handshake_timeout_ms: 10_000,
+            heartbeat_ms: 15_000,
+            idle_timeout_ms: 45_000,
+            max_inflight_publishes: 4096,
+        }
+    }
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        Self {
+            queue_capacity: 4096,
+            slow_consumer_timeout_ms: 30_000,
+            write_batch_bytes: 64 << 10,
+            catchup_batch: 256,
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+/// A configuration that cannot be used, and why.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The IO error.
+        source: std::io::Error,
+    },
+    /// The TOML is malformed, has an unknown key or a value of the wrong type.
+    #[error("invalid configuration ({origin}): {message}")]
+    Parse {
+        /// Which layer (file name, environment, flag).
+        origin: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A value is out of range.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Builds the configuration from defaults, an optional TOML file,
+    /// `CONFAB_*` environment variables and `key=value` overrides (in that
+    /// order), then validates it.
+    ///
+    /// Environment variables are named `CONFAB_` + the key path in capitals
+    /// with `__` between levels, for example `CONFAB_STORAGE__DURABILITY=fsync`
+    /// or `CONFAB_DATA_DIR=/var/lib/confab`. Overrides use dotted paths:
+    /// `storage.durability=fsync`.
+    ///
+    /// # Errors
+    /// If the file cannot be read, a layer does not parse, a key is unknown or
+    /// a value is out of range.
+    pub fn load(
+        file: Option<&std::path::Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        overrides: &[(String, String)],
+    ) -> Result<Config, ConfigError> {
+        let mut value =
+            toml::Value::try_from(Config::default()).map_err(|e| ConfigError::Parse {
+                origin: "defaults".into(),
+                message: e.to_string(),
+            })?;
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.to_path_buf(),
+                source,
+            })?;
+            let file_value: toml::Value =
+                toml::from_str(&text).map_err(|e| ConfigError::Parse {
+                    origin: path.display().to_string(),
+                    message: e.to_string(),
+                })?;
+            merge(&mut value, file_value);
+        }
+        for (key, raw) in env {
+            let Some(rest) = key.strip_prefix("CONFAB_") else {
+                continue;
+            };
+            if rest.is_empty() {
+                continue;
+            }
+            let path: Vec<String> = rest.split("__").map(|p| p.to_ascii_lowercase()).collect();
+            set_path(
+                &mut value,
+                &path,
+                &raw,
+                &format!("environment variable {key}"),
+            )?;
+        }
+        for (key, raw) in overrides {
+            let path: Vec<String> = key.split('.').map(str::to_owned).collect();
+            set_path(&mut value, &path, raw, &format!("override {key}"))?;
+        }
+        let config: Config = value
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Parse {
+                origin: "merged configuration".into(),
+                message: e.to_string(),
+            })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks ranges and relations between values.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] naming the first bad value.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let l = &self.limits;
+        let d = &self.delivery;
+        let s = &self.storage;
+        let checks: [(bool, &str); 12] = [
+            (
+                l.max_connections >= 1,
+                "limits.max_connections must be at least 1",
+            ),
+            (
+                l.max_frame_len >= 1024,
+                "limits.max_frame_len must be at least 1024",
+            ),
+            (
+                l.max_payload_len >= 1 && l.max_payload_len <= l.max_frame_len.saturating_sub(512),
+                "limits.max_payload_len must be between 1 and max_frame_len - 512",
+            ),
+            (
+                l.max_rooms_per_connection >= 1,
+                "limits.max_rooms_per_connection must be at least 1",
+            ),
+            (
+                l.handshake_timeout_ms >= 1,
+                "limits.handshake_timeout_ms must be at least 1",
+            ),
+            (
+                l.heartbeat_ms >= 100 && l.idle_timeout_ms > l.heartbeat_ms,
+                "limits.heartbeat_ms must be at least 100 and below limits.idle_timeout_ms",
+            ),
+            (
+                l.max_inflight_publishes >= 1,
+                "limits.max_inflight_publishes must be at least 1",
+            ),
+            (
+                d.queue_capacity >= 16,
+                "delivery.queue_capacity must be at least 16",
+            ),
+            (
+                d.slow_consumer_timeout_ms >= 100,
+                "delivery.slow_consumer_timeout_ms must be at least 100",
+            ),
+            (
+                d.write_batch_bytes >= 4096,
+                "delivery.write_batch_bytes must be at least 4096",
+            ),
+            (
+                (1..=4096).contains(&d.catchup_batch),
+                "delivery.catchup_batch must be between 1 and 4096",
+            ),
+            (
+                (1..=65_536).contains(&s.max_batch),
+                "storage.max_batch must be between 1 and 65536",
+            ),
+        ];
+        for (ok, message) in checks {
+            if !ok {
+                return Err(ConfigError::Invalid(message.into()));
+            }
+        }
+        Ok(())
+    }
+
+    /// The effective configuration as TOML.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+
+    pub(crate) fn handshake_timeout(&self) -> Duration {
+        Duration::from_millis(self.limits.handshake_timeout_ms)
+    }
+
+    pub(crate) fn idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.limits.idle_timeout_ms)
+    }
+
+    pub(crate) fn slow_consumer_timeout(&self) -> Duration {
+        Duration::from_millis(self.delivery.slow_consumer_timeout_ms)
+    }
+}
+
+fn merge(base: &mut toml::Value, over: toml::Value) {
+    match (base, over) {
+        (toml::Value::Table(base), toml::Value::Table(over)) => {
+            for (k, v) in over {
+                match base.get_mut(&k) {
+                    Some(existing) => merge(existing, v),
+                    None => {
+                        base.insert(k, v);
+                    }
+                }
+            }
+        }
+        (base, over) => *base = over,
+    }
+}
+
+/// Sets a scalar at a key path. The raw text is parsed as a TOML value when
+/// it is one (numbers, booleans) and taken as a string otherwise.
+fn set_path(
+    root: &mut toml::Value,
+    path: &[String],
+    raw: &str,
+    origin: &str,
+) -> Result<(), ConfigError> {
+    let unknown = || ConfigError::Parse {
+        origin: origin.to_owned(),
+        message: format!("unknown key `{}`", path.join(".")),
+    };
+    let (last, parents) = path.split_last().ok_or_else(unknown)?;
+    let mut node = root;
+    for p in parents {
+        node = node.get_mut(p.as_str()).ok_or_else(unknown)?;
+    }
+    let table = node.as_table_mut().ok_or_else(unknown)?;
+    let existing = table.get(last.as_str()).ok_or_else(unknown)?;
+    let parsed = match existing {
+        toml::Value::String(_) => toml::Value::String(raw.to_owned()),
+        _ => toml::from_str::<toml::Table>(&format!("v = {raw}"))
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or_else(|| toml::Value::String(raw.to_owned())),
+    };
+    table.insert(last.clone(), parsed);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layers_override_in_order() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("c.toml");
+        std::fs::write(
+            &file,
+            "[storage]\ndurability = \"fsync\"\nmax_batch = 100\n",
+        )
+        .expect("write");
+        let env = vec![
+            ("CONFAB_STORAGE__MAX_BATCH".to_owned(), "200".to_owned()),
+            ("PATH".to_owned(), "/bin".to_owned()),
+        ];
+        let overrides = vec![("limits.max_connections".to_owned(), "7".to_owned())];
+        let c = Config::load(Some(&file), env, &overrides).expect("valid");
+        assert_eq!(c.storage.durability, Durability::Fsync);
+        assert_eq!(c.storage.max_batch, 200);
+        assert_eq!(c.limits.max_connections, 7);
+        assert_eq!(c.delivery, DeliveryConfig::default());
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_clear_errors() {
+        let bad_env = vec![("CONFAB_STORAGE__NOPE".to_owned(), "1".to_owned())];
+        let e = Config::load(None, bad_env, &[]).expect_err("unknown key");
+        assert!(e.to_string().contains("storage.nope"), "{e}");
+
+        let bad_value = vec![("storage.durability".to_owned(), "sometimes".to_owned())];
+        let e = Config::load(None, Vec::new(), &bad_value).expect_err("bad enum");
+        assert!(e.to_string().contains("durability"), "{e}");
+
+        let out_of_range = vec![("limits.max_connections".to_owned(), "0".to_owned())];
+        let e = Config::load(None, Vec::new(), &out_of_range).expect_err("range");
+        assert!(e.to_string().contains("max_connections"), "{e}");
+    }
+
+    #[test]
+    fn effective_config_round_trips() {
+        let c = Config::default();
+        let text = c.to_toml();
+        let back: Config = toml::from_str(&text).expect("parses");
+        assert_eq!(back, c);
+    }
+}

@@ -1,0 +1,182 @@
+//! Fan-out: committed events go from the sequencer to every subscribed
+//! device's bounded outbox, on a dedicated thread.
+//!
+//! The thread receives, in commit order, batches of committed events and
+//! subscription changes. Because both travel through the same ordered
+//! channel, a subscription registered "at head H" sees exactly the events
+//! after H live, and reads the ones before from the log: no gap, no
+//! duplicate. Each event is encoded once; every recipient gets a clone of
+//! the same `Bytes`.
+
+mod outbox;
+mod subscription;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use confab_codec::{ErrorCode, Frame, Seq, StartAt, SubscribeAck, SubscribeResult};
+use crossbeam_channel::Receiver;
+use tokio::runtime::Handle;
+use tokio_util::task::TaskTracker;
+use tracing::warn;
+
+pub(crate) use outbox::{Drained, Outbox};
+pub(crate) use subscription::{CatchupCtx, Offer, Subscription};
+
+use crate::rooms::Room;
+use crate::storage::LogBounds;
+
+/// One committed event, encoded as an `Event` frame.
+#[derive(Debug)]
+pub(crate) struct Committed {
+    pub(crate) room: Arc<Room>,
+    pub(crate) seq: Seq,
+    pub(crate) frame: Bytes,
+}
+
+/// One room of a subscribe request, once the sequencer stamped it.
+#[derive(Debug)]
+pub(crate) struct SubscribeItem {
+    /// Index of this room's result in the reply.
+    pub(crate) index: usize,
+    pub(crate) sub: Arc<Subscription>,
+    /// An earlier subscription of the same device to the same room.
+    pub(crate) replaces: Option<Arc<Subscription>>,
+    pub(crate) start: StartAt,
+    /// The room's log bounds at this point of the commit order.
+    pub(crate) bounds: LogBounds,
+}
+
+/// A subscribe request on its way to the fan-out thread.
+#[derive(Debug)]
+pub(crate) struct SubscribeCmd {
+    pub(crate) outbox: Arc<Outbox>,
+    pub(crate) request_id: u32,
+    /// One result per requested room; refused rooms are already filled in.
+    pub(crate) results: Vec<SubscribeResult>,
+    pub(crate) items: Vec<SubscribeItem>,
+}
+
+/// Messages to the fan-out thread.
+#[derive(Debug)]
+pub(crate) enum FanoutMsg {
+    Committed(Vec<Committed>),
+    Subscribe(SubscribeCmd),
+    Unsubscribe(Vec<Arc<Subscription>>),
+    /// The sequencer has stopped: exit after what came before.
+    Stop,
+}
+
+/// Runs the fan-out loop until every sender is gone.
+pub(crate) fn run(
+    rx: Receiver<FanoutMsg>,
+    ctx: Arc<CatchupCtx>,
+    runtime: Handle,
+    tasks: TaskTracker,
+) {
+    let mut to_wake: Vec<Arc<Outbox>> = Vec::new();
+    let mut stop = false;
+    while !stop {
+        let Ok(first) = rx.recv() else { break };
+        let mut next = Some(first);
+        // Coalesce: handle whatever else is already queued before waking
+        // the writers, so a burst becomes one wake-up per device.
+        while let Some(msg) = next {
+            if matches!(msg, FanoutMsg::Stop) {
+                stop = true;
+                break;
+            }
+            handle(msg, &ctx, &runtime, &tasks, &mut to_wake);
+            next = if to_wake.len() < 4096 {
+                rx.try_recv().ok()
+            } else {
+                None
+            };
+        }
+        for outbox in to_wake.drain(..) {
+            outbox.wake();
+        }
+    }
+}
+
+fn handle(
+    msg: FanoutMsg,
+    ctx: &Arc<CatchupCtx>,
+    runtime: &Handle,
+    tasks: &TaskTracker,
+    to_wake: &mut Vec<Arc<Outbox>>,
+) {
+    match msg {
+        FanoutMsg::Committed(events) => {
+            for ev in &events {
+                let subs = ev.room.subscribers();
+                for sub in subs.iter() {
+                    match sub.offer(ev.seq, &ev.frame) {
+                        Offer::Delivered => {
+                            if sub.outbox.mark_wake() {
+                                to_wake.push(sub.outbox.clone());
+                            }
+                        }
+                        Offer::Skipped => {}
+                        Offer::Lagged => {
+                            ctx.stats
+                                .lag_switches
+                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            tasks.spawn_on(sub.clone().catch_up(ctx.clone(), true), runtime);
+                        }
+                    }
+                }
+            }
+        }
+        FanoutMsg::Subscribe(cmd) => subscribe(cmd, ctx, runtime, tasks),
+        FanoutMsg::Unsubscribe(subs) => {
+            for sub in subs {
+                sub.close();
+                sub.room.remove_subscriber(&sub);
+            }
+        }
+        FanoutMsg::Stop => {}
+    }
+}
+
+fn subscribe(mut cmd: SubscribeCmd, ctx: &Arc<CatchupCtx>, runtime: &Handle, tasks: &TaskTracker) {
+    let mut catchups = Vec::new();
+    for item in &cmd.items {
+        let LogBounds { head, first } = item.bounds;
+        let (next, code) = match item.start {
+            StartAt::Live => (head.next(), ErrorCode::Normal),
+            StartAt::From(n) if n < first && first <= head => (first, ErrorCode::HistoryTruncated),
+            StartAt::From(n) => (
+                Seq(n.0.max(first.0.min(head.0 + 1)).max(1)),
+                ErrorCode::Normal,
+            ),
+        };
+        if let Some(old) = &item.replaces {
+            old.close();
+        }
+        if item.sub.register(next, head) {
+            catchups.push(item.sub.clone());
+        }
+        item.sub
+            .room
+            .add_subscriber(&item.sub, item.replaces.as_ref());
+        if let Some(result) = cmd.results.get_mut(item.index) {
+            result.code = code;
+            result.head = head;
+            result.first = first;
+        }
+    }
+    let ack = Frame::request(
+        cmd.request_id,
+        SubscribeAck {
+            results: std::mem::take(&mut cmd.results),
+        },
+    );
+    match ack.to_bytes() {
+        Ok(bytes) => cmd.outbox.push_event_forced(bytes),
+        Err(e) => warn!(error = %e, "cannot encode SubscribeAck"),
+    }
+    for sub in catchups {
+        tasks.spawn_on(sub.catch_up(ctx.clone(), false), runtime);
+    }
+}

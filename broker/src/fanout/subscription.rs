@@ -1,0 +1,416 @@
+//! One device's subscription to one room: a small state machine that
+//! decides, for every committed event, whether it goes out live or is left
+//! for catch-up from the log.
+//!
+//! Invariant: the device receives every sequence from `next` on exactly
+//! once, in order. `seen` is the last sequence the fan-out thread has
+//! considered for this subscription; everything up to it is committed and
+//! readable from the log. Live delivery happens only when `next == seq`;
+//! catch-up reads `next..=seen` from the log and turns live again, under
+//! the same lock the fan-out takes, once `next == seen + 1`.
+
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use confab_codec::{flags, raw, CaughtUp, Frame, Lagging, Seq};
+use tracing::{debug, warn};
+
+use super::outbox::Outbox;
+use crate::rooms::Room;
+use crate::storage::RoomLog;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Created, not yet registered by the fan-out thread.
+    Pending,
+    /// Events go straight into the outbox.
+    Live,
+    /// Events are read from the log by a catch-up task.
+    CatchingUp,
+    /// Unsubscribed or disconnected.
+    Closed,
+}
+
+#[derive(Debug)]
+struct State {
+    next: u64,
+    seen: u64,
+    mode: Mode,
+}
+
+/// What happened to an offered event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Offer {
+    /// Queued live.
+    Delivered,
+    /// Not for this subscription now (already delivered, catching up, closed).
+    Skipped,
+    /// The outbox was full: the subscription switched to catch-up, and the
+    /// caller must start a catch-up task with `lagged = true`.
+    Lagged,
+}
+
+/// One device following one room.
+#[derive(Debug)]
+pub(crate) struct Subscription {
+    pub(crate) room: Arc<Room>,
+    pub(crate) outbox: Arc<Outbox>,
+    state: Mutex<State>,
+}
+
+/// What a catch-up task needs.
+pub(crate) struct CatchupCtx {
+    pub(crate) log: Arc<dyn RoomLog>,
+    /// Most events per batch frame.
+    pub(crate) batch: usize,
+    /// Most record bytes per batch frame.
+    pub(crate) max_bytes: usize,
+    pub(crate) stats: Arc<crate::stats::Stats>,
+}
+
+impl Subscription {
+    pub(crate) fn new(room: Arc<Room>, outbox: Arc<Outbox>) -> Self {
+        Self {
+            room,
+            outbox,
+            state: Mutex::new(State {
+                next: 1,
+                seen: 0,
+                mode: Mode::Pending,
+            }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // State is three plain fields, consistent between statements.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Called by the fan-out thread when it registers the subscription:
+    /// deliver from `next`, with everything up to `head` already committed.
+    /// Returns true if a catch-up task must be started.
+    pub(crate) fn register(&self, next: Seq, head: Seq) -> bool {
+        let mut st = self.lock();
+        if st.mode == Mode::Closed {
+            return false;
+        }
+        st.next = next.0.max(1);
+        st.seen = head.0;
+        if st.next <= st.seen {
+            st.mode = Mode::CatchingUp;
+            true
+        } else {
+            st.mode = Mode::Live;
+            false
+        }
+    }
+
+    /// Called by the fan-out thread, in sequence order, for every committed
+    /// event of the room.
+    pub(crate) fn offer(&self, seq: Seq, frame: &Bytes) -> Offer {
+        let mut st = self.lock();
+        if seq.0 > st.seen {
+            st.seen = seq.0;
+        }
+        match st.mode {
+            Mode::Live if seq.0 == st.next => {
+                if self.outbox.try_push_event(frame) {
+                    st.next += 1;
+                    Offer::Delivered
+                } else {
+                    st.mode = Mode::CatchingUp;
+                    Offer::Lagged
+                }
+            }
+            Mode::Live if seq.0 > st.next => {
+                // Cannot happen while the fan-out sees every sequence; if it
+                // ever does, the log still has the events.
+                warn!(room = %self.room.id, seq = seq.0, next = st.next, "gap in live delivery, catching up");
+                st.mode = Mode::CatchingUp;
+                Offer::Lagged
+            }
+            _ => Offer::Skipped,
+        }
+    }
+
+    /// Stops delivery; a running catch-up task ends at its next step.
+    pub(crate) fn close(&self) {
+        self.lock().mode = Mode::Closed;
+    }
+
+    /// Next sequence this subscription will deliver.
+    #[cfg(test)]
+    pub(crate) fn next_seq(&self) -> Seq {
+        Seq(self.lock().next)
+    }
+
+    /// Delivers `next..=seen` from the log until the subscription is live
+    /// again. With `lagged`, first tells the device with a `Lagging` notice
+    /// and finishes with `CaughtUp`.
+    pub(crate) async fn catch_up(self: Arc<Self>, ctx: Arc<CatchupCtx>, lagged: bool) {
+        if let Err(e) = self.clone().catch_up_inner(ctx, lagged).await {
+            warn!(room = %self.room.id, error = %e, "catch-up failed; closing the device's connection");
+            self.close();
+            self.outbox.abort();
+        }
+    }
+
+    async fn catch_up_inner(
+        self: Arc<Self>,
+        ctx: Arc<CatchupCtx>,
+        lagged: bool,
+    ) -> Result<(), String> {
+        if lagged {
+            self.outbox.wait_event_space().await;
+            let (next, seen) = {
+                let st = self.lock();
+                if st.mode == Mode::Closed {
+                    return Ok(());
+                }
+                (st.next, st.seen)
+            };
+            debug!(room = %self.room.id, next, seen, "device lagging, switching to catch-up");
+            let notice = Frame::new(Lagging {
+                room: self.room.id.clone(),
+                resume_from: Seq(next),
+                head: Seq(seen),
+            })
+            .to_bytes()
+            .map_err(|e| e.to_string())?;
+            self.outbox.push_event_forced(notice);
+        }
+        loop {
+            let (next, seen) = {
+                let mut st = self.lock();
+                match st.mode {
+                    Mode::Closed => return Ok(()),
+                    Mode::CatchingUp if st.next > st.seen => {
+                        if lagged {
+                            let frame = Frame::new(CaughtUp {
+                                room: self.room.id.clone(),
+                                seq: Seq(st.seen),
+                            })
+                            .to_bytes()
+                            .map_err(|e| e.to_string())?;
+                            self.outbox.push_event_forced(frame);
+                        }
+                        st.mode = Mode::Live;
+                        return Ok(());
+                    }
+                    Mode::CatchingUp => (st.next, st.seen),
+                    // Re-registered or otherwise taken over.
+                    _ => return Ok(()),
+                }
+            };
+            self.outbox.wait_event_space().await;
+            if self.outbox.is_closed() {
+                return Ok(());
+            }
+            let log = ctx.log.clone();
+            let room = self.room.id.clone();
+            let (batch, max_bytes) = (ctx.batch, ctx.max_bytes);
+            let (records, bounds) = tokio::task::spawn_blocking(move || {
+                let records = log.read_range(&room, Seq(next), Seq(seen), batch, max_bytes)?;
+                let bounds = if records.first().map(|r| r.seq.0) == Some(next) {
+                    None
+                } else {
+                    Some(log.bounds(&room)?)
+                };
+                Ok::<_, crate::storage::StorageError>((records, bounds))
+            })
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+
+            let first_seq = records.first().map(|r| r.seq.0);
+            if first_seq != Some(next) {
+                // The log no longer holds `next`: it was trimmed by retention.
+                // Skip to what is retained (the device learns the gap from
+                // the sequence numbers); anything else is corruption.
+                let first_retained = bounds.map(|b| b.first.0).unwrap_or(0);
+                if first_retained > next {
+                    let mut st = self.lock();
+                    if st.mode == Mode::CatchingUp && st.next == next {
+                        st.next = first_retained;
+                    }
+                    continue;
+                }
+                return Err(format!(
+                    "log of room {} is missing seq {next} (have {first_seq:?})",
+                    self.room.id
+                ));
+            }
+            // Records must be contiguous from `next`.
+            let mut expected = next;
+            let mut contiguous = Vec::with_capacity(records.len());
+            for r in &records {
+                if r.seq.0 != expected {
+                    break;
+                }
+                contiguous.push(r.bytes.clone());
+                expected += 1;
+            }
+            let last = expected - 1;
+            let frame = raw::event_batch_frame(0, flags::REPLAY, &self.room.id, &contiguous)
+                .map_err(|e| e.to_string())?;
+            let mut st = self.lock();
+            if st.mode != Mode::CatchingUp || st.next != next {
+                return Ok(());
+            }
+            self.outbox.push_event_forced(frame);
+            st.next = last + 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Durability;
+    use crate::storage::{Append, MemoryLog};
+    use bytes::BytesMut;
+    use confab_codec::{Body, DeviceId, EventRecord, MessageKind, RoomId, UserId};
+
+    fn record(seq: u64) -> Bytes {
+        let r = EventRecord {
+            seq: Seq(seq),
+            timestamp_us: seq,
+            sender: UserId::new("u").expect("id"),
+            device: DeviceId::new("d").expect("id"),
+            client_msg_id: 0,
+            kind: MessageKind::MESSAGE,
+            refers_to: None,
+            thread: None,
+            payload: Bytes::from(seq.to_be_bytes().to_vec()),
+        };
+        let mut b = BytesMut::new();
+        r.encode(&mut b).expect("encode");
+        b.freeze()
+    }
+
+    fn live_frame(room: &RoomId, seq: u64) -> Bytes {
+        let rec = EventRecord::decode(record(seq)).expect("decode");
+        Frame::new(rec.in_room(room.clone()))
+            .to_bytes()
+            .expect("encode")
+    }
+
+    /// Every delivered sequence of the room, in the order the device gets them.
+    fn delivered(outbox: &Outbox) -> Vec<u64> {
+        let mut buf = BytesMut::new();
+        outbox.drain_into(&mut buf, usize::MAX);
+        let mut seqs = Vec::new();
+        while let Some(f) = Frame::decode(&mut buf, 1 << 24).expect("valid") {
+            match f.body {
+                Body::Event(e) => seqs.push(e.event.seq.0),
+                Body::EventBatch(b) => seqs.extend(b.events.iter().map(|e| e.seq.0)),
+                _ => {}
+            }
+        }
+        seqs
+    }
+
+    #[tokio::test]
+    async fn overflow_switches_to_catchup_and_loses_nothing() {
+        let room_id = RoomId::new("r").expect("id");
+        let log = Arc::new(MemoryLog::new());
+        let room = Arc::new(Room::new(room_id.clone()));
+        let outbox = Arc::new(Outbox::new(4, Arc::default()));
+        let sub = Arc::new(Subscription::new(room, outbox.clone()));
+        assert!(!sub.register(Seq(1), Seq(0)));
+        let ctx = Arc::new(CatchupCtx {
+            log: log.clone(),
+            batch: 3,
+            max_bytes: 1 << 20,
+            stats: Arc::default(),
+        });
+
+        let mut catchups = Vec::new();
+        let mut all = Vec::new();
+        for seq in 1..=20u64 {
+            let rec = record(seq);
+            log.append_batch(
+                &[Append {
+                    room: &room_id,
+                    seq: Seq(seq),
+                    record: &rec,
+                }],
+                Durability::Wal,
+            )
+            .expect("append");
+            if sub.offer(Seq(seq), &live_frame(&room_id, seq)) == Offer::Lagged {
+                catchups.push(tokio::spawn(sub.clone().catch_up(ctx.clone(), true)));
+            }
+            if seq % 7 == 0 {
+                all.extend(delivered(&outbox));
+            }
+        }
+        // Drain until the catch-up task has turned the subscription live.
+        for _ in 0..5000 {
+            all.extend(delivered(&outbox));
+            if catchups.iter().all(|c| c.is_finished()) {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        all.extend(delivered(&outbox));
+        assert_eq!(all, (1..=20).collect::<Vec<_>>());
+        assert_eq!(sub.next_seq(), Seq(21));
+        // Live again: the next event goes straight out.
+        assert_eq!(
+            sub.offer(Seq(21), &live_frame(&room_id, 21)),
+            Offer::Delivered
+        );
+    }
+
+    #[tokio::test]
+    async fn backlog_then_live_without_gap_or_duplicate() {
+        let room_id = RoomId::new("r").expect("id");
+        let log = Arc::new(MemoryLog::new());
+        for seq in 1..=10u64 {
+            let rec = record(seq);
+            log.append_batch(
+                &[Append {
+                    room: &room_id,
+                    seq: Seq(seq),
+                    record: &rec,
+                }],
+                Durability::Wal,
+            )
+            .expect("append");
+        }
+        let outbox = Arc::new(Outbox::new(64, Arc::default()));
+        let sub = Arc::new(Subscription::new(
+            Arc::new(Room::new(room_id.clone())),
+            outbox.clone(),
+        ));
+        assert!(sub.register(Seq(4), Seq(10)));
+        let ctx = Arc::new(CatchupCtx {
+            log: log.clone(),
+            batch: 4,
+            max_bytes: 1 << 20,
+            stats: Arc::default(),
+        });
+        // Live events arrive while catching up: they are left to the log.
+        let rec = record(11);
+        log.append_batch(
+            &[Append {
+                room: &room_id,
+                seq: Seq(11),
+                record: &rec,
+            }],
+            Durability::Wal,
+        )
+        .expect("append");
+        assert_eq!(
+            sub.offer(Seq(11), &live_frame(&room_id, 11)),
+            Offer::Skipped
+        );
+        sub.clone().catch_up(ctx, false).await;
+        assert_eq!(
+            sub.offer(Seq(12), &live_frame(&room_id, 12)),
+            Offer::Delivered
+        );
+        assert_eq!(delivered(&outbox), (4..=12).collect::<Vec<_>>());
+    }
+}

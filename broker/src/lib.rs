@@ -1,0 +1,45 @@
+//! # confab-broker
+//!
+//! The Confab chat message broker, as a library first: a service can embed
+//! it with [`Broker::builder`], and the `confab` binary is a thin wrapper.
+//!
+//! The parts, in the order a message flows through them:
+//!
+//! - [`transport`]: listeners that accept connections and hand over byte streams;
+//! - `session`: the handshake and request dispatch of one connection;
+//! - `sequencer`: one thread that numbers publishes per room and writes them
+//!   by group commit;
+//! - [`storage`]: the per-room append-only logs ([`storage::RoomLog`], with
+//!   RocksDB and in-memory implementations);
+//! - `fanout`: one thread that delivers committed events into per-device
+//!   bounded outboxes, switching lagging devices to catch-up from the log;
+//! - [`auth`]: token verification behind [`auth::Authenticator`].
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use confab_broker::{config::Config, Broker};
+//!
+//! let mut config = Config::default();
+//! config.data_dir = "/tmp/confab-example".into();
+//! let broker = Broker::builder(config).start().await?;
+//! println!("listening on {}", broker.tcp_addr());
+//! broker.shutdown().await;
+//! # Ok(()) }
+//! ```
+
+#![warn(missing_docs)]
+
+pub mod auth;
+pub mod config;
+mod fanout;
+mod rooms;
+mod sequencer;
+mod server;
+mod session;
+mod stats;
+pub mod storage;
+pub mod transport;
+
+pub use server::{Broker, BrokerBuilder, BrokerError, BrokerHandle};
+pub use session::{FrameCodec, WireError};
+pub use stats::BrokerStats;

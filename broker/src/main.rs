@@ -1,0 +1,156 @@
+//! `confab`: run the broker, or print its effective configuration.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use confab_broker::config::{Config, LogFormat};
+use confab_broker::Broker;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser, Debug)]
+#[command(name = "confab", version, about = "Confab chat message broker")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the broker until SIGINT or SIGTERM.
+    Serve(Settings),
+    /// Print the effective configuration (defaults, file, environment, flags) as TOML.
+    Config(Settings),
+}
+
+/// Settings shared by every command. Each flag overrides the config file and
+/// the environment.
+#[derive(Args, Debug)]
+struct Settings {
+    /// A TOML config file.
+    #[arg(long, short = 'c', env = "CONFAB_CONFIG")]
+    config: Option<PathBuf>,
+    /// Where the data lives (default ./confab-data).
+    #[arg(long)]
+    data_dir: Option<String>,
+    /// TCP listen address (default 127.0.0.1:7400).
+    #[arg(long)]
+    listen: Option<String>,
+    /// none, wal or fsync (default wal).
+    #[arg(long)]
+    durability: Option<String>,
+    /// dev or disabled (default dev).
+    #[arg(long)]
+    auth: Option<String>,
+    /// Log filter, for example `info` or `confab_broker=debug`.
+    #[arg(long)]
+    log_level: Option<String>,
+    /// text or json.
+    #[arg(long)]
+    log_format: Option<String>,
+    /// Any other setting, as a dotted key: --set limits.max_connections=20000
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+}
+
+impl Settings {
+    fn load(&self) -> anyhow::Result<Config> {
+        let mut overrides = Vec::new();
+        let named = [
+            ("data_dir", &self.data_dir),
+            ("listen.tcp", &self.listen),
+            ("storage.durability", &self.durability),
+            ("auth.mode", &self.auth),
+            ("log.level", &self.log_level),
+            ("log.format", &self.log_format),
+        ];
+        for (key, value) in named {
+            if let Some(v) = value {
+                overrides.push((key.to_owned(), v.clone()));
+            }
+        }
+        for kv in &self.set {
+            let (k, v) = kv
+                .split_once('=')
+                .with_context(|| format!("--set expects KEY=VALUE, got `{kv}`"))?;
+            overrides.push((k.trim().to_owned(), v.trim().to_owned()));
+        }
+        let env = std::env::vars().filter(|(k, _)| k != "CONFAB_CONFIG");
+        Ok(Config::load(self.config.as_deref(), env, &overrides)?)
+    }
+}
+
+fn init_logging(config: &Config) -> anyhow::Result<()> {
+    let filter = EnvFilter::try_new(&config.log.level)
+        .with_context(|| format!("invalid log.level `{}`", config.log.level))?;
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match config.log.format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+    Ok(())
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r.context("waiting for SIGINT")?,
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    tokio::signal::ctrl_c()
+        .await
+        .context("waiting for Ctrl-C")?;
+    Ok(())
+}
+
+/// Connections need file descriptors: raise the soft limit toward the hard
+/// one (as nginx's `worker_rlimit_nofile` does), and say so if it is short.
+fn raise_fd_limit(max_connections: usize) {
+    let Ok((soft, hard)) = rlimit::Resource::NOFILE.get() else {
+        return;
+    };
+    let want = (max_connections as u64).saturating_add(256).min(hard);
+    if want > soft && rlimit::Resource::NOFILE.set(want, hard).is_err() {
+        tracing::warn!(soft, hard, "could not raise the open-files limit");
+    }
+    if (max_connections as u64).saturating_add(256) > hard {
+        tracing::warn!(
+            hard,
+            max_connections,
+            "the open-files hard limit is below limits.max_connections; connections beyond it will fail"
+        );
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Config(settings) => {
+            let config = settings.load()?;
+            print!("{}", config.to_toml());
+            Ok(())
+        }
+        Command::Serve(settings) => {
+            let config = settings.load()?;
+            init_logging(&config)?;
+            raise_fd_limit(config.limits.max_connections);
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .thread_name("confab-io")
+                .build()
+                .context("starting the async runtime")?;
+            runtime.block_on(async move {
+                let broker = Broker::builder(config).start().await?;
+                tracing::info!(addr = %broker.tcp_addr(), "ready");
+                wait_for_signal().await?;
+                broker.shutdown().await;
+                Ok(())
+            })
+        }
+    }
+}

@@ -1,0 +1,460 @@
+//! The sequencer: one dedicated thread that numbers every publish and
+//! writes them to the log by group commit.
+//!
+//! Sessions send requests over a channel. The thread takes whatever has
+//! queued up (up to `storage.max_batch`), assigns each publish the next
+//! sequence of its room, writes the whole group in one atomic batch, and
+//! only then acknowledges the publishers and hands the events to the
+//! fan-out. A single writer makes sequences gap-free without any lock; the
+//! batch size grows by itself with the load, which is what keeps `fsync`
+//! mode fast (one fsync per group, not per message).
+
+mod dedup;
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use confab_codec::{
+    raw, ErrorCode, ErrorFrame, Event, EventRecord, Frame, MessageKind, PublishAck, RoomId, Seq,
+};
+use crossbeam_channel::{Receiver, Sender};
+use tracing::{error, warn};
+
+use self::dedup::{Dedup, DedupKey, Original};
+use crate::config::StorageConfig;
+use crate::fanout::{Committed, FanoutMsg, SubscribeCmd};
+use crate::rooms::{Room, RoomRegistry};
+use crate::session::ConnCtx;
+use crate::stats::Stats;
+use crate::storage::{Append, LogBounds, RoomLog, StorageError};
+
+/// A publish on its way to the sequencer.
+#[derive(Debug)]
+pub(crate) struct PublishReq {
+    pub(crate) conn: Arc<ConnCtx>,
+    pub(crate) request_id: u32,
+    pub(crate) no_reply: bool,
+    pub(crate) room: RoomId,
+    pub(crate) client_msg_id: u64,
+    pub(crate) kind: MessageKind,
+    pub(crate) refers_to: Option<Seq>,
+    pub(crate) thread: Option<Seq>,
+    pub(crate) payload: Bytes,
+}
+
+/// Requests to the sequencer.
+#[derive(Debug)]
+pub(crate) enum SeqMsg {
+    Publish(PublishReq),
+    /// Stamped with each room's bounds at its place in the commit order.
+    Subscribe(SubscribeCmd),
+    /// Commit what came before, flush, stop the fan-out, and exit.
+    Stop,
+}
+
+/// The sequencer's view of a room.
+#[derive(Debug)]
+struct SeqRoom {
+    room: Arc<Room>,
+    head: u64,
+    first: u64,
+}
+
+enum Outcome {
+    Stored {
+        req: PublishReq,
+        room: Arc<Room>,
+        seq: Seq,
+        frame: Bytes,
+        dedup: Option<DedupKey>,
+    },
+    Duplicate {
+        req: PublishReq,
+        original: Original,
+    },
+    Rejected {
+        req: PublishReq,
+        code: ErrorCode,
+        message: String,
+    },
+    Subscribe(SubscribeCmd),
+}
+
+/// Microseconds since the Unix epoch.
+pub(crate) fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+pub(crate) struct Sequencer {
+    rooms: HashMap<RoomId, SeqRoom>,
+    dedup: Dedup,
+    log: Arc<dyn RoomLog>,
+    registry: Arc<RoomRegistry>,
+    cfg: StorageConfig,
+    fanout: Sender<FanoutMsg>,
+    stats: Arc<Stats>,
+}
+
+impl Sequencer {
+    pub(crate) fn new(
+        log: Arc<dyn RoomLog>,
+        registry: Arc<RoomRegistry>,
+        cfg: StorageConfig,
+        fanout: Sender<FanoutMsg>,
+        stats: Arc<Stats>,
+    ) -> Self {
+        Self {
+            stats,
+            rooms: HashMap::new(),
+            dedup: Dedup::new(cfg.dedup_window),
+            log,
+            registry,
+            cfg,
+            fanout,
+        }
+    }
+
+    /// Runs until every sender is gone, then returns (after the last batch
+    /// is committed and handed on).
+    pub(crate) fn run(mut self, rx: Receiver<SeqMsg>) {
+        let max = self.cfg.max_batch;
+        let mut batch = Vec::with_capacity(max);
+        let mut stop = false;
+        while !stop {
+            let Ok(first) = rx.recv() else { break };
+            let mut next = Some(first);
+            while let Some(msg) = next {
+                if matches!(msg, SeqMsg::Stop) {
+                    stop = true;
+                    break;
+                }
+                batch.push(msg);
+                next = if batch.len() < max {
+                    rx.try_recv().ok()
+                } else {
+                    None
+                };
+            }
+            self.process(&mut batch);
+        }
+        if let Err(e) = self.log.flush() {
+            error!(error = %e, "final flush failed");
+        }
+        let _ = self.fanout.send(FanoutMsg::Stop);
+    }
+
+    /// Loads a room's bounds (and its recent publishes, for deduplication)
+    /// the first time the room is used.
+    fn room(&mut self, id: &RoomId) -> Result<&mut SeqRoom, StorageError> {
+        if !self.rooms.contains_key(id) {
+            let LogBounds { head, first } = self.log.bounds(id)?;
+            let room = self.registry.get_or_create(id);
+            if head.0 > 0 && self.cfg.dedup_recovery_scan > 0 {
+                let recent = self.log.read_before(
+                    id,
+                    head.next(),
+                    self.cfg.dedup_recovery_scan,
+                    usize::MAX,
+                )?;
+                for rec in recent {
+                    let Ok(ev) = EventRecord::decode(rec.bytes) else {
+                        return Err(StorageError::Corrupt {
+                            room: id.to_string(),
+                            seq: rec.seq.0,
+                        });
+                    };
+                    if ev.client_msg_id != 0 {
+                        self.dedup.insert(
+                            DedupKey {
+                                room: room.clone(),
+                                sender: sender_key(ev.sender.as_str(), ev.device.as_str()),
+                                client_msg_id: ev.client_msg_id,
+                            },
+                            Original {
+                                seq: ev.seq,
+                                timestamp_us: ev.timestamp_us,
+                            },
+                        );
+                    }
+                }
+            }
+            self.rooms.insert(
+                id.clone(),
+                SeqRoom {
+                    room,
+                    head: head.0,
+                    first: first.0,
+                },
+            );
+        }
+        Ok(self
+            .rooms
+            .get_mut(id)
+            .expect("the room was inserted just above"))
+    }
+
+    fn process(&mut self, batch: &mut Vec<SeqMsg>) {
+        let now = now_us();
+        let mut outcomes = Vec::with_capacity(batch.len());
+        // Heads before this batch, to roll back if the commit fails.
+        let mut old_heads: Vec<(RoomId, u64)> = Vec::new();
+        for msg in batch.drain(..) {
+            match msg {
+                SeqMsg::Publish(req) => {
+                    outcomes.push(self.sequence(req, now, &mut old_heads));
+                }
+                SeqMsg::Subscribe(mut cmd) => {
+                    self.stamp(&mut cmd);
+                    outcomes.push(Outcome::Subscribe(cmd));
+                }
+                SeqMsg::Stop => {}
+            }
+        }
+
+        let appends: Vec<Append<'_>> = outcomes
+            .iter()
+            .filter_map(|o| match o {
+                Outcome::Stored {
+                    room, seq, frame, ..
+                } => Some(Append {
+                    room: &room.id,
+                    seq: *seq,
+                    record: &frame[raw::event_record_range(&room.id, frame.len())],
+                }),
+                _ => None,
+            })
+            .collect();
+        let committed = if appends.is_empty() {
+            Ok(())
+        } else {
+            let r = self.log.append_batch(&appends, self.cfg.durability);
+            if r.is_ok() {
+                self.stats.commits.fetch_add(1, Ordering::Relaxed);
+                self.stats
+                    .published
+                    .fetch_add(appends.len() as u64, Ordering::Relaxed);
+            }
+            r
+        };
+        drop(appends);
+
+        if let Err(e) = committed {
+            error!(error = %e, "group commit failed; rejecting the batch");
+            for (room, head) in old_heads {
+                if let Some(r) = self.rooms.get_mut(&room) {
+                    r.head = head;
+                }
+            }
+            outcomes = outcomes
+                .into_iter()
+                .map(|o| match o {
+                    Outcome::Stored { req, dedup, .. } => {
+                        if let Some(key) = dedup {
+                            self.dedup.remove(&key);
+                        }
+                        Outcome::Rejected {
+                            req,
+                            code: ErrorCode::Internal,
+                            message: "storage failure; retry".into(),
+                        }
+                    }
+                    Outcome::Subscribe(mut cmd) => {
+                        self.stamp(&mut cmd);
+                        Outcome::Subscribe(cmd)
+                    }
+                    other => other,
+                })
+                .collect();
+        }
+        self.deliver(outcomes, now);
+    }
+
+    fn stamp(&mut self, cmd: &mut SubscribeCmd) {
+        for item in &mut cmd.items {
+            match self.room(&item.sub.room.id) {
+                Ok(r) => {
+                    item.bounds = LogBounds {
+                        head: Seq(r.head),
+                        first: Seq(r.first.min(r.head + 1).max(1)),
+                    }
+                }
+                Err(e) => {
+                    warn!(room = %item.sub.room.id, error = %e, "cannot load room bounds");
+                    item.bounds = LogBounds {
+                        head: Seq(0),
+                        first: Seq(1),
+                    };
+                }
+            }
+        }
+    }
+
+    fn sequence(
+        &mut self,
+        req: PublishReq,
+        now: u64,
+        old_heads: &mut Vec<(RoomId, u64)>,
+    ) -> Outcome {
+        let r = match self.room(&req.room) {
+            Ok(r) => r,
+            Err(e) => {
+                error!(room = %req.room, error = %e, "cannot load room");
+                return Outcome::Rejected {
+                    req,
+                    code: ErrorCode::Internal,
+                    message: "storage failure; retry".into(),
+                };
+            }
+        };
+        for reference in [req.refers_to, req.thread].into_iter().flatten() {
+            if reference.0 > r.head {
+                let message = format!("room {} has no message {}", req.room, reference.0);
+                return Outcome::Rejected {
+                    req,
+                    code: ErrorCode::NoSuchMessage,
+                    message,
+                };
+            }
+        }
+        let room = r.room.clone();
+        let dedup = (req.client_msg_id != 0).then(|| DedupKey {
+            room: room.clone(),
+            sender: req.conn.sender_key.clone(),
+            client_msg_id: req.client_msg_id,
+        });
+        if let Some(original) = dedup.as_ref().and_then(|k| self.dedup.get(k)) {
+            return Outcome::Duplicate { req, original };
+        }
+        let r = self
+            .rooms
+            .get_mut(&req.room)
+            .expect("the room was loaded above");
+        if !old_heads.iter().any(|(id, _)| *id == req.room) {
+            old_heads.push((req.room.clone(), r.head));
+        }
+        r.head += 1;
+        let seq = Seq(r.head);
+        let record = EventRecord {
+            seq,
+            timestamp_us: now,
+            sender: req.conn.user.clone(),
+            device: req.conn.device.clone(),
+            client_msg_id: req.client_msg_id,
+            kind: req.kind,
+            refers_to: req.refers_to,
+            thread: req.thread,
+            payload: req.payload.clone(),
+        };
+        let frame = match Frame::new(Event {
+            room: req.room.clone(),
+            event: record,
+        })
+        .to_bytes()
+        {
+            Ok(f) => f,
+            Err(e) => {
+                r.head -= 1;
+                return Outcome::Rejected {
+                    req,
+                    code: ErrorCode::InvalidRequest,
+                    message: e.to_string(),
+                };
+            }
+        };
+        if let Some(key) = &dedup {
+            self.dedup.insert(
+                key.clone(),
+                Original {
+                    seq,
+                    timestamp_us: now,
+                },
+            );
+        }
+        Outcome::Stored {
+            req,
+            room,
+            seq,
+            frame,
+            dedup,
+        }
+    }
+
+    /// Acknowledges publishers and hands events and subscriptions to the
+    /// fan-out, keeping their relative order.
+    fn deliver(&mut self, outcomes: Vec<Outcome>, now: u64) {
+        let mut committed = Vec::new();
+        for outcome in outcomes {
+            match outcome {
+                Outcome::Stored {
+                    req,
+                    room,
+                    seq,
+                    frame,
+                    ..
+                } => {
+                    ack(&req, seq, now, false);
+                    committed.push(Committed { room, seq, frame });
+                }
+                Outcome::Duplicate { req, original } => {
+                    ack(&req, original.seq, original.timestamp_us, true);
+                }
+                Outcome::Rejected { req, code, message } => {
+                    let frame = Frame::request(
+                        req.request_id,
+                        ErrorFrame {
+                            code,
+                            retry_after_ms: 0,
+                            message,
+                        },
+                    );
+                    if let Ok(bytes) = frame.to_bytes() {
+                        req.conn.outbox.push_control(bytes);
+                    }
+                    req.conn.inflight.add_permits(1);
+                }
+                Outcome::Subscribe(cmd) => {
+                    if !committed.is_empty() {
+                        let _ = self
+                            .fanout
+                            .send(FanoutMsg::Committed(std::mem::take(&mut committed)));
+                    }
+                    let _ = self.fanout.send(FanoutMsg::Subscribe(cmd));
+                }
+            }
+        }
+        if !committed.is_empty() {
+            let _ = self.fanout.send(FanoutMsg::Committed(committed));
+        }
+    }
+}
+
+fn ack(req: &PublishReq, seq: Seq, timestamp_us: u64, duplicate: bool) {
+    if !req.no_reply {
+        let frame = Frame::request(
+            req.request_id,
+            PublishAck {
+                room: req.room.clone(),
+                client_msg_id: req.client_msg_id,
+                seq,
+                timestamp_us,
+                duplicate,
+            },
+        );
+        if let Ok(bytes) = frame.to_bytes() {
+            req.conn.outbox.push_control(bytes);
+        }
+    }
+    req.conn.inflight.add_permits(1);
+}
+
+/// The deduplication identity of a device: `user \0 device` (ids cannot
+/// contain control characters, so this is unambiguous).
+pub(crate) fn sender_key(user: &str, device: &str) -> Arc<str> {
+    Arc::from(format!("{user}\0{device}"))
+}

@@ -1,0 +1,275 @@
+//! Starting, running and stopping a broker.
+
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use crossbeam_channel::Sender;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::auth::{Authenticator, DenyAll, DevAuth};
+use crate::config::{AuthMode, Config};
+use crate::fanout::{self, CatchupCtx, FanoutMsg};
+use crate::rooms::RoomRegistry;
+use crate::sequencer::{SeqMsg, Sequencer};
+use crate::stats::{BrokerStats, Stats};
+use crate::storage::{RocksLog, RoomLog, StorageError};
+use crate::transport;
+
+/// Why a broker could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BrokerError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// The storage could not be opened.
+    #[error("cannot open storage in {path}: {source}")]
+    Storage {
+        /// The data directory.
+        path: std::path::PathBuf,
+        /// The cause.
+        source: StorageError,
+    },
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A thread could not be started.
+    #[error("cannot start a thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// State shared by every task of a running broker.
+pub(crate) struct Shared {
+    pub(crate) config: Config,
+    pub(crate) log: Arc<dyn RoomLog>,
+    pub(crate) rooms: Arc<RoomRegistry>,
+    pub(crate) sequencer: Sender<SeqMsg>,
+    pub(crate) fanout: Sender<FanoutMsg>,
+    pub(crate) auth: Arc<dyn Authenticator>,
+    pub(crate) session_ids: AtomicU64,
+    pub(crate) shutdown: CancellationToken,
+    pub(crate) stats: Arc<Stats>,
+}
+
+/// Builds a broker: configuration first, then optional replacements for
+/// the storage and the authenticator.
+pub struct BrokerBuilder {
+    config: Config,
+    log: Option<Arc<dyn RoomLog>>,
+    auth: Option<Arc<dyn Authenticator>>,
+}
+
+/// Entry point of the library.
+#[derive(Debug)]
+pub struct Broker;
+
+impl Broker {
+    /// A builder for a broker with this configuration.
+    pub fn builder(config: Config) -> BrokerBuilder {
+        BrokerBuilder {
+            config,
+            log: None,
+            auth: None,
+        }
+    }
+}
+
+impl BrokerBuilder {
+    /// Uses this storage instead of opening RocksDB in `data_dir`.
+    pub fn storage(mut self, log: Arc<dyn RoomLog>) -> Self {
+        self.log = Some(log);
+        self
+    }
+
+    /// Uses this authenticator instead of the one `auth.mode` selects.
+    pub fn authenticator(mut self, auth: Arc<dyn Authenticator>) -> Self {
+        self.auth = Some(auth);
+        self
+    }
+
+    /// Opens the storage, starts the sequencer and fan-out threads, binds
+    /// the listeners and starts accepting connections.
+    ///
+    /// # Errors
+    /// If the configuration is invalid, the storage cannot be opened or a
+    /// listener cannot be bound.
+    pub async fn start(self) -> Result<BrokerHandle, BrokerError> {
+        let config = self.config;
+        config.validate()?;
+        let log: Arc<dyn RoomLog> = match self.log {
+            Some(log) => log,
+            None => {
+                let dir = config.data_dir.clone();
+                let cache = config.storage.block_cache_mb << 20;
+                let opened = tokio::task::spawn_blocking(move || {
+                    std::fs::create_dir_all(&dir)
+                        .map_err(|e| StorageError::Engine(e.to_string()))?;
+                    RocksLog::open(&dir, cache)
+                })
+                .await
+                .map_err(|e| StorageError::Engine(e.to_string()));
+                match opened.and_then(|r| r) {
+                    Ok(log) => Arc::new(log),
+                    Err(source) => {
+                        return Err(BrokerError::Storage {
+                            path: config.data_dir.clone(),
+                            source,
+                        })
+                    }
+                }
+            }
+        };
+        let auth: Arc<dyn Authenticator> = match (self.auth, config.auth.mode) {
+            (Some(a), _) => a,
+            (None, AuthMode::Dev) => {
+                warn!("INSECURE: dev authentication is on; any client can claim any user. Do not expose this broker.");
+                Arc::new(DevAuth)
+            }
+            (None, AuthMode::Disabled) => Arc::new(DenyAll),
+        };
+
+        let listener = TcpListener::bind(config.listen.tcp)
+            .await
+            .map_err(|source| BrokerError::Bind {
+                addr: config.listen.tcp,
+                source,
+            })?;
+        let tcp_addr = listener.local_addr().map_err(|source| BrokerError::Bind {
+            addr: config.listen.tcp,
+            source,
+        })?;
+
+        let rooms = Arc::new(RoomRegistry::default());
+        let stats = Arc::new(Stats::default());
+        let (seq_tx, seq_rx) = crossbeam_channel::unbounded();
+        let (fan_tx, fan_rx) = crossbeam_channel::unbounded();
+        let tasks = TaskTracker::new();
+        let shutdown = CancellationToken::new();
+
+        let sequencer = Sequencer::new(
+            log.clone(),
+            rooms.clone(),
+            config.storage.clone(),
+            fan_tx.clone(),
+            stats.clone(),
+        );
+        let sequencer_thread = std::thread::Builder::new()
+            .name("confab-sequencer".into())
+            .spawn(move || sequencer.run(seq_rx))
+            .map_err(BrokerError::Thread)?;
+        let ctx = Arc::new(CatchupCtx {
+            log: log.clone(),
+            batch: config.delivery.catchup_batch,
+            max_bytes: (config.limits.max_frame_len as usize).saturating_sub(1024),
+            stats: stats.clone(),
+        });
+        let runtime = tokio::runtime::Handle::current();
+        let fanout_tasks = tasks.clone();
+        let fanout_thread = std::thread::Builder::new()
+            .name("confab-fanout".into())
+            .spawn(move || fanout::run(fan_rx, ctx, runtime, fanout_tasks))
+            .map_err(BrokerError::Thread)?;
+
+        let shared = Arc::new(Shared {
+            config,
+            log,
+            rooms,
+            sequencer: seq_tx,
+            fanout: fan_tx,
+            auth,
+            session_ids: AtomicU64::new(1),
+            shutdown: shutdown.clone(),
+            stats,
+        });
+        tasks.spawn(transport::tcp::accept_loop(
+            listener,
+            shared.clone(),
+            tasks.clone(),
+        ));
+        info!(%tcp_addr, durability = ?shared.config.storage.durability, data_dir = %shared.config.data_dir.display(), "broker started");
+        Ok(BrokerHandle {
+            tcp_addr,
+            shared,
+            tasks,
+            threads: vec![sequencer_thread, fanout_thread],
+        })
+    }
+}
+
+/// A running broker.
+pub struct BrokerHandle {
+    tcp_addr: SocketAddr,
+    shared: Arc<Shared>,
+    tasks: TaskTracker,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for BrokerHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BrokerHandle")
+            .field("tcp_addr", &self.tcp_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl BrokerHandle {
+    /// The address the TCP listener is bound to.
+    pub fn tcp_addr(&self) -> SocketAddr {
+        self.tcp_addr
+    }
+
+    /// The effective configuration.
+    pub fn config(&self) -> &Config {
+        &self.shared.config
+    }
+
+    /// The broker's counters now.
+    pub fn stats(&self) -> BrokerStats {
+        self.shared.stats.snapshot()
+    }
+
+    /// A token cancelled when shutdown starts.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shared.shutdown.clone()
+    }
+
+    /// Stops accepting, sends Goodbye to every connection, commits and
+    /// flushes what was accepted, and stops every thread. When it returns,
+    /// the storage is closed.
+    pub async fn shutdown(self) {
+        let BrokerHandle {
+            shared,
+            tasks,
+            threads,
+            ..
+        } = self;
+        info!("shutting down");
+        shared.shutdown.cancel();
+        tasks.close();
+        tasks.wait().await;
+        let _ = shared.sequencer.send(SeqMsg::Stop);
+        drop(shared);
+        let joined = tokio::task::spawn_blocking(move || {
+            for t in threads {
+                if t.join().is_err() {
+                    warn!("a broker thread panicked");
+                }
+            }
+        })
+        .await;
+        if joined.is_err() {
+            warn!("could not join the broker threads");
+        }
+        info!("shutdown complete");
+    }
+}

@@ -1,0 +1,500 @@
+//! One connection: handshake, then a loop that dispatches requests until
+//! the peer leaves, misbehaves, goes silent, or the broker shuts down.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use confab_codec::{
+    flags, raw, Ack, Body, Direction, ErrorCode, ErrorFrame, Frame, Goodbye, Hello, HistoryRequest,
+    Pong, Publish, RoomId, Seq, SubscribeItem as WireItem, SubscribeResult, Welcome,
+    PROTOCOL_VERSION,
+};
+use futures_util::StreamExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::sync::Semaphore;
+use tokio_util::codec::FramedRead;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::codec::{FrameCodec, WireError};
+use super::writer::{write_loop, WriterEnd};
+use super::ConnCtx;
+use crate::fanout::{FanoutMsg, Outbox, SubscribeCmd, SubscribeItem, Subscription};
+use crate::sequencer::{now_us, sender_key, PublishReq, SeqMsg};
+use crate::server::Shared;
+use crate::storage::LogBounds;
+
+/// Most events in one history page.
+const MAX_HISTORY_LIMIT: usize = 1000;
+
+/// How long a closing connection may take to flush its outbox.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
+
+type CloseReason = (ErrorCode, String);
+
+/// Serves one accepted connection to its end.
+pub(crate) async fn serve_connection<S>(stream: S, peer: String, shared: Arc<Shared>)
+where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let cfg = &shared.config;
+    let (rd, mut wr) = tokio::io::split(stream);
+    let mut frames =
+        FramedRead::with_capacity(rd, FrameCodec::new(cfg.limits.max_frame_len), 16 << 10);
+
+    let first = tokio::select! {
+        r = tokio::time::timeout(cfg.handshake_timeout(), frames.next()) => r,
+        _ = shared.shutdown.cancelled() => {
+            reject(&mut wr, 0, ErrorCode::ShuttingDown, "server shutting down").await;
+            return;
+        }
+    };
+    let frame = match first {
+        Err(_) => {
+            debug!(%peer, "handshake timeout");
+            reject(
+                &mut wr,
+                0,
+                ErrorCode::Timeout,
+                "no Hello within the handshake timeout",
+            )
+            .await;
+            return;
+        }
+        Ok(None) | Ok(Some(Err(WireError::Io(_)))) => return,
+        Ok(Some(Err(WireError::Codec(e)))) => {
+            debug!(%peer, error = %e, "bad first frame");
+            reject(&mut wr, 0, e.code(), &e.to_string()).await;
+            return;
+        }
+        Ok(Some(Ok(frame))) => frame,
+    };
+    let request_id = frame.request_id;
+    let Body::Hello(hello) = frame.body else {
+        reject(
+            &mut wr,
+            request_id,
+            ErrorCode::ProtocolViolation,
+            "the first frame must be Hello",
+        )
+        .await;
+        return;
+    };
+    if hello.min_version > PROTOCOL_VERSION || hello.max_version < PROTOCOL_VERSION {
+        let msg = format!(
+            "server speaks version {PROTOCOL_VERSION}, client {}..={}",
+            hello.min_version, hello.max_version
+        );
+        reject(&mut wr, request_id, ErrorCode::UnsupportedVersion, &msg).await;
+        return;
+    }
+    let identity = match shared.auth.authenticate(&hello.token, &hello.device) {
+        Ok(id) => id,
+        Err(e) => {
+            info!(%peer, device = %hello.device, reason = %e, "authentication refused");
+            reject(&mut wr, request_id, e.code, &e.message).await;
+            return;
+        }
+    };
+
+    let session_id = shared.session_ids.fetch_add(1, Ordering::Relaxed);
+    let outbox = Arc::new(Outbox::new(
+        cfg.delivery.queue_capacity,
+        shared.stats.clone(),
+    ));
+    let conn = Arc::new(ConnCtx {
+        sender_key: sender_key(identity.user.as_str(), identity.device.as_str()),
+        user: identity.user,
+        device: identity.device,
+        outbox: outbox.clone(),
+        inflight: Semaphore::new(cfg.limits.max_inflight_publishes as usize),
+    });
+    info!(session_id, %peer, user = %conn.user, device = %conn.device, client = %hello.client_name, "connected");
+    shared.stats.connections.fetch_add(1, Ordering::Relaxed);
+
+    let writer_done = CancellationToken::new();
+    let writer = tokio::spawn(write_loop(
+        wr,
+        outbox.clone(),
+        cfg.delivery.write_batch_bytes,
+        cfg.slow_consumer_timeout(),
+        session_id,
+        writer_done.clone(),
+    ));
+
+    let welcome = Frame::request(
+        request_id,
+        Welcome {
+            version: PROTOCOL_VERSION,
+            session_id,
+            user: conn.user.clone(),
+            server_time_us: now_us(),
+            max_frame_len: cfg.limits.max_frame_len,
+            max_payload_len: cfg.limits.max_payload_len,
+            max_rooms: cfg.limits.max_rooms_per_connection,
+            heartbeat_ms: cfg.limits.heartbeat_ms as u32,
+            idle_timeout_ms: cfg.limits.idle_timeout_ms as u32,
+        },
+    );
+    push(&outbox, welcome);
+
+    let mut session = Session {
+        conn,
+        shared: shared.clone(),
+        subs: HashMap::new(),
+    };
+    let reason = session
+        .run(hello, request_id, &mut frames, &writer_done)
+        .await;
+    session.unsubscribe_all();
+
+    if let Some((code, message)) = &reason {
+        if *code != ErrorCode::Normal {
+            debug!(session_id, code = code.as_str(), %message, "closing connection");
+        }
+        push(
+            &outbox,
+            Frame::new(Goodbye {
+                code: *code,
+                message: message.clone(),
+            }),
+        );
+    }
+    outbox.close();
+    let end = match tokio::time::timeout(CLOSE_GRACE, writer).await {
+        Ok(Ok(end)) => end,
+        _ => {
+            outbox.abort();
+            WriterEnd::SocketError
+        }
+    };
+    if end == WriterEnd::SlowConsumer {
+        shared
+            .stats
+            .slow_consumer_disconnects
+            .fetch_add(1, Ordering::Relaxed);
+    }
+    shared.stats.connections.fetch_add(-1, Ordering::Relaxed);
+    info!(session_id, ?end, "disconnected");
+}
+
+fn push(outbox: &Outbox, frame: Frame) {
+    match frame.to_bytes() {
+        Ok(bytes) => outbox.push_control(bytes),
+        Err(e) => warn!(error = %e, frame = frame.body.name(), "cannot encode reply"),
+    }
+}
+
+fn error_frame(request_id: u32, code: ErrorCode, message: impl Into<String>) -> Frame {
+    Frame::request(
+        request_id,
+        ErrorFrame {
+            code,
+            retry_after_ms: 0,
+            message: message.into(),
+        },
+    )
+}
+
+/// Refuses a whole connection (for example at the connection limit).
+pub(crate) async fn refuse<S: AsyncWrite + Unpin>(
+    mut stream: S,
+    code: ErrorCode,
+    message: &'static str,
+) {
+    reject(&mut stream, 0, code, message).await;
+}
+
+/// Refuses a connection before the session exists: Error, Goodbye, close.
+async fn reject<W: AsyncWrite + Unpin>(
+    wr: &mut W,
+    request_id: u32,
+    code: ErrorCode,
+    message: &str,
+) {
+    let mut buf = bytes::BytesMut::new();
+    let _ = error_frame(request_id, code, message).encode(&mut buf);
+    let _ = Frame::new(Goodbye {
+        code,
+        message: message.to_owned(),
+    })
+    .encode(&mut buf);
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        wr.write_all(&buf).await?;
+        wr.shutdown().await
+    })
+    .await;
+}
+
+struct Session {
+    conn: Arc<ConnCtx>,
+    shared: Arc<Shared>,
+    subs: HashMap<RoomId, Arc<Subscription>>,
+}
+
+impl Session {
+    async fn run<R>(
+        &mut self,
+        hello: Hello,
+        hello_request: u32,
+        frames: &mut FramedRead<R, FrameCodec>,
+        writer_done: &CancellationToken,
+    ) -> Option<CloseReason>
+    where
+        R: AsyncRead + Unpin,
+    {
+        if !hello.resume.is_empty() {
+            self.subscribe(hello_request, hello.resume);
+        }
+        let idle = self.shared.config.idle_timeout();
+        let control_cap = self.shared.config.limits.max_inflight_publishes as usize + 256;
+        loop {
+            tokio::select! {
+                biased;
+                _ = self.shared.shutdown.cancelled() => {
+                    return Some((ErrorCode::ShuttingDown, "server shutting down".into()));
+                }
+                _ = writer_done.cancelled() => return None,
+                _ = self.conn.outbox.wait_control_below(control_cap) => {}
+            }
+            let next = tokio::select! {
+                biased;
+                _ = self.shared.shutdown.cancelled() => {
+                    return Some((ErrorCode::ShuttingDown, "server shutting down".into()));
+                }
+                _ = writer_done.cancelled() => return None,
+                r = tokio::time::timeout(idle, frames.next()) => r,
+            };
+            match next {
+                Err(_) => return Some((ErrorCode::Timeout, "idle timeout".into())),
+                Ok(None) | Ok(Some(Err(WireError::Io(_)))) => return None,
+                Ok(Some(Err(WireError::Codec(e)))) => {
+                    push(&self.conn.outbox, error_frame(0, e.code(), e.to_string()));
+                    return Some((e.code(), e.to_string()));
+                }
+                Ok(Some(Ok(frame))) => {
+                    if let Some(reason) = self.handle(frame).await {
+                        return Some(reason);
+                    }
+                }
+            }
+        }
+    }
+
+    async fn handle(&mut self, frame: Frame) -> Option<CloseReason> {
+        let rid = frame.request_id;
+        let outbox = self.conn.outbox.clone();
+        match frame.body {
+            Body::Ping(p) => push(&outbox, Frame::request(rid, Pong { nonce: p.nonce })),
+            Body::Pong(_) | Body::Extension { .. } => {}
+            Body::Goodbye(_) => return Some((ErrorCode::Normal, "goodbye".into())),
+            Body::Publish(p) => return self.publish(rid, frame.flags, p).await,
+            Body::Subscribe(s) => self.subscribe(rid, s.items),
+            Body::Unsubscribe(u) => {
+                let subs: Vec<_> = u.rooms.iter().filter_map(|r| self.subs.remove(r)).collect();
+                for s in &subs {
+                    s.close();
+                }
+                if !subs.is_empty() {
+                    let _ = self.shared.fanout.send(FanoutMsg::Unsubscribe(subs));
+                }
+                push(&outbox, Frame::request(rid, Ack {}));
+            }
+            Body::HistoryRequest(h) => self.history(rid, h).await,
+            Body::Hello(_) => {
+                return Some((
+                    ErrorCode::ProtocolViolation,
+                    "Hello after the handshake".into(),
+                ))
+            }
+            Body::Welcome(_)
+            | Body::Error(_)
+            | Body::Notice(_)
+            | Body::Ack(_)
+            | Body::SubscribeAck(_)
+            | Body::Lagging(_)
+            | Body::CaughtUp(_)
+            | Body::PublishAck(_)
+            | Body::Event(_)
+            | Body::EventBatch(_)
+            | Body::HistoryPage(_)
+            | Body::RoomInfo(_)
+            | Body::RoomList(_)
+            | Body::TypingEvent(_)
+            | Body::PresenceEvent(_)
+            | Body::ReceiptEvent(_)
+            | Body::MessageStatus(_) => {
+                let msg = format!("{} is a server-to-client frame", frame.body.name());
+                push(
+                    &outbox,
+                    error_frame(rid, ErrorCode::ProtocolViolation, msg.clone()),
+                );
+                return Some((ErrorCode::ProtocolViolation, msg));
+            }
+            other => {
+                let msg = format!("{} is not available on this server", other.name());
+                push(&outbox, error_frame(rid, ErrorCode::Unsupported, msg));
+            }
+        }
+        None
+    }
+
+    async fn publish(&mut self, rid: u32, frame_flags: u8, p: Publish) -> Option<CloseReason> {
+        let limits = &self.shared.config.limits;
+        let reject = |code, msg: String| {
+            push(&self.conn.outbox, error_frame(rid, code, msg));
+            None
+        };
+        if p.payload.len() > limits.max_payload_len as usize {
+            return reject(
+                ErrorCode::PayloadTooLarge,
+                format!(
+                    "payload of {} bytes exceeds {}",
+                    p.payload.len(),
+                    limits.max_payload_len
+                ),
+            );
+        }
+        if !p.kind.client_publishable() {
+            return reject(
+                ErrorCode::InvalidRequest,
+                format!("clients cannot publish kind {}", p.kind.0),
+            );
+        }
+        if p.kind.needs_reference() && p.refers_to.is_none() {
+            return reject(
+                ErrorCode::InvalidRequest,
+                "edits, deletes and reactions need refers_to".into(),
+            );
+        }
+        let permit = tokio::select! {
+            p = self.conn.inflight.acquire() => p,
+            _ = self.shared.shutdown.cancelled() => {
+                return Some((ErrorCode::ShuttingDown, "server shutting down".into()));
+            }
+        };
+        match permit {
+            Ok(p) => p.forget(),
+            Err(_) => return Some((ErrorCode::Internal, "publish permits closed".into())),
+        }
+        let req = PublishReq {
+            conn: self.conn.clone(),
+            request_id: rid,
+            no_reply: frame_flags & flags::NO_REPLY != 0,
+            room: p.room,
+            client_msg_id: p.client_msg_id,
+            kind: p.kind,
+            refers_to: p.refers_to,
+            thread: p.thread,
+            payload: p.payload,
+        };
+        if self.shared.sequencer.send(SeqMsg::Publish(req)).is_err() {
+            self.conn.inflight.add_permits(1);
+            return Some((ErrorCode::ShuttingDown, "server shutting down".into()));
+        }
+        None
+    }
+
+    fn subscribe(&mut self, rid: u32, items: Vec<WireItem>) {
+        let max_rooms = self.shared.config.limits.max_rooms_per_connection as usize;
+        let mut results = Vec::with_capacity(items.len());
+        let mut stamped = Vec::with_capacity(items.len());
+        for (index, item) in items.into_iter().enumerate() {
+            let mut result = SubscribeResult {
+                room: item.room.clone(),
+                code: ErrorCode::Normal,
+                head: Seq(0),
+                first: Seq(1),
+            };
+            let replaces = self.subs.get(&item.room).cloned();
+            if replaces.is_none() && self.subs.len() >= max_rooms {
+                result.code = ErrorCode::TooManyRooms;
+                results.push(result);
+                continue;
+            }
+            results.push(result);
+            let room = self.shared.rooms.get_or_create(&item.room);
+            let sub = Arc::new(Subscription::new(room, self.conn.outbox.clone()));
+            self.subs.insert(item.room, sub.clone());
+            stamped.push(SubscribeItem {
+                index,
+                sub,
+                replaces,
+                start: item.start,
+                bounds: LogBounds::default(),
+            });
+        }
+        let cmd = SubscribeCmd {
+            outbox: self.conn.outbox.clone(),
+            request_id: rid,
+            results,
+            items: stamped,
+        };
+        if self.shared.sequencer.send(SeqMsg::Subscribe(cmd)).is_err() {
+            push(
+                &self.conn.outbox,
+                error_frame(rid, ErrorCode::ShuttingDown, "server shutting down"),
+            );
+        }
+    }
+
+    async fn history(&mut self, rid: u32, h: HistoryRequest) {
+        let log = self.shared.log.clone();
+        let limit = usize::from(h.limit).clamp(1, MAX_HISTORY_LIMIT);
+        let max_bytes = (self.shared.config.limits.max_frame_len as usize).saturating_sub(1024);
+        let room = h.room.clone();
+        let read = tokio::task::spawn_blocking(move || {
+            let bounds = log.bounds(&room)?;
+            let records = match h.direction {
+                Direction::Before => {
+                    let before = if h.anchor.0 == 0 {
+                        Seq(u64::MAX)
+                    } else {
+                        h.anchor
+                    };
+                    log.read_before(&room, before, limit, max_bytes)?
+                }
+                Direction::After => {
+                    log.read_range(&room, h.anchor.next(), bounds.head, limit, max_bytes)?
+                }
+            };
+            let has_more = match h.direction {
+                Direction::Before => records.first().is_some_and(|r| r.seq > bounds.first),
+                Direction::After => records.last().is_some_and(|r| r.seq < bounds.head),
+            };
+            Ok::<_, crate::storage::StorageError>((bounds, records, has_more))
+        })
+        .await;
+        let frame = match read {
+            Ok(Ok((bounds, records, has_more))) => {
+                let bytes: Vec<_> = records.into_iter().map(|r| r.bytes).collect();
+                raw::history_page_frame(rid, &h.room, has_more, bounds.first, &bytes)
+                    .map_err(|e| e.to_string())
+            }
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match frame {
+            Ok(bytes) => self.conn.outbox.push_control(bytes),
+            Err(e) => {
+                warn!(room = %h.room, error = %e, "history read failed");
+                push(
+                    &self.conn.outbox,
+                    error_frame(rid, ErrorCode::Internal, "history read failed"),
+                );
+            }
+        }
+    }
+
+    fn unsubscribe_all(&mut self) {
+        let subs: Vec<_> = self.subs.drain().map(|(_, s)| s).collect();
+        for s in &subs {
+            s.close();
+        }
+        if !subs.is_empty() {
+            let _ = self.shared.fanout.send(FanoutMsg::Unsubscribe(subs));
+        }
+    }
+}

@@ -1,0 +1,117 @@
+//! An in-memory [`RoomLog`], for tests and simulation.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+
+use bytes::Bytes;
+use confab_codec::{RoomId, Seq};
+
+use super::{Append, LogBounds, RoomLog, StorageError, StoredRecord};
+use crate::config::Durability;
+
+/// Keeps every room's log in a `BTreeMap`. Nothing survives the process.
+#[derive(Debug, Default)]
+pub struct MemoryLog {
+    rooms: Mutex<HashMap<RoomId, BTreeMap<u64, Bytes>>>,
+}
+
+impl MemoryLog {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<RoomId, BTreeMap<u64, Bytes>>> {
+        // A poisoned lock only means another thread panicked mid-operation;
+        // the maps themselves are always consistent between statements.
+        self.rooms.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl RoomLog for MemoryLog {
+    fn append_batch(&self, batch: &[Append<'_>], _: Durability) -> Result<(), StorageError> {
+        let mut rooms = self.lock();
+        for a in batch {
+            rooms
+                .entry(a.room.clone())
+                .or_default()
+                .insert(a.seq.0, Bytes::copy_from_slice(a.record));
+        }
+        Ok(())
+    }
+
+    fn bounds(&self, room: &RoomId) -> Result<LogBounds, StorageError> {
+        let rooms = self.lock();
+        let Some(log) = rooms.get(room) else {
+            return Ok(LogBounds {
+                head: Seq(0),
+                first: Seq(1),
+            });
+        };
+        let head = log.keys().next_back().copied().unwrap_or(0);
+        let first = log.keys().next().copied().unwrap_or(head + 1);
+        Ok(LogBounds {
+            head: Seq(head),
+            first: Seq(first),
+        })
+    }
+
+    fn read_range(
+        &self,
+        room: &RoomId,
+        from: Seq,
+        to: Seq,
+        max_count: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<StoredRecord>, StorageError> {
+        let rooms = self.lock();
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        if from > to {
+            return Ok(out);
+        }
+        if let Some(log) = rooms.get(room) {
+            for (seq, rec) in log.range(from.0..=to.0) {
+                if out.len() >= max_count || (!out.is_empty() && bytes + rec.len() > max_bytes) {
+                    break;
+                }
+                bytes += rec.len();
+                out.push(StoredRecord {
+                    seq: Seq(*seq),
+                    bytes: rec.clone(),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    fn read_before(
+        &self,
+        room: &RoomId,
+        before: Seq,
+        max_count: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<StoredRecord>, StorageError> {
+        let rooms = self.lock();
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        if let Some(log) = rooms.get(room) {
+            for (seq, rec) in log.range(..before.0).rev() {
+                if out.len() >= max_count || (!out.is_empty() && bytes + rec.len() > max_bytes) {
+                    break;
+                }
+                bytes += rec.len();
+                out.push(StoredRecord {
+                    seq: Seq(*seq),
+                    bytes: rec.clone(),
+                });
+            }
+        }
+        out.reverse();
+        Ok(out)
+    }
+
+    fn flush(&self) -> Result<(), StorageError> {
+        Ok(())
+    }
+}

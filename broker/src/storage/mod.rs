@@ -1,0 +1,134 @@
+//! Storage: the per-room append-only logs, behind a trait that never names
+//! RocksDB.
+//!
+//! Every method here blocks. Callers run them on the sequencer's own thread
+//! or through `spawn_blocking`, never on the async reactor.
+
+mod memory;
+mod rocks;
+
+use bytes::Bytes;
+use confab_codec::{RoomId, Seq};
+
+pub use memory::MemoryLog;
+pub use rocks::RocksLog;
+
+use crate::config::Durability;
+
+/// A storage failure. The broker reports it to the client as `Internal`.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StorageError {
+    /// The underlying engine failed.
+    #[error("storage engine: {0}")]
+    Engine(String),
+    /// Stored bytes could not be decoded.
+    #[error("corrupt record in room {room} at seq {seq}")]
+    Corrupt {
+        /// The room.
+        room: String,
+        /// The sequence.
+        seq: u64,
+    },
+}
+
+/// One message to append: its room, its sequence and its encoded
+/// [`confab_codec::EventRecord`].
+#[derive(Debug, Clone)]
+pub struct Append<'a> {
+    /// The room.
+    pub room: &'a RoomId,
+    /// Its sequence, assigned by the sequencer.
+    pub seq: Seq,
+    /// The encoded record.
+    pub record: &'a [u8],
+}
+
+/// The bounds of a room's log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LogBounds {
+    /// The last sequence written (0 if none ever was).
+    pub head: Seq,
+    /// The oldest retained sequence (head + 1 if the log is empty).
+    pub first: Seq,
+}
+
+/// A stored record: its sequence and its encoded
+/// [`confab_codec::EventRecord`], shared with the storage engine's buffer
+/// where possible.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredRecord {
+    /// The record's sequence.
+    pub seq: Seq,
+    /// The encoded record.
+    pub bytes: Bytes,
+}
+
+/// The per-room logs.
+///
+/// Appends come from one thread (the sequencer); reads from any thread.
+pub trait RoomLog: Send + Sync + 'static {
+    /// Appends a group of messages, to any rooms, atomically: after a crash
+    /// either all of them are there or none is. Returns once the batch is as
+    /// durable as `durability` promises.
+    ///
+    /// # Errors
+    /// If the engine fails; then nothing of the batch may be acknowledged.
+    fn append_batch(
+        &self,
+        batch: &[Append<'_>],
+        durability: Durability,
+    ) -> Result<(), StorageError>;
+
+    /// The current bounds of a room's log.
+    ///
+    /// # Errors
+    /// If the engine fails.
+    fn bounds(&self, room: &RoomId) -> Result<LogBounds, StorageError>;
+
+    /// Records with `from <= seq <= to`, ascending, stopping after `max_count`
+    /// records or once `max_bytes` is reached (at least one record is
+    /// returned if any is in range).
+    ///
+    /// # Errors
+    /// If the engine fails.
+    fn read_range(
+        &self,
+        room: &RoomId,
+        from: Seq,
+        to: Seq,
+        max_count: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<StoredRecord>, StorageError>;
+
+    /// Up to `max_count` records with `seq < before`, the newest ones,
+    /// returned in ascending order.
+    ///
+    /// # Errors
+    /// If the engine fails.
+    fn read_before(
+        &self,
+        room: &RoomId,
+        before: Seq,
+        max_count: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<StoredRecord>, StorageError>;
+
+    /// Makes everything appended so far durable (called at shutdown).
+    ///
+    /// # Errors
+    /// If the engine fails.
+    fn flush(&self) -> Result<(), StorageError>;
+}
+
+/// Storage key of a record: the room id with a one-byte length prefix, then
+/// the sequence as a big-endian u64, so that a room's records are contiguous
+/// and ordered by sequence.
+pub(crate) fn record_key(room: &RoomId, seq: Seq) -> Vec<u8> {
+    let id = room.as_bytes();
+    let mut key = Vec::with_capacity(1 + id.len() + 8);
+    key.push(id.len() as u8);
+    key.extend_from_slice(id);
+    key.extend_from_slice(&seq.0.to_be_bytes());
+    key
+}

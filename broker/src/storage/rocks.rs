@@ -1,0 +1,241 @@
+//! The RocksDB [`RoomLog`]. See docs/architecture.md for the key layout and
+//! the tuning choices.
+
+use std::path::Path;
+
+use bytes::Bytes;
+use confab_codec::{RoomId, Seq};
+use rocksdb::{
+    BlockBasedOptions, Cache, ColumnFamilyDescriptor, DBCompressionType, Options, ReadOptions,
+    WriteBatch, WriteOptions, DB,
+};
+
+use super::{record_key, Append, LogBounds, RoomLog, StorageError, StoredRecord};
+use crate::config::Durability;
+
+/// Column family of the room logs.
+pub(crate) const CF_LOG: &str = "log";
+/// Column family of room metadata, membership and cursors.
+pub(crate) const CF_META: &str = "meta";
+
+impl From<rocksdb::Error> for StorageError {
+    fn from(e: rocksdb::Error) -> Self {
+        StorageError::Engine(e.into_string())
+    }
+}
+
+/// Room logs in a RocksDB database.
+pub struct RocksLog {
+    db: DB,
+}
+
+impl std::fmt::Debug for RocksLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RocksLog")
+            .field("path", &self.db.path())
+            .finish()
+    }
+}
+
+impl RocksLog {
+    /// Opens (or creates) the database in `dir`.
+    ///
+    /// # Errors
+    /// If RocksDB cannot open it (permissions, another process holds its lock,
+    /// corruption).
+    pub fn open(dir: &Path, block_cache_bytes: usize) -> Result<Self, StorageError> {
+        let mut db_opts = Options::default();
+        db_opts.create_if_missing(true);
+        db_opts.create_missing_column_families(true);
+        db_opts.set_max_background_jobs(2);
+        db_opts.set_bytes_per_sync(1 << 20);
+        db_opts.set_wal_bytes_per_sync(1 << 20);
+        db_opts.set_max_total_wal_size(512 << 20);
+        db_opts.set_keep_log_file_num(4);
+
+        let cache = Cache::new_lru_cache(block_cache_bytes);
+        let mut table = BlockBasedOptions::default();
+        table.set_block_cache(&cache);
+        table.set_block_size(16 << 10);
+        table.set_cache_index_and_filter_blocks(true);
+
+        // Logs are written once, read mostly near the head, and compress
+        // well: LZ4 keeps compaction cheap on 2 cores.
+        let mut log_opts = Options::default();
+        log_opts.set_compression_type(DBCompressionType::Lz4);
+        log_opts.set_write_buffer_size(64 << 20);
+        log_opts.set_max_write_buffer_number(4);
+        log_opts.set_level_compaction_dynamic_level_bytes(true);
+        log_opts.set_block_based_table_factory(&table);
+
+        let mut meta_opts = Options::default();
+        meta_opts.set_compression_type(DBCompressionType::Lz4);
+        let mut meta_table = BlockBasedOptions::default();
+        meta_table.set_block_cache(&cache);
+        meta_table.set_bloom_filter(10.0, false);
+        meta_opts.set_block_based_table_factory(&meta_table);
+
+        let cfs = vec![
+            ColumnFamilyDescriptor::new(CF_LOG, log_opts),
+            ColumnFamilyDescriptor::new(CF_META, meta_opts),
+        ];
+        let db = DB::open_cf_descriptors(&db_opts, dir, cfs)?;
+        Ok(Self { db })
+    }
+
+    fn log_cf(&self) -> &rocksdb::ColumnFamily {
+        self.db
+            .cf_handle(CF_LOG)
+            .expect("the log column family is created at open")
+    }
+}
+
+fn decode_seq(key: &[u8], prefix_len: usize) -> Option<Seq> {
+    let tail: [u8; 8] = key.get(prefix_len..prefix_len + 8)?.try_into().ok()?;
+    Some(Seq(u64::from_be_bytes(tail)))
+}
+
+impl RoomLog for RocksLog {
+    fn append_batch(
+        &self,
+        batch: &[Append<'_>],
+        durability: Durability,
+    ) -> Result<(), StorageError> {
+        let cf = self.log_cf();
+        let mut wb = WriteBatch::default();
+        for a in batch {
+            wb.put_cf(cf, record_key(a.room, a.seq), a.record);
+        }
+        let mut opts = WriteOptions::default();
+        match durability {
+            Durability::None => opts.disable_wal(true),
+            Durability::Wal => opts.set_sync(false),
+            Durability::Fsync => opts.set_sync(true),
+        }
+        self.db.write_opt(wb, &opts)?;
+        Ok(())
+    }
+
+    fn bounds(&self, room: &RoomId) -> Result<LogBounds, StorageError> {
+        let cf = self.log_cf();
+        let prefix_len = 1 + room.as_bytes().len();
+        let lower = record_key(room, Seq(0));
+        let mut opts = ReadOptions::default();
+        opts.set_iterate_lower_bound(lower.clone());
+        let mut it = self.db.raw_iterator_cf_opt(cf, opts);
+        it.seek_for_prev(record_key(room, Seq(u64::MAX)));
+        let head = match it.key() {
+            Some(k) if k.len() == prefix_len + 8 && k[..prefix_len] == lower[..prefix_len] => {
+                decode_seq(k, prefix_len)
+            }
+            _ => None,
+        };
+        it.status()?;
+        let Some(head) = head else {
+            return Ok(LogBounds {
+                head: Seq(0),
+                first: Seq(1),
+            });
+        };
+        it.seek(&lower);
+        let first = match it.key() {
+            Some(k) if k.len() == prefix_len + 8 && k[..prefix_len] == lower[..prefix_len] => {
+                decode_seq(k, prefix_len).unwrap_or(head)
+            }
+            _ => head,
+        };
+        it.status()?;
+        Ok(LogBounds { head, first })
+    }
+
+    fn read_range(
+        &self,
+        room: &RoomId,
+        from: Seq,
+        to: Seq,
+        max_count: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<StoredRecord>, StorageError> {
+        let mut out = Vec::new();
+        if from > to || max_count == 0 {
+            return Ok(out);
+        }
+        let cf = self.log_cf();
+        let prefix_len = 1 + room.as_bytes().len();
+        let end = record_key(room, to);
+        let mut opts = ReadOptions::default();
+        opts.set_iterate_upper_bound(record_key(room, Seq(u64::MAX)));
+        let mut it = self.db.raw_iterator_cf_opt(cf, opts);
+        it.seek(record_key(room, from));
+        let mut bytes = 0usize;
+        while let (Some(k), Some(v)) = (it.key(), it.value()) {
+            if k > end.as_slice() || out.len() >= max_count {
+                break;
+            }
+            if !out.is_empty() && bytes + v.len() > max_bytes {
+                break;
+            }
+            let seq = decode_seq(k, prefix_len).ok_or_else(|| StorageError::Corrupt {
+                room: room.to_string(),
+                seq: 0,
+            })?;
+            bytes += v.len();
+            out.push(StoredRecord {
+                seq,
+                bytes: Bytes::copy_from_slice(v),
+            });
+            it.next();
+        }
+        it.status()?;
+        Ok(out)
+    }
+
+    fn read_before(
+        &self,
+        room: &RoomId,
+        before: Seq,
+        max_count: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<StoredRecord>, StorageError> {
+        let mut out = Vec::new();
+        if before.0 <= 1 || max_count == 0 {
+            return Ok(out);
+        }
+        let cf = self.log_cf();
+        let prefix_len = 1 + room.as_bytes().len();
+        let mut opts = ReadOptions::default();
+        opts.set_iterate_lower_bound(record_key(room, Seq(0)));
+        let mut it = self.db.raw_iterator_cf_opt(cf, opts);
+        it.seek_for_prev(record_key(room, Seq(before.0 - 1)));
+        let mut bytes = 0usize;
+        while let (Some(k), Some(v)) = (it.key(), it.value()) {
+            if out.len() >= max_count || (!out.is_empty() && bytes + v.len() > max_bytes) {
+                break;
+            }
+            let seq = decode_seq(k, prefix_len).ok_or_else(|| StorageError::Corrupt {
+                room: room.to_string(),
+                seq: 0,
+            })?;
+            bytes += v.len();
+            out.push(StoredRecord {
+                seq,
+                bytes: Bytes::copy_from_slice(v),
+            });
+            it.prev();
+        }
+        it.status()?;
+        out.reverse();
+        Ok(out)
+    }
+
+    fn flush(&self) -> Result<(), StorageError> {
+        self.db.flush_wal(true)?;
+        let cfs: Vec<&rocksdb::ColumnFamily> = [CF_LOG, CF_META]
+            .iter()
+            .filter_map(|name| self.db.cf_handle(name))
+            .collect();
+        self.db
+            .flush_cfs_opt(&cfs, &rocksdb::FlushOptions::default())?;
+        Ok(())
+    }
+}

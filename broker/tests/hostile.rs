@@ -1,0 +1,277 @@
+//! Hostile and broken peers: each gets an error or a close, and only its
+//! own connection is affected.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use confab_codec::*;
+
+/// Asserts the server sends an Error with `code` (and maybe a Goodbye), then closes.
+async fn expect_error_and_close(c: &mut Conn, code: ErrorCode) {
+    let frames = c.until_closed().await;
+    assert!(
+        frames
+            .iter()
+            .any(|f| matches!(&f.body, Body::Error(e) if e.code == code)),
+        "expected an Error {code:?}, got {frames:?}"
+    );
+}
+
+async fn still_works(addr: std::net::SocketAddr, r: &RoomId, cmid: u64) {
+    let mut c = Conn::open(addr, "healthy", "d").await;
+    let ack = c.publish(r, cmid, b"still here").await;
+    assert!(ack.seq.0 >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_frames_close_only_their_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(test_config(dir.path())).await;
+    let addr = broker.tcp_addr();
+    let r = room("calm");
+    let mut bystander = Conn::open(addr, "bystander", "d").await;
+    bystander.subscribe(vec![(r.clone(), StartAt::Live)]).await;
+
+    // Oversized length: rejected from the header alone.
+    let mut c = Conn::open(addr, "a", "d").await;
+    let mut header = Vec::new();
+    Header {
+        len: u32::MAX,
+        frame_type: frame_type::Publish,
+        flags: 0,
+        request_id: 1,
+    }
+    .put(&mut header);
+    c.send_raw(&header).await.unwrap();
+    expect_error_and_close(&mut c, ErrorCode::FrameTooLarge).await;
+
+    // Unknown mandatory frame type.
+    let mut c = Conn::open(addr, "b", "d").await;
+    let mut f = Vec::new();
+    Header {
+        len: 3,
+        frame_type: 0x7F,
+        flags: 0,
+        request_id: 1,
+    }
+    .put(&mut f);
+    f.extend_from_slice(b"abc");
+    c.send_raw(&f).await.unwrap();
+    expect_error_and_close(&mut c, ErrorCode::UnknownFrameType).await;
+
+    // Malformed body: a Publish whose room id is not UTF-8.
+    let mut c = Conn::open(addr, "c", "d").await;
+    let mut f = Vec::new();
+    Header {
+        len: 3,
+        frame_type: frame_type::Publish,
+        flags: 0,
+        request_id: 1,
+    }
+    .put(&mut f);
+    f.extend_from_slice(&[2, 0xff, 0xfe]);
+    c.send_raw(&f).await.unwrap();
+    expect_error_and_close(&mut c, ErrorCode::MalformedFrame).await;
+
+    // A server-to-client frame from a client.
+    let mut c = Conn::open(addr, "d", "d").await;
+    c.send(Pong { nonce: 1 }).await; // allowed, ignored
+    c.send(Ack {}).await;
+    expect_error_and_close(&mut c, ErrorCode::ProtocolViolation).await;
+
+    // An unknown optional extension frame is skipped, the connection lives.
+    let mut c = Conn::open(addr, "e", "d").await;
+    let mut f = Vec::new();
+    Header {
+        len: 2,
+        frame_type: 0x90,
+        flags: 0,
+        request_id: 0,
+    }
+    .put(&mut f);
+    f.extend_from_slice(b"zz");
+    c.send_raw(&f).await.unwrap();
+    let rid = c.send(Ping { nonce: 9 }).await;
+    let pong = c.recv().await.unwrap();
+    assert_eq!(
+        (pong.request_id, pong.body),
+        (rid, Body::Pong(Pong { nonce: 9 }))
+    );
+
+    // Garbage before the handshake.
+    let mut c = Conn::raw(addr).await;
+    c.send_raw(&[0u8, 0, 0, 1, 0x20, 0, 0, 0, 0, 1, 0xAA])
+        .await
+        .unwrap();
+    let frames = c.until_closed().await;
+    assert!(
+        frames.iter().any(|f| matches!(&f.body, Body::Error(_))),
+        "{frames:?}"
+    );
+
+    // The bystander saw nothing bad and still receives.
+    still_works(addr, &r, 1).await;
+    let (events, _) = bystander.events(1).await;
+    assert_eq!(events[0].1, 1);
+    broker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshake_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.limits.handshake_timeout_ms = 300;
+    let broker = start(config).await;
+    let addr = broker.tcp_addr();
+
+    // Silence after connect.
+    let mut c = Conn::raw(addr).await;
+    expect_error_and_close(&mut c, ErrorCode::Timeout).await;
+
+    // Something other than Hello first.
+    let mut c = Conn::raw(addr).await;
+    c.send(Ping { nonce: 1 }).await;
+    expect_error_and_close(&mut c, ErrorCode::ProtocolViolation).await;
+
+    // No common version.
+    let mut c = Conn::raw(addr).await;
+    c.send(Hello {
+        min_version: 2,
+        max_version: 3,
+        token: "alice".into(),
+        device: DeviceId::new("d").unwrap(),
+        client_name: "future".into(),
+        resume: vec![],
+    })
+    .await;
+    expect_error_and_close(&mut c, ErrorCode::UnsupportedVersion).await;
+
+    // Token for another device.
+    let mut c = Conn::raw(addr).await;
+    c.send(Hello {
+        min_version: 1,
+        max_version: 1,
+        token: "alice:phone".into(),
+        device: DeviceId::new("laptop").unwrap(),
+        client_name: "t".into(),
+        resume: vec![],
+    })
+    .await;
+    expect_error_and_close(&mut c, ErrorCode::Unauthenticated).await;
+
+    // A good Hello gets the limits.
+    let c = Conn::open(addr, "alice", "phone").await;
+    let w = c.welcome.unwrap();
+    assert_eq!(w.user.as_str(), "alice");
+    assert_eq!(w.max_rooms, 10_000);
+    assert_eq!(w.max_frame_len, DEFAULT_MAX_FRAME_LEN);
+    broker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_disabled_refuses_everyone() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.auth.mode = confab_broker::config::AuthMode::Disabled;
+    let broker = start(config).await;
+    let mut c = Conn::raw(broker.tcp_addr()).await;
+    c.send(Hello {
+        min_version: 1,
+        max_version: 1,
+        token: "alice".into(),
+        device: DeviceId::new("d").unwrap(),
+        client_name: "t".into(),
+        resume: vec![],
+    })
+    .await;
+    expect_error_and_close(&mut c, ErrorCode::Unauthenticated).await;
+    broker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slowloris_and_idle_connections_are_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.limits.heartbeat_ms = 100;
+    config.limits.idle_timeout_ms = 400;
+    let broker = start(config).await;
+    let addr = broker.tcp_addr();
+
+    // Half a frame, then silence.
+    let mut c = Conn::open(addr, "slow", "d").await;
+    c.send_raw(&[0, 0, 0, 50, frame_type::Publish, 0, 0, 0])
+        .await
+        .unwrap();
+    let frames = c.until_closed().await;
+    assert!(
+        frames
+            .iter()
+            .any(|f| matches!(&f.body, Body::Goodbye(g) if g.code == ErrorCode::Timeout)),
+        "{frames:?}"
+    );
+
+    // Heartbeats keep a quiet connection open past the idle timeout.
+    let mut c = Conn::open(addr, "alive", "d").await;
+    for _ in 0..8 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        c.send(Ping { nonce: 1 }).await;
+        assert!(matches!(c.recv().await.unwrap().body, Body::Pong(_)));
+    }
+    broker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_limit_answers_server_busy() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.limits.max_connections = 2;
+    let broker = start(config).await;
+    let addr = broker.tcp_addr();
+    let _a = Conn::open(addr, "a", "d").await;
+    let _b = Conn::open(addr, "b", "d").await;
+    let mut c = Conn::raw(addr).await;
+    expect_error_and_close(&mut c, ErrorCode::ServerBusy).await;
+    drop(_a);
+    // The slot frees up once the first connection is gone.
+    let mut ok = false;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let mut c = Conn::raw(addr).await;
+        c.send(Hello {
+            min_version: 1,
+            max_version: 1,
+            token: "c".into(),
+            device: DeviceId::new("d").unwrap(),
+            client_name: "t".into(),
+            resume: vec![],
+        })
+        .await;
+        if let Some(f) = c.recv().await {
+            if matches!(f.body, Body::Welcome(_)) {
+                ok = true;
+                break;
+            }
+        }
+    }
+    assert!(ok, "a freed slot admits a new connection");
+    broker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_says_goodbye() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(test_config(dir.path())).await;
+    let mut c = Conn::open(broker.tcp_addr(), "a", "d").await;
+    let shutdown = tokio::spawn(broker.shutdown());
+    let frames = c.until_closed().await;
+    assert!(
+        frames
+            .iter()
+            .any(|f| matches!(&f.body, Body::Goodbye(g) if g.code == ErrorCode::ShuttingDown)),
+        "{frames:?}"
+    );
+    tokio::time::timeout(WAIT, shutdown).await.unwrap().unwrap();
+}

@@ -1,0 +1,544 @@
+//! [`Client`]: the application's handle.
+//!
+//! The handle does no IO. Every call becomes a command on a bounded channel
+//! to the connection task (`driver`), which owns the socket; replies come
+//! back on oneshot channels.
+
+use std::fmt;
+use std::ops::{Bound, RangeBounds};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use confab_codec::{
+    Body, Direction, HistoryPage, HistoryRequest, Publish, PublishAck, RoomId, Seq,
+};
+use tokio::sync::{broadcast, mpsc, oneshot, watch, Semaphore};
+
+use crate::config::ClientConfig;
+use crate::cursor::CursorStore;
+use crate::driver::{self, Command, Outgoing, ReqMode, SubCtl, SubscribeCmd};
+use crate::error::ClientError;
+use crate::events::{ConnectionEvent, ConnectionState, RoomEvent, Signal};
+use crate::ids::IntoRoomId;
+use crate::publish::{Message, MsgIds, PendingPublish};
+use crate::subscription::Subscription;
+
+/// Capacity of the command channel to the connection task. Publishes are
+/// bounded separately by the outbound queue.
+const COMMAND_QUEUE: usize = 256;
+
+/// Most events kept per receiver of [`Client::events`] and
+/// [`Client::signals`]; a receiver that falls further behind misses some
+/// (and is told so by `RecvError::Lagged`).
+const BROADCAST_CAPACITY: usize = 256;
+
+/// Most events per history request made by [`Client::history`].
+const HISTORY_PAGE: u16 = 1000;
+
+/// A connection to a Confab broker that survives network failures, broker
+/// restarts and application restarts.
+///
+/// Cheap to clone; all clones share one connection. The connection task
+/// stops when the last clone and the last [`Subscription`] are dropped, or
+/// on [`Client::close`].
+///
+/// ```no_run
+/// # async fn run() -> Result<(), confab_client::ClientError> {
+/// use confab_client::{Client, ClientConfig};
+///
+/// let config = ClientConfig::new("confab://127.0.0.1:7400", "alice:phone", "phone")?;
+/// let client = Client::connect(config).await?;
+/// let mut sub = client.subscribe("general").await?;
+/// let ack = client.publish("general", "hello").await?;
+/// println!("stored as #{}", ack.seq);
+/// let echo = sub.next().await.transpose()?;
+/// client.close().await;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    cmds: mpsc::Sender<Command>,
+    ctl: mpsc::UnboundedSender<SubCtl>,
+    permits: Arc<Semaphore>,
+    msg_ids: MsgIds,
+    sub_ids: AtomicU64,
+    events: broadcast::Sender<ConnectionEvent>,
+    signals: broadcast::Sender<Signal>,
+    state: watch::Receiver<ConnectionState>,
+    config: Arc<ClientConfig>,
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("endpoint", &self.inner.config.endpoint)
+            .field("device", &self.inner.config.device)
+            .field("state", &*self.inner.state.borrow())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// Starts the client and waits for its first connection.
+    ///
+    /// Cancel-safe: dropping the future stops the client it was starting.
+    ///
+    /// # Errors
+    /// [`ClientError::InvalidConfig`], or the failure of the first
+    /// connection attempt (transport error, [`ClientError::Timeout`],
+    /// [`ClientError::Fatal`] for a refused token). Use [`Client::start`]
+    /// to keep retrying in the background instead.
+    pub async fn connect(config: ClientConfig) -> Result<Client, ClientError> {
+        let (tx, rx) = oneshot::channel();
+        let client = Self::spawn(config, Some(tx))?;
+        match rx.await {
+            Ok(Ok(())) => Ok(client),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(ClientError::Closed),
+        }
+    }
+
+    /// Starts the client without waiting: it connects, and reconnects, in
+    /// the background, while calls are queued (offline-first). Must be
+    /// called inside a tokio runtime.
+    ///
+    /// # Errors
+    /// [`ClientError::InvalidConfig`].
+    pub fn start(config: ClientConfig) -> Result<Client, ClientError> {
+        Self::spawn(config, None)
+    }
+
+    fn spawn(
+        config: ClientConfig,
+        first: Option<oneshot::Sender<Result<(), ClientError>>>,
+    ) -> Result<Client, ClientError> {
+        config.validate()?;
+        let config = Arc::new(config);
+        let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
+        let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
+        let (events, _) = broadcast::channel(BROADCAST_CAPACITY);
+        let (signals, _) = broadcast::channel(BROADCAST_CAPACITY);
+        let (state_tx, state_rx) = watch::channel(ConnectionState::Connecting);
+        let permits = Arc::new(Semaphore::new(config.outbound_queue_capacity));
+        let parts = driver::Parts {
+            config: config.clone(),
+            cmds: cmd_rx,
+            ctl: ctl_rx,
+            ctl_tx: ctl_tx.clone(),
+            permits: permits.clone(),
+            events: events.clone(),
+            signals: signals.clone(),
+            state: state_tx,
+            first_connect: first,
+        };
+        tokio::spawn(driver::run(parts));
+        Ok(Client {
+            inner: Arc::new(Inner {
+                cmds: cmd_tx,
+                ctl: ctl_tx,
+                permits,
+                msg_ids: MsgIds::new(rand::random()),
+                sub_ids: AtomicU64::new(1),
+                events,
+                signals,
+                state: state_rx,
+                config,
+            }),
+        })
+    }
+
+    // ----- subscriptions -------------------------------------------------
+
+    /// Follows a room from where this device stopped: from its cursor + 1
+    /// if the [`CursorStore`] has one (every message since is replayed,
+    /// however long ago that was), else live (messages from now on).
+    ///
+    /// When connected, waits for the broker's answer; when offline, returns
+    /// at once and the room is subscribed on connection.
+    ///
+    /// Cancel-safe in effect: if the future is dropped, the subscription it
+    /// would have returned is dropped too, which unsubscribes the room.
+    ///
+    /// # Errors
+    /// [`ClientError::Server`] (`NotMember`, `NoSuchRoom`, `TooManyRooms`),
+    /// [`ClientError::AlreadySubscribed`], [`ClientError::Timeout`],
+    /// [`ClientError::Closed`], or an invalid room id.
+    pub async fn subscribe(&self, room: impl IntoRoomId) -> Result<Subscription, ClientError> {
+        self.subscribe_at(room.into_room_id()?, None).await
+    }
+
+    /// Follows a room from sequence `from` (inclusive), whatever the cursor
+    /// says: the broker replays `from..=head`, then continues live.
+    /// Cancellation and errors as [`Client::subscribe`]; a `from` older
+    /// than the room's retention is reported as
+    /// [`ConnectionEvent::HistoryTruncated`].
+    ///
+    /// # Errors
+    /// As [`Client::subscribe`].
+    pub async fn subscribe_from(
+        &self,
+        room: impl IntoRoomId,
+        from: Seq,
+    ) -> Result<Subscription, ClientError> {
+        self.subscribe_at(room.into_room_id()?, Some(from)).await
+    }
+
+    async fn subscribe_at(
+        &self,
+        room: RoomId,
+        from: Option<Seq>,
+    ) -> Result<Subscription, ClientError> {
+        let id = self.inner.sub_ids.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::channel(self.inner.config.event_buffer_capacity);
+        let end = Arc::new(std::sync::Mutex::new(None));
+        // Built before sending, so that dropping this future at any point
+        // unsubscribes the room (Subscription's Drop).
+        let sub = Subscription::new(room.clone(), id, rx, end.clone(), self.clone());
+        let (reply, answer) = oneshot::channel();
+        let cmd = Command::Subscribe(SubscribeCmd {
+            room,
+            id,
+            from,
+            tx,
+            end,
+            reply,
+        });
+        self.call(cmd, answer).await??;
+        Ok(sub)
+    }
+
+    pub(crate) async fn unsubscribe_room(&self, room: RoomId, id: u64) -> Result<(), ClientError> {
+        let (reply, answer) = oneshot::channel();
+        self.call(Command::Unsubscribe { room, id, reply }, answer)
+            .await?
+    }
+
+    pub(crate) fn send_ctl(&self, ctl: SubCtl) {
+        // Fails only when the connection task is gone, and then there is
+        // nothing left to tell.
+        let _ = self.inner.ctl.send(ctl);
+    }
+
+    pub(crate) fn cursor_store(&self) -> &dyn CursorStore {
+        &*self.inner.config.cursor_store
+    }
+
+    // ----- publishing ----------------------------------------------------
+
+    /// Publishes an ordinary message and waits for the broker's
+    /// acknowledgement, across reconnections if needed.
+    ///
+    /// **Not cancel-safe:** once the message is in the outbound queue,
+    /// dropping this future does not unsend it. It is still published (at
+    /// most once, thanks to its client message id) and a refusal is
+    /// reported as [`ConnectionEvent::PublishFailed`]. Dropped while still
+    /// waiting for queue space, nothing is sent.
+    ///
+    /// # Errors
+    /// [`ClientError::Server`] if the broker refuses it (`NotMember`,
+    /// `PayloadTooLarge`, `RateLimited`, ...), [`ClientError::PayloadTooLarge`],
+    /// [`ClientError::Closed`], or an invalid room id.
+    pub async fn publish(
+        &self,
+        room: impl IntoRoomId,
+        payload: impl Into<Bytes>,
+    ) -> Result<PublishAck, ClientError> {
+        self.publish_message(Message::new(room.into_room_id()?, payload))
+            .await
+    }
+
+    /// Publishes any [`Message`] (replies, edits, reactions, custom kinds)
+    /// and waits for the acknowledgement. Cancellation as [`Client::publish`].
+    ///
+    /// # Errors
+    /// As [`Client::publish`].
+    pub async fn publish_message(&self, message: Message) -> Result<PublishAck, ClientError> {
+        self.enqueue(message).await?.await
+    }
+
+    /// Puts a message in the outbound queue, waiting while the queue is full
+    /// (backpressure), and returns without waiting for the acknowledgement.
+    /// Await the returned [`PendingPublish`] for it, or drop it.
+    ///
+    /// Cancel-safe: if dropped before it completes, nothing was queued.
+    ///
+    /// # Errors
+    /// [`ClientError::Closed`].
+    pub async fn enqueue(&self, message: Message) -> Result<PendingPublish, ClientError> {
+        let permit = self
+            .inner
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| ClientError::Closed)?;
+        let (cmd, pending) = self.outgoing(message, permit);
+        self.inner
+            .cmds
+            .send(cmd)
+            .await
+            .map_err(|_| ClientError::Closed)?;
+        Ok(pending)
+    }
+
+    /// Like [`Client::enqueue`] but never waits.
+    ///
+    /// # Errors
+    /// [`ClientError::QueueFull`] when the outbound queue is full,
+    /// [`ClientError::Closed`].
+    pub fn try_publish(&self, message: Message) -> Result<PendingPublish, ClientError> {
+        let permit = match self.inner.permits.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(tokio::sync::TryAcquireError::NoPermits) => return Err(ClientError::QueueFull),
+            Err(tokio::sync::TryAcquireError::Closed) => return Err(ClientError::Closed),
+        };
+        let (cmd, pending) = self.outgoing(message, permit);
+        self.inner.cmds.try_send(cmd).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => ClientError::QueueFull,
+            mpsc::error::TrySendError::Closed(_) => ClientError::Closed,
+        })?;
+        Ok(pending)
+    }
+
+    /// Fire-and-forget: queues an ordinary message (waiting for queue space)
+    /// and returns its client message id. The SDK still tracks the
+    /// acknowledgement and retries after reconnections exactly like
+    /// [`Client::publish`] (it does not use the protocol's `NO_REPLY` flag,
+    /// which would make delivery unverifiable); only the caller does not
+    /// wait. Refusals are reported as [`ConnectionEvent::PublishFailed`].
+    /// Cancel-safe like [`Client::enqueue`].
+    ///
+    /// # Errors
+    /// [`ClientError::Closed`], or an invalid room id.
+    pub async fn publish_nowait(
+        &self,
+        room: impl IntoRoomId,
+        payload: impl Into<Bytes>,
+    ) -> Result<u64, ClientError> {
+        let pending = self
+            .enqueue(Message::new(room.into_room_id()?, payload))
+            .await?;
+        Ok(pending.client_msg_id())
+    }
+
+    /// Waits until every publish queued so far has been acknowledged or
+    /// refused. Cancel-safe.
+    ///
+    /// # Errors
+    /// [`ClientError::Closed`] if the client stops first.
+    pub async fn flush(&self) -> Result<(), ClientError> {
+        let (reply, answer) = oneshot::channel();
+        self.inner
+            .cmds
+            .send(Command::Flush(reply))
+            .await
+            .map_err(|_| ClientError::Closed)?;
+        answer.await.map_err(|_| ClientError::Closed)
+    }
+
+    fn outgoing(
+        &self,
+        m: Message,
+        permit: tokio::sync::OwnedSemaphorePermit,
+    ) -> (Command, PendingPublish) {
+        let client_msg_id = self.inner.msg_ids.next();
+        let (reply, rx) = oneshot::channel();
+        let publish = Publish {
+            room: m.room,
+            client_msg_id,
+            kind: m.kind,
+            refers_to: m.refers_to,
+            thread: m.thread,
+            payload: m.payload,
+        };
+        let cmd = Command::Publish(Outgoing {
+            publish,
+            reply,
+            permit,
+        });
+        (cmd, PendingPublish::new(client_msg_id, rx))
+    }
+
+    // ----- history -------------------------------------------------------
+
+    /// Reads the events of `room` with sequences in `range`, in order,
+    /// paging as needed (`1..=50`, `100..`). An unbounded end reads up to
+    /// the head: mind the memory for large rooms. Events older than the
+    /// room's retention are absent. Cancel-safe (read-only).
+    ///
+    /// # Errors
+    /// As [`Client::history_page`].
+    pub async fn history(
+        &self,
+        room: impl IntoRoomId,
+        range: impl RangeBounds<u64>,
+    ) -> Result<Vec<RoomEvent>, ClientError> {
+        let room = room.into_room_id()?;
+        let start = match range.start_bound() {
+            Bound::Included(&s) => s.max(1),
+            Bound::Excluded(&s) => s.saturating_add(1).max(1),
+            Bound::Unbounded => 1,
+        };
+        let end = match range.end_bound() {
+            Bound::Included(&e) => Some(e),
+            Bound::Excluded(&e) => Some(e.saturating_sub(1)),
+            Bound::Unbounded => None,
+        };
+        let mut anchor = start - 1;
+        let mut events = Vec::new();
+        loop {
+            let remaining = end.map_or(u64::from(HISTORY_PAGE), |e| e.saturating_sub(anchor));
+            if remaining == 0 {
+                break;
+            }
+            let limit = u16::try_from(remaining)
+                .unwrap_or(HISTORY_PAGE)
+                .min(HISTORY_PAGE);
+            let page = self
+                .history_page(room.clone(), Direction::After, Seq(anchor), limit)
+                .await?;
+            let got = page.events.len();
+            for record in page.events {
+                if end.is_some_and(|e| record.seq.0 > e) || record.seq.0 <= anchor {
+                    continue;
+                }
+                anchor = record.seq.0;
+                events.push(RoomEvent::from_record(room.clone(), record, true));
+            }
+            if !page.has_more || got == 0 {
+                break;
+            }
+        }
+        Ok(events)
+    }
+
+    /// One page of history, as the protocol has it: the `limit` events
+    /// after `anchor` (exclusive), or before it (`anchor` 0 = from the
+    /// head), always in ascending order. Cancel-safe (read-only).
+    ///
+    /// # Errors
+    /// [`ClientError::Server`] (`NoSuchRoom`, `NotMember`),
+    /// [`ClientError::Timeout`], [`ClientError::ConnectionLost`],
+    /// [`ClientError::Closed`].
+    pub async fn history_page(
+        &self,
+        room: impl IntoRoomId,
+        direction: Direction,
+        anchor: Seq,
+        limit: u16,
+    ) -> Result<HistoryPage, ClientError> {
+        let body = HistoryRequest {
+            room: room.into_room_id()?,
+            direction,
+            anchor,
+            limit,
+        };
+        match self.request(body, ReqMode::Reply).await? {
+            Body::HistoryPage(p) => Ok(p),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    // ----- plumbing ------------------------------------------------------
+
+    /// Sends a request and waits for its reply, within the request timeout.
+    pub(crate) async fn request(
+        &self,
+        body: impl Into<Body>,
+        mode: ReqMode,
+    ) -> Result<Body, ClientError> {
+        let (reply, answer) = oneshot::channel();
+        let cmd = Command::Request {
+            body: body.into(),
+            mode,
+            reply,
+        };
+        self.call(cmd, answer).await?
+    }
+
+    /// Sends a command and waits for its answer, within the request timeout.
+    async fn call<T>(&self, cmd: Command, answer: oneshot::Receiver<T>) -> Result<T, ClientError> {
+        let timeout = self.inner.config.request_timeout;
+        let exchange = async {
+            self.inner
+                .cmds
+                .send(cmd)
+                .await
+                .map_err(|_| ClientError::Closed)?;
+            answer.await.map_err(|_| ClientError::Closed)
+        };
+        tokio::time::timeout(timeout, exchange)
+            .await
+            .unwrap_or(Err(ClientError::Timeout))
+    }
+
+    // ----- state ---------------------------------------------------------
+
+    /// A receiver of connection-state events from now on. Cancel-safe
+    /// (`broadcast::Receiver::recv`). A receiver that falls more than 256
+    /// events behind gets `RecvError::Lagged` and misses the oldest ones.
+    pub fn events(&self) -> broadcast::Receiver<ConnectionEvent> {
+        self.inner.events.subscribe()
+    }
+
+    /// A receiver of typing, presence, receipt and notice signals from now
+    /// on, with the same lag rule as [`Client::events`].
+    pub fn signals(&self) -> broadcast::Receiver<Signal> {
+        self.inner.signals.subscribe()
+    }
+
+    /// The connection's current state.
+    pub fn state(&self) -> ConnectionState {
+        self.inner.state.borrow().clone()
+    }
+
+    /// Waits until the client is connected. Cancel-safe.
+    ///
+    /// # Errors
+    /// [`ClientError::Closed`] if the client stops first.
+    pub async fn wait_connected(&self) -> Result<(), ClientError> {
+        let mut state = self.inner.state.clone();
+        let s = state
+            .wait_for(|s| {
+                matches!(
+                    s,
+                    ConnectionState::Connected { .. } | ConnectionState::Closed
+                )
+            })
+            .await
+            .map_err(|_| ClientError::Closed)?;
+        match *s {
+            ConnectionState::Closed => Err(ClientError::Closed),
+            _ => Ok(()),
+        }
+    }
+
+    /// The configuration in use.
+    pub fn config(&self) -> &ClientConfig {
+        &self.inner.config
+    }
+
+    /// Closes the client: says `Goodbye` to the broker, ends every
+    /// subscription (their streams end with `None`), fails unacknowledged
+    /// publishes with [`ClientError::Closed`] (call [`Client::flush`] first
+    /// to wait for them), flushes the cursor store and waits for the
+    /// connection task to stop. Affects every clone. Idempotent.
+    ///
+    /// Cancel-safe in effect: once started, the close completes in the
+    /// background even if this future is dropped.
+    pub async fn close(&self) {
+        let (reply, answer) = oneshot::channel();
+        if self.inner.cmds.send(Command::Close(reply)).await.is_ok() {
+            let _ = answer.await;
+        }
+    }
+}
+
+pub(crate) fn unexpected(body: &Body) -> ClientError {
+    ClientError::UnexpectedReply(body.name())
+}

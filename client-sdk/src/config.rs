@@ -1,0 +1,228 @@
+//! Client configuration.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use confab_codec::DeviceId;
+
+use crate::backoff::BackoffConfig;
+use crate::cursor::{CursorStore, MemoryCursorStore};
+use crate::error::ClientError;
+use crate::transport::Endpoint;
+
+/// Everything a [`Client`](crate::Client) needs. Build it with
+/// [`ClientConfig::new`], then adjust the public fields.
+///
+/// Memory: the SDK holds at most `outbound_queue_capacity` unacknowledged
+/// publishes (payload included), `event_buffer_capacity` undelivered events
+/// per subscription, and `max_out_of_order` events per room while a gap is
+/// being filled.
+///
+/// ```
+/// use std::time::Duration;
+/// use confab_client::ClientConfig;
+///
+/// let mut config = ClientConfig::new("confab://127.0.0.1:7400", "alice:phone", "phone").unwrap();
+/// config.heartbeat_interval = Duration::from_secs(5);
+/// config.dead_link_timeout = Duration::from_secs(12);
+/// assert!(config.validate().is_ok());
+/// ```
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct ClientConfig {
+    /// Where the broker is.
+    pub endpoint: Endpoint,
+    /// The authentication token (`user:device` or `user` against a broker
+    /// in development mode).
+    pub token: String,
+    /// This device's id, stable across restarts of the application.
+    pub device: DeviceId,
+    /// Free-form client name and version, for the broker's logs.
+    pub client_name: String,
+    /// Reconnection delays.
+    pub backoff: BackoffConfig,
+    /// A `Ping` is sent after this long without sending or receiving
+    /// anything. The broker's announced `heartbeat_ms` is used instead when
+    /// it is shorter. Default 15 s.
+    pub heartbeat_interval: Duration,
+    /// The connection is declared dead, dropped and reconnected after this
+    /// long without receiving anything. Must exceed `heartbeat_interval`.
+    /// Default 35 s.
+    pub dead_link_timeout: Duration,
+    /// Most time for opening the transport and completing the handshake.
+    /// Default 10 s.
+    pub connect_timeout: Duration,
+    /// Most time a request (history, rooms, presence, ...) waits for its
+    /// reply, including time spent waiting for a connection. Publishes are
+    /// not subject to it: they are retried until acknowledged. Default 30 s.
+    pub request_timeout: Duration,
+    /// Most publishes accepted but not yet acknowledged by the broker. When
+    /// it is reached, `publish` waits and `try_publish` fails with
+    /// [`ClientError::QueueFull`]. Also bounds requests waiting for a
+    /// connection. Default 1024.
+    pub outbound_queue_capacity: usize,
+    /// Events buffered per subscription for the application. When the
+    /// application does not read and the buffer fills up, delivery of that
+    /// room pauses and later resumes from the cursor (see
+    /// [`Subscription`](crate::Subscription)). Default 1024.
+    pub event_buffer_capacity: usize,
+    /// Most out-of-order events held per room while a gap is filled from
+    /// history; beyond it the room is resubscribed instead. Default 4096.
+    pub max_out_of_order: usize,
+    /// Events per history request when filling a gap. Default 500.
+    pub history_page_size: u16,
+    /// Where the last delivered sequence of each room is kept. Default: in
+    /// memory ([`MemoryCursorStore`]).
+    pub cursor_store: Arc<dyn CursorStore>,
+}
+
+impl ClientConfig {
+    /// A configuration with default settings and an in-memory cursor store.
+    ///
+    /// # Errors
+    /// [`ClientError::InvalidConfig`] if `url` does not parse (see
+    /// [`Endpoint::parse`]) or `device` is not a valid device id.
+    pub fn new(url: &str, token: impl Into<String>, device: &str) -> Result<Self, ClientError> {
+        let device = DeviceId::new(device)
+            .map_err(|_| ClientError::InvalidConfig(format!("bad device id `{device}`")))?;
+        Ok(Self::with_endpoint(Endpoint::parse(url)?, token, device))
+    }
+
+    /// Like [`ClientConfig::new`] with an endpoint and device already parsed.
+    pub fn with_endpoint(endpoint: Endpoint, token: impl Into<String>, device: DeviceId) -> Self {
+        Self {
+            endpoint,
+            token: token.into(),
+            device,
+            client_name: concat!("confab-client-rust/", env!("CARGO_PKG_VERSION")).to_owned(),
+            backoff: BackoffConfig::default(),
+            heartbeat_interval: Duration::from_secs(15),
+            dead_link_timeout: Duration::from_secs(35),
+            connect_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+            outbound_queue_capacity: 1024,
+            event_buffer_capacity: 1024,
+            max_out_of_order: 4096,
+            history_page_size: 500,
+            cursor_store: Arc::new(MemoryCursorStore::new()),
+        }
+    }
+
+    /// Replaces the cursor store.
+    pub fn cursor_store(mut self, store: impl CursorStore) -> Self {
+        self.cursor_store = Arc::new(store);
+        self
+    }
+
+    /// Checks ranges and relations between values.
+    ///
+    /// # Errors
+    /// [`ClientError::InvalidConfig`] naming the first bad value.
+    pub fn validate(&self) -> Result<(), ClientError> {
+        let checks: [(bool, &str); 8] = [
+            (
+                !self.heartbeat_interval.is_zero(),
+                "heartbeat_interval must be above zero",
+            ),
+            (
+                self.dead_link_timeout > self.heartbeat_interval,
+                "dead_link_timeout must exceed heartbeat_interval",
+            ),
+            (
+                !self.connect_timeout.is_zero(),
+                "connect_timeout must be above zero",
+            ),
+            (
+                !self.request_timeout.is_zero(),
+                "request_timeout must be above zero",
+            ),
+            (
+                self.outbound_queue_capacity >= 1,
+                "outbound_queue_capacity must be at least 1",
+            ),
+            (
+                self.event_buffer_capacity >= 2,
+                "event_buffer_capacity must be at least 2",
+            ),
+            (
+                self.max_out_of_order >= 1,
+                "max_out_of_order must be at least 1",
+            ),
+            (
+                self.history_page_size >= 1,
+                "history_page_size must be at least 1",
+            ),
+        ];
+        if let Some((_, msg)) = checks.iter().find(|(ok, _)| !ok) {
+            return Err(ClientError::InvalidConfig((*msg).to_owned()));
+        }
+        // The semaphore behind the outbound queue has a maximum size.
+        if self.outbound_queue_capacity > tokio::sync::Semaphore::MAX_PERMITS {
+            return Err(ClientError::InvalidConfig(
+                "outbound_queue_capacity is too large".into(),
+            ));
+        }
+        self.backoff.validate().map_err(ClientError::InvalidConfig)
+    }
+}
+
+impl fmt::Debug for ClientConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The token is a credential: never print it.
+        f.debug_struct("ClientConfig")
+            .field("endpoint", &self.endpoint)
+            .field("token", &"<redacted>")
+            .field("device", &self.device)
+            .field("client_name", &self.client_name)
+            .field("backoff", &self.backoff)
+            .field("heartbeat_interval", &self.heartbeat_interval)
+            .field("dead_link_timeout", &self.dead_link_timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("request_timeout", &self.request_timeout)
+            .field("outbound_queue_capacity", &self.outbound_queue_capacity)
+            .field("event_buffer_capacity", &self.event_buffer_capacity)
+            .field("max_out_of_order", &self.max_out_of_order)
+            .field("history_page_size", &self.history_page_size)
+            .field("cursor_store", &self.cursor_store)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn config() -> ClientConfig {
+        ClientConfig::new("confab://localhost:7400", "alice:phone", "phone").unwrap()
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        assert!(config().validate().is_ok());
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        let mut c = config();
+        c.dead_link_timeout = c.heartbeat_interval;
+        assert!(c.validate().is_err());
+        let mut c = config();
+        c.outbound_queue_capacity = 0;
+        assert!(c.validate().is_err());
+        let mut c = config();
+        c.backoff.multiplier = 0.0;
+        assert!(c.validate().is_err());
+        assert!(ClientConfig::new("confab://h:1", "t", "").is_err());
+        assert!(ClientConfig::new("bogus://h:1", "t", "d").is_err());
+    }
+
+    #[test]
+    fn debug_hides_the_token() {
+        let text = format!("{:?}", config());
+        assert!(!text.contains("alice:phone"));
+        assert!(text.contains("redacted"));
+    }
+}

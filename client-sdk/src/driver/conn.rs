@@ -1,0 +1,330 @@
+//! One live connection: opening it (transport + handshake), its writer
+//! task, its in-flight requests and its heartbeat clock.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
+
+use confab_codec::{
+    Body, ErrorCode, Frame, Hello, Ping, RoomId, Welcome, DEFAULT_MAX_FRAME_LEN, PROTOCOL_VERSION,
+};
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{ReadHalf, WriteHalf};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::codec::{FramedRead, FramedWrite};
+use tracing::debug;
+
+use crate::codec::FrameCodec;
+use crate::config::ClientConfig;
+use crate::error::{ClientError, DisconnectReason};
+use crate::transport::BoxByteStream;
+
+/// The reason given when the transport or the handshake is too slow.
+pub(super) const TIMEOUT: &str = "connect timeout";
+
+/// Frames handed to the writer task but not yet written.
+const WRITER_QUEUE: usize = 64;
+
+/// Remembered request ids of requests without a success reply, to name
+/// them if an `Error` comes back.
+const NO_REPLY_MEMORY: usize = 64;
+
+pub(super) type Reader = FramedRead<ReadHalf<BoxByteStream>, FrameCodec>;
+type Writer = FramedWrite<WriteHalf<BoxByteStream>, FrameCodec>;
+
+/// What a reply (or an `Error`) to a request id completes.
+#[derive(Debug)]
+pub(super) enum Inflight {
+    /// A publish, by its key in the pending map.
+    Publish(u64),
+    /// A subscribe (or the Hello's resume): rooms and subscription ids in
+    /// request order.
+    Subscribe(Vec<(RoomId, u64)>),
+    /// An unsubscribe, with the caller waiting for it if any.
+    Unsubscribe(Option<oneshot::Sender<Result<(), ClientError>>>),
+    /// A gap fill of a room's subscription.
+    Fill { room: RoomId, id: u64 },
+    /// An application request.
+    Request(oneshot::Sender<Result<Body, ClientError>>),
+    /// A request the SDK made for itself (presence after reconnect); errors
+    /// are logged.
+    Internal(&'static str),
+}
+
+/// The sending side of a connection.
+pub(super) struct Outbound {
+    writer: mpsc::Sender<Frame>,
+    /// Frames waiting for room in the writer queue. Bounded by its sources:
+    /// publishes by the outbound queue, requests by the command channel,
+    /// room frames by the number of rooms.
+    queue: VecDeque<Frame>,
+    last_sent: Instant,
+}
+
+impl Outbound {
+    pub(super) fn has_pending(&self) -> bool {
+        !self.queue.is_empty()
+    }
+
+    /// Waits for room in the writer's channel, then moves as many queued
+    /// frames as fit. Cancel-safe: nothing moves before a slot is reserved.
+    /// False if the writer is gone.
+    pub(super) async fn push(&mut self) -> bool {
+        let Ok(permit) = self.writer.reserve().await else {
+            return false;
+        };
+        if let Some(first) = self.queue.pop_front() {
+            permit.send(first);
+        }
+        while !self.queue.is_empty() {
+            match self.writer.try_reserve() {
+                Ok(p) => {
+                    if let Some(f) = self.queue.pop_front() {
+                        p.send(f);
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        self.last_sent = Instant::now();
+        true
+    }
+}
+
+/// A connection that completed its handshake.
+pub(super) struct Conn {
+    pub(super) reader: Reader,
+    pub(super) out: Outbound,
+    pub(super) writer_task: JoinHandle<Result<(), ClientError>>,
+    pub(super) inflight: HashMap<u32, Inflight>,
+    no_reply: VecDeque<(u32, &'static str)>,
+    pub(super) welcome: Welcome,
+    /// A connection-level `Error` (request id 0), reported if the broker
+    /// closes without a `Goodbye`.
+    pub(super) conn_error: Option<(ErrorCode, String)>,
+    last_recv: Instant,
+    ping_outstanding: bool,
+    heartbeat: Duration,
+    dead_after: Duration,
+    nonce: u64,
+}
+
+/// Why opening a connection failed.
+#[derive(Debug)]
+pub(super) enum OpenError {
+    /// Transport, timeout or protocol trouble: try again later.
+    Retry(DisconnectReason),
+    /// The broker refused the handshake with this code.
+    Refused { code: ErrorCode, message: String },
+}
+
+/// Opens the transport, sends `hello` and waits for `Welcome`, all within
+/// the connect timeout.
+pub(super) async fn open(
+    config: &ClientConfig,
+    hello: Hello,
+    hello_rid: u32,
+) -> Result<(Reader, Writer, Welcome), OpenError> {
+    let attempt = async {
+        let stream = config
+            .endpoint
+            .connect()
+            .await
+            .map_err(|e| OpenError::Retry(DisconnectReason::ConnectFailed(e.to_string())))?;
+        let (rd, wr) = tokio::io::split(stream);
+        let mut reader = FramedRead::new(rd, FrameCodec::new(DEFAULT_MAX_FRAME_LEN));
+        let mut writer = FramedWrite::new(wr, FrameCodec::new(DEFAULT_MAX_FRAME_LEN));
+        writer
+            .send(Frame::request(hello_rid, hello))
+            .await
+            .map_err(|e| OpenError::Retry(DisconnectReason::ConnectFailed(e.to_string())))?;
+        let mut refusal: Option<(ErrorCode, String)> = None;
+        loop {
+            let frame = match reader.next().await {
+                Some(Ok(frame)) => frame,
+                Some(Err(e)) => {
+                    return Err(OpenError::Retry(DisconnectReason::Protocol(e.to_string())))
+                }
+                None => {
+                    return Err(match refusal {
+                        Some((code, message)) => OpenError::Refused { code, message },
+                        None => OpenError::Retry(DisconnectReason::ConnectFailed(
+                            "closed during the handshake".into(),
+                        )),
+                    })
+                }
+            };
+            match frame.body {
+                Body::Welcome(w) if frame.request_id == hello_rid => {
+                    if w.version != PROTOCOL_VERSION {
+                        return Err(OpenError::Refused {
+                            code: ErrorCode::UnsupportedVersion,
+                            message: format!("broker chose version {}", w.version),
+                        });
+                    }
+                    return Ok((reader, writer, w));
+                }
+                Body::Error(e) => refusal = Some((e.code, e.message)),
+                Body::Goodbye(g) => {
+                    let (code, message) = refusal.unwrap_or((g.code, g.message));
+                    return Err(OpenError::Refused { code, message });
+                }
+                Body::Notice(_) | Body::Extension { .. } => {}
+                other => {
+                    return Err(OpenError::Retry(DisconnectReason::Protocol(format!(
+                        "{} before Welcome",
+                        other.name()
+                    ))))
+                }
+            }
+        }
+    };
+    match tokio::time::timeout(config.connect_timeout, attempt).await {
+        Ok(result) => result,
+        Err(_) => Err(OpenError::Retry(DisconnectReason::ConnectFailed(
+            TIMEOUT.into(),
+        ))),
+    }
+}
+
+impl Conn {
+    /// Starts the writer task for a handshaken connection.
+    pub(super) fn start(
+        config: &ClientConfig,
+        mut reader: Reader,
+        writer: Writer,
+        welcome: Welcome,
+    ) -> Self {
+        // Accept what the broker may send us; never less than the default.
+        reader
+            .decoder_mut()
+            .set_max_frame_len(welcome.max_frame_len.max(DEFAULT_MAX_FRAME_LEN));
+        let (tx, rx) = mpsc::channel(WRITER_QUEUE);
+        let writer_task = tokio::spawn(write_loop(writer, rx));
+        let mut heartbeat = config.heartbeat_interval;
+        if welcome.heartbeat_ms > 0 {
+            heartbeat = heartbeat.min(Duration::from_millis(u64::from(welcome.heartbeat_ms)));
+        }
+        let now = Instant::now();
+        Self {
+            reader,
+            out: Outbound {
+                writer: tx,
+                queue: VecDeque::new(),
+                last_sent: now,
+            },
+            writer_task,
+            inflight: HashMap::new(),
+            no_reply: VecDeque::new(),
+            welcome,
+            conn_error: None,
+            last_recv: now,
+            ping_outstanding: false,
+            heartbeat,
+            dead_after: config.dead_link_timeout,
+            nonce: 0,
+        }
+    }
+
+    /// Queues a frame for the writer.
+    pub(super) fn send(&mut self, frame: Frame) {
+        self.out.queue.push_back(frame);
+    }
+
+    /// Remembers a request that has no success reply.
+    pub(super) fn remember_no_reply(&mut self, rid: u32, name: &'static str) {
+        if self.no_reply.len() == NO_REPLY_MEMORY {
+            self.no_reply.pop_front();
+        }
+        self.no_reply.push_back((rid, name));
+    }
+
+    /// The name of a remembered no-reply request.
+    pub(super) fn no_reply_name(&self, rid: u32) -> Option<&'static str> {
+        self.no_reply
+            .iter()
+            .find(|(r, _)| *r == rid)
+            .map(|(_, n)| *n)
+    }
+
+    /// A frame arrived: the link is alive.
+    pub(super) fn received(&mut self) {
+        self.last_recv = Instant::now();
+        self.ping_outstanding = false;
+    }
+
+    /// When [`Conn::on_timer`] must run next.
+    pub(super) fn next_timer(&self) -> Instant {
+        let dead = self.last_recv + self.dead_after;
+        if self.ping_outstanding {
+            return dead;
+        }
+        let idle_since = self.out.last_sent.min(self.last_recv);
+        dead.min(idle_since + self.heartbeat)
+    }
+
+    /// Heartbeat duty: a `Ping` when nothing was sent or received for the
+    /// heartbeat interval (so that a silent broker is probed even while we
+    /// keep sending), and an error when nothing was received for the
+    /// dead-link timeout.
+    pub(super) fn on_timer(&mut self) -> Result<(), DisconnectReason> {
+        let now = Instant::now();
+        if now.duration_since(self.last_recv) >= self.dead_after {
+            return Err(DisconnectReason::HeartbeatTimeout);
+        }
+        let idle_since = self.out.last_sent.min(self.last_recv);
+        if !self.ping_outstanding && now.duration_since(idle_since) >= self.heartbeat {
+            self.nonce = self.nonce.wrapping_add(1);
+            self.send(Frame::new(Ping { nonce: self.nonce }));
+            self.ping_outstanding = true;
+            // Counts as sending even before the writer takes it, so the
+            // timer does not spin while the frame waits in the queue.
+            self.out.last_sent = now;
+        }
+        Ok(())
+    }
+
+    /// Says goodbye and waits (briefly) for everything queued to be written.
+    pub(super) async fn close(mut self, goodbye: Frame) {
+        self.out.queue.push_back(goodbye);
+        let drain = async {
+            while let Some(frame) = self.out.queue.pop_front() {
+                if self.out.writer.send(frame).await.is_err() {
+                    break;
+                }
+            }
+            // Closing the channel makes the writer flush and shut down the
+            // socket's write side.
+            let (closed, _) = mpsc::channel(1);
+            drop(std::mem::replace(&mut self.out.writer, closed));
+            let _ = (&mut self.writer_task).await;
+        };
+        if tokio::time::timeout(Duration::from_secs(2), drain)
+            .await
+            .is_err()
+        {
+            debug!("connection did not close in time");
+            self.writer_task.abort();
+        }
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.writer_task.abort();
+    }
+}
+
+/// Writes frames until the channel closes or the socket fails; batches
+/// whatever is queued into one flush.
+async fn write_loop(mut sink: Writer, mut rx: mpsc::Receiver<Frame>) -> Result<(), ClientError> {
+    while let Some(frame) = rx.recv().await {
+        sink.feed(frame).await?;
+        while let Ok(frame) = rx.try_recv() {
+            sink.feed(frame).await?;
+        }
+        sink.flush().await?;
+    }
+    sink.close().await
+}

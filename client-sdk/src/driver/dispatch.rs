@@ -1,0 +1,623 @@
+//! What the connection task does with each input: application commands,
+//! subscription messages, and frames from the broker.
+
+use confab_codec::{
+    flags, Ack, Body, Direction, ErrorCode, EventRecord, Frame, HistoryRequest, Pong, RoomId, Seq,
+    Subscribe, SubscribeItem, SubscribeResult, Unsubscribe,
+};
+use tokio::sync::mpsc::error::TrySendError;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, trace, warn};
+
+use super::conn::Inflight;
+use super::{
+    Command, Deferred, Driver, Flow, PendingPub, ReqMode, Room, SessionEnd, SubCtl, SubscribeCmd,
+    Wire,
+};
+use crate::error::{ClientError, DisconnectReason};
+use crate::events::{ConnectionEvent, RoomEvent, Signal};
+use crate::sync::{Action, RoomSync};
+
+/// Most rooms per `Subscribe` frame.
+const SUBSCRIBE_CHUNK: usize = 1000;
+
+impl Driver {
+    // ----- commands ------------------------------------------------------
+
+    /// Handles an application command. Synchronous, so that the select
+    /// loops calling it stay cancel-safe.
+    pub(super) fn on_command(&mut self, cmd: Command) -> Flow {
+        match cmd {
+            Command::Publish(o) => {
+                let order = self.next_order;
+                self.next_order += 1;
+                self.publishes.insert(
+                    order,
+                    PendingPub {
+                        publish: o.publish,
+                        reply: o.reply,
+                        _permit: o.permit,
+                    },
+                );
+                self.send_publish(order);
+            }
+            Command::Subscribe(s) => self.on_subscribe(s),
+            Command::Unsubscribe { room, id, reply } => self.on_unsubscribe(room, id, Some(reply)),
+            Command::Request { body, mode, reply } => self.on_request(body, mode, reply),
+            Command::Flush(reply) => {
+                if self.publishes.is_empty() {
+                    let _ = reply.send(());
+                } else {
+                    self.flush_waiters.push(reply);
+                }
+            }
+            Command::Close(reply) => {
+                self.closing.push(reply);
+                return Flow::Stop;
+            }
+        }
+        Flow::Continue
+    }
+
+    pub(super) fn on_ctl(&mut self, ctl: SubCtl) {
+        match ctl {
+            SubCtl::Resume { room, id } => {
+                let mut out = Vec::new();
+                match self.rooms.get_mut(&room) {
+                    Some(r) if r.id == id => {
+                        r._drain_watch = None;
+                        r.sync.resume(&mut out);
+                    }
+                    _ => return,
+                }
+                debug!(%room, "subscription drained; resuming");
+                self.apply(&room, out, true);
+            }
+            SubCtl::Dropped { room, id } => self.on_unsubscribe(room, id, None),
+        }
+    }
+
+    fn on_subscribe(&mut self, s: SubscribeCmd) {
+        if self.rooms.get(&s.room).is_some_and(|r| !r.tx.is_closed()) {
+            let _ = s
+                .reply
+                .send(Err(ClientError::AlreadySubscribed(s.room.to_string())));
+            return;
+        }
+        let last = match s.from {
+            Some(from) => Some(Seq(from.0.max(1) - 1)),
+            None => self.config.cursor_store.get(&s.room),
+        };
+        let room = Room {
+            id: s.id,
+            sync: RoomSync::new(
+                last,
+                self.config.max_out_of_order,
+                self.config.history_page_size,
+            ),
+            tx: s.tx,
+            end: s.end,
+            wire: Wire::Idle,
+            ack: None,
+            _drain_watch: None,
+        };
+        // Replaces a subscription whose application side is already gone.
+        self.rooms.insert(s.room.clone(), room);
+        if self.conn.is_some() {
+            if let Some(r) = self.rooms.get_mut(&s.room) {
+                r.ack = Some(s.reply);
+            }
+            self.send_subscribe(vec![s.room]);
+        } else {
+            // Subscribed when the connection comes up.
+            let _ = s.reply.send(Ok(()));
+        }
+    }
+
+    fn on_unsubscribe(
+        &mut self,
+        room: RoomId,
+        id: u64,
+        reply: Option<tokio::sync::oneshot::Sender<Result<(), ClientError>>>,
+    ) {
+        let Some(r) = self.rooms.get(&room).filter(|r| r.id == id) else {
+            if let Some(reply) = reply {
+                let _ = reply.send(Ok(()));
+            }
+            return;
+        };
+        let on_wire = r.wire != Wire::Idle;
+        self.rooms.remove(&room);
+        let rid = self.next_rid();
+        match self.conn.as_mut() {
+            Some(conn) if on_wire => {
+                conn.inflight.insert(rid, Inflight::Unsubscribe(reply));
+                conn.send(Frame::request(rid, Unsubscribe { rooms: vec![room] }));
+            }
+            _ => {
+                if let Some(reply) = reply {
+                    let _ = reply.send(Ok(()));
+                }
+            }
+        }
+    }
+
+    fn on_request(
+        &mut self,
+        body: Body,
+        mode: ReqMode,
+        reply: tokio::sync::oneshot::Sender<Result<Body, ClientError>>,
+    ) {
+        match &body {
+            Body::SetPresence(p) => self.presence = Some(p.status),
+            Body::WatchPresence(w) => self.watching_presence = w.enabled,
+            _ => {}
+        }
+        if self.conn.is_some() {
+            self.send_request(body, mode, reply);
+            return;
+        }
+        match (mode, &body) {
+            (ReqMode::Ephemeral, _) => {
+                let _ = reply.send(Err(ClientError::NotConnected));
+            }
+            // Applied by `establish` on the next connection.
+            (_, Body::SetPresence(_) | Body::WatchPresence(_)) => {
+                let _ = reply.send(Ok(Body::Ack(Ack {})));
+            }
+            _ if self.deferred.len() >= self.config.outbound_queue_capacity => {
+                let _ = reply.send(Err(ClientError::QueueFull));
+            }
+            _ => self.deferred.push_back(Deferred { body, mode, reply }),
+        }
+    }
+
+    // ----- sending -------------------------------------------------------
+
+    pub(super) fn send_request(
+        &mut self,
+        body: Body,
+        mode: ReqMode,
+        reply: tokio::sync::oneshot::Sender<Result<Body, ClientError>>,
+    ) {
+        let rid = self.next_rid();
+        let Some(conn) = self.conn.as_mut() else {
+            let _ = reply.send(Err(ClientError::NotConnected));
+            return;
+        };
+        let frame = Frame::request(rid, body);
+        let max = conn.welcome.max_frame_len;
+        match frame.body_len() {
+            Ok(len) if len <= max as usize => {}
+            Ok(len) => {
+                let e = confab_codec::CodecError::FrameTooLarge {
+                    len: len as u64,
+                    max,
+                };
+                let _ = reply.send(Err(e.into()));
+                return;
+            }
+            Err(e) => {
+                let _ = reply.send(Err(e.into()));
+                return;
+            }
+        }
+        if mode == ReqMode::Reply {
+            conn.inflight.insert(rid, Inflight::Request(reply));
+        } else {
+            conn.remember_no_reply(rid, frame.body.name());
+            let _ = reply.send(Ok(Body::Ack(Ack {})));
+        }
+        conn.send(frame);
+    }
+
+    pub(super) fn send_internal(&mut self, body: Body, name: &'static str) {
+        let rid = self.next_rid();
+        if let Some(conn) = self.conn.as_mut() {
+            conn.inflight.insert(rid, Inflight::Internal(name));
+            conn.send(Frame::request(rid, body));
+        }
+    }
+
+    /// Sends a pending publish on the current connection, if any.
+    pub(super) fn send_publish(&mut self, order: u64) {
+        let rid = self.next_rid();
+        let (Some(conn), Some(p)) = (self.conn.as_mut(), self.publishes.get(&order)) else {
+            return;
+        };
+        let max = conn.welcome.max_payload_len;
+        let len = p.publish.payload.len();
+        if len > max as usize {
+            // Sending it would only earn a refusal; resending it after every
+            // reconnect would earn one each time.
+            self.complete_publish(order, Err(ClientError::PayloadTooLarge { len, max }));
+            return;
+        }
+        conn.inflight.insert(rid, Inflight::Publish(order));
+        conn.send(Frame::request(rid, p.publish.clone()));
+    }
+
+    /// Subscribes rooms on the current connection from their positions.
+    pub(super) fn send_subscribe(&mut self, rooms: Vec<RoomId>) {
+        if self.conn.is_none() {
+            return;
+        }
+        for chunk in rooms.chunks(SUBSCRIBE_CHUNK) {
+            let rid = self.next_rid();
+            let mut items = Vec::with_capacity(chunk.len());
+            let mut ids = Vec::with_capacity(chunk.len());
+            for room in chunk {
+                if let Some(r) = self.rooms.get_mut(room) {
+                    items.push(SubscribeItem {
+                        room: room.clone(),
+                        start: r.sync.start_at(),
+                    });
+                    ids.push((room.clone(), r.id));
+                    r.wire = Wire::Pending;
+                }
+            }
+            if let (false, Some(conn)) = (items.is_empty(), self.conn.as_mut()) {
+                conn.inflight.insert(rid, Inflight::Subscribe(ids));
+                conn.send(Frame::request(rid, Subscribe { items }));
+            }
+        }
+    }
+
+    fn send_fill(&mut self, room: &RoomId, after: Seq, limit: u16) {
+        let rid = self.next_rid();
+        let Some(id) = self.rooms.get(room).map(|r| r.id) else {
+            return;
+        };
+        match self.conn.as_mut() {
+            Some(conn) => {
+                conn.inflight.insert(
+                    rid,
+                    Inflight::Fill {
+                        room: room.clone(),
+                        id,
+                    },
+                );
+                conn.send(Frame::request(
+                    rid,
+                    HistoryRequest {
+                        room: room.clone(),
+                        direction: Direction::After,
+                        anchor: after,
+                        limit,
+                    },
+                ));
+            }
+            None => {
+                // Offline: the resumption on reconnect fills the gap.
+                let mut out = Vec::new();
+                if let Some(r) = self.rooms.get_mut(room) {
+                    r.sync.on_fill_failed(&mut out);
+                }
+            }
+        }
+    }
+
+    fn complete_publish(
+        &mut self,
+        order: u64,
+        result: Result<confab_codec::PublishAck, ClientError>,
+    ) {
+        let Some(p) = self.publishes.remove(&order) else {
+            return;
+        };
+        match result {
+            Ok(ack) => {
+                let _ = p.reply.send(Ok(ack));
+            }
+            Err(error) => {
+                debug!(room = %p.publish.room, client_msg_id = p.publish.client_msg_id, %error, "publish refused");
+                if let Err(Err(error)) = p.reply.send(Err(error)) {
+                    self.emit(ConnectionEvent::PublishFailed {
+                        room: p.publish.room,
+                        client_msg_id: p.publish.client_msg_id,
+                        error,
+                    });
+                }
+            }
+        }
+        if self.publishes.is_empty() {
+            for waiter in self.flush_waiters.drain(..) {
+                let _ = waiter.send(());
+            }
+        }
+    }
+
+    // ----- frames --------------------------------------------------------
+
+    /// Handles one frame from the broker; `Some` ends the session.
+    pub(super) fn on_frame(&mut self, frame: Frame) -> Option<SessionEnd> {
+        if let Some(conn) = self.conn.as_mut() {
+            conn.received();
+        }
+        let rid = frame.request_id;
+        let replayed = frame.flags & flags::REPLAY != 0;
+        match frame.body {
+            Body::Event(e) => self.on_events(e.room, vec![e.event], replayed),
+            Body::EventBatch(b) => self.on_events(b.room, b.events, replayed),
+            Body::Ping(p) => {
+                if let Some(conn) = self.conn.as_mut() {
+                    conn.send(Frame::new(Pong { nonce: p.nonce }));
+                }
+            }
+            Body::Pong(_) | Body::Extension { .. } => {}
+            Body::Goodbye(g) => {
+                return Some(SessionEnd::Lost(DisconnectReason::Goodbye {
+                    code: g.code,
+                    message: g.message,
+                }))
+            }
+            Body::Error(e) if rid == 0 => {
+                warn!(code = e.code.as_str(), message = %e.message, "connection error from the broker");
+                if let Some(conn) = self.conn.as_mut() {
+                    conn.conn_error = Some((e.code, e.message));
+                }
+            }
+            Body::Lagging(l) => self.emit(ConnectionEvent::Lagging {
+                room: l.room,
+                resume_from: l.resume_from,
+                head: l.head,
+            }),
+            Body::CaughtUp(c) => self.emit(ConnectionEvent::CaughtUp {
+                room: c.room,
+                seq: c.seq,
+            }),
+            Body::Notice(n) => self.signal(Signal::Notice(n)),
+            Body::TypingEvent(t) => self.signal(Signal::Typing {
+                room: t.room,
+                users: t.users,
+            }),
+            Body::ReceiptEvent(r) => self.signal(Signal::Receipts {
+                room: r.room,
+                entries: r.entries,
+            }),
+            Body::PresenceEvent(p) if rid == 0 => self.signal(Signal::Presence(p.entries)),
+            body @ (Body::Ack(_)
+            | Body::Error(_)
+            | Body::SubscribeAck(_)
+            | Body::PublishAck(_)
+            | Body::HistoryPage(_)
+            | Body::RoomInfo(_)
+            | Body::RoomList(_)
+            | Body::PresenceEvent(_)
+            | Body::MessageStatus(_)) => self.on_reply(rid, body),
+            other => debug!(frame = other.name(), "ignoring an unexpected frame"),
+        }
+        None
+    }
+
+    fn on_reply(&mut self, rid: u32, body: Body) {
+        let Some(inflight) = self.conn.as_mut().and_then(|c| c.inflight.remove(&rid)) else {
+            match &body {
+                Body::Error(e) => {
+                    let name = self.conn.as_ref().and_then(|c| c.no_reply_name(rid));
+                    warn!(request = name.unwrap_or("unknown"), code = e.code.as_str(), message = %e.message, "request failed");
+                }
+                other => debug!(rid, frame = other.name(), "reply to an unknown request"),
+            }
+            return;
+        };
+        match inflight {
+            Inflight::Publish(order) => {
+                let result = match body {
+                    Body::PublishAck(ack) => Ok(ack),
+                    Body::Error(e) => Err(ClientError::server(&e)),
+                    other => Err(ClientError::UnexpectedReply(other.name())),
+                };
+                self.complete_publish(order, result);
+            }
+            Inflight::Subscribe(items) => match body {
+                Body::SubscribeAck(ack) => self.on_subscribe_ack(items, ack.results),
+                other => {
+                    let err = match &other {
+                        Body::Error(e) => ClientError::server(e),
+                        other => ClientError::UnexpectedReply(other.name()),
+                    };
+                    for (room, id) in items {
+                        self.end_room(&room, id, err.clone());
+                    }
+                }
+            },
+            Inflight::Unsubscribe(reply) => {
+                if let Some(reply) = reply {
+                    let _ = reply.send(match body {
+                        Body::Error(e) => Err(ClientError::server(&e)),
+                        _ => Ok(()),
+                    });
+                }
+            }
+            Inflight::Fill { room, id } => {
+                let mut out = Vec::new();
+                let Some(r) = self.rooms.get_mut(&room).filter(|r| r.id == id) else {
+                    return;
+                };
+                match body {
+                    Body::HistoryPage(page) => r.sync.on_history(page.first, page.events, &mut out),
+                    _ => r.sync.on_fill_failed(&mut out),
+                }
+                self.apply(&room, out, true);
+            }
+            Inflight::Request(reply) => {
+                let _ = reply.send(match body {
+                    Body::Error(e) => Err(ClientError::server(&e)),
+                    other => Ok(other),
+                });
+            }
+            Inflight::Internal(name) => {
+                if let Body::Error(e) = body {
+                    warn!(request = name, code = e.code.as_str(), message = %e.message, "request failed");
+                }
+            }
+        }
+    }
+
+    fn on_subscribe_ack(&mut self, items: Vec<(RoomId, u64)>, results: Vec<SubscribeResult>) {
+        for (i, (room, id)) in items.into_iter().enumerate() {
+            let Some(result) = results.get(i) else {
+                self.end_room(&room, id, ClientError::UnexpectedReply("SubscribeAck"));
+                continue;
+            };
+            let accepted = matches!(result.code, ErrorCode::Normal | ErrorCode::HistoryTruncated);
+            let Some(r) = self.rooms.get_mut(&room).filter(|r| r.id == id) else {
+                if accepted && !self.rooms.contains_key(&room) {
+                    // Dropped while the subscribe was in flight.
+                    let rid = self.next_rid();
+                    if let Some(conn) = self.conn.as_mut() {
+                        conn.inflight.insert(rid, Inflight::Unsubscribe(None));
+                        conn.send(Frame::request(rid, Unsubscribe { rooms: vec![room] }));
+                    }
+                }
+                continue;
+            };
+            if !accepted {
+                let err = ClientError::Server {
+                    code: result.code,
+                    message: format!("subscription to room {room} refused"),
+                    retry_after_ms: 0,
+                };
+                self.end_room(&room, id, err);
+                continue;
+            }
+            if r.sync.is_paused() {
+                // Paused (and unsubscribed) after this subscribe was sent.
+                continue;
+            }
+            r.wire = Wire::Active;
+            if let Some(ack) = r.ack.take() {
+                let _ = ack.send(Ok(()));
+            }
+            let mut out = Vec::new();
+            let truncated = result.code == ErrorCode::HistoryTruncated;
+            r.sync
+                .on_subscribed(result.head, result.first, truncated, &mut out);
+            self.apply(&room, out, true);
+        }
+    }
+
+    /// The subscription ended for good: its stream yields `err`, then ends.
+    fn end_room(&mut self, room: &RoomId, id: u64, err: ClientError) {
+        if self.rooms.get(room).is_none_or(|r| r.id != id) {
+            return;
+        }
+        let Some(r) = self.rooms.remove(room) else {
+            return;
+        };
+        warn!(%room, error = %err, "subscription ended");
+        *r.end.lock().unwrap_or_else(|p| p.into_inner()) = Some(err.clone());
+        if let Some(ack) = r.ack {
+            let _ = ack.send(Err(err));
+        }
+    }
+
+    // ----- room events ---------------------------------------------------
+
+    fn on_events(&mut self, room: RoomId, records: Vec<EventRecord>, replayed: bool) {
+        for record in records {
+            let Some(r) = self.rooms.get_mut(&room) else {
+                return;
+            };
+            if r.sync.is_paused() {
+                return;
+            }
+            let mut out = Vec::new();
+            r.sync.on_event(record, &mut out);
+            if !self.apply(&room, out, replayed) {
+                return;
+            }
+        }
+    }
+
+    /// Performs a room's sync actions. Returns false if the room stopped
+    /// taking events (paused or gone).
+    fn apply(&mut self, room: &RoomId, actions: Vec<Action<EventRecord>>, replayed: bool) -> bool {
+        for action in actions {
+            match action {
+                Action::Deliver(record) => {
+                    let Some(r) = self.rooms.get_mut(room) else {
+                        return false;
+                    };
+                    let seq = record.seq;
+                    match r
+                        .tx
+                        .try_send(RoomEvent::from_record(room.clone(), record, replayed))
+                    {
+                        Ok(()) => {}
+                        Err(TrySendError::Full(_)) => {
+                            self.pause_room(room, seq);
+                            return false;
+                        }
+                        Err(TrySendError::Closed(_)) => {
+                            let id = r.id;
+                            self.on_unsubscribe(room.clone(), id, None);
+                            return false;
+                        }
+                    }
+                }
+                Action::Duplicate(seq) => trace!(%room, %seq, "duplicate dropped"),
+                Action::FetchHistory { after, limit } => {
+                    debug!(%room, %after, limit, "gap detected; reading history");
+                    self.send_fill(room, after, limit);
+                }
+                Action::Resubscribe { from } => {
+                    debug!(%room, %from, "resubscribing");
+                    self.send_subscribe(vec![room.clone()]);
+                }
+                Action::Truncated { from, to } => {
+                    warn!(%room, %from, %to, "messages lost to retention");
+                    self.emit(ConnectionEvent::HistoryTruncated {
+                        room: room.clone(),
+                        from,
+                        to,
+                    });
+                }
+            }
+        }
+        true
+    }
+
+    /// The application's buffer for `room` is full at event `blocked`:
+    /// stop the room (at the broker too) until the buffer is half drained.
+    fn pause_room(&mut self, room: &RoomId, blocked: Seq) {
+        let Some(r) = self.rooms.get_mut(room) else {
+            return;
+        };
+        r.sync.pause(blocked);
+        let on_wire = r.wire != Wire::Idle;
+        r.wire = Wire::Idle;
+        let id = r.id;
+        let tx = r.tx.clone();
+        let wanted = (tx.max_capacity() / 2).max(1);
+        let cancel = CancellationToken::new();
+        r._drain_watch = Some(cancel.clone().drop_guard());
+        let ctl = self.ctl_tx.clone();
+        let watched = room.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = cancel.cancelled() => {}
+                reserved = tx.reserve_many(wanted) => {
+                    if reserved.is_ok() {
+                        let _ = ctl.send(SubCtl::Resume { room: watched, id });
+                    }
+                }
+            }
+        });
+        if on_wire {
+            let rid = self.next_rid();
+            if let Some(conn) = self.conn.as_mut() {
+                conn.inflight.insert(rid, Inflight::Unsubscribe(None));
+                conn.send(Frame::request(
+                    rid,
+                    Unsubscribe {
+                        rooms: vec![room.clone()],
+                    },
+                ));
+            }
+        }
+        debug!(%room, %blocked, "application not reading; room paused");
+        self.emit(ConnectionEvent::Paused { room: room.clone() });
+    }
+}

@@ -1,0 +1,611 @@
+//! The connection task: the one task that owns the socket.
+//!
+//! It runs for the client's lifetime: connect (with backoff), handshake
+//! (resuming every room from its last delivered sequence + 1), then a
+//! session loop that multiplexes the socket, the application's commands,
+//! the heartbeat clock and subscription control messages, until the
+//! connection ends; then again. Per-room ordering decisions are delegated to
+//! the pure [`RoomSync`](crate::sync::RoomSync); this module only performs
+//! its actions.
+//!
+//! Nothing in the session loop waits on the application or on the socket's
+//! write side: frames go to a writer task through a small queue, and events
+//! go to subscriptions with `try_send` (a full subscription is paused, see
+//! [`Subscription`](crate::Subscription)). So a slow reader, or a broker
+//! that stops reading, never keeps the loop from reading the socket.
+
+mod command;
+mod conn;
+mod dispatch;
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use confab_codec::{
+    Body, ErrorCode, EventRecord, Frame, Goodbye, Hello, Publish, PublishAck, RoomId,
+    SubscribeItem, PROTOCOL_VERSION,
+};
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use tokio::sync::{broadcast, mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+use tokio_util::sync::DropGuard;
+use tracing::{debug, info, warn};
+
+pub(crate) use self::command::{Command, Outgoing, Parts, ReqMode, SubCtl, SubscribeCmd};
+use self::conn::{Conn, OpenError};
+use crate::backoff::Backoff;
+use crate::config::ClientConfig;
+use crate::error::{is_fatal_code, ClientError, DisconnectReason};
+use crate::events::{ConnectionEvent, ConnectionState, RoomEvent, Signal};
+use crate::subscription::EndSlot;
+use crate::sync::RoomSync;
+
+/// Most rooms resumed in the `Hello` itself; the rest are subscribed right
+/// after `Welcome`. Keeps the `Hello` under the 1 MiB pre-handshake limit
+/// whatever the room ids' lengths.
+const MAX_HELLO_RESUME: usize = 4096;
+
+/// Runs the connection task to its end.
+pub(crate) async fn run(parts: Parts) {
+    Driver::new(parts).run().await;
+}
+
+/// Where a room's subscription stands on the current connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wire {
+    /// Not subscribed on this connection.
+    Idle,
+    /// Subscribe sent, no answer yet.
+    Pending,
+    /// Subscribed.
+    Active,
+}
+
+/// A subscribed room.
+struct Room {
+    /// Distinguishes successive subscriptions of the same room.
+    id: u64,
+    sync: RoomSync<EventRecord>,
+    tx: mpsc::Sender<RoomEvent>,
+    end: Arc<EndSlot>,
+    wire: Wire,
+    /// The `subscribe` call waiting for the broker's first answer.
+    ack: Option<oneshot::Sender<Result<(), ClientError>>>,
+    /// Stops the task waiting for a paused subscription to drain.
+    _drain_watch: Option<DropGuard>,
+}
+
+/// A publish not yet acknowledged.
+struct PendingPub {
+    publish: Publish,
+    reply: oneshot::Sender<Result<PublishAck, ClientError>>,
+    _permit: OwnedSemaphorePermit,
+}
+
+/// A request waiting for a connection.
+struct Deferred {
+    body: Body,
+    mode: ReqMode,
+    reply: oneshot::Sender<Result<Body, ClientError>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flow {
+    Continue,
+    Stop,
+}
+
+enum SessionEnd {
+    /// The application closed the client.
+    Stop,
+    /// The connection was lost.
+    Lost(DisconnectReason),
+}
+
+/// One thing that happened during a session.
+enum Input {
+    Frame(Option<Result<Frame, ClientError>>),
+    Pushed(bool),
+    WriterDone(String),
+    Timer,
+    Command(Option<Command>),
+    Ctl(SubCtl),
+}
+
+enum Attempt {
+    Connected,
+    Failed(OpenError),
+    Stop,
+}
+
+struct Driver {
+    config: Arc<ClientConfig>,
+    cmds: mpsc::Receiver<Command>,
+    cmds_open: bool,
+    ctl: mpsc::UnboundedReceiver<SubCtl>,
+    ctl_tx: mpsc::UnboundedSender<SubCtl>,
+    permits: Arc<Semaphore>,
+    conn: Option<Conn>,
+    rooms: HashMap<RoomId, Room>,
+    /// Unacknowledged publishes in the order they were queued.
+    publishes: BTreeMap<u64, PendingPub>,
+    next_order: u64,
+    deferred: VecDeque<Deferred>,
+    flush_waiters: Vec<oneshot::Sender<()>>,
+    /// Per-connection settings the broker forgets, applied on reconnect.
+    presence: Option<confab_codec::PresenceStatus>,
+    watching_presence: bool,
+    events: broadcast::Sender<ConnectionEvent>,
+    signals: broadcast::Sender<Signal>,
+    state: watch::Sender<ConnectionState>,
+    first_connect: Option<oneshot::Sender<Result<(), ClientError>>>,
+    closing: Vec<oneshot::Sender<()>>,
+    ever_connected: bool,
+    next_rid: u32,
+    rng: StdRng,
+}
+
+impl Driver {
+    fn new(p: Parts) -> Self {
+        Self {
+            config: p.config,
+            cmds: p.cmds,
+            cmds_open: true,
+            ctl: p.ctl,
+            ctl_tx: p.ctl_tx,
+            permits: p.permits,
+            conn: None,
+            rooms: HashMap::new(),
+            publishes: BTreeMap::new(),
+            next_order: 0,
+            deferred: VecDeque::new(),
+            flush_waiters: Vec::new(),
+            presence: None,
+            watching_presence: false,
+            events: p.events,
+            signals: p.signals,
+            state: p.state,
+            first_connect: p.first_connect,
+            closing: Vec::new(),
+            ever_connected: false,
+            next_rid: 0,
+            rng: StdRng::from_entropy(),
+        }
+    }
+
+    async fn run(mut self) {
+        let mut backoff = Backoff::new(self.config.backoff.clone());
+        let mut delay = Duration::ZERO;
+        let fatal: Option<ClientError> = loop {
+            if !delay.is_zero() && self.idle(delay).await == Flow::Stop {
+                break None;
+            }
+            if self.ever_connected {
+                self.set_state(ConnectionState::Reconnecting);
+            }
+            match self.attempt().await {
+                Attempt::Stop => break None,
+                Attempt::Connected => {
+                    backoff.reset();
+                    match self.session().await {
+                        SessionEnd::Stop => {
+                            self.close_conn().await;
+                            break None;
+                        }
+                        SessionEnd::Lost(reason) => {
+                            let fatal = match &reason {
+                                DisconnectReason::Goodbye { code, message }
+                                    if is_fatal_code(*code) =>
+                                {
+                                    Some(ClientError::Fatal {
+                                        code: *code,
+                                        message: message.clone(),
+                                    })
+                                }
+                                _ => None,
+                            };
+                            self.connection_lost(reason);
+                            if let Some(err) = fatal {
+                                // Session replaced: another instance of this
+                                // device took over; never fight it. Others:
+                                // wait one backoff delay so a restart loop of
+                                // the application cannot hammer the broker.
+                                if err.code() != Some(ErrorCode::SessionReplaced) {
+                                    let d = backoff.next_delay(&mut self.rng).unwrap_or_default();
+                                    if self.idle(d).await == Flow::Stop {
+                                        break None;
+                                    }
+                                }
+                                break Some(err);
+                            }
+                        }
+                    }
+                }
+                Attempt::Failed(OpenError::Refused { code, message }) if is_fatal_code(code) => {
+                    let err = ClientError::Fatal {
+                        code,
+                        message: message.clone(),
+                    };
+                    self.emit(ConnectionEvent::Disconnected {
+                        reason: DisconnectReason::Goodbye { code, message },
+                    });
+                    if self.first_connect.is_none() {
+                        let d = backoff.next_delay(&mut self.rng).unwrap_or_default();
+                        if self.idle(d).await == Flow::Stop {
+                            break None;
+                        }
+                    }
+                    break Some(err);
+                }
+                Attempt::Failed(failure) => {
+                    let reason = match failure {
+                        OpenError::Retry(reason) => reason,
+                        OpenError::Refused { code, message } => {
+                            DisconnectReason::Goodbye { code, message }
+                        }
+                    };
+                    debug!(%reason, "connection attempt failed");
+                    let err = attempt_error(&reason);
+                    self.emit(ConnectionEvent::Disconnected { reason });
+                    if self.first_connect.is_some() {
+                        // `Client::connect` reports the first failure
+                        // instead of retrying.
+                        break Some(err);
+                    }
+                }
+            }
+            match backoff.next_delay(&mut self.rng) {
+                Some(d) => delay = d,
+                None => {
+                    break Some(ClientError::ReconnectFailed {
+                        attempts: backoff.failures(),
+                    })
+                }
+            }
+        };
+        self.finish(fatal).await;
+    }
+
+    /// Serves commands until `delay` has passed.
+    async fn idle(&mut self, delay: Duration) -> Flow {
+        let deadline = Instant::now() + delay;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => return Flow::Continue,
+                flow = self.next_input() => {
+                    if flow == Flow::Stop {
+                        return Flow::Stop;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Waits for one command or subscription message and handles it.
+    /// Cancel-safe: the only await points are channel receives.
+    async fn next_input(&mut self) -> Flow {
+        tokio::select! {
+            cmd = self.cmds.recv(), if self.cmds_open => match cmd {
+                Some(cmd) => self.on_command(cmd),
+                None => {
+                    // Every handle and subscription is gone.
+                    self.cmds_open = false;
+                    Flow::Stop
+                }
+            },
+            Some(ctl) = self.ctl.recv() => {
+                self.on_ctl(ctl);
+                Flow::Continue
+            }
+        }
+    }
+
+    /// One connection attempt, serving commands meanwhile.
+    async fn attempt(&mut self) -> Attempt {
+        let hello_rid = self.next_rid();
+        let (hello, resumed) = self.hello();
+        let config = self.config.clone();
+        let open = conn::open(&config, hello, hello_rid);
+        tokio::pin!(open);
+        loop {
+            tokio::select! {
+                opened = &mut open => {
+                    return match opened {
+                        Ok((reader, writer, welcome)) => {
+                            let conn = Conn::start(&self.config, reader, writer, welcome);
+                            self.establish(conn, hello_rid, resumed);
+                            Attempt::Connected
+                        }
+                        Err(e) => Attempt::Failed(e),
+                    };
+                }
+                flow = self.next_input() => {
+                    if flow == Flow::Stop {
+                        return Attempt::Stop;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The `Hello`, resuming every room not paused from its position.
+    fn hello(&self) -> (Hello, Vec<(RoomId, u64)>) {
+        let mut resume = Vec::new();
+        let mut ids = Vec::new();
+        for (room, r) in &self.rooms {
+            if r.sync.is_paused() || resume.len() >= MAX_HELLO_RESUME {
+                continue;
+            }
+            resume.push(SubscribeItem {
+                room: room.clone(),
+                start: r.sync.start_at(),
+            });
+            ids.push((room.clone(), r.id));
+        }
+        let hello = Hello {
+            min_version: PROTOCOL_VERSION,
+            max_version: PROTOCOL_VERSION,
+            token: self.config.token.clone(),
+            device: self.config.device.clone(),
+            client_name: self.config.client_name.clone(),
+            resume,
+        };
+        (hello, ids)
+    }
+
+    /// A connection is up: resume rooms, resend publishes and queued
+    /// requests, restore per-connection settings.
+    fn establish(&mut self, mut conn: Conn, hello_rid: u32, resumed: Vec<(RoomId, u64)>) {
+        let welcome = conn.welcome.clone();
+        let mut resumed_rooms = Vec::new();
+        for (room, id) in &resumed {
+            if let Some(r) = self.rooms.get_mut(room).filter(|r| r.id == *id) {
+                r.wire = Wire::Pending;
+                resumed_rooms.push(room.clone());
+            }
+        }
+        if !resumed.is_empty() {
+            conn.inflight
+                .insert(hello_rid, conn::Inflight::Subscribe(resumed));
+        }
+        self.conn = Some(conn);
+
+        let idle: Vec<RoomId> = self
+            .rooms
+            .iter()
+            .filter(|(_, r)| r.wire == Wire::Idle && !r.sync.is_paused())
+            .map(|(room, _)| room.clone())
+            .collect();
+        self.send_subscribe(idle);
+        if let Some(status) = self.presence {
+            self.send_internal(confab_codec::SetPresence { status }.into(), "SetPresence");
+        }
+        if self.watching_presence {
+            self.send_internal(
+                confab_codec::WatchPresence { enabled: true }.into(),
+                "WatchPresence",
+            );
+        }
+        let orders: Vec<u64> = self.publishes.keys().copied().collect();
+        for order in orders {
+            self.send_publish(order);
+        }
+        for d in std::mem::take(&mut self.deferred) {
+            if !d.reply.is_closed() {
+                self.send_request(d.body, d.mode, d.reply);
+            }
+        }
+
+        info!(user = %welcome.user, session_id = welcome.session_id, rooms = resumed_rooms.len(), publishes = self.publishes.len(), "connected");
+        self.set_state(ConnectionState::Connected {
+            user: welcome.user.clone(),
+            session_id: welcome.session_id,
+        });
+        if self.ever_connected {
+            self.emit(ConnectionEvent::Reconnected {
+                session_id: welcome.session_id,
+                resumed: resumed_rooms,
+            });
+        } else {
+            self.ever_connected = true;
+            self.emit(ConnectionEvent::Connected {
+                user: welcome.user,
+                session_id: welcome.session_id,
+            });
+        }
+        if let Some(first) = self.first_connect.take() {
+            let _ = first.send(Ok(()));
+        }
+    }
+
+    /// The session loop of one connection.
+    async fn session(&mut self) -> SessionEnd {
+        loop {
+            let input = {
+                let Some(conn) = self.conn.as_mut() else {
+                    return SessionEnd::Lost(DisconnectReason::Io("no connection".into()));
+                };
+                let timer = conn.next_timer();
+                let has_out = conn.out.has_pending();
+                tokio::select! {
+                    frame = futures_util::StreamExt::next(&mut conn.reader) => Input::Frame(frame),
+                    pushed = conn.out.push(), if has_out => Input::Pushed(pushed),
+                    done = &mut conn.writer_task => Input::WriterDone(match done {
+                        Ok(Ok(())) => "writer closed".to_owned(),
+                        Ok(Err(e)) => e.to_string(),
+                        Err(e) => format!("writer task failed: {e}"),
+                    }),
+                    _ = tokio::time::sleep_until(timer) => Input::Timer,
+                    cmd = self.cmds.recv(), if self.cmds_open => Input::Command(cmd),
+                    Some(ctl) = self.ctl.recv() => Input::Ctl(ctl),
+                }
+            };
+            match input {
+                Input::Frame(Some(Ok(frame))) => {
+                    if let Some(end) = self.on_frame(frame) {
+                        return end;
+                    }
+                }
+                Input::Frame(Some(Err(e))) => {
+                    let reason = match e {
+                        ClientError::Io(e) => DisconnectReason::Io(e.to_string()),
+                        other => DisconnectReason::Protocol(other.to_string()),
+                    };
+                    return SessionEnd::Lost(reason);
+                }
+                Input::Frame(None) => return SessionEnd::Lost(self.closed_reason()),
+                Input::Pushed(true) => {}
+                Input::Pushed(false) => {
+                    return SessionEnd::Lost(DisconnectReason::Io("writer stopped".into()))
+                }
+                Input::WriterDone(why) => return SessionEnd::Lost(DisconnectReason::Io(why)),
+                Input::Timer => {
+                    if let Some(Err(reason)) = self.conn.as_mut().map(Conn::on_timer) {
+                        return SessionEnd::Lost(reason);
+                    }
+                }
+                Input::Command(Some(cmd)) => {
+                    if self.on_command(cmd) == Flow::Stop {
+                        return SessionEnd::Stop;
+                    }
+                }
+                Input::Command(None) => {
+                    // Every handle and subscription is gone.
+                    self.cmds_open = false;
+                    return SessionEnd::Stop;
+                }
+                Input::Ctl(ctl) => self.on_ctl(ctl),
+            }
+        }
+    }
+
+    /// Why the broker closed the transport.
+    fn closed_reason(&self) -> DisconnectReason {
+        match self.conn.as_ref().and_then(|c| c.conn_error.clone()) {
+            Some((code, message)) => DisconnectReason::Goodbye { code, message },
+            None => DisconnectReason::Io("connection closed by the broker".into()),
+        }
+    }
+
+    /// Cleans up after a lost connection; everything that must survive
+    /// (rooms, publishes) is kept for the next one.
+    fn connection_lost(&mut self, reason: DisconnectReason) {
+        if let Some(mut conn) = self.conn.take() {
+            for (_, inflight) in conn.inflight.drain() {
+                match inflight {
+                    conn::Inflight::Request(reply) => {
+                        let _ = reply.send(Err(ClientError::ConnectionLost));
+                    }
+                    conn::Inflight::Unsubscribe(Some(reply)) => {
+                        // The connection's subscriptions ended with it.
+                        let _ = reply.send(Ok(()));
+                    }
+                    // Publishes are resent, rooms resumed, fills redone by
+                    // the resumption.
+                    _ => {}
+                }
+            }
+        }
+        for r in self.rooms.values_mut() {
+            r.wire = Wire::Idle;
+            r.sync.on_disconnected();
+            if let Some(ack) = r.ack.take() {
+                // Registered; it is resumed on the next connection.
+                let _ = ack.send(Ok(()));
+            }
+        }
+        info!(%reason, "disconnected");
+        self.set_state(ConnectionState::Reconnecting);
+        self.emit(ConnectionEvent::Disconnected { reason });
+    }
+
+    /// Says goodbye on the current connection, if any.
+    async fn close_conn(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            let goodbye = Frame::new(Goodbye {
+                code: ErrorCode::Normal,
+                message: "client closing".into(),
+            });
+            conn.close(goodbye).await;
+        }
+    }
+
+    /// The client stops: everything still waiting gets `fatal` (or
+    /// `Closed`), subscriptions end, the cursor store is flushed.
+    async fn finish(mut self, fatal: Option<ClientError>) {
+        self.close_conn().await;
+        let err = fatal.clone().unwrap_or(ClientError::Closed);
+        self.permits.close();
+        if let Some(first) = self.first_connect.take() {
+            let _ = first.send(Err(err.clone()));
+        }
+        for (_, p) in std::mem::take(&mut self.publishes) {
+            let _ = p.reply.send(Err(err.clone()));
+        }
+        for d in std::mem::take(&mut self.deferred) {
+            let _ = d.reply.send(Err(err.clone()));
+        }
+        for (_, r) in self.rooms.drain() {
+            if let Some(e) = &fatal {
+                *r.end.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.clone());
+            }
+            if let Some(ack) = r.ack {
+                let _ = ack.send(Err(err.clone()));
+            }
+        }
+        self.cmds.close();
+        while let Ok(cmd) = self.cmds.try_recv() {
+            if let Command::Close(reply) = cmd {
+                self.closing.push(reply);
+            }
+        }
+        if let Err(e) = self.config.cursor_store.flush().await {
+            warn!(error = %e, "cannot flush the cursor store");
+        }
+        if let Some(e) = &fatal {
+            warn!(error = %e, "client stopped");
+        }
+        self.set_state(ConnectionState::Closed);
+        self.emit(ConnectionEvent::Closed { error: fatal });
+        for reply in self.closing.drain(..) {
+            let _ = reply.send(());
+        }
+    }
+
+    fn next_rid(&mut self) -> u32 {
+        // A counter that wraps and skips 0 (protocol section 6.2).
+        self.next_rid = self.next_rid.wrapping_add(1);
+        if self.next_rid == 0 {
+            self.next_rid = 1;
+        }
+        self.next_rid
+    }
+
+    fn emit(&self, event: ConnectionEvent) {
+        // No receiver is not an error.
+        let _ = self.events.send(event);
+    }
+
+    fn signal(&self, signal: Signal) {
+        let _ = self.signals.send(signal);
+    }
+
+    fn set_state(&self, state: ConnectionState) {
+        self.state.send_replace(state);
+    }
+}
+
+/// The error `Client::connect` reports for a failed first attempt.
+fn attempt_error(reason: &DisconnectReason) -> ClientError {
+    match reason {
+        DisconnectReason::Goodbye { code, message } => ClientError::Server {
+            code: *code,
+            message: message.clone(),
+            retry_after_ms: 0,
+        },
+        DisconnectReason::ConnectFailed(m) if m == conn::TIMEOUT => ClientError::Timeout,
+        other => ClientError::Io(Arc::new(std::io::Error::other(other.to_string()))),
+    }
+}

@@ -1,0 +1,184 @@
+//! What the SDK tells the application: room events, connection-state
+//! events, and ephemeral signals (typing, presence, receipts, notices).
+
+use bytes::Bytes;
+use confab_codec::{
+    DeviceId, EventRecord, MessageKind, Notice, PresenceEntry, ReceiptEntry, RoomId, Seq, UserId,
+};
+
+use crate::error::{ClientError, DisconnectReason};
+
+/// One message of a room, delivered exactly once and in sequence order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomEvent {
+    /// The room.
+    pub room: RoomId,
+    /// Its sequence in the room (1, 2, 3, ... with no gaps).
+    pub seq: Seq,
+    /// Server commit time, microseconds since the Unix epoch.
+    pub timestamp_us: u64,
+    /// Who sent it.
+    pub sender: UserId,
+    /// From which device (server-chosen and meaningless for server-written
+    /// kinds).
+    pub device: DeviceId,
+    /// The sender's client message id (0 for server-written entries).
+    pub client_msg_id: u64,
+    /// What it is. Unknown kinds are passed through.
+    pub kind: MessageKind,
+    /// The message replied to, or the target of an edit, delete or reaction.
+    pub refers_to: Option<Seq>,
+    /// The root of its thread.
+    pub thread: Option<Seq>,
+    /// The content, opaque to the SDK.
+    pub payload: Bytes,
+    /// True if it came from the room's log (backlog after a (re)subscribe,
+    /// catch-up, gap fill, history) rather than live fan-out. Useful to
+    /// avoid notifying the user about old messages.
+    pub replayed: bool,
+}
+
+impl RoomEvent {
+    /// Builds an event from a wire record.
+    pub fn from_record(room: RoomId, record: EventRecord, replayed: bool) -> Self {
+        RoomEvent {
+            room,
+            seq: record.seq,
+            timestamp_us: record.timestamp_us,
+            sender: record.sender,
+            device: record.device,
+            client_msg_id: record.client_msg_id,
+            kind: record.kind,
+            refers_to: record.refers_to,
+            thread: record.thread,
+            payload: record.payload,
+            replayed,
+        }
+    }
+}
+
+/// A change of the connection's state, from
+/// [`Client::events`](crate::Client::events).
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum ConnectionEvent {
+    /// The first connection of this client is up.
+    Connected {
+        /// The authenticated user.
+        user: UserId,
+        /// The broker's id for this connection (for its logs).
+        session_id: u64,
+    },
+    /// The connection ended, or a connection attempt failed. The client
+    /// reconnects with backoff unless the reason is fatal.
+    Disconnected {
+        /// Why.
+        reason: DisconnectReason,
+    },
+    /// A new connection is up after a loss. Every subscribed room was
+    /// resumed from its last delivered sequence + 1 and unacknowledged
+    /// publishes were sent again.
+    Reconnected {
+        /// The broker's id for this connection.
+        session_id: u64,
+        /// The rooms resumed in the handshake.
+        resumed: Vec<RoomId>,
+    },
+    /// The broker switched a room to catch-up because this device fell
+    /// behind. Nothing is lost; events keep coming from the log.
+    Lagging {
+        /// The room.
+        room: RoomId,
+        /// The next sequence catch-up delivers.
+        resume_from: Seq,
+        /// The room's head when it switched.
+        head: Seq,
+    },
+    /// A lagging room is live again.
+    CaughtUp {
+        /// The room.
+        room: RoomId,
+        /// The last sequence delivered by catch-up.
+        seq: Seq,
+    },
+    /// The application does not read a subscription and its buffer is full:
+    /// delivery of the room is paused. It resumes by itself, from where it
+    /// stopped, once the application has drained half of the buffer.
+    Paused {
+        /// The room.
+        room: RoomId,
+    },
+    /// Retention removed these messages before this client could read them;
+    /// they will never be delivered.
+    HistoryTruncated {
+        /// The room.
+        room: RoomId,
+        /// First lost sequence.
+        from: Seq,
+        /// Last lost sequence.
+        to: Seq,
+    },
+    /// A publish whose [`PendingPublish`](crate::PendingPublish) was dropped
+    /// (fire-and-forget) was refused by the broker.
+    PublishFailed {
+        /// The room.
+        room: RoomId,
+        /// The publish's client message id.
+        client_msg_id: u64,
+        /// The refusal.
+        error: ClientError,
+    },
+    /// The client stopped: closed by the application (`error` is `None`) or
+    /// after a fatal error.
+    Closed {
+        /// The fatal error, if any.
+        error: Option<ClientError>,
+    },
+}
+
+/// Where the client stands, from [`Client::state`](crate::Client::state).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ConnectionState {
+    /// The first connection is being opened.
+    Connecting,
+    /// Connected and handshaken.
+    Connected {
+        /// The authenticated user.
+        user: UserId,
+        /// The broker's id for this connection.
+        session_id: u64,
+    },
+    /// The connection was lost; reconnecting with backoff.
+    Reconnecting,
+    /// Stopped for good.
+    Closed,
+}
+
+/// Ephemeral information pushed by the broker, from
+/// [`Client::signals`](crate::Client::signals). Never stored, never
+/// replayed: a client that was offline does not get the ones it missed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Signal {
+    /// The complete set of users typing in a room now (replaces the
+    /// previous set; may include this user, typing on another device).
+    Typing {
+        /// The room.
+        room: RoomId,
+        /// Who is typing.
+        users: Vec<UserId>,
+    },
+    /// Presence changes (after
+    /// [`Client::watch_presence`](crate::Client::watch_presence)).
+    Presence(Vec<PresenceEntry>),
+    /// Delivered or read markers moved in a room.
+    Receipts {
+        /// The room.
+        room: RoomId,
+        /// The moved markers.
+        entries: Vec<ReceiptEntry>,
+    },
+    /// An informational notice from the broker.
+    Notice(Notice),
+}

@@ -1,0 +1,319 @@
+//! Thin calls for rooms, typing, presence and receipts: each sends one
+//! request frame and returns the broker's reply, or its `Error` as
+//! [`ClientError::Server`].
+//!
+//! Every call here is cancel-safe in the sense that dropping the future
+//! never corrupts the client; but a request already handed to the
+//! connection may still be carried out by the broker (creating a room,
+//! inviting someone) even though the reply is lost. Requests wait for a
+//! connection when offline, within the configured request timeout; a
+//! request in flight when the connection drops fails with
+//! [`ClientError::ConnectionLost`] and is not retried.
+
+use confab_codec::{
+    Ack, Body, CreateRoom, GetMessageStatus, GetPresence, GetRoomInfo, InviteMember, JoinPolicy,
+    JoinRoom, LeaveRoom, ListRooms, MessageStatus, PresenceEntry, PresenceStatus, Receipt,
+    ReceiptKind, RemoveMember, Role, RoomId, RoomInfo, RoomKind, RoomList, RoomMeta, Seq,
+    SetPresence, SetRole, Typing, UpdateRoom, WatchPresence,
+};
+
+use crate::client::{unexpected, Client};
+use crate::driver::ReqMode;
+use crate::error::ClientError;
+use crate::ids::{IntoRoomId, IntoUserId};
+
+impl Client {
+    /// Creates a room ([`CreateRoom`] as the protocol has it).
+    ///
+    /// # Errors
+    /// [`ClientError::Server`] (`RoomExists`, `InvalidRequest`,
+    /// `TooManyRooms`, `Forbidden`, `Unsupported`), and the common ones.
+    pub async fn create_room(&self, request: CreateRoom) -> Result<RoomInfo, ClientError> {
+        self.room_info_reply(request).await
+    }
+
+    /// Creates an open or invite-only group room with a name, inviting
+    /// `invite`. Pass `None` as `room` to let the broker choose the id.
+    ///
+    /// # Errors
+    /// As [`Client::create_room`].
+    pub async fn create_group(
+        &self,
+        room: Option<RoomId>,
+        name: &str,
+        policy: JoinPolicy,
+        invite: Vec<confab_codec::UserId>,
+    ) -> Result<RoomInfo, ClientError> {
+        self.create_room(CreateRoom {
+            kind: RoomKind::Group,
+            room,
+            peer: None,
+            policy,
+            meta: RoomMeta {
+                name: name.to_owned(),
+                topic: String::new(),
+                avatar_url: String::new(),
+            },
+            invite,
+        })
+        .await
+    }
+
+    /// Opens (or finds) the direct room with `peer`.
+    ///
+    /// # Errors
+    /// As [`Client::create_room`].
+    pub async fn create_direct(&self, peer: impl IntoUserId) -> Result<RoomInfo, ClientError> {
+        self.create_room(CreateRoom {
+            kind: RoomKind::Direct,
+            room: None,
+            peer: Some(peer.into_user_id()?),
+            policy: JoinPolicy::InviteOnly,
+            meta: RoomMeta {
+                name: String::new(),
+                topic: String::new(),
+                avatar_url: String::new(),
+            },
+            invite: Vec::new(),
+        })
+        .await
+    }
+
+    /// Joins an open room or accepts an invitation.
+    ///
+    /// # Errors
+    /// [`ClientError::Server`] (`NoSuchRoom`, `Forbidden`, `RoomFull`,
+    /// `TooManyRooms`), and the common ones.
+    pub async fn join(&self, room: impl IntoRoomId) -> Result<RoomInfo, ClientError> {
+        self.room_info_reply(JoinRoom {
+            room: room.into_room_id()?,
+        })
+        .await
+    }
+
+    /// Leaves a room (its subscription, if any, ends at the broker).
+    ///
+    /// # Errors
+    /// [`ClientError::Server`] (`NoSuchRoom`, `NotMember`), and the common ones.
+    pub async fn leave(&self, room: impl IntoRoomId) -> Result<(), ClientError> {
+        self.ack_reply(LeaveRoom {
+            room: room.into_room_id()?,
+        })
+        .await
+    }
+
+    /// Invites a user to a group room (admins and owners).
+    ///
+    /// # Errors
+    /// [`ClientError::Server`] (`NoSuchRoom`, `NotMember`, `Forbidden`,
+    /// `RoomFull`), and the common ones.
+    pub async fn invite(
+        &self,
+        room: impl IntoRoomId,
+        user: impl IntoUserId,
+    ) -> Result<(), ClientError> {
+        self.ack_reply(InviteMember {
+            room: room.into_room_id()?,
+            user: user.into_user_id()?,
+        })
+        .await
+    }
+
+    /// Removes a member or an invitation (admins and owners).
+    ///
+    /// # Errors
+    /// [`ClientError::Server`] (`NoSuchRoom`, `NotMember`, `Forbidden`), and
+    /// the common ones.
+    pub async fn remove_member(
+        &self,
+        room: impl IntoRoomId,
+        user: impl IntoUserId,
+    ) -> Result<(), ClientError> {
+        self.ack_reply(RemoveMember {
+            room: room.into_room_id()?,
+            user: user.into_user_id()?,
+        })
+        .await
+    }
+
+    /// Describes a room.
+    ///
+    /// # Errors
+    /// [`ClientError::Server`] (`NoSuchRoom`, `NotMember`, `Forbidden`), and
+    /// the common ones.
+    pub async fn room_info(&self, room: impl IntoRoomId) -> Result<RoomInfo, ClientError> {
+        self.room_info_reply(GetRoomInfo {
+            room: room.into_room_id()?,
+        })
+        .await
+    }
+
+    /// Replaces a group room's metadata (admins and owners).
+    ///
+    /// # Errors
+    /// [`ClientError::Server`] (`NoSuchRoom`, `NotMember`, `Forbidden`), and
+    /// the common ones.
+    pub async fn update_room(
+        &self,
+        room: impl IntoRoomId,
+        meta: RoomMeta,
+    ) -> Result<RoomInfo, ClientError> {
+        self.room_info_reply(UpdateRoom {
+            room: room.into_room_id()?,
+            meta,
+        })
+        .await
+    }
+
+    /// Changes a member's role (owners).
+    ///
+    /// # Errors
+    /// [`ClientError::Server`] (`NoSuchRoom`, `NotMember`, `Forbidden`,
+    /// `InvalidRequest`), and the common ones.
+    pub async fn set_role(
+        &self,
+        room: impl IntoRoomId,
+        user: impl IntoUserId,
+        role: Role,
+    ) -> Result<(), ClientError> {
+        self.ack_reply(SetRole {
+            room: room.into_room_id()?,
+            user: user.into_user_id()?,
+            role,
+        })
+        .await
+    }
+
+    /// One page of the user's rooms, in id order, starting after `after`.
+    ///
+    /// # Errors
+    /// The common ones.
+    pub async fn list_rooms(
+        &self,
+        after: Option<RoomId>,
+        limit: u16,
+    ) -> Result<RoomList, ClientError> {
+        match self
+            .request(ListRooms { after, limit }, ReqMode::Reply)
+            .await?
+        {
+            Body::RoomList(list) => Ok(list),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Tells the room the user started (`true`) or stopped typing. Returns
+    /// once handed to the connection; the broker does not answer.
+    ///
+    /// # Errors
+    /// [`ClientError::NotConnected`] when offline: a stale typing
+    /// notification is worthless, so it is not queued.
+    pub async fn typing(&self, room: impl IntoRoomId, active: bool) -> Result<(), ClientError> {
+        let body = Typing {
+            room: room.into_room_id()?,
+            active,
+        };
+        self.request(body, ReqMode::Ephemeral).await.map(drop)
+    }
+
+    /// Sets this device's availability. Remembered and set again after
+    /// every reconnection.
+    ///
+    /// # Errors
+    /// The common ones.
+    pub async fn set_presence(&self, status: PresenceStatus) -> Result<(), ClientError> {
+        self.ack_reply(SetPresence { status }).await
+    }
+
+    /// Turns presence pushes ([`Signal::Presence`](crate::Signal::Presence))
+    /// on or off. Remembered and applied again after every reconnection.
+    ///
+    /// # Errors
+    /// The common ones.
+    pub async fn watch_presence(&self, enabled: bool) -> Result<(), ClientError> {
+        self.ack_reply(WatchPresence { enabled }).await
+    }
+
+    /// The current presence of some users (those sharing a room with this
+    /// user; others are left out).
+    ///
+    /// # Errors
+    /// The common ones.
+    pub async fn get_presence(
+        &self,
+        users: Vec<confab_codec::UserId>,
+    ) -> Result<Vec<PresenceEntry>, ClientError> {
+        match self.request(GetPresence { users }, ReqMode::Reply).await? {
+            Body::PresenceEvent(p) => Ok(p.entries),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Moves the user's read marker in a room up to `seq`. Returns once
+    /// handed to the connection (queued while offline); the broker answers
+    /// only failures, which are logged.
+    ///
+    /// # Errors
+    /// [`ClientError::Timeout`], [`ClientError::Closed`].
+    pub async fn mark_read(&self, room: impl IntoRoomId, seq: Seq) -> Result<(), ClientError> {
+        self.receipt(room, ReceiptKind::Read, seq).await
+    }
+
+    /// Moves this device's delivered marker in a room up to `seq`. As
+    /// [`Client::mark_read`].
+    ///
+    /// # Errors
+    /// [`ClientError::Timeout`], [`ClientError::Closed`].
+    pub async fn mark_delivered(&self, room: impl IntoRoomId, seq: Seq) -> Result<(), ClientError> {
+        self.receipt(room, ReceiptKind::Delivered, seq).await
+    }
+
+    /// How far a message got: stored, delivered to or read by the other
+    /// members.
+    ///
+    /// # Errors
+    /// [`ClientError::Server`] (`NoSuchRoom`, `NotMember`, `NoSuchMessage`),
+    /// and the common ones.
+    pub async fn message_status(
+        &self,
+        room: impl IntoRoomId,
+        seq: Seq,
+    ) -> Result<MessageStatus, ClientError> {
+        let body = GetMessageStatus {
+            room: room.into_room_id()?,
+            seq,
+        };
+        match self.request(body, ReqMode::Reply).await? {
+            Body::MessageStatus(s) => Ok(s),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    async fn receipt(
+        &self,
+        room: impl IntoRoomId,
+        kind: ReceiptKind,
+        seq: Seq,
+    ) -> Result<(), ClientError> {
+        let body = Receipt {
+            room: room.into_room_id()?,
+            kind,
+            seq,
+        };
+        self.request(body, ReqMode::NoReply).await.map(drop)
+    }
+
+    async fn room_info_reply(&self, body: impl Into<Body>) -> Result<RoomInfo, ClientError> {
+        match self.request(body, ReqMode::Reply).await? {
+            Body::RoomInfo(info) => Ok(info),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    async fn ack_reply(&self, body: impl Into<Body>) -> Result<(), ClientError> {
+        match self.request(body, ReqMode::Reply).await? {
+            Body::Ack(Ack {}) => Ok(()),
+            other => Err(unexpected(&other)),
+        }
+    }
+}

@@ -1,0 +1,433 @@
+//! The SDK against a fault-injecting mock broker (tests/mock_broker):
+//! gaps in the live stream, cut and black-holed connections, lost publish
+//! acknowledgements, refused connections, a slow application reader, and
+//! application restarts with a file cursor store.
+
+#![allow(clippy::unwrap_used)]
+
+mod mock_broker;
+
+use std::future::Future;
+use std::time::Duration;
+
+use confab_client::confab_codec::{DeviceId, Direction, ErrorCode, RoomId, Seq};
+use confab_client::{
+    BackoffConfig, Client, ClientConfig, ClientError, ConnectionEvent, DisconnectReason, Endpoint,
+    FileCursorStore, Message, RoomEvent, Subscription,
+};
+use mock_broker::Mock;
+use tokio::sync::broadcast;
+
+fn config(mock: &Mock, user: &str, device: &str) -> ClientConfig {
+    let mut c = ClientConfig::with_endpoint(
+        Endpoint::tcp(mock.addr),
+        format!("{user}:{device}"),
+        DeviceId::new(device).unwrap(),
+    );
+    c.backoff = BackoffConfig {
+        initial: Duration::from_millis(20),
+        max: Duration::from_millis(200),
+        multiplier: 2.0,
+        max_attempts: None,
+    };
+    c.heartbeat_interval = Duration::from_millis(200);
+    c.dead_link_timeout = Duration::from_millis(800);
+    c.connect_timeout = Duration::from_secs(2);
+    c.request_timeout = Duration::from_secs(5);
+    c
+}
+
+async fn within<F: Future>(f: F) -> F::Output {
+    tokio::time::timeout(Duration::from_secs(15), f)
+        .await
+        .expect("timed out")
+}
+
+async fn take(sub: &mut Subscription, n: usize) -> Vec<RoomEvent> {
+    let mut events = Vec::new();
+    while events.len() < n {
+        events.push(
+            within(sub.next())
+                .await
+                .expect("stream ended")
+                .expect("stream error"),
+        );
+    }
+    events
+}
+
+fn seqs(events: &[RoomEvent]) -> Vec<u64> {
+    events.iter().map(|e| e.seq.0).collect()
+}
+
+async fn wait_event(
+    rx: &mut broadcast::Receiver<ConnectionEvent>,
+    mut pred: impl FnMut(&ConnectionEvent) -> bool,
+) -> ConnectionEvent {
+    within(async {
+        loop {
+            let e = rx.recv().await.unwrap();
+            if pred(&e) {
+                return e;
+            }
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn publish_and_subscribe_in_order() {
+    let mock = Mock::start().await;
+    let alice = Client::connect(config(&mock, "alice", "phone"))
+        .await
+        .unwrap();
+    let bob = Client::connect(config(&mock, "bob", "laptop"))
+        .await
+        .unwrap();
+    let mut sub = bob.subscribe("general").await.unwrap();
+    for i in 1..=20u64 {
+        let ack = alice.publish("general", format!("m{i}")).await.unwrap();
+        assert_eq!(ack.seq, Seq(i));
+        assert!(!ack.duplicate);
+    }
+    let events = take(&mut sub, 20).await;
+    assert_eq!(seqs(&events), (1..=20).collect::<Vec<_>>());
+    assert_eq!(events[4].payload, "m5");
+    assert_eq!(events[4].sender.as_str(), "alice");
+    assert!(events.iter().all(|e| !e.replayed));
+    alice.close().await;
+    bob.close().await;
+    assert!(
+        within(sub.next()).await.is_none(),
+        "closed client ends the stream"
+    );
+}
+
+#[tokio::test]
+async fn subscribe_from_gets_backlog_then_live() {
+    let mock = Mock::start().await;
+    let alice = Client::connect(config(&mock, "alice", "phone"))
+        .await
+        .unwrap();
+    for i in 1..=5 {
+        alice.publish("r", format!("m{i}")).await.unwrap();
+    }
+    let mut sub = alice.subscribe_from("r", Seq(3)).await.unwrap();
+    let backlog = take(&mut sub, 3).await;
+    assert_eq!(seqs(&backlog), vec![3, 4, 5]);
+    assert!(backlog.iter().all(|e| e.replayed));
+    alice.publish("r", "m6").await.unwrap();
+    alice.publish("r", "m7").await.unwrap();
+    let live = take(&mut sub, 2).await;
+    assert_eq!(seqs(&live), vec![6, 7]);
+}
+
+#[tokio::test]
+async fn a_gap_in_the_live_stream_is_filled_before_later_events() {
+    let mock = Mock::start().await;
+    for seq in [3, 4, 8, 10] {
+        mock.skip_live("r", seq);
+    }
+    let alice = Client::connect(config(&mock, "alice", "phone"))
+        .await
+        .unwrap();
+    let bob = Client::connect(config(&mock, "bob", "laptop"))
+        .await
+        .unwrap();
+    let mut sub = bob.subscribe("r").await.unwrap();
+    for i in 1..=12 {
+        alice.publish("r", format!("m{i}")).await.unwrap();
+    }
+    let events = take(&mut sub, 12).await;
+    assert_eq!(seqs(&events), (1..=12).collect::<Vec<_>>());
+    assert!(events[2].replayed, "seq 3 came from history");
+    assert!(!events[1].replayed);
+}
+
+#[tokio::test]
+async fn reconnect_resumes_every_room_without_loss_or_duplicates() {
+    let mock = Mock::start().await;
+    let alice = Client::connect(config(&mock, "alice", "phone"))
+        .await
+        .unwrap();
+    let bob = Client::connect(config(&mock, "bob", "laptop"))
+        .await
+        .unwrap();
+    let mut events_rx = bob.events();
+    let mut r1 = bob.subscribe("one").await.unwrap();
+    let mut r2 = bob.subscribe("two").await.unwrap();
+    for i in 1..=10 {
+        alice.publish("one", format!("a{i}")).await.unwrap();
+        alice.publish("two", format!("b{i}")).await.unwrap();
+    }
+    assert_eq!(seqs(&take(&mut r1, 10).await), (1..=10).collect::<Vec<_>>());
+
+    // Cut everything, keep publishing while both clients reconnect.
+    mock.kill_all();
+    for i in 11..=30 {
+        alice.publish_nowait("one", format!("a{i}")).await.unwrap();
+        alice.publish_nowait("two", format!("b{i}")).await.unwrap();
+    }
+    within(alice.flush()).await.unwrap();
+    let e = wait_event(&mut events_rx, |e| {
+        matches!(e, ConnectionEvent::Reconnected { .. })
+    })
+    .await;
+    if let ConnectionEvent::Reconnected { resumed, .. } = e {
+        assert_eq!(resumed.len(), 2);
+    }
+    assert_eq!(
+        seqs(&take(&mut r1, 20).await),
+        (11..=30).collect::<Vec<_>>()
+    );
+    assert_eq!(seqs(&take(&mut r2, 30).await), (1..=30).collect::<Vec<_>>());
+    assert_eq!(mock.stored("one").len(), 30);
+    assert_eq!(mock.stored("two").len(), 30);
+    // Nothing more is pending: no duplicate shows up later.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(r1.buffered(), 0);
+    assert_eq!(r2.buffered(), 0);
+}
+
+#[tokio::test]
+async fn unacknowledged_publishes_are_retried_and_stored_once() {
+    let mock = Mock::start().await;
+    let alice = Client::connect(config(&mock, "alice", "phone"))
+        .await
+        .unwrap();
+    mock.lose_acks(3);
+    let mut pending = Vec::new();
+    for i in 1..=8 {
+        pending.push(
+            alice
+                .enqueue(Message::new("r".parse().unwrap(), format!("m{i}")))
+                .await
+                .unwrap(),
+        );
+    }
+    let mut acks = Vec::new();
+    for p in pending {
+        acks.push(within(p).await.unwrap());
+    }
+    let stored = mock.stored("r");
+    assert_eq!(stored.len(), 8, "each publish stored exactly once");
+    let mut seqs: Vec<u64> = acks.iter().map(|a| a.seq.0).collect();
+    seqs.sort_unstable();
+    assert_eq!(seqs, (1..=8).collect::<Vec<_>>());
+    assert!(
+        acks.iter().any(|a| a.duplicate),
+        "a retry of a stored publish was acknowledged as duplicate"
+    );
+    assert!(mock.received() > 8, "publishes were retried");
+    // Acks and stored entries agree on the client message ids.
+    for a in &acks {
+        assert_eq!(
+            stored[(a.seq.0 - 1) as usize].client_msg_id,
+            a.client_msg_id
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_dead_link_is_detected_by_heartbeats() {
+    let mock = Mock::start().await;
+    let alice = Client::connect(config(&mock, "alice", "phone"))
+        .await
+        .unwrap();
+    let bob = Client::connect(config(&mock, "bob", "laptop"))
+        .await
+        .unwrap();
+    let mut sub = bob.subscribe("r").await.unwrap();
+    let mut events_rx = bob.events();
+    mock.set_blackhole(true);
+    let e = wait_event(&mut events_rx, |e| {
+        matches!(e, ConnectionEvent::Disconnected { .. })
+    })
+    .await;
+    assert!(matches!(
+        e,
+        ConnectionEvent::Disconnected {
+            reason: DisconnectReason::HeartbeatTimeout
+        }
+    ));
+    mock.set_blackhole(false);
+    wait_event(&mut events_rx, |e| {
+        matches!(e, ConnectionEvent::Reconnected { .. })
+    })
+    .await;
+    within(alice.wait_connected()).await.unwrap();
+    within(alice.publish("r", "after")).await.unwrap();
+    let got = take(&mut sub, 1).await;
+    assert_eq!(got[0].payload, "after");
+}
+
+#[tokio::test]
+async fn a_slow_reader_pauses_its_room_and_loses_nothing() {
+    let mock = Mock::start().await;
+    let alice = Client::connect(config(&mock, "alice", "phone"))
+        .await
+        .unwrap();
+    let mut slow = config(&mock, "bob", "laptop");
+    slow.event_buffer_capacity = 4;
+    let bob = Client::connect(slow).await.unwrap();
+    let mut events_rx = bob.events();
+    let mut sub = bob.subscribe("r").await.unwrap();
+    let mut other = bob.subscribe("other").await.unwrap();
+    for i in 1..=40 {
+        alice.publish("r", format!("m{i}")).await.unwrap();
+    }
+    wait_event(&mut events_rx, |e| {
+        matches!(e, ConnectionEvent::Paused { .. })
+    })
+    .await;
+    // Other rooms keep flowing while "r" is paused.
+    alice.publish("other", "x").await.unwrap();
+    assert_eq!(take(&mut other, 1).await[0].payload, "x");
+    let events = take(&mut sub, 40).await;
+    assert_eq!(seqs(&events), (1..=40).collect::<Vec<_>>());
+    for i in 41..=45 {
+        alice.publish("r", format!("m{i}")).await.unwrap();
+    }
+    assert_eq!(
+        seqs(&take(&mut sub, 5).await),
+        (41..=45).collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test]
+async fn a_restarted_app_resumes_from_its_file_cursor() {
+    let mock = Mock::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cursors");
+    let alice = Client::connect(config(&mock, "alice", "phone"))
+        .await
+        .unwrap();
+
+    let store = FileCursorStore::open(&path).await.unwrap();
+    let bob = Client::connect(config(&mock, "bob", "laptop").cursor_store(store))
+        .await
+        .unwrap();
+    let mut sub = bob.subscribe("r").await.unwrap();
+    for i in 1..=5 {
+        alice.publish("r", format!("m{i}")).await.unwrap();
+    }
+    assert_eq!(seqs(&take(&mut sub, 5).await), vec![1, 2, 3, 4, 5]);
+    drop(sub);
+    bob.close().await;
+
+    // Offline for a while: others keep talking.
+    for i in 6..=9 {
+        alice.publish("r", format!("m{i}")).await.unwrap();
+    }
+    let store = FileCursorStore::open(&path).await.unwrap();
+    let bob = Client::connect(config(&mock, "bob", "laptop").cursor_store(store))
+        .await
+        .unwrap();
+    let mut sub = bob.subscribe("r").await.unwrap();
+    let missed = take(&mut sub, 4).await;
+    assert_eq!(seqs(&missed), vec![6, 7, 8, 9]);
+    assert!(missed.iter().all(|e| e.replayed));
+    alice.publish("r", "m10").await.unwrap();
+    assert_eq!(seqs(&take(&mut sub, 1).await), vec![10]);
+}
+
+#[tokio::test]
+async fn a_refused_token_is_fatal() {
+    let mock = Mock::start().await;
+    let mut c = config(&mock, "x", "phone");
+    c.token = "bad".into();
+    let err = Client::connect(c.clone()).await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::Unauthenticated), "{err}");
+
+    let client = Client::start(c).unwrap();
+    let mut events_rx = client.events();
+    let e = wait_event(&mut events_rx, |e| {
+        matches!(e, ConnectionEvent::Closed { .. })
+    })
+    .await;
+    assert!(matches!(
+        e,
+        ConnectionEvent::Closed {
+            error: Some(ClientError::Fatal { .. })
+        }
+    ));
+    assert!(matches!(
+        client.publish("r", "x").await,
+        Err(ClientError::Closed)
+    ));
+    assert_eq!(mock.sessions(), 2, "no reconnection loop");
+}
+
+#[tokio::test]
+async fn the_outbound_queue_is_bounded() {
+    let mock = Mock::start().await;
+    mock.set_refuse(true);
+    let mut c = config(&mock, "alice", "phone");
+    c.outbound_queue_capacity = 2;
+    let alice = Client::start(c).unwrap();
+    let room: RoomId = "r".parse().unwrap();
+    let p1 = alice.try_publish(Message::new(room.clone(), "1")).unwrap();
+    let p2 = alice.try_publish(Message::new(room.clone(), "2")).unwrap();
+    assert!(matches!(
+        alice.try_publish(Message::new(room.clone(), "3")),
+        Err(ClientError::QueueFull)
+    ));
+    // A waiting publish gets through once the broker is back.
+    let third = alice.publish(room.clone(), "3");
+    mock.set_refuse(false);
+    let ack3 = within(third).await.unwrap();
+    let (a1, a2) = (within(p1).await.unwrap(), within(p2).await.unwrap());
+    assert_eq!((a1.seq, a2.seq, ack3.seq), (Seq(1), Seq(2), Seq(3)));
+}
+
+#[tokio::test]
+async fn history_reads_ranges() {
+    let mock = Mock::start().await;
+    let alice = Client::connect(config(&mock, "alice", "phone"))
+        .await
+        .unwrap();
+    for i in 1..=30 {
+        alice.publish("r", format!("m{i}")).await.unwrap();
+    }
+    let events = alice.history("r", 5..=25).await.unwrap();
+    assert_eq!(seqs(&events), (5..=25).collect::<Vec<_>>());
+    let tail = alice.history("r", 28..).await.unwrap();
+    assert_eq!(seqs(&tail), vec![28, 29, 30]);
+    let page = alice
+        .history_page("r", Direction::Before, Seq(0), 3)
+        .await
+        .unwrap();
+    let got: Vec<u64> = page.events.iter().map(|e| e.seq.0).collect();
+    assert_eq!(got, vec![28, 29, 30]);
+    assert!(page.has_more);
+}
+
+#[tokio::test]
+async fn one_subscription_per_room() {
+    let mock = Mock::start().await;
+    let alice = Client::connect(config(&mock, "alice", "phone"))
+        .await
+        .unwrap();
+    let first = alice.subscribe("r").await.unwrap();
+    assert!(matches!(
+        alice.subscribe("r").await,
+        Err(ClientError::AlreadySubscribed(_))
+    ));
+    drop(first);
+    let mut second = alice.subscribe("r").await.unwrap();
+    alice.publish("r", "x").await.unwrap();
+    assert_eq!(take(&mut second, 1).await[0].payload, "x");
+    second.unsubscribe().await.unwrap();
+}
+
+#[tokio::test]
+async fn unsupported_requests_are_server_errors() {
+    let mock = Mock::start().await;
+    let alice = Client::connect(config(&mock, "alice", "phone"))
+        .await
+        .unwrap();
+    let err = alice.join("r").await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::Unsupported));
+    alice.typing("r", true).await.unwrap();
+    alice.mark_read("r", Seq(1)).await.unwrap();
+}

@@ -1,0 +1,419 @@
+//! A small in-process broker speaking the Confab protocol, with fault
+//! injection: it can skip live deliveries (gaps), cut every connection,
+//! black-hole connections (open but silent), refuse connections, and lose
+//! publish acknowledgements. Only what the SDK tests need; the log and the
+//! deduplication table live in memory.
+
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::BytesMut;
+use confab_client::confab_codec::{
+    flags, Ack, Body, CodecError, Direction, ErrorCode, ErrorFrame, EventBatch, EventRecord, Frame,
+    Goodbye, HistoryPage, Pong, PublishAck, RoomId, Seq, StartAt, SubscribeAck, SubscribeItem,
+    SubscribeResult, UserId, Welcome, DEFAULT_MAX_FRAME_LEN,
+};
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::codec::{Decoder, Encoder, FramedRead, FramedWrite};
+
+struct Codec;
+
+impl Decoder for Codec {
+    type Item = Frame;
+    type Error = std::io::Error;
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, std::io::Error> {
+        Frame::decode(src, DEFAULT_MAX_FRAME_LEN).map_err(std::io::Error::other)
+    }
+}
+
+impl Encoder<Frame> for Codec {
+    type Error = std::io::Error;
+    fn encode(&mut self, f: Frame, dst: &mut BytesMut) -> Result<(), std::io::Error> {
+        f.encode(dst)
+            .map_err(|e: CodecError| std::io::Error::other(e))
+    }
+}
+
+struct Sub {
+    conn: u64,
+    room: RoomId,
+    tx: mpsc::UnboundedSender<Frame>,
+}
+
+/// The mock's log and settings, shareable between successive mocks to
+/// emulate a restart on the same data.
+pub(crate) type Shared = Arc<Mutex<State>>;
+
+#[derive(Default)]
+pub(crate) struct State {
+    rooms: HashMap<RoomId, Vec<EventRecord>>,
+    dedup: HashMap<(String, RoomId, u64), (Seq, u64)>,
+    subs: Vec<Sub>,
+    /// Live fan-out skips these (room, seq); they stay in the log.
+    skip_live: HashSet<(RoomId, u64)>,
+    /// The next this-many new publishes are stored, but their ack is lost
+    /// and their connection cut.
+    lose_acks: usize,
+    /// Publishes received, duplicates included.
+    received: usize,
+}
+
+/// The mock broker.
+pub(crate) struct Mock {
+    pub(crate) addr: SocketAddr,
+    state: Arc<Mutex<State>>,
+    refuse: Arc<AtomicBool>,
+    blackhole: Arc<AtomicBool>,
+    conns: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    sessions: Arc<AtomicU64>,
+    accept: JoinHandle<()>,
+}
+
+impl Drop for Mock {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.kill_all();
+    }
+}
+
+impl Mock {
+    pub(crate) async fn start() -> Mock {
+        let addr = "127.0.0.1:0".parse().unwrap();
+        Mock::start_on(addr, Shared::default()).await.unwrap()
+    }
+
+    /// A mock listening on `addr` with the log and settings of `state`.
+    pub(crate) async fn start_on(addr: SocketAddr, state: Shared) -> std::io::Result<Mock> {
+        let listener = TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let refuse = Arc::new(AtomicBool::new(false));
+        let blackhole = Arc::new(AtomicBool::new(false));
+        let conns = Arc::new(Mutex::new(Vec::new()));
+        let sessions = Arc::new(AtomicU64::new(0));
+        let accept = {
+            let (state, refuse, blackhole, conns, sessions) = (
+                state.clone(),
+                refuse.clone(),
+                blackhole.clone(),
+                conns.clone(),
+                sessions.clone(),
+            );
+            tokio::spawn(async move {
+                loop {
+                    let Ok((stream, _)) = listener.accept().await else {
+                        return;
+                    };
+                    if refuse.load(Ordering::SeqCst) {
+                        drop(stream);
+                        continue;
+                    }
+                    let id = sessions.fetch_add(1, Ordering::SeqCst) + 1;
+                    let task = tokio::spawn(serve(stream, id, state.clone(), blackhole.clone()));
+                    conns.lock().unwrap().push(task);
+                }
+            })
+        };
+        Ok(Mock {
+            addr,
+            state,
+            refuse,
+            blackhole,
+            conns,
+            sessions,
+            accept,
+        })
+    }
+
+    /// Closes every connection abruptly (no Goodbye).
+    pub(crate) fn kill_all(&self) {
+        for task in self.conns.lock().unwrap().drain(..) {
+            task.abort();
+        }
+        self.state.lock().unwrap().subs.clear();
+    }
+
+    /// New connections are closed right away while set.
+    pub(crate) fn set_refuse(&self, on: bool) {
+        self.refuse.store(on, Ordering::SeqCst);
+    }
+
+    /// Connections stop reading and writing (but stay open) while set.
+    pub(crate) fn set_blackhole(&self, on: bool) {
+        self.blackhole.store(on, Ordering::SeqCst);
+    }
+
+    /// Live delivery of `seq` in `room` will be skipped.
+    pub(crate) fn skip_live(&self, room: &str, seq: u64) {
+        let room = RoomId::new(room).unwrap();
+        self.state.lock().unwrap().skip_live.insert((room, seq));
+    }
+
+    /// The next `n` publishes are stored but unacknowledged, and their
+    /// connection is cut.
+    pub(crate) fn lose_acks(&self, n: usize) {
+        self.state.lock().unwrap().lose_acks = n;
+    }
+
+    /// Entries in a room's log.
+    pub(crate) fn stored(&self, room: &str) -> Vec<EventRecord> {
+        let room = RoomId::new(room).unwrap();
+        self.state
+            .lock()
+            .unwrap()
+            .rooms
+            .get(&room)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Publishes received, duplicates included.
+    pub(crate) fn received(&self) -> usize {
+        self.state.lock().unwrap().received
+    }
+
+    /// Connections accepted so far.
+    pub(crate) fn sessions(&self) -> u64 {
+        self.sessions.load(Ordering::SeqCst)
+    }
+}
+
+async fn park() {
+    std::future::pending::<()>().await;
+}
+
+async fn serve(stream: TcpStream, conn: u64, state: Arc<Mutex<State>>, blackhole: Arc<AtomicBool>) {
+    let (rd, wr) = stream.into_split();
+    let mut reader = FramedRead::new(rd, Codec);
+    let mut writer = FramedWrite::new(wr, Codec);
+    let Some(Ok(first)) = reader.next().await else {
+        return;
+    };
+    let rid = first.request_id;
+    let Body::Hello(hello) = first.body else {
+        return;
+    };
+    if hello.token == "bad" {
+        let _ = writer
+            .send(Frame::request(
+                rid,
+                ErrorFrame {
+                    code: ErrorCode::Unauthenticated,
+                    retry_after_ms: 0,
+                    message: "bad token".into(),
+                },
+            ))
+            .await;
+        let _ = writer
+            .send(Frame::new(Goodbye {
+                code: ErrorCode::Unauthenticated,
+                message: "bad token".into(),
+            }))
+            .await;
+        return;
+    }
+    let user = UserId::new(hello.token.split(':').next().unwrap_or("anon")).unwrap();
+    let device = hello.device.clone();
+    let (tx, mut rx) = mpsc::unbounded_channel::<Frame>();
+    let hole = blackhole.clone();
+    let write = async move {
+        while let Some(frame) = rx.recv().await {
+            if hole.load(Ordering::SeqCst) {
+                park().await;
+            }
+            if writer.send(frame).await.is_err() {
+                return;
+            }
+        }
+    };
+    tx.send(Frame::request(
+        rid,
+        Welcome {
+            version: 1,
+            session_id: conn,
+            user: user.clone(),
+            server_time_us: 0,
+            max_frame_len: DEFAULT_MAX_FRAME_LEN,
+            max_payload_len: 64 << 10,
+            max_rooms: 1000,
+            heartbeat_ms: 10_000,
+            idle_timeout_ms: 60_000,
+        },
+    ))
+    .unwrap();
+    if !hello.resume.is_empty() {
+        subscribe(&state, conn, &tx, rid, hello.resume);
+    }
+    let read = async {
+        while let Some(Ok(frame)) = reader.next().await {
+            if blackhole.load(Ordering::SeqCst) {
+                park().await;
+            }
+            let rid = frame.request_id;
+            match frame.body {
+                Body::Ping(p) => tx
+                    .send(Frame::request(rid, Pong { nonce: p.nonce }))
+                    .unwrap(),
+                Body::Subscribe(s) => subscribe(&state, conn, &tx, rid, s.items),
+                Body::Unsubscribe(u) => {
+                    state
+                        .lock()
+                        .unwrap()
+                        .subs
+                        .retain(|s| !(s.conn == conn && u.rooms.contains(&s.room)));
+                    tx.send(Frame::request(rid, Ack {})).unwrap();
+                }
+                Body::Publish(p) => {
+                    let mut st = state.lock().unwrap();
+                    st.received += 1;
+                    let key = (device.to_string(), p.room.clone(), p.client_msg_id);
+                    if let Some(&(seq, ts)) = st.dedup.get(&key) {
+                        let ack = PublishAck {
+                            room: p.room,
+                            client_msg_id: p.client_msg_id,
+                            seq,
+                            timestamp_us: ts,
+                            duplicate: true,
+                        };
+                        tx.send(Frame::request(rid, ack)).unwrap();
+                        continue;
+                    }
+                    let log = st.rooms.entry(p.room.clone()).or_default();
+                    let seq = Seq(log.len() as u64 + 1);
+                    let record = EventRecord {
+                        seq,
+                        timestamp_us: 1_700_000_000_000_000 + seq.0,
+                        sender: user.clone(),
+                        device: device.clone(),
+                        client_msg_id: p.client_msg_id,
+                        kind: p.kind,
+                        refers_to: p.refers_to,
+                        thread: p.thread,
+                        payload: p.payload,
+                    };
+                    log.push(record.clone());
+                    st.dedup.insert(key, (seq, record.timestamp_us));
+                    if !st.skip_live.contains(&(p.room.clone(), seq.0)) {
+                        for s in st.subs.iter().filter(|s| s.room == p.room) {
+                            let _ =
+                                s.tx.send(Frame::new(record.clone().in_room(p.room.clone())));
+                        }
+                    }
+                    if st.lose_acks > 0 {
+                        st.lose_acks -= 1;
+                        st.subs.retain(|s| s.conn != conn);
+                        return;
+                    }
+                    let ack = PublishAck {
+                        room: p.room,
+                        client_msg_id: p.client_msg_id,
+                        seq,
+                        timestamp_us: record.timestamp_us,
+                        duplicate: false,
+                    };
+                    tx.send(Frame::request(rid, ack)).unwrap();
+                }
+                Body::HistoryRequest(h) => {
+                    let st = state.lock().unwrap();
+                    let log = st.rooms.get(&h.room).cloned().unwrap_or_default();
+                    let head = log.len() as u64;
+                    let limit = u64::from(h.limit.max(1));
+                    let (lo, hi) = match h.direction {
+                        Direction::After => (h.anchor.0 + 1, (h.anchor.0 + limit).min(head)),
+                        Direction::Before => {
+                            let top = if h.anchor.0 == 0 {
+                                head
+                            } else {
+                                h.anchor.0 - 1
+                            };
+                            (top.saturating_sub(limit - 1).max(1), top)
+                        }
+                    };
+                    let events: Vec<_> = if lo <= hi && hi >= 1 {
+                        log[(lo - 1) as usize..hi as usize].to_vec()
+                    } else {
+                        Vec::new()
+                    };
+                    let has_more = match h.direction {
+                        Direction::After => hi < head,
+                        Direction::Before => lo > 1,
+                    };
+                    let page = HistoryPage {
+                        room: h.room,
+                        has_more,
+                        first: Seq(1),
+                        events,
+                    };
+                    tx.send(Frame::request(rid, page)).unwrap();
+                }
+                Body::Goodbye(_) => return,
+                Body::Receipt(_) | Body::Typing(_) => {}
+                other => {
+                    let e = ErrorFrame {
+                        code: ErrorCode::Unsupported,
+                        retry_after_ms: 0,
+                        message: format!("{} unsupported", other.name()),
+                    };
+                    tx.send(Frame::request(rid, e)).unwrap();
+                }
+            }
+        }
+    };
+    tokio::select! {
+        _ = read => {}
+        _ = write => {}
+    }
+    state.lock().unwrap().subs.retain(|s| s.conn != conn);
+}
+
+/// Answers a Subscribe (or a Hello's resume): ack, backlog, then live, all
+/// under the state lock so that nothing slips between backlog and live.
+fn subscribe(
+    state: &Mutex<State>,
+    conn: u64,
+    tx: &mpsc::UnboundedSender<Frame>,
+    rid: u32,
+    items: Vec<SubscribeItem>,
+) {
+    let mut st = state.lock().unwrap();
+    let mut results = Vec::new();
+    let mut batches = Vec::new();
+    for item in items {
+        let head = st.rooms.get(&item.room).map_or(0, |l| l.len() as u64);
+        results.push(SubscribeResult {
+            room: item.room.clone(),
+            code: ErrorCode::Normal,
+            head: Seq(head),
+            first: Seq(1),
+        });
+        st.subs.retain(|s| !(s.conn == conn && s.room == item.room));
+        st.subs.push(Sub {
+            conn,
+            room: item.room.clone(),
+            tx: tx.clone(),
+        });
+        if let StartAt::From(from) = item.start {
+            let from = from.0.max(1);
+            if from <= head {
+                let log = &st.rooms[&item.room];
+                for chunk in log[(from - 1) as usize..].chunks(7) {
+                    batches.push(EventBatch {
+                        room: item.room.clone(),
+                        events: chunk.to_vec(),
+                    });
+                }
+            }
+        }
+    }
+    tx.send(Frame::request(rid, SubscribeAck { results }))
+        .unwrap();
+    for b in batches {
+        tx.send(Frame::new(b).with_flags(flags::REPLAY)).unwrap();
+    }
+}
