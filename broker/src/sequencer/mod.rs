@@ -16,7 +16,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use confab_codec::{
     raw, ErrorCode, ErrorFrame, Event, EventRecord, Frame, MessageKind, PublishAck, RoomId, Seq,
 };
@@ -389,6 +389,7 @@ impl Sequencer {
     /// fan-out, keeping their relative order.
     fn deliver(&mut self, outcomes: Vec<Outcome>, now: u64) {
         let mut committed = Vec::new();
+        let mut replies = Replies::default();
         for outcome in outcomes {
             match outcome {
                 Outcome::Stored {
@@ -398,11 +399,11 @@ impl Sequencer {
                     frame,
                     ..
                 } => {
-                    ack(&req, seq, now, false);
+                    replies.ack(&req, seq, now, false);
                     committed.push(Committed { room, seq, frame });
                 }
                 Outcome::Duplicate { req, original } => {
-                    ack(&req, original.seq, original.timestamp_us, true);
+                    replies.ack(&req, original.seq, original.timestamp_us, true);
                 }
                 Outcome::Rejected { req, code, message } => {
                     let frame = Frame::request(
@@ -413,10 +414,7 @@ impl Sequencer {
                             message,
                         },
                     );
-                    if let Ok(bytes) = frame.to_bytes() {
-                        req.conn.outbox.push_control(bytes);
-                    }
-                    req.conn.inflight.add_permits(1);
+                    replies.push(&req.conn, &frame);
                 }
                 Outcome::Subscribe(cmd) => {
                     if !committed.is_empty() {
@@ -428,14 +426,52 @@ impl Sequencer {
                 }
             }
         }
+        replies.flush();
         if !committed.is_empty() {
             let _ = self.fanout.send(FanoutMsg::Committed(committed));
         }
     }
 }
 
-fn ack(req: &PublishReq, seq: Seq, timestamp_us: u64, duplicate: bool) {
-    if !req.no_reply {
+/// Replies of one group commit, gathered per connection so that each
+/// connection gets one buffer and one wake-up, not one per publish.
+#[derive(Default)]
+struct Replies {
+    conns: Vec<(Arc<ConnCtx>, BytesMut, usize)>,
+}
+
+impl Replies {
+    fn slot(&mut self, conn: &Arc<ConnCtx>) -> &mut (Arc<ConnCtx>, BytesMut, usize) {
+        // Publishes of one connection usually arrive together: look at the
+        // most recent slot first.
+        let idx = match self
+            .conns
+            .iter()
+            .rposition(|(c, _, _)| Arc::ptr_eq(c, conn))
+        {
+            Some(i) => i,
+            None => {
+                self.conns.push((conn.clone(), BytesMut::new(), 0));
+                self.conns.len() - 1
+            }
+        };
+        &mut self.conns[idx]
+    }
+
+    /// Queues a reply frame and releases the publish's permit.
+    fn push(&mut self, conn: &Arc<ConnCtx>, frame: &Frame) {
+        let slot = self.slot(conn);
+        if let Err(e) = frame.encode(&mut slot.1) {
+            warn!(error = %e, "cannot encode a publish reply");
+        }
+        slot.2 += 1;
+    }
+
+    fn ack(&mut self, req: &PublishReq, seq: Seq, timestamp_us: u64, duplicate: bool) {
+        if req.no_reply {
+            self.slot(&req.conn).2 += 1;
+            return;
+        }
         let frame = Frame::request(
             req.request_id,
             PublishAck {
@@ -446,11 +482,17 @@ fn ack(req: &PublishReq, seq: Seq, timestamp_us: u64, duplicate: bool) {
                 duplicate,
             },
         );
-        if let Ok(bytes) = frame.to_bytes() {
-            req.conn.outbox.push_control(bytes);
+        self.push(&req.conn, &frame);
+    }
+
+    fn flush(self) {
+        for (conn, buf, permits) in self.conns {
+            if !buf.is_empty() {
+                conn.outbox.push_control(buf.freeze());
+            }
+            conn.inflight.add_permits(permits);
         }
     }
-    req.conn.inflight.add_permits(1);
 }
 
 /// The deduplication identity of a device: `user \0 device` (ids cannot
