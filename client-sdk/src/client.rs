@@ -43,6 +43,16 @@ const HISTORY_PAGE: u16 = 1000;
 /// stops when the last clone and the last [`Subscription`] are dropped, or
 /// on [`Client::close`].
 ///
+/// **Requests** (history, rooms, presence, receipts) wait for a connection
+/// while offline. Besides the broker's own refusals
+/// ([`ClientError::Server`]), they share these failures, called "the common
+/// ones" in the method docs: [`ClientError::Timeout`] (no reply within
+/// [`ClientConfig::request_timeout`], waiting for a connection included),
+/// [`ClientError::ConnectionLost`] (the connection dropped with the request
+/// in flight; it is not retried, since it may have been carried out),
+/// [`ClientError::QueueFull`] (too many requests waiting for a connection),
+/// [`ClientError::Closed`], and [`ClientError::Codec`] for an invalid id.
+///
 /// ```no_run
 /// # async fn run() -> Result<(), confab_client::ClientError> {
 /// use confab_client::{Client, ClientConfig};

@@ -44,7 +44,8 @@ pub trait CursorStore: Send + Sync + fmt::Debug + 'static {
     fn remove(&self, room: &RoomId);
 
     /// Persists every change made so far. The default does nothing, for
-    /// stores without persistence.
+    /// stores without persistence. Implementations should be cancel-safe
+    /// (the provided ones are: an interrupted flush is redone by the next).
     ///
     /// # Errors
     /// [`ClientError::CursorStore`] if the changes could not be persisted.
@@ -137,6 +138,7 @@ impl fmt::Debug for FileCursorStore {
 impl FileCursorStore {
     /// Loads the store from `path` (a missing file is an empty store) and
     /// starts its background writer. Must be called inside a tokio runtime.
+    /// Cancel-safe: nothing is started before the file is read.
     ///
     /// # Errors
     /// [`ClientError::CursorStore`] if the file exists but cannot be read or

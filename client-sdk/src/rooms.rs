@@ -25,6 +25,9 @@ use crate::ids::{IntoRoomId, IntoUserId};
 impl Client {
     /// Creates a room ([`CreateRoom`] as the protocol has it).
     ///
+    /// Not cancel-safe: once the request is on its way, dropping the future
+    /// loses only the reply; the broker may still carry the request out.
+    ///
     /// # Errors
     /// [`ClientError::Server`] (`RoomExists`, `InvalidRequest`,
     /// `TooManyRooms`, `Forbidden`, `Unsupported`), and the common ones.
@@ -34,6 +37,9 @@ impl Client {
 
     /// Creates an open or invite-only group room with a name, inviting
     /// `invite`. Pass `None` as `room` to let the broker choose the id.
+    ///
+    /// Not cancel-safe: once the request is on its way, dropping the future
+    /// loses only the reply; the broker may still carry the request out.
     ///
     /// # Errors
     /// As [`Client::create_room`].
@@ -61,6 +67,9 @@ impl Client {
 
     /// Opens (or finds) the direct room with `peer`.
     ///
+    /// Not cancel-safe: once the request is on its way, dropping the future
+    /// loses only the reply; the broker may still carry the request out.
+    ///
     /// # Errors
     /// As [`Client::create_room`].
     pub async fn create_direct(&self, peer: impl IntoUserId) -> Result<RoomInfo, ClientError> {
@@ -81,6 +90,9 @@ impl Client {
 
     /// Joins an open room or accepts an invitation.
     ///
+    /// Not cancel-safe: once the request is on its way, dropping the future
+    /// loses only the reply; the broker may still carry the request out.
+    ///
     /// # Errors
     /// [`ClientError::Server`] (`NoSuchRoom`, `Forbidden`, `RoomFull`,
     /// `TooManyRooms`), and the common ones.
@@ -93,6 +105,9 @@ impl Client {
 
     /// Leaves a room (its subscription, if any, ends at the broker).
     ///
+    /// Not cancel-safe: once the request is on its way, dropping the future
+    /// loses only the reply; the broker may still carry the request out.
+    ///
     /// # Errors
     /// [`ClientError::Server`] (`NoSuchRoom`, `NotMember`), and the common ones.
     pub async fn leave(&self, room: impl IntoRoomId) -> Result<(), ClientError> {
@@ -103,6 +118,9 @@ impl Client {
     }
 
     /// Invites a user to a group room (admins and owners).
+    ///
+    /// Not cancel-safe: once the request is on its way, dropping the future
+    /// loses only the reply; the broker may still carry the request out.
     ///
     /// # Errors
     /// [`ClientError::Server`] (`NoSuchRoom`, `NotMember`, `Forbidden`,
@@ -121,6 +139,9 @@ impl Client {
 
     /// Removes a member or an invitation (admins and owners).
     ///
+    /// Not cancel-safe: once the request is on its way, dropping the future
+    /// loses only the reply; the broker may still carry the request out.
+    ///
     /// # Errors
     /// [`ClientError::Server`] (`NoSuchRoom`, `NotMember`, `Forbidden`), and
     /// the common ones.
@@ -138,6 +159,8 @@ impl Client {
 
     /// Describes a room.
     ///
+    /// Cancel-safe (read-only).
+    ///
     /// # Errors
     /// [`ClientError::Server`] (`NoSuchRoom`, `NotMember`, `Forbidden`), and
     /// the common ones.
@@ -149,6 +172,9 @@ impl Client {
     }
 
     /// Replaces a group room's metadata (admins and owners).
+    ///
+    /// Not cancel-safe: once the request is on its way, dropping the future
+    /// loses only the reply; the broker may still carry the request out.
     ///
     /// # Errors
     /// [`ClientError::Server`] (`NoSuchRoom`, `NotMember`, `Forbidden`), and
@@ -166,6 +192,9 @@ impl Client {
     }
 
     /// Changes a member's role (owners).
+    ///
+    /// Not cancel-safe: once the request is on its way, dropping the future
+    /// loses only the reply; the broker may still carry the request out.
     ///
     /// # Errors
     /// [`ClientError::Server`] (`NoSuchRoom`, `NotMember`, `Forbidden`,
@@ -186,6 +215,8 @@ impl Client {
 
     /// One page of the user's rooms, in id order, starting after `after`.
     ///
+    /// Cancel-safe (read-only).
+    ///
     /// # Errors
     /// The common ones.
     pub async fn list_rooms(
@@ -205,6 +236,9 @@ impl Client {
     /// Tells the room the user started (`true`) or stopped typing. Returns
     /// once handed to the connection; the broker does not answer.
     ///
+    /// Not cancel-safe: once the request is on its way, dropping the future
+    /// loses only the reply; the broker may still carry the request out.
+    ///
     /// # Errors
     /// [`ClientError::NotConnected`] when offline: a stale typing
     /// notification is worthless, so it is not queued.
@@ -219,6 +253,9 @@ impl Client {
     /// Sets this device's availability. Remembered and set again after
     /// every reconnection.
     ///
+    /// Not cancel-safe: once the request is on its way, dropping the future
+    /// loses only the reply; the broker may still carry the request out.
+    ///
     /// # Errors
     /// The common ones.
     pub async fn set_presence(&self, status: PresenceStatus) -> Result<(), ClientError> {
@@ -228,6 +265,9 @@ impl Client {
     /// Turns presence pushes ([`Signal::Presence`](crate::Signal::Presence))
     /// on or off. Remembered and applied again after every reconnection.
     ///
+    /// Not cancel-safe: once the request is on its way, dropping the future
+    /// loses only the reply; the broker may still carry the request out.
+    ///
     /// # Errors
     /// The common ones.
     pub async fn watch_presence(&self, enabled: bool) -> Result<(), ClientError> {
@@ -236,6 +276,8 @@ impl Client {
 
     /// The current presence of some users (those sharing a room with this
     /// user; others are left out).
+    ///
+    /// Cancel-safe (read-only).
     ///
     /// # Errors
     /// The common ones.
@@ -253,6 +295,9 @@ impl Client {
     /// handed to the connection (queued while offline); the broker answers
     /// only failures, which are logged.
     ///
+    /// Not cancel-safe: once the request is on its way, dropping the future
+    /// loses only the reply; the broker may still carry the request out.
+    ///
     /// # Errors
     /// [`ClientError::Timeout`], [`ClientError::Closed`].
     pub async fn mark_read(&self, room: impl IntoRoomId, seq: Seq) -> Result<(), ClientError> {
@@ -262,6 +307,9 @@ impl Client {
     /// Moves this device's delivered marker in a room up to `seq`. As
     /// [`Client::mark_read`].
     ///
+    /// Not cancel-safe: once the request is on its way, dropping the future
+    /// loses only the reply; the broker may still carry the request out.
+    ///
     /// # Errors
     /// [`ClientError::Timeout`], [`ClientError::Closed`].
     pub async fn mark_delivered(&self, room: impl IntoRoomId, seq: Seq) -> Result<(), ClientError> {
@@ -270,6 +318,8 @@ impl Client {
 
     /// How far a message got: stored, delivered to or read by the other
     /// members.
+    ///
+    /// Cancel-safe (read-only).
     ///
     /// # Errors
     /// [`ClientError::Server`] (`NoSuchRoom`, `NotMember`, `NoSuchMessage`),

@@ -3,7 +3,7 @@
 
 use confab_codec::{
     flags, Ack, Body, Direction, ErrorCode, EventRecord, Frame, HistoryRequest, Pong, RoomId, Seq,
-    Subscribe, SubscribeItem, SubscribeResult, Unsubscribe,
+    StartAt, Subscribe, SubscribeItem, SubscribeResult, Unsubscribe,
 };
 use tokio::sync::mpsc::error::TrySendError;
 use tokio_util::sync::CancellationToken;
@@ -485,6 +485,15 @@ impl Driver {
             if r.sync.is_paused() {
                 // Paused (and unsubscribed) after this subscribe was sent.
                 continue;
+            }
+            if let StartAt::From(next) = r.sync.start_at() {
+                if result.head.0.saturating_add(1) < next.0 {
+                    // The broker lost entries this client already delivered
+                    // (for example its data was restored from an old backup):
+                    // new entries reuse delivered sequences and are dropped
+                    // as duplicates. Nothing sane can be done silently.
+                    warn!(%room, head = %result.head, delivered = next.0 - 1, "room head is behind this client's cursor");
+                }
             }
             r.wire = Wire::Active;
             if let Some(ack) = r.ack.take() {
