@@ -13,7 +13,7 @@ use tracing::{info, warn};
 
 use crate::auth::{Authenticator, DenyAll, DevAuth};
 use crate::config::{AuthMode, Config};
-use crate::fanout::{self, CatchupCtx, FanoutMsg};
+use crate::fanout::{self, CatchupCtx};
 use crate::rooms::RoomRegistry;
 use crate::sequencer::{SeqMsg, Sequencer};
 use crate::stats::{BrokerStats, Stats};
@@ -48,13 +48,15 @@ pub enum BrokerError {
     Thread(std::io::Error),
 }
 
+/// Group commits the fan-out may lag behind the sequencer.
+const FANOUT_QUEUE: usize = 256;
+
 /// State shared by every task of a running broker.
 pub(crate) struct Shared {
     pub(crate) config: Config,
     pub(crate) log: Arc<dyn RoomLog>,
     pub(crate) rooms: Arc<RoomRegistry>,
     pub(crate) sequencer: Sender<SeqMsg>,
-    pub(crate) fanout: Sender<FanoutMsg>,
     pub(crate) auth: Arc<dyn Authenticator>,
     pub(crate) session_ids: AtomicU64,
     pub(crate) shutdown: CancellationToken,
@@ -152,7 +154,10 @@ impl BrokerBuilder {
         let rooms = Arc::new(RoomRegistry::default());
         let stats = Arc::new(Stats::default());
         let (seq_tx, seq_rx) = crossbeam_channel::unbounded();
-        let (fan_tx, fan_rx) = crossbeam_channel::unbounded();
+        // Bounded: when fan-out falls behind the sequencer (more deliveries
+        // per second than it can make), commits wait, acks slow down, and
+        // publishers feel it through their in-flight limit.
+        let (fan_tx, fan_rx) = crossbeam_channel::bounded(FANOUT_QUEUE);
         let tasks = TaskTracker::new();
         let shutdown = CancellationToken::new();
 
@@ -160,7 +165,7 @@ impl BrokerBuilder {
             log.clone(),
             rooms.clone(),
             config.storage.clone(),
-            fan_tx.clone(),
+            fan_tx,
             stats.clone(),
         );
         let sequencer_thread = std::thread::Builder::new()
@@ -185,7 +190,6 @@ impl BrokerBuilder {
             log,
             rooms,
             sequencer: seq_tx,
-            fanout: fan_tx,
             auth,
             session_ids: AtomicU64::new(1),
             shutdown: shutdown.clone(),

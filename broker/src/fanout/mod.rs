@@ -75,24 +75,14 @@ pub(crate) fn run(
     tasks: TaskTracker,
 ) {
     let mut to_wake: Vec<Arc<Outbox>> = Vec::new();
-    let mut stop = false;
-    while !stop {
-        let Ok(first) = rx.recv() else { break };
-        let mut next = Some(first);
-        // Coalesce: handle whatever else is already queued before waking
-        // the writers, so a burst becomes one wake-up per device.
-        while let Some(msg) = next {
-            if matches!(msg, FanoutMsg::Stop) {
-                stop = true;
-                break;
-            }
-            handle(msg, &ctx, &runtime, &tasks, &mut to_wake);
-            next = if to_wake.len() < 4096 {
-                rx.try_recv().ok()
-            } else {
-                None
-            };
+    while let Ok(msg) = rx.recv() {
+        if matches!(msg, FanoutMsg::Stop) {
+            break;
         }
+        // One message is one group commit (or a subscription change), so
+        // waking the touched writers after each gives one wake-up per
+        // device per commit, however many events the commit holds.
+        handle(msg, &ctx, &runtime, &tasks, &mut to_wake);
         for outbox in to_wake.drain(..) {
             outbox.wake();
         }

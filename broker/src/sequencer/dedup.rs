@@ -1,10 +1,11 @@
 //! The deduplication window for publish retries.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use confab_codec::Seq;
+use rustc_hash::FxHashMap;
 
 use crate::rooms::Room;
 
@@ -47,7 +48,7 @@ pub(crate) struct Original {
 /// oldest first.
 #[derive(Debug)]
 pub(crate) struct Dedup {
-    map: HashMap<DedupKey, Original>,
+    map: FxHashMap<DedupKey, Original>,
     order: VecDeque<DedupKey>,
     capacity: usize,
 }
@@ -55,7 +56,7 @@ pub(crate) struct Dedup {
 impl Dedup {
     pub(crate) fn new(capacity: usize) -> Self {
         Self {
-            map: HashMap::new(),
+            map: FxHashMap::default(),
             order: VecDeque::new(),
             capacity,
         }

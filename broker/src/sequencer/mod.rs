@@ -11,7 +11,6 @@
 
 mod dedup;
 
-use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -21,6 +20,7 @@ use confab_codec::{
     raw, ErrorCode, ErrorFrame, Event, EventRecord, Frame, MessageKind, PublishAck, RoomId, Seq,
 };
 use crossbeam_channel::{Receiver, Sender};
+use rustc_hash::FxHashMap;
 use tracing::{error, warn};
 
 use self::dedup::{Dedup, DedupKey, Original};
@@ -51,6 +51,8 @@ pub(crate) enum SeqMsg {
     Publish(PublishReq),
     /// Stamped with each room's bounds at its place in the commit order.
     Subscribe(SubscribeCmd),
+    /// Ends subscriptions; forwarded to the fan-out in order.
+    Unsubscribe(Vec<Arc<crate::fanout::Subscription>>),
     /// Commit what came before, flush, stop the fan-out, and exit.
     Stop,
 }
@@ -81,6 +83,7 @@ enum Outcome {
         message: String,
     },
     Subscribe(SubscribeCmd),
+    Unsubscribe(Vec<Arc<crate::fanout::Subscription>>),
 }
 
 /// Microseconds since the Unix epoch.
@@ -92,7 +95,7 @@ pub(crate) fn now_us() -> u64 {
 }
 
 pub(crate) struct Sequencer {
-    rooms: HashMap<RoomId, SeqRoom>,
+    rooms: FxHashMap<RoomId, SeqRoom>,
     dedup: Dedup,
     log: Arc<dyn RoomLog>,
     registry: Arc<RoomRegistry>,
@@ -111,7 +114,7 @@ impl Sequencer {
     ) -> Self {
         Self {
             stats,
-            rooms: HashMap::new(),
+            rooms: FxHashMap::default(),
             dedup: Dedup::new(cfg.dedup_window),
             log,
             registry,
@@ -213,6 +216,7 @@ impl Sequencer {
                     self.stamp(&mut cmd);
                     outcomes.push(Outcome::Subscribe(cmd));
                 }
+                SeqMsg::Unsubscribe(subs) => outcomes.push(Outcome::Unsubscribe(subs)),
                 SeqMsg::Stop => {}
             }
         }
@@ -423,6 +427,14 @@ impl Sequencer {
                             .send(FanoutMsg::Committed(std::mem::take(&mut committed)));
                     }
                     let _ = self.fanout.send(FanoutMsg::Subscribe(cmd));
+                }
+                Outcome::Unsubscribe(subs) => {
+                    if !committed.is_empty() {
+                        let _ = self
+                            .fanout
+                            .send(FanoutMsg::Committed(std::mem::take(&mut committed)));
+                    }
+                    let _ = self.fanout.send(FanoutMsg::Unsubscribe(subs));
                 }
             }
         }

@@ -21,7 +21,7 @@ use tracing::{debug, info, warn};
 use super::codec::{FrameCodec, WireError};
 use super::writer::{write_loop, WriterEnd};
 use super::ConnCtx;
-use crate::fanout::{FanoutMsg, Outbox, SubscribeCmd, SubscribeItem, Subscription};
+use crate::fanout::{Outbox, SubscribeCmd, SubscribeItem, Subscription};
 use crate::sequencer::{now_us, sender_key, PublishReq, SeqMsg};
 use crate::server::Shared;
 use crate::storage::LogBounds;
@@ -298,7 +298,7 @@ impl Session {
                     s.close();
                 }
                 if !subs.is_empty() {
-                    let _ = self.shared.fanout.send(FanoutMsg::Unsubscribe(subs));
+                    let _ = self.shared.sequencer.send(SeqMsg::Unsubscribe(subs));
                 }
                 push(&outbox, Frame::request(rid, Ack {}));
             }
@@ -494,7 +494,7 @@ impl Session {
             s.close();
         }
         if !subs.is_empty() {
-            let _ = self.shared.fanout.send(FanoutMsg::Unsubscribe(subs));
+            let _ = self.shared.sequencer.send(SeqMsg::Unsubscribe(subs));
         }
     }
 }
