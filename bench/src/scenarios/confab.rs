@@ -202,14 +202,77 @@ pub async fn latency(
             anyhow::Ok(())
         }));
     }
-    let (mut ack_rd, mut wr) = connect(addr, "lat-publisher", "bench").await?;
-    // Acks are drained by a separate task so they never delay sends.
-    let acks = tokio::spawn(async move { while let Ok(Some(_)) = ack_rd.next().await {} });
     let interval_ns = 1e9 / rate;
     let start = now_ns();
     let warm_end = start + k.warmup.as_nanos() as u64;
     let end = warm_end + k.duration.as_nanos() as u64;
     measure_from.store(warm_end, Ordering::Relaxed);
+    let pacer = {
+        let r = r.clone();
+        std::thread::Builder::new()
+            .name("lat-publisher".into())
+            .spawn(move || paced_publisher(addr, r, size, start, end, interval_ns))?
+    };
+    let sent = tokio::task::spawn_blocking(move || pacer.join())
+        .await?
+        .map_err(|_| anyhow::anyhow!("publisher thread panicked"))??;
+    // Let the tail arrive.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for r in &readers {
+        r.abort();
+    }
+    for r in readers {
+        let _ = r.await;
+    }
+    let measured = sent.saturating_sub(((warm_end - start) as f64 / interval_ns) as u64);
+    let achieved = measured as f64 / k.duration.as_secs_f64();
+    let h = hist
+        .lock()
+        .map_err(|_| anyhow::anyhow!("histogram lock poisoned"))?;
+    Ok((achieved, Latency::from_ns(&h)))
+}
+
+/// The open-loop sender: a dedicated OS thread with a blocking socket that
+/// sleeps until the next message is due (instead of spinning, which would
+/// steal a core from the broker on a 2-core machine) and then sends every
+/// message that is due, each stamped with its intended send time.
+fn paced_publisher(
+    addr: SocketAddr,
+    room: RoomId,
+    size: usize,
+    start: u64,
+    end: u64,
+    interval_ns: f64,
+) -> anyhow::Result<u64> {
+    use std::io::{Read, Write};
+
+    use bytes::BytesMut;
+    use confab_codec::{DeviceId, Frame, Hello, MessageKind, Publish};
+
+    let mut stream = std::net::TcpStream::connect(addr)?;
+    stream.set_nodelay(true)?;
+    let mut out = BytesMut::new();
+    Frame::request(
+        1,
+        Hello {
+            min_version: 1,
+            max_version: 1,
+            token: "lat-publisher:bench".into(),
+            device: DeviceId::new("bench")?,
+            client_name: "confab-bench".into(),
+            resume: vec![],
+        },
+    )
+    .encode(&mut out)?;
+    stream.write_all(&out)?;
+    out.clear();
+    // Acks (and the Welcome) are read and dropped by a helper thread so
+    // they never delay a send.
+    let mut reader = stream.try_clone()?;
+    let drain = std::thread::spawn(move || {
+        let mut buf = vec![0u8; 64 << 10];
+        while matches!(reader.read(&mut buf), Ok(n) if n > 0) {}
+    });
     let mut sent = 0u64;
     loop {
         let now = now_ns();
@@ -220,32 +283,34 @@ pub async fn latency(
         while sent < due {
             let intended = start + (sent as f64 * interval_ns) as u64;
             sent += 1;
-            wr.queue_publish(&r, sent, payload(size, intended))?;
+            Frame::request(
+                (sent as u32).max(2),
+                Publish {
+                    room: room.clone(),
+                    client_msg_id: sent,
+                    kind: MessageKind::MESSAGE,
+                    refers_to: None,
+                    thread: None,
+                    payload: payload(size, intended),
+                },
+            )
+            .encode(&mut out)?;
         }
-        wr.flush().await?;
+        if !out.is_empty() {
+            stream.write_all(&out)?;
+            out.clear();
+        }
         let next = start + (sent as f64 * interval_ns) as u64;
         let wait = next.saturating_sub(now_ns());
-        if wait > 200_000 {
-            tokio::time::sleep(Duration::from_nanos(wait - 100_000)).await;
+        if wait > 20_000 {
+            std::thread::sleep(Duration::from_nanos(wait - 10_000));
         } else {
-            tokio::task::yield_now().await;
+            std::thread::yield_now();
         }
     }
-    // Let the tail arrive.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    for r in &readers {
-        r.abort();
-    }
-    acks.abort();
-    for r in readers {
-        let _ = r.await;
-    }
-    let measured = sent.saturating_sub(((warm_end - start) as f64 / interval_ns) as u64);
-    let achieved = measured as f64 / k.duration.as_secs_f64();
-    let h = hist
-        .lock()
-        .map_err(|_| anyhow::anyhow!("histogram lock poisoned"))?;
-    Ok((achieved, Latency::from_ns(&h)))
+    let _ = stream.shutdown(std::net::Shutdown::Both);
+    let _ = drain.join();
+    Ok(sent)
 }
 
 /// Catch-up replay speed: fills a room with `count` messages, then times a
