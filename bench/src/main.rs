@@ -94,9 +94,10 @@ struct Common {
     #[arg(long, global = true, value_enum, default_value_t = PeerRate::Same)]
     peer_rate: PeerRate,
     /// Pub/sub peers have no publish acks: their publisher is paced to stay
-    /// at most this many messages ahead of the average subscriber.
-    #[arg(long, global = true, default_value_t = 2048)]
-    peer_lag: usize,
+    /// at most this many messages ahead of the average subscriber (default:
+    /// 262144 / subscribers, within 2048..=32768).
+    #[arg(long, global = true)]
+    peer_lag: Option<usize>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -553,7 +554,11 @@ async fn peer_fanout(
     subs: usize,
     window: usize,
 ) -> anyhow::Result<Row> {
-    let (size, lag, system) = (ctx.size(), ctx.common.peer_lag, kind.system());
+    let lag = ctx
+        .common
+        .peer_lag
+        .unwrap_or((262_144 / subs.max(1)).clamp(2048, 32_768));
+    let (size, system) = (ctx.size(), kind.system());
     let (rate, pub_rate, notes, rss) = match kind {
         PeerKind::Nats => {
             let server = NatsServer::start(ctx.nats_bin()?, ctx.cpus(), None).await?;
@@ -684,13 +689,14 @@ async fn latency(ctx: &Ctx, out: &mut Out, fractions: &[f64], subs: usize) {
         peer_max.push(idx.map(|i| out.rows[i].rate / subs as f64));
     }
     for &f in fractions {
-        let pct = f * 100.0;
+        // "50", "0.5": whole percents unless the fraction is finer.
+        let pct = format!("{}", (f * 1000.0).round() / 10.0);
         let mut confab_row = None;
         let mut confab_rate = None;
         if let Some(max) = confab_max {
             let rate = (max * f).max(100.0);
             confab_rate = Some(rate);
-            let params = format!("{pct:.0}% of max, 1 -> {subs}, {size} B, wal");
+            let params = format!("{pct}% of max, 1 -> {subs}, {size} B, wal");
             confab_row = ctx
                 .run_one(out, "latency", "confab", params.clone(), budget, async {
                     let broker = BrokerProc::start(&ctx.opts("wal")).await?;
@@ -708,11 +714,11 @@ async fn latency(ctx: &Ctx, out: &mut Out, fractions: &[f64], subs: usize) {
         for (&kind, own_max) in peers.iter().zip(&peer_max) {
             let (rate, params) = match (ctx.common.peer_rate, confab_rate, own_max) {
                 (PeerRate::Same, Some(r), _) => {
-                    (r, format!("confab's {pct:.0}% rate, 1 -> {subs}, {size} B"))
+                    (r, format!("confab's {pct}% rate, 1 -> {subs}, {size} B"))
                 }
                 (_, _, Some(m)) => (
                     (m * f).max(100.0),
-                    format!("{pct:.0}% of own max, 1 -> {subs}, {size} B"),
+                    format!("{pct}% of own max, 1 -> {subs}, {size} B"),
                 ),
                 _ => {
                     ctx.skip(1);
@@ -840,6 +846,9 @@ async fn run(cli: Cli) -> anyhow::Result<(Out, Ctx)> {
                 + plan_latency(&ctx, suite_fractions)
         }
     };
+    if total == 0 {
+        println!("nothing to run: check --peers and --systems");
+    }
     ctx.progress = Progress::new(total as u64);
     let mut out = Out::default();
     match cli.scenario {
@@ -859,6 +868,27 @@ async fn run(cli: Cli) -> anyhow::Result<(Out, Ctx)> {
     }
     ctx.progress.bar.finish_and_clear();
     Ok((out, ctx))
+}
+
+/// Resolves on SIGINT, SIGTERM or SIGHUP (a closed terminal), so that the
+/// run is dropped and the servers it started are killed, not orphaned.
+async fn stop_signal() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).ok();
+    let mut hup = signal(SignalKind::hangup()).ok();
+    async fn recv(s: &mut Option<tokio::signal::unix::Signal>) {
+        match s {
+            Some(s) => {
+                s.recv().await;
+            }
+            None => std::future::pending().await,
+        }
+    }
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => "SIGINT",
+        _ = recv(&mut term) => "SIGTERM",
+        _ = recv(&mut hup) => "SIGHUP",
+    }
 }
 
 fn raise_fd_limit() {
@@ -883,7 +913,13 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    let (out, ctx) = runtime.block_on(run(cli))?;
+    // On Ctrl-C, dropping the run kills the servers it started.
+    let (out, ctx) = runtime.block_on(async {
+        tokio::select! {
+            r = run(cli) => r,
+            sig = stop_signal() => Err(anyhow::anyhow!("interrupted by {sig}")),
+        }
+    })?;
     let ratios = report::ratios(&out.rows, &out.pairs);
     println!();
     report::print_table(&out.rows);
@@ -915,9 +951,9 @@ fn main() -> anyhow::Result<()> {
     // Drop the runtime (and any task still holding a connection) before exiting.
     drop(runtime);
     let failed = ctx.failures.get();
-    anyhow::ensure!(
-        failed == 0,
-        "{failed} run(s) failed (see the FAILED rows above)"
-    );
+    if failed > 0 {
+        eprintln!("\n{failed} run(s) failed: see the FAILED rows above");
+        std::process::exit(1);
+    }
     Ok(())
 }

@@ -153,6 +153,13 @@ impl PeerProc {
     pub fn rss_mib(&self) -> u64 {
         crate::target::rss_kib(self.child.id()).unwrap_or(0) / 1024
     }
+
+    /// Lines of the server's log that contain `needle`.
+    pub fn log_count(&self, needle: &str) -> usize {
+        std::fs::read_to_string(self.dir.path().join("server.log"))
+            .map(|t| t.lines().filter(|l| l.contains(needle)).count())
+            .unwrap_or(0)
+    }
 }
 
 impl Drop for PeerProc {
@@ -174,6 +181,12 @@ pub fn row(scenario: &str, system: &str, params: String, rate: f64, unit: &str) 
         latency: None,
         notes: String::new(),
     }
+}
+
+/// Joins the notes that are there.
+pub fn notes<const N: usize>(parts: [Option<String>; N]) -> Option<String> {
+    let parts: Vec<String> = parts.into_iter().flatten().collect();
+    (!parts.is_empty()).then(|| parts.join("; "))
 }
 
 /// First 8 payload bytes as the bench's timestamp (0 if short).
@@ -214,16 +227,19 @@ impl Pacer {
         })
     }
 
+    // SeqCst on both sides (the publisher's `waiting` store then `delivered`
+    // load; a subscriber's `delivered` add then `waiting` load), so a
+    // wake-up cannot be missed. On x86 these cost the same as Relaxed.
     fn ahead(&self) -> bool {
-        let p = self.published.load(Ordering::Relaxed);
-        let d = self.delivered.load(Ordering::Relaxed) / self.subs;
+        let p = self.published.load(Ordering::SeqCst);
+        let d = self.delivered.load(Ordering::SeqCst) / self.subs;
         p.saturating_sub(d) > self.lag
     }
 
     /// Counts `n` deliveries (called by subscribers).
     pub fn delivered(&self, n: u64) {
-        self.delivered.fetch_add(n, Ordering::Relaxed);
-        if self.waiting.load(Ordering::Relaxed) {
+        self.delivered.fetch_add(n, Ordering::SeqCst);
+        if self.waiting.load(Ordering::SeqCst) {
             self.notify.notify_one();
         }
     }
@@ -403,30 +419,44 @@ pub async fn open_loop<S: Sender>(
     let warm_end = start + k.warmup.as_nanos() as u64;
     let end = warm_end + k.duration.as_nanos() as u64;
     sink.measure_from.store(warm_end, Ordering::Relaxed);
-    let mut sent = 0u64;
-    let mut due_stamps = Vec::new();
-    loop {
-        let now = now_ns();
-        if now >= end {
-            break;
-        }
-        let due = ((now - start) as f64 / interval_ns) as u64;
-        due_stamps.clear();
-        while sent < due {
-            due_stamps.push(start + (sent as f64 * interval_ns) as u64);
-            sent += 1;
-        }
-        if !due_stamps.is_empty() {
-            sender.send(&due_stamps).await?;
-        }
-        let next = start + (sent as f64 * interval_ns) as u64;
-        let wait = next.saturating_sub(now_ns());
-        if wait > 200_000 {
-            tokio::time::sleep(Duration::from_nanos(wait - 100_000)).await;
-        } else {
-            tokio::task::yield_now().await;
-        }
+    // A dedicated OS thread keeps the schedule and sleeps between sends
+    // (like the Confab publisher), so pacing does not spin a core away from
+    // the server under test; the async client sends what it hands over.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u64>>();
+    let pacer = std::thread::Builder::new()
+        .name("peer-pacer".into())
+        .spawn(move || {
+            let mut sent = 0u64;
+            loop {
+                let now = now_ns();
+                if now >= end {
+                    break;
+                }
+                let due = ((now - start) as f64 / interval_ns) as u64;
+                let mut stamps = Vec::new();
+                while sent < due {
+                    stamps.push(start + (sent as f64 * interval_ns) as u64);
+                    sent += 1;
+                }
+                if !stamps.is_empty() && tx.send(stamps).is_err() {
+                    break;
+                }
+                let next = start + (sent as f64 * interval_ns) as u64;
+                let wait = next.saturating_sub(now_ns());
+                if wait > 20_000 {
+                    std::thread::sleep(Duration::from_nanos(wait - 10_000));
+                } else {
+                    std::thread::yield_now();
+                }
+            }
+            sent
+        })?;
+    while let Some(stamps) = rx.recv().await {
+        sender.send(&stamps).await?;
     }
+    let sent = tokio::task::spawn_blocking(move || pacer.join())
+        .await?
+        .map_err(|_| anyhow::anyhow!("pacer thread panicked"))?;
     // Let the tail arrive, then stop the subscribers (they flush their samples).
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut early = None;

@@ -47,6 +47,16 @@ pub struct NatsServer {
     proc: PeerProc,
     /// `nats://127.0.0.1:port`.
     pub url: String,
+    events: Arc<Events>,
+}
+
+/// Client events worth a note: any of them means messages were lost or
+/// delayed by a reconnect, so the row is not a clean measurement.
+#[derive(Default)]
+struct Events {
+    slow_consumer: AtomicU64,
+    disconnected: AtomicU64,
+    errors: AtomicU64,
 }
 
 impl NatsServer {
@@ -80,6 +90,7 @@ impl NatsServer {
         Ok(NatsServer {
             url: format!("nats://{addr}"),
             proc,
+            events: Arc::default(),
         })
     }
 
@@ -88,8 +99,49 @@ impl NatsServer {
         self.proc.rss_mib()
     }
 
+    /// Slow consumers and disconnects seen by the clients, and slow
+    /// consumers the server logged, since the server started.
+    pub fn trouble(&self) -> Option<String> {
+        let ev = &self.events;
+        let (slow, disc, err) = (
+            ev.slow_consumer.load(Ordering::Relaxed),
+            ev.disconnected.load(Ordering::Relaxed),
+            ev.errors.load(Ordering::Relaxed),
+        );
+        let server_slow = self.proc.log_count("Slow Consumer");
+        let mut parts = Vec::new();
+        if slow > 0 {
+            parts.push(format!("{slow} client slow-consumer drops"));
+        }
+        if server_slow > 0 {
+            parts.push(format!("{server_slow} server slow-consumer events"));
+        }
+        if disc > 0 {
+            parts.push(format!("{disc} disconnects"));
+        }
+        if err > 0 {
+            parts.push(format!("{err} client/server errors"));
+        }
+        (!parts.is_empty()).then(|| format!("LOSSY: {}", parts.join(", ")))
+    }
+
     async fn connect(&self) -> anyhow::Result<async_nats::Client> {
+        let events = self.events.clone();
         async_nats::ConnectOptions::new()
+            .event_callback(move |event| {
+                let counter = match event {
+                    async_nats::Event::SlowConsumer(_) => Some(&events.slow_consumer),
+                    async_nats::Event::Disconnected => Some(&events.disconnected),
+                    async_nats::Event::ServerError(_) | async_nats::Event::ClientError(_) => {
+                        Some(&events.errors)
+                    }
+                    _ => None,
+                };
+                if let Some(c) = counter {
+                    c.fetch_add(1, Ordering::Relaxed);
+                }
+                async {}
+            })
             .connection_timeout(Duration::from_secs(10))
             .request_timeout(Some(Duration::from_secs(60)))
             .connect(&self.url)
@@ -166,11 +218,12 @@ pub async fn fanout(
     let client = server.connect().await?;
     let publisher = tokio::spawn(core_publisher(client, subject.into(), size, pacer.clone()));
     let rates = measure(k, &[&pacer.delivered, &pacer.published]).await;
-    let mut notes = reap("publisher", vec![publisher]).await;
-    if let Some(n) = reap("subscribers", readers).await {
-        notes = Some(n);
-    }
-    Ok((rates[0], rates[1], notes))
+    let notes = [
+        server.trouble(),
+        reap("publisher", vec![publisher]).await,
+        reap("subscribers", readers).await,
+    ];
+    Ok((rates[0], rates[1], super::notes(notes)))
 }
 
 async fn core_publisher(
@@ -238,7 +291,8 @@ pub async fn latency(
         subject: async_nats::Subject::from(subject.as_str()),
         size,
     };
-    open_loop(rate, k, &sink, readers, &mut sender).await
+    let (achieved, lat, notes) = open_loop(rate, k, &sink, readers, &mut sender).await?;
+    Ok((achieved, lat, super::notes([server.trouble(), notes])))
 }
 
 async fn create_stream(
@@ -281,8 +335,8 @@ pub async fn publish(
         tasks.push(tokio::spawn(js_publisher(js, subs, window, size, acked)));
     }
     let rate = measure(k, &[&acked]).await[0];
-    let notes = reap("publishers", tasks).await;
-    Ok((rate, notes))
+    let notes = [server.trouble(), reap("publishers", tasks).await];
+    Ok((rate, super::notes(notes)))
 }
 
 async fn js_publisher(

@@ -107,6 +107,12 @@ impl RedisServer {
         self.proc.rss_mib()
     }
 
+    /// Subscribers the server cut off for a full output buffer.
+    pub fn trouble(&self) -> Option<String> {
+        let cut = self.proc.log_count("output buffer limits");
+        (cut > 0).then(|| format!("LOSSY: {cut} subscribers cut off (output buffer limit)"))
+    }
+
     async fn conn(&self) -> anyhow::Result<MultiplexedConnection> {
         let cfg = redis::AsyncConnectionConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(10)))
@@ -184,11 +190,12 @@ pub async fn fanout(
         })
         .collect();
     let rates = measure(k, &[&pacer.delivered, &pacer.published]).await;
-    let mut notes = reap("publishers", publishers).await;
-    if let Some(n) = reap("subscribers", readers).await {
-        notes = Some(n);
-    }
-    Ok((rates[0], rates[1], notes))
+    let notes = [
+        server.trouble(),
+        reap("publishers", publishers).await,
+        reap("subscribers", readers).await,
+    ];
+    Ok((rates[0], rates[1], super::notes(notes)))
 }
 
 async fn publisher(
@@ -273,7 +280,8 @@ pub async fn latency(
         size,
         errors: errors.clone(),
     };
-    let (achieved, lat, mut notes) = open_loop(rate, k, &sink, readers, &mut sender).await?;
+    let (achieved, lat, notes) = open_loop(rate, k, &sink, readers, &mut sender).await?;
+    let mut notes = super::notes([server.trouble(), notes]);
     let errors = errors.load(Ordering::Relaxed);
     if errors > 0 {
         notes = Some(format!(
