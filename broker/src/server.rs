@@ -16,6 +16,7 @@ use crate::config::{AuthMode, Config};
 use crate::fanout::{self, CatchupCtx};
 use crate::rooms::RoomRegistry;
 use crate::sequencer::{SeqMsg, Sequencer};
+use crate::session::DeviceRegistry;
 use crate::stats::{BrokerStats, Stats};
 use crate::storage::{RocksLog, RoomLog, StorageError};
 use crate::transport;
@@ -61,6 +62,7 @@ pub(crate) struct Shared {
     pub(crate) session_ids: AtomicU64,
     pub(crate) shutdown: CancellationToken,
     pub(crate) stats: Arc<Stats>,
+    pub(crate) devices: DeviceRegistry,
 }
 
 /// Builds a broker: configuration first, then optional replacements for
@@ -194,6 +196,7 @@ impl BrokerBuilder {
             session_ids: AtomicU64::new(1),
             shutdown: shutdown.clone(),
             stats,
+            devices: DeviceRegistry::default(),
         });
         tasks.spawn(transport::tcp::accept_loop(
             listener,

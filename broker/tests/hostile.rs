@@ -275,3 +275,26 @@ async fn shutdown_says_goodbye() {
     );
     tokio::time::timeout(WAIT, shutdown).await.unwrap().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_connecting_again_replaces_its_old_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(test_config(dir.path())).await;
+    let addr = broker.tcp_addr();
+    let mut old = Conn::open(addr, "alice", "phone").await;
+    let _other_device = Conn::open(addr, "alice", "laptop").await;
+    let mut new = Conn::open(addr, "alice", "phone").await;
+    let frames = old.until_closed().await;
+    assert!(
+        frames
+            .iter()
+            .any(|f| matches!(&f.body, Body::Goodbye(g) if g.code == ErrorCode::SessionReplaced)),
+        "{frames:?}"
+    );
+    // The new session works; the other device was not affected.
+    new.publish(&room("r"), 1, b"hi").await;
+    let mut other = _other_device;
+    let rid = other.send(Ping { nonce: 3 }).await;
+    assert_eq!(other.recv().await.unwrap().request_id, rid);
+    broker.shutdown().await;
+}

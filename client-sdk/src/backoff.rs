@@ -15,6 +15,21 @@ use std::time::Duration;
 use rand::Rng;
 
 /// Backoff settings, part of [`ClientConfig`](crate::ClientConfig).
+///
+/// ```
+/// use std::time::Duration;
+/// use confab_client::{BackoffConfig, ClientConfig};
+///
+/// let mut config = ClientConfig::new("confab://127.0.0.1:7400", "alice", "phone")?;
+/// config.backoff = BackoffConfig {
+///     initial: Duration::from_millis(500),
+///     max: Duration::from_secs(60),
+///     multiplier: 2.0,
+///     max_attempts: None, // retry forever
+/// };
+/// assert!(config.validate().is_ok());
+/// # Ok::<(), confab_client::ClientError>(())
+/// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct BackoffConfig {
     /// Upper bound of the first delay. Default 200 ms.

@@ -98,6 +98,15 @@ impl Client {
     ///
     /// Cancel-safe: dropping the future stops the client it was starting.
     ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), confab_client::ClientError> {
+    /// use confab_client::{Client, ClientConfig};
+    ///
+    /// let config = ClientConfig::new("confab://127.0.0.1:7400", "alice:phone", "phone")?;
+    /// let client = Client::connect(config).await?;
+    /// # Ok(()) }
+    /// ```
+    ///
     /// # Errors
     /// [`ClientError::InvalidConfig`], or the failure of the first
     /// connection attempt (transport error, [`ClientError::Timeout`],
@@ -116,6 +125,19 @@ impl Client {
     /// Starts the client without waiting: it connects, and reconnects, in
     /// the background, while calls are queued (offline-first). Must be
     /// called inside a tokio runtime.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), confab_client::ClientError> {
+    /// use confab_client::{Client, ClientConfig};
+    ///
+    /// let config = ClientConfig::new("confab://127.0.0.1:7400", "alice:phone", "phone")?;
+    /// // Returns at once, even if the broker is unreachable right now.
+    /// let client = Client::start(config)?;
+    /// // Queued, and sent as soon as a connection is up.
+    /// let pending = client.publish_nowait("general", "written offline").await?;
+    /// # let _ = pending;
+    /// # Ok(()) }
+    /// ```
     ///
     /// # Errors
     /// [`ClientError::InvalidConfig`].
@@ -174,6 +196,16 @@ impl Client {
     /// Cancel-safe in effect: if the future is dropped, the subscription it
     /// would have returned is dropped too, which unsubscribes the room.
     ///
+    /// ```no_run
+    /// # async fn run(client: confab_client::Client) -> Result<(), confab_client::ClientError> {
+    /// let mut general = client.subscribe("general").await?;
+    /// while let Some(event) = general.next().await {
+    ///     let event = event?;
+    ///     println!("[{}] {}: {:?}", event.seq, event.sender, event.payload);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    ///
     /// # Errors
     /// [`ClientError::Server`] (`NotMember`, `NoSuchRoom`, `TooManyRooms`),
     /// [`ClientError::AlreadySubscribed`], [`ClientError::Timeout`],
@@ -187,6 +219,16 @@ impl Client {
     /// Cancellation and errors as [`Client::subscribe`]; a `from` older
     /// than the room's retention is reported as
     /// [`ConnectionEvent::HistoryTruncated`].
+    ///
+    /// ```no_run
+    /// # async fn run(client: confab_client::Client) -> Result<(), confab_client::ClientError> {
+    /// use confab_client::confab_codec::Seq;
+    ///
+    /// // The whole room from its first message, then live.
+    /// let mut everything = client.subscribe_from("general", Seq(1)).await?;
+    /// # let _ = everything.next().await;
+    /// # Ok(()) }
+    /// ```
     ///
     /// # Errors
     /// As [`Client::subscribe`].
@@ -249,6 +291,13 @@ impl Client {
     /// reported as [`ConnectionEvent::PublishFailed`]. Dropped while still
     /// waiting for queue space, nothing is sent.
     ///
+    /// ```no_run
+    /// # async fn run(client: confab_client::Client) -> Result<(), confab_client::ClientError> {
+    /// let ack = client.publish("general", "hello").await?;
+    /// println!("stored as #{} (a retry: {})", ack.seq, ack.duplicate);
+    /// # Ok(()) }
+    /// ```
+    ///
     /// # Errors
     /// [`ClientError::Server`] if the broker refuses it (`NotMember`,
     /// `PayloadTooLarge`, `RateLimited`, ...), [`ClientError::PayloadTooLarge`],
@@ -265,6 +314,17 @@ impl Client {
     /// Publishes any [`Message`] (replies, edits, reactions, custom kinds)
     /// and waits for the acknowledgement. Cancellation as [`Client::publish`].
     ///
+    /// ```no_run
+    /// # async fn run(client: confab_client::Client) -> Result<(), confab_client::ClientError> {
+    /// use confab_client::confab_codec::{RoomId, Seq};
+    /// use confab_client::Message;
+    ///
+    /// let general = RoomId::new("general")?;
+    /// client.publish_message(Message::reaction(general.clone(), Seq(41), "👍")).await?;
+    /// client.publish_message(Message::new(general, "agreed").refers_to(Seq(41))).await?;
+    /// # Ok(()) }
+    /// ```
+    ///
     /// # Errors
     /// As [`Client::publish`].
     pub async fn publish_message(&self, message: Message) -> Result<PublishAck, ClientError> {
@@ -276,6 +336,25 @@ impl Client {
     /// Await the returned [`PendingPublish`] for it, or drop it.
     ///
     /// Cancel-safe: if dropped before it completes, nothing was queued.
+    ///
+    /// ```no_run
+    /// # async fn run(client: confab_client::Client) -> Result<(), confab_client::ClientError> {
+    /// use confab_client::confab_codec::RoomId;
+    /// use confab_client::Message;
+    ///
+    /// let room = RoomId::new("general")?;
+    /// // Queue a burst without waiting for each acknowledgement...
+    /// let mut pending = Vec::new();
+    /// for i in 0..100 {
+    ///     pending.push(client.enqueue(Message::new(room.clone(), format!("#{i}"))).await?);
+    /// }
+    /// // ...then collect the acknowledgements.
+    /// for p in pending {
+    ///     let ack = p.await?;
+    ///     println!("stored as #{}", ack.seq);
+    /// }
+    /// # Ok(()) }
+    /// ```
     ///
     /// # Errors
     /// [`ClientError::Closed`].
@@ -297,6 +376,20 @@ impl Client {
     }
 
     /// Like [`Client::enqueue`] but never waits.
+    ///
+    /// ```no_run
+    /// # fn run(client: confab_client::Client) -> Result<(), confab_client::ClientError> {
+    /// use confab_client::confab_codec::RoomId;
+    /// use confab_client::{ClientError, Message};
+    ///
+    /// let message = Message::new(RoomId::new("general")?, "hello");
+    /// match client.try_publish(message) {
+    ///     Ok(pending) => drop(pending), // sent in the background
+    ///     Err(ClientError::QueueFull) => eprintln!("too many messages in flight; try later"),
+    ///     Err(e) => return Err(e),
+    /// }
+    /// # Ok(()) }
+    /// ```
     ///
     /// # Errors
     /// [`ClientError::QueueFull`] when the outbound queue is full,
@@ -323,6 +416,13 @@ impl Client {
     /// wait. Refusals are reported as [`ConnectionEvent::PublishFailed`].
     /// Cancel-safe like [`Client::enqueue`].
     ///
+    /// ```no_run
+    /// # async fn run(client: confab_client::Client) -> Result<(), confab_client::ClientError> {
+    /// let id = client.publish_nowait("general", "fire and forget").await?;
+    /// println!("queued with client message id {id}");
+    /// # Ok(()) }
+    /// ```
+    ///
     /// # Errors
     /// [`ClientError::Closed`], or an invalid room id.
     pub async fn publish_nowait(
@@ -338,6 +438,14 @@ impl Client {
 
     /// Waits until every publish queued so far has been acknowledged or
     /// refused. Cancel-safe.
+    ///
+    /// ```no_run
+    /// # async fn run(client: confab_client::Client) -> Result<(), confab_client::ClientError> {
+    /// client.publish_nowait("general", "bye").await?;
+    /// client.flush().await?; // acknowledged (or refused) by now
+    /// client.close().await;
+    /// # Ok(()) }
+    /// ```
     ///
     /// # Errors
     /// [`ClientError::Closed`] if the client stops first.
@@ -380,6 +488,14 @@ impl Client {
     /// paging as needed (`1..=50`, `100..`). An unbounded end reads up to
     /// the head: mind the memory for large rooms. Events older than the
     /// room's retention are absent. Cancel-safe (read-only).
+    ///
+    /// ```no_run
+    /// # async fn run(client: confab_client::Client) -> Result<(), confab_client::ClientError> {
+    /// for event in client.history("general", 1..=50).await? {
+    ///     println!("[{}] {}: {:?}", event.seq, event.sender, event.payload);
+    /// }
+    /// # Ok(()) }
+    /// ```
     ///
     /// # Errors
     /// As [`Client::history_page`].
@@ -430,6 +546,23 @@ impl Client {
     /// One page of history, as the protocol has it: the `limit` events
     /// after `anchor` (exclusive), or before it (`anchor` 0 = from the
     /// head), always in ascending order. Cancel-safe (read-only).
+    ///
+    /// ```no_run
+    /// # async fn run(client: confab_client::Client) -> Result<(), confab_client::ClientError> {
+    /// use confab_client::confab_codec::{Direction, Seq};
+    ///
+    /// // The 20 latest messages, oldest first.
+    /// let page = client.history_page("general", Direction::Before, Seq(0), 20).await?;
+    /// for record in &page.events {
+    ///     println!("[{}] {}", record.seq, record.sender);
+    /// }
+    /// // The page before it.
+    /// if let (true, Some(oldest)) = (page.has_more, page.events.first()) {
+    ///     let older = client.history_page("general", Direction::Before, oldest.seq, 20).await?;
+    /// #   let _ = older;
+    /// }
+    /// # Ok(()) }
+    /// ```
     ///
     /// # Errors
     /// [`ClientError::Server`] (`NoSuchRoom`, `NotMember`),
@@ -492,22 +625,71 @@ impl Client {
     /// A receiver of connection-state events from now on. Cancel-safe
     /// (`broadcast::Receiver::recv`). A receiver that falls more than 256
     /// events behind gets `RecvError::Lagged` and misses the oldest ones.
+    ///
+    /// ```no_run
+    /// # async fn run(client: confab_client::Client) {
+    /// use confab_client::ConnectionEvent;
+    ///
+    /// let mut events = client.events();
+    /// while let Ok(event) = events.recv().await {
+    ///     match event {
+    ///         ConnectionEvent::Disconnected { reason } => println!("offline: {reason}"),
+    ///         ConnectionEvent::Reconnected { .. } => println!("back online"),
+    ///         ConnectionEvent::Closed { .. } => break,
+    ///         _ => {}
+    ///     }
+    /// }
+    /// # }
+    /// ```
     pub fn events(&self) -> broadcast::Receiver<ConnectionEvent> {
         self.inner.events.subscribe()
     }
 
     /// A receiver of typing, presence, receipt and notice signals from now
     /// on, with the same lag rule as [`Client::events`].
+    ///
+    /// ```no_run
+    /// # async fn run(client: confab_client::Client) {
+    /// use confab_client::Signal;
+    ///
+    /// let mut signals = client.signals();
+    /// while let Ok(signal) = signals.recv().await {
+    ///     if let Signal::Typing { room, users } = signal {
+    ///         println!("typing in {room}: {users:?}");
+    ///     }
+    /// }
+    /// # }
+    /// ```
     pub fn signals(&self) -> broadcast::Receiver<Signal> {
         self.inner.signals.subscribe()
     }
 
     /// The connection's current state.
+    ///
+    /// ```no_run
+    /// # fn run(client: confab_client::Client) {
+    /// use confab_client::ConnectionState;
+    ///
+    /// let online = matches!(client.state(), ConnectionState::Connected { .. });
+    /// # let _ = online;
+    /// # }
+    /// ```
     pub fn state(&self) -> ConnectionState {
         self.inner.state.borrow().clone()
     }
 
     /// Waits until the client is connected. Cancel-safe.
+    ///
+    /// ```no_run
+    /// # async fn run(client: confab_client::Client) -> Result<(), confab_client::ClientError> {
+    /// use std::time::Duration;
+    ///
+    /// let online = tokio::time::timeout(Duration::from_secs(5), client.wait_connected()).await;
+    /// if online.is_err() {
+    ///     println!("still offline; messages are queued meanwhile");
+    /// }
+    /// # Ok(()) }
+    /// ```
     ///
     /// # Errors
     /// [`ClientError::Closed`] if the client stops first.
@@ -529,6 +711,12 @@ impl Client {
     }
 
     /// The configuration in use.
+    ///
+    /// ```no_run
+    /// # fn run(client: confab_client::Client) {
+    /// println!("talking to {}", client.config().endpoint);
+    /// # }
+    /// ```
     pub fn config(&self) -> &ClientConfig {
         &self.inner.config
     }
@@ -541,6 +729,13 @@ impl Client {
     ///
     /// Cancel-safe in effect: once started, the close completes in the
     /// background even if this future is dropped.
+    ///
+    /// ```no_run
+    /// # async fn run(client: confab_client::Client) -> Result<(), confab_client::ClientError> {
+    /// client.flush().await?; // optional: wait for unacknowledged publishes
+    /// client.close().await;
+    /// # Ok(()) }
+    /// ```
     pub async fn close(&self) {
         let (reply, answer) = oneshot::channel();
         if self.inner.cmds.send(Command::Close(reply)).await.is_ok() {

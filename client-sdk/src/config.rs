@@ -80,6 +80,14 @@ pub struct ClientConfig {
 impl ClientConfig {
     /// A configuration with default settings and an in-memory cursor store.
     ///
+    /// ```
+    /// use confab_client::{ClientConfig, FileCursorStore};
+    ///
+    /// let config = ClientConfig::new("confab://chat.example.com:7400", "alice:phone", "phone")?;
+    /// assert_eq!(config.endpoint.to_string(), "confab://chat.example.com:7400");
+    /// # Ok::<(), confab_client::ClientError>(())
+    /// ```
+    ///
     /// # Errors
     /// [`ClientError::InvalidConfig`] if `url` does not parse (see
     /// [`Endpoint::parse`]) or `device` is not a valid device id.
@@ -90,6 +98,17 @@ impl ClientConfig {
     }
 
     /// Like [`ClientConfig::new`] with an endpoint and device already parsed.
+    ///
+    /// ```
+    /// use std::net::SocketAddr;
+    /// use confab_client::confab_codec::DeviceId;
+    /// use confab_client::{ClientConfig, Endpoint};
+    ///
+    /// let addr: SocketAddr = "127.0.0.1:7400".parse().unwrap();
+    /// let config = ClientConfig::with_endpoint(Endpoint::tcp(addr), "bob", DeviceId::new("laptop")?);
+    /// assert_eq!(config.device.as_str(), "laptop");
+    /// # Ok::<(), confab_client::ClientError>(())
+    /// ```
     pub fn with_endpoint(endpoint: Endpoint, token: impl Into<String>, device: DeviceId) -> Self {
         Self {
             endpoint,
@@ -110,12 +129,36 @@ impl ClientConfig {
     }
 
     /// Replaces the cursor store.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), confab_client::ClientError> {
+    /// use confab_client::{ClientConfig, FileCursorStore};
+    ///
+    /// let store = FileCursorStore::open("/var/lib/myapp/cursors").await?;
+    /// let config = ClientConfig::new("confab://127.0.0.1:7400", "alice:phone", "phone")?
+    ///     .cursor_store(store);
+    /// # let _ = config;
+    /// # Ok(()) }
+    /// ```
     pub fn cursor_store(mut self, store: impl CursorStore) -> Self {
         self.cursor_store = Arc::new(store);
         self
     }
 
     /// Checks ranges and relations between values.
+    ///
+    /// [`Client::connect`](crate::Client::connect) and
+    /// [`Client::start`](crate::Client::start) call it too.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use confab_client::ClientConfig;
+    ///
+    /// let mut config = ClientConfig::new("confab://127.0.0.1:7400", "alice", "phone")?;
+    /// config.dead_link_timeout = Duration::from_secs(1); // shorter than the heartbeat
+    /// assert!(config.validate().is_err());
+    /// # Ok::<(), confab_client::ClientError>(())
+    /// ```
     ///
     /// # Errors
     /// [`ClientError::InvalidConfig`] naming the first bad value.

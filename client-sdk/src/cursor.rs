@@ -32,6 +32,40 @@ use crate::error::ClientError;
 /// Called from async code: `get`, `set` and `remove` must return quickly
 /// and never block on IO. Durable implementations buffer in memory and
 /// persist in the background or in [`CursorStore::flush`].
+///
+/// A store keeping cursors in the application's own database could look
+/// like this (with a map standing in for the database):
+///
+/// ```
+/// use std::collections::HashMap;
+/// use std::sync::Mutex;
+/// use confab_client::confab_codec::{RoomId, Seq};
+/// use confab_client::{ClientConfig, CursorStore};
+///
+/// #[derive(Debug, Default)]
+/// struct AppDbCursors {
+///     rows: Mutex<HashMap<RoomId, Seq>>,
+/// }
+///
+/// impl CursorStore for AppDbCursors {
+///     fn get(&self, room: &RoomId) -> Option<Seq> {
+///         self.rows.lock().unwrap().get(room).copied()
+///     }
+///     fn set(&self, room: &RoomId, seq: Seq) {
+///         // Must not block: a real database write would be queued here and
+///         // committed by a background task or in `flush`.
+///         self.rows.lock().unwrap().insert(room.clone(), seq);
+///     }
+///     fn remove(&self, room: &RoomId) {
+///         self.rows.lock().unwrap().remove(room);
+///     }
+/// }
+///
+/// let config = ClientConfig::new("confab://127.0.0.1:7400", "alice", "phone")?
+///     .cursor_store(AppDbCursors::default());
+/// # let _ = config;
+/// # Ok::<(), confab_client::ClientError>(())
+/// ```
 pub trait CursorStore: Send + Sync + fmt::Debug + 'static {
     /// The last sequence delivered in `room`, or `None` if the room was
     /// never read (or was forgotten).
@@ -56,6 +90,18 @@ pub trait CursorStore: Send + Sync + fmt::Debug + 'static {
 
 /// Cursors in memory only: an application restart starts every room afresh.
 /// The default store.
+///
+/// ```
+/// use confab_client::confab_codec::{RoomId, Seq};
+/// use confab_client::{CursorStore, MemoryCursorStore};
+///
+/// let store = MemoryCursorStore::new();
+/// let room = RoomId::new("general")?;
+/// store.set(&room, Seq(42));
+/// assert_eq!(store.get(&room), Some(Seq(42)));
+/// assert_eq!(store.snapshot().len(), 1);
+/// # Ok::<(), confab_client::ClientError>(())
+/// ```
 #[derive(Debug, Default)]
 pub struct MemoryCursorStore {
     map: Mutex<HashMap<RoomId, Seq>>,
@@ -170,6 +216,13 @@ impl FileCursorStore {
     }
 
     /// The file's path.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), confab_client::ClientError> {
+    /// let store = confab_client::FileCursorStore::open("cursors.txt").await?;
+    /// println!("cursors kept in {}", store.path().display());
+    /// # Ok(()) }
+    /// ```
     pub fn path(&self) -> &Path {
         &self.inner.path
     }

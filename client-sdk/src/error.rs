@@ -13,6 +13,22 @@ use confab_codec::{CodecError, ErrorCode};
 ///
 /// `Clone`, so that one failure (for example the fatal error that stopped the
 /// client) can be handed to every caller waiting on it.
+///
+/// ```no_run
+/// # async fn run(client: confab_client::Client) {
+/// use confab_client::confab_codec::ErrorCode;
+/// use confab_client::ClientError;
+///
+/// match client.publish("general", "hello").await {
+///     Ok(ack) => println!("stored as #{}", ack.seq),
+///     Err(ClientError::Server { code: ErrorCode::RateLimited, retry_after_ms, .. }) => {
+///         println!("slow down: retry in {retry_after_ms} ms");
+///     }
+///     Err(ClientError::Closed) => println!("the client was closed"),
+///     Err(e) => println!("not sent: {e}"),
+/// }
+/// # }
+/// ```
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum ClientError {
@@ -102,6 +118,18 @@ impl From<std::io::Error> for ClientError {
 impl ClientError {
     /// The wire error code, for [`ClientError::Server`] and
     /// [`ClientError::Fatal`].
+    ///
+    /// ```no_run
+    /// # async fn run(client: confab_client::Client) {
+    /// use confab_client::confab_codec::ErrorCode;
+    ///
+    /// if let Err(e) = client.join("general").await {
+    ///     if e.code() == Some(ErrorCode::Unsupported) {
+    ///         println!("this broker has no room management yet");
+    ///     }
+    /// }
+    /// # }
+    /// ```
     pub fn code(&self) -> Option<ErrorCode> {
         match self {
             ClientError::Server { code, .. } | ClientError::Fatal { code, .. } => Some(*code),
@@ -121,6 +149,23 @@ impl ClientError {
 
 /// Why a connection ended, as reported in
 /// [`ConnectionEvent::Disconnected`](crate::ConnectionEvent::Disconnected).
+///
+/// ```no_run
+/// # async fn run(client: confab_client::Client) {
+/// use confab_client::{ConnectionEvent, DisconnectReason};
+///
+/// let mut events = client.events();
+/// while let Ok(event) = events.recv().await {
+///     if let ConnectionEvent::Disconnected { reason } = event {
+///         match reason {
+///             DisconnectReason::HeartbeatTimeout => println!("network went silent"),
+///             DisconnectReason::Goodbye { code, .. } => println!("broker said {}", code.as_str()),
+///             other => println!("offline: {other}"),
+///         }
+///     }
+/// }
+/// # }
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum DisconnectReason {

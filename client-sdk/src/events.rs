@@ -9,6 +9,24 @@ use confab_codec::{
 use crate::error::{ClientError, DisconnectReason};
 
 /// One message of a room, delivered exactly once and in sequence order.
+///
+/// ```no_run
+/// # async fn run(client: confab_client::Client) -> Result<(), confab_client::ClientError> {
+/// use confab_client::confab_codec::MessageKind;
+///
+/// let mut sub = client.subscribe("general").await?;
+/// while let Some(event) = sub.next().await {
+///     let event = event?;
+///     let text = String::from_utf8_lossy(&event.payload);
+///     match event.kind {
+///         MessageKind::MESSAGE if !event.replayed => println!("new: {}: {text}", event.sender),
+///         MessageKind::MESSAGE => println!("earlier: {}: {text}", event.sender),
+///         MessageKind::EDIT => println!("#{:?} edited: {text}", event.refers_to),
+///         _ => {}
+///     }
+/// }
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RoomEvent {
     /// The room.
@@ -40,6 +58,22 @@ pub struct RoomEvent {
 
 impl RoomEvent {
     /// Builds an event from a wire record.
+    ///
+    /// ```no_run
+    /// # async fn run(client: confab_client::Client) -> Result<(), confab_client::ClientError> {
+    /// use confab_client::confab_codec::{Direction, RoomId, Seq};
+    /// use confab_client::RoomEvent;
+    ///
+    /// let room = RoomId::new("general")?;
+    /// let page = client.history_page(&room, Direction::Before, Seq(0), 10).await?;
+    /// let events: Vec<RoomEvent> = page
+    ///     .events
+    ///     .into_iter()
+    ///     .map(|record| RoomEvent::from_record(room.clone(), record, true))
+    ///     .collect();
+    /// # let _ = events;
+    /// # Ok(()) }
+    /// ```
     pub fn from_record(room: RoomId, record: EventRecord, replayed: bool) -> Self {
         RoomEvent {
             room,
@@ -59,6 +93,31 @@ impl RoomEvent {
 
 /// A change of the connection's state, from
 /// [`Client::events`](crate::Client::events).
+///
+/// ```no_run
+/// # async fn run(client: confab_client::Client) {
+/// use confab_client::ConnectionEvent;
+///
+/// let mut events = client.events();
+/// while let Ok(event) = events.recv().await {
+///     match event {
+///         ConnectionEvent::Connected { user, .. } => println!("online as {user}"),
+///         ConnectionEvent::Disconnected { reason } => println!("offline ({reason}), retrying"),
+///         ConnectionEvent::Reconnected { resumed, .. } => {
+///             println!("online again; {} rooms resumed", resumed.len())
+///         }
+///         ConnectionEvent::PublishFailed { client_msg_id, error, .. } => {
+///             println!("message {client_msg_id} refused: {error}")
+///         }
+///         ConnectionEvent::Closed { error } => {
+///             println!("stopped: {error:?}");
+///             break;
+///         }
+///         _ => {}
+///     }
+/// }
+/// # }
+/// ```
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub enum ConnectionEvent {
@@ -137,6 +196,20 @@ pub enum ConnectionEvent {
 }
 
 /// Where the client stands, from [`Client::state`](crate::Client::state).
+///
+/// ```no_run
+/// # fn run(client: confab_client::Client) {
+/// use confab_client::ConnectionState;
+///
+/// let badge = match client.state() {
+///     ConnectionState::Connected { .. } => "online",
+///     ConnectionState::Connecting | ConnectionState::Reconnecting => "connecting...",
+///     ConnectionState::Closed => "offline",
+///     _ => "",
+/// };
+/// # let _ = badge;
+/// # }
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ConnectionState {
@@ -158,6 +231,23 @@ pub enum ConnectionState {
 /// Ephemeral information pushed by the broker, from
 /// [`Client::signals`](crate::Client::signals). Never stored, never
 /// replayed: a client that was offline does not get the ones it missed.
+///
+/// ```no_run
+/// # async fn run(client: confab_client::Client) {
+/// use confab_client::Signal;
+///
+/// let mut signals = client.signals();
+/// while let Ok(signal) = signals.recv().await {
+///     match signal {
+///         Signal::Typing { room, users } => println!("{room}: {users:?} typing"),
+///         Signal::Receipts { room, entries } => println!("{room}: {} receipts", entries.len()),
+///         Signal::Presence(entries) => println!("{} presence changes", entries.len()),
+///         Signal::Notice(notice) => println!("notice: {notice:?}"),
+///         _ => {}
+///     }
+/// }
+/// # }
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Signal {

@@ -6,6 +6,17 @@ use confab_codec::{RoomId, UserId};
 use crate::error::ClientError;
 
 /// Anything that names a room: a [`RoomId`], or a string parsed into one.
+///
+/// ```no_run
+/// # async fn run(client: confab_client::Client) -> Result<(), confab_client::ClientError> {
+/// use confab_client::confab_codec::RoomId;
+///
+/// client.publish("general", "by name").await?;
+/// let room = RoomId::new("general")?;
+/// client.publish(&room, "by id").await?;
+/// client.publish(String::from("general"), "by owned name").await?;
+/// # Ok(()) }
+/// ```
 pub trait IntoRoomId {
     /// The room id.
     ///
@@ -15,6 +26,12 @@ pub trait IntoRoomId {
 }
 
 /// Anything that names a user: a [`UserId`], or a string parsed into one.
+///
+/// ```no_run
+/// # async fn run(client: confab_client::Client) -> Result<(), confab_client::ClientError> {
+/// client.invite("project-x", "bob").await?;
+/// # Ok(()) }
+/// ```
 pub trait IntoUserId {
     /// The user id.
     ///

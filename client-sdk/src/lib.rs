@@ -129,6 +129,12 @@ pub use publish::{Message, PendingPublish};
 pub use subscription::Subscription;
 pub use transport::{BoxByteStream, ByteStream, Connector, Endpoint, DEFAULT_PORT};
 
+/// The application developer's guide, docs/sdk.md, compiled as
+/// documentation tests so that its examples keep matching the API.
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/sdk.md")]
+pub struct SdkGuide;
+
 /// The protocol crate, re-exported: ids ([`RoomId`](confab_codec::RoomId),
 /// [`Seq`](confab_codec::Seq), ...) and the reply types of the thin calls
 /// ([`PublishAck`](confab_codec::PublishAck),

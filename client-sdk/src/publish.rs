@@ -40,6 +40,16 @@ pub struct Message {
 
 impl Message {
     /// An ordinary message.
+    ///
+    /// ```
+    /// use confab_client::confab_codec::{MessageKind, RoomId};
+    /// use confab_client::Message;
+    ///
+    /// let m = Message::new(RoomId::new("general")?, "hello");
+    /// assert_eq!(m.kind, MessageKind::MESSAGE);
+    /// # Ok::<(), confab_client::ClientError>(())
+    /// ```
+    /// An ordinary message.
     pub fn new(room: RoomId, payload: impl Into<Bytes>) -> Self {
         Self {
             room,
@@ -100,6 +110,18 @@ impl Message {
 ///
 /// Awaiting it is cancel-safe: dropping the future loses only the
 /// notification, never the message.
+///
+/// ```no_run
+/// # async fn run(client: confab_client::Client) -> Result<(), confab_client::ClientError> {
+/// use confab_client::confab_codec::RoomId;
+/// use confab_client::Message;
+///
+/// let pending = client.enqueue(Message::new(RoomId::new("general")?, "hi")).await?;
+/// // ... do something else meanwhile ...
+/// let ack = pending.await?;
+/// println!("stored as #{}", ack.seq);
+/// # Ok(()) }
+/// ```
 #[derive(Debug)]
 #[must_use = "dropping a PendingPublish makes the publish fire-and-forget"]
 pub struct PendingPublish {
@@ -118,6 +140,18 @@ impl PendingPublish {
     /// The client message id the SDK assigned; the broker stores the
     /// message at most once under it, and it is visible to every reader in
     /// [`RoomEvent::client_msg_id`](crate::RoomEvent::client_msg_id).
+    ///
+    /// ```no_run
+    /// # async fn run(client: confab_client::Client) -> Result<(), confab_client::ClientError> {
+    /// use confab_client::confab_codec::RoomId;
+    /// use confab_client::Message;
+    ///
+    /// let pending = client.enqueue(Message::new(RoomId::new("general")?, "hi")).await?;
+    /// let id = pending.client_msg_id();
+    /// let ack = pending.await?;
+    /// assert_eq!(ack.client_msg_id, id);
+    /// # Ok(()) }
+    /// ```
     pub fn client_msg_id(&self) -> u64 {
         self.client_msg_id
     }

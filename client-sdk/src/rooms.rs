@@ -28,6 +28,24 @@ impl Client {
     /// Not cancel-safe: once the request is on its way, dropping the future
     /// loses only the reply; the broker may still carry the request out.
     ///
+    /// ```no_run
+    /// # async fn run(client: confab_client::Client) -> Result<(), confab_client::ClientError> {
+    /// use confab_client::confab_codec::{CreateRoom, JoinPolicy, RoomKind, RoomMeta};
+    ///
+    /// let info = client
+    ///     .create_room(CreateRoom {
+    ///         kind: RoomKind::Group,
+    ///         room: None,
+    ///         peer: None,
+    ///         policy: JoinPolicy::Open,
+    ///         meta: RoomMeta { name: "Lunch".into(), topic: String::new(), avatar_url: String::new() },
+    ///         invite: Vec::new(),
+    ///     })
+    ///     .await?;
+    /// println!("created {}", info.room);
+    /// # Ok(()) }
+    /// ```
+    ///
     /// # Errors
     /// [`ClientError::Server`] (`RoomExists`, `InvalidRequest`,
     /// `TooManyRooms`, `Forbidden`, `Unsupported`), and the common ones.
@@ -40,6 +58,18 @@ impl Client {
     ///
     /// Not cancel-safe: once the request is on its way, dropping the future
     /// loses only the reply; the broker may still carry the request out.
+    ///
+    /// ```no_run
+    /// # async fn run(client: confab_client::Client) -> Result<(), confab_client::ClientError> {
+    /// use confab_client::confab_codec::{JoinPolicy, UserId};
+    ///
+    /// let info = client
+    ///     .create_group(None, "Project X", JoinPolicy::InviteOnly, vec![UserId::new("bob")?])
+    ///     .await?;
+    /// let mut sub = client.subscribe(&info.room).await?;
+    /// # let _ = sub.next().await;
+    /// # Ok(()) }
+    /// ```
     ///
     /// # Errors
     /// As [`Client::create_room`].
@@ -70,6 +100,13 @@ impl Client {
     /// Not cancel-safe: once the request is on its way, dropping the future
     /// loses only the reply; the broker may still carry the request out.
     ///
+    /// ```no_run
+    /// # async fn run(client: confab_client::Client) -> Result<(), confab_client::ClientError> {
+    /// let dm = client.create_direct("bob").await?;
+    /// client.publish(&dm.room, "hi bob").await?;
+    /// # Ok(()) }
+    /// ```
+    ///
     /// # Errors
     /// As [`Client::create_room`].
     pub async fn create_direct(&self, peer: impl IntoUserId) -> Result<RoomInfo, ClientError> {
@@ -93,6 +130,14 @@ impl Client {
     /// Not cancel-safe: once the request is on its way, dropping the future
     /// loses only the reply; the broker may still carry the request out.
     ///
+    /// ```no_run
+    /// # async fn run(client: confab_client::Client) -> Result<(), confab_client::ClientError> {
+    /// client.join("general").await?;
+    /// let mut sub = client.subscribe("general").await?;
+    /// # let _ = sub.next().await;
+    /// # Ok(()) }
+    /// ```
+    ///
     /// # Errors
     /// [`ClientError::Server`] (`NoSuchRoom`, `Forbidden`, `RoomFull`,
     /// `TooManyRooms`), and the common ones.
@@ -108,6 +153,12 @@ impl Client {
     /// Not cancel-safe: once the request is on its way, dropping the future
     /// loses only the reply; the broker may still carry the request out.
     ///
+    /// ```no_run
+    /// # async fn run(client: confab_client::Client) -> Result<(), confab_client::ClientError> {
+    /// client.leave("general").await?;
+    /// # Ok(()) }
+    /// ```
+    ///
     /// # Errors
     /// [`ClientError::Server`] (`NoSuchRoom`, `NotMember`), and the common ones.
     pub async fn leave(&self, room: impl IntoRoomId) -> Result<(), ClientError> {
@@ -121,6 +172,12 @@ impl Client {
     ///
     /// Not cancel-safe: once the request is on its way, dropping the future
     /// loses only the reply; the broker may still carry the request out.
+    ///
+    /// ```no_run
+    /// # async fn run(client: confab_client::Client) -> Result<(), confab_client::ClientError> {
+    /// client.invite("project-x", "carol").await?;
+    /// # Ok(()) }
+    /// ```
     ///
     /// # Errors
     /// [`ClientError::Server`] (`NoSuchRoom`, `NotMember`, `Forbidden`,
@@ -142,6 +199,12 @@ impl Client {
     /// Not cancel-safe: once the request is on its way, dropping the future
     /// loses only the reply; the broker may still carry the request out.
     ///
+    /// ```no_run
+    /// # async fn run(client: confab_client::Client) -> Result<(), confab_client::ClientError> {
+    /// client.remove_member("project-x", "mallory").await?;
+    /// # Ok(()) }
+    /// ```
+    ///
     /// # Errors
     /// [`ClientError::Server`] (`NoSuchRoom`, `NotMember`, `Forbidden`), and
     /// the common ones.
@@ -161,6 +224,13 @@ impl Client {
     ///
     /// Cancel-safe (read-only).
     ///
+    /// ```no_run
+    /// # async fn run(client: confab_client::Client) -> Result<(), confab_client::ClientError> {
+    /// let info = client.room_info("general").await?;
+    /// println!("{} is at #{}", info.room, info.head);
+    /// # Ok(()) }
+    /// ```
+    ///
     /// # Errors
     /// [`ClientError::Server`] (`NoSuchRoom`, `NotMember`, `Forbidden`), and
     /// the common ones.
@@ -175,6 +245,15 @@ impl Client {
     ///
     /// Not cancel-safe: once the request is on its way, dropping the future
     /// loses only the reply; the broker may still carry the request out.
+    ///
+    /// ```no_run
+    /// # async fn run(client: confab_client::Client) -> Result<(), confab_client::ClientError> {
+    /// use confab_client::confab_codec::RoomMeta;
+    ///
+    /// let meta = RoomMeta { name: "Project X".into(), topic: "ship it".into(), avatar_url: String::new() };
+    /// client.update_room("project-x", meta).await?;
+    /// # Ok(()) }
+    /// ```
     ///
     /// # Errors
     /// [`ClientError::Server`] (`NoSuchRoom`, `NotMember`, `Forbidden`), and
@@ -196,6 +275,14 @@ impl Client {
     /// Not cancel-safe: once the request is on its way, dropping the future
     /// loses only the reply; the broker may still carry the request out.
     ///
+    /// ```no_run
+    /// # async fn run(client: confab_client::Client) -> Result<(), confab_client::ClientError> {
+    /// use confab_client::confab_codec::Role;
+    ///
+    /// client.set_role("project-x", "bob", Role::Admin).await?;
+    /// # Ok(()) }
+    /// ```
+    ///
     /// # Errors
     /// [`ClientError::Server`] (`NoSuchRoom`, `NotMember`, `Forbidden`,
     /// `InvalidRequest`), and the common ones.
@@ -216,6 +303,23 @@ impl Client {
     /// One page of the user's rooms, in id order, starting after `after`.
     ///
     /// Cancel-safe (read-only).
+    ///
+    /// ```no_run
+    /// # async fn run(client: confab_client::Client) -> Result<(), confab_client::ClientError> {
+    /// // Every room of the user, page by page.
+    /// let mut after = None;
+    /// loop {
+    ///     let page = client.list_rooms(after.clone(), 100).await?;
+    ///     for room in &page.rooms {
+    ///         println!("{}", room.room);
+    ///     }
+    ///     match page.rooms.last() {
+    ///         Some(last) if page.has_more => after = Some(last.room.clone()),
+    ///         _ => break,
+    ///     }
+    /// }
+    /// # Ok(()) }
+    /// ```
     ///
     /// # Errors
     /// The common ones.
@@ -239,6 +343,14 @@ impl Client {
     /// Not cancel-safe: once the request is on its way, dropping the future
     /// loses only the reply; the broker may still carry the request out.
     ///
+    /// ```no_run
+    /// # async fn run(client: confab_client::Client) -> Result<(), confab_client::ClientError> {
+    /// client.typing("general", true).await.ok(); // best effort
+    /// // ... the user sends or clears the draft ...
+    /// client.typing("general", false).await.ok();
+    /// # Ok(()) }
+    /// ```
+    ///
     /// # Errors
     /// [`ClientError::NotConnected`] when offline: a stale typing
     /// notification is worthless, so it is not queued.
@@ -256,6 +368,14 @@ impl Client {
     /// Not cancel-safe: once the request is on its way, dropping the future
     /// loses only the reply; the broker may still carry the request out.
     ///
+    /// ```no_run
+    /// # async fn run(client: confab_client::Client) -> Result<(), confab_client::ClientError> {
+    /// use confab_client::confab_codec::PresenceStatus;
+    ///
+    /// client.set_presence(PresenceStatus::Away).await?;
+    /// # Ok(()) }
+    /// ```
+    ///
     /// # Errors
     /// The common ones.
     pub async fn set_presence(&self, status: PresenceStatus) -> Result<(), ClientError> {
@@ -268,6 +388,14 @@ impl Client {
     /// Not cancel-safe: once the request is on its way, dropping the future
     /// loses only the reply; the broker may still carry the request out.
     ///
+    /// ```no_run
+    /// # async fn run(client: confab_client::Client) -> Result<(), confab_client::ClientError> {
+    /// client.watch_presence(true).await?;
+    /// let mut signals = client.signals(); // Signal::Presence from now on
+    /// # let _ = signals.recv().await;
+    /// # Ok(()) }
+    /// ```
+    ///
     /// # Errors
     /// The common ones.
     pub async fn watch_presence(&self, enabled: bool) -> Result<(), ClientError> {
@@ -278,6 +406,16 @@ impl Client {
     /// user; others are left out).
     ///
     /// Cancel-safe (read-only).
+    ///
+    /// ```no_run
+    /// # async fn run(client: confab_client::Client) -> Result<(), confab_client::ClientError> {
+    /// use confab_client::confab_codec::UserId;
+    ///
+    /// for entry in client.get_presence(vec![UserId::new("bob")?]).await? {
+    ///     println!("{:?}", entry);
+    /// }
+    /// # Ok(()) }
+    /// ```
     ///
     /// # Errors
     /// The common ones.
@@ -298,6 +436,15 @@ impl Client {
     /// Not cancel-safe: once the request is on its way, dropping the future
     /// loses only the reply; the broker may still carry the request out.
     ///
+    /// ```no_run
+    /// # async fn run(client: confab_client::Client) -> Result<(), confab_client::ClientError> {
+    /// use confab_client::confab_codec::Seq;
+    ///
+    /// // The user has seen everything up to #42.
+    /// client.mark_read("general", Seq(42)).await?;
+    /// # Ok(()) }
+    /// ```
+    ///
     /// # Errors
     /// [`ClientError::Timeout`], [`ClientError::Closed`].
     pub async fn mark_read(&self, room: impl IntoRoomId, seq: Seq) -> Result<(), ClientError> {
@@ -310,6 +457,14 @@ impl Client {
     /// Not cancel-safe: once the request is on its way, dropping the future
     /// loses only the reply; the broker may still carry the request out.
     ///
+    /// ```no_run
+    /// # async fn run(client: confab_client::Client) -> Result<(), confab_client::ClientError> {
+    /// use confab_client::confab_codec::Seq;
+    ///
+    /// client.mark_delivered("general", Seq(42)).await?;
+    /// # Ok(()) }
+    /// ```
+    ///
     /// # Errors
     /// [`ClientError::Timeout`], [`ClientError::Closed`].
     pub async fn mark_delivered(&self, room: impl IntoRoomId, seq: Seq) -> Result<(), ClientError> {
@@ -320,6 +475,15 @@ impl Client {
     /// members.
     ///
     /// Cancel-safe (read-only).
+    ///
+    /// ```no_run
+    /// # async fn run(client: confab_client::Client) -> Result<(), confab_client::ClientError> {
+    /// use confab_client::confab_codec::Seq;
+    ///
+    /// let status = client.message_status("general", Seq(42)).await?;
+    /// println!("{status:?}");
+    /// # Ok(()) }
+    /// ```
     ///
     /// # Errors
     /// [`ClientError::Server`] (`NoSuchRoom`, `NotMember`, `NoSuchMessage`),

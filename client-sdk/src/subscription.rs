@@ -82,6 +82,13 @@ impl Subscription {
     }
 
     /// The room.
+    ///
+    /// ```no_run
+    /// # async fn run(client: confab_client::Client) -> Result<(), confab_client::ClientError> {
+    /// let sub = client.subscribe("general").await?;
+    /// assert_eq!(sub.room().as_str(), "general");
+    /// # Ok(()) }
+    /// ```
     pub fn room(&self) -> &RoomId {
         &self.room
     }
@@ -90,11 +97,38 @@ impl Subscription {
     ///
     /// Cancel-safe: if the future is dropped before it completes, no event
     /// is lost; the next call returns it.
+    ///
+    /// ```no_run
+    /// # async fn run(client: confab_client::Client) -> Result<(), confab_client::ClientError> {
+    /// use std::time::Duration;
+    ///
+    /// let mut sub = client.subscribe("general").await?;
+    /// // Cancel-safe, so it can sit in a select! or under a timeout.
+    /// match tokio::time::timeout(Duration::from_secs(1), sub.next()).await {
+    ///     Ok(Some(event)) => println!("#{}", event?.seq),
+    ///     Ok(None) => println!("the client was closed"),
+    ///     Err(_) => println!("nothing new for a second"),
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn next(&mut self) -> Option<Result<RoomEvent, ClientError>> {
         std::future::poll_fn(|cx| self.poll_event(cx)).await
     }
 
     /// Events already buffered, without waiting.
+    ///
+    /// ```no_run
+    /// # async fn run(mut sub: confab_client::Subscription) {
+    /// // Drain what is already there, e.g. to render a batch at once.
+    /// let mut batch = Vec::new();
+    /// while sub.buffered() > 0 {
+    ///     match sub.next().await {
+    ///         Some(Ok(event)) => batch.push(event),
+    ///         _ => break,
+    ///     }
+    /// }
+    /// # }
+    /// ```
     pub fn buffered(&self) -> usize {
         self.rx.len()
     }
@@ -104,6 +138,13 @@ impl Subscription {
     ///
     /// Not cancel-safe in a useful sense: if the future is dropped, the
     /// subscription is dropped too, which also unsubscribes.
+    ///
+    /// ```no_run
+    /// # async fn run(client: confab_client::Client) -> Result<(), confab_client::ClientError> {
+    /// let sub = client.subscribe("general").await?;
+    /// sub.unsubscribe().await?; // or just drop it
+    /// # Ok(()) }
+    /// ```
     ///
     /// # Errors
     /// [`ClientError::Timeout`] or [`ClientError::Closed`]; the room is

@@ -20,24 +20,86 @@ use tokio::net::TcpStream;
 use crate::error::ClientError;
 
 /// The broker's default TCP port.
+///
+/// ```
+/// use confab_client::{Endpoint, DEFAULT_PORT};
+///
+/// let e = Endpoint::parse("confab://chat.example.com")?;
+/// assert_eq!(e.to_string(), format!("confab://chat.example.com:{DEFAULT_PORT}"));
+/// # Ok::<(), confab_client::ClientError>(())
+/// ```
 pub const DEFAULT_PORT: u16 = 7400;
 
 /// A bidirectional byte stream: what every transport provides.
+///
+/// Implemented for every type with these bounds, for example
+/// `tokio::net::TcpStream` or one half of `tokio::io::duplex`:
+///
+/// ```
+/// use confab_client::{BoxByteStream, ByteStream};
+///
+/// fn boxed(stream: impl ByteStream) -> BoxByteStream {
+///     Box::new(stream)
+/// }
+/// let (client_side, _broker_side) = tokio::io::duplex(64 * 1024);
+/// let _stream = boxed(client_side);
+/// ```
 pub trait ByteStream: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
 
 impl<T> ByteStream for T where T: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
 
 /// A boxed [`ByteStream`].
+///
+/// See [`Connector`] for a use.
 pub type BoxByteStream = Box<dyn ByteStream>;
 
 /// Opens byte streams to a broker by means the SDK does not know: an
 /// in-process pipe, a proxy, a fault-injecting wrapper in tests.
+///
+/// A connector that reaches the broker through a local relay (standing in
+/// for any transport the SDK does not provide):
+///
+/// ```
+/// use std::sync::Arc;
+/// use confab_client::confab_codec::DeviceId;
+/// use confab_client::{BoxByteStream, ClientConfig, Connector, Endpoint};
+/// use futures_util::future::BoxFuture;
+///
+/// #[derive(Debug)]
+/// struct ViaRelay {
+///     relay: std::net::SocketAddr,
+/// }
+///
+/// impl Connector for ViaRelay {
+///     fn connect(&self) -> BoxFuture<'_, std::io::Result<BoxByteStream>> {
+///         Box::pin(async move {
+///             let stream = tokio::net::TcpStream::connect(self.relay).await?;
+///             Ok(Box::new(stream) as BoxByteStream)
+///         })
+///     }
+/// }
+///
+/// let endpoint = Endpoint::Custom(Arc::new(ViaRelay { relay: "127.0.0.1:9000".parse().unwrap() }));
+/// let config = ClientConfig::with_endpoint(endpoint, "alice", DeviceId::new("phone")?);
+/// # let _ = config;
+/// # Ok::<(), confab_client::ClientError>(())
+/// ```
 pub trait Connector: Send + Sync + fmt::Debug + 'static {
     /// Opens one new stream. Called for every connection attempt.
     fn connect(&self) -> BoxFuture<'_, std::io::Result<BoxByteStream>>;
 }
 
 /// Where the broker is and how to reach it.
+///
+/// ```
+/// use std::net::SocketAddr;
+/// use confab_client::Endpoint;
+///
+/// let parsed: Endpoint = "confab://127.0.0.1:7400".parse()?;
+/// let addr: SocketAddr = "127.0.0.1:7400".parse().unwrap();
+/// assert_eq!(parsed.to_string(), Endpoint::tcp(addr).to_string());
+/// # Ok::<(), confab_client::ClientError>(())
+/// ```
 #[derive(Clone)]
 #[non_exhaustive]
 pub enum Endpoint {
@@ -54,6 +116,13 @@ pub enum Endpoint {
 
 impl Endpoint {
     /// A TCP endpoint at a socket address.
+    ///
+    /// ```
+    /// use confab_client::Endpoint;
+    ///
+    /// let e = Endpoint::tcp("[::1]:7400".parse().unwrap());
+    /// assert_eq!(e.to_string(), "confab://[::1]:7400");
+    /// ```
     pub fn tcp(addr: SocketAddr) -> Self {
         Endpoint::Tcp {
             host: addr.ip().to_string(),

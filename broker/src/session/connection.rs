@@ -113,6 +113,7 @@ where
     });
     info!(session_id, %peer, user = %conn.user, device = %conn.device, client = %hello.client_name, "connected");
     shared.stats.connections.fetch_add(1, Ordering::Relaxed);
+    let replaced = shared.devices.register(&conn.sender_key, session_id);
 
     let writer_done = CancellationToken::new();
     let writer = tokio::spawn(write_loop(
@@ -146,9 +147,12 @@ where
         subs: HashMap::new(),
     };
     let reason = session
-        .run(hello, request_id, &mut frames, &writer_done)
+        .run(hello, request_id, &mut frames, &writer_done, &replaced)
         .await;
     session.unsubscribe_all();
+    shared
+        .devices
+        .unregister(&session.conn.sender_key, session_id);
 
     if let Some((code, message)) = &reason {
         if *code != ErrorCode::Normal {
@@ -178,6 +182,13 @@ where
     }
     shared.stats.connections.fetch_add(-1, Ordering::Relaxed);
     info!(session_id, ?end, "disconnected");
+}
+
+fn replaced_reason() -> CloseReason {
+    (
+        ErrorCode::SessionReplaced,
+        "this device connected again; this older connection is closed".into(),
+    )
 }
 
 fn push(outbox: &Outbox, frame: Frame) {
@@ -241,6 +252,7 @@ impl Session {
         hello_request: u32,
         frames: &mut FramedRead<R, FrameCodec>,
         writer_done: &CancellationToken,
+        replaced: &CancellationToken,
     ) -> Option<CloseReason>
     where
         R: AsyncRead + Unpin,
@@ -257,6 +269,7 @@ impl Session {
                     return Some((ErrorCode::ShuttingDown, "server shutting down".into()));
                 }
                 _ = writer_done.cancelled() => return None,
+                _ = replaced.cancelled() => return Some(replaced_reason()),
                 _ = self.conn.outbox.wait_control_below(control_cap) => {}
             }
             let next = tokio::select! {
@@ -265,6 +278,7 @@ impl Session {
                     return Some((ErrorCode::ShuttingDown, "server shutting down".into()));
                 }
                 _ = writer_done.cancelled() => return None,
+                _ = replaced.cancelled() => return Some(replaced_reason()),
                 r = tokio::time::timeout(idle, frames.next()) => r,
             };
             match next {

@@ -3,6 +3,7 @@
 
 mod codec;
 mod connection;
+mod devices;
 mod writer;
 
 use std::sync::Arc;
@@ -12,6 +13,7 @@ use tokio::sync::Semaphore;
 
 pub use codec::{FrameCodec, WireError};
 pub(crate) use connection::{refuse, serve_connection};
+pub(crate) use devices::DeviceRegistry;
 
 use crate::fanout::Outbox;
 
