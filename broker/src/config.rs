@@ -32,6 +32,8 @@ pub enum Durability {
 pub enum AuthMode {
     /// Insecure: the token is `user` or `user:device` and is believed.
     Dev,
+    /// The token is a JWT verified with the keys in `auth.jwt`.
+    Jwt,
     /// No way to authenticate is configured: every Hello is refused.
     Disabled,
 }
@@ -78,8 +80,45 @@ pub struct ListenConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
-    /// `dev` (insecure, the default for local use) or `disabled`.
+    /// `dev` (insecure, the default for local use), `jwt` or `disabled`.
     pub mode: AuthMode,
+    /// JWT verification, used when `mode = "jwt"`.
+    pub jwt: JwtConfig,
+}
+
+/// JWT verification keys and rules. At least one key must be set for
+/// `auth.mode = "jwt"`; a token is accepted only with the algorithm of a
+/// configured key (so "alg: none" and algorithm confusion are refused).
+/// Empty strings mean "not set".
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JwtConfig {
+    /// File holding the HS256 shared secret (its bytes, trailing newline
+    /// removed). Enables HS256.
+    pub hs256_secret_file: PathBuf,
+    /// PEM file of an RSA public key. Enables RS256.
+    pub rs256_public_key: PathBuf,
+    /// PEM file of an Ed25519 public key. Enables EdDSA.
+    pub ed25519_public_key: PathBuf,
+    /// Required `iss` claim, if not empty.
+    pub issuer: String,
+    /// Required `aud` claim, if not empty.
+    pub audience: String,
+    /// Clock skew tolerated on `exp` and `nbf`, in seconds.
+    pub leeway_secs: u64,
+}
+
+impl Default for JwtConfig {
+    fn default() -> Self {
+        Self {
+            hs256_secret_file: PathBuf::new(),
+            rs256_public_key: PathBuf::new(),
+            ed25519_public_key: PathBuf::new(),
+            issuer: String::new(),
+            audience: String::new(),
+            leeway_secs: 30,
+        }
+    }
 }
 
 /// Storage settings.
@@ -174,6 +213,7 @@ impl Default for AuthConfig {
     fn default() -> Self {
         Self {
             mode: AuthMode::Dev,
+            jwt: JwtConfig::default(),
         }
     }
 }
@@ -376,6 +416,16 @@ impl Config {
                 return Err(ConfigError::Invalid(message.into()));
             }
         }
+        let jwt = &self.auth.jwt;
+        if self.auth.mode == AuthMode::Jwt
+            && jwt.hs256_secret_file.as_os_str().is_empty()
+            && jwt.rs256_public_key.as_os_str().is_empty()
+            && jwt.ed25519_public_key.as_os_str().is_empty()
+        {
+            return Err(ConfigError::Invalid(
+                "auth.mode = \"jwt\" needs auth.jwt.hs256_secret_file, auth.jwt.rs256_public_key or auth.jwt.ed25519_public_key".into(),
+            ));
+        }
         Ok(())
     }
 
@@ -413,27 +463,37 @@ fn merge(base: &mut toml::Value, over: toml::Value) {
     }
 }
 
-/// Sets a scalar at a key path. The raw text is parsed as a TOML value when
-/// it is one (numbers, booleans) and taken as a string otherwise.
+/// Sets a scalar at a key path, creating it if the defaults left it out.
+/// A key that does not exist in [`Config`] is then refused when the merged
+/// value is deserialized (`deny_unknown_fields`), with the key's name. The
+/// raw text is parsed as a TOML value when it is one (numbers, booleans,
+/// arrays) and taken as a string otherwise, or always when the default is
+/// a string.
 fn set_path(
     root: &mut toml::Value,
     path: &[String],
     raw: &str,
     origin: &str,
 ) -> Result<(), ConfigError> {
-    let unknown = || ConfigError::Parse {
+    let bad = |message: String| ConfigError::Parse {
         origin: origin.to_owned(),
-        message: format!("unknown key `{}`", path.join(".")),
+        message,
     };
-    let (last, parents) = path.split_last().ok_or_else(unknown)?;
+    let (last, parents) = path.split_last().ok_or_else(|| bad("empty key".into()))?;
     let mut node = root;
     for p in parents {
-        node = node.get_mut(p.as_str()).ok_or_else(unknown)?;
+        let table = node
+            .as_table_mut()
+            .ok_or_else(|| bad(format!("`{}` is not a section", path.join("."))))?;
+        node = table
+            .entry(p.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
     }
-    let table = node.as_table_mut().ok_or_else(unknown)?;
-    let existing = table.get(last.as_str()).ok_or_else(unknown)?;
-    let parsed = match existing {
-        toml::Value::String(_) => toml::Value::String(raw.to_owned()),
+    let table = node
+        .as_table_mut()
+        .ok_or_else(|| bad(format!("`{}` is not a section", path.join("."))))?;
+    let parsed = match table.get(last.as_str()) {
+        Some(toml::Value::String(_)) => toml::Value::String(raw.to_owned()),
         _ => toml::from_str::<toml::Table>(&format!("v = {raw}"))
             .ok()
             .and_then(|mut t| t.remove("v"))
@@ -472,7 +532,7 @@ mod tests {
     fn unknown_keys_and_bad_values_are_clear_errors() {
         let bad_env = vec![("CONFAB_STORAGE__NOPE".to_owned(), "1".to_owned())];
         let e = Config::load(None, bad_env, &[]).expect_err("unknown key");
-        assert!(e.to_string().contains("storage.nope"), "{e}");
+        assert!(e.to_string().contains("nope"), "{e}");
 
         let bad_value = vec![("storage.durability".to_owned(), "sometimes".to_owned())];
         let e = Config::load(None, Vec::new(), &bad_value).expect_err("bad enum");

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::auth::{Authenticator, DenyAll, DevAuth};
+use crate::auth::{Authenticator, DenyAll, DevAuth, JwtAuth};
 use crate::config::{AuthMode, Config};
 use crate::fanout::{self, CatchupCtx};
 use crate::rooms::RoomRegistry;
@@ -44,6 +44,9 @@ pub enum BrokerError {
         /// The cause.
         source: std::io::Error,
     },
+    /// The authentication keys could not be loaded.
+    #[error(transparent)]
+    Auth(#[from] crate::auth::jwt::KeyError),
     /// A thread could not be started.
     #[error("cannot start a thread: {0}")]
     Thread(std::io::Error),
@@ -139,6 +142,7 @@ impl BrokerBuilder {
                 warn!("INSECURE: dev authentication is on; any client can claim any user. Do not expose this broker.");
                 Arc::new(DevAuth)
             }
+            (None, AuthMode::Jwt) => Arc::new(JwtAuth::from_config(&config.auth.jwt)?),
             (None, AuthMode::Disabled) => Arc::new(DenyAll),
         };
 

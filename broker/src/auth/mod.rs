@@ -3,15 +3,34 @@
 //! The broker only sees the [`Authenticator`] trait; dev mode is one
 //! implementation, JWT verification another.
 
-use confab_codec::{DeviceId, ErrorCode, UserId};
+pub mod jwt;
 
-/// Who a connection is.
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use confab_codec::{DeviceId, ErrorCode, RoomId, UserId};
+
+pub use jwt::JwtAuth;
+
+/// Who a connection is, and what its token allows.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
     /// The authenticated user.
     pub user: UserId,
     /// The device, as confirmed by the token.
     pub device: DeviceId,
+    /// When the token expires, in microseconds since the Unix epoch; the
+    /// connection is closed then unless the token is refreshed.
+    pub expires_at_us: Option<u64>,
+    /// If set, the only rooms this connection may use.
+    pub rooms: Option<Arc<HashSet<RoomId>>>,
+}
+
+impl Identity {
+    /// Whether the token allows this room.
+    pub fn may_use(&self, room: &RoomId) -> bool {
+        self.rooms.as_ref().is_none_or(|r| r.contains(room))
+    }
 }
 
 /// Why a token was refused.
@@ -68,6 +87,8 @@ impl Authenticator for DevAuth {
         Ok(Identity {
             user,
             device: device.clone(),
+            expires_at_us: None,
+            rooms: None,
         })
     }
 }

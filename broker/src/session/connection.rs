@@ -1,7 +1,7 @@
 //! One connection: handshake, then a loop that dispatches requests until
 //! the peer leaves, misbehaves, goes silent, or the broker shuts down.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,6 +21,7 @@ use tracing::{debug, info, warn};
 use super::codec::{FrameCodec, WireError};
 use super::writer::{write_loop, WriterEnd};
 use super::ConnCtx;
+use crate::auth::Identity;
 use crate::fanout::{Outbox, SubscribeCmd, SubscribeItem, Subscription};
 use crate::sequencer::{now_us, sender_key, PublishReq, SeqMsg};
 use crate::server::Shared;
@@ -99,6 +100,17 @@ where
         }
     };
 
+    if identity.expires_at_us.is_some_and(|exp| exp <= now_us()) {
+        reject(
+            &mut wr,
+            request_id,
+            ErrorCode::TokenExpired,
+            "token expired",
+        )
+        .await;
+        return;
+    }
+    let grant = Grant::of(&identity);
     let session_id = shared.session_ids.fetch_add(1, Ordering::Relaxed);
     let outbox = Arc::new(Outbox::new(
         cfg.delivery.queue_capacity,
@@ -145,6 +157,7 @@ where
         conn,
         shared: shared.clone(),
         subs: HashMap::new(),
+        grant,
     };
     let reason = session
         .run(hello, request_id, &mut frames, &writer_done, &replaced)
@@ -243,6 +256,33 @@ struct Session {
     conn: Arc<ConnCtx>,
     shared: Arc<Shared>,
     subs: HashMap<RoomId, Arc<Subscription>>,
+    grant: Grant,
+}
+
+/// What the connection's current token allows, and until when.
+struct Grant {
+    /// When the token expires (far in the future for tokens without expiry).
+    deadline: tokio::time::Instant,
+    rooms: Option<Arc<HashSet<RoomId>>>,
+}
+
+impl Grant {
+    fn of(identity: &Identity) -> Grant {
+        let now = tokio::time::Instant::now();
+        let deadline = match identity.expires_at_us {
+            Some(exp) => now + Duration::from_micros(exp.saturating_sub(now_us())),
+            // About thirty years: effectively never, without overflow.
+            None => now + Duration::from_secs(1 << 30),
+        };
+        Grant {
+            deadline,
+            rooms: identity.rooms.clone(),
+        }
+    }
+
+    fn may_use(&self, room: &RoomId) -> bool {
+        self.rooms.as_ref().is_none_or(|r| r.contains(room))
+    }
 }
 
 impl Session {
@@ -279,6 +319,9 @@ impl Session {
                 }
                 _ = writer_done.cancelled() => return None,
                 _ = replaced.cancelled() => return Some(replaced_reason()),
+                _ = tokio::time::sleep_until(self.grant.deadline) => {
+                    return Some((ErrorCode::TokenExpired, "token expired; refresh it before it expires".into()));
+                }
                 r = tokio::time::timeout(idle, frames.next()) => r,
             };
             match next {
@@ -316,7 +359,48 @@ impl Session {
                 }
                 push(&outbox, Frame::request(rid, Ack {}));
             }
-            Body::HistoryRequest(h) => self.history(rid, h).await,
+            Body::HistoryRequest(h) => {
+                if !self.grant.may_use(&h.room) {
+                    push(
+                        &outbox,
+                        error_frame(
+                            rid,
+                            ErrorCode::Forbidden,
+                            "the token does not allow this room",
+                        ),
+                    );
+                } else {
+                    self.history(rid, h).await;
+                }
+            }
+            Body::RefreshToken(t) => {
+                match self.shared.auth.authenticate(&t.token, &self.conn.device) {
+                    Ok(id) if id.user == self.conn.user => {
+                        if id.expires_at_us.is_some_and(|exp| exp <= now_us()) {
+                            let msg = "the new token has already expired".to_owned();
+                            push(
+                                &outbox,
+                                error_frame(rid, ErrorCode::TokenExpired, msg.clone()),
+                            );
+                            return Some((ErrorCode::TokenExpired, msg));
+                        }
+                        self.grant = Grant::of(&id);
+                        push(&outbox, Frame::request(rid, Ack {}));
+                    }
+                    Ok(_) => {
+                        let msg = "the new token is for another user".to_owned();
+                        push(
+                            &outbox,
+                            error_frame(rid, ErrorCode::Unauthenticated, msg.clone()),
+                        );
+                        return Some((ErrorCode::Unauthenticated, msg));
+                    }
+                    Err(e) => {
+                        push(&outbox, error_frame(rid, e.code, e.message.clone()));
+                        return Some((e.code, e.message));
+                    }
+                }
+            }
             Body::Hello(_) => {
                 return Some((
                     ErrorCode::ProtocolViolation,
@@ -361,6 +445,12 @@ impl Session {
             push(&self.conn.outbox, error_frame(rid, code, msg));
             None
         };
+        if !self.grant.may_use(&p.room) {
+            return reject(
+                ErrorCode::Forbidden,
+                format!("the token does not allow room {}", p.room),
+            );
+        }
         if p.payload.len() > limits.max_payload_len as usize {
             return reject(
                 ErrorCode::PayloadTooLarge,
@@ -422,6 +512,11 @@ impl Session {
                 head: Seq(0),
                 first: Seq(1),
             };
+            if !self.grant.may_use(&item.room) {
+                result.code = ErrorCode::Forbidden;
+                results.push(result);
+                continue;
+            }
             let replaces = self.subs.get(&item.room).cloned();
             if replaces.is_none() && self.subs.len() >= max_rooms {
                 result.code = ErrorCode::TooManyRooms;
