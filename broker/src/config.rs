@@ -64,6 +64,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// Per-device queues and slow consumers.
     pub delivery: DeliveryConfig,
+    /// Rooms and membership.
+    pub rooms: RoomsConfig,
     /// Logging.
     pub log: LogConfig,
 }
@@ -177,6 +179,29 @@ pub struct DeliveryConfig {
     pub catchup_batch: usize,
 }
 
+/// Rooms and membership.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoomsConfig {
+    /// Whether a room that was never created may be used anyway, by anyone,
+    /// as an open, unmanaged room (convenient for development and
+    /// benchmarks). With `false`, only rooms created with `CreateRoom` exist
+    /// and only their members may use them. Created rooms always enforce
+    /// membership.
+    pub auto_create: bool,
+    /// Most members (and invitees) in one room.
+    pub max_members: usize,
+}
+
+impl Default for RoomsConfig {
+    fn default() -> Self {
+        Self {
+            auto_create: true,
+            max_members: 10_000,
+        }
+    }
+}
+
 /// Logging.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -196,6 +221,7 @@ impl Default for Config {
             storage: StorageConfig::default(),
             limits: LimitsConfig::default(),
             delivery: DeliveryConfig::default(),
+            rooms: RoomsConfig::default(),
             log: LogConfig::default(),
         }
     }

@@ -171,6 +171,7 @@ impl BrokerBuilder {
             log.clone(),
             rooms.clone(),
             config.storage.clone(),
+            config.rooms.clone(),
             fan_tx,
             stats.clone(),
         );

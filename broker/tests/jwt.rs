@@ -21,7 +21,12 @@ fn now() -> u64 {
 }
 
 fn token(claims: serde_json::Value) -> String {
-    encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(SECRET)).unwrap()
+    encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(SECRET),
+    )
+    .unwrap()
 }
 
 async fn jwt_broker(dir: &std::path::Path) -> confab_broker::BrokerHandle {
@@ -55,32 +60,52 @@ async fn jwt_handshake_expiry_refresh_and_room_limits() {
 
     // A valid token: the user comes from `sub`.
     let mut c = Conn::raw(addr).await;
-    let f = hello(&mut c, token(json!({"sub": "alice", "exp": now() + 600, "rooms": ["ok"]})), "phone").await;
+    let f = hello(
+        &mut c,
+        token(json!({"sub": "alice", "exp": now() + 600, "rooms": ["ok"]})),
+        "phone",
+    )
+    .await;
     match f.body {
         Body::Welcome(w) => assert_eq!(w.user.as_str(), "alice"),
         other => panic!("{other:?}"),
     }
     // Room limits from the token.
     let ack = c
-        .subscribe(vec![(room("ok"), StartAt::Live), (room("secret"), StartAt::Live)])
+        .subscribe(vec![
+            (room("ok"), StartAt::Live),
+            (room("secret"), StartAt::Live),
+        ])
         .await;
     assert_eq!(ack.results[0].code, ErrorCode::Normal);
     assert_eq!(ack.results[1].code, ErrorCode::Forbidden);
     let rid = c.request_id();
-    c.send_frame(Conn::publish_frame(rid, &room("secret"), 1, b"x")).await;
+    c.send_frame(Conn::publish_frame(rid, &room("secret"), 1, b"x"))
+        .await;
     let f = c.wait_reply(rid, |_| true).await;
     assert!(matches!(f.body, Body::Error(e) if e.code == ErrorCode::Forbidden));
     c.publish(&room("ok"), 2, b"fine").await;
 
     // A refresh for another user is refused and closes the connection.
-    let rid = c.send(RefreshToken { token: token(json!({"sub": "mallory", "exp": now() + 600})) }).await;
+    let rid = c
+        .send(RefreshToken {
+            token: token(json!({"sub": "mallory", "exp": now() + 600})),
+        })
+        .await;
     let f = c.wait_reply(rid, |_| true).await;
     assert!(matches!(f.body, Body::Error(e) if e.code == ErrorCode::Unauthenticated));
-    assert!(c.until_closed().await.iter().any(|f| matches!(f.body, Body::Goodbye(_))));
+    assert!(c
+        .until_closed()
+        .await
+        .iter()
+        .any(|f| matches!(f.body, Body::Goodbye(_))));
 
     // Expired, malformed and wrongly signed tokens are refused at Hello.
     for (bad, code) in [
-        (token(json!({"sub": "alice", "exp": now() - 5})), ErrorCode::TokenExpired),
+        (
+            token(json!({"sub": "alice", "exp": now() - 5})),
+            ErrorCode::TokenExpired,
+        ),
         ("garbage".to_owned(), ErrorCode::Unauthenticated),
         (
             encode(
@@ -100,7 +125,12 @@ async fn jwt_handshake_expiry_refresh_and_room_limits() {
 
     // A token that expires soon closes the connection with TokenExpired...
     let mut c = Conn::raw(addr).await;
-    let f = hello(&mut c, token(json!({"sub": "bob", "exp": now() + 2})), "laptop").await;
+    let f = hello(
+        &mut c,
+        token(json!({"sub": "bob", "exp": now() + 2})),
+        "laptop",
+    )
+    .await;
     assert!(matches!(f.body, Body::Welcome(_)));
     let frames = c.until_closed().await;
     assert!(
@@ -112,9 +142,18 @@ async fn jwt_handshake_expiry_refresh_and_room_limits() {
 
     // ...unless it is refreshed in time.
     let mut c = Conn::raw(addr).await;
-    let f = hello(&mut c, token(json!({"sub": "carol", "exp": now() + 2})), "tablet").await;
+    let f = hello(
+        &mut c,
+        token(json!({"sub": "carol", "exp": now() + 2})),
+        "tablet",
+    )
+    .await;
     assert!(matches!(f.body, Body::Welcome(_)));
-    let rid = c.send(RefreshToken { token: token(json!({"sub": "carol", "exp": now() + 600})) }).await;
+    let rid = c
+        .send(RefreshToken {
+            token: token(json!({"sub": "carol", "exp": now() + 600})),
+        })
+        .await;
     let f = c.wait_reply(rid, |f| matches!(f.body, Body::Ack(_))).await;
     assert!(matches!(f.body, Body::Ack(_)));
     tokio::time::sleep(Duration::from_secs(4)).await;

@@ -45,12 +45,16 @@ pub(crate) struct SubscribeItem {
     pub(crate) start: StartAt,
     /// The room's log bounds at this point of the commit order.
     pub(crate) bounds: LogBounds,
+    /// Set by the sequencer when the device may not follow the room.
+    pub(crate) refused: Option<ErrorCode>,
 }
 
 /// A subscribe request on its way to the fan-out thread.
 #[derive(Debug)]
 pub(crate) struct SubscribeCmd {
     pub(crate) outbox: Arc<Outbox>,
+    /// The subscribing user, for authorization.
+    pub(crate) user: confab_codec::UserId,
     pub(crate) request_id: u32,
     /// One result per requested room; refused rooms are already filled in.
     pub(crate) results: Vec<SubscribeResult>,
@@ -63,6 +67,11 @@ pub(crate) enum FanoutMsg {
     Committed(Vec<Committed>),
     Subscribe(SubscribeCmd),
     Unsubscribe(Vec<Arc<Subscription>>),
+    /// Ends every subscription of `user` to `room` (left or removed).
+    Evict {
+        room: Arc<Room>,
+        user: confab_codec::UserId,
+    },
     /// The sequencer has stopped: exit after what came before.
     Stop,
 }
@@ -125,6 +134,13 @@ fn handle(
                 sub.room.remove_subscriber(&sub);
             }
         }
+        FanoutMsg::Evict { room, user } => {
+            let subs = room.subscribers();
+            for sub in subs.iter().filter(|s| s.user.as_ref() == Some(&user)) {
+                sub.close();
+                room.remove_subscriber(sub);
+            }
+        }
         FanoutMsg::Stop => {}
     }
 }
@@ -132,6 +148,13 @@ fn handle(
 fn subscribe(mut cmd: SubscribeCmd, ctx: &Arc<CatchupCtx>, runtime: &Handle, tasks: &TaskTracker) {
     let mut catchups = Vec::new();
     for item in &cmd.items {
+        if let Some(code) = item.refused {
+            item.sub.close();
+            if let Some(result) = cmd.results.get_mut(item.index) {
+                result.code = code;
+            }
+            continue;
+        }
         let LogBounds { head, first } = item.bounds;
         let (next, code) = match item.start {
             StartAt::Live => (head.next(), ErrorCode::Normal),

@@ -55,6 +55,8 @@ pub(crate) enum Offer {
 pub(crate) struct Subscription {
     pub(crate) room: Arc<Room>,
     pub(crate) outbox: Arc<Outbox>,
+    /// The user of the device, to end its subscriptions when it leaves.
+    pub(crate) user: Option<confab_codec::UserId>,
     state: Mutex<State>,
 }
 
@@ -69,10 +71,20 @@ pub(crate) struct CatchupCtx {
 }
 
 impl Subscription {
+    #[cfg(test)]
     pub(crate) fn new(room: Arc<Room>, outbox: Arc<Outbox>) -> Self {
+        Self::for_user(room, outbox, None)
+    }
+
+    pub(crate) fn for_user(
+        room: Arc<Room>,
+        outbox: Arc<Outbox>,
+        user: Option<confab_codec::UserId>,
+    ) -> Self {
         Self {
             room,
             outbox,
+            user,
             state: Mutex::new(State {
                 next: 1,
                 seen: 0,

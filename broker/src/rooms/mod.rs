@@ -1,4 +1,10 @@
-//! Room state shared between the sequencer and the fan-out.
+//! Room state shared between the sequencer and the fan-out, and managed
+//! rooms' membership.
+
+pub(crate) mod membership;
+mod queries;
+
+pub(crate) use queries::{access, info, list};
 
 use std::sync::Arc;
 

@@ -10,6 +10,9 @@
 //! mode fast (one fsync per group, not per message).
 
 mod dedup;
+mod room_ops;
+
+pub(crate) use room_ops::{RoomOp, RoomOpReq};
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -18,18 +21,20 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::{Bytes, BytesMut};
 use confab_codec::{
     raw, ErrorCode, ErrorFrame, Event, EventRecord, Frame, MessageKind, PublishAck, RoomId, Seq,
+    UserId,
 };
 use crossbeam_channel::{Receiver, Sender};
 use rustc_hash::FxHashMap;
 use tracing::{error, warn};
 
 use self::dedup::{Dedup, DedupKey, Original};
-use crate::config::StorageConfig;
+use crate::config::{RoomsConfig, StorageConfig};
 use crate::fanout::{Committed, FanoutMsg, SubscribeCmd};
+use crate::rooms::membership::RoomState;
 use crate::rooms::{Room, RoomRegistry};
 use crate::session::ConnCtx;
 use crate::stats::Stats;
-use crate::storage::{Append, LogBounds, RoomLog, StorageError};
+use crate::storage::{Append, LogBounds, MetaWrite, RoomLog, StorageError};
 
 /// A publish on its way to the sequencer.
 #[derive(Debug)]
@@ -53,6 +58,8 @@ pub(crate) enum SeqMsg {
     Subscribe(SubscribeCmd),
     /// Ends subscriptions; forwarded to the fan-out in order.
     Unsubscribe(Vec<Arc<crate::fanout::Subscription>>),
+    /// Creates a room or changes its membership or metadata.
+    RoomOp(RoomOpReq),
     /// Commit what came before, flush, stop the fan-out, and exit.
     Stop,
 }
@@ -63,6 +70,8 @@ struct SeqRoom {
     room: Arc<Room>,
     head: u64,
     first: u64,
+    /// Record and members, for managed rooms.
+    state: Option<RoomState>,
 }
 
 enum Outcome {
@@ -84,6 +93,23 @@ enum Outcome {
     },
     Subscribe(SubscribeCmd),
     Unsubscribe(Vec<Arc<crate::fanout::Subscription>>),
+    /// A server-written log entry (membership change).
+    Internal {
+        room: Arc<Room>,
+        seq: Seq,
+        frame: Bytes,
+    },
+    /// The reply to a room operation, sent after the commit.
+    RoomReply {
+        conn: Arc<ConnCtx>,
+        request_id: u32,
+        reply: Result<room_ops::Reply, (ErrorCode, String)>,
+    },
+    /// End a user's subscriptions to a room (after leave or removal).
+    Evict {
+        room: Arc<Room>,
+        user: UserId,
+    },
 }
 
 /// Microseconds since the Unix epoch.
@@ -100,8 +126,13 @@ pub(crate) struct Sequencer {
     log: Arc<dyn RoomLog>,
     registry: Arc<RoomRegistry>,
     cfg: StorageConfig,
+    rooms_cfg: RoomsConfig,
     fanout: Sender<FanoutMsg>,
     stats: Arc<Stats>,
+    /// Metadata writes of the batch being built.
+    meta: Vec<MetaWrite>,
+    /// Managed rooms whose state the batch changed (reloaded if it fails).
+    touched: Vec<RoomId>,
 }
 
 impl Sequencer {
@@ -109,11 +140,15 @@ impl Sequencer {
         log: Arc<dyn RoomLog>,
         registry: Arc<RoomRegistry>,
         cfg: StorageConfig,
+        rooms_cfg: RoomsConfig,
         fanout: Sender<FanoutMsg>,
         stats: Arc<Stats>,
     ) -> Self {
         Self {
             stats,
+            rooms_cfg,
+            meta: Vec::new(),
+            touched: Vec::new(),
             rooms: FxHashMap::default(),
             dedup: Dedup::new(cfg.dedup_window),
             log,
@@ -187,12 +222,14 @@ impl Sequencer {
                     }
                 }
             }
+            let state = RoomState::load(self.log.as_ref(), id)?;
             self.rooms.insert(
                 id.clone(),
                 SeqRoom {
                     room,
                     head: head.0,
                     first: first.0,
+                    state,
                 },
             );
         }
@@ -217,6 +254,7 @@ impl Sequencer {
                     outcomes.push(Outcome::Subscribe(cmd));
                 }
                 SeqMsg::Unsubscribe(subs) => outcomes.push(Outcome::Unsubscribe(subs)),
+                SeqMsg::RoomOp(req) => self.room_op(req, now, &mut old_heads, &mut outcomes),
                 SeqMsg::Stop => {}
             }
         }
@@ -226,7 +264,8 @@ impl Sequencer {
             .filter_map(|o| match o {
                 Outcome::Stored {
                     room, seq, frame, ..
-                } => Some(Append {
+                }
+                | Outcome::Internal { room, seq, frame } => Some(Append {
                     room: &room.id,
                     seq: *seq,
                     record: &frame[raw::event_record_range(&room.id, frame.len())],
@@ -234,10 +273,11 @@ impl Sequencer {
                 _ => None,
             })
             .collect();
-        let committed = if appends.is_empty() {
+        let meta = std::mem::take(&mut self.meta);
+        let committed = if appends.is_empty() && meta.is_empty() {
             Ok(())
         } else {
-            let r = self.log.append_batch(&appends, self.cfg.durability);
+            let r = self.log.commit(&appends, &meta, self.cfg.durability);
             if r.is_ok() {
                 self.stats.commits.fetch_add(1, Ordering::Relaxed);
                 self.stats
@@ -254,6 +294,11 @@ impl Sequencer {
                 if let Some(r) = self.rooms.get_mut(&room) {
                     r.head = head;
                 }
+            }
+            // Managed rooms changed by the batch are reloaded from storage,
+            // which still holds their state from before it.
+            for room in std::mem::take(&mut self.touched) {
+                self.rooms.remove(&room);
             }
             outcomes = outcomes
                 .into_iter()
@@ -272,21 +317,49 @@ impl Sequencer {
                         self.stamp(&mut cmd);
                         Outcome::Subscribe(cmd)
                     }
+                    Outcome::RoomReply {
+                        conn, request_id, ..
+                    } => Outcome::RoomReply {
+                        conn,
+                        request_id,
+                        reply: Err((ErrorCode::Internal, "storage failure; retry".into())),
+                    },
+                    Outcome::Internal { .. } | Outcome::Evict { .. } => {
+                        Outcome::Unsubscribe(Vec::new())
+                    }
                     other => other,
                 })
                 .collect();
         }
+        self.touched.clear();
         self.deliver(outcomes, now);
     }
 
+    /// Whether `user` may read and write `room` (loaded): members of managed
+    /// rooms; anyone in unmanaged rooms when `rooms.auto_create` is on.
+    fn access(&self, room: &SeqRoom, user: &UserId) -> Result<(), (ErrorCode, String)> {
+        match &room.state {
+            Some(st) if st.is_member(user) => Ok(()),
+            Some(_) => Err((
+                ErrorCode::NotMember,
+                format!("{user} is not a member of {}", room.room.id),
+            )),
+            None if self.rooms_cfg.auto_create => Ok(()),
+            None => Err((ErrorCode::NoSuchRoom, format!("no room {}", room.room.id))),
+        }
+    }
+
     fn stamp(&mut self, cmd: &mut SubscribeCmd) {
+        let user = cmd.user.clone();
         for item in &mut cmd.items {
             match self.room(&item.sub.room.id) {
                 Ok(r) => {
                     item.bounds = LogBounds {
                         head: Seq(r.head),
                         first: Seq(r.first.min(r.head + 1).max(1)),
-                    }
+                    };
+                    let r = &self.rooms[&item.sub.room.id];
+                    item.refused = self.access(r, &user).err().map(|(code, _)| code);
                 }
                 Err(e) => {
                     warn!(room = %item.sub.room.id, error = %e, "cannot load room bounds");
@@ -316,6 +389,16 @@ impl Sequencer {
                 };
             }
         };
+        let head = r.head;
+        let r = &self.rooms[&req.room];
+        if let Err((code, message)) = self.access(r, &req.conn.user) {
+            return Outcome::Rejected { req, code, message };
+        }
+        let r = self
+            .rooms
+            .get_mut(&req.room)
+            .expect("the room was loaded above");
+        debug_assert_eq!(r.head, head);
         for reference in [req.refers_to, req.thread].into_iter().flatten() {
             if reference.0 > r.head {
                 let message = format!("room {} has no message {}", req.room, reference.0);
@@ -428,6 +511,26 @@ impl Sequencer {
                     }
                     let _ = self.fanout.send(FanoutMsg::Subscribe(cmd));
                 }
+                Outcome::Internal { room, seq, frame } => {
+                    committed.push(Committed { room, seq, frame });
+                }
+                Outcome::RoomReply {
+                    conn,
+                    request_id,
+                    reply,
+                } => {
+                    let frame = self.room_reply(request_id, reply);
+                    replies.reply(&conn, &frame);
+                }
+                Outcome::Evict { room, user } => {
+                    if !committed.is_empty() {
+                        let _ = self
+                            .fanout
+                            .send(FanoutMsg::Committed(std::mem::take(&mut committed)));
+                    }
+                    let _ = self.fanout.send(FanoutMsg::Evict { room, user });
+                }
+                Outcome::Unsubscribe(subs) if subs.is_empty() => {}
                 Outcome::Unsubscribe(subs) => {
                     if !committed.is_empty() {
                         let _ = self
@@ -472,11 +575,16 @@ impl Replies {
 
     /// Queues a reply frame and releases the publish's permit.
     fn push(&mut self, conn: &Arc<ConnCtx>, frame: &Frame) {
+        self.reply(conn, frame);
+        self.slot(conn).2 += 1;
+    }
+
+    /// Queues a reply frame that holds no publish permit.
+    fn reply(&mut self, conn: &Arc<ConnCtx>, frame: &Frame) {
         let slot = self.slot(conn);
         if let Err(e) = frame.encode(&mut slot.1) {
-            warn!(error = %e, "cannot encode a publish reply");
+            warn!(error = %e, "cannot encode a reply");
         }
-        slot.2 += 1;
     }
 
     fn ack(&mut self, req: &PublishReq, seq: Seq, timestamp_us: u64, duplicate: bool) {

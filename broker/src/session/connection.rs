@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use confab_codec::{
     flags, raw, Ack, Body, Direction, ErrorCode, ErrorFrame, Frame, Goodbye, Hello, HistoryRequest,
-    Pong, Publish, RoomId, Seq, SubscribeItem as WireItem, SubscribeResult, Welcome,
+    ListRooms, Pong, Publish, RoomId, Seq, SubscribeItem as WireItem, SubscribeResult, Welcome,
     PROTOCOL_VERSION,
 };
 use futures_util::StreamExt;
@@ -23,7 +23,8 @@ use super::writer::{write_loop, WriterEnd};
 use super::ConnCtx;
 use crate::auth::Identity;
 use crate::fanout::{Outbox, SubscribeCmd, SubscribeItem, Subscription};
-use crate::sequencer::{now_us, sender_key, PublishReq, SeqMsg};
+use crate::rooms;
+use crate::sequencer::{now_us, sender_key, PublishReq, RoomOp, RoomOpReq, SeqMsg};
 use crate::server::Shared;
 use crate::storage::LogBounds;
 
@@ -359,6 +360,15 @@ impl Session {
                 }
                 push(&outbox, Frame::request(rid, Ack {}));
             }
+            Body::CreateRoom(c) => self.room_op(rid, RoomOp::Create(c)),
+            Body::JoinRoom(j) => self.room_op(rid, RoomOp::Join(j.room)),
+            Body::LeaveRoom(l) => self.room_op(rid, RoomOp::Leave(l.room)),
+            Body::InviteMember(i) => self.room_op(rid, RoomOp::Invite(i.room, i.user)),
+            Body::RemoveMember(r) => self.room_op(rid, RoomOp::Remove(r.room, r.user)),
+            Body::UpdateRoom(u) => self.room_op(rid, RoomOp::Update(u.room, u.meta)),
+            Body::SetRole(r) => self.room_op(rid, RoomOp::SetRole(r.room, r.user, r.role)),
+            Body::GetRoomInfo(g) => self.room_info(rid, g.room).await,
+            Body::ListRooms(l) => self.list_rooms(rid, l).await,
             Body::HistoryRequest(h) => {
                 if !self.grant.may_use(&h.room) {
                     push(
@@ -525,7 +535,11 @@ impl Session {
             }
             results.push(result);
             let room = self.shared.rooms.get_or_create(&item.room);
-            let sub = Arc::new(Subscription::new(room, self.conn.outbox.clone()));
+            let sub = Arc::new(Subscription::for_user(
+                room,
+                self.conn.outbox.clone(),
+                Some(self.conn.user.clone()),
+            ));
             self.subs.insert(item.room, sub.clone());
             stamped.push(SubscribeItem {
                 index,
@@ -533,10 +547,12 @@ impl Session {
                 replaces,
                 start: item.start,
                 bounds: LogBounds::default(),
+                refused: None,
             });
         }
         let cmd = SubscribeCmd {
             outbox: self.conn.outbox.clone(),
+            user: self.conn.user.clone(),
             request_id: rid,
             results,
             items: stamped,
@@ -554,7 +570,12 @@ impl Session {
         let limit = usize::from(h.limit).clamp(1, MAX_HISTORY_LIMIT);
         let max_bytes = (self.shared.config.limits.max_frame_len as usize).saturating_sub(1024);
         let room = h.room.clone();
+        let user = self.conn.user.clone();
+        let auto_create = self.shared.config.rooms.auto_create;
         let read = tokio::task::spawn_blocking(move || {
+            if let Err(refusal) = rooms::access(log.as_ref(), &room, &user, auto_create)? {
+                return Ok(Err(refusal));
+            }
             let bounds = log.bounds(&room)?;
             let records = match h.direction {
                 Direction::Before => {
@@ -573,11 +594,15 @@ impl Session {
                 Direction::Before => records.first().is_some_and(|r| r.seq > bounds.first),
                 Direction::After => records.last().is_some_and(|r| r.seq < bounds.head),
             };
-            Ok::<_, crate::storage::StorageError>((bounds, records, has_more))
+            Ok::<_, crate::storage::StorageError>(Ok((bounds, records, has_more)))
         })
         .await;
         let frame = match read {
-            Ok(Ok((bounds, records, has_more))) => {
+            Ok(Ok(Err((code, message)))) => {
+                push(&self.conn.outbox, error_frame(rid, code, message));
+                return;
+            }
+            Ok(Ok(Ok((bounds, records, has_more)))) => {
                 let bytes: Vec<_> = records.into_iter().map(|r| r.bytes).collect();
                 raw::history_page_frame(rid, &h.room, has_more, bounds.first, &bytes)
                     .map_err(|e| e.to_string())
@@ -595,6 +620,50 @@ impl Session {
                 );
             }
         }
+    }
+
+    fn room_op(&mut self, rid: u32, op: RoomOp) {
+        let req = RoomOpReq {
+            conn: self.conn.clone(),
+            request_id: rid,
+            op,
+        };
+        if self.shared.sequencer.send(SeqMsg::RoomOp(req)).is_err() {
+            push(
+                &self.conn.outbox,
+                error_frame(rid, ErrorCode::ShuttingDown, "server shutting down"),
+            );
+        }
+    }
+
+    async fn room_info(&mut self, rid: u32, room: RoomId) {
+        let log = self.shared.log.clone();
+        let user = self.conn.user.clone();
+        let read =
+            tokio::task::spawn_blocking(move || rooms::info(log.as_ref(), &room, &user)).await;
+        let frame = match read {
+            Ok(Ok(Ok(info))) => Frame::request(rid, info),
+            Ok(Ok(Err((code, message)))) => error_frame(rid, code, message),
+            Ok(Err(e)) => error_frame(rid, ErrorCode::Internal, e.to_string()),
+            Err(e) => error_frame(rid, ErrorCode::Internal, e.to_string()),
+        };
+        push(&self.conn.outbox, frame);
+    }
+
+    async fn list_rooms(&mut self, rid: u32, l: ListRooms) {
+        let log = self.shared.log.clone();
+        let user = self.conn.user.clone();
+        let limit = usize::from(l.limit).clamp(1, 1000);
+        let read = tokio::task::spawn_blocking(move || {
+            rooms::list(log.as_ref(), &user, l.after.as_ref(), limit)
+        })
+        .await;
+        let frame = match read {
+            Ok(Ok(list)) => Frame::request(rid, list),
+            Ok(Err(e)) => error_frame(rid, ErrorCode::Internal, e.to_string()),
+            Err(e) => error_frame(rid, ErrorCode::Internal, e.to_string()),
+        };
+        push(&self.conn.outbox, frame);
     }
 
     fn unsubscribe_all(&mut self) {

@@ -6,13 +6,14 @@ use std::sync::Mutex;
 use bytes::Bytes;
 use confab_codec::{RoomId, Seq};
 
-use super::{Append, LogBounds, RoomLog, StorageError, StoredRecord};
+use super::{Append, LogBounds, MetaEntry, MetaWrite, RoomLog, StorageError, StoredRecord};
 use crate::config::Durability;
 
 /// Keeps every room's log in a `BTreeMap`. Nothing survives the process.
 #[derive(Debug, Default)]
 pub struct MemoryLog {
     rooms: Mutex<HashMap<RoomId, BTreeMap<u64, Bytes>>>,
+    meta: Mutex<BTreeMap<Vec<u8>, Vec<u8>>>,
 }
 
 impl MemoryLog {
@@ -29,8 +30,20 @@ impl MemoryLog {
 }
 
 impl RoomLog for MemoryLog {
-    fn append_batch(&self, batch: &[Append<'_>], _: Durability) -> Result<(), StorageError> {
+    fn commit(
+        &self,
+        batch: &[Append<'_>],
+        meta: &[MetaWrite],
+        _: Durability,
+    ) -> Result<(), StorageError> {
         let mut rooms = self.lock();
+        let mut m = self.meta.lock().unwrap_or_else(|p| p.into_inner());
+        for w in meta {
+            match &w.value {
+                Some(v) => m.insert(w.key.clone(), v.clone()),
+                None => m.remove(&w.key),
+            };
+        }
         for a in batch {
             rooms
                 .entry(a.room.clone())
@@ -113,5 +126,30 @@ impl RoomLog for MemoryLog {
 
     fn flush(&self) -> Result<(), StorageError> {
         Ok(())
+    }
+
+    fn meta_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        Ok(self
+            .meta
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+            .cloned())
+    }
+
+    fn meta_scan(
+        &self,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<MetaEntry>, StorageError> {
+        let m = self.meta.lock().unwrap_or_else(|p| p.into_inner());
+        let start = after.map(<[u8]>::to_vec).unwrap_or_else(|| prefix.to_vec());
+        Ok(m.range(start..)
+            .filter(|(k, _)| Some(k.as_slice()) != after)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .take(limit)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect())
     }
 }

@@ -44,6 +44,19 @@ pub struct Append<'a> {
     pub record: &'a [u8],
 }
 
+/// A change to the metadata keyspace (rooms, membership, markers), written
+/// atomically with the log entries of the same commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetaWrite {
+    /// The key.
+    pub key: Vec<u8>,
+    /// The new value, or `None` to delete the key.
+    pub value: Option<Vec<u8>>,
+}
+
+/// A metadata key and its value.
+pub type MetaEntry = (Vec<u8>, Vec<u8>);
+
 /// The bounds of a room's log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct LogBounds {
@@ -78,7 +91,39 @@ pub trait RoomLog: Send + Sync + 'static {
         &self,
         batch: &[Append<'_>],
         durability: Durability,
+    ) -> Result<(), StorageError> {
+        self.commit(batch, &[], durability)
+    }
+
+    /// Appends log entries and applies metadata changes in one atomic
+    /// write, as durable as `durability` promises.
+    ///
+    /// # Errors
+    /// If the engine fails; then none of it may be acknowledged.
+    fn commit(
+        &self,
+        batch: &[Append<'_>],
+        meta: &[MetaWrite],
+        durability: Durability,
     ) -> Result<(), StorageError>;
+
+    /// One metadata value.
+    ///
+    /// # Errors
+    /// If the engine fails.
+    fn meta_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError>;
+
+    /// Metadata entries whose key starts with `prefix`, in key order,
+    /// starting after `after` (a full key) if given, at most `limit`.
+    ///
+    /// # Errors
+    /// If the engine fails.
+    fn meta_scan(
+        &self,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<MetaEntry>, StorageError>;
 
     /// The current bounds of a room's log.
     ///

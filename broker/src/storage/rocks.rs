@@ -10,7 +10,9 @@ use rocksdb::{
     WriteBatch, WriteOptions, DB,
 };
 
-use super::{record_key, Append, LogBounds, RoomLog, StorageError, StoredRecord};
+use super::{
+    record_key, Append, LogBounds, MetaEntry, MetaWrite, RoomLog, StorageError, StoredRecord,
+};
 use crate::config::Durability;
 
 /// Column family of the room logs.
@@ -83,6 +85,12 @@ impl RocksLog {
         Ok(Self { db })
     }
 
+    fn meta_cf(&self) -> &rocksdb::ColumnFamily {
+        self.db
+            .cf_handle(CF_META)
+            .expect("the meta column family is created at open")
+    }
+
     fn log_cf(&self) -> &rocksdb::ColumnFamily {
         self.db
             .cf_handle(CF_LOG)
@@ -96,15 +104,25 @@ fn decode_seq(key: &[u8], prefix_len: usize) -> Option<Seq> {
 }
 
 impl RoomLog for RocksLog {
-    fn append_batch(
+    fn commit(
         &self,
         batch: &[Append<'_>],
+        meta: &[MetaWrite],
         durability: Durability,
     ) -> Result<(), StorageError> {
         let cf = self.log_cf();
         let mut wb = WriteBatch::default();
         for a in batch {
             wb.put_cf(cf, record_key(a.room, a.seq), a.record);
+        }
+        if !meta.is_empty() {
+            let mcf = self.meta_cf();
+            for w in meta {
+                match &w.value {
+                    Some(v) => wb.put_cf(mcf, &w.key, v),
+                    None => wb.delete_cf(mcf, &w.key),
+                }
+            }
         }
         let mut opts = WriteOptions::default();
         match durability {
@@ -225,6 +243,32 @@ impl RoomLog for RocksLog {
         }
         it.status()?;
         out.reverse();
+        Ok(out)
+    }
+
+    fn meta_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        Ok(self.db.get_cf(self.meta_cf(), key)?)
+    }
+
+    fn meta_scan(
+        &self,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<MetaEntry>, StorageError> {
+        let mut out = Vec::new();
+        let mut it = self.db.raw_iterator_cf(self.meta_cf());
+        it.seek(after.unwrap_or(prefix));
+        while let (Some(k), Some(v)) = (it.key(), it.value()) {
+            if !k.starts_with(prefix) || out.len() >= limit {
+                break;
+            }
+            if Some(k) != after {
+                out.push((k.to_vec(), v.to_vec()));
+            }
+            it.next();
+        }
+        it.status()?;
         Ok(out)
     }
 

@@ -1,0 +1,110 @@
+//! Read-only room queries, answered from storage on a blocking thread:
+//! access checks for history, `GetRoomInfo` and `ListRooms`.
+
+use confab_codec::{EventRecord, JoinPolicy, RoomId, RoomList, RoomSummary, Seq, UserId};
+
+use super::membership::{member_key, role_from, room_key, user_prefix, RoomRecord, RoomState};
+use crate::storage::{RoomLog, StorageError};
+use confab_codec::{ErrorCode, Role, RoomInfo};
+
+/// A refusal: the code and message for the client.
+pub(crate) type Refusal = (ErrorCode, String);
+
+/// Whether `user` may read `room`: a member of a managed room, or anyone
+/// for an unmanaged room when `auto_create` is on.
+pub(crate) fn access(
+    log: &dyn RoomLog,
+    room: &RoomId,
+    user: &UserId,
+    auto_create: bool,
+) -> Result<Result<(), Refusal>, StorageError> {
+    if log.meta_get(&room_key(room))?.is_none() {
+        return Ok(if auto_create {
+            Ok(())
+        } else {
+            Err((ErrorCode::NoSuchRoom, format!("no room {room}")))
+        });
+    }
+    let role = log
+        .meta_get(&member_key(room, user))?
+        .and_then(|v| v.first().copied())
+        .and_then(role_from);
+    Ok(match role {
+        Some(r) if r != Role::Invited => Ok(()),
+        _ => Err((
+            ErrorCode::NotMember,
+            format!("{user} is not a member of {room}"),
+        )),
+    })
+}
+
+/// `GetRoomInfo`: members, and anyone for open rooms, may look.
+pub(crate) fn info(
+    log: &dyn RoomLog,
+    room: &RoomId,
+    user: &UserId,
+) -> Result<Result<RoomInfo, Refusal>, StorageError> {
+    let Some(st) = RoomState::load(log, room)? else {
+        return Ok(Err((
+            ErrorCode::NoSuchRoom,
+            format!("no managed room {room}"),
+        )));
+    };
+    if !st.members.contains_key(user) && st.record.policy() != JoinPolicy::Open {
+        return Ok(Err((
+            ErrorCode::NotMember,
+            format!("{user} is not a member of {room}"),
+        )));
+    }
+    let bounds = log.bounds(room)?;
+    Ok(Ok(st.info(room, bounds.head, bounds.first, 1000)))
+}
+
+/// `ListRooms`: the user's rooms in id order, with head, read marker and
+/// unread count, from the user's room index (no log scan: the head is the
+/// last key of each room's log).
+pub(crate) fn list(
+    log: &dyn RoomLog,
+    user: &UserId,
+    after: Option<&RoomId>,
+    limit: usize,
+) -> Result<RoomList, StorageError> {
+    let prefix = user_prefix(user);
+    let after_key = after.map(|r| {
+        let mut k = prefix.clone();
+        k.extend_from_slice(r.as_bytes());
+        k
+    });
+    let page = log.meta_scan(&prefix, after_key.as_deref(), limit + 1)?;
+    let has_more = page.len() > limit;
+    let mut rooms = Vec::with_capacity(page.len().min(limit));
+    for (k, _) in page.into_iter().take(limit) {
+        let Some(room) = std::str::from_utf8(&k[prefix.len()..])
+            .ok()
+            .and_then(|r| RoomId::new(r).ok())
+        else {
+            continue;
+        };
+        let Some(bytes) = log.meta_get(&room_key(&room))? else {
+            continue;
+        };
+        let record = RoomRecord::decode(&room, &bytes)?;
+        let bounds = log.bounds(&room)?;
+        let last_activity_us = log
+            .read_before(&room, bounds.head.next(), 1, usize::MAX)?
+            .pop()
+            .and_then(|r| EventRecord::decode(r.bytes).ok())
+            .map_or(0, |e| e.timestamp_us);
+        let read = Seq(0);
+        rooms.push(RoomSummary {
+            room,
+            kind: record.kind(),
+            name: record.name.clone(),
+            head: bounds.head,
+            read,
+            unread: bounds.head.0.saturating_sub(read.0),
+            last_activity_us,
+        });
+    }
+    Ok(RoomList { rooms, has_more })
+}

@@ -1,0 +1,487 @@
+//! Room operations: create, join, leave, invite, remove, update, set role.
+//!
+//! They run on the sequencer thread, like publishes, so that a room's
+//! membership and its log change in one order: a membership change is a
+//! log entry (`MEMBER_JOINED`, ...) written in the same atomic batch as the
+//! stored membership, and a publish sequenced after a removal is refused.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use confab_codec::{
+    Ack, CreateRoom, ErrorCode, ErrorFrame, Event, EventRecord, Frame, JoinPolicy, MessageKind,
+    Role, RoomId, RoomKind, RoomMeta, Seq, UserId,
+};
+use rustc_hash::FxHashMap;
+
+use super::{Outcome, Sequencer};
+use crate::rooms::membership::{direct_room_id, room_key, RoomRecord, RoomState};
+use crate::session::ConnCtx;
+use crate::storage::MetaWrite;
+
+/// Most members listed in a `RoomInfo` reply.
+const MAX_LISTED_MEMBERS: usize = 1000;
+
+/// A room operation from a connection.
+#[derive(Debug)]
+pub(crate) struct RoomOpReq {
+    pub(crate) conn: Arc<ConnCtx>,
+    pub(crate) request_id: u32,
+    pub(crate) op: RoomOp,
+}
+
+/// The operations.
+#[derive(Debug)]
+pub(crate) enum RoomOp {
+    Create(CreateRoom),
+    Join(RoomId),
+    Leave(RoomId),
+    Invite(RoomId, UserId),
+    Remove(RoomId, UserId),
+    Update(RoomId, RoomMeta),
+    SetRole(RoomId, UserId, Role),
+}
+
+/// A successful operation's reply.
+#[derive(Debug)]
+pub(crate) enum Reply {
+    /// `RoomInfo` of this room, as of the commit.
+    Info(RoomId),
+    /// `Ack`.
+    Ack,
+}
+
+type OpResult = Result<Reply, (ErrorCode, String)>;
+
+fn err<T>(code: ErrorCode, message: impl Into<String>) -> Result<T, (ErrorCode, String)> {
+    Err((code, message.into()))
+}
+
+impl Sequencer {
+    pub(super) fn room_op(
+        &mut self,
+        req: RoomOpReq,
+        now: u64,
+        old_heads: &mut Vec<(RoomId, u64)>,
+        outcomes: &mut Vec<Outcome>,
+    ) {
+        let RoomOpReq {
+            conn,
+            request_id,
+            op,
+        } = req;
+        let reply = self.apply(&conn, op, now, old_heads, outcomes);
+        outcomes.push(Outcome::RoomReply {
+            conn,
+            request_id,
+            reply,
+        });
+    }
+
+    fn apply(
+        &mut self,
+        conn: &Arc<ConnCtx>,
+        op: RoomOp,
+        now: u64,
+        old_heads: &mut Vec<(RoomId, u64)>,
+        outcomes: &mut Vec<Outcome>,
+    ) -> OpResult {
+        let me = &conn.user;
+        match op {
+            RoomOp::Create(c) => self.create(conn, c, now, old_heads, outcomes),
+            RoomOp::Join(room) => {
+                let st = self.managed(&room)?;
+                match st.members.get(me) {
+                    Some(Role::Invited) => {}
+                    Some(_) => return Ok(Reply::Info(room)),
+                    None if st.record.policy() == JoinPolicy::Open => {}
+                    None => return err(ErrorCode::Forbidden, "the room is invite-only"),
+                }
+                self.check_capacity(&room, 1)?;
+                self.change(&room, me, Some(Role::Member));
+                self.internal(
+                    conn,
+                    &room,
+                    MessageKind::MEMBER_JOINED,
+                    me,
+                    now,
+                    old_heads,
+                    outcomes,
+                );
+                Ok(Reply::Info(room))
+            }
+            RoomOp::Leave(room) => {
+                let st = self.managed(&room)?;
+                if !st.members.contains_key(me) {
+                    return err(ErrorCode::NotMember, "not a member");
+                }
+                if st.members.get(me) == Some(&Role::Owner)
+                    && !st.members.iter().any(|(u, r)| *r == Role::Owner && u != me)
+                    && st.member_count() > 1
+                {
+                    return err(
+                        ErrorCode::Forbidden,
+                        "the last owner cannot leave; give the role to another member first",
+                    );
+                }
+                self.internal(
+                    conn,
+                    &room,
+                    MessageKind::MEMBER_LEFT,
+                    me,
+                    now,
+                    old_heads,
+                    outcomes,
+                );
+                self.change(&room, me, None);
+                self.evict(&room, me, outcomes);
+                Ok(Reply::Ack)
+            }
+            RoomOp::Invite(room, user) => {
+                let st = self.managed(&room)?;
+                let allowed =
+                    st.is_admin(me) || (st.record.policy() == JoinPolicy::Open && st.is_member(me));
+                if !allowed {
+                    return err(ErrorCode::Forbidden, "only admins and owners may invite");
+                }
+                if st.members.contains_key(&user) {
+                    return Ok(Reply::Ack);
+                }
+                self.check_capacity(&room, 1)?;
+                self.change(&room, &user, Some(Role::Invited));
+                self.internal(
+                    conn,
+                    &room,
+                    MessageKind::MEMBER_INVITED,
+                    &user,
+                    now,
+                    old_heads,
+                    outcomes,
+                );
+                Ok(Reply::Ack)
+            }
+            RoomOp::Remove(room, user) => {
+                let st = self.managed(&room)?;
+                if !st.is_admin(me) {
+                    return err(
+                        ErrorCode::Forbidden,
+                        "only admins and owners may remove members",
+                    );
+                }
+                match st.members.get(&user) {
+                    None => return err(ErrorCode::NotMember, format!("{user} is not a member")),
+                    Some(Role::Owner) if st.members.get(me) != Some(&Role::Owner) => {
+                        return err(ErrorCode::Forbidden, "only an owner may remove an owner")
+                    }
+                    _ => {}
+                }
+                self.internal(
+                    conn,
+                    &room,
+                    MessageKind::MEMBER_REMOVED,
+                    &user,
+                    now,
+                    old_heads,
+                    outcomes,
+                );
+                self.change(&room, &user, None);
+                self.evict(&room, &user, outcomes);
+                Ok(Reply::Ack)
+            }
+            RoomOp::Update(room, meta) => {
+                let st = self.managed(&room)?;
+                if !st.is_admin(me) {
+                    return err(
+                        ErrorCode::Forbidden,
+                        "only admins and owners may edit the room",
+                    );
+                }
+                let mut record = st.record.clone();
+                record.name = meta.name;
+                record.topic = meta.topic;
+                record.avatar_url = meta.avatar_url;
+                self.put_record(&room, record);
+                let payload = serde_json::json!({"name": "updated"}).to_string();
+                self.internal_payload(
+                    conn,
+                    &room,
+                    MessageKind::ROOM_UPDATED,
+                    Bytes::from(payload),
+                    now,
+                    old_heads,
+                    outcomes,
+                );
+                Ok(Reply::Info(room))
+            }
+            RoomOp::SetRole(room, user, role) => {
+                let st = self.managed(&room)?;
+                if st.members.get(me) != Some(&Role::Owner) {
+                    return err(ErrorCode::Forbidden, "only owners may change roles");
+                }
+                if role == Role::Invited || !st.is_member(&user) {
+                    return err(
+                        ErrorCode::InvalidRequest,
+                        "the target must be a member and the role not Invited",
+                    );
+                }
+                self.change(&room, &user, Some(role));
+                Ok(Reply::Ack)
+            }
+        }
+    }
+
+    fn create(
+        &mut self,
+        conn: &Arc<ConnCtx>,
+        c: CreateRoom,
+        now: u64,
+        old_heads: &mut Vec<(RoomId, u64)>,
+        outcomes: &mut Vec<Outcome>,
+    ) -> OpResult {
+        let me = conn.user.clone();
+        let (room, members, policy) = match c.kind {
+            RoomKind::Direct => {
+                let Some(peer) = c.peer else {
+                    return err(ErrorCode::InvalidRequest, "a direct room needs a peer");
+                };
+                if peer == me {
+                    return err(
+                        ErrorCode::InvalidRequest,
+                        "a direct room needs another user",
+                    );
+                }
+                let room = direct_room_id(&me, &peer);
+                (
+                    room,
+                    vec![(me.clone(), Role::Member), (peer, Role::Member)],
+                    JoinPolicy::InviteOnly,
+                )
+            }
+            RoomKind::Group => {
+                let room = match c.room {
+                    Some(r) => r,
+                    None => generated_room_id(now, &me),
+                };
+                let mut members = vec![(me.clone(), Role::Owner)];
+                for u in c.invite {
+                    if u != me && !members.iter().any(|(m, _)| *m == u) {
+                        members.push((u, Role::Invited));
+                    }
+                }
+                (room, members, c.policy)
+            }
+        };
+        if members.len() > self.rooms_cfg.max_members {
+            return err(ErrorCode::RoomFull, "too many members");
+        }
+        let existing = self
+            .room(&room)
+            .map_err(|e| (ErrorCode::Internal, e.to_string()))?;
+        if existing.state.is_some() {
+            if c.kind == RoomKind::Direct {
+                // Both users find the same room: creating it again is a lookup.
+                return Ok(Reply::Info(room));
+            }
+            return err(ErrorCode::RoomExists, format!("room {room} exists"));
+        }
+        if existing.head > 0 {
+            return err(
+                ErrorCode::RoomExists,
+                format!("room {room} is already in use as an unmanaged room"),
+            );
+        }
+        let record = RoomRecord {
+            kind: c.kind as u8,
+            policy: policy as u8,
+            name: c.meta.name,
+            topic: c.meta.topic,
+            avatar_url: c.meta.avatar_url,
+            created_at_us: now,
+            created_by: me.to_string(),
+        };
+        self.touched.push(room.clone());
+        let r = self.rooms.get_mut(&room).expect("loaded above");
+        r.state = Some(RoomState {
+            record: record.clone(),
+            members: FxHashMap::default(),
+        });
+        self.meta.push(MetaWrite {
+            key: room_key(&room),
+            value: Some(record.encode()),
+        });
+        for (user, role) in &members {
+            self.change(&room, user, Some(*role));
+        }
+        for (user, role) in &members {
+            let kind = if *role == Role::Invited {
+                MessageKind::MEMBER_INVITED
+            } else {
+                MessageKind::MEMBER_JOINED
+            };
+            self.internal(conn, &room, kind, user, now, old_heads, outcomes);
+        }
+        Ok(Reply::Info(room))
+    }
+
+    /// A loaded managed room's state.
+    fn managed(&mut self, room: &RoomId) -> Result<&RoomState, (ErrorCode, String)> {
+        let r = self
+            .room(room)
+            .map_err(|e| (ErrorCode::Internal, e.to_string()))?;
+        r.state
+            .as_ref()
+            .ok_or_else(|| (ErrorCode::NoSuchRoom, format!("no managed room {room}")))
+    }
+
+    fn check_capacity(&self, room: &RoomId, more: usize) -> Result<(), (ErrorCode, String)> {
+        let n = self.rooms[room]
+            .state
+            .as_ref()
+            .map_or(0, |s| s.members.len());
+        if n + more > self.rooms_cfg.max_members {
+            return err(ErrorCode::RoomFull, "the room is full");
+        }
+        Ok(())
+    }
+
+    /// Sets or removes a membership, in memory and in the batch's writes.
+    fn change(&mut self, room: &RoomId, user: &UserId, role: Option<Role>) {
+        if !self.touched.contains(room) {
+            self.touched.push(room.clone());
+        }
+        let Some(st) = self.rooms.get_mut(room).and_then(|r| r.state.as_mut()) else {
+            return;
+        };
+        let writes = match role {
+            Some(role) => st.set_role(room, user, role),
+            None => st.remove(room, user),
+        };
+        self.meta.extend(writes);
+    }
+
+    fn put_record(&mut self, room: &RoomId, record: RoomRecord) {
+        if !self.touched.contains(room) {
+            self.touched.push(room.clone());
+        }
+        self.meta.push(MetaWrite {
+            key: room_key(room),
+            value: Some(record.encode()),
+        });
+        if let Some(st) = self.rooms.get_mut(room).and_then(|r| r.state.as_mut()) {
+            st.record = record;
+        }
+    }
+
+    fn evict(&mut self, room: &RoomId, user: &UserId, outcomes: &mut Vec<Outcome>) {
+        if let Some(r) = self.rooms.get(room) {
+            outcomes.push(Outcome::Evict {
+                room: r.room.clone(),
+                user: user.clone(),
+            });
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn internal(
+        &mut self,
+        conn: &Arc<ConnCtx>,
+        room: &RoomId,
+        kind: MessageKind,
+        subject: &UserId,
+        now: u64,
+        old_heads: &mut Vec<(RoomId, u64)>,
+        outcomes: &mut Vec<Outcome>,
+    ) {
+        let payload = Bytes::copy_from_slice(subject.as_bytes());
+        self.internal_payload(conn, room, kind, payload, now, old_heads, outcomes);
+    }
+
+    /// Stages a server-written log entry, sent by the acting user's device.
+    #[allow(clippy::too_many_arguments)]
+    fn internal_payload(
+        &mut self,
+        conn: &Arc<ConnCtx>,
+        room: &RoomId,
+        kind: MessageKind,
+        payload: Bytes,
+        now: u64,
+        old_heads: &mut Vec<(RoomId, u64)>,
+        outcomes: &mut Vec<Outcome>,
+    ) {
+        let Some(r) = self.rooms.get_mut(room) else {
+            return;
+        };
+        if !old_heads.iter().any(|(id, _)| id == room) {
+            old_heads.push((room.clone(), r.head));
+        }
+        r.head += 1;
+        let seq = Seq(r.head);
+        let frame = Frame::new(Event {
+            room: room.clone(),
+            event: EventRecord {
+                seq,
+                timestamp_us: now,
+                sender: conn.user.clone(),
+                device: conn.device.clone(),
+                client_msg_id: 0,
+                kind,
+                refers_to: None,
+                thread: None,
+                payload,
+            },
+        })
+        .to_bytes();
+        match frame {
+            Ok(frame) => outcomes.push(Outcome::Internal {
+                room: r.room.clone(),
+                seq,
+                frame,
+            }),
+            Err(_) => r.head -= 1,
+        }
+    }
+
+    /// The reply frame of a room operation, built after the commit.
+    pub(super) fn room_reply(&mut self, request_id: u32, reply: OpResult) -> Frame {
+        match reply {
+            Ok(Reply::Ack) => Frame::request(request_id, Ack {}),
+            Ok(Reply::Info(room)) => match self.rooms.get(&room) {
+                Some(r) if r.state.is_some() => {
+                    let first = Seq(r.first.min(r.head + 1).max(1));
+                    let info = r
+                        .state
+                        .as_ref()
+                        .map(|st| st.info(&room, Seq(r.head), first, MAX_LISTED_MEMBERS));
+                    match info {
+                        Some(info) => Frame::request(request_id, info),
+                        None => Frame::request(request_id, Ack {}),
+                    }
+                }
+                _ => error(request_id, ErrorCode::Internal, "room state unavailable"),
+            },
+            Err((code, message)) => error(request_id, code, message),
+        }
+    }
+}
+
+fn error(request_id: u32, code: ErrorCode, message: impl Into<String>) -> Frame {
+    Frame::request(
+        request_id,
+        ErrorFrame {
+            code,
+            retry_after_ms: 0,
+            message: message.into(),
+        },
+    )
+}
+
+/// A fresh group room id: `g-` and 24 hex digits from the clock and the
+/// creator (unique in practice; a clash is refused as `RoomExists`).
+fn generated_room_id(now: u64, creator: &UserId) -> RoomId {
+    let mut x = now ^ 0x9E37_79B9_7F4A_7C15;
+    for b in creator.as_bytes() {
+        x = (x ^ u64::from(*b)).wrapping_mul(0x100_0000_01B3);
+    }
+    let r: u32 = rand::random();
+    RoomId::new(format!("g-{x:016x}{r:08x}")).expect("26 ASCII characters are a valid room id")
+}
