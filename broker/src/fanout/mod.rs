@@ -67,6 +67,12 @@ pub(crate) enum FanoutMsg {
     Committed(Vec<Committed>),
     Subscribe(SubscribeCmd),
     Unsubscribe(Vec<Arc<Subscription>>),
+    /// An ephemeral frame (receipts, typing) for every device following the
+    /// room; dropped for devices whose queue is full.
+    Ephemeral {
+        room: Arc<Room>,
+        frame: Bytes,
+    },
     /// Ends every subscription of `user` to `room` (left or removed).
     Evict {
         room: Arc<Room>,
@@ -132,6 +138,13 @@ fn handle(
             for sub in subs {
                 sub.close();
                 sub.room.remove_subscriber(&sub);
+            }
+        }
+        FanoutMsg::Ephemeral { room, frame } => {
+            for sub in room.subscribers().iter() {
+                if sub.outbox.try_push_event(&frame) && sub.outbox.mark_wake() {
+                    to_wake.push(sub.outbox.clone());
+                }
             }
         }
         FanoutMsg::Evict { room, user } => {

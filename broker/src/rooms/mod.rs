@@ -3,8 +3,9 @@
 
 pub(crate) mod membership;
 mod queries;
+pub(crate) mod receipts;
 
-pub(crate) use queries::{access, info, list};
+pub(crate) use queries::{access, info, list, status};
 
 use std::sync::Arc;
 

@@ -1,7 +1,7 @@
 //! Read-only room queries, answered from storage on a blocking thread:
 //! access checks for history, `GetRoomInfo` and `ListRooms`.
 
-use confab_codec::{EventRecord, JoinPolicy, RoomId, RoomList, RoomSummary, Seq, UserId};
+use confab_codec::{EventRecord, JoinPolicy, RoomId, RoomList, RoomSummary, UserId};
 
 use super::membership::{member_key, role_from, room_key, user_prefix, RoomRecord, RoomState};
 use crate::storage::{RoomLog, StorageError};
@@ -95,7 +95,7 @@ pub(crate) fn list(
             .pop()
             .and_then(|r| EventRecord::decode(r.bytes).ok())
             .map_or(0, |e| e.timestamp_us);
-        let read = Seq(0);
+        let read = super::receipts::read_marker(log, &room, user)?;
         rooms.push(RoomSummary {
             room,
             kind: record.kind(),
@@ -107,4 +107,45 @@ pub(crate) fn list(
         });
     }
     Ok(RoomList { rooms, has_more })
+}
+
+/// `GetMessageStatus`: members of a managed room may ask how far one of
+/// its messages got.
+pub(crate) fn status(
+    log: &dyn RoomLog,
+    room: &RoomId,
+    user: &UserId,
+    seq: confab_codec::Seq,
+) -> Result<Result<confab_codec::MessageStatus, Refusal>, StorageError> {
+    let Some(st) = RoomState::load(log, room)? else {
+        return Ok(Err((
+            ErrorCode::NoSuchRoom,
+            format!("message status needs a managed room; {room} is not one"),
+        )));
+    };
+    if !st.is_member(user) {
+        return Ok(Err((
+            ErrorCode::NotMember,
+            format!("{user} is not a member of {room}"),
+        )));
+    }
+    let Some(rec) = log.read_range(room, seq, seq, 1, usize::MAX)?.pop() else {
+        return Ok(Err((
+            ErrorCode::NoSuchMessage,
+            format!("room {room} has no message {seq}"),
+        )));
+    };
+    let Ok(event) = EventRecord::decode(rec.bytes) else {
+        return Err(StorageError::Corrupt {
+            room: room.to_string(),
+            seq: seq.0,
+        });
+    };
+    Ok(Ok(super::receipts::message_status(
+        log,
+        room,
+        &st,
+        seq,
+        &event.sender,
+    )?))
 }

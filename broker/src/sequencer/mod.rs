@@ -12,7 +12,7 @@
 mod dedup;
 mod room_ops;
 
-pub(crate) use room_ops::{RoomOp, RoomOpReq};
+pub(crate) use room_ops::{ReceiptReq, RoomOp, RoomOpReq};
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -60,6 +60,8 @@ pub(crate) enum SeqMsg {
     Unsubscribe(Vec<Arc<crate::fanout::Subscription>>),
     /// Creates a room or changes its membership or metadata.
     RoomOp(RoomOpReq),
+    /// Moves a delivered or read marker.
+    Receipt(ReceiptReq),
     /// Commit what came before, flush, stop the fan-out, and exit.
     Stop,
 }
@@ -93,6 +95,11 @@ enum Outcome {
     },
     Subscribe(SubscribeCmd),
     Unsubscribe(Vec<Arc<crate::fanout::Subscription>>),
+    /// A marker moved (pushed to the room's devices after the commit).
+    Receipt {
+        room: Arc<Room>,
+        entry: confab_codec::ReceiptEntry,
+    },
     /// A server-written log entry (membership change).
     Internal {
         room: Arc<Room>,
@@ -133,6 +140,8 @@ pub(crate) struct Sequencer {
     meta: Vec<MetaWrite>,
     /// Managed rooms whose state the batch changed (reloaded if it fails).
     touched: Vec<RoomId>,
+    /// Markers written by the batch being built, by key.
+    markers: FxHashMap<Vec<u8>, u64>,
 }
 
 impl Sequencer {
@@ -149,6 +158,7 @@ impl Sequencer {
             rooms_cfg,
             meta: Vec::new(),
             touched: Vec::new(),
+            markers: FxHashMap::default(),
             rooms: FxHashMap::default(),
             dedup: Dedup::new(cfg.dedup_window),
             log,
@@ -255,6 +265,7 @@ impl Sequencer {
                 }
                 SeqMsg::Unsubscribe(subs) => outcomes.push(Outcome::Unsubscribe(subs)),
                 SeqMsg::RoomOp(req) => self.room_op(req, now, &mut old_heads, &mut outcomes),
+                SeqMsg::Receipt(req) => self.receipt(req, &mut outcomes),
                 SeqMsg::Stop => {}
             }
         }
@@ -324,7 +335,7 @@ impl Sequencer {
                         request_id,
                         reply: Err((ErrorCode::Internal, "storage failure; retry".into())),
                     },
-                    Outcome::Internal { .. } | Outcome::Evict { .. } => {
+                    Outcome::Internal { .. } | Outcome::Evict { .. } | Outcome::Receipt { .. } => {
                         Outcome::Unsubscribe(Vec::new())
                     }
                     other => other,
@@ -332,6 +343,7 @@ impl Sequencer {
                 .collect();
         }
         self.touched.clear();
+        self.markers.clear();
         self.deliver(outcomes, now);
     }
 
@@ -476,6 +488,7 @@ impl Sequencer {
     /// fan-out, keeping their relative order.
     fn deliver(&mut self, outcomes: Vec<Outcome>, now: u64) {
         let mut committed = Vec::new();
+        let mut receipts: Vec<(Arc<Room>, Vec<confab_codec::ReceiptEntry>)> = Vec::new();
         let mut replies = Replies::default();
         for outcome in outcomes {
             match outcome {
@@ -530,6 +543,12 @@ impl Sequencer {
                     }
                     let _ = self.fanout.send(FanoutMsg::Evict { room, user });
                 }
+                Outcome::Receipt { room, entry } => {
+                    match receipts.iter_mut().find(|(r, _)| Arc::ptr_eq(r, &room)) {
+                        Some((_, entries)) => entries.push(entry),
+                        None => receipts.push((room, vec![entry])),
+                    }
+                }
                 Outcome::Unsubscribe(subs) if subs.is_empty() => {}
                 Outcome::Unsubscribe(subs) => {
                     if !committed.is_empty() {
@@ -544,6 +563,16 @@ impl Sequencer {
         replies.flush();
         if !committed.is_empty() {
             let _ = self.fanout.send(FanoutMsg::Committed(committed));
+        }
+        // Markers of one commit reach each room's devices as one event.
+        for (room, entries) in receipts {
+            let frame = Frame::new(confab_codec::ReceiptEvent {
+                room: room.id.clone(),
+                entries,
+            });
+            if let Ok(frame) = frame.to_bytes() {
+                let _ = self.fanout.send(FanoutMsg::Ephemeral { room, frame });
+            }
         }
     }
 }

@@ -16,6 +16,7 @@ use rustc_hash::FxHashMap;
 
 use super::{Outcome, Sequencer};
 use crate::rooms::membership::{direct_room_id, room_key, RoomRecord, RoomState};
+use crate::rooms::receipts::{decode_marker, delivered_key, read_key};
 use crate::session::ConnCtx;
 use crate::storage::MetaWrite;
 
@@ -40,6 +41,14 @@ pub(crate) enum RoomOp {
     Remove(RoomId, UserId),
     Update(RoomId, RoomMeta),
     SetRole(RoomId, UserId, Role),
+}
+
+/// A receipt from a device.
+#[derive(Debug)]
+pub(crate) struct ReceiptReq {
+    pub(crate) conn: Arc<ConnCtx>,
+    pub(crate) request_id: u32,
+    pub(crate) receipt: confab_codec::Receipt,
 }
 
 /// A successful operation's reply.
@@ -75,6 +84,66 @@ impl Sequencer {
             conn,
             request_id,
             reply,
+        });
+    }
+
+    /// Moves a marker forward (never back); answers only on failure.
+    pub(super) fn receipt(&mut self, req: ReceiptReq, outcomes: &mut Vec<Outcome>) {
+        let ReceiptReq {
+            conn,
+            request_id,
+            receipt,
+        } = req;
+        let refuse = |outcomes: &mut Vec<Outcome>, code, message: String| {
+            outcomes.push(Outcome::RoomReply {
+                conn: conn.clone(),
+                request_id,
+                reply: Err((code, message)),
+            });
+        };
+        let head = match self.room(&receipt.room) {
+            Ok(r) => r.head,
+            Err(e) => return refuse(outcomes, ErrorCode::Internal, e.to_string()),
+        };
+        if let Err((code, message)) = self.access(&self.rooms[&receipt.room], &conn.user) {
+            return refuse(outcomes, code, message);
+        }
+        if receipt.seq.0 > head {
+            return refuse(
+                outcomes,
+                ErrorCode::NoSuchMessage,
+                format!("room {} has no message {}", receipt.room, receipt.seq),
+            );
+        }
+        let key = match receipt.kind {
+            confab_codec::ReceiptKind::Delivered => {
+                delivered_key(&receipt.room, &conn.user, &conn.device)
+            }
+            confab_codec::ReceiptKind::Read => read_key(&receipt.room, &conn.user),
+        };
+        let current = match self.markers.get(&key) {
+            Some(v) => *v,
+            None => match self.log.meta_get(&key) {
+                Ok(v) => v.map_or(0, |v| decode_marker(&v)),
+                Err(e) => return refuse(outcomes, ErrorCode::Internal, e.to_string()),
+            },
+        };
+        if receipt.seq.0 <= current {
+            return;
+        }
+        self.markers.insert(key.clone(), receipt.seq.0);
+        self.meta.push(MetaWrite {
+            key,
+            value: Some(receipt.seq.0.to_be_bytes().to_vec()),
+        });
+        outcomes.push(Outcome::Receipt {
+            room: self.rooms[&receipt.room].room.clone(),
+            entry: confab_codec::ReceiptEntry {
+                user: conn.user.clone(),
+                device: conn.device.clone(),
+                kind: receipt.kind,
+                seq: receipt.seq,
+            },
         });
     }
 

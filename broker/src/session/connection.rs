@@ -24,7 +24,7 @@ use super::ConnCtx;
 use crate::auth::Identity;
 use crate::fanout::{Outbox, SubscribeCmd, SubscribeItem, Subscription};
 use crate::rooms;
-use crate::sequencer::{now_us, sender_key, PublishReq, RoomOp, RoomOpReq, SeqMsg};
+use crate::sequencer::{now_us, sender_key, PublishReq, ReceiptReq, RoomOp, RoomOpReq, SeqMsg};
 use crate::server::Shared;
 use crate::storage::LogBounds;
 
@@ -368,6 +368,28 @@ impl Session {
             Body::UpdateRoom(u) => self.room_op(rid, RoomOp::Update(u.room, u.meta)),
             Body::SetRole(r) => self.room_op(rid, RoomOp::SetRole(r.room, r.user, r.role)),
             Body::GetRoomInfo(g) => self.room_info(rid, g.room).await,
+            Body::Receipt(r) => {
+                if !self.grant.may_use(&r.room) {
+                    push(
+                        &outbox,
+                        error_frame(
+                            rid,
+                            ErrorCode::Forbidden,
+                            "the token does not allow this room",
+                        ),
+                    );
+                } else {
+                    let req = ReceiptReq {
+                        conn: self.conn.clone(),
+                        request_id: rid,
+                        receipt: r,
+                    };
+                    if self.shared.sequencer.send(SeqMsg::Receipt(req)).is_err() {
+                        return Some((ErrorCode::ShuttingDown, "server shutting down".into()));
+                    }
+                }
+            }
+            Body::GetMessageStatus(g) => self.message_status(rid, g.room, g.seq).await,
             Body::ListRooms(l) => self.list_rooms(rid, l).await,
             Body::HistoryRequest(h) => {
                 if !self.grant.may_use(&h.room) {
@@ -643,6 +665,21 @@ impl Session {
             tokio::task::spawn_blocking(move || rooms::info(log.as_ref(), &room, &user)).await;
         let frame = match read {
             Ok(Ok(Ok(info))) => Frame::request(rid, info),
+            Ok(Ok(Err((code, message)))) => error_frame(rid, code, message),
+            Ok(Err(e)) => error_frame(rid, ErrorCode::Internal, e.to_string()),
+            Err(e) => error_frame(rid, ErrorCode::Internal, e.to_string()),
+        };
+        push(&self.conn.outbox, frame);
+    }
+
+    async fn message_status(&mut self, rid: u32, room: RoomId, seq: Seq) {
+        let log = self.shared.log.clone();
+        let user = self.conn.user.clone();
+        let read =
+            tokio::task::spawn_blocking(move || rooms::status(log.as_ref(), &room, &user, seq))
+                .await;
+        let frame = match read {
+            Ok(Ok(Ok(status))) => Frame::request(rid, status),
             Ok(Ok(Err((code, message)))) => error_frame(rid, code, message),
             Ok(Err(e)) => error_frame(rid, ErrorCode::Internal, e.to_string()),
             Err(e) => error_frame(rid, ErrorCode::Internal, e.to_string()),
