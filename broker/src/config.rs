@@ -191,6 +191,10 @@ pub struct RoomsConfig {
     pub auto_create: bool,
     /// Most members (and invitees) in one room.
     pub max_members: usize,
+    /// Typing changes are published at most once per this window, in milliseconds.
+    pub typing_window_ms: u64,
+    /// A typing start expires after this long without a refresh, in milliseconds.
+    pub typing_ttl_ms: u64,
 }
 
 impl Default for RoomsConfig {
@@ -198,6 +202,8 @@ impl Default for RoomsConfig {
         Self {
             auto_create: true,
             max_members: 10_000,
+            typing_window_ms: 200,
+            typing_ttl_ms: 5_000,
         }
     }
 }
@@ -441,6 +447,13 @@ impl Config {
             if !ok {
                 return Err(ConfigError::Invalid(message.into()));
             }
+        }
+        if self.rooms.typing_window_ms < 10
+            || self.rooms.typing_ttl_ms < self.rooms.typing_window_ms
+        {
+            return Err(ConfigError::Invalid(
+                "rooms.typing_window_ms must be at least 10 and rooms.typing_ttl_ms at least the window".into(),
+            ));
         }
         let jwt = &self.auth.jwt;
         if self.auth.mode == AuthMode::Jwt

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use crossbeam_channel::Sender;
 use tokio::net::TcpListener;
@@ -14,6 +15,7 @@ use tracing::{info, warn};
 use crate::auth::{Authenticator, DenyAll, DevAuth, JwtAuth};
 use crate::config::{AuthMode, Config};
 use crate::fanout::{self, CatchupCtx};
+use crate::rooms::typing::TypingHub;
 use crate::rooms::RoomRegistry;
 use crate::sequencer::{SeqMsg, Sequencer};
 use crate::session::DeviceRegistry;
@@ -66,6 +68,7 @@ pub(crate) struct Shared {
     pub(crate) shutdown: CancellationToken,
     pub(crate) stats: Arc<Stats>,
     pub(crate) devices: DeviceRegistry,
+    pub(crate) typing: Arc<TypingHub>,
 }
 
 /// Builds a broker: configuration first, then optional replacements for
@@ -158,6 +161,9 @@ impl BrokerBuilder {
         })?;
 
         let rooms = Arc::new(RoomRegistry::default());
+        let typing = Arc::new(TypingHub::new(Duration::from_millis(
+            config.rooms.typing_ttl_ms,
+        )));
         let stats = Arc::new(Stats::default());
         let (seq_tx, seq_rx) = crossbeam_channel::unbounded();
         // Bounded: when fan-out falls behind the sequencer (more deliveries
@@ -202,7 +208,13 @@ impl BrokerBuilder {
             shutdown: shutdown.clone(),
             stats,
             devices: DeviceRegistry::default(),
+            typing: typing.clone(),
         });
+        tasks.spawn(crate::rooms::typing::run(
+            typing,
+            Duration::from_millis(shared.config.rooms.typing_window_ms),
+            shutdown.clone(),
+        ));
         tasks.spawn(transport::tcp::accept_loop(
             listener,
             shared.clone(),

@@ -4,6 +4,7 @@
 pub(crate) mod membership;
 mod queries;
 pub(crate) mod receipts;
+pub(crate) mod typing;
 
 pub(crate) use queries::{access, info, list, status};
 

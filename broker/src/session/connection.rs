@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use confab_codec::{
     flags, raw, Ack, Body, Direction, ErrorCode, ErrorFrame, Frame, Goodbye, Hello, HistoryRequest,
-    ListRooms, Pong, Publish, RoomId, Seq, SubscribeItem as WireItem, SubscribeResult, Welcome,
-    PROTOCOL_VERSION,
+    ListRooms, Pong, Publish, RoomId, Seq, SubscribeItem as WireItem, SubscribeResult, Typing,
+    Welcome, PROTOCOL_VERSION,
 };
 use futures_util::StreamExt;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
@@ -390,6 +390,7 @@ impl Session {
                 }
             }
             Body::GetMessageStatus(g) => self.message_status(rid, g.room, g.seq).await,
+            Body::Typing(t) => self.typing(rid, t).await,
             Body::ListRooms(l) => self.list_rooms(rid, l).await,
             Body::HistoryRequest(h) => {
                 if !self.grant.may_use(&h.room) {
@@ -670,6 +671,46 @@ impl Session {
             Err(e) => error_frame(rid, ErrorCode::Internal, e.to_string()),
         };
         push(&self.conn.outbox, frame);
+    }
+
+    /// Typing has no reply unless it fails; members only.
+    async fn typing(&mut self, rid: u32, t: Typing) {
+        if !self.grant.may_use(&t.room) {
+            push(
+                &self.conn.outbox,
+                error_frame(
+                    rid,
+                    ErrorCode::Forbidden,
+                    "the token does not allow this room",
+                ),
+            );
+            return;
+        }
+        let log = self.shared.log.clone();
+        let (room, user) = (t.room.clone(), self.conn.user.clone());
+        let auto_create = self.shared.config.rooms.auto_create;
+        let allowed = tokio::task::spawn_blocking(move || {
+            rooms::access(log.as_ref(), &room, &user, auto_create)
+        })
+        .await;
+        match allowed {
+            Ok(Ok(Ok(()))) => {
+                let room = self.shared.rooms.get_or_create(&t.room);
+                self.shared.typing.set(
+                    room,
+                    self.conn.user.clone(),
+                    t.active,
+                    tokio::time::Instant::now(),
+                );
+            }
+            Ok(Ok(Err((code, message)))) => {
+                push(&self.conn.outbox, error_frame(rid, code, message))
+            }
+            _ => push(
+                &self.conn.outbox,
+                error_frame(rid, ErrorCode::Internal, "typing failed"),
+            ),
+        }
     }
 
     async fn message_status(&mut self, rid: u32, room: RoomId, seq: Seq) {
