@@ -55,6 +55,26 @@ pub(crate) fn read_marker(
         .map_or(0, |v| decode_marker(&v))))
 }
 
+/// Calls `f` with the rest of the key (after `prefix`) and the marker of
+/// every entry under `prefix`, page by page.
+fn scan_markers(
+    log: &dyn RoomLog,
+    prefix: &[u8],
+    mut f: impl FnMut(&[u8], u64),
+) -> Result<(), StorageError> {
+    let mut after: Option<Vec<u8>> = None;
+    loop {
+        let page = log.meta_scan(prefix, after.as_deref(), 4096)?;
+        for (k, v) in &page {
+            f(&k[prefix.len()..], decode_marker(v));
+        }
+        match page.last() {
+            Some((last, _)) if page.len() == 4096 => after = Some(last.clone()),
+            _ => return Ok(()),
+        }
+    }
+}
+
 /// How far a message got: among the room's members other than its sender,
 /// how many have a device that received it and how many read it.
 pub(crate) fn message_status(
@@ -69,34 +89,26 @@ pub(crate) fn message_status(
         .keys()
         .filter(|u| *u != sender && state.is_member(u))
         .collect();
+    // One prefix scan per marker kind, not a lookup per member.
     let mut delivered = std::collections::HashSet::new();
-    let prefix = room_prefix(b'd', room);
-    let mut after: Option<Vec<u8>> = None;
-    loop {
-        let page = log.meta_scan(&prefix, after.as_deref(), 4096)?;
-        let Some((last, _)) = page.last() else { break };
-        after = Some(last.clone());
-        for (k, v) in &page {
-            let rest = &k[prefix.len()..];
-            let Some(&len) = rest.first() else { continue };
-            let Some(user) = rest.get(1..1 + len as usize) else {
-                continue;
-            };
-            if decode_marker(v) >= seq.0 {
+    scan_markers(log, &room_prefix(b'd', room), |rest, marker| {
+        let user = rest.first().and_then(|&len| rest.get(1..1 + len as usize));
+        if let Some(user) = user {
+            if marker >= seq.0 {
                 delivered.insert(user.to_vec());
             }
         }
-        if page.len() < 4096 {
-            break;
+    })?;
+    let mut read = std::collections::HashSet::new();
+    scan_markers(log, &room_prefix(b'e', room), |user, marker| {
+        if marker >= seq.0 {
+            read.insert(user.to_vec());
         }
-    }
+    })?;
     let mut delivered_n = 0u32;
     let mut read_n = 0u32;
     for u in &recipients {
-        let read = log
-            .meta_get(&read_key(room, u))?
-            .map_or(0, |v| decode_marker(&v));
-        if read >= seq.0 {
+        if read.contains(u.as_bytes()) {
             read_n += 1;
             delivered_n += 1;
         } else if delivered.contains(u.as_bytes()) {

@@ -311,34 +311,35 @@ impl Sequencer {
             for room in std::mem::take(&mut self.touched) {
                 self.rooms.remove(&room);
             }
+            // Entries that never committed are neither fanned out nor acted on.
             outcomes = outcomes
                 .into_iter()
-                .map(|o| match o {
+                .filter_map(|o| match o {
                     Outcome::Stored { req, dedup, .. } => {
                         if let Some(key) = dedup {
                             self.dedup.remove(&key);
                         }
-                        Outcome::Rejected {
+                        Some(Outcome::Rejected {
                             req,
                             code: ErrorCode::Internal,
                             message: "storage failure; retry".into(),
-                        }
+                        })
                     }
                     Outcome::Subscribe(mut cmd) => {
                         self.stamp(&mut cmd);
-                        Outcome::Subscribe(cmd)
+                        Some(Outcome::Subscribe(cmd))
                     }
                     Outcome::RoomReply {
                         conn, request_id, ..
-                    } => Outcome::RoomReply {
+                    } => Some(Outcome::RoomReply {
                         conn,
                         request_id,
                         reply: Err((ErrorCode::Internal, "storage failure; retry".into())),
-                    },
+                    }),
                     Outcome::Internal { .. } | Outcome::Evict { .. } | Outcome::Receipt { .. } => {
-                        Outcome::Unsubscribe(Vec::new())
+                        None
                     }
-                    other => other,
+                    other => Some(other),
                 })
                 .collect();
         }
@@ -390,27 +391,21 @@ impl Sequencer {
         now: u64,
         old_heads: &mut Vec<(RoomId, u64)>,
     ) -> Outcome {
-        let r = match self.room(&req.room) {
-            Ok(r) => r,
-            Err(e) => {
-                error!(room = %req.room, error = %e, "cannot load room");
-                return Outcome::Rejected {
-                    req,
-                    code: ErrorCode::Internal,
-                    message: "storage failure; retry".into(),
-                };
-            }
-        };
-        let head = r.head;
-        let r = &self.rooms[&req.room];
-        if let Err((code, message)) = self.access(r, &req.conn.user) {
+        if let Err(e) = self.room(&req.room) {
+            error!(room = %req.room, error = %e, "cannot load room");
+            return Outcome::Rejected {
+                req,
+                code: ErrorCode::Internal,
+                message: "storage failure; retry".into(),
+            };
+        }
+        if let Err((code, message)) = self.access(&self.rooms[&req.room], &req.conn.user) {
             return Outcome::Rejected { req, code, message };
         }
         let r = self
             .rooms
             .get_mut(&req.room)
             .expect("the room was loaded above");
-        debug_assert_eq!(r.head, head);
         for reference in [req.refers_to, req.thread].into_iter().flatten() {
             if reference.0 > r.head {
                 let message = format!("room {} has no message {}", req.room, reference.0);
@@ -549,7 +544,6 @@ impl Sequencer {
                         None => receipts.push((room, vec![entry])),
                     }
                 }
-                Outcome::Unsubscribe(subs) if subs.is_empty() => {}
                 Outcome::Unsubscribe(subs) => {
                     if !committed.is_empty() {
                         let _ = self
