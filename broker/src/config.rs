@@ -56,6 +56,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Listeners.
     pub listen: ListenConfig,
+    /// Certificates for the TLS and QUIC listeners.
+    pub tls: TlsConfig,
     /// Authentication.
     pub auth: AuthConfig,
     /// Storage and group commit.
@@ -70,12 +72,34 @@ pub struct Config {
     pub log: LogConfig,
 }
 
-/// Listener addresses.
+/// Listener addresses. TLS and QUIC may be turned off with `"off"`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ListenConfig {
     /// Plain TCP.
     pub tcp: SocketAddr,
+    /// TLS over TCP (`confabs://`); off by default.
+    #[serde(with = "optional_addr")]
+    pub tls: Option<SocketAddr>,
+    /// QUIC (`confab+quic://`, UDP, ALPN `confab/1`).
+    #[serde(with = "optional_addr")]
+    pub quic: Option<SocketAddr>,
+}
+
+/// The certificate the TLS and QUIC listeners present.
+///
+/// With neither path set, the broker uses a self-signed certificate kept in
+/// `<data_dir>/tls/` (generated on first start) and logs its SHA-256
+/// fingerprint, which clients pin.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM file with the certificate chain, leaf first.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cert_path: Option<PathBuf>,
+    /// PEM file with the private key (PKCS#8, PKCS#1 or SEC1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_path: Option<PathBuf>,
 }
 
 /// Authentication settings.
@@ -177,6 +201,10 @@ pub struct DeliveryConfig {
     pub write_batch_bytes: usize,
     /// Most events per catch-up or history frame.
     pub catchup_batch: usize,
+    /// Unidirectional QUIC streams that carry room events to one device;
+    /// each room is pinned to one of them. Each has its own queue of up to
+    /// `queue_capacity` frames.
+    pub quic_event_streams: usize,
 }
 
 /// Rooms and membership.
@@ -223,6 +251,7 @@ impl Default for Config {
         Self {
             data_dir: PathBuf::from("./confab-data"),
             listen: ListenConfig::default(),
+            tls: TlsConfig::default(),
             auth: AuthConfig::default(),
             storage: StorageConfig::default(),
             limits: LimitsConfig::default(),
@@ -237,6 +266,8 @@ impl Default for ListenConfig {
     fn default() -> Self {
         Self {
             tcp: SocketAddr::from(([127, 0, 0, 1], 7400)),
+            tls: None,
+            quic: Some(SocketAddr::from(([127, 0, 0, 1], 7401))),
         }
     }
 }
@@ -284,6 +315,7 @@ impl Default for DeliveryConfig {
             slow_consumer_timeout_ms: 30_000,
             write_batch_bytes: 64 << 10,
             catchup_batch: 256,
+            quic_event_streams: 8,
         }
     }
 }
@@ -393,7 +425,7 @@ impl Config {
         let l = &self.limits;
         let d = &self.delivery;
         let s = &self.storage;
-        let checks: [(bool, &str); 12] = [
+        let checks: [(bool, &str); 14] = [
             (
                 l.max_connections >= 1,
                 "limits.max_connections must be at least 1",
@@ -442,6 +474,14 @@ impl Config {
                 (1..=65_536).contains(&s.max_batch),
                 "storage.max_batch must be between 1 and 65536",
             ),
+            (
+                (1..=64).contains(&d.quic_event_streams),
+                "delivery.quic_event_streams must be between 1 and 64",
+            ),
+            (
+                self.tls.cert_path.is_some() == self.tls.key_path.is_some(),
+                "tls.cert_path and tls.key_path must be set together",
+            ),
         ];
         for (ok, message) in checks {
             if !ok {
@@ -483,6 +523,36 @@ impl Config {
 
     pub(crate) fn slow_consumer_timeout(&self) -> Duration {
         Duration::from_millis(self.delivery.slow_consumer_timeout_ms)
+    }
+}
+
+/// `Option<SocketAddr>` as a string: an address, or `"off"`.
+mod optional_addr {
+    use std::net::SocketAddr;
+
+    use serde::{de::Error, Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(
+        v: &Option<SocketAddr>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(addr) => s.collect_str(addr),
+            None => s.serialize_str("off"),
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<SocketAddr>, D::Error> {
+        let text = String::deserialize(d)?;
+        match text.trim() {
+            "off" | "" => Ok(None),
+            addr => addr
+                .parse()
+                .map(Some)
+                .map_err(|_| D::Error::custom(format!("`{addr}` is not an address or \"off\""))),
+        }
     }
 }
 
@@ -580,6 +650,31 @@ mod tests {
         let out_of_range = vec![("limits.max_connections".to_owned(), "0".to_owned())];
         let e = Config::load(None, Vec::new(), &out_of_range).expect_err("range");
         assert!(e.to_string().contains("max_connections"), "{e}");
+    }
+
+    #[test]
+    fn listeners_can_be_turned_off_and_certificates_set() {
+        let env = vec![
+            ("CONFAB_LISTEN__QUIC".to_owned(), "off".to_owned()),
+            ("CONFAB_TLS__CERT_PATH".to_owned(), "/etc/c.pem".to_owned()),
+        ];
+        let overrides = vec![
+            ("listen.tls".to_owned(), "0.0.0.0:7443".to_owned()),
+            ("tls.key_path".to_owned(), "/etc/k.pem".to_owned()),
+        ];
+        let c = Config::load(None, env, &overrides).expect("valid");
+        assert_eq!(c.listen.quic, None);
+        assert_eq!(c.listen.tls, Some("0.0.0.0:7443".parse().expect("addr")));
+        assert_eq!(c.tls.cert_path, Some(PathBuf::from("/etc/c.pem")));
+        let back: Config = toml::from_str(&c.to_toml()).expect("parses");
+        assert_eq!(back, c);
+
+        let half = vec![("tls.cert_path".to_owned(), "/etc/c.pem".to_owned())];
+        let e = Config::load(None, Vec::new(), &half).expect_err("key missing");
+        assert!(e.to_string().contains("tls.key_path"), "{e}");
+        let bad = vec![("listen.quic".to_owned(), "nowhere".to_owned())];
+        let e = Config::load(None, Vec::new(), &bad).expect_err("bad address");
+        assert!(e.to_string().contains("nowhere"), "{e}");
     }
 
     #[test]

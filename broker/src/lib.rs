@@ -5,7 +5,9 @@
 //!
 //! The parts, in the order a message flows through them:
 //!
-//! - [`transport`]: listeners that accept connections and hand over byte streams;
+//! - [`transport`]: listeners (TCP, TLS over TCP, QUIC) that accept
+//!   connections and hand the session a byte stream, or a QUIC connection's
+//!   control and event streams;
 //! - `session`: the handshake and request dispatch of one connection;
 //! - `sequencer`: one thread that numbers publishes per room and writes them
 //!   by group commit;

@@ -36,6 +36,12 @@ struct Settings {
     /// TCP listen address (default 127.0.0.1:7400).
     #[arg(long)]
     listen: Option<String>,
+    /// TLS-over-TCP listen address, or `off` (default off).
+    #[arg(long)]
+    listen_tls: Option<String>,
+    /// QUIC (UDP) listen address, or `off` (default 127.0.0.1:7401).
+    #[arg(long)]
+    listen_quic: Option<String>,
     /// none, wal or fsync (default wal).
     #[arg(long)]
     durability: Option<String>,
@@ -59,6 +65,8 @@ impl Settings {
         let named = [
             ("data_dir", &self.data_dir),
             ("listen.tcp", &self.listen),
+            ("listen.tls", &self.listen_tls),
+            ("listen.quic", &self.listen_quic),
             ("storage.durability", &self.durability),
             ("auth.mode", &self.auth),
             ("log.level", &self.log_level),
@@ -146,7 +154,13 @@ fn main() -> anyhow::Result<()> {
                 .context("starting the async runtime")?;
             runtime.block_on(async move {
                 let broker = Broker::builder(config).start().await?;
-                tracing::info!(addr = %broker.tcp_addr(), "ready");
+                tracing::info!(
+                    addr = %broker.tcp_addr(),
+                    tls = ?broker.tls_addr(),
+                    quic = ?broker.quic_addr(),
+                    fingerprint = broker.cert_fingerprint().unwrap_or("-"),
+                    "ready"
+                );
                 wait_for_signal().await?;
                 broker.shutdown().await;
                 Ok(())

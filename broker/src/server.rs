@@ -1,6 +1,7 @@
 //! Starting, running and stopping a broker.
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -8,9 +9,10 @@ use std::time::Duration;
 
 use crossbeam_channel::Sender;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::auth::{Authenticator, DenyAll, DevAuth, JwtAuth};
 use crate::config::{AuthMode, Config};
@@ -34,7 +36,7 @@ pub enum BrokerError {
     #[error("cannot open storage in {path}: {source}")]
     Storage {
         /// The data directory.
-        path: std::path::PathBuf,
+        path: PathBuf,
         /// The cause.
         source: StorageError,
     },
@@ -52,10 +54,16 @@ pub enum BrokerError {
     /// A thread could not be started.
     #[error("cannot start a thread: {0}")]
     Thread(std::io::Error),
+    /// The certificate for TLS and QUIC could not be loaded or generated.
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 /// Group commits the fan-out may lag behind the sequencer.
 const FANOUT_QUEUE: usize = 256;
+
+/// How long shutdown waits for closed QUIC connections to drain.
+const QUIC_IDLE_GRACE: Duration = Duration::from_secs(2);
 
 /// State shared by every task of a running broker.
 pub(crate) struct Shared {
@@ -69,6 +77,8 @@ pub(crate) struct Shared {
     pub(crate) stats: Arc<Stats>,
     pub(crate) devices: DeviceRegistry,
     pub(crate) typing: Arc<TypingHub>,
+    /// `limits.max_connections` permits, shared by every listener.
+    pub(crate) conn_permits: Arc<Semaphore>,
 }
 
 /// Builds a broker: configuration first, then optional replacements for
@@ -149,16 +159,7 @@ impl BrokerBuilder {
             (None, AuthMode::Disabled) => Arc::new(DenyAll),
         };
 
-        let listener = TcpListener::bind(config.listen.tcp)
-            .await
-            .map_err(|source| BrokerError::Bind {
-                addr: config.listen.tcp,
-                source,
-            })?;
-        let tcp_addr = listener.local_addr().map_err(|source| BrokerError::Bind {
-            addr: config.listen.tcp,
-            source,
-        })?;
+        let listeners = bind(&config).await?;
 
         let rooms = Arc::new(RoomRegistry::default());
         let typing = Arc::new(TypingHub::new(Duration::from_millis(
@@ -198,6 +199,7 @@ impl BrokerBuilder {
             .spawn(move || fanout::run(fan_rx, ctx, runtime, fanout_tasks))
             .map_err(BrokerError::Thread)?;
 
+        let config_max_connections = config.limits.max_connections;
         let shared = Arc::new(Shared {
             config,
             log,
@@ -209,20 +211,51 @@ impl BrokerBuilder {
             stats,
             devices: DeviceRegistry::default(),
             typing: typing.clone(),
+            conn_permits: Arc::new(Semaphore::new(config_max_connections)),
         });
         tasks.spawn(crate::rooms::typing::run(
             typing,
             Duration::from_millis(shared.config.rooms.typing_window_ms),
             shutdown.clone(),
         ));
+        let Listeners {
+            tcp,
+            tcp_addr,
+            tls,
+            quic,
+            identity,
+        } = listeners;
         tasks.spawn(transport::tcp::accept_loop(
-            listener,
+            tcp,
+            None,
             shared.clone(),
             tasks.clone(),
         ));
-        info!(%tcp_addr, durability = ?shared.config.storage.durability, data_dir = %shared.config.data_dir.display(), "broker started");
+        let tls_addr = tls.as_ref().map(|(_, addr, _)| *addr);
+        if let Some((listener, _, acceptor)) = tls {
+            tasks.spawn(transport::tcp::accept_loop(
+                listener,
+                Some(acceptor),
+                shared.clone(),
+                tasks.clone(),
+            ));
+        }
+        let quic_addr = quic.as_ref().map(|(_, addr)| *addr);
+        let quic_endpoint = quic.map(|(endpoint, _)| endpoint);
+        if let Some(endpoint) = &quic_endpoint {
+            tasks.spawn(transport::quic::accept_loop(
+                endpoint.clone(),
+                shared.clone(),
+                tasks.clone(),
+            ));
+        }
+        info!(%tcp_addr, ?tls_addr, ?quic_addr, durability = ?shared.config.storage.durability, data_dir = %shared.config.data_dir.display(), "broker started");
         Ok(BrokerHandle {
             tcp_addr,
+            tls_addr,
+            quic_addr,
+            quic_endpoint,
+            identity: identity.map(|id| (id.fingerprint, id.cert_path)),
             shared,
             tasks,
             threads: vec![sequencer_thread, fanout_thread],
@@ -230,9 +263,77 @@ impl BrokerBuilder {
     }
 }
 
+/// The bound listeners of a broker that is starting.
+struct Listeners {
+    tcp: TcpListener,
+    tcp_addr: SocketAddr,
+    tls: Option<(TcpListener, SocketAddr, tokio_rustls::TlsAcceptor)>,
+    quic: Option<(quinn::Endpoint, SocketAddr)>,
+    identity: Option<transport::tls::Identity>,
+}
+
+/// Binds every configured listener, loading (or generating) the
+/// certificate first if TLS or QUIC is on.
+async fn bind(config: &Config) -> Result<Listeners, BrokerError> {
+    let bind_err = |addr| move |source| BrokerError::Bind { addr, source };
+    let tcp = TcpListener::bind(config.listen.tcp)
+        .await
+        .map_err(bind_err(config.listen.tcp))?;
+    let tcp_addr = tcp.local_addr().map_err(bind_err(config.listen.tcp))?;
+    if config.listen.tls.is_none() && config.listen.quic.is_none() {
+        return Ok(Listeners {
+            tcp,
+            tcp_addr,
+            tls: None,
+            quic: None,
+            identity: None,
+        });
+    }
+    let for_tls = config.clone();
+    let identity = tokio::task::spawn_blocking(move || transport::tls::load_or_generate(&for_tls))
+        .await
+        .map_err(|e| BrokerError::Tls(e.to_string()))?
+        .map_err(BrokerError::Tls)?;
+    info!(fingerprint = %identity.fingerprint, cert = %identity.cert_path.display(), "TLS certificate (SHA-256 fingerprint, for clients to pin)");
+    let tls = match config.listen.tls {
+        None => None,
+        Some(addr) => {
+            let server = transport::tls::tcp_server_config(&identity).map_err(BrokerError::Tls)?;
+            let listener = TcpListener::bind(addr).await.map_err(bind_err(addr))?;
+            let bound = listener.local_addr().map_err(bind_err(addr))?;
+            Some((listener, bound, tokio_rustls::TlsAcceptor::from(server)))
+        }
+    };
+    let quic = match config.listen.quic {
+        None => None,
+        Some(addr) => {
+            // QUIC's own idle timeout stays above the protocol's, so that
+            // the session closes an idle connection with a Goodbye first.
+            let idle = config.idle_timeout() + Duration::from_secs(5);
+            let server =
+                transport::tls::quic_server_config(&identity, idle).map_err(BrokerError::Tls)?;
+            let endpoint = quinn::Endpoint::server(server, addr).map_err(bind_err(addr))?;
+            let bound = endpoint.local_addr().map_err(bind_err(addr))?;
+            Some((endpoint, bound))
+        }
+    };
+    Ok(Listeners {
+        tcp,
+        tcp_addr,
+        tls,
+        quic,
+        identity: Some(identity),
+    })
+}
+
 /// A running broker.
 pub struct BrokerHandle {
     tcp_addr: SocketAddr,
+    tls_addr: Option<SocketAddr>,
+    quic_addr: Option<SocketAddr>,
+    quic_endpoint: Option<quinn::Endpoint>,
+    /// The certificate's fingerprint and PEM file, when TLS or QUIC is on.
+    identity: Option<(String, PathBuf)>,
     shared: Arc<Shared>,
     tasks: TaskTracker,
     threads: Vec<JoinHandle<()>>,
@@ -242,6 +343,8 @@ impl std::fmt::Debug for BrokerHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BrokerHandle")
             .field("tcp_addr", &self.tcp_addr)
+            .field("tls_addr", &self.tls_addr)
+            .field("quic_addr", &self.quic_addr)
             .finish_non_exhaustive()
     }
 }
@@ -250,6 +353,30 @@ impl BrokerHandle {
     /// The address the TCP listener is bound to.
     pub fn tcp_addr(&self) -> SocketAddr {
         self.tcp_addr
+    }
+
+    /// The address the TLS-over-TCP listener is bound to, if it is on.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls_addr
+    }
+
+    /// The UDP address the QUIC endpoint is bound to, if it is on.
+    pub fn quic_addr(&self) -> Option<SocketAddr> {
+        self.quic_addr
+    }
+
+    /// The SHA-256 fingerprint (64 lowercase hex digits) of the certificate
+    /// the TLS and QUIC listeners present, for clients to pin; None when
+    /// both are off.
+    pub fn cert_fingerprint(&self) -> Option<&str> {
+        self.identity.as_ref().map(|(f, _)| f.as_str())
+    }
+
+    /// The PEM file of that certificate (the configured one, or the
+    /// self-signed one in `<data_dir>/tls/cert.pem`), which clients may
+    /// also use as their CA file.
+    pub fn cert_path(&self) -> Option<&Path> {
+        self.identity.as_ref().map(|(_, p)| p.as_path())
     }
 
     /// The effective configuration.
@@ -275,12 +402,24 @@ impl BrokerHandle {
             shared,
             tasks,
             threads,
+            quic_endpoint,
             ..
         } = self;
         info!("shutting down");
         shared.shutdown.cancel();
         tasks.close();
         tasks.wait().await;
+        if let Some(endpoint) = quic_endpoint {
+            // Every session said Goodbye and closed its connection; let the
+            // closes reach the peers before the socket goes away.
+            if tokio::time::timeout(QUIC_IDLE_GRACE, endpoint.wait_idle())
+                .await
+                .is_err()
+            {
+                debug!("QUIC connections did not drain in time");
+            }
+            endpoint.close(quinn::VarInt::from(0u32), b"shutdown");
+        }
         let _ = shared.sequencer.send(SeqMsg::Stop);
         drop(shared);
         let joined = tokio::task::spawn_blocking(move || {

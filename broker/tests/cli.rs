@@ -84,6 +84,9 @@ async fn sigterm_says_goodbye_and_exits_zero() {
             dir.path().to_str().unwrap(),
             "--listen",
             &addr.to_string(),
+            // Not the default fixed UDP port: tests run in parallel.
+            "--listen-quic",
+            "127.0.0.1:0",
             "--log-level",
             "warn",
         ])

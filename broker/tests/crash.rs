@@ -29,6 +29,9 @@ fn spawn_broker(dir: &std::path::Path, port: u16, durability: &str) -> Child {
             dir.to_str().unwrap(),
             "--listen",
             &format!("127.0.0.1:{port}"),
+            // Not the default fixed UDP port: tests run in parallel.
+            "--listen-quic",
+            "127.0.0.1:0",
             "--durability",
             durability,
             "--log-level",

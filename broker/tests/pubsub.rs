@@ -1,20 +1,30 @@
-//! Publish, subscribe and history over real TCP with real RocksDB.
+//! Publish, subscribe and history over real sockets with real RocksDB,
+//! each over TCP, TLS and QUIC.
 #![allow(clippy::unwrap_used)]
 
+#[macro_use]
 mod common;
 
 use common::*;
 use confab_codec::*;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_devices_see_each_others_messages_in_order() {
+over_transports!(
+    two_devices_see_each_others_messages_in_order,
+    many_rooms_on_one_connection,
+    history_pages_both_directions,
+    subscribe_from_n_during_writes_has_no_gap_or_duplicate,
+    publish_validation_errors_keep_the_connection,
+    shutdown_says_goodbye_then_closes,
+);
+
+async fn two_devices_see_each_others_messages_in_order(t: Transport) {
     let dir = tempfile::tempdir().unwrap();
     let broker = start(test_config(dir.path())).await;
-    let addr = broker.tcp_addr();
+    let addr = dial(&broker, t);
     let r = room("general");
 
-    let mut alice = Conn::open(addr, "alice", "phone").await;
-    let mut bob = Conn::open(addr, "bob", "laptop").await;
+    let mut alice = Conn::open(&addr, "alice", "phone").await;
+    let mut bob = Conn::open(&addr, "bob", "laptop").await;
     let ack = alice.subscribe(vec![(r.clone(), StartAt::Live)]).await;
     assert_eq!(ack.results[0].code, ErrorCode::Normal);
     assert_eq!(ack.results[0].head, Seq(0));
@@ -44,21 +54,20 @@ async fn two_devices_see_each_others_messages_in_order() {
     broker.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn many_rooms_on_one_connection() {
+async fn many_rooms_on_one_connection(t: Transport) {
     let dir = tempfile::tempdir().unwrap();
     let broker = start(test_config(dir.path())).await;
-    let addr = broker.tcp_addr();
+    let addr = dial(&broker, t);
     let rooms: Vec<RoomId> = (0..200).map(|i| room(&format!("room-{i}"))).collect();
 
-    let mut reader = Conn::open(addr, "reader", "d1").await;
+    let mut reader = Conn::open(&addr, "reader", "d1").await;
     let ack = reader
         .subscribe(rooms.iter().map(|r| (r.clone(), StartAt::Live)).collect())
         .await;
     assert_eq!(ack.results.len(), 200);
     assert!(ack.results.iter().all(|r| r.code == ErrorCode::Normal));
 
-    let mut writer = Conn::open(addr, "writer", "d1").await;
+    let mut writer = Conn::open(&addr, "writer", "d1").await;
     // Pipelined: 3 messages per room, all sent before reading any ack.
     let mut cmid = 0;
     for round in 0..3 {
@@ -89,13 +98,12 @@ async fn many_rooms_on_one_connection() {
     broker.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn history_pages_both_directions() {
+async fn history_pages_both_directions(t: Transport) {
     let dir = tempfile::tempdir().unwrap();
     let broker = start(test_config(dir.path())).await;
-    let addr = broker.tcp_addr();
+    let addr = dial(&broker, t);
     let r = room("history");
-    let mut c = Conn::open(addr, "alice", "phone").await;
+    let mut c = Conn::open(&addr, "alice", "phone").await;
     for i in 1..=25u64 {
         c.publish(&r, i, format!("m{i}").as_bytes()).await;
     }
@@ -135,15 +143,14 @@ async fn history_pages_both_directions() {
 /// Subscribe-from-N while another connection keeps publishing: the
 /// subscriber must see N, N+1, ... with no gap and no duplicate across the
 /// switch from backlog to live.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn subscribe_from_n_during_writes_has_no_gap_or_duplicate() {
+async fn subscribe_from_n_during_writes_has_no_gap_or_duplicate(t: Transport) {
     let dir = tempfile::tempdir().unwrap();
     let broker = start(test_config(dir.path())).await;
-    let addr = broker.tcp_addr();
+    let addr = dial(&broker, t);
     let r = room("busy");
     const TOTAL: u64 = 3000;
 
-    let mut writer = Conn::open(addr, "writer", "w").await;
+    let mut writer = Conn::open(&addr, "writer", "w").await;
     for i in 1..=500u64 {
         writer.publish(&r, i, b"before").await;
     }
@@ -172,7 +179,7 @@ async fn subscribe_from_n_during_writes_has_no_gap_or_duplicate() {
     let mut subs = Vec::new();
     for (i, from) in [1u64, 100, 450].into_iter().enumerate() {
         tokio::time::sleep(std::time::Duration::from_millis(5 * i as u64)).await;
-        let mut c = Conn::open(addr, &format!("reader{i}"), "d").await;
+        let mut c = Conn::open(&addr, &format!("reader{i}"), "d").await;
         let ack = c
             .subscribe(vec![(r.clone(), StartAt::From(Seq(from)))])
             .await;
@@ -217,13 +224,12 @@ async fn duplicate_publishes_are_stored_once_even_after_restart() {
     broker.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn publish_validation_errors_keep_the_connection() {
+async fn publish_validation_errors_keep_the_connection(t: Transport) {
     let dir = tempfile::tempdir().unwrap();
     let mut config = test_config(dir.path());
     config.limits.max_payload_len = 1024;
     let broker = start(config).await;
-    let mut c = Conn::open(broker.tcp_addr(), "alice", "phone").await;
+    let mut c = Conn::open(dial(&broker, t), "alice", "phone").await;
     let r = room("v");
 
     let rid = c.request_id();
@@ -283,4 +289,25 @@ async fn publish_validation_errors_keep_the_connection() {
     assert_eq!(f.request_id, rid);
     assert_eq!(f.body, Body::Pong(Pong { nonce: 42 }));
     broker.shutdown().await;
+}
+
+/// Shutdown: the client reads `Goodbye(ShuttingDown)`, then the transport
+/// closes (for QUIC: the connection, after its streams were finished).
+async fn shutdown_says_goodbye_then_closes(t: Transport) {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(test_config(dir.path())).await;
+    let mut c = Conn::open(dial(&broker, t), "alice", "phone").await;
+    c.subscribe(vec![(room("r"), StartAt::Live)]).await;
+    c.publish(&room("r"), 1, b"x").await;
+    let reader = tokio::spawn(async move { c.until_closed().await });
+    tokio::time::timeout(WAIT, broker.shutdown())
+        .await
+        .expect("shutdown in time");
+    let frames = tokio::time::timeout(WAIT, reader).await.unwrap().unwrap();
+    assert!(
+        frames
+            .iter()
+            .any(|f| matches!(&f.body, Body::Goodbye(g) if g.code == ErrorCode::ShuttingDown)),
+        "{frames:?}"
+    );
 }

@@ -17,6 +17,15 @@
 //! back by itself, and nothing typed or sent by others meanwhile is lost or
 //! shown twice.
 //!
+//! Over QUIC or TLS, give the broker's certificate: the fingerprint it logs
+//! at start, or its certificate file (`confab-data/tls/cert.pem` for the
+//! self-signed one):
+//!
+//! ```sh
+//! cargo run --release -p confab-client --example chat -- \
+//!     --url confab+quic://127.0.0.1:7401 --trust sha256:<fingerprint> --user carol
+//! ```
+//!
 //! With `--cursors FILE`, the chat remembers the last message it showed and,
 //! when started again, shows everything posted since instead of the last
 //! `--history` messages.
@@ -30,7 +39,7 @@ use clap::Parser;
 use confab_client::confab_codec::{Direction, MessageKind, RoomId, Seq};
 use confab_client::{
     Client, ClientConfig, ClientError, ConnectionEvent, CursorStore, FileCursorStore, Message,
-    RoomEvent,
+    RoomEvent, Trust,
 };
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::mpsc;
@@ -38,9 +47,14 @@ use tokio::sync::mpsc;
 /// A terminal chat room on a Confab broker.
 #[derive(Debug, Parser)]
 struct Args {
-    /// The broker.
+    /// The broker: `confab://` (TCP), `confabs://` (TLS) or
+    /// `confab+quic://` (QUIC).
     #[arg(long, default_value = "confab://127.0.0.1:7400")]
     url: String,
+    /// For TLS and QUIC: `sha256:<fingerprint>` of the broker's
+    /// certificate, or a CA (or certificate) PEM file.
+    #[arg(long)]
+    trust: Option<Trust>,
     /// Your user name (the broker must run in development authentication).
     #[arg(long)]
     user: String,
@@ -73,6 +87,7 @@ async fn run(args: Args) -> Result<(), ClientError> {
     // In development authentication the token is `user:device`.
     let token = format!("{}:{}", args.user, args.device);
     let mut config = ClientConfig::new(&args.url, token, &args.device)?;
+    config.trust = args.trust.clone();
     config.client_name = concat!("confab-chat-example/", env!("CARGO_PKG_VERSION")).into();
     let store = match &args.cursors {
         Some(path) => Some(FileCursorStore::open(path).await?),

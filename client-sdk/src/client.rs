@@ -150,6 +150,7 @@ impl Client {
         first: Option<oneshot::Sender<Result<(), ClientError>>>,
     ) -> Result<Client, ClientError> {
         config.validate()?;
+        let dialer = Arc::new(crate::transport::Dialer::new(&config)?);
         let config = Arc::new(config);
         let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
         let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
@@ -159,6 +160,7 @@ impl Client {
         let permits = Arc::new(Semaphore::new(config.outbound_queue_capacity));
         let parts = driver::Parts {
             config: config.clone(),
+            dialer,
             cmds: cmd_rx,
             ctl: ctl_rx,
             ctl_tx: ctl_tx.clone(),

@@ -9,7 +9,7 @@ use confab_codec::DeviceId;
 use crate::backoff::BackoffConfig;
 use crate::cursor::{CursorStore, MemoryCursorStore};
 use crate::error::ClientError;
-use crate::transport::Endpoint;
+use crate::transport::{no_trust, Endpoint, Trust};
 
 /// Everything a [`Client`](crate::Client) needs. Build it with
 /// [`ClientConfig::new`], then adjust the public fields.
@@ -31,8 +31,17 @@ use crate::transport::Endpoint;
 #[derive(Clone)]
 #[non_exhaustive]
 pub struct ClientConfig {
-    /// Where the broker is.
+    /// Where the broker is, and over which transport.
     pub endpoint: Endpoint,
+    /// How the broker's certificate is checked on `confabs://` and
+    /// `confab+quic://`: required for them, ignored otherwise. There is no
+    /// default (no system roots) and no way to skip the check.
+    pub trust: Option<Trust>,
+    /// The name the certificate must be valid for, when it is not the
+    /// endpoint's host (for example, connecting by IP address to a broker
+    /// whose certificate names its DNS name). Ignored with a pinned
+    /// fingerprint.
+    pub server_name: Option<String>,
     /// The authentication token (`user:device` or `user` against a broker
     /// in development mode).
     pub token: String,
@@ -112,6 +121,8 @@ impl ClientConfig {
     pub fn with_endpoint(endpoint: Endpoint, token: impl Into<String>, device: DeviceId) -> Self {
         Self {
             endpoint,
+            trust: None,
+            server_name: None,
             token: token.into(),
             device,
             client_name: concat!("confab-client-rust/", env!("CARGO_PKG_VERSION")).to_owned(),
@@ -126,6 +137,12 @@ impl ClientConfig {
             history_page_size: 500,
             cursor_store: Arc::new(MemoryCursorStore::new()),
         }
+    }
+
+    /// Sets how the broker's certificate is checked (TLS, QUIC).
+    pub fn trust(mut self, trust: Trust) -> Self {
+        self.trust = Some(trust);
+        self
     }
 
     /// Replaces the cursor store.
@@ -161,7 +178,8 @@ impl ClientConfig {
     /// ```
     ///
     /// # Errors
-    /// [`ClientError::InvalidConfig`] naming the first bad value.
+    /// [`ClientError::InvalidConfig`] naming the first bad value, or for a
+    /// TLS or QUIC endpoint without [`ClientConfig::trust`].
     pub fn validate(&self) -> Result<(), ClientError> {
         let checks: [(bool, &str); 8] = [
             (
@@ -200,6 +218,9 @@ impl ClientConfig {
         if let Some((_, msg)) = checks.iter().find(|(ok, _)| !ok) {
             return Err(ClientError::InvalidConfig((*msg).to_owned()));
         }
+        if self.endpoint.is_secure() && self.trust.is_none() {
+            return Err(no_trust(&self.endpoint));
+        }
         // The semaphore behind the outbound queue has a maximum size.
         if self.outbound_queue_capacity > tokio::sync::Semaphore::MAX_PERMITS {
             return Err(ClientError::InvalidConfig(
@@ -215,6 +236,8 @@ impl fmt::Debug for ClientConfig {
         // The token is a credential: never print it.
         f.debug_struct("ClientConfig")
             .field("endpoint", &self.endpoint)
+            .field("trust", &self.trust)
+            .field("server_name", &self.server_name)
             .field("token", &"<redacted>")
             .field("device", &self.device)
             .field("client_name", &self.client_name)
@@ -260,6 +283,17 @@ mod tests {
         assert!(c.validate().is_err());
         assert!(ClientConfig::new("confab://h:1", "t", "").is_err());
         assert!(ClientConfig::new("bogus://h:1", "t", "d").is_err());
+    }
+
+    #[test]
+    fn tls_and_quic_need_a_trust_anchor() {
+        for url in ["confabs://h:1", "confab+quic://h:1"] {
+            let c = ClientConfig::new(url, "t", "d").unwrap();
+            let e = c.validate().unwrap_err();
+            assert!(e.to_string().contains("ClientConfig::trust"), "{e}");
+            let c = c.trust(Trust::CaFile("/etc/ca.pem".into()));
+            assert!(c.validate().is_ok());
+        }
     }
 
     #[test]

@@ -96,9 +96,15 @@
 //!
 //! ## Transports
 //!
-//! TCP (`confab://host:port`). Everything above [`transport`'s](Endpoint)
-//! byte-stream abstraction is transport-independent: TLS and QUIC will be
-//! new [`Endpoint`] kinds, and [`Endpoint::Custom`] plugs in any
+//! The URL selects the transport: `confab://host:port` (TCP),
+//! `confabs://host:port` (TLS over TCP) or `confab+quic://host:port`
+//! (QUIC). TLS and QUIC need [`ClientConfig::trust`]: a CA file or the
+//! broker certificate's pinned SHA-256 fingerprint ([`Trust`]); there is no
+//! way to accept any certificate. Everything else (reconnection, gap sync,
+//! cursors, publish retries) is the same code on every transport. Over
+//! QUIC, each room's events travel on their own stream, so a room waiting
+//! for a lost packet does not hold back the others, and a device that
+//! changes networks keeps its connection. [`Endpoint::Custom`] plugs in any
 //! [`Connector`].
 
 #![warn(missing_docs)]
@@ -127,7 +133,10 @@ pub use events::{ConnectionEvent, ConnectionState, RoomEvent, Signal};
 pub use ids::{IntoRoomId, IntoUserId};
 pub use publish::{Message, PendingPublish};
 pub use subscription::Subscription;
-pub use transport::{BoxByteStream, ByteStream, Connector, Endpoint, DEFAULT_PORT};
+pub use transport::{
+    BoxByteStream, ByteStream, Connector, Endpoint, Fingerprint, Trust, ALPN, DEFAULT_PORT,
+    DEFAULT_QUIC_PORT, DEFAULT_TLS_PORT,
+};
 
 /// The application developer's guide, docs/sdk.md, compiled as
 /// documentation tests so that its examples keep matching the API.

@@ -43,6 +43,8 @@ async fn broker(dir: &std::path::Path) -> BrokerHandle {
         ..Config::default()
     };
     config.listen.tcp = "127.0.0.1:0".parse().unwrap();
+    // QUIC listens on a fixed port by default; not needed here.
+    config.listen.quic = None;
     Broker::builder(config).start().await.unwrap()
 }
 

@@ -1,7 +1,8 @@
 //! The SDK against a fault-injecting mock broker (tests/mock_broker):
 //! gaps in the live stream, cut and black-holed connections, lost publish
 //! acknowledgements, refused connections, a slow application reader, and
-//! application restarts with a file cursor store.
+//! application restarts with a file cursor store. Every test runs over
+//! TCP, TLS and QUIC.
 
 #![allow(clippy::unwrap_used)]
 
@@ -12,18 +13,57 @@ use std::time::Duration;
 
 use confab_client::confab_codec::{DeviceId, Direction, ErrorCode, RoomId, Seq};
 use confab_client::{
-    BackoffConfig, Client, ClientConfig, ClientError, ConnectionEvent, DisconnectReason, Endpoint,
+    BackoffConfig, Client, ClientConfig, ClientError, ConnectionEvent, DisconnectReason,
     FileCursorStore, Message, RoomEvent, Subscription,
 };
-use mock_broker::Mock;
+use mock_broker::{Mock, Transport};
 use tokio::sync::broadcast;
 
+/// Runs `async fn name(t: Transport)` as `name::tcp`, `name::tls` and
+/// `name::quic`.
+macro_rules! over_transports {
+    ($($name:ident),+ $(,)?) => {$(
+        mod $name {
+            #[tokio::test]
+            async fn tcp() {
+                super::$name(super::Transport::Tcp).await
+            }
+            #[tokio::test]
+            async fn tls() {
+                super::$name(super::Transport::Tls).await
+            }
+            #[tokio::test]
+            async fn quic() {
+                super::$name(super::Transport::Quic).await
+            }
+        }
+    )+};
+}
+
+over_transports!(
+    publish_and_subscribe_in_order,
+    subscribe_from_gets_backlog_then_live,
+    a_gap_in_the_live_stream_is_filled_before_later_events,
+    reconnect_resumes_every_room_without_loss_or_duplicates,
+    unacknowledged_publishes_are_retried_and_stored_once,
+    a_dead_link_is_detected_by_heartbeats,
+    a_slow_reader_pauses_its_room_and_loses_nothing,
+    a_restarted_app_resumes_from_its_file_cursor,
+    a_refused_token_is_fatal,
+    the_outbound_queue_is_bounded,
+    history_reads_ranges,
+    one_subscription_per_room,
+    unsupported_requests_are_server_errors,
+);
+
 fn config(mock: &Mock, user: &str, device: &str) -> ClientConfig {
+    let (endpoint, trust) = mock.endpoint();
     let mut c = ClientConfig::with_endpoint(
-        Endpoint::tcp(mock.addr),
+        endpoint,
         format!("{user}:{device}"),
         DeviceId::new(device).unwrap(),
     );
+    c.trust = trust;
     c.backoff = BackoffConfig {
         initial: Duration::from_millis(20),
         max: Duration::from_millis(200),
@@ -75,9 +115,8 @@ async fn wait_event(
     .await
 }
 
-#[tokio::test]
-async fn publish_and_subscribe_in_order() {
-    let mock = Mock::start().await;
+async fn publish_and_subscribe_in_order(t: Transport) {
+    let mock = Mock::start_over(t).await;
     let alice = Client::connect(config(&mock, "alice", "phone"))
         .await
         .unwrap();
@@ -103,9 +142,8 @@ async fn publish_and_subscribe_in_order() {
     );
 }
 
-#[tokio::test]
-async fn subscribe_from_gets_backlog_then_live() {
-    let mock = Mock::start().await;
+async fn subscribe_from_gets_backlog_then_live(t: Transport) {
+    let mock = Mock::start_over(t).await;
     let alice = Client::connect(config(&mock, "alice", "phone"))
         .await
         .unwrap();
@@ -122,9 +160,8 @@ async fn subscribe_from_gets_backlog_then_live() {
     assert_eq!(seqs(&live), vec![6, 7]);
 }
 
-#[tokio::test]
-async fn a_gap_in_the_live_stream_is_filled_before_later_events() {
-    let mock = Mock::start().await;
+async fn a_gap_in_the_live_stream_is_filled_before_later_events(t: Transport) {
+    let mock = Mock::start_over(t).await;
     for seq in [3, 4, 8, 10] {
         mock.skip_live("r", seq);
     }
@@ -144,9 +181,8 @@ async fn a_gap_in_the_live_stream_is_filled_before_later_events() {
     assert!(!events[1].replayed);
 }
 
-#[tokio::test]
-async fn reconnect_resumes_every_room_without_loss_or_duplicates() {
-    let mock = Mock::start().await;
+async fn reconnect_resumes_every_room_without_loss_or_duplicates(t: Transport) {
+    let mock = Mock::start_over(t).await;
     let alice = Client::connect(config(&mock, "alice", "phone"))
         .await
         .unwrap();
@@ -189,9 +225,8 @@ async fn reconnect_resumes_every_room_without_loss_or_duplicates() {
     assert_eq!(r2.buffered(), 0);
 }
 
-#[tokio::test]
-async fn unacknowledged_publishes_are_retried_and_stored_once() {
-    let mock = Mock::start().await;
+async fn unacknowledged_publishes_are_retried_and_stored_once(t: Transport) {
+    let mock = Mock::start_over(t).await;
     let alice = Client::connect(config(&mock, "alice", "phone"))
         .await
         .unwrap();
@@ -228,9 +263,8 @@ async fn unacknowledged_publishes_are_retried_and_stored_once() {
     }
 }
 
-#[tokio::test]
-async fn a_dead_link_is_detected_by_heartbeats() {
-    let mock = Mock::start().await;
+async fn a_dead_link_is_detected_by_heartbeats(t: Transport) {
+    let mock = Mock::start_over(t).await;
     let alice = Client::connect(config(&mock, "alice", "phone"))
         .await
         .unwrap();
@@ -261,9 +295,8 @@ async fn a_dead_link_is_detected_by_heartbeats() {
     assert_eq!(got[0].payload, "after");
 }
 
-#[tokio::test]
-async fn a_slow_reader_pauses_its_room_and_loses_nothing() {
-    let mock = Mock::start().await;
+async fn a_slow_reader_pauses_its_room_and_loses_nothing(t: Transport) {
+    let mock = Mock::start_over(t).await;
     let alice = Client::connect(config(&mock, "alice", "phone"))
         .await
         .unwrap();
@@ -294,9 +327,8 @@ async fn a_slow_reader_pauses_its_room_and_loses_nothing() {
     );
 }
 
-#[tokio::test]
-async fn a_restarted_app_resumes_from_its_file_cursor() {
-    let mock = Mock::start().await;
+async fn a_restarted_app_resumes_from_its_file_cursor(t: Transport) {
+    let mock = Mock::start_over(t).await;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("cursors");
     let alice = Client::connect(config(&mock, "alice", "phone"))
@@ -331,9 +363,8 @@ async fn a_restarted_app_resumes_from_its_file_cursor() {
     assert_eq!(seqs(&take(&mut sub, 1).await), vec![10]);
 }
 
-#[tokio::test]
-async fn a_refused_token_is_fatal() {
-    let mock = Mock::start().await;
+async fn a_refused_token_is_fatal(t: Transport) {
+    let mock = Mock::start_over(t).await;
     let mut c = config(&mock, "x", "phone");
     c.token = "bad".into();
     let err = Client::connect(c.clone()).await.unwrap_err();
@@ -358,9 +389,8 @@ async fn a_refused_token_is_fatal() {
     assert_eq!(mock.sessions(), 2, "no reconnection loop");
 }
 
-#[tokio::test]
-async fn the_outbound_queue_is_bounded() {
-    let mock = Mock::start().await;
+async fn the_outbound_queue_is_bounded(t: Transport) {
+    let mock = Mock::start_over(t).await;
     mock.set_refuse(true);
     let mut c = config(&mock, "alice", "phone");
     c.outbound_queue_capacity = 2;
@@ -380,9 +410,8 @@ async fn the_outbound_queue_is_bounded() {
     assert_eq!((a1.seq, a2.seq, ack3.seq), (Seq(1), Seq(2), Seq(3)));
 }
 
-#[tokio::test]
-async fn history_reads_ranges() {
-    let mock = Mock::start().await;
+async fn history_reads_ranges(t: Transport) {
+    let mock = Mock::start_over(t).await;
     let alice = Client::connect(config(&mock, "alice", "phone"))
         .await
         .unwrap();
@@ -402,9 +431,8 @@ async fn history_reads_ranges() {
     assert!(page.has_more);
 }
 
-#[tokio::test]
-async fn one_subscription_per_room() {
-    let mock = Mock::start().await;
+async fn one_subscription_per_room(t: Transport) {
+    let mock = Mock::start_over(t).await;
     let alice = Client::connect(config(&mock, "alice", "phone"))
         .await
         .unwrap();
@@ -420,9 +448,8 @@ async fn one_subscription_per_room() {
     second.unsubscribe().await.unwrap();
 }
 
-#[tokio::test]
-async fn unsupported_requests_are_server_errors() {
-    let mock = Mock::start().await;
+async fn unsupported_requests_are_server_errors(t: Transport) {
+    let mock = Mock::start_over(t).await;
     let alice = Client::connect(config(&mock, "alice", "phone"))
         .await
         .unwrap();

@@ -2,7 +2,8 @@
 //! subscribe between two clients, backlog then live, and a broker shut down
 //! and restarted on the same data directory and port while clients keep
 //! working: every message is delivered exactly once and in order, and
-//! retried publishes are stored once.
+//! retried publishes are stored once. Every test runs over TCP, TLS and
+//! QUIC: the SDK code above the transport is the same.
 
 #![allow(clippy::unwrap_used)]
 
@@ -17,16 +18,80 @@ use confab_broker::{Broker, BrokerError, BrokerHandle};
 use confab_client::confab_codec::{DeviceId, RoomId, Seq};
 use confab_client::{
     BackoffConfig, Client, ClientConfig, ConnectionEvent, Endpoint, Message, RoomEvent,
-    Subscription,
+    Subscription, Trust,
 };
 use tokio::sync::broadcast;
 
-async fn start_broker(dir: &Path, addr: SocketAddr) -> BrokerHandle {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Transport {
+    Tcp,
+    Tls,
+    Quic,
+}
+
+/// Runs `async fn name(t: Transport)` as `name::tcp`, `name::tls` and
+/// `name::quic`.
+macro_rules! over_transports {
+    ($($name:ident),+ $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn tcp() {
+                super::$name(super::Transport::Tcp).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn tls() {
+                super::$name(super::Transport::Tls).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn quic() {
+                super::$name(super::Transport::Quic).await
+            }
+        }
+    )+};
+}
+
+over_transports!(
+    publish_and_subscribe_between_two_clients,
+    subscribe_from_gets_backlog_then_live,
+    clients_survive_a_broker_restart,
+    a_restarted_app_resumes_from_its_cursor,
+);
+
+/// The addresses of a broker's TCP, TLS and QUIC listeners.
+#[derive(Debug, Clone, Copy)]
+struct Addrs {
+    tcp: SocketAddr,
+    tls: SocketAddr,
+    quic: SocketAddr,
+}
+
+impl Addrs {
+    fn any() -> Addrs {
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        Addrs {
+            tcp: any,
+            tls: any,
+            quic: any,
+        }
+    }
+
+    fn of(broker: &BrokerHandle) -> Addrs {
+        Addrs {
+            tcp: broker.tcp_addr(),
+            tls: broker.tls_addr().unwrap(),
+            quic: broker.quic_addr().unwrap(),
+        }
+    }
+}
+
+async fn start_broker(dir: &Path, addrs: Addrs) -> BrokerHandle {
     let mut config = Config {
         data_dir: dir.to_path_buf(),
         ..Config::default()
     };
-    config.listen.tcp = addr;
+    config.listen.tcp = addrs.tcp;
+    config.listen.tls = Some(addrs.tls);
+    config.listen.quic = Some(addrs.quic);
     // The port of a broker just shut down may take a moment to free up.
     for _ in 0..100 {
         match Broker::builder(config.clone()).start().await {
@@ -35,15 +100,29 @@ async fn start_broker(dir: &Path, addr: SocketAddr) -> BrokerHandle {
             Err(e) => panic!("broker did not start: {e}"),
         }
     }
-    panic!("could not bind {addr} again");
+    panic!("could not bind {addrs:?} again");
 }
 
-fn config(addr: SocketAddr, user: &str, device: &str) -> ClientConfig {
+/// A client of `broker` over `t`: TLS trusts the broker's certificate file
+/// as a CA, QUIC pins its fingerprint.
+fn config(broker: &BrokerHandle, t: Transport, user: &str, device: &str) -> ClientConfig {
+    let endpoint = match t {
+        Transport::Tcp => Endpoint::tcp(broker.tcp_addr()),
+        Transport::Tls => Endpoint::tls(broker.tls_addr().unwrap()),
+        Transport::Quic => Endpoint::quic(broker.quic_addr().unwrap()),
+    };
     let mut c = ClientConfig::with_endpoint(
-        Endpoint::tcp(addr),
+        endpoint,
         format!("{user}:{device}"),
         DeviceId::new(device).unwrap(),
     );
+    c.trust = match t {
+        Transport::Tcp => None,
+        Transport::Tls => Some(Trust::CaFile(broker.cert_path().unwrap().to_path_buf())),
+        Transport::Quic => Some(Trust::Fingerprint(
+            broker.cert_fingerprint().unwrap().parse().unwrap(),
+        )),
+    };
     c.backoff = BackoffConfig {
         initial: Duration::from_millis(50),
         max: Duration::from_millis(500),
@@ -98,15 +177,13 @@ async fn assert_quiet(sub: &mut Subscription) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn publish_and_subscribe_between_two_clients() {
+async fn publish_and_subscribe_between_two_clients(t: Transport) {
     let dir = tempfile::tempdir().unwrap();
-    let broker = start_broker(dir.path(), "127.0.0.1:0".parse().unwrap()).await;
-    let addr = broker.tcp_addr();
-    let alice = Client::connect(config(addr, "alice", "phone"))
+    let broker = start_broker(dir.path(), Addrs::any()).await;
+    let alice = Client::connect(config(&broker, t, "alice", "phone"))
         .await
         .unwrap();
-    let bob = Client::connect(config(addr, "bob", "laptop"))
+    let bob = Client::connect(config(&broker, t, "bob", "laptop"))
         .await
         .unwrap();
 
@@ -133,15 +210,13 @@ async fn publish_and_subscribe_between_two_clients() {
     broker.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn subscribe_from_gets_backlog_then_live() {
+async fn subscribe_from_gets_backlog_then_live(t: Transport) {
     let dir = tempfile::tempdir().unwrap();
-    let broker = start_broker(dir.path(), "127.0.0.1:0".parse().unwrap()).await;
-    let addr = broker.tcp_addr();
-    let alice = Client::connect(config(addr, "alice", "phone"))
+    let broker = start_broker(dir.path(), Addrs::any()).await;
+    let alice = Client::connect(config(&broker, t, "alice", "phone"))
         .await
         .unwrap();
-    let bob = Client::connect(config(addr, "bob", "laptop"))
+    let bob = Client::connect(config(&broker, t, "bob", "laptop"))
         .await
         .unwrap();
     for i in 1..=10 {
@@ -168,15 +243,13 @@ async fn subscribe_from_gets_backlog_then_live() {
     broker.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn clients_survive_a_broker_restart() {
+async fn clients_survive_a_broker_restart(t: Transport) {
     let dir = tempfile::tempdir().unwrap();
-    let broker = start_broker(dir.path(), "127.0.0.1:0".parse().unwrap()).await;
-    let addr = broker.tcp_addr();
-    let alice = Client::connect(config(addr, "alice", "phone"))
+    let broker = start_broker(dir.path(), Addrs::any()).await;
+    let alice = Client::connect(config(&broker, t, "alice", "phone"))
         .await
         .unwrap();
-    let bob = Client::connect(config(addr, "bob", "laptop"))
+    let bob = Client::connect(config(&broker, t, "bob", "laptop"))
         .await
         .unwrap();
     let mut bob_events = bob.events();
@@ -203,6 +276,7 @@ async fn clients_survive_a_broker_restart() {
                 .unwrap(),
         );
     }
+    let addrs = Addrs::of(&broker);
     broker.shutdown().await;
     wait_event(&mut bob_events, |e| {
         matches!(e, ConnectionEvent::Disconnected { .. })
@@ -213,7 +287,7 @@ async fn clients_survive_a_broker_restart() {
     for i in 221..=230 {
         alice.publish_nowait("r", format!("m{i}")).await.unwrap();
     }
-    let broker = start_broker(dir.path(), addr).await;
+    let broker = start_broker(dir.path(), addrs).await;
     wait_event(&mut bob_events, |e| {
         matches!(e, ConnectionEvent::Reconnected { .. })
     })
@@ -245,21 +319,19 @@ async fn clients_survive_a_broker_restart() {
     broker.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_restarted_app_resumes_from_its_cursor() {
+async fn a_restarted_app_resumes_from_its_cursor(t: Transport) {
     let dir = tempfile::tempdir().unwrap();
-    let broker = start_broker(dir.path(), "127.0.0.1:0".parse().unwrap()).await;
-    let addr = broker.tcp_addr();
+    let broker = start_broker(dir.path(), Addrs::any()).await;
     let app_dir = tempfile::tempdir().unwrap();
     let cursors = app_dir.path().join("bob-cursors");
-    let alice = Client::connect(config(addr, "alice", "phone"))
+    let alice = Client::connect(config(&broker, t, "alice", "phone"))
         .await
         .unwrap();
 
     let store = confab_client::FileCursorStore::open(&cursors)
         .await
         .unwrap();
-    let bob = Client::connect(config(addr, "bob", "laptop").cursor_store(store))
+    let bob = Client::connect(config(&broker, t, "bob", "laptop").cursor_store(store))
         .await
         .unwrap();
     let mut sub = bob.subscribe("r").await.unwrap();
@@ -276,7 +348,7 @@ async fn a_restarted_app_resumes_from_its_cursor() {
     let store = confab_client::FileCursorStore::open(&cursors)
         .await
         .unwrap();
-    let bob = Client::connect(config(addr, "bob", "laptop").cursor_store(store))
+    let bob = Client::connect(config(&broker, t, "bob", "laptop").cursor_store(store))
         .await
         .unwrap();
     let mut sub = bob.subscribe("r").await.unwrap();

@@ -20,7 +20,7 @@ use tokio::runtime::Handle;
 use tokio_util::task::TaskTracker;
 use tracing::warn;
 
-pub(crate) use outbox::{Drained, Outbox};
+pub(crate) use outbox::{Drained, Outbox, Source};
 pub(crate) use subscription::{CatchupCtx, Offer, Subscription};
 
 use crate::rooms::Room;
@@ -118,7 +118,7 @@ fn handle(
                 for sub in subs.iter() {
                     match sub.offer(ev.seq, &ev.frame) {
                         Offer::Delivered => {
-                            if sub.outbox.mark_wake() {
+                            if sub.outbox.mark_wake(sub.lane) {
                                 to_wake.push(sub.outbox.clone());
                             }
                         }
@@ -142,7 +142,7 @@ fn handle(
         }
         FanoutMsg::Ephemeral { room, frame } => {
             for sub in room.subscribers().iter() {
-                if sub.outbox.try_push_event(&frame) && sub.outbox.mark_wake() {
+                if sub.outbox.try_push_event(sub.lane, &frame) && sub.outbox.mark_wake(sub.lane) {
                     to_wake.push(sub.outbox.clone());
                 }
             }
@@ -199,7 +199,7 @@ fn subscribe(mut cmd: SubscribeCmd, ctx: &Arc<CatchupCtx>, runtime: &Handle, tas
         },
     );
     match ack.to_bytes() {
-        Ok(bytes) => cmd.outbox.push_event_forced(bytes),
+        Ok(bytes) => cmd.outbox.push_subscribe_ack(bytes),
         Err(e) => warn!(error = %e, "cannot encode SubscribeAck"),
     }
     for sub in catchups {

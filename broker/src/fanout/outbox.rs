@@ -1,24 +1,35 @@
 //! A device's bounded outbound queue, drained by its connection's writer.
 //!
-//! Two lanes: `control` holds replies (acks, errors, pongs, history pages),
-//! bounded by the number of requests a connection may have in flight;
-//! `events` holds room events, bounded by `queue_capacity`. A live push
-//! into a full `events` lane fails instead of waiting, which is what
-//! switches a room to catch-up (see `subscription.rs`).
+//! Two kinds of lane: `control` holds replies (acks, errors, pongs, history
+//! pages), bounded by the number of requests a connection may have in
+//! flight; `events` holds room events, bounded by `queue_capacity` per
+//! event lane. A live push into a full event lane fails instead of waiting,
+//! which is what switches a room to catch-up (see `subscription.rs`).
+//!
+//! On a byte stream (TCP, TLS) there is one event lane and one writer that
+//! drains control first, then events. On QUIC the outbox is *split*: each
+//! room is pinned to one of several event lanes (by a hash of its id), each
+//! lane is drained by its own writer into its own QUIC stream, and the
+//! control lane by another. A lane whose stream is stalled then fills up
+//! and lags on its own, without holding back the rooms of other lanes.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
+use confab_codec::RoomId;
 use tokio::sync::Notify;
 
 use crate::stats::Stats;
 
+/// Most event lanes an outbox can have (the wake mask is a `u64`).
+pub(crate) const MAX_EVENT_LANES: usize = 64;
+
 #[derive(Debug, Default)]
 struct Lanes {
     control: VecDeque<Bytes>,
-    events: VecDeque<Bytes>,
+    events: Vec<VecDeque<Bytes>>,
     closed: bool,
 }
 
@@ -26,14 +37,19 @@ struct Lanes {
 #[derive(Debug)]
 pub(crate) struct Outbox {
     lanes: Mutex<Lanes>,
-    /// Wakes the writer when frames arrive.
-    ready: Notify,
+    /// Wakes the writers when frames arrive: `ready[0]` the control writer
+    /// (the only writer when not split), `ready[1 + i]` the writer of event
+    /// lane `i` when split.
+    ready: Box<[Notify]>,
     /// Wakes producers waiting for room in a lane.
     space: Notify,
     capacity: usize,
-    /// Set while a producer has pushed without waking the writer yet; lets
-    /// the fan-out wake each device once per commit instead of per event.
-    wake_pending: AtomicBool,
+    event_lanes: usize,
+    split: bool,
+    /// Bit `i` is set while a producer has pushed into event lane `i`
+    /// without waking its writer yet; lets the fan-out wake each device
+    /// once per commit instead of per event.
+    wake_pending: AtomicU64,
     stats: Arc<Stats>,
 }
 
@@ -48,15 +64,47 @@ pub(crate) enum Drained {
     Finished,
 }
 
+/// Which queued frames a writer takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Source {
+    /// Control first, then every event lane (the single writer of a byte
+    /// stream).
+    All,
+    /// The control lane only.
+    Control,
+    /// One event lane only.
+    Events(usize),
+}
+
 impl Outbox {
+    /// An outbox for a byte-stream transport: one event lane, one writer.
     pub(crate) fn new(capacity: usize, stats: Arc<Stats>) -> Self {
+        Self::with_lanes(capacity, 1, false, stats)
+    }
+
+    /// An outbox for QUIC: `event_lanes` event lanes (at most
+    /// [`MAX_EVENT_LANES`]) of `capacity` frames each, each drained
+    /// separately from the control lane.
+    pub(crate) fn split(capacity: usize, event_lanes: usize, stats: Arc<Stats>) -> Self {
+        Self::with_lanes(capacity, event_lanes, true, stats)
+    }
+
+    fn with_lanes(capacity: usize, event_lanes: usize, split: bool, stats: Arc<Stats>) -> Self {
+        let event_lanes = event_lanes.clamp(1, MAX_EVENT_LANES);
+        let writers = if split { 1 + event_lanes } else { 1 };
         Self {
             stats,
-            lanes: Mutex::new(Lanes::default()),
-            ready: Notify::new(),
+            lanes: Mutex::new(Lanes {
+                control: VecDeque::new(),
+                events: (0..event_lanes).map(|_| VecDeque::new()).collect(),
+                closed: false,
+            }),
+            ready: (0..writers).map(|_| Notify::new()).collect(),
             space: Notify::new(),
             capacity,
-            wake_pending: AtomicBool::new(false),
+            event_lanes,
+            split,
+            wake_pending: AtomicU64::new(0),
         }
     }
 
@@ -64,6 +112,39 @@ impl Outbox {
         // The lanes are consistent between statements, so a poisoned lock
         // (a panic elsewhere while holding it) leaves nothing half-done.
         self.lanes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Number of event lanes.
+    pub(crate) fn event_lanes(&self) -> usize {
+        self.event_lanes
+    }
+
+    /// The event lane of a room: FNV-1a of its id, modulo the lane count.
+    /// Stable, so a room's events always travel on the same lane (and QUIC
+    /// stream), in order.
+    pub(crate) fn lane_of(&self, room: &RoomId) -> usize {
+        if self.event_lanes == 1 {
+            return 0;
+        }
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in room.as_str().bytes() {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        (h % self.event_lanes as u64) as usize
+    }
+
+    fn notify_events(&self, lane: usize) {
+        let i = if self.split { 1 + lane } else { 0 };
+        if let Some(n) = self.ready.get(i) {
+            n.notify_one();
+        }
+    }
+
+    fn notify_all(&self) {
+        for n in self.ready.iter() {
+            n.notify_one();
+        }
     }
 
     /// Queues a reply and wakes the writer. Dropped if the outbox is closed.
@@ -76,61 +157,98 @@ impl Outbox {
             self.stats.queued(1, frame.len() as i64);
             l.control.push_back(frame);
         }
-        self.ready.notify_one();
+        self.ready[0].notify_one();
     }
 
-    /// Queues a room event if the lane has room, without waking the writer
-    /// (call [`Outbox::wake`] or [`Outbox::mark_wake`]). Returns false if the
-    /// lane is full; closed outboxes accept and drop.
-    pub(crate) fn try_push_event(&self, frame: &Bytes) -> bool {
+    /// Queues a room event in `lane` if it has room, without waking the
+    /// writer (call [`Outbox::wake`] or [`Outbox::mark_wake`]). Returns false
+    /// if the lane is full; closed outboxes accept and drop.
+    pub(crate) fn try_push_event(&self, lane: usize, frame: &Bytes) -> bool {
         let mut l = self.lock();
         if l.closed {
             return true;
         }
-        if l.events.len() >= self.capacity {
+        let Some(q) = l.events.get_mut(lane) else {
+            return true;
+        };
+        if q.len() >= self.capacity {
             return false;
         }
         self.stats.queued(1, frame.len() as i64);
-        l.events.push_back(frame.clone());
+        q.push_back(frame.clone());
         true
     }
 
+    /// Like [`Outbox::try_push_event`], and wakes the lane's writer at
+    /// once (for frames sent outside the fan-out's per-commit wake-ups).
+    pub(crate) fn try_push_event_now(&self, lane: usize, frame: &Bytes) -> bool {
+        let pushed = self.try_push_event(lane, frame);
+        if pushed {
+            self.notify_events(lane);
+        }
+        pushed
+    }
+
     /// Queues an event-lane frame even beyond capacity: for frames that
-    /// must keep their place among events (SubscribeAck, Lagging, CaughtUp,
-    /// and catch-up batches whose producer already waited for space).
-    pub(crate) fn push_event_forced(&self, frame: Bytes) {
+    /// must keep their place among a room's events (Lagging, CaughtUp, and
+    /// catch-up batches whose producer already waited for space).
+    pub(crate) fn push_event_forced(&self, lane: usize, frame: Bytes) {
         {
             let mut l = self.lock();
             if l.closed {
                 return;
             }
+            let Some(q) = l.events.get_mut(lane) else {
+                return;
+            };
             self.stats.queued(1, frame.len() as i64);
-            l.events.push_back(frame);
+            q.push_back(frame);
         }
-        self.ready.notify_one();
+        self.notify_events(lane);
     }
 
-    /// Returns true the first time it is called after a wake, so the caller
-    /// adds this outbox to its list of outboxes to wake.
-    pub(crate) fn mark_wake(&self) -> bool {
-        !self.wake_pending.swap(true, Ordering::AcqRel)
+    /// Queues a `SubscribeAck`. On a byte stream it goes into the (single)
+    /// event lane, ahead of every event of the subscription. Split, it
+    /// answers many rooms of possibly different lanes at once, so it goes
+    /// on the control lane, and the client orders it (protocol section 2.1).
+    pub(crate) fn push_subscribe_ack(&self, frame: Bytes) {
+        if self.split {
+            self.push_control(frame);
+        } else {
+            self.push_event_forced(0, frame);
+        }
     }
 
-    /// Wakes the writer.
+    /// Returns true the first time it is called for any lane after a wake,
+    /// so the caller adds this outbox to its list of outboxes to wake.
+    pub(crate) fn mark_wake(&self, lane: usize) -> bool {
+        let bit = 1u64 << (lane % MAX_EVENT_LANES);
+        self.wake_pending.fetch_or(bit, Ordering::AcqRel) == 0
+    }
+
+    /// Wakes the writers of the lanes marked since the last wake.
     pub(crate) fn wake(&self) {
-        self.wake_pending.store(false, Ordering::Release);
-        self.ready.notify_one();
+        let mut bits = self.wake_pending.swap(0, Ordering::AcqRel);
+        if !self.split {
+            self.ready[0].notify_one();
+            return;
+        }
+        while bits != 0 {
+            let lane = bits.trailing_zeros() as usize;
+            bits &= bits - 1;
+            self.notify_events(lane);
+        }
     }
 
-    /// Waits until the event lane is below capacity (or the outbox closed).
-    pub(crate) async fn wait_event_space(&self) {
+    /// Waits until event lane `lane` is below capacity (or the outbox closed).
+    pub(crate) async fn wait_event_space(&self, lane: usize) {
         loop {
             let notified = self.space.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
             {
                 let l = self.lock();
-                if l.closed || l.events.len() < self.capacity {
+                if l.closed || l.events.get(lane).is_none_or(|q| q.len() < self.capacity) {
                     return;
                 }
             }
@@ -154,15 +272,30 @@ impl Outbox {
         }
     }
 
-    /// Moves queued frames into `buf`, control first, until `buf` holds at
-    /// least `max_bytes` or both lanes are empty.
+    /// Moves frames queued in every lane into `buf`, control first, until
+    /// `buf` holds at least `max_bytes` or the lanes are empty.
     pub(crate) fn drain_into(&self, buf: &mut BytesMut, max_bytes: usize) -> Drained {
+        self.drain(Source::All, buf, max_bytes)
+    }
+
+    /// Moves frames queued in `source` into `buf` until `buf` holds at least
+    /// `max_bytes` or the source is empty.
+    pub(crate) fn drain(&self, source: Source, buf: &mut BytesMut, max_bytes: usize) -> Drained {
         let mut moved = false;
         {
-            let mut l = self.lock();
+            let mut guard = self.lock();
+            let l = &mut *guard;
             let (mut frames, mut bytes) = (0i64, 0i64);
             while buf.len() < max_bytes {
-                let Some(frame) = l.control.pop_front().or_else(|| l.events.pop_front()) else {
+                let next = match source {
+                    Source::All => l
+                        .control
+                        .pop_front()
+                        .or_else(|| l.events.iter_mut().find_map(VecDeque::pop_front)),
+                    Source::Control => l.control.pop_front(),
+                    Source::Events(i) => l.events.get_mut(i).and_then(VecDeque::pop_front),
+                };
+                let Some(frame) = next else {
                     break;
                 };
                 buf.extend_from_slice(&frame);
@@ -183,15 +316,28 @@ impl Outbox {
         Drained::Frames
     }
 
-    /// Waits for frames to arrive.
+    /// Waits for frames to arrive (the single writer of a byte stream).
     pub(crate) async fn ready(&self) {
-        self.ready.notified().await;
+        self.ready[0].notified().await;
     }
 
-    /// Stops accepting frames; the writer sends what is queued and finishes.
+    /// Waits for frames to arrive for the writer of `source`.
+    pub(crate) async fn ready_for(&self, source: Source) {
+        let i = match source {
+            Source::All | Source::Control => 0,
+            Source::Events(lane) if self.split => 1 + lane,
+            Source::Events(_) => 0,
+        };
+        match self.ready.get(i) {
+            Some(n) => n.notified().await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Stops accepting frames; the writers send what is queued and finish.
     pub(crate) fn close(&self) {
         self.lock().closed = true;
-        self.ready.notify_one();
+        self.notify_all();
         self.space.notify_waiters();
     }
 
@@ -200,18 +346,19 @@ impl Outbox {
         {
             let mut l = self.lock();
             l.closed = true;
-            let frames = (l.control.len() + l.events.len()) as i64;
-            let bytes: usize = l
-                .control
-                .iter()
-                .chain(l.events.iter())
-                .map(Bytes::len)
-                .sum();
+            let mut frames = l.control.len() as i64;
+            let mut bytes: usize = l.control.iter().map(Bytes::len).sum();
+            for q in &l.events {
+                frames += q.len() as i64;
+                bytes += q.iter().map(Bytes::len).sum::<usize>();
+            }
             self.stats.queued(-frames, -(bytes as i64));
             l.control.clear();
-            l.events.clear();
+            for q in &mut l.events {
+                q.clear();
+            }
         }
-        self.ready.notify_one();
+        self.notify_all();
         self.space.notify_waiters();
     }
 
@@ -229,14 +376,14 @@ mod tests {
     fn event_lane_is_bounded_and_control_goes_first() {
         let o = Outbox::new(2, Arc::default());
         let e = Bytes::from_static(b"e");
-        assert!(o.try_push_event(&e));
-        assert!(o.try_push_event(&e));
-        assert!(!o.try_push_event(&e), "third event exceeds capacity");
+        assert!(o.try_push_event(0, &e));
+        assert!(o.try_push_event(0, &e));
+        assert!(!o.try_push_event(0, &e), "third event exceeds capacity");
         o.push_control(Bytes::from_static(b"c"));
         let mut buf = BytesMut::new();
         assert_eq!(o.drain_into(&mut buf, 1 << 20), Drained::Frames);
         assert_eq!(&buf[..], b"cee");
-        assert!(o.try_push_event(&e));
+        assert!(o.try_push_event(0, &e));
         o.close();
         buf.clear();
         assert_eq!(o.drain_into(&mut buf, 1 << 20), Drained::Frames);
@@ -246,10 +393,10 @@ mod tests {
     #[tokio::test]
     async fn waiting_for_space_wakes_on_drain() {
         let o = Arc::new(Outbox::new(1, Arc::default()));
-        assert!(o.try_push_event(&Bytes::from_static(b"x")));
+        assert!(o.try_push_event(0, &Bytes::from_static(b"x")));
         let waiter = {
             let o = o.clone();
-            tokio::spawn(async move { o.wait_event_space().await })
+            tokio::spawn(async move { o.wait_event_space(0).await })
         };
         tokio::task::yield_now().await;
         assert!(!waiter.is_finished());
@@ -259,5 +406,66 @@ mod tests {
             .await
             .expect("woken")
             .expect("joined");
+    }
+
+    #[test]
+    fn split_lanes_fill_and_drain_independently() {
+        let o = Outbox::split(2, 4, Arc::default());
+        let rooms: Vec<RoomId> = (0..64)
+            .map(|i| RoomId::new(format!("r{i}")).expect("room"))
+            .collect();
+        let lanes: std::collections::HashSet<usize> = rooms.iter().map(|r| o.lane_of(r)).collect();
+        assert_eq!(lanes.len(), 4, "64 rooms spread over every lane");
+        let (a, b) = (0, 1);
+        let e = Bytes::from_static(b"e");
+        assert!(o.try_push_event(a, &e) && o.try_push_event(a, &e));
+        assert!(!o.try_push_event(a, &e), "lane a is full");
+        assert!(o.try_push_event(b, &e), "lane b is not affected");
+        o.push_subscribe_ack(Bytes::from_static(b"s"));
+        let mut buf = BytesMut::new();
+        assert_eq!(o.drain(Source::Control, &mut buf, 1 << 20), Drained::Frames);
+        assert_eq!(&buf[..], b"s", "split: SubscribeAck is a control frame");
+        buf.clear();
+        assert_eq!(
+            o.drain(Source::Events(b), &mut buf, 1 << 20),
+            Drained::Frames
+        );
+        assert_eq!(&buf[..], b"e");
+        assert_eq!(
+            o.drain(Source::Events(2), &mut buf, 1 << 20),
+            Drained::Empty
+        );
+        o.close();
+        assert_eq!(
+            o.drain(Source::Events(b), &mut buf, 1 << 20),
+            Drained::Finished
+        );
+        buf.clear();
+        assert_eq!(
+            o.drain(Source::Events(a), &mut buf, 1 << 20),
+            Drained::Frames
+        );
+        assert_eq!(&buf[..], b"ee");
+    }
+
+    #[tokio::test]
+    async fn wakes_reach_only_the_marked_lanes() {
+        let o = Outbox::split(8, 2, Arc::default());
+        assert!(o.try_push_event(1, &Bytes::from_static(b"x")));
+        assert!(o.mark_wake(1));
+        assert!(!o.mark_wake(1), "one wake per commit");
+        o.wake();
+        tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            o.ready_for(Source::Events(1)),
+        )
+        .await
+        .expect("lane 1 woken");
+        let lane0 = tokio::time::timeout(
+            std::time::Duration::from_millis(50),
+            o.ready_for(Source::Events(0)),
+        )
+        .await;
+        assert!(lane0.is_err(), "lane 0 was not woken");
     }
 }

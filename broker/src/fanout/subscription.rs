@@ -57,6 +57,8 @@ pub(crate) struct Subscription {
     pub(crate) outbox: Arc<Outbox>,
     /// The user of the device, to end its subscriptions when it leaves.
     pub(crate) user: Option<confab_codec::UserId>,
+    /// The outbox's event lane of this room.
+    pub(crate) lane: usize,
     state: Mutex<State>,
 }
 
@@ -82,6 +84,7 @@ impl Subscription {
         user: Option<confab_codec::UserId>,
     ) -> Self {
         Self {
+            lane: outbox.lane_of(&room.id),
             room,
             outbox,
             user,
@@ -126,7 +129,7 @@ impl Subscription {
         }
         match st.mode {
             Mode::Live if seq.0 == st.next => {
-                if self.outbox.try_push_event(frame) {
+                if self.outbox.try_push_event(self.lane, frame) {
                     st.next += 1;
                     Offer::Delivered
                 } else {
@@ -173,7 +176,7 @@ impl Subscription {
         lagged: bool,
     ) -> Result<(), String> {
         if lagged {
-            self.outbox.wait_event_space().await;
+            self.outbox.wait_event_space(self.lane).await;
             let (next, seen) = {
                 let st = self.lock();
                 if st.mode == Mode::Closed {
@@ -189,7 +192,7 @@ impl Subscription {
             })
             .to_bytes()
             .map_err(|e| e.to_string())?;
-            self.outbox.push_event_forced(notice);
+            self.outbox.push_event_forced(self.lane, notice);
         }
         loop {
             let (next, seen) = {
@@ -204,7 +207,7 @@ impl Subscription {
                             })
                             .to_bytes()
                             .map_err(|e| e.to_string())?;
-                            self.outbox.push_event_forced(frame);
+                            self.outbox.push_event_forced(self.lane, frame);
                         }
                         st.mode = Mode::Live;
                         return Ok(());
@@ -214,7 +217,7 @@ impl Subscription {
                     _ => return Ok(()),
                 }
             };
-            self.outbox.wait_event_space().await;
+            self.outbox.wait_event_space(self.lane).await;
             if self.outbox.is_closed() {
                 return Ok(());
             }
@@ -269,7 +272,7 @@ impl Subscription {
             if st.mode != Mode::CatchingUp || st.next != next {
                 return Ok(());
             }
-            self.outbox.push_event_forced(frame);
+            self.outbox.push_event_forced(self.lane, frame);
             st.next = last + 1;
         }
     }

@@ -98,9 +98,7 @@ pub(crate) async fn run(hub: Arc<TypingHub>, window: Duration, shutdown: Cancell
                 continue;
             };
             for sub in room.subscribers().iter() {
-                if sub.outbox.try_push_event(&bytes) {
-                    sub.outbox.wake();
-                }
+                sub.outbox.try_push_event_now(sub.lane, &bytes);
             }
         }
     }

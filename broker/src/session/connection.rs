@@ -19,7 +19,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::codec::{FrameCodec, WireError};
-use super::writer::{write_loop, WriterEnd};
+use super::quic_writer::QuicEgress;
+use super::writer::{Egress, WriterCtx, WriterEnd};
 use super::ConnCtx;
 use crate::auth::Identity;
 use crate::fanout::{Outbox, SubscribeCmd, SubscribeItem, Subscription};
@@ -36,52 +37,75 @@ const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
 type CloseReason = (ErrorCode, String);
 
-/// Serves one accepted connection to its end.
+/// Serves one accepted byte-stream connection (TCP, TLS) to its end.
 pub(crate) async fn serve_connection<S>(stream: S, peer: String, shared: Arc<Shared>)
 where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
+    let (rd, wr) = tokio::io::split(stream);
+    serve(rd, Egress::Stream(wr), peer, shared).await;
+}
+
+/// Serves one QUIC connection whose control stream is open.
+pub(crate) async fn serve_quic(
+    conn: quinn::Connection,
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    peer: String,
+    shared: Arc<Shared>,
+) {
+    let egress = Egress::<quinn::SendStream>::Quic(QuicEgress {
+        conn,
+        control: send,
+    });
+    serve(recv, egress, peer, shared).await;
+}
+
+async fn serve<R, W>(rd: R, mut egress: Egress<W>, peer: String, shared: Arc<Shared>)
+where
+    R: AsyncRead + Send + Unpin + 'static,
+    W: AsyncWrite + Send + Unpin + 'static,
+{
     let cfg = &shared.config;
-    let (rd, mut wr) = tokio::io::split(stream);
     let mut frames =
         FramedRead::with_capacity(rd, FrameCodec::new(cfg.limits.max_frame_len), 16 << 10);
 
     let first = tokio::select! {
         r = tokio::time::timeout(cfg.handshake_timeout(), frames.next()) => r,
         _ = shared.shutdown.cancelled() => {
-            reject(&mut wr, 0, ErrorCode::ShuttingDown, "server shutting down").await;
+            egress.reject(0, ErrorCode::ShuttingDown, "server shutting down").await;
             return;
         }
     };
     let frame = match first {
         Err(_) => {
             debug!(%peer, "handshake timeout");
-            reject(
-                &mut wr,
-                0,
-                ErrorCode::Timeout,
-                "no Hello within the handshake timeout",
-            )
-            .await;
+            egress
+                .reject(
+                    0,
+                    ErrorCode::Timeout,
+                    "no Hello within the handshake timeout",
+                )
+                .await;
             return;
         }
         Ok(None) | Ok(Some(Err(WireError::Io(_)))) => return,
         Ok(Some(Err(WireError::Codec(e)))) => {
             debug!(%peer, error = %e, "bad first frame");
-            reject(&mut wr, 0, e.code(), &e.to_string()).await;
+            egress.reject(0, e.code(), &e.to_string()).await;
             return;
         }
         Ok(Some(Ok(frame))) => frame,
     };
     let request_id = frame.request_id;
     let Body::Hello(hello) = frame.body else {
-        reject(
-            &mut wr,
-            request_id,
-            ErrorCode::ProtocolViolation,
-            "the first frame must be Hello",
-        )
-        .await;
+        egress
+            .reject(
+                request_id,
+                ErrorCode::ProtocolViolation,
+                "the first frame must be Hello",
+            )
+            .await;
         return;
     };
     if hello.min_version > PROTOCOL_VERSION || hello.max_version < PROTOCOL_VERSION {
@@ -89,34 +113,36 @@ where
             "server speaks version {PROTOCOL_VERSION}, client {}..={}",
             hello.min_version, hello.max_version
         );
-        reject(&mut wr, request_id, ErrorCode::UnsupportedVersion, &msg).await;
+        egress
+            .reject(request_id, ErrorCode::UnsupportedVersion, &msg)
+            .await;
         return;
     }
     let identity = match shared.auth.authenticate(&hello.token, &hello.device) {
         Ok(id) => id,
         Err(e) => {
             info!(%peer, device = %hello.device, reason = %e, "authentication refused");
-            reject(&mut wr, request_id, e.code, &e.message).await;
+            egress.reject(request_id, e.code, &e.message).await;
             return;
         }
     };
 
     if identity.expires_at_us.is_some_and(|exp| exp <= now_us()) {
-        reject(
-            &mut wr,
-            request_id,
-            ErrorCode::TokenExpired,
-            "token expired",
-        )
-        .await;
+        egress
+            .reject(request_id, ErrorCode::TokenExpired, "token expired")
+            .await;
         return;
     }
     let grant = Grant::of(&identity);
     let session_id = shared.session_ids.fetch_add(1, Ordering::Relaxed);
-    let outbox = Arc::new(Outbox::new(
-        cfg.delivery.queue_capacity,
-        shared.stats.clone(),
-    ));
+    let outbox = Arc::new(match &egress {
+        Egress::Stream(_) => Outbox::new(cfg.delivery.queue_capacity, shared.stats.clone()),
+        Egress::Quic(_) => Outbox::split(
+            cfg.delivery.queue_capacity,
+            cfg.delivery.quic_event_streams,
+            shared.stats.clone(),
+        ),
+    });
     let conn = Arc::new(ConnCtx {
         sender_key: sender_key(identity.user.as_str(), identity.device.as_str()),
         user: identity.user,
@@ -129,14 +155,13 @@ where
     let replaced = shared.devices.register(&conn.sender_key, session_id);
 
     let writer_done = CancellationToken::new();
-    let writer = tokio::spawn(write_loop(
-        wr,
-        outbox.clone(),
-        cfg.delivery.write_batch_bytes,
-        cfg.slow_consumer_timeout(),
+    let writer = egress.spawn_writer(WriterCtx {
+        outbox: outbox.clone(),
+        batch_bytes: cfg.delivery.write_batch_bytes,
+        slow_timeout: cfg.slow_consumer_timeout(),
         session_id,
-        writer_done.clone(),
-    ));
+        done: writer_done.clone(),
+    });
 
     let welcome = Frame::request(
         request_id,
@@ -232,8 +257,19 @@ pub(crate) async fn refuse<S: AsyncWrite + Unpin>(
     reject(&mut stream, 0, code, message).await;
 }
 
+/// Refuses a whole QUIC connection on its control stream, then closes it.
+pub(crate) async fn refuse_quic(
+    conn: quinn::Connection,
+    control: quinn::SendStream,
+    code: ErrorCode,
+    message: &'static str,
+) {
+    let mut egress = Egress::<quinn::SendStream>::Quic(QuicEgress { conn, control });
+    egress.reject(0, code, message).await;
+}
+
 /// Refuses a connection before the session exists: Error, Goodbye, close.
-async fn reject<W: AsyncWrite + Unpin>(
+pub(super) async fn reject<W: AsyncWrite + Unpin>(
     wr: &mut W,
     request_id: u32,
     code: ErrorCode,

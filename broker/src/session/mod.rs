@@ -1,9 +1,10 @@
 //! Sessions: one per connection, whatever the transport. The handshake,
-//! request dispatch and the writer that drains the device's outbox.
+//! request dispatch and the writers that drain the device's outbox.
 
 mod codec;
 mod connection;
 mod devices;
+mod quic_writer;
 mod writer;
 
 use std::sync::Arc;
@@ -12,7 +13,7 @@ use confab_codec::{DeviceId, UserId};
 use tokio::sync::Semaphore;
 
 pub use codec::{FrameCodec, WireError};
-pub(crate) use connection::{refuse, serve_connection};
+pub(crate) use connection::{refuse, refuse_quic, serve_connection, serve_quic};
 pub(crate) use devices::DeviceRegistry;
 
 use crate::fanout::Outbox;

@@ -1,11 +1,11 @@
-//! Plain TCP: the accept loop, with admission control.
+//! TCP, plain or with TLS: the accept loop, with admission control.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use confab_codec::ErrorCode;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
@@ -13,11 +13,16 @@ use crate::server::Shared;
 use crate::session::{refuse, serve_connection};
 
 /// Accepts until shutdown. Each connection needs a permit of the
-/// `max_connections` semaphore; without one it gets `ServerBusy` and is
-/// closed. Accept errors (such as running out of file descriptors) back off
-/// instead of spinning.
-pub(crate) async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, tasks: TaskTracker) {
-    let permits = Arc::new(Semaphore::new(shared.config.limits.max_connections));
+/// `max_connections` semaphore (shared by every listener); without one it
+/// gets `ServerBusy` and is closed. Accept errors (such as running out of
+/// file descriptors) back off instead of spinning. With `tls`, the TLS
+/// handshake runs in the connection's task, within the handshake timeout.
+pub(crate) async fn accept_loop(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    shared: Arc<Shared>,
+    tasks: TaskTracker,
+) {
     let mut backoff = Duration::from_millis(5);
     loop {
         let accepted = tokio::select! {
@@ -37,22 +42,40 @@ pub(crate) async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, task
             }
         };
         let _ = stream.set_nodelay(true);
-        match permits.clone().try_acquire_owned() {
-            Ok(permit) => {
-                let shared = shared.clone();
-                tasks.spawn(async move {
-                    serve_connection(stream, peer.to_string(), shared).await;
-                    drop(permit);
-                });
-            }
-            Err(_) => {
+        let permit = shared.conn_permits.clone().try_acquire_owned().ok();
+        let shared = shared.clone();
+        let tls = tls.clone();
+        tasks.spawn(async move {
+            if permit.is_none() {
                 debug!(%peer, "connection limit reached");
-                tasks.spawn(refuse(
-                    stream,
-                    ErrorCode::ServerBusy,
-                    "connection limit reached",
-                ));
             }
-        }
+            let peer = peer.to_string();
+            match tls {
+                None => serve(stream, permit.is_some(), peer, shared).await,
+                Some(acceptor) => {
+                    let handshake = tokio::select! {
+                        r = tokio::time::timeout(shared.config.handshake_timeout(), acceptor.accept(stream)) => r,
+                        _ = shared.shutdown.cancelled() => return,
+                    };
+                    match handshake {
+                        Ok(Ok(stream)) => serve(stream, permit.is_some(), peer, shared).await,
+                        Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => debug!(%peer, "TLS handshake timeout"),
+                    }
+                }
+            }
+            drop(permit);
+        });
+    }
+}
+
+async fn serve<S>(stream: S, admitted: bool, peer: String, shared: Arc<Shared>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    if admitted {
+        serve_connection(stream, peer, shared).await;
+    } else {
+        refuse(stream, ErrorCode::ServerBusy, "connection limit reached").await;
     }
 }

@@ -9,22 +9,165 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use confab_broker::config::{Config, Durability};
 use confab_broker::{Broker, BrokerHandle};
 use confab_codec::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::mpsc;
 
 /// Upper bound for any single wait in the tests.
 pub const WAIT: Duration = Duration::from_secs(20);
+
+/// The transports a test can run over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Tcp,
+    Tls,
+    Quic,
+}
+
+/// Runs `async fn name(t: Transport)` as one test per transport:
+/// `name::tcp`, `name::tls`, `name::quic`.
+#[allow(unused_macros)]
+macro_rules! over_transports {
+    ($($name:ident),+ $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn tcp() {
+                super::$name(super::Transport::Tcp).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn tls() {
+                super::$name(super::Transport::Tls).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn quic() {
+                super::$name(super::Transport::Quic).await
+            }
+        }
+    )+};
+}
+
+/// How to reach a broker over one transport.
+#[derive(Debug, Clone)]
+pub struct Dial {
+    pub transport: Transport,
+    pub addr: SocketAddr,
+    /// The certificate to trust (TLS, QUIC).
+    pub cert: Option<CertificateDer<'static>>,
+}
+
+impl From<SocketAddr> for Dial {
+    fn from(addr: SocketAddr) -> Dial {
+        Dial {
+            transport: Transport::Tcp,
+            addr,
+            cert: None,
+        }
+    }
+}
+
+impl From<&Dial> for Dial {
+    fn from(d: &Dial) -> Dial {
+        d.clone()
+    }
+}
+
+/// The broker's listener for `t`, with its certificate.
+pub fn dial(broker: &BrokerHandle, t: Transport) -> Dial {
+    let cert = broker
+        .cert_path()
+        .map(|p| CertificateDer::from_pem_file(p).expect("broker certificate"));
+    let addr = match t {
+        Transport::Tcp => broker.tcp_addr(),
+        Transport::Tls => broker.tls_addr().expect("TLS listener on"),
+        Transport::Quic => broker.quic_addr().expect("QUIC listener on"),
+    };
+    Dial {
+        transport: t,
+        addr,
+        cert,
+    }
+}
+
+/// A rustls client configuration trusting exactly `cert` (ring only).
+pub fn tls_client(cert: &CertificateDer<'static>, tls13_only: bool) -> rustls::ClientConfig {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.clone()).expect("a valid certificate");
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider);
+    let builder = if tls13_only {
+        builder.with_protocol_versions(&[&rustls::version::TLS13])
+    } else {
+        builder.with_safe_default_protocol_versions()
+    };
+    let mut config = builder
+        .expect("protocol versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![confab_broker::transport::tls::ALPN.to_vec()];
+    config
+}
+
+/// A quinn client configuration trusting `cert`, with `transport` settings.
+pub fn quic_client(
+    cert: &CertificateDer<'static>,
+    transport: quinn::TransportConfig,
+) -> quinn::ClientConfig {
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls_client(cert, true))
+        .expect("QUIC TLS config");
+    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+    config.transport_config(Arc::new(transport));
+    config
+}
+
+/// Opens a QUIC connection to `addr` from a fresh loopback endpoint.
+pub async fn quic_connect(
+    addr: SocketAddr,
+    config: quinn::ClientConfig,
+) -> (quinn::Endpoint, quinn::Connection) {
+    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).expect("endpoint");
+    let conn = tokio::time::timeout(
+        WAIT,
+        endpoint
+            .connect_with(config, addr, "localhost")
+            .expect("connect"),
+    )
+    .await
+    .expect("QUIC handshake in time")
+    .expect("QUIC handshake");
+    (endpoint, conn)
+}
+
+/// Decodes frames from `rd` into `tx` until the stream ends.
+pub async fn forward_frames<R: AsyncRead + Unpin>(mut rd: R, tx: mpsc::UnboundedSender<Frame>) {
+    let mut buf = BytesMut::new();
+    loop {
+        while let Some(f) = Frame::decode(&mut buf, 1 << 24).expect("server frames are valid") {
+            if tx.send(f).is_err() {
+                return;
+            }
+        }
+        match rd.read_buf(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+}
 
 pub fn test_config(dir: &Path) -> Config {
     let mut c = Config::default();
     c.data_dir = dir.to_path_buf();
     c.listen.tcp = "127.0.0.1:0".parse().unwrap();
+    c.listen.tls = Some("127.0.0.1:0".parse().unwrap());
+    c.listen.quic = Some("127.0.0.1:0".parse().unwrap());
     c.storage.durability = Durability::Wal;
     c.log.level = "warn".into();
     c
@@ -53,10 +196,36 @@ pub fn room(s: &str) -> RoomId {
     RoomId::new(s).unwrap()
 }
 
-/// A raw protocol connection.
+/// Where a connection's frames come from.
+enum Inbound {
+    /// One byte stream (TCP, TLS).
+    Stream {
+        rd: Box<dyn AsyncRead + Send + Unpin>,
+        buf: BytesMut,
+    },
+    /// Frames decoded by tasks reading the QUIC control stream and every
+    /// event stream. Ends when all of them ended.
+    Frames(mpsc::UnboundedReceiver<Frame>),
+}
+
+/// The QUIC connection behind a [`Conn`].
+pub struct QuicSide {
+    pub endpoint: quinn::Endpoint,
+    pub conn: quinn::Connection,
+    acceptor: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for QuicSide {
+    fn drop(&mut self) {
+        self.acceptor.abort();
+    }
+}
+
+/// A raw protocol connection over any transport.
 pub struct Conn {
-    pub stream: TcpStream,
-    pub buf: BytesMut,
+    wr: Box<dyn AsyncWrite + Send + Unpin>,
+    rd: Inbound,
+    pub quic: Option<QuicSide>,
     next_request: u32,
     pub welcome: Option<Welcome>,
     /// Frames read while waiting for a specific reply, returned first by `recv`.
@@ -64,12 +233,59 @@ pub struct Conn {
 }
 
 impl Conn {
+    /// A plain TCP connection, no handshake.
     pub async fn raw(addr: SocketAddr) -> Conn {
-        let stream = TcpStream::connect(addr).await.expect("connect");
-        stream.set_nodelay(true).unwrap();
+        Conn::connect(addr).await
+    }
+
+    /// A connection over any transport, no protocol handshake.
+    pub async fn connect(dial: impl Into<Dial>) -> Conn {
+        let dial = dial.into();
+        let (wr, rd, quic): (Box<dyn AsyncWrite + Send + Unpin>, _, _) = match dial.transport {
+            Transport::Tcp => {
+                let stream = TcpStream::connect(dial.addr).await.expect("connect");
+                stream.set_nodelay(true).unwrap();
+                let (rd, wr) = tokio::io::split(stream);
+                (Box::new(wr), stream_inbound(rd), None)
+            }
+            Transport::Tls => {
+                let stream = TcpStream::connect(dial.addr).await.expect("connect");
+                stream.set_nodelay(true).unwrap();
+                let cert = dial.cert.as_ref().expect("a certificate to trust");
+                let connector = tokio_rustls::TlsConnector::from(Arc::new(tls_client(cert, false)));
+                let name = ServerName::IpAddress(dial.addr.ip().into());
+                let stream = tokio::time::timeout(WAIT, connector.connect(name, stream))
+                    .await
+                    .expect("TLS handshake in time")
+                    .expect("TLS handshake");
+                let (rd, wr) = tokio::io::split(stream);
+                (Box::new(wr), stream_inbound(rd), None)
+            }
+            Transport::Quic => {
+                let cert = dial.cert.as_ref().expect("a certificate to trust");
+                let config = quic_client(cert, quinn::TransportConfig::default());
+                let (endpoint, conn) = quic_connect(dial.addr, config).await;
+                let (send, recv) = conn.open_bi().await.expect("control stream");
+                let (tx, rx) = mpsc::unbounded_channel();
+                tokio::spawn(forward_frames(recv, tx.clone()));
+                let events = conn.clone();
+                let acceptor = tokio::spawn(async move {
+                    while let Ok(stream) = events.accept_uni().await {
+                        tokio::spawn(forward_frames(stream, tx.clone()));
+                    }
+                });
+                let side = QuicSide {
+                    endpoint,
+                    conn,
+                    acceptor,
+                };
+                (Box::new(send), Inbound::Frames(rx), Some(side))
+            }
+        };
         Conn {
-            stream,
-            buf: BytesMut::new(),
+            wr,
+            rd,
+            quic,
             next_request: 1,
             welcome: None,
             pending: Default::default(),
@@ -77,17 +293,17 @@ impl Conn {
     }
 
     /// Connects and completes the handshake as `user:device`.
-    pub async fn open(addr: SocketAddr, user: &str, device: &str) -> Conn {
-        Self::open_with_resume(addr, user, device, Vec::new()).await
+    pub async fn open(dial: impl Into<Dial>, user: &str, device: &str) -> Conn {
+        Self::open_with_resume(dial, user, device, Vec::new()).await
     }
 
     pub async fn open_with_resume(
-        addr: SocketAddr,
+        dial: impl Into<Dial>,
         user: &str,
         device: &str,
         resume: Vec<SubscribeItem>,
     ) -> Conn {
-        let mut c = Conn::raw(addr).await;
+        let mut c = Conn::connect(dial).await;
         let rid = c
             .send(Hello {
                 min_version: 1,
@@ -122,11 +338,13 @@ impl Conn {
 
     pub async fn send_frame(&mut self, frame: Frame) {
         let bytes = frame.to_bytes().unwrap();
-        self.stream.write_all(&bytes).await.expect("write");
+        self.wr.write_all(&bytes).await.expect("write");
+        self.wr.flush().await.expect("flush");
     }
 
     pub async fn send_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        self.stream.write_all(bytes).await
+        self.wr.write_all(bytes).await?;
+        self.wr.flush().await
     }
 
     /// The next frame, or None on a clean close. Panics after [`WAIT`].
@@ -149,17 +367,19 @@ impl Conn {
         self.recv_wire().await
     }
 
-    /// The next frame from the socket, ignoring stashed ones.
+    /// The next frame from the transport, ignoring stashed ones.
     async fn recv_wire(&mut self) -> Option<Frame> {
-        loop {
-            if let Some(f) = Frame::decode(&mut self.buf, 1 << 24).expect("server frames are valid")
-            {
-                return Some(f);
-            }
-            match self.stream.read_buf(&mut self.buf).await {
-                Ok(0) | Err(_) => return None,
-                Ok(_) => {}
-            }
+        match &mut self.rd {
+            Inbound::Frames(rx) => rx.recv().await,
+            Inbound::Stream { rd, buf } => loop {
+                if let Some(f) = Frame::decode(buf, 1 << 24).expect("server frames are valid") {
+                    return Some(f);
+                }
+                match rd.read_buf(buf).await {
+                    Ok(0) | Err(_) => return None,
+                    Ok(_) => {}
+                }
+            },
         }
     }
 
@@ -287,6 +507,13 @@ impl Conn {
             frames.push(f);
         }
         frames
+    }
+}
+
+fn stream_inbound<R: AsyncRead + Send + Unpin + 'static>(rd: R) -> Inbound {
+    Inbound::Stream {
+        rd: Box::new(rd),
+        buf: BytesMut::new(),
     }
 }
 

@@ -70,6 +70,7 @@ pub(crate) enum ReqMode {
 /// What the handle gives the task at start.
 pub(crate) struct Parts {
     pub(crate) config: Arc<ClientConfig>,
+    pub(crate) dialer: Arc<crate::transport::Dialer>,
     pub(crate) cmds: mpsc::Receiver<Command>,
     pub(crate) ctl: mpsc::UnboundedReceiver<SubCtl>,
     pub(crate) ctl_tx: mpsc::UnboundedSender<SubCtl>,

@@ -18,10 +18,14 @@ use tracing::debug;
 use crate::codec::FrameCodec;
 use crate::config::ClientConfig;
 use crate::error::{ClientError, DisconnectReason};
-use crate::transport::BoxByteStream;
+use crate::transport::{BoxByteStream, Dialer, EventStreams, QuicLink};
 
 /// The reason given when the transport or the handshake is too slow.
 pub(super) const TIMEOUT: &str = "connect timeout";
+
+/// How long a closing QUIC connection waits for the broker's close, then
+/// for its own to be sent.
+const QUIC_CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// Frames handed to the writer task but not yet written.
 const WRITER_QUEUE: usize = 64;
@@ -95,6 +99,11 @@ impl Outbound {
 /// A connection that completed its handshake.
 pub(super) struct Conn {
     pub(super) reader: Reader,
+    /// QUIC: room events from the broker's unidirectional streams, until
+    /// they end (the control stream says why the connection ended).
+    pub(super) events: Option<EventStreams>,
+    /// QUIC: the connection, closed on drop.
+    quic: Option<QuicLink>,
     pub(super) out: Outbound,
     pub(super) writer_task: JoinHandle<Result<(), ClientError>>,
     pub(super) inflight: HashMap<u32, Inflight>,
@@ -119,20 +128,29 @@ pub(super) enum OpenError {
     Refused { code: ErrorCode, message: String },
 }
 
+/// A transport that completed the protocol handshake.
+pub(super) struct Opened {
+    reader: Reader,
+    writer: Writer,
+    welcome: Welcome,
+    quic: Option<QuicLink>,
+}
+
 /// Opens the transport, sends `hello` and waits for `Welcome`, all within
 /// the connect timeout.
 pub(super) async fn open(
     config: &ClientConfig,
+    dialer: &Dialer,
     hello: Hello,
     hello_rid: u32,
-) -> Result<(Reader, Writer, Welcome), OpenError> {
+) -> Result<Opened, OpenError> {
     let attempt = async {
-        let stream = config
-            .endpoint
+        let link = dialer
             .connect()
             .await
             .map_err(|e| OpenError::Retry(DisconnectReason::ConnectFailed(e.to_string())))?;
-        let (rd, wr) = tokio::io::split(stream);
+        let quic = link.quic;
+        let (rd, wr) = tokio::io::split(link.stream);
         let mut reader = FramedRead::new(rd, FrameCodec::new(DEFAULT_MAX_FRAME_LEN));
         let mut writer = FramedWrite::new(wr, FrameCodec::new(DEFAULT_MAX_FRAME_LEN));
         writer
@@ -163,7 +181,12 @@ pub(super) async fn open(
                             message: format!("broker chose version {}", w.version),
                         });
                     }
-                    return Ok((reader, writer, w));
+                    return Ok(Opened {
+                        reader,
+                        writer,
+                        welcome: w,
+                        quic,
+                    });
                 }
                 Body::Error(e) => refusal = Some((e.code, e.message)),
                 Body::Goodbye(g) => {
@@ -189,17 +212,21 @@ pub(super) async fn open(
 }
 
 impl Conn {
-    /// Starts the writer task for a handshaken connection.
-    pub(super) fn start(
-        config: &ClientConfig,
-        mut reader: Reader,
-        writer: Writer,
-        welcome: Welcome,
-    ) -> Self {
+    /// Starts the writer task (and, for QUIC, the event stream readers) of
+    /// a handshaken connection.
+    pub(super) fn start(config: &ClientConfig, opened: Opened) -> Self {
+        let Opened {
+            mut reader,
+            writer,
+            welcome,
+            quic,
+        } = opened;
         // Accept what the broker may send us; never less than the default.
-        reader
-            .decoder_mut()
-            .set_max_frame_len(welcome.max_frame_len.max(DEFAULT_MAX_FRAME_LEN));
+        let max_frame_len = welcome.max_frame_len.max(DEFAULT_MAX_FRAME_LEN);
+        reader.decoder_mut().set_max_frame_len(max_frame_len);
+        let events = quic
+            .as_ref()
+            .map(|q| EventStreams::start(q.conn.clone(), max_frame_len));
         let (tx, rx) = mpsc::channel(WRITER_QUEUE);
         let writer_task = tokio::spawn(write_loop(writer, rx));
         let mut heartbeat = config.heartbeat_interval;
@@ -209,6 +236,8 @@ impl Conn {
         let now = Instant::now();
         Self {
             reader,
+            events,
+            quic,
             out: Outbound {
                 writer: tx,
                 queue: VecDeque::new(),
@@ -225,6 +254,12 @@ impl Conn {
             dead_after: config.dead_link_timeout,
             nonce: 0,
         }
+    }
+
+    /// Whether room events arrive apart from replies (QUIC), so that a
+    /// room's events may precede its `SubscribeAck`.
+    pub(super) fn split_events(&self) -> bool {
+        self.quic.is_some()
     }
 
     /// Queues a frame for the writer.
@@ -307,12 +342,22 @@ impl Conn {
             debug!("connection did not close in time");
             self.writer_task.abort();
         }
+        if let Some(q) = self.quic.take() {
+            // The broker closes the connection once it has read the
+            // Goodbye; then let the close reach it before the socket goes.
+            let _ = tokio::time::timeout(QUIC_CLOSE_GRACE, q.conn.closed()).await;
+            q.conn.close(0u32.into(), b"goodbye");
+            let _ = tokio::time::timeout(QUIC_CLOSE_GRACE, q.endpoint.wait_idle()).await;
+        }
     }
 }
 
 impl Drop for Conn {
     fn drop(&mut self) {
         self.writer_task.abort();
+        if let Some(q) = &self.quic {
+            q.conn.close(0u32.into(), b"");
+        }
     }
 }
 

@@ -98,6 +98,7 @@ impl Driver {
             tx: s.tx,
             end: s.end,
             wire: Wire::Idle,
+            held: Vec::new(),
             ack: None,
             _drain_watch: None,
         };
@@ -503,7 +504,12 @@ impl Driver {
             let truncated = result.code == ErrorCode::HistoryTruncated;
             r.sync
                 .on_subscribed(result.head, result.first, truncated, &mut out);
-            self.apply(&room, out, true);
+            let held = std::mem::take(&mut r.held);
+            if self.apply(&room, out, true) {
+                for (record, replayed) in held {
+                    self.on_events(room.clone(), vec![record], replayed);
+                }
+            }
         }
     }
 
@@ -525,6 +531,21 @@ impl Driver {
     // ----- room events ---------------------------------------------------
 
     fn on_events(&mut self, room: RoomId, records: Vec<EventRecord>, replayed: bool) {
+        let split = self.conn.as_ref().is_some_and(|c| c.split_events());
+        if let Some(r) = self
+            .rooms
+            .get_mut(&room)
+            .filter(|r| split && r.wire == Wire::Pending)
+        {
+            // QUIC: the SubscribeAck travels on the control stream and may
+            // arrive after the events it precedes. Hold them until then;
+            // beyond the bound they are dropped, and the gap they leave is
+            // filled from history like any other.
+            let room_left = self.config.max_out_of_order.saturating_sub(r.held.len());
+            r.held
+                .extend(records.into_iter().take(room_left).map(|e| (e, replayed)));
+            return;
+        }
         for record in records {
             let Some(r) = self.rooms.get_mut(&room) else {
                 return;
@@ -595,6 +616,7 @@ impl Driver {
             return;
         };
         r.sync.pause(blocked);
+        r.held.clear();
         let on_wire = r.wire != Wire::Idle;
         r.wire = Wire::Idle;
         let id = r.id;

@@ -71,6 +71,10 @@ struct Room {
     tx: mpsc::Sender<RoomEvent>,
     end: Arc<EndSlot>,
     wire: Wire,
+    /// QUIC: events that arrived, on their event stream, before the
+    /// `SubscribeAck` of the subscription in flight (protocol section 2.1);
+    /// applied right after it. At most `max_out_of_order`.
+    held: Vec<(EventRecord, bool)>,
     /// The `subscribe` call waiting for the broker's first answer.
     ack: Option<oneshot::Sender<Result<(), ClientError>>>,
     /// Stops the task waiting for a paused subscription to drain.
@@ -107,6 +111,8 @@ enum SessionEnd {
 /// One thing that happened during a session.
 enum Input {
     Frame(Option<Result<Frame, ClientError>>),
+    /// QUIC: every event stream ended (the connection is closing).
+    EventsEnded,
     Pushed(bool),
     WriterDone(String),
     Timer,
@@ -122,6 +128,7 @@ enum Attempt {
 
 struct Driver {
     config: Arc<ClientConfig>,
+    dialer: Arc<crate::transport::Dialer>,
     cmds: mpsc::Receiver<Command>,
     cmds_open: bool,
     ctl: mpsc::UnboundedReceiver<SubCtl>,
@@ -151,6 +158,7 @@ impl Driver {
     fn new(p: Parts) -> Self {
         Self {
             config: p.config,
+            dialer: p.dialer,
             cmds: p.cmds,
             cmds_open: true,
             ctl: p.ctl,
@@ -306,15 +314,15 @@ impl Driver {
     async fn attempt(&mut self) -> Attempt {
         let hello_rid = self.next_rid();
         let (hello, resumed) = self.hello();
-        let config = self.config.clone();
-        let open = conn::open(&config, hello, hello_rid);
+        let (config, dialer) = (self.config.clone(), self.dialer.clone());
+        let open = conn::open(&config, &dialer, hello, hello_rid);
         tokio::pin!(open);
         loop {
             tokio::select! {
                 opened = &mut open => {
                     return match opened {
-                        Ok((reader, writer, welcome)) => {
-                            let conn = Conn::start(&self.config, reader, writer, welcome);
+                        Ok(opened) => {
+                            let conn = Conn::start(&self.config, opened);
                             self.establish(conn, hello_rid, resumed);
                             Attempt::Connected
                         }
@@ -429,8 +437,13 @@ impl Driver {
                 };
                 let timer = conn.next_timer();
                 let has_out = conn.out.has_pending();
+                let has_events = conn.events.is_some();
                 tokio::select! {
                     frame = futures_util::StreamExt::next(&mut conn.reader) => Input::Frame(frame),
+                    event = next_event(&mut conn.events), if has_events => match event {
+                        Some(frame) => Input::Frame(Some(frame)),
+                        None => Input::EventsEnded,
+                    },
                     pushed = conn.out.push(), if has_out => Input::Pushed(pushed),
                     done = &mut conn.writer_task => Input::WriterDone(match done {
                         Ok(Ok(())) => "writer closed".to_owned(),
@@ -456,6 +469,12 @@ impl Driver {
                     return SessionEnd::Lost(reason);
                 }
                 Input::Frame(None) => return SessionEnd::Lost(self.closed_reason()),
+                Input::EventsEnded => {
+                    // The control stream tells why (a Goodbye, or its end).
+                    if let Some(conn) = self.conn.as_mut() {
+                        conn.events = None;
+                    }
+                }
                 Input::Pushed(true) => {}
                 Input::Pushed(false) => {
                     return SessionEnd::Lost(DisconnectReason::Io("writer stopped".into()))
@@ -510,6 +529,8 @@ impl Driver {
         }
         for r in self.rooms.values_mut() {
             r.wire = Wire::Idle;
+            // Replayed by the next connection's resumption.
+            r.held.clear();
             r.sync.on_disconnected();
             if let Some(ack) = r.ack.take() {
                 // Registered; it is resumed on the next connection.
@@ -594,6 +615,16 @@ impl Driver {
 
     fn set_state(&self, state: ConnectionState) {
         self.state.send_replace(state);
+    }
+}
+
+/// The next frame of a QUIC connection's event streams.
+async fn next_event(
+    events: &mut Option<crate::transport::EventStreams>,
+) -> Option<Result<Frame, ClientError>> {
+    match events {
+        Some(e) => e.next().await,
+        None => std::future::pending().await,
     }
 }
 

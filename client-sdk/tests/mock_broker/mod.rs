@@ -3,6 +3,11 @@
 //! black-hole connections (open but silent), refuse connections, and lose
 //! publish acknowledgements. Only what the SDK tests need; the log and the
 //! deduplication table live in memory.
+//!
+//! It serves TCP, TLS or QUIC ([`Transport`]), with a self-signed
+//! certificate the clients pin. Over QUIC it maps frames to streams as the
+//! protocol says (section 2.1): room events on server-opened unidirectional
+//! streams (a few, by room), everything else on the control stream.
 
 #![allow(dead_code, clippy::unwrap_used)]
 
@@ -10,6 +15,7 @@ use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::BytesMut;
 use confab_client::confab_codec::{
@@ -17,11 +23,24 @@ use confab_client::confab_codec::{
     Goodbye, HistoryPage, Pong, PublishAck, RoomId, Seq, StartAt, SubscribeAck, SubscribeItem,
     SubscribeResult, UserId, Welcome, DEFAULT_MAX_FRAME_LEN,
 };
+use confab_client::{Endpoint, Fingerprint, Trust};
 use futures_util::{SinkExt, StreamExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::codec::{Decoder, Encoder, FramedRead, FramedWrite};
+
+/// The transports the mock serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Transport {
+    Tcp,
+    Tls,
+    Quic,
+}
+
+/// Event streams the mock opens per QUIC connection.
+const QUIC_EVENT_STREAMS: u64 = 4;
 
 struct Codec;
 
@@ -68,6 +87,9 @@ pub(crate) struct State {
 /// The mock broker.
 pub(crate) struct Mock {
     pub(crate) addr: SocketAddr,
+    pub(crate) transport: Transport,
+    /// The certificate's fingerprint (TLS, QUIC).
+    pub(crate) fingerprint: Fingerprint,
     state: Arc<Mutex<State>>,
     refuse: Arc<AtomicBool>,
     blackhole: Arc<AtomicBool>,
@@ -84,14 +106,69 @@ impl Drop for Mock {
 }
 
 impl Mock {
+    /// A mock serving plain TCP.
     pub(crate) async fn start() -> Mock {
+        Mock::start_over(Transport::Tcp).await
+    }
+
+    /// A mock serving `transport` on a loopback port.
+    pub(crate) async fn start_over(transport: Transport) -> Mock {
         let addr = "127.0.0.1:0".parse().unwrap();
-        Mock::start_on(addr, Shared::default()).await.unwrap()
+        Mock::start_on(transport, addr, Shared::default())
+            .await
+            .unwrap()
+    }
+
+    /// The endpoint and trust a client needs to reach this mock.
+    pub(crate) fn endpoint(&self) -> (Endpoint, Option<Trust>) {
+        let pin = Some(Trust::Fingerprint(self.fingerprint));
+        match self.transport {
+            Transport::Tcp => (Endpoint::tcp(self.addr), None),
+            Transport::Tls => (Endpoint::tls(self.addr), pin),
+            Transport::Quic => (Endpoint::quic(self.addr), pin),
+        }
     }
 
     /// A mock listening on `addr` with the log and settings of `state`.
-    pub(crate) async fn start_on(addr: SocketAddr, state: Shared) -> std::io::Result<Mock> {
-        let listener = TcpListener::bind(addr).await?;
+    pub(crate) async fn start_on(
+        transport: Transport,
+        addr: SocketAddr,
+        state: Shared,
+    ) -> std::io::Result<Mock> {
+        let certified = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let fingerprint = Fingerprint::of(certified.cert.der());
+        let cert = certified.cert.der().clone();
+        let key =
+            rustls::pki_types::PrivateKeyDer::Pkcs8(certified.key_pair.serialize_der().into());
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let tls = |versions: &[&'static rustls::SupportedProtocolVersion]| {
+            let mut c = rustls::ServerConfig::builder_with_provider(provider.clone())
+                .with_protocol_versions(versions)
+                .unwrap()
+                .with_no_client_auth()
+                .with_single_cert(vec![cert.clone()], key.clone_key())
+                .unwrap();
+            c.alpn_protocols = vec![confab_client::ALPN.to_vec()];
+            c
+        };
+        let listener = match transport {
+            Transport::Tcp => Listener::Tcp(TcpListener::bind(addr).await?, None),
+            Transport::Tls => {
+                let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls(&[
+                    &rustls::version::TLS13,
+                    &rustls::version::TLS12,
+                ])));
+                Listener::Tcp(TcpListener::bind(addr).await?, Some(acceptor))
+            }
+            Transport::Quic => {
+                let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls(&[
+                    &rustls::version::TLS13,
+                ]))
+                .unwrap();
+                let config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+                Listener::Quic(quinn::Endpoint::server(config, addr)?)
+            }
+        };
         let addr = listener.local_addr()?;
         let refuse = Arc::new(AtomicBool::new(false));
         let blackhole = Arc::new(AtomicBool::new(false));
@@ -107,21 +184,28 @@ impl Mock {
             );
             tokio::spawn(async move {
                 loop {
-                    let Ok((stream, _)) = listener.accept().await else {
+                    let Some(accepted) = listener.accept().await else {
                         return;
                     };
                     if refuse.load(Ordering::SeqCst) {
-                        drop(stream);
+                        accepted.refuse();
                         continue;
                     }
                     let id = sessions.fetch_add(1, Ordering::SeqCst) + 1;
-                    let task = tokio::spawn(serve(stream, id, state.clone(), blackhole.clone()));
+                    let (state, blackhole) = (state.clone(), blackhole.clone());
+                    let task = tokio::spawn(async move {
+                        if let Some((reader, out)) = accepted.open().await {
+                            serve(reader, out, id, state, blackhole).await;
+                        }
+                    });
                     conns.lock().unwrap().push(task);
                 }
             })
         };
         Ok(Mock {
             addr,
+            transport,
+            fingerprint,
             state,
             refuse,
             blackhole,
@@ -188,10 +272,153 @@ async fn park() {
     std::future::pending::<()>().await;
 }
 
-async fn serve(stream: TcpStream, conn: u64, state: Arc<Mutex<State>>, blackhole: Arc<AtomicBool>) {
-    let (rd, wr) = stream.into_split();
-    let mut reader = FramedRead::new(rd, Codec);
-    let mut writer = FramedWrite::new(wr, Codec);
+type BoxRead = Box<dyn AsyncRead + Send + Unpin>;
+type BoxWrite = Box<dyn AsyncWrite + Send + Unpin>;
+
+enum Listener {
+    Tcp(TcpListener, Option<tokio_rustls::TlsAcceptor>),
+    Quic(quinn::Endpoint),
+}
+
+impl Listener {
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        match self {
+            Listener::Tcp(l, _) => l.local_addr(),
+            Listener::Quic(e) => e.local_addr(),
+        }
+    }
+
+    async fn accept(&self) -> Option<Accepted> {
+        match self {
+            Listener::Tcp(l, tls) => {
+                let (stream, _) = l.accept().await.ok()?;
+                Some(Accepted::Tcp(stream, tls.clone()))
+            }
+            Listener::Quic(e) => e.accept().await.map(|i| Accepted::Quic(Box::new(i))),
+        }
+    }
+}
+
+/// A connection before its transport handshake.
+enum Accepted {
+    Tcp(tokio::net::TcpStream, Option<tokio_rustls::TlsAcceptor>),
+    Quic(Box<quinn::Incoming>),
+}
+
+impl Accepted {
+    /// Closes it right away.
+    fn refuse(self) {
+        match self {
+            Accepted::Tcp(..) => {}
+            Accepted::Quic(incoming) => incoming.refuse(),
+        }
+    }
+
+    /// Completes the transport handshake.
+    async fn open(self) -> Option<(FramedRead<BoxRead, Codec>, Out)> {
+        let (rd, out): (BoxRead, Out) = match self {
+            Accepted::Tcp(stream, None) => {
+                let (rd, wr) = stream.into_split();
+                (
+                    Box::new(rd),
+                    Out::Stream(FramedWrite::new(Box::new(wr), Codec)),
+                )
+            }
+            Accepted::Tcp(stream, Some(acceptor)) => {
+                let (rd, wr) = tokio::io::split(acceptor.accept(stream).await.ok()?);
+                (
+                    Box::new(rd),
+                    Out::Stream(FramedWrite::new(Box::new(wr), Codec)),
+                )
+            }
+            Accepted::Quic(incoming) => {
+                let conn = (*incoming).await.ok()?;
+                let (send, recv) = conn.accept_bi().await.ok()?;
+                let out = Out::Quic {
+                    conn,
+                    control: FramedWrite::new(send, Codec),
+                    events: HashMap::new(),
+                };
+                (Box::new(recv), out)
+            }
+        };
+        Some((FramedRead::new(rd, Codec), out))
+    }
+}
+
+/// Where a connection's frames go.
+enum Out {
+    Stream(FramedWrite<BoxWrite, Codec>),
+    Quic {
+        conn: quinn::Connection,
+        control: FramedWrite<quinn::SendStream, Codec>,
+        events: HashMap<u64, FramedWrite<quinn::SendStream, Codec>>,
+    },
+}
+
+impl Out {
+    async fn send(&mut self, frame: Frame) -> std::io::Result<()> {
+        match self {
+            Out::Stream(w) => w.send(frame).await,
+            Out::Quic {
+                conn,
+                control,
+                events,
+            } => {
+                let room = match &frame.body {
+                    Body::Event(e) => Some(&e.room),
+                    Body::EventBatch(b) => Some(&b.room),
+                    Body::Lagging(l) => Some(&l.room),
+                    Body::CaughtUp(c) => Some(&c.room),
+                    _ => None,
+                };
+                let Some(room) = room else {
+                    return control.send(frame).await;
+                };
+                let lane = room.as_str().bytes().map(u64::from).sum::<u64>() % QUIC_EVENT_STREAMS;
+                let stream = match events.entry(lane) {
+                    std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                    std::collections::hash_map::Entry::Vacant(v) => {
+                        let stream = conn.open_uni().await.map_err(std::io::Error::other)?;
+                        v.insert(FramedWrite::new(stream, Codec))
+                    }
+                };
+                stream.send(frame).await
+            }
+        }
+    }
+
+    /// Ends the connection after what was sent reached the client (QUIC
+    /// would otherwise drop it with the connection).
+    async fn finish(self) {
+        match self {
+            Out::Stream(mut w) => {
+                let _ = w.close().await;
+            }
+            Out::Quic {
+                conn,
+                control,
+                events,
+            } => {
+                for mut s in std::iter::once(control.into_inner())
+                    .chain(events.into_values().map(FramedWrite::into_inner))
+                {
+                    let _ = s.finish();
+                    let _ = tokio::time::timeout(Duration::from_secs(2), s.stopped()).await;
+                }
+                conn.close(0u32.into(), b"");
+            }
+        }
+    }
+}
+
+async fn serve(
+    mut reader: FramedRead<BoxRead, Codec>,
+    mut writer: Out,
+    conn: u64,
+    state: Arc<Mutex<State>>,
+    blackhole: Arc<AtomicBool>,
+) {
     let Some(Ok(first)) = reader.next().await else {
         return;
     };
@@ -216,6 +443,7 @@ async fn serve(stream: TcpStream, conn: u64, state: Arc<Mutex<State>>, blackhole
                 message: "bad token".into(),
             }))
             .await;
+        writer.finish().await;
         return;
     }
     let user = UserId::new(hello.token.split(':').next().unwrap_or("anon")).unwrap();
