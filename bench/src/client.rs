@@ -45,18 +45,40 @@ pub async fn connect(
     user: &str,
     device: &str,
 ) -> anyhow::Result<(Reader, Writer)> {
+    connect_with(addr, user, device, 256 << 10).await
+}
+
+/// Like [`connect`], with a read buffer of `read_buf` bytes to start with
+/// (it grows for larger frames): small for runs with thousands of
+/// connections, so the load generator's memory stays modest.
+pub async fn connect_with(
+    addr: SocketAddr,
+    user: &str,
+    device: &str,
+    read_buf: usize,
+) -> anyhow::Result<(Reader, Writer)> {
     let stream = TcpStream::connect(addr)
         .await
         .with_context(|| format!("connecting to {addr}"))?;
+    handshake(stream, user, device, read_buf).await
+}
+
+/// Completes the handshake on a connected `stream` (see [`connect_with`]).
+pub async fn handshake(
+    stream: TcpStream,
+    user: &str,
+    device: &str,
+    read_buf: usize,
+) -> anyhow::Result<(Reader, Writer)> {
     stream.set_nodelay(true)?;
     let (rd, wr) = stream.into_split();
     let mut reader = Reader {
         rd,
-        buf: BytesMut::with_capacity(256 << 10),
+        buf: BytesMut::with_capacity(read_buf),
     };
     let mut writer = Writer {
         wr,
-        out: BytesMut::with_capacity(64 << 10),
+        out: BytesMut::with_capacity(read_buf.min(64 << 10)),
         next_request: 1,
     };
     writer.queue(Hello {

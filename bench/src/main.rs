@@ -10,7 +10,9 @@
 // client.rs has fields and methods that no scenario uses yet.
 #[allow(dead_code)]
 pub mod client;
+mod drivers;
 pub mod peers;
+pub mod plot;
 pub mod report;
 pub mod scenarios;
 pub mod target;
@@ -46,7 +48,7 @@ struct Cli {
 
 #[derive(Args, Debug, Clone)]
 struct Common {
-    /// Short runs: the whole suite (Confab and peers) in about a minute.
+    /// Short runs: the whole suite (Confab and peers) in a minute or so.
     #[arg(long, global = true)]
     quick: bool,
     /// Seconds measured per run (after warm-up).
@@ -98,6 +100,10 @@ struct Common {
     /// 262144 / subscribers, within 2048..=32768).
     #[arg(long, global = true)]
     peer_lag: Option<usize>,
+    /// Write the latency plots (HDR percentile curves, slow-consumer series)
+    /// as SVG into this directory.
+    #[arg(long, global = true, default_value = "bench-results/plots")]
+    plots: PathBuf,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -125,10 +131,19 @@ enum Scenario {
         #[arg(long, default_value_t = 1_000_000)]
         replay: u64,
     },
+    /// 1 -> 1 pub/sub: the maximum sustainable rate per payload size.
+    Pubsub {
+        /// Payload sizes, bytes.
+        #[arg(long, value_delimiter = ',', default_value = "64,512")]
+        sizes: Vec<usize>,
+        /// Publishes in flight.
+        #[arg(long, default_value_t = 256)]
+        window: usize,
+    },
     /// One publisher, N subscriber connections in one room.
     Fanout {
         /// Subscriber counts to run.
-        #[arg(long, value_delimiter = ',', default_value = "1,10,100,1000")]
+        #[arg(long, value_delimiter = ',', default_value = "1,10,100,1000,10000")]
         subs: Vec<usize>,
         /// Publishes in flight.
         #[arg(long, default_value_t = 256)]
@@ -143,8 +158,26 @@ enum Scenario {
         #[arg(long, default_value_t = 1)]
         subs: usize,
     },
+    /// The chat shape: many rooms of a few members, each device in many
+    /// rooms, many publishers; open loop at fixed total rates.
+    Rooms(drivers::RoomsArgs),
+    /// Idle connections (a personal room and a group of 10 each): server
+    /// memory per connection and the connect rate.
+    Connections(drivers::ConnArgs),
+    /// One subscriber of a big room stops reading: the others' latency and
+    /// the broker's memory over time.
+    Slow(drivers::SlowArgs),
+    /// Redraw the plots (into --plots) and the table from --json results
+    /// files of earlier runs, without running anything.
+    Replot {
+        /// Results files written with --json.
+        files: Vec<PathBuf>,
+    },
     /// Everything above.
     Suite,
+    /// TCP against TLS against QUIC: durable publish throughput, then
+    /// open-loop latency at each rate, on each transport.
+    Transports(scenarios::transports::Args),
 }
 
 /// A peer configuration measured in some scenario.
@@ -553,12 +586,13 @@ async fn peer_fanout(
     params: String,
     subs: usize,
     window: usize,
+    size: usize,
 ) -> anyhow::Result<Row> {
     let lag = ctx
         .common
         .peer_lag
         .unwrap_or((262_144 / subs.max(1)).clamp(2048, 32_768));
-    let (size, system) = (ctx.size(), kind.system());
+    let system = kind.system();
     let (rate, pub_rate, notes, rss) = match kind {
         PeerKind::Nats => {
             let server = NatsServer::start(ctx.nats_bin()?, ctx.cpus(), None).await?;
@@ -618,7 +652,7 @@ async fn fanout(ctx: &Ctx, out: &mut Out, subs: &[usize], window: usize) {
                     kind.system(),
                     params.clone(),
                     budget,
-                    peer_fanout(ctx, kind, "fanout", params.clone(), n, window),
+                    peer_fanout(ctx, kind, "fanout", params.clone(), n, window, size),
                 )
                 .await;
             out.pair(confab_row, idx);
@@ -682,7 +716,7 @@ async fn latency(ctx: &Ctx, out: &mut Out, fractions: &[f64], subs: usize) {
                 kind.system(),
                 params.clone(),
                 budget,
-                peer_fanout(ctx, kind, "pubsub", params.clone(), subs, 256),
+                peer_fanout(ctx, kind, "pubsub", params.clone(), subs, 256, size),
             )
             .await;
         out.pair(confab_max_row, idx);
@@ -691,6 +725,9 @@ async fn latency(ctx: &Ctx, out: &mut Out, fractions: &[f64], subs: usize) {
     for &f in fractions {
         // "50", "0.5": whole percents unless the fraction is finer.
         let pct = format!("{}", (f * 1000.0).round() / 10.0);
+        let plot_file = format!("latency-{pct}pct");
+        let plot_title =
+            format!("latency: open loop at {pct}% of the maximum, 1 -> {subs}, {size} B");
         let mut confab_row = None;
         let mut confab_rate = None;
         if let Some(max) = confab_max {
@@ -705,6 +742,7 @@ async fn latency(ctx: &Ctx, out: &mut Out, fractions: &[f64], subs: usize) {
                     let mut row = confab::row("latency", params.clone(), achieved, "msgs/s");
                     row.offered = Some(rate);
                     row.latency = Some(lat);
+                    row.plot_in(plot_file.clone(), plot_title.clone());
                     Ok(row)
                 })
                 .await;
@@ -735,6 +773,9 @@ async fn latency(ctx: &Ctx, out: &mut Out, fractions: &[f64], subs: usize) {
                     peer_latency(ctx, kind, params.clone(), rate, subs),
                 )
                 .await;
+            if let Some(i) = idx {
+                out.rows[i].plot_in(plot_file.clone(), plot_title.clone());
+            }
             out.pair(confab_row, idx);
         }
     }
@@ -829,8 +870,14 @@ async fn run(cli: Cli) -> anyhow::Result<(Out, Ctx)> {
     let suite_subs: &[usize] = if quick {
         &[1, 100]
     } else {
-        &[1, 10, 100, 1000]
+        &[1, 10, 100, 1000, 10000]
     };
+    let suite_sizes: &[usize] = &[64, 512];
+    let (suite_rooms, suite_conns, suite_slow) = (
+        drivers::RoomsArgs::suite(quick),
+        drivers::ConnArgs::suite(quick),
+        drivers::SlowArgs::suite(quick),
+    );
     let suite_fractions: &[f64] = if quick {
         &[0.5]
     } else {
@@ -840,13 +887,23 @@ async fn run(cli: Cli) -> anyhow::Result<(Out, Ctx)> {
         Scenario::Durable { replay, .. } => plan_durable(&ctx, *replay),
         Scenario::Fanout { subs, .. } => plan_fanout(&ctx, subs),
         Scenario::Latency { fractions, .. } => plan_latency(&ctx, fractions),
+        Scenario::Pubsub { sizes, .. } => drivers::plan_pubsub(&ctx, sizes),
+        Scenario::Rooms(a) => drivers::plan_rooms(&ctx, a),
+        Scenario::Connections(a) => drivers::plan_connections(&ctx, a),
+        Scenario::Slow(a) => drivers::plan_slow(&ctx, a),
+        Scenario::Replot { .. } => 0,
         Scenario::Suite => {
             plan_durable(&ctx, suite_replay)
+                + drivers::plan_pubsub(&ctx, suite_sizes)
                 + plan_fanout(&ctx, suite_subs)
                 + plan_latency(&ctx, suite_fractions)
+                + drivers::plan_rooms(&ctx, &suite_rooms)
+                + drivers::plan_connections(&ctx, &suite_conns)
+                + drivers::plan_slow(&ctx, &suite_slow)
         }
+        Scenario::Transports(a) => a.plan().len(),
     };
-    if total == 0 {
+    if total == 0 && !matches!(cli.scenario, Scenario::Replot { .. }) {
         println!("nothing to run: check --peers and --systems");
     }
     ctx.progress = Progress::new(total as u64);
@@ -860,10 +917,34 @@ async fn run(cli: Cli) -> anyhow::Result<(Out, Ctx)> {
         } => durable(&ctx, &mut out, conns, window, rooms, replay).await,
         Scenario::Fanout { subs, window } => fanout(&ctx, &mut out, &subs, window).await,
         Scenario::Latency { fractions, subs } => latency(&ctx, &mut out, &fractions, subs).await,
+        Scenario::Pubsub { sizes, window } => drivers::pubsub(&ctx, &mut out, &sizes, window).await,
+        Scenario::Rooms(a) => drivers::rooms(&ctx, &mut out, &a).await,
+        Scenario::Connections(a) => drivers::connections(&ctx, &mut out, &a).await,
+        Scenario::Slow(a) => drivers::slow(&ctx, &mut out, &a).await,
+        Scenario::Replot { files } => {
+            for f in files {
+                out.rows.extend(drivers::load_rows(&f)?);
+            }
+        }
         Scenario::Suite => {
             durable(&ctx, &mut out, 4, 1024, 16, suite_replay).await;
+            drivers::pubsub(&ctx, &mut out, suite_sizes, 256).await;
             fanout(&ctx, &mut out, suite_subs, 256).await;
             latency(&ctx, &mut out, suite_fractions, 1).await;
+            drivers::rooms(&ctx, &mut out, &suite_rooms).await;
+            drivers::connections(&ctx, &mut out, &suite_conns).await;
+            drivers::slow(&ctx, &mut out, &suite_slow).await;
+        }
+        Scenario::Transports(a) => {
+            use scenarios::transports::measure;
+            let size = ctx.size();
+            for (t, m) in a.plan() {
+                let run = measure(ctx.opts("wal"), t, m, size, &ctx.knobs);
+                let (system, params) = (format!("confab {}", t.name()), m.params(t, size));
+                let budget = ctx.budget(Duration::ZERO);
+                ctx.run_one(&mut out, "transport", &system, params, budget, run)
+                    .await;
+            }
         }
     }
     ctx.progress.bar.finish_and_clear();
@@ -926,6 +1007,16 @@ fn main() -> anyhow::Result<()> {
     if !ratios.is_empty() {
         println!();
         report::print_ratios(&ratios);
+    }
+    match plot::write_all(&ctx.common.plots, &out.rows) {
+        Ok(files) if !files.is_empty() => {
+            println!("\nplots written to {}:", ctx.common.plots.display());
+            for f in files {
+                println!("  {}", f.display());
+            }
+        }
+        Ok(_) => {}
+        Err(e) => eprintln!("\nwriting the plots failed: {e:#}"),
     }
     if let Some(path) = json {
         let peers = [("nats-server", &ctx.nats), ("redis-server", &ctx.redis)]

@@ -1,10 +1,12 @@
 //! Results: one row per measurement, printed as a table and saved as JSON.
 
+use std::collections::BTreeMap;
+
 use hdrhistogram::Histogram;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Latency percentiles in microseconds.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Latency {
     /// Median.
     pub p50_us: f64,
@@ -18,12 +20,29 @@ pub struct Latency {
     pub max_us: f64,
     /// Samples.
     pub count: u64,
+    /// The HDR percentile curve: `[percentile, us]` points, evenly spaced
+    /// on the "nines" axis (-log10(1 - p)) from 0 % up to the last
+    /// percentile the sample count resolves, then the maximum at 100 %.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub curve: Vec<[f64; 2]>,
 }
 
 impl Latency {
     /// From a histogram of nanoseconds.
     pub fn from_ns(h: &Histogram<u64>) -> Latency {
         let us = |v: u64| v as f64 / 1000.0;
+        let mut curve = Vec::new();
+        if !h.is_empty() {
+            // 20 points per nine, up to the nines the samples resolve (at
+            // most 6: 99.9999 %).
+            let last = (h.len() as f64).log10().min(6.0);
+            let steps = (last * 20.0).floor() as u32;
+            for i in 0..=steps {
+                let q = 1.0 - 10f64.powf(-(f64::from(i) / 20.0));
+                curve.push([q * 100.0, us(h.value_at_quantile(q))]);
+            }
+            curve.push([100.0, us(h.max())]);
+        }
         Latency {
             p50_us: us(h.value_at_quantile(0.50)),
             p90_us: us(h.value_at_quantile(0.90)),
@@ -31,12 +50,40 @@ impl Latency {
             p999_us: us(h.value_at_quantile(0.999)),
             max_us: us(h.max()),
             count: h.len(),
+            curve,
         }
     }
 }
 
+/// One window of a time series (the slow-consumer scenario).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Point {
+    /// End of the window, in seconds since the measurement started.
+    pub t_s: f64,
+    /// Median latency of the messages sent in this window, us.
+    pub p50_us: Option<f64>,
+    /// 99th percentile, us.
+    pub p99_us: Option<f64>,
+    /// Maximum, us.
+    pub max_us: Option<f64>,
+    /// Deliveries of the messages sent in this window.
+    pub deliveries: u64,
+    /// The server's resident memory at the end of the window, MiB.
+    pub rss_mib: f64,
+}
+
+/// Which plot a row's latency curve goes into: rows with the same `file`
+/// share one plot, one line per system.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PlotKey {
+    /// File name without extension.
+    pub file: String,
+    /// Title above the plot.
+    pub title: String,
+}
+
 /// One measurement.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Row {
     /// Scenario name.
     pub scenario: String,
@@ -54,6 +101,42 @@ pub struct Row {
     pub latency: Option<Latency>,
     /// Free-form notes (RSS, errors).
     pub notes: String,
+    /// Other figures of the run by name (`rss_per_conn_kib`, ...).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metrics: BTreeMap<String, f64>,
+    /// A time series, for scenarios that report one (`slow`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub series: Vec<Point>,
+    /// Where the latency curve is plotted, if anywhere.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plot: Option<PlotKey>,
+}
+
+impl Row {
+    /// A row with no latency, metrics or series.
+    pub fn new(scenario: &str, system: &str, params: String, rate: f64, unit: &str) -> Row {
+        Row {
+            scenario: scenario.into(),
+            system: system.into(),
+            params,
+            rate,
+            unit: unit.into(),
+            offered: None,
+            latency: None,
+            notes: String::new(),
+            metrics: BTreeMap::new(),
+            series: Vec::new(),
+            plot: None,
+        }
+    }
+
+    /// Sets the plot this row's latency curve goes into.
+    pub fn plot_in(&mut self, file: impl Into<String>, title: impl Into<String>) {
+        self.plot = Some(PlotKey {
+            file: file.into(),
+            title: title.into(),
+        });
+    }
 }
 
 fn fmt_rate(r: f64) -> String {
@@ -69,7 +152,7 @@ fn fmt_rate(r: f64) -> String {
 /// Prints rows as an aligned table.
 pub fn print_table(rows: &[Row]) {
     println!(
-        "{:<10} {:<18} {:<44} {:>10} {:<13} {:>9} {:>7} {:>7} {:>8} {:>8} {:>8}  notes",
+        "{:<11} {:<18} {:<44} {:>10} {:<13} {:>9} {:>7} {:>7} {:>8} {:>8} {:>8}  notes",
         "scenario",
         "system",
         "params",
@@ -94,7 +177,7 @@ pub fn print_table(rows: &[Row]) {
             None => Default::default(),
         };
         println!(
-            "{:<10} {:<18} {:<44} {:>10} {:<13} {:>9} {:>7} {:>7} {:>8} {:>8} {:>8}  {}",
+            "{:<11} {:<18} {:<44} {:>10} {:<13} {:>9} {:>7} {:>7} {:>8} {:>8} {:>8}  {}",
             r.scenario,
             r.system,
             r.params,
@@ -174,7 +257,7 @@ pub fn ratios(rows: &[Row], pairs: &[(usize, usize)]) -> Vec<Ratio> {
 pub fn print_ratios(ratios: &[Ratio]) {
     println!("ratios: confab / peer (rate: above 1 = confab faster; p99: below 1 = confab lower)");
     println!(
-        "{:<10} {:<44} {:<18} {:>10} {:>10} {:>8} {:>10} {:>10} {:>8}",
+        "{:<11} {:<44} {:<18} {:>10} {:>10} {:>8} {:>10} {:>10} {:>8}",
         "scenario",
         "confab params",
         "peer",
@@ -190,7 +273,7 @@ pub fn print_ratios(ratios: &[Ratio]) {
         let pr = r.p99_ratio.map(|x| format!("{x:.2}x")).unwrap_or_default();
         let (cp, pp) = (us(r.confab_p99_us), us(r.peer_p99_us));
         println!(
-            "{:<10} {:<44} {:<18} {:>10} {:>10} {:>8} {:>10} {:>10} {:>8}",
+            "{:<11} {:<44} {:<18} {:>10} {:>10} {:>8} {:>10} {:>10} {:>8}",
             r.scenario,
             r.params,
             r.peer,

@@ -87,6 +87,10 @@ impl BrokerProc {
             .arg(dir.path())
             .arg("--listen")
             .arg(addr.to_string())
+            // Not the fixed default UDP port (scenarios that measure QUIC
+            // set their own).
+            .arg("--listen-quic")
+            .arg("off")
             .arg("--durability")
             .arg(&opts.durability)
             .arg("--log-level")
@@ -119,6 +123,24 @@ impl BrokerProc {
     pub fn rss_kib(&self) -> Option<u64> {
         rss_kib(self.child.id())
     }
+
+    /// CPU seconds the broker process has used.
+    pub fn cpu_secs(&self) -> Option<f64> {
+        cpu_secs(&self.child.id().to_string())
+    }
+}
+
+/// CPU time (user + system) a process has used, in seconds, from /proc
+/// (`self` for this process).
+pub fn cpu_secs(pid: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may contain spaces): state is
+    // field 3, utime and stime are fields 14 and 15, in clock ticks.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    // USER_HZ is 100 on every Linux this runs on.
+    Some(ticks as f64 / 100.0)
 }
 
 /// Resident memory of a process, in KiB, from /proc.

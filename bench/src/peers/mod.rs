@@ -151,7 +151,17 @@ impl PeerProc {
 
     /// Resident memory, in MiB.
     pub fn rss_mib(&self) -> u64 {
-        crate::target::rss_kib(self.child.id()).unwrap_or(0) / 1024
+        self.rss_kib().unwrap_or(0) / 1024
+    }
+
+    /// Resident memory, in KiB.
+    pub fn rss_kib(&self) -> Option<u64> {
+        crate::target::rss_kib(self.child.id())
+    }
+
+    /// CPU seconds the server has used.
+    pub fn cpu_secs(&self) -> Option<f64> {
+        crate::target::cpu_secs(&self.child.id().to_string())
     }
 
     /// Lines of the server's log that contain `needle`.
@@ -171,16 +181,7 @@ impl Drop for PeerProc {
 
 /// Builds a peer row.
 pub fn row(scenario: &str, system: &str, params: String, rate: f64, unit: &str) -> Row {
-    Row {
-        scenario: scenario.into(),
-        system: system.into(),
-        params,
-        rate,
-        unit: unit.into(),
-        offered: None,
-        latency: None,
-        notes: String::new(),
-    }
+    Row::new(scenario, system, params, rate, unit)
 }
 
 /// Joins the notes that are there.
@@ -401,24 +402,42 @@ pub trait Sender {
     ) -> impl std::future::Future<Output = anyhow::Result<()>> + Send;
 }
 
-/// Open-loop publishing at `rate` msgs/s on a fixed schedule, each message
-/// stamped with its intended send time (so a stalled sender cannot hide
-/// latency), for warm-up + duration; then waits for the tail, stops the
-/// subscribers (which must hold recorders of `sink`) and returns the
-/// achieved rate and the latency of the measured part. Same schedule as
-/// the Confab scenario.
-pub async fn open_loop<S: Sender>(
+/// What [`pace`] sent.
+#[derive(Debug, Clone, Copy)]
+pub struct Schedule {
+    /// Messages sent, warm-up included.
+    pub sent: u64,
+    /// When the schedule started ([`now_ns`] clock).
+    pub start: u64,
+    /// When the warm-up ended and measuring began.
+    pub warm_end: u64,
+    /// Nanoseconds between two messages.
+    pub interval_ns: f64,
+}
+
+impl Schedule {
+    /// Messages sent after the warm-up.
+    pub fn measured(&self) -> u64 {
+        self.sent
+            .saturating_sub(((self.warm_end - self.start) as f64 / self.interval_ns) as u64)
+    }
+}
+
+/// Sends through `sender` at `rate` msgs/s on a fixed schedule, each
+/// message stamped with its intended send time (so a stalled sender cannot
+/// hide latency), for warm-up + duration. `on_start` gets the time the
+/// warm-up ends, before the first send.
+pub async fn pace<S: Sender>(
     rate: f64,
     k: &Knobs,
-    sink: &Arc<LatencySink>,
-    subscribers: Vec<JoinHandle<anyhow::Result<()>>>,
     sender: &mut S,
-) -> anyhow::Result<(f64, Latency, Option<String>)> {
+    on_start: impl FnOnce(u64),
+) -> anyhow::Result<Schedule> {
     let interval_ns = 1e9 / rate;
     let start = now_ns();
     let warm_end = start + k.warmup.as_nanos() as u64;
     let end = warm_end + k.duration.as_nanos() as u64;
-    sink.measure_from.store(warm_end, Ordering::Relaxed);
+    on_start(warm_end);
     // A dedicated OS thread keeps the schedule and sleeps between sends
     // (like the Confab publisher), so pacing does not spin a core away from
     // the server under test; the async client sends what it hands over.
@@ -432,7 +451,8 @@ pub async fn open_loop<S: Sender>(
                 if now >= end {
                     break;
                 }
-                let due = ((now - start) as f64 / interval_ns) as u64;
+                // Message k is due at start + k * interval: 0..=k are due then.
+                let due = ((now - start) as f64 / interval_ns) as u64 + 1;
                 let mut stamps = Vec::new();
                 while sent < due {
                     stamps.push(start + (sent as f64 * interval_ns) as u64);
@@ -457,6 +477,29 @@ pub async fn open_loop<S: Sender>(
     let sent = tokio::task::spawn_blocking(move || pacer.join())
         .await?
         .map_err(|_| anyhow::anyhow!("pacer thread panicked"))?;
+    Ok(Schedule {
+        sent,
+        start,
+        warm_end,
+        interval_ns,
+    })
+}
+
+/// Open-loop publishing at `rate` msgs/s on a fixed schedule (see
+/// [`pace`]); then waits for the tail, stops the subscribers (which must
+/// hold recorders of `sink`) and returns the achieved rate and the latency
+/// of the measured part. Same schedule as the Confab scenario.
+pub async fn open_loop<S: Sender>(
+    rate: f64,
+    k: &Knobs,
+    sink: &Arc<LatencySink>,
+    subscribers: Vec<JoinHandle<anyhow::Result<()>>>,
+    sender: &mut S,
+) -> anyhow::Result<(f64, Latency, Option<String>)> {
+    let sched = pace(rate, k, sender, |from| {
+        sink.measure_from.store(from, Ordering::Relaxed)
+    })
+    .await?;
     // Let the tail arrive, then stop the subscribers (they flush their samples).
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut early = None;
@@ -473,7 +516,7 @@ pub async fn open_loop<S: Sender>(
             Err(_) => early = Some("a subscriber did not stop".into()),
         }
     }
-    let measured = sent.saturating_sub(((warm_end - start) as f64 / interval_ns) as u64);
+    let measured = sched.measured();
     let achieved = measured as f64 / k.duration.as_secs_f64();
     let lat = sink.latency()?;
     if lat.count < measured / 2 {

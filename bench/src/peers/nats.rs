@@ -22,6 +22,9 @@ use tokio::task::JoinHandle;
 
 use super::{measure, open_loop, reap, stamp_of, Binary, LatencySink, Pacer, PeerProc};
 use crate::report::Latency;
+use crate::scenarios::shape::{
+    rooms_open_loop, ChannelSender, Collector, Dispatch, RoomsOutcome, RoomsShape,
+};
 use crate::scenarios::{now_ns, payload, Knobs};
 
 /// How a JetStream file store syncs.
@@ -97,6 +100,16 @@ impl NatsServer {
     /// Resident memory, in MiB.
     pub fn rss_mib(&self) -> u64 {
         self.proc.rss_mib()
+    }
+
+    /// Resident memory, in KiB.
+    pub fn rss_kib(&self) -> Option<u64> {
+        self.proc.rss_kib()
+    }
+
+    /// CPU seconds the server has used.
+    pub fn cpu_secs(&self) -> Option<f64> {
+        self.proc.cpu_secs()
     }
 
     /// Slow consumers and disconnects seen by the clients, and slow
@@ -413,4 +426,125 @@ pub async fn replay(server: &NatsServer, count: u64, size: usize) -> anyhow::Res
         }
     }
     Ok(count as f64 / t0.elapsed().as_secs_f64())
+}
+
+/// The `rooms` scenario on core NATS: every device is one connection with
+/// a subscription per room (subject `room.N`), and publishers publish on
+/// their rooms' subjects from that same connection. Open loop at `rate`
+/// msgs/s over all publishers.
+pub async fn rooms(
+    server: &NatsServer,
+    shape: Arc<RoomsShape>,
+    rate: f64,
+    size: usize,
+    k: &Knobs,
+) -> anyhow::Result<RoomsOutcome> {
+    let collector = Collector::new();
+    let subjects: Arc<Vec<async_nats::Subject>> = Arc::new(
+        (0..shape.members.len())
+            .map(|r| async_nats::Subject::from(format!("room.{r}")))
+            .collect(),
+    );
+    let t0 = Instant::now();
+    let devices = shape.rooms_of.len();
+    let connected: Vec<anyhow::Result<_>> = futures_util::stream::iter(0..devices)
+        .map(|d| {
+            let (shape, subjects) = (shape.clone(), subjects.clone());
+            async move {
+                let client = server
+                    .connect()
+                    .await
+                    .with_context(|| format!("device {d}"))?;
+                let mut subs = Vec::with_capacity(shape.rooms_of[d].len());
+                for &r in &shape.rooms_of[d] {
+                    subs.push(client.subscribe(subjects[r as usize].clone()).await?);
+                }
+                // Returns once the server has processed the SUBs (see `subscribers`).
+                let _ = client.request("bench.nobody", Bytes::new()).await;
+                anyhow::Ok((d, client, subs))
+            }
+        })
+        .buffer_unordered(32)
+        .collect()
+        .await;
+    let setup_s = t0.elapsed().as_secs_f64();
+    let mut tasks: Tasks = Vec::new();
+    let mut outs = vec![None; devices];
+    let mut clients = Vec::with_capacity(devices);
+    for c in connected {
+        let (d, client, subs) = c?;
+        let col = collector.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut chunks = futures_util::stream::select_all(subs).ready_chunks(256);
+            while let Some(msgs) = chunks.next().await {
+                col.record(d, msgs.iter().map(|m| stamp_of(&m.payload)));
+            }
+            anyhow::bail!("subscriptions ended")
+        }));
+        if d < shape.publishers {
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<(u32, u64)>>();
+            outs[d] = Some(tx);
+            let (client, subjects) = (client.clone(), subjects.clone());
+            tasks.push(tokio::spawn(async move {
+                while let Some(batch) = rx.recv().await {
+                    for (r, s) in batch {
+                        client
+                            .publish(subjects[r as usize].clone(), payload(size, s))
+                            .await?;
+                    }
+                }
+                Ok(())
+            }));
+        }
+        clients.push(client);
+    }
+    let mut sender = ChannelSender {
+        dispatch: Dispatch::new(shape.clone(), collector.clone()),
+        outs,
+    };
+    let mut out = rooms_open_loop(rate, k, &collector, &mut sender, setup_s, &|| {
+        server.cpu_secs()
+    })
+    .await?;
+    drop(sender);
+    let trouble = server.trouble();
+    for t in &tasks {
+        t.abort();
+    }
+    out.notes = super::notes([trouble, out.notes]);
+    Ok(out)
+}
+
+/// `n` idle connections, each subscribed to a personal subject and a
+/// subject shared by 10 connections, `parallel` connecting at a time.
+/// Returns the connect rate (connect + 2 SUBs + a round trip, per second)
+/// and the server's RSS growth in KiB, measured `settle` after the last.
+pub async fn connections(
+    server: &NatsServer,
+    n: usize,
+    parallel: usize,
+    settle: Duration,
+) -> anyhow::Result<(f64, i64)> {
+    let rss0 = server.rss_kib().unwrap_or(0) as i64;
+    let t0 = Instant::now();
+    let held: Vec<anyhow::Result<_>> = futures_util::stream::iter(0..n)
+        .map(|i| async move {
+            let client = server
+                .connect()
+                .await
+                .with_context(|| format!("connection {i}"))?;
+            let own = client.subscribe(format!("user.{i}")).await?;
+            let group = client.subscribe(format!("group.{}", i / 10)).await?;
+            let _ = client.request("bench.nobody", Bytes::new()).await;
+            anyhow::Ok((client, own, group))
+        })
+        .buffer_unordered(parallel.max(1))
+        .collect()
+        .await;
+    let rate = n as f64 / t0.elapsed().as_secs_f64();
+    let held: Vec<_> = held.into_iter().collect::<anyhow::Result<_>>()?;
+    tokio::time::sleep(settle).await;
+    let rss1 = server.rss_kib().unwrap_or(0) as i64;
+    drop(held);
+    Ok((rate, rss1 - rss0))
 }

@@ -21,6 +21,7 @@ use tokio::task::JoinHandle;
 
 use super::{measure, open_loop, reap, stamp_of, Binary, LatencySink, Pacer, PeerProc};
 use crate::report::Latency;
+use crate::scenarios::shape::{rooms_open_loop, Collector, Dispatch, RoomsOutcome, RoomsShape};
 use crate::scenarios::{now_ns, payload, Knobs};
 
 /// Redis persistence settings.
@@ -105,6 +106,16 @@ impl RedisServer {
     /// Resident memory, in MiB.
     pub fn rss_mib(&self) -> u64 {
         self.proc.rss_mib()
+    }
+
+    /// Resident memory, in KiB.
+    pub fn rss_kib(&self) -> Option<u64> {
+        self.proc.rss_kib()
+    }
+
+    /// CPU seconds the server has used.
+    pub fn cpu_secs(&self) -> Option<f64> {
+        self.proc.cpu_secs()
     }
 
     /// Subscribers the server cut off for a full output buffer.
@@ -397,4 +408,154 @@ pub async fn replay(server: &RedisServer, count: u64, size: usize) -> anyhow::Re
         start = format!("({id}");
     }
     Ok(count as f64 / t0.elapsed().as_secs_f64())
+}
+
+/// Publishes the `rooms` dispatcher's batches as PUBLISH pipelines on a
+/// small pool of connections (a RESP2 connection in subscribe mode cannot
+/// publish, so devices do not publish from their own connection here).
+struct RoomsSender {
+    dispatch: Dispatch,
+    pool: Vec<MultiplexedConnection>,
+    channels: Arc<Vec<String>>,
+    size: usize,
+    errors: Arc<AtomicU64>,
+}
+
+impl super::Sender for RoomsSender {
+    async fn send(&mut self, stamps: &[u64]) -> anyhow::Result<()> {
+        let mut pipes: Vec<Option<redis::Pipeline>> = vec![None; self.pool.len()];
+        let (channels, size, n) = (&self.channels, self.size, self.pool.len());
+        self.dispatch.split(stamps, |d, batch| {
+            let pipe = pipes[d % n].get_or_insert_with(redis::pipe);
+            for (r, s) in batch {
+                pipe.cmd("PUBLISH")
+                    .arg(&channels[r as usize])
+                    .arg(payload(size, s).as_ref())
+                    .ignore();
+            }
+        });
+        for (i, pipe) in pipes.into_iter().enumerate() {
+            let Some(pipe) = pipe else { continue };
+            let mut conn = self.pool[i].clone();
+            let errors = self.errors.clone();
+            tokio::spawn(async move {
+                if pipe.query_async::<()>(&mut conn).await.is_err() {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+        }
+        Ok(())
+    }
+}
+
+/// The `rooms` scenario on Redis pub/sub: every device is one subscriber
+/// connection with a channel per room; publishers' messages go out as
+/// PUBLISH from a pool of 8 connections. Open loop at `rate` msgs/s.
+pub async fn rooms(
+    server: &RedisServer,
+    shape: Arc<RoomsShape>,
+    rate: f64,
+    size: usize,
+    k: &Knobs,
+) -> anyhow::Result<RoomsOutcome> {
+    let collector = Collector::new();
+    let channels: Arc<Vec<String>> = Arc::new(
+        (0..shape.members.len())
+            .map(|r| format!("room.{r}"))
+            .collect(),
+    );
+    let t0 = Instant::now();
+    let devices = shape.rooms_of.len();
+    let connected: Vec<anyhow::Result<_>> = futures_util::stream::iter(0..devices)
+        .map(|d| {
+            let (shape, channels) = (shape.clone(), channels.clone());
+            async move {
+                let mut ps = server
+                    .client
+                    .get_async_pubsub()
+                    .await
+                    .with_context(|| format!("device {d}"))?;
+                let mine: Vec<&str> = shape.rooms_of[d]
+                    .iter()
+                    .map(|&r| channels[r as usize].as_str())
+                    .collect();
+                if !mine.is_empty() {
+                    ps.subscribe(mine).await?;
+                }
+                anyhow::Ok((d, ps))
+            }
+        })
+        .buffer_unordered(32)
+        .collect()
+        .await;
+    let setup_s = t0.elapsed().as_secs_f64();
+    let mut tasks: Tasks = Vec::new();
+    for c in connected {
+        let (d, ps) = c?;
+        let col = collector.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut chunks = ps.into_on_message().ready_chunks(256);
+            while let Some(msgs) = chunks.next().await {
+                col.record(d, msgs.iter().map(|m| stamp_of(m.get_payload_bytes())));
+            }
+            anyhow::bail!("subscription ended")
+        }));
+    }
+    let mut pool = Vec::new();
+    for _ in 0..8 {
+        pool.push(server.conn().await?);
+    }
+    let errors = Arc::new(AtomicU64::new(0));
+    let mut sender = RoomsSender {
+        dispatch: Dispatch::new(shape.clone(), collector.clone()),
+        pool,
+        channels,
+        size,
+        errors: errors.clone(),
+    };
+    let mut out = rooms_open_loop(rate, k, &collector, &mut sender, setup_s, &|| {
+        server.cpu_secs()
+    })
+    .await?;
+    for t in &tasks {
+        t.abort();
+    }
+    let errors = errors.load(Ordering::Relaxed);
+    let failed = (errors > 0).then(|| format!("{errors} PUBLISH pipelines failed"));
+    out.notes = super::notes([server.trouble(), failed, out.notes]);
+    Ok(out)
+}
+
+/// `n` idle subscriber connections, each on a personal channel and a
+/// channel shared by 10 connections, `parallel` connecting at a time.
+/// Returns the connect rate (connect + SUBSCRIBE confirmed, per second)
+/// and the server's RSS growth in KiB, measured `settle` after the last.
+pub async fn connections(
+    server: &RedisServer,
+    n: usize,
+    parallel: usize,
+    settle: Duration,
+) -> anyhow::Result<(f64, i64)> {
+    let rss0 = server.rss_kib().unwrap_or(0) as i64;
+    let t0 = Instant::now();
+    let held: Vec<anyhow::Result<_>> = futures_util::stream::iter(0..n)
+        .map(|i| async move {
+            let mut ps = server
+                .client
+                .get_async_pubsub()
+                .await
+                .with_context(|| format!("connection {i}"))?;
+            ps.subscribe(&[format!("user.{i}"), format!("group.{}", i / 10)])
+                .await?;
+            anyhow::Ok(ps)
+        })
+        .buffer_unordered(parallel.max(1))
+        .collect()
+        .await;
+    let rate = n as f64 / t0.elapsed().as_secs_f64();
+    let held: Vec<_> = held.into_iter().collect::<anyhow::Result<_>>()?;
+    tokio::time::sleep(settle).await;
+    let rss1 = server.rss_kib().unwrap_or(0) as i64;
+    drop(held);
+    Ok((rate, rss1 - rss0))
 }

@@ -6,11 +6,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use confab_codec::{RoomId, Seq, StartAt};
+use confab_codec::{Body, Frame, RoomId, Seq, StartAt};
+use futures_util::StreamExt;
 
 use super::{now_ns, payload, Knobs};
-use crate::client::{connect, Incoming};
-use crate::report::{histogram, Latency, Row};
+use crate::client::{connect, connect_with, handshake, Incoming, Reader, Writer};
+use crate::report::{histogram, Latency, Point, Row};
+use crate::scenarios::shape::{
+    rooms_open_loop, ChannelSender, Collector, Dispatch, RoomsOutcome, RoomsShape, Windows,
+};
 
 fn room(name: &str) -> anyhow::Result<RoomId> {
     Ok(RoomId::new(name)?)
@@ -88,8 +92,10 @@ pub async fn fanout(
     let r = room(&name)?;
     let delivered = Arc::new(AtomicU64::new(0));
     let mut readers = Vec::new();
+    // Thousands of subscribers: smaller read buffers (they grow as needed).
+    let read_buf = if subs > 1000 { 16 << 10 } else { 256 << 10 };
     for s in 0..subs {
-        let (mut rd, mut wr) = connect(addr, &format!("sub{s}"), "bench")
+        let (mut rd, mut wr) = connect_with(addr, &format!("sub{s}"), "bench", read_buf)
             .await
             .with_context(|| format!("subscriber {s}"))?;
         wr.queue_subscribe(std::slice::from_ref(&r), StartAt::Live)?;
@@ -173,32 +179,29 @@ pub async fn latency(
         let (hist, received, measure_from) = (hist.clone(), received.clone(), measure_from.clone());
         readers.push(tokio::spawn(async move {
             let _keep = wr;
-            let mut local = histogram();
-            let mut n = 0u64;
+            // Flushed every 1,024 samples and when dropped: the task is
+            // aborted at the end, and the last samples must count too.
+            let mut local = LocalHist {
+                local: histogram(),
+                n: 0,
+                hist,
+                received,
+            };
             while let Some(msg) = rd.next().await? {
                 if let Incoming::Events { stamps, .. } = msg {
                     let now = now_ns();
                     let from = measure_from.load(Ordering::Relaxed);
                     for s in stamps {
                         if s >= from {
-                            local.saturating_record(now.saturating_sub(s).max(1));
-                            n += 1;
+                            local.local.saturating_record(now.saturating_sub(s).max(1));
+                            local.n += 1;
                         }
                     }
-                    if n >= 1024 {
-                        if let Ok(mut h) = hist.lock() {
-                            h.add(&local).ok();
-                        }
-                        received.fetch_add(n, Ordering::Relaxed);
-                        local.reset();
-                        n = 0;
+                    if local.n >= 1024 {
+                        local.flush();
                     }
                 }
             }
-            if let Ok(mut h) = hist.lock() {
-                h.add(&local).ok();
-            }
-            received.fetch_add(n, Ordering::Relaxed);
             anyhow::Ok(())
         }));
     }
@@ -230,6 +233,32 @@ pub async fn latency(
         .lock()
         .map_err(|_| anyhow::anyhow!("histogram lock poisoned"))?;
     Ok((achieved, Latency::from_ns(&h)))
+}
+
+/// A subscriber's own histogram, added to the shared one now and then and
+/// when dropped.
+struct LocalHist {
+    local: hdrhistogram::Histogram<u64>,
+    n: u64,
+    hist: Arc<Mutex<hdrhistogram::Histogram<u64>>>,
+    received: Arc<AtomicU64>,
+}
+
+impl LocalHist {
+    fn flush(&mut self) {
+        if let Ok(mut h) = self.hist.lock() {
+            h.add(&self.local).ok();
+        }
+        self.received.fetch_add(self.n, Ordering::Relaxed);
+        self.local.reset();
+        self.n = 0;
+    }
+}
+
+impl Drop for LocalHist {
+    fn drop(&mut self) {
+        self.flush();
+    }
 }
 
 /// The open-loop sender: a dedicated OS thread with a blocking socket that
@@ -279,7 +308,12 @@ fn paced_publisher(
         if now >= end {
             break;
         }
-        let due = ((now - start) as f64 / interval_ns) as u64;
+        if now < start {
+            std::thread::sleep(Duration::from_nanos(start - now));
+            continue;
+        }
+        // Message k is due at start + k * interval: 0..=k are due then.
+        let due = ((now - start) as f64 / interval_ns) as u64 + 1;
         while sent < due {
             let intended = start + (sent as f64 * interval_ns) as u64;
             sent += 1;
@@ -346,16 +380,290 @@ pub async fn replay(addr: SocketAddr, count: u64, size: usize) -> anyhow::Result
     Ok(count as f64 / t0.elapsed().as_secs_f64())
 }
 
+/// Connects `n` devices, `parallel` at a time; device `i` is user
+/// `{user}{i}` and subscribes (from now on) to `rooms(i)`. The read buffers
+/// start at `read_buf` bytes.
+async fn connect_many(
+    addr: SocketAddr,
+    n: usize,
+    parallel: usize,
+    user: &str,
+    read_buf: usize,
+    rooms: impl Fn(usize) -> Vec<RoomId>,
+) -> anyhow::Result<Vec<(usize, Reader, Writer)>> {
+    let rooms = &rooms;
+    let done: Vec<anyhow::Result<(usize, Reader, Writer)>> = futures_util::stream::iter(0..n)
+        .map(|i| async move {
+            let (mut rd, mut wr) = connect_with(addr, &format!("{user}{i}"), "bench", read_buf)
+                .await
+                .with_context(|| format!("connection {i}"))?;
+            let mine = rooms(i);
+            if !mine.is_empty() {
+                wr.queue_subscribe(&mine, StartAt::Live)?;
+                wr.flush().await?;
+                rd.wait_subscribed().await?;
+            }
+            anyhow::Ok((i, rd, wr))
+        })
+        .buffer_unordered(parallel.max(1))
+        .collect()
+        .await;
+    done.into_iter().collect()
+}
+
+/// The `rooms` scenario: every device of `shape` is one connection that
+/// subscribes to all its rooms; publishers publish to their rooms from
+/// that same connection. Open loop at `rate` msgs/s over all publishers,
+/// publish-to-deliver latency from the intended send time.
+pub async fn rooms(
+    addr: SocketAddr,
+    shape: Arc<RoomsShape>,
+    rate: f64,
+    size: usize,
+    k: &Knobs,
+    cpu: &(dyn Fn() -> Option<f64> + Sync),
+) -> anyhow::Result<RoomsOutcome> {
+    let collector = Collector::new();
+    let ids: Arc<Vec<RoomId>> = Arc::new(
+        (0..shape.members.len())
+            .map(|r| room(&format!("room-{r}")))
+            .collect::<anyhow::Result<_>>()?,
+    );
+    let t0 = Instant::now();
+    let devices = shape.rooms_of.len();
+    let connected = connect_many(addr, devices, 32, "dev", 16 << 10, |d| {
+        shape.rooms_of[d]
+            .iter()
+            .map(|&r| ids[r as usize].clone())
+            .collect()
+    })
+    .await?;
+    let setup_s = t0.elapsed().as_secs_f64();
+    let mut tasks = Vec::new();
+    let mut outs = vec![None; devices];
+    // The write halves of devices that do not publish: dropping one would
+    // shut the socket's write side, and the broker would end the session.
+    let mut idle = Vec::new();
+    for (d, mut rd, mut wr) in connected {
+        let col = collector.clone();
+        tasks.push(tokio::spawn(async move {
+            while let Some(msg) = rd.next().await? {
+                if let Incoming::Events { stamps, .. } = msg {
+                    col.record(d, stamps);
+                }
+            }
+            anyhow::bail!("broker closed the connection")
+        }));
+        if d < shape.publishers {
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<(u32, u64)>>();
+            outs[d] = Some(tx);
+            let ids = ids.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut cmid = 0u64;
+                while let Some(batch) = rx.recv().await {
+                    for (r, s) in batch {
+                        cmid += 1;
+                        wr.queue_publish(&ids[r as usize], cmid, payload(size, s))?;
+                    }
+                    wr.flush().await?;
+                }
+                anyhow::Ok(())
+            }));
+        } else {
+            idle.push(wr);
+        }
+    }
+    let mut sender = ChannelSender {
+        dispatch: Dispatch::new(shape.clone(), collector.clone()),
+        outs,
+    };
+    let out = rooms_open_loop(rate, k, &collector, &mut sender, setup_s, cpu).await;
+    let early = crate::peers::reap("device tasks", tasks).await;
+    drop((sender, idle));
+    let mut out = out?;
+    out.notes = crate::peers::notes([out.notes, early]);
+    Ok(out)
+}
+
+/// `n` idle connections, each subscribed to a personal room and to a room
+/// shared by 10 connections, `parallel` connecting at a time. Returns the
+/// connect rate (TCP connect + handshake + subscribe acknowledged, per
+/// second) and the broker's RSS growth in KiB (from `rss`), measured
+/// `settle` after the last connection.
+pub async fn connections(
+    addr: SocketAddr,
+    n: usize,
+    parallel: usize,
+    settle: Duration,
+    rss: impl Fn() -> Option<u64>,
+) -> anyhow::Result<(f64, i64)> {
+    let rss0 = rss().unwrap_or(0) as i64;
+    let t0 = Instant::now();
+    let held = connect_many(addr, n, parallel, "idle", 4 << 10, |i| {
+        [format!("user-{i}"), format!("group-{}", i / 10)]
+            .iter()
+            .filter_map(|r| room(r).ok())
+            .collect()
+    })
+    .await?;
+    let rate = n as f64 / t0.elapsed().as_secs_f64();
+    tokio::time::sleep(settle).await;
+    let rss1 = rss().unwrap_or(0) as i64;
+    drop(held);
+    Ok((rate, rss1 - rss0))
+}
+
+/// What the slow-consumer run saw.
+#[derive(Debug)]
+pub struct SlowOutcome {
+    /// One point per window.
+    pub points: Vec<Point>,
+    /// Publishes per second achieved.
+    pub achieved: f64,
+    /// Deliveries per second to the subscribers that read.
+    pub deliveries: f64,
+    /// What became of the slow consumer, if there was one.
+    pub slow: Option<String>,
+}
+
+/// The slow-consumer scenario: `members` connections in one room; with
+/// `slow_one`, one of them never reads its socket after subscribing (and
+/// has a 4 KiB receive buffer). One publisher at `rate` msgs/s for
+/// `seconds`. Records the reading subscribers' latency per `window` (by
+/// intended send time) and the broker's RSS (from `rss`) at the end of
+/// each window.
+#[allow(clippy::too_many_arguments)]
+pub async fn slow(
+    addr: SocketAddr,
+    members: usize,
+    slow_one: bool,
+    rate: f64,
+    size: usize,
+    seconds: Duration,
+    window: Duration,
+    rss: impl Fn() -> Option<u64>,
+) -> anyhow::Result<SlowOutcome> {
+    let r = room("slow-room")?;
+    // The slow one: a tiny receive buffer, so its backlog lands in the broker.
+    let mut slow_rd = None;
+    if slow_one {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.set_recv_buffer_size(4096)?;
+        let stream = socket.connect(addr).await.context("slow consumer")?;
+        let (mut rd, mut wr) = handshake(stream, "slowpoke", "bench", 64 << 10).await?;
+        wr.queue_subscribe(std::slice::from_ref(&r), StartAt::Live)?;
+        wr.flush().await?;
+        rd.wait_subscribed().await?;
+        slow_rd = Some((rd, wr));
+    }
+    let readers_n = members.saturating_sub(usize::from(slow_one));
+    let conns = connect_many(addr, readers_n, 32, "member", 64 << 10, |_| vec![r.clone()]).await?;
+    let count = (seconds.as_secs_f64() / window.as_secs_f64()).ceil() as usize;
+    let t0 = now_ns() + 200_000_000;
+    let windows = Windows::new(t0, window, count);
+    let mut readers = Vec::new();
+    for (_, mut rd, wr) in conns {
+        let w = windows.clone();
+        readers.push(tokio::spawn(async move {
+            let _keep = wr;
+            while let Some(msg) = rd.next().await? {
+                if let Incoming::Events { stamps, .. } = msg {
+                    w.record(&stamps);
+                }
+            }
+            anyhow::Ok(())
+        }));
+    }
+    let end = t0 + seconds.as_nanos() as u64;
+    let interval_ns = 1e9 / rate;
+    let pacer = {
+        let r = r.clone();
+        std::thread::Builder::new()
+            .name("slow-publisher".into())
+            .spawn(move || paced_publisher(addr, r, size, t0, end, interval_ns))?
+    };
+    let mut rss_at = Vec::with_capacity(count);
+    for i in 1..=count {
+        let due = t0 + (i as u64) * window.as_nanos() as u64;
+        tokio::time::sleep(Duration::from_nanos(due.saturating_sub(now_ns()))).await;
+        rss_at.push(rss().unwrap_or(0));
+    }
+    let sent = tokio::task::spawn_blocking(move || pacer.join())
+        .await?
+        .map_err(|_| anyhow::anyhow!("publisher thread panicked"))??;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut ended = 0;
+    for r in &readers {
+        if r.is_finished() {
+            ended += 1;
+        }
+        r.abort();
+    }
+    let lats = windows.latencies();
+    let w_s = window.as_secs_f64();
+    let mut delivered = 0;
+    let points = lats
+        .iter()
+        .zip(&rss_at)
+        .enumerate()
+        .map(|(i, (l, &kib))| {
+            delivered += l.count;
+            let some = |v: f64| (l.count > 0).then_some(v);
+            Point {
+                t_s: (i + 1) as f64 * w_s,
+                p50_us: some(l.p50_us),
+                p99_us: some(l.p99_us),
+                max_us: some(l.max_us),
+                deliveries: l.count,
+                rss_mib: kib as f64 / 1024.0,
+            }
+        })
+        .collect();
+    let secs = seconds.as_secs_f64();
+    // What became of the slow consumer: drain what reached its socket
+    // until the broker's close, or until nothing more comes for 1 s.
+    let mut slow = None;
+    if let Some((mut rd, _wr)) = slow_rd {
+        let mut got = 0u64;
+        let mut fate = "still connected after the run".to_string();
+        loop {
+            match tokio::time::timeout(Duration::from_secs(1), rd.next()).await {
+                Ok(Ok(Some(Incoming::Events { stamps, .. }))) => got += stamps.len() as u64,
+                Ok(Ok(Some(Incoming::Other(Frame {
+                    body: Body::Goodbye(g),
+                    ..
+                })))) => {
+                    fate = format!("Goodbye {:?}: {}", g.code, g.message);
+                    break;
+                }
+                Ok(Ok(Some(_))) => {}
+                Ok(Ok(None)) | Ok(Err(_)) => {
+                    fate = "disconnected by the broker".into();
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        slow = Some(format!(
+            "slow consumer: {fate}; {got} of {sent} msgs had reached its socket"
+        ));
+    }
+    if ended > 0 {
+        let note = format!("{ended} reading subscribers ended early");
+        slow = Some(match slow {
+            Some(s) => format!("{s}; {note}"),
+            None => note,
+        });
+    }
+    Ok(SlowOutcome {
+        points,
+        achieved: sent as f64 / secs,
+        deliveries: delivered as f64 / secs,
+        slow,
+    })
+}
+
 /// Builds a row.
 pub fn row(scenario: &str, params: String, rate: f64, unit: &str) -> Row {
-    Row {
-        scenario: scenario.into(),
-        system: "confab".into(),
-        params,
-        rate,
-        unit: unit.into(),
-        offered: None,
-        latency: None,
-        notes: String::new(),
-    }
+    Row::new(scenario, "confab", params, rate, unit)
 }

@@ -1,6 +1,8 @@
 //! Scenarios. Each measures one thing against one system and returns rows.
 
 pub mod confab;
+pub mod shape;
+pub mod transports;
 
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
