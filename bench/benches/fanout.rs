@@ -10,8 +10,8 @@
 //! the absolute figures as the cost of the fan-out thread alone.
 
 // The load generator's lean protocol client, shared with the binary.
-#[allow(dead_code, unreachable_pub)]
-#[path = "../src/client.rs"]
+#[allow(dead_code, unreachable_pub, unused_imports)]
+#[path = "../src/client/mod.rs"]
 mod client;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -54,7 +54,7 @@ async fn setup(
         .expect("broker starts");
     let addr = broker.tcp_addr();
     for s in 0..subs {
-        let (mut rd, mut wr) = connect_with(addr, &format!("sub{s}"), "bench", 64 << 10)
+        let (mut rd, mut wr) = connect_with(&addr.into(), &format!("sub{s}"), "bench", 64 << 10)
             .await
             .expect("subscriber connects");
         wr.queue_subscribe(std::slice::from_ref(room), StartAt::Live)

@@ -113,7 +113,7 @@ impl SlowArgs {
             members: if quick { 200 } else { 1_000 },
             rate: 200.0,
             size: 1024,
-            seconds: if quick { 4.0 } else { 60.0 },
+            seconds: if quick { 3.0 } else { 60.0 },
             window: 1.0,
             baseline: !quick,
         }

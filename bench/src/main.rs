@@ -173,7 +173,7 @@ enum Scenario {
         /// Results files written with --json.
         files: Vec<PathBuf>,
     },
-    /// Everything above.
+    /// Every scenario: the ones above, then `transports`.
     Suite,
     /// TCP against TLS against QUIC: durable publish throughput, then
     /// open-loop latency at each rate, on each transport.
@@ -440,9 +440,15 @@ async fn durable(ctx: &Ctx, out: &mut Out, conns: usize, window: usize, rooms: u
                     ctx.budget(Duration::ZERO),
                     async {
                         let broker = BrokerProc::start(&ctx.opts(mode)).await?;
-                        let rate =
-                            confab::publish(broker.addr, conns, window, size, rooms, &ctx.knobs)
-                                .await?;
+                        let rate = confab::publish(
+                            &broker.addr.into(),
+                            conns,
+                            window,
+                            size,
+                            rooms,
+                            &ctx.knobs,
+                        )
+                        .await?;
                         let mut row = confab::row("durable", params.clone(), rate, "msgs/s");
                         row.notes = format!("rss {} MiB", broker.rss_kib().unwrap_or(0) / 1024);
                         Ok(row)
@@ -843,8 +849,8 @@ async fn run(cli: Cli) -> anyhow::Result<(Out, Ctx)> {
     let quick = cli.common.quick;
     let knobs = if quick {
         Knobs {
-            duration: Duration::from_secs_f64(cli.common.duration.min(1.5)),
-            warmup: Duration::from_secs_f64(cli.common.warmup.min(0.3)),
+            duration: Duration::from_secs_f64(cli.common.duration.min(1.0)),
+            warmup: Duration::from_secs_f64(cli.common.warmup.min(0.2)),
         }
     } else {
         Knobs {
@@ -878,6 +884,7 @@ async fn run(cli: Cli) -> anyhow::Result<(Out, Ctx)> {
         drivers::ConnArgs::suite(quick),
         drivers::SlowArgs::suite(quick),
     );
+    let suite_transports = scenarios::transports::Args::suite(quick);
     let suite_fractions: &[f64] = if quick {
         &[0.5]
     } else {
@@ -900,6 +907,7 @@ async fn run(cli: Cli) -> anyhow::Result<(Out, Ctx)> {
                 + drivers::plan_rooms(&ctx, &suite_rooms)
                 + drivers::plan_connections(&ctx, &suite_conns)
                 + drivers::plan_slow(&ctx, &suite_slow)
+                + suite_transports.plan().len()
         }
         Scenario::Transports(a) => a.plan().len(),
     };
@@ -934,21 +942,25 @@ async fn run(cli: Cli) -> anyhow::Result<(Out, Ctx)> {
             drivers::rooms(&ctx, &mut out, &suite_rooms).await;
             drivers::connections(&ctx, &mut out, &suite_conns).await;
             drivers::slow(&ctx, &mut out, &suite_slow).await;
+            transports(&ctx, &mut out, &suite_transports).await;
         }
-        Scenario::Transports(a) => {
-            use scenarios::transports::measure;
-            let size = ctx.size();
-            for (t, m) in a.plan() {
-                let run = measure(ctx.opts("wal"), t, m, size, &ctx.knobs);
-                let (system, params) = (format!("confab {}", t.name()), m.params(t, size));
-                let budget = ctx.budget(Duration::ZERO);
-                ctx.run_one(&mut out, "transport", &system, params, budget, run)
-                    .await;
-            }
-        }
+        Scenario::Transports(a) => transports(&ctx, &mut out, &a).await,
     }
     ctx.progress.bar.finish_and_clear();
     Ok((out, ctx))
+}
+
+/// TCP against TLS against QUIC: every run of `a`'s plan, one broker each.
+async fn transports(ctx: &Ctx, out: &mut Out, a: &scenarios::transports::Args) {
+    use scenarios::transports::measure;
+    let size = ctx.size();
+    for (t, m) in a.plan() {
+        let run = measure(ctx.opts("wal"), t, m, size, &ctx.knobs);
+        let (system, params) = (format!("confab {}", t.name()), m.params(t, size));
+        let budget = ctx.budget(Duration::ZERO);
+        ctx.run_one(out, "transport", &system, params, budget, run)
+            .await;
+    }
 }
 
 /// Resolves on SIGINT, SIGTERM or SIGHUP (a closed terminal), so that the

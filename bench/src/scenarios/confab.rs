@@ -10,7 +10,9 @@ use confab_codec::{Body, Frame, RoomId, Seq, StartAt};
 use futures_util::StreamExt;
 
 use super::{now_ns, payload, Knobs};
-use crate::client::{connect, connect_with, handshake, Incoming, Reader, Writer};
+use crate::client::{
+    connect, connect_via, connect_with, handshake, Dial, Incoming, Reader, Writer,
+};
 use crate::report::{histogram, Latency, Point, Row};
 use crate::scenarios::shape::{
     rooms_open_loop, ChannelSender, Collector, Dispatch, RoomsOutcome, RoomsShape, Windows,
@@ -20,10 +22,14 @@ fn room(name: &str) -> anyhow::Result<RoomId> {
     Ok(RoomId::new(name)?)
 }
 
-/// Closed-loop publish throughput: `conns` connections, each keeping
-/// `window` publishes in flight, to `rooms` rooms. Counts acknowledgements.
+/// Closed-loop publish throughput over `dial`: `conns` connections, each
+/// keeping `window` publishes in flight, to `rooms` rooms. Counts
+/// acknowledgements.
+///
+/// # Errors
+/// If a connection fails.
 pub async fn publish(
-    addr: SocketAddr,
+    dial: &Dial,
     conns: usize,
     window: usize,
     size: usize,
@@ -34,13 +40,12 @@ pub async fn publish(
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
     for c in 0..conns {
-        let acked = acked.clone();
-        let stop = stop.clone();
-        let room_ids: Vec<RoomId> = (0..rooms)
+        let (acked, stop, dial) = (acked.clone(), stop.clone(), dial.clone());
+        let room_ids: Vec<RoomId> = (0..rooms.max(1))
             .map(|r| room(&format!("pub-{}", (c + r * conns) % rooms.max(1))))
             .collect::<anyhow::Result<_>>()?;
         tasks.push(tokio::spawn(async move {
-            let (mut rd, mut wr) = connect(addr, &format!("pub{c}"), "bench").await?;
+            let (mut rd, mut wr) = connect_via(&dial, &format!("pub{c}"), "bench").await?;
             let mut outstanding = 0usize;
             let mut cmid = 0u64;
             while !stop.load(Ordering::Relaxed) {
@@ -73,7 +78,12 @@ pub async fn publish(
     let rate = (acked.load(Ordering::Relaxed) - a0) as f64 / t0.elapsed().as_secs_f64();
     stop.store(true, Ordering::Relaxed);
     for t in tasks {
-        t.abort();
+        // A task that ended already failed: report why.
+        if t.is_finished() {
+            t.await??;
+        } else {
+            t.abort();
+        }
     }
     Ok(rate)
 }
@@ -95,9 +105,10 @@ pub async fn fanout(
     // Thousands of subscribers: smaller read buffers (they grow as needed).
     let read_buf = if subs > 1000 { 16 << 10 } else { 256 << 10 };
     for s in 0..subs {
-        let (mut rd, mut wr) = connect_with(addr, &format!("sub{s}"), "bench", read_buf)
-            .await
-            .with_context(|| format!("subscriber {s}"))?;
+        let (mut rd, mut wr) =
+            connect_with(&Dial::Tcp(addr), &format!("sub{s}"), "bench", read_buf)
+                .await
+                .with_context(|| format!("subscriber {s}"))?;
         wr.queue_subscribe(std::slice::from_ref(&r), StartAt::Live)?;
         wr.flush().await?;
         rd.wait_subscribed().await?;
@@ -394,9 +405,10 @@ async fn connect_many(
     let rooms = &rooms;
     let done: Vec<anyhow::Result<(usize, Reader, Writer)>> = futures_util::stream::iter(0..n)
         .map(|i| async move {
-            let (mut rd, mut wr) = connect_with(addr, &format!("{user}{i}"), "bench", read_buf)
-                .await
-                .with_context(|| format!("connection {i}"))?;
+            let (mut rd, mut wr) =
+                connect_with(&Dial::Tcp(addr), &format!("{user}{i}"), "bench", read_buf)
+                    .await
+                    .with_context(|| format!("connection {i}"))?;
             let mine = rooms(i);
             if !mine.is_empty() {
                 wr.queue_subscribe(&mine, StartAt::Live)?;

@@ -4,10 +4,8 @@
 //! transport. Every connection of a measurement, publishers and
 //! subscribers alike, uses the transport measured.
 
-pub mod conn;
-
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -17,8 +15,9 @@ use confab_codec::{Frame, MessageKind, Publish, RoomId, StartAt};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 
-use self::conn::{connect_via, tls_client, Dial, Incoming};
+use super::confab::publish;
 use super::{now_ns, payload, Knobs};
+use crate::client::{connect_via, tls_client, Dial, Incoming};
 use crate::report::{histogram, Latency};
 
 /// A transport measured.
@@ -141,69 +140,6 @@ impl Setup {
         }
         Ok(())
     }
-}
-
-/// Closed-loop durable publish throughput: `conns` connections, each with
-/// `window` publishes in flight over `rooms` rooms. Counts acknowledgements.
-///
-/// # Errors
-/// If a connection fails.
-pub async fn publish(
-    dial: &Dial,
-    conns: usize,
-    window: usize,
-    size: usize,
-    rooms: usize,
-    k: &Knobs,
-) -> anyhow::Result<f64> {
-    let acked = Arc::new(AtomicU64::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut tasks = Vec::new();
-    for c in 0..conns {
-        let (acked, stop, dial) = (acked.clone(), stop.clone(), dial.clone());
-        let room_ids: Vec<RoomId> = (0..rooms.max(1))
-            .map(|r| RoomId::new(format!("tp-{}", (c + r * conns) % rooms.max(1))))
-            .collect::<Result<_, _>>()?;
-        tasks.push(tokio::spawn(async move {
-            let (mut rd, mut wr) = connect_via(&dial, &format!("tpub{c}"), "bench").await?;
-            let (mut outstanding, mut cmid) = (0usize, 0u64);
-            while !stop.load(Ordering::Relaxed) {
-                while outstanding < window {
-                    cmid += 1;
-                    let r = &room_ids[cmid as usize % room_ids.len()];
-                    wr.queue_publish(r, cmid, payload(size, now_ns()))?;
-                    outstanding += 1;
-                }
-                wr.flush().await?;
-                while outstanding > window / 2 {
-                    match rd.next().await? {
-                        Some(Incoming::PublishAck) => {
-                            outstanding -= 1;
-                            acked.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Some(_) => {}
-                        None => anyhow::bail!("broker closed the connection"),
-                    }
-                }
-            }
-            anyhow::Ok(())
-        }));
-    }
-    tokio::time::sleep(k.warmup).await;
-    let a0 = acked.load(Ordering::Relaxed);
-    let t0 = Instant::now();
-    tokio::time::sleep(k.duration).await;
-    let rate = (acked.load(Ordering::Relaxed) - a0) as f64 / t0.elapsed().as_secs_f64();
-    stop.store(true, Ordering::Relaxed);
-    for t in tasks {
-        // A task that ended already failed: report why.
-        if t.is_finished() {
-            t.await??;
-        } else {
-            t.abort();
-        }
-    }
-    Ok(rate)
 }
 
 /// Open-loop end-to-end latency over `dial`: one publisher sends to one
@@ -367,6 +303,22 @@ pub struct Args {
 }
 
 impl Args {
+    /// The suite's runs: the defaults, with only the lower latency rate in
+    /// `--quick` mode.
+    pub fn suite(quick: bool) -> Args {
+        Args {
+            conns: 4,
+            window: 1024,
+            rooms: 16,
+            rates: if quick {
+                vec![10_000.0]
+            } else {
+                vec![10_000.0, 50_000.0]
+            },
+            subs: 1,
+        }
+    }
+
     /// Every run, in report order: throughput on each transport, then
     /// latency at each rate on each transport.
     pub fn plan(&self) -> Vec<(Transport, Measure)> {

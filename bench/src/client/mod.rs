@@ -1,11 +1,11 @@
-//! The load generator's client over any transport: TCP, TLS or QUIC
-//! ([`Dial`]). The same lean design as `crate::client` (pipelined writes,
-//! a reader that counts events without decoding them fully), with the
-//! byte stream boxed; QUIC's control and event streams are merged by
-//! helper tasks into one reader.
+//! A lean Confab protocol client for load generation, over any transport
+//! ([`Dial`]): pipelined writes, and a reader that counts events without
+//! decoding them fully, so the load generator spends its CPU on load, not
+//! on allocations.
+
+mod dial;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use bytes::{Bytes, BytesMut};
@@ -13,62 +13,11 @@ use confab_codec::{
     frame_type, Body, DeviceId, Frame, Header, Hello, MessageKind, Publish, RoomId, Seq, StartAt,
     Subscribe, SubscribeItem, HEADER_LEN,
 };
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
 
-/// How to reach the broker.
-#[derive(Clone)]
-pub enum Dial {
-    /// Plain TCP.
-    Tcp(SocketAddr),
-    /// TLS over TCP, trusting what the connector trusts.
-    Tls(SocketAddr, tokio_rustls::TlsConnector),
-    /// QUIC: a control stream, and the broker's event streams.
-    Quic(SocketAddr, quinn::ClientConfig),
-}
-
-impl From<SocketAddr> for Dial {
-    fn from(addr: SocketAddr) -> Dial {
-        Dial::Tcp(addr)
-    }
-}
-
-impl std::fmt::Debug for Dial {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Dial::Tcp(a) => write!(f, "tcp {a}"),
-            Dial::Tls(a, _) => write!(f, "tls {a}"),
-            Dial::Quic(a, _) => write!(f, "quic {a}"),
-        }
-    }
-}
-
-/// Where a reader's bytes come from.
-enum Source {
-    /// One byte stream (TCP, TLS).
-    Stream(Box<dyn AsyncRead + Send + Unpin>),
-    /// QUIC: runs of whole frames, read from the control stream and every
-    /// event stream by helper tasks. The connection lives as long as this.
-    Chunks {
-        rx: mpsc::Receiver<Bytes>,
-        _conn: QuicConn,
-    },
-}
-
-/// A QUIC connection, closed (and its stream readers stopped) on drop.
-struct QuicConn {
-    _endpoint: quinn::Endpoint,
-    conn: quinn::Connection,
-    acceptor: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for QuicConn {
-    fn drop(&mut self) {
-        self.acceptor.abort();
-        self.conn.close(0u32.into(), b"");
-    }
-}
+use self::dial::{open, Source};
+pub use self::dial::{tls_client, Dial};
 
 /// Read side of a connection.
 pub struct Reader {
@@ -95,22 +44,73 @@ pub enum Incoming {
     Other(Frame),
 }
 
+/// Connects over TCP and completes the handshake.
+pub async fn connect(
+    addr: SocketAddr,
+    user: &str,
+    device: &str,
+) -> anyhow::Result<(Reader, Writer)> {
+    connect_via(&Dial::Tcp(addr), user, device).await
+}
+
 /// Connects over any transport and completes the handshake.
 pub async fn connect_via(
     dial: &Dial,
     user: &str,
     device: &str,
 ) -> anyhow::Result<(Reader, Writer)> {
+    connect_with(dial, user, device, 256 << 10).await
+}
+
+/// Like [`connect_via`], with a read buffer of `read_buf` bytes to start
+/// with (it grows for larger frames): small for runs with thousands of
+/// connections, so the load generator's memory stays modest.
+pub async fn connect_with(
+    dial: &Dial,
+    user: &str,
+    device: &str,
+    read_buf: usize,
+) -> anyhow::Result<(Reader, Writer)> {
     let (src, wr) = open(dial)
         .await
         .with_context(|| format!("connecting to {dial:?}"))?;
+    start(src, wr, user, device, read_buf).await
+}
+
+/// Completes the handshake on a connected TCP `stream` (see
+/// [`connect_with`]).
+pub async fn handshake(
+    stream: TcpStream,
+    user: &str,
+    device: &str,
+    read_buf: usize,
+) -> anyhow::Result<(Reader, Writer)> {
+    stream.set_nodelay(true)?;
+    let (rd, wr) = stream.into_split();
+    start(
+        Source::Stream(Box::new(rd)),
+        Box::new(wr),
+        user,
+        device,
+        read_buf,
+    )
+    .await
+}
+
+async fn start(
+    src: Source,
+    wr: Box<dyn AsyncWrite + Send + Unpin>,
+    user: &str,
+    device: &str,
+    read_buf: usize,
+) -> anyhow::Result<(Reader, Writer)> {
     let mut reader = Reader {
         src,
-        buf: BytesMut::with_capacity(256 << 10),
+        buf: BytesMut::with_capacity(read_buf),
     };
     let mut writer = Writer {
         wr,
-        out: BytesMut::with_capacity(64 << 10),
+        out: BytesMut::with_capacity(read_buf.min(64 << 10)),
         next_request: 1,
     };
     writer.queue(Hello {
@@ -129,90 +129,6 @@ pub async fn connect_via(
         })) => Ok((reader, writer)),
         other => bail!("handshake failed: {other:?}"),
     }
-}
-
-async fn tcp(addr: SocketAddr) -> anyhow::Result<TcpStream> {
-    let stream = TcpStream::connect(addr).await?;
-    stream.set_nodelay(true)?;
-    Ok(stream)
-}
-
-async fn open(dial: &Dial) -> anyhow::Result<(Source, Box<dyn AsyncWrite + Send + Unpin>)> {
-    Ok(match dial {
-        Dial::Tcp(addr) => {
-            let (rd, wr) = tcp(*addr).await?.into_split();
-            (Source::Stream(Box::new(rd)), Box::new(wr))
-        }
-        Dial::Tls(addr, connector) => {
-            let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
-            let stream = connector.connect(name, tcp(*addr).await?).await?;
-            let (rd, wr) = tokio::io::split(stream);
-            (Source::Stream(Box::new(rd)), Box::new(wr))
-        }
-        Dial::Quic(addr, config) => {
-            let endpoint = quinn::Endpoint::client(SocketAddr::from(([127, 0, 0, 1], 0)))?;
-            let conn = endpoint
-                .connect_with(config.clone(), *addr, "localhost")?
-                .await?;
-            let (send, recv) = conn.open_bi().await?;
-            let (tx, rx) = mpsc::channel(1024);
-            let events = conn.clone();
-            let acceptor = tokio::spawn(async move {
-                let mut readers = tokio::task::JoinSet::new();
-                readers.spawn(forward_frames(recv, tx.clone()));
-                while let Ok(stream) = events.accept_uni().await {
-                    readers.spawn(forward_frames(stream, tx.clone()));
-                }
-                while readers.join_next().await.is_some() {}
-            });
-            let conn = QuicConn {
-                _endpoint: endpoint,
-                conn,
-                acceptor,
-            };
-            (Source::Chunks { rx, _conn: conn }, Box::new(send))
-        }
-    })
-}
-
-/// Reads a QUIC stream and forwards its bytes in runs of whole frames, so
-/// that runs from different streams can be appended to one buffer.
-async fn forward_frames(mut stream: quinn::RecvStream, tx: mpsc::Sender<Bytes>) {
-    let mut buf = BytesMut::with_capacity(64 << 10);
-    loop {
-        match stream.read_buf(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
-        }
-        let mut whole = 0;
-        while let Some(h) = Header::peek(&buf[whole..]) {
-            let total = HEADER_LEN + h.len as usize;
-            if buf.len() - whole < total {
-                break;
-            }
-            whole += total;
-        }
-        if whole > 0 && tx.send(buf.split_to(whole).freeze()).await.is_err() {
-            return;
-        }
-    }
-}
-
-/// A rustls client configuration trusting exactly `cert` (ring only), for
-/// QUIC (TLS 1.3) or TCP.
-pub fn tls_client(
-    cert: &rustls::pki_types::CertificateDer<'static>,
-) -> anyhow::Result<rustls::ClientConfig> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(cert.clone())?;
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    config.alpn_protocols = vec![confab_broker::transport::tls::ALPN.to_vec()];
-    Ok(config)
 }
 
 impl Writer {
