@@ -1,13 +1,24 @@
 //! Hostile and broken peers: each gets an error or a close, and only its
-//! own connection is affected.
+//! own connection is affected. Each test runs over TCP, TLS and QUIC.
 #![allow(clippy::unwrap_used)]
 
+#[macro_use]
 mod common;
 
 use std::time::Duration;
 
 use common::*;
 use confab_codec::*;
+
+over_transports!(
+    bad_frames_close_only_their_connection,
+    handshake_rules,
+    auth_disabled_refuses_everyone,
+    slowloris_and_idle_connections_are_closed,
+    connection_limit_answers_server_busy,
+    shutdown_says_goodbye,
+    a_device_connecting_again_replaces_its_old_session,
+);
 
 /// Asserts the server sends an Error with `code` (and maybe a Goodbye), then closes.
 async fn expect_error_and_close(c: &mut Conn, code: ErrorCode) {
@@ -20,23 +31,22 @@ async fn expect_error_and_close(c: &mut Conn, code: ErrorCode) {
     );
 }
 
-async fn still_works(addr: std::net::SocketAddr, r: &RoomId, cmid: u64) {
+async fn still_works(addr: &Dial, r: &RoomId, cmid: u64) {
     let mut c = Conn::open(addr, "healthy", "d").await;
     let ack = c.publish(r, cmid, b"still here").await;
     assert!(ack.seq.0 >= 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_frames_close_only_their_connection() {
+async fn bad_frames_close_only_their_connection(t: Transport) {
     let dir = tempfile::tempdir().unwrap();
     let broker = start(test_config(dir.path())).await;
-    let addr = broker.tcp_addr();
+    let addr = dial(&broker, t);
     let r = room("calm");
-    let mut bystander = Conn::open(addr, "bystander", "d").await;
+    let mut bystander = Conn::open(&addr, "bystander", "d").await;
     bystander.subscribe(vec![(r.clone(), StartAt::Live)]).await;
 
     // Oversized length: rejected from the header alone.
-    let mut c = Conn::open(addr, "a", "d").await;
+    let mut c = Conn::open(&addr, "a", "d").await;
     let mut header = Vec::new();
     Header {
         len: u32::MAX,
@@ -49,7 +59,7 @@ async fn bad_frames_close_only_their_connection() {
     expect_error_and_close(&mut c, ErrorCode::FrameTooLarge).await;
 
     // Unknown mandatory frame type.
-    let mut c = Conn::open(addr, "b", "d").await;
+    let mut c = Conn::open(&addr, "b", "d").await;
     let mut f = Vec::new();
     Header {
         len: 3,
@@ -63,7 +73,7 @@ async fn bad_frames_close_only_their_connection() {
     expect_error_and_close(&mut c, ErrorCode::UnknownFrameType).await;
 
     // Malformed body: a Publish whose room id is not UTF-8.
-    let mut c = Conn::open(addr, "c", "d").await;
+    let mut c = Conn::open(&addr, "c", "d").await;
     let mut f = Vec::new();
     Header {
         len: 3,
@@ -77,13 +87,13 @@ async fn bad_frames_close_only_their_connection() {
     expect_error_and_close(&mut c, ErrorCode::MalformedFrame).await;
 
     // A server-to-client frame from a client.
-    let mut c = Conn::open(addr, "d", "d").await;
+    let mut c = Conn::open(&addr, "d", "d").await;
     c.send(Pong { nonce: 1 }).await; // allowed, ignored
     c.send(Ack {}).await;
     expect_error_and_close(&mut c, ErrorCode::ProtocolViolation).await;
 
     // An unknown optional extension frame is skipped, the connection lives.
-    let mut c = Conn::open(addr, "e", "d").await;
+    let mut c = Conn::open(&addr, "e", "d").await;
     let mut f = Vec::new();
     Header {
         len: 2,
@@ -102,7 +112,7 @@ async fn bad_frames_close_only_their_connection() {
     );
 
     // Garbage before the handshake.
-    let mut c = Conn::raw(addr).await;
+    let mut c = Conn::connect(&addr).await;
     c.send_raw(&[0u8, 0, 0, 1, 0x20, 0, 0, 0, 0, 1, 0xAA])
         .await
         .unwrap();
@@ -113,31 +123,36 @@ async fn bad_frames_close_only_their_connection() {
     );
 
     // The bystander saw nothing bad and still receives.
-    still_works(addr, &r, 1).await;
+    still_works(&addr, &r, 1).await;
     let (events, _) = bystander.events(1).await;
     assert_eq!(events[0].1, 1);
     broker.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn handshake_rules() {
+async fn handshake_rules(t: Transport) {
     let dir = tempfile::tempdir().unwrap();
     let mut config = test_config(dir.path());
     config.limits.handshake_timeout_ms = 300;
     let broker = start(config).await;
-    let addr = broker.tcp_addr();
+    let addr = dial(&broker, t);
 
-    // Silence after connect.
-    let mut c = Conn::raw(addr).await;
-    expect_error_and_close(&mut c, ErrorCode::Timeout).await;
+    // Silence after connect. A QUIC stream exists for the server only once
+    // the client sends on it, so there the broker can only close the
+    // connection, without a frame.
+    let mut c = Conn::connect(&addr).await;
+    if t == Transport::Quic {
+        assert_eq!(c.until_closed().await, vec![]);
+    } else {
+        expect_error_and_close(&mut c, ErrorCode::Timeout).await;
+    }
 
     // Something other than Hello first.
-    let mut c = Conn::raw(addr).await;
+    let mut c = Conn::connect(&addr).await;
     c.send(Ping { nonce: 1 }).await;
     expect_error_and_close(&mut c, ErrorCode::ProtocolViolation).await;
 
     // No common version.
-    let mut c = Conn::raw(addr).await;
+    let mut c = Conn::connect(&addr).await;
     c.send(Hello {
         min_version: 2,
         max_version: 3,
@@ -150,7 +165,7 @@ async fn handshake_rules() {
     expect_error_and_close(&mut c, ErrorCode::UnsupportedVersion).await;
 
     // Token for another device.
-    let mut c = Conn::raw(addr).await;
+    let mut c = Conn::connect(&addr).await;
     c.send(Hello {
         min_version: 1,
         max_version: 1,
@@ -163,7 +178,7 @@ async fn handshake_rules() {
     expect_error_and_close(&mut c, ErrorCode::Unauthenticated).await;
 
     // A good Hello gets the limits.
-    let c = Conn::open(addr, "alice", "phone").await;
+    let c = Conn::open(&addr, "alice", "phone").await;
     let w = c.welcome.unwrap();
     assert_eq!(w.user.as_str(), "alice");
     assert_eq!(w.max_rooms, 10_000);
@@ -171,13 +186,12 @@ async fn handshake_rules() {
     broker.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn auth_disabled_refuses_everyone() {
+async fn auth_disabled_refuses_everyone(t: Transport) {
     let dir = tempfile::tempdir().unwrap();
     let mut config = test_config(dir.path());
     config.auth.mode = confab_broker::config::AuthMode::Disabled;
     let broker = start(config).await;
-    let mut c = Conn::raw(broker.tcp_addr()).await;
+    let mut c = Conn::connect(dial(&broker, t)).await;
     c.send(Hello {
         min_version: 1,
         max_version: 1,
@@ -191,17 +205,16 @@ async fn auth_disabled_refuses_everyone() {
     broker.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn slowloris_and_idle_connections_are_closed() {
+async fn slowloris_and_idle_connections_are_closed(t: Transport) {
     let dir = tempfile::tempdir().unwrap();
     let mut config = test_config(dir.path());
     config.limits.heartbeat_ms = 100;
     config.limits.idle_timeout_ms = 400;
     let broker = start(config).await;
-    let addr = broker.tcp_addr();
+    let addr = dial(&broker, t);
 
     // Half a frame, then silence.
-    let mut c = Conn::open(addr, "slow", "d").await;
+    let mut c = Conn::open(&addr, "slow", "d").await;
     c.send_raw(&[0, 0, 0, 50, frame_type::Publish, 0, 0, 0])
         .await
         .unwrap();
@@ -214,7 +227,7 @@ async fn slowloris_and_idle_connections_are_closed() {
     );
 
     // Heartbeats keep a quiet connection open past the idle timeout.
-    let mut c = Conn::open(addr, "alive", "d").await;
+    let mut c = Conn::open(&addr, "alive", "d").await;
     for _ in 0..8 {
         tokio::time::sleep(Duration::from_millis(100)).await;
         c.send(Ping { nonce: 1 }).await;
@@ -223,23 +236,27 @@ async fn slowloris_and_idle_connections_are_closed() {
     broker.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn connection_limit_answers_server_busy() {
+async fn connection_limit_answers_server_busy(t: Transport) {
     let dir = tempfile::tempdir().unwrap();
     let mut config = test_config(dir.path());
     config.limits.max_connections = 2;
     let broker = start(config).await;
-    let addr = broker.tcp_addr();
-    let _a = Conn::open(addr, "a", "d").await;
-    let _b = Conn::open(addr, "b", "d").await;
-    let mut c = Conn::raw(addr).await;
+    let addr = dial(&broker, t);
+    let _a = Conn::open(&addr, "a", "d").await;
+    let _b = Conn::open(&addr, "b", "d").await;
+    let mut c = Conn::connect(&addr).await;
+    if t == Transport::Quic {
+        // The refusal goes on the control stream, which the client opens
+        // by sending on it.
+        c.send(Ping { nonce: 1 }).await;
+    }
     expect_error_and_close(&mut c, ErrorCode::ServerBusy).await;
     drop(_a);
     // The slot frees up once the first connection is gone.
     let mut ok = false;
     for _ in 0..50 {
         tokio::time::sleep(Duration::from_millis(20)).await;
-        let mut c = Conn::raw(addr).await;
+        let mut c = Conn::connect(&addr).await;
         c.send(Hello {
             min_version: 1,
             max_version: 1,
@@ -260,11 +277,10 @@ async fn connection_limit_answers_server_busy() {
     broker.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn shutdown_says_goodbye() {
+async fn shutdown_says_goodbye(t: Transport) {
     let dir = tempfile::tempdir().unwrap();
     let broker = start(test_config(dir.path())).await;
-    let mut c = Conn::open(broker.tcp_addr(), "a", "d").await;
+    let mut c = Conn::open(dial(&broker, t), "a", "d").await;
     let shutdown = tokio::spawn(broker.shutdown());
     let frames = c.until_closed().await;
     assert!(
@@ -276,14 +292,13 @@ async fn shutdown_says_goodbye() {
     tokio::time::timeout(WAIT, shutdown).await.unwrap().unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_device_connecting_again_replaces_its_old_session() {
+async fn a_device_connecting_again_replaces_its_old_session(t: Transport) {
     let dir = tempfile::tempdir().unwrap();
     let broker = start(test_config(dir.path())).await;
-    let addr = broker.tcp_addr();
-    let mut old = Conn::open(addr, "alice", "phone").await;
-    let _other_device = Conn::open(addr, "alice", "laptop").await;
-    let mut new = Conn::open(addr, "alice", "phone").await;
+    let addr = dial(&broker, t);
+    let mut old = Conn::open(&addr, "alice", "phone").await;
+    let _other_device = Conn::open(&addr, "alice", "laptop").await;
+    let mut new = Conn::open(&addr, "alice", "phone").await;
     let frames = old.until_closed().await;
     assert!(
         frames
