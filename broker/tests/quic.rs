@@ -2,7 +2,8 @@
 //! sockets: a room whose event stream is stalled does not hold back other
 //! rooms; a client that changes address keeps its session; and through a
 //! UDP proxy that drops and reorders packets, every event still arrives
-//! exactly once and in order per room.
+//! exactly once and in order per room, and a lost packet holds back only
+//! the rooms of its own stream.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -260,6 +261,9 @@ struct ProxyStats {
 struct LossyProxy {
     addr: SocketAddr,
     stats: Arc<ProxyStats>,
+    /// While not 0, broker packets longer than this many bytes are dropped
+    /// too.
+    drop_longer_than: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -277,8 +281,10 @@ impl LossyProxy {
         let addr = front.local_addr().unwrap();
         let stats = Arc::new(ProxyStats::default());
         let client: Arc<std::sync::Mutex<Option<SocketAddr>>> = Arc::default();
+        let drop_longer_than = Arc::new(AtomicU64::new(0));
         let task = {
             let stats = stats.clone();
+            let longer = drop_longer_than.clone();
             tokio::spawn(async move {
                 let mut rng = StdRng::seed_from_u64(seed);
                 let mut up = vec![0u8; 65_536];
@@ -294,7 +300,8 @@ impl LossyProxy {
                             let Ok(n) = r else { return };
                             let Some(to) = *client.lock().unwrap() else { continue };
                             let roll: f64 = rng.gen();
-                            if roll < drop {
+                            let limit = longer.load(Ordering::Relaxed);
+                            if roll < drop || (limit > 0 && n as u64 > limit) {
                                 stats.dropped.fetch_add(1, Ordering::Relaxed);
                             } else if roll < drop + reorder {
                                 stats.delayed.fetch_add(1, Ordering::Relaxed);
@@ -313,7 +320,12 @@ impl LossyProxy {
                 }
             })
         };
-        LossyProxy { addr, stats, task }
+        LossyProxy {
+            addr,
+            stats,
+            drop_longer_than,
+            task,
+        }
     }
 }
 
@@ -372,4 +384,102 @@ async fn under_loss_and_reordering_every_room_arrives_complete_and_in_order() {
         proxy.stats
     );
     broker.shutdown().await;
+}
+
+/// How far room `b` gets ahead of room `a` while every broker packet that
+/// carries `a`'s data is lost. One writer publishes to `a` and `b` in
+/// lockstep (`a`'s k-th message is committed before `b`'s k-th); `a`'s
+/// messages are large and `b`'s tiny, so the proxy can tell their packets
+/// apart by size: for a stretch of the run it drops every packet longer
+/// than 1,000 bytes. Returns the largest `k - (a's last seq seen)` at the
+/// arrival of `b`'s k-th message, after checking that both rooms arrived
+/// complete and in order.
+async fn lead_while_a_is_lost(event_streams: usize) -> i64 {
+    const PAIRS: u64 = 500;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.delivery.quic_event_streams = event_streams;
+    let broker = start(config).await;
+    let proxy = LossyProxy::start(broker.quic_addr().unwrap(), 0x1055, 0.0, 0.0).await;
+    let mut d = dial(&broker, Transport::Quic);
+    d.addr = proxy.addr;
+
+    let lanes = event_streams as u64;
+    let b = room("hol-b");
+    let a = (0..)
+        .map(|i| room(&format!("hol-a-{i}")))
+        .find(|a| lanes == 1 || lane(a, lanes) != lane(&b, lanes))
+        .unwrap();
+    let mut reader = Conn::open(&d, "reader", "d").await;
+    reader
+        .subscribe(vec![(a.clone(), StartAt::Live), (b.clone(), StartAt::Live)])
+        .await;
+    let reading = tokio::spawn(async move { reader.events(2 * PAIRS as usize).await.0 });
+
+    let published = Arc::new(AtomicU64::new(0));
+    let writer = {
+        let (addr, a, b, published) = (broker.tcp_addr(), a.clone(), b.clone(), published.clone());
+        tokio::spawn(async move {
+            let mut w = Conn::open(addr, "writer", "d").await;
+            let big = vec![b'a'; 3_000];
+            for k in 1..=PAIRS {
+                assert_eq!(w.publish(&a, k, &big).await.seq.0, k);
+                assert_eq!(w.publish(&b, k, b"b").await.seq.0, k);
+                published.store(k, Ordering::Relaxed);
+            }
+        })
+    };
+    // The lossy stretch: from the 50th pair to the 350th, as the writer
+    // (acknowledged over TCP, not through the proxy) sees them.
+    let wait_for = |k: u64| {
+        let published = published.clone();
+        async move {
+            while published.load(Ordering::Relaxed) < k {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+    };
+    tokio::time::timeout(WAIT, wait_for(50)).await.unwrap();
+    proxy.drop_longer_than.store(1_000, Ordering::Relaxed);
+    tokio::time::timeout(WAIT, wait_for(350)).await.unwrap();
+    proxy.drop_longer_than.store(0, Ordering::Relaxed);
+    writer.await.unwrap();
+    let events = tokio::time::timeout(WAIT, reading).await.unwrap().unwrap();
+
+    let (mut a_seqs, mut b_seqs) = (Vec::new(), Vec::new());
+    let mut lead = i64::MIN;
+    for (r, seq, _) in events {
+        if r == a {
+            a_seqs.push(seq);
+        } else {
+            assert_eq!(r, b);
+            let a_seen = a_seqs.last().copied().unwrap_or(0);
+            lead = lead.max(seq as i64 - a_seen as i64);
+            b_seqs.push(seq);
+        }
+    }
+    assert_contiguous(&a_seqs, 1, PAIRS);
+    assert_contiguous(&b_seqs, 1, PAIRS);
+    assert!(proxy.stats.dropped.load(Ordering::Relaxed) > 0);
+    broker.shutdown().await;
+    lead
+}
+
+/// A lost packet holds back only the rooms of its own stream: while
+/// room `a`'s packets are being lost, room `b`, on another event stream,
+/// keeps arriving, far ahead of `a`. With a single event stream (what one
+/// ordered byte stream would give), `b` can never get ahead of `a`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_packet_holds_back_only_its_own_rooms() {
+    let shared_stream = lead_while_a_is_lost(1).await;
+    assert!(
+        shared_stream <= 0,
+        "on one stream, b's k-th message never arrives before a's k-th: lead {shared_stream}"
+    );
+    let own_streams = lead_while_a_is_lost(8).await;
+    eprintln!("lead of b over a: {own_streams} on separate streams, {shared_stream} on one");
+    assert!(
+        own_streams >= 50,
+        "b kept arriving while a's packets were lost: lead {own_streams}"
+    );
 }
