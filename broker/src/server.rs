@@ -17,9 +17,9 @@ use tracing::{debug, info, warn};
 use confab_codec::{CreateRoom, RoomId, RoomInfo, StartAt};
 
 use crate::auth::{Authenticator, DenyAll, DevAuth, JwtAuth};
+use crate::config::{AuthMode, Config};
 use crate::embed::authz::Authorizer;
 use crate::embed::{EmbedError, LocalSubscription, Published, RoomChange, SystemMessage};
-use crate::config::{AuthMode, Config};
 use crate::fanout::{self, CatchupCtx};
 use crate::rooms::typing::TypingHub;
 use crate::rooms::RoomRegistry;

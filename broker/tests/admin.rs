@@ -74,29 +74,44 @@ async fn stopped_broker_backup_restore_and_inspection() {
     let tail = admin(&data, &["tail", "archive", "-n", "1000"]).unwrap();
     let lines: Vec<&str> = tail.lines().collect();
     assert_eq!(lines.len(), 40, "{tail}");
-    assert!(lines[0].starts_with("1\t") && lines[0].ends_with("\tmessage 1"), "{tail}");
+    assert!(
+        lines[0].starts_with("1\t") && lines[0].ends_with("\tmessage 1"),
+        "{tail}"
+    );
     assert!(lines[39].contains("alice/phone"), "{tail}");
     let stats = admin(&data, &["room-stats", "archive"]).unwrap();
-    assert!(stats.contains("head: 40\n") && stats.contains("managed: no"), "{stats}");
+    assert!(
+        stats.contains("head: 40\n") && stats.contains("managed: no"),
+        "{stats}"
+    );
     let cursors = admin(&data, &["cursors", "alice", "phone"]).unwrap();
     assert!(cursors.contains("archive\t40\t40"), "{cursors}");
     admin(&data, &["compact"]).unwrap();
 
     let backup = tmp.path().join("backup-1");
     admin(&data, &["backup", backup.to_str().unwrap()]).unwrap();
-    assert!(admin(&data, &["backup", backup.to_str().unwrap()]).is_err(), "no overwrite");
+    assert!(
+        admin(&data, &["backup", backup.to_str().unwrap()]).is_err(),
+        "no overwrite"
+    );
 
     // More traffic after the backup, then restore: the log is as it was.
     let broker = start(config(&data)).await;
     publish_n(&broker, &r, 41, 50).await;
     broker.shutdown().await;
     assert_eq!(
-        admin(&data, &["tail", "archive", "-n", "1000"]).unwrap().lines().count(),
+        admin(&data, &["tail", "archive", "-n", "1000"])
+            .unwrap()
+            .lines()
+            .count(),
         50
     );
     let out = admin(&data, &["restore", backup.to_str().unwrap()]).unwrap();
     assert!(out.contains("previous data"), "{out}");
-    assert_eq!(admin(&data, &["tail", "archive", "-n", "1000"]).unwrap(), tail);
+    assert_eq!(
+        admin(&data, &["tail", "archive", "-n", "1000"]).unwrap(),
+        tail
+    );
 
     // The restored directory serves: history and new sequences continue.
     let broker = start(config(&data)).await;
@@ -107,7 +122,9 @@ async fn stopped_broker_backup_restore_and_inspection() {
     broker.shutdown().await;
 
     let nothing = tmp.path().join("empty");
-    assert!(admin(&nothing, &["tail", "archive"]).unwrap_err().contains("no Confab database"));
+    assert!(admin(&nothing, &["tail", "archive"])
+        .unwrap_err()
+        .contains("no Confab database"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -139,5 +156,8 @@ async fn running_broker_backup_through_its_admin_endpoint() {
     // The backup restores into a fresh directory with the same log.
     let restored = tmp.path().join("restored");
     admin(&restored, &["restore", backup.to_str().unwrap()]).unwrap();
-    assert_eq!(admin(&restored, &["tail", "live", "-n", "1000"]).unwrap(), tail);
+    assert_eq!(
+        admin(&restored, &["tail", "live", "-n", "1000"]).unwrap(),
+        tail
+    );
 }

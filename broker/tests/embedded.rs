@@ -36,7 +36,10 @@ async fn in_process_and_sdk_subscribers_see_the_same_sequence() {
     let dir = tempfile::tempdir().unwrap();
     let broker = start(config(dir.path())).await;
     let r = room("lobby");
-    let mut local = broker.subscribe(r.clone(), StartAt::From(Seq(1))).await.unwrap();
+    let mut local = broker
+        .subscribe(r.clone(), StartAt::From(Seq(1)))
+        .await
+        .unwrap();
     assert_eq!(local.head_at_start(), Seq(0));
 
     let alice = sdk(&broker, "alice").await;
@@ -57,11 +60,17 @@ async fn in_process_and_sdk_subscribers_see_the_same_sequence() {
         .client_msg_id(7);
     let third = broker.publish(msg.clone()).await.unwrap();
     let retry = broker.publish(msg).await.unwrap();
-    assert_eq!((third.seq, retry.seq, retry.duplicate), (Seq(3), Seq(3), true));
+    assert_eq!(
+        (third.seq, retry.seq, retry.duplicate),
+        (Seq(3), Seq(3), true)
+    );
 
     let mut seen_local = Vec::new();
     for _ in 0..3 {
-        let ev = tokio::time::timeout(WAIT, local.next()).await.unwrap().unwrap();
+        let ev = tokio::time::timeout(WAIT, local.next())
+            .await
+            .unwrap()
+            .unwrap();
         seen_local.push((ev.seq.0, ev.sender.to_string(), ev.kind, ev.payload));
     }
     let mut seen_sdk = Vec::new();
@@ -107,7 +116,10 @@ async fn a_slow_in_process_subscriber_catches_up_from_the_log() {
     assert!(broker.stats().lag_switches >= 1, "{:?}", broker.stats());
     let mut seqs = Vec::new();
     while seqs.len() < 300 {
-        let ev = tokio::time::timeout(WAIT, local.next()).await.unwrap().unwrap();
+        let ev = tokio::time::timeout(WAIT, local.next())
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(ev.payload, format!("m{}", ev.seq.0).as_bytes());
         seqs.push(ev.seq.0);
     }
@@ -117,7 +129,10 @@ async fn a_slow_in_process_subscriber_catches_up_from_the_log() {
         .publish(SystemMessage::new(r.clone(), "after"))
         .await
         .unwrap();
-    let ev = tokio::time::timeout(WAIT, local.next()).await.unwrap().unwrap();
+    let ev = tokio::time::timeout(WAIT, local.next())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(ev.seq, Seq(301));
     drop(local);
     broker.shutdown().await;
@@ -145,7 +160,10 @@ async fn the_service_manages_rooms_without_being_a_member() {
         .unwrap();
     assert_eq!((info.room.clone(), info.member_count), (r.clone(), 0));
     broker
-        .change_room(r.clone(), RoomChange::Add(UserId::new("alice").unwrap(), Role::Member))
+        .change_room(
+            r.clone(),
+            RoomChange::Add(UserId::new("alice").unwrap(), Role::Member),
+        )
         .await
         .unwrap();
 
@@ -153,7 +171,8 @@ async fn the_service_manages_rooms_without_being_a_member() {
     let mut bob = Conn::open(broker.tcp_addr(), "bob", "phone").await;
     assert_eq!(alice.publish(&r, 1, b"hello").await.seq, Seq(2));
     let rid = bob.request_id();
-    bob.send_frame(Conn::publish_frame(rid, &r, 1, b"let me in")).await;
+    bob.send_frame(Conn::publish_frame(rid, &r, 1, b"let me in"))
+        .await;
     match bob.wait_reply(rid, |_| true).await.body {
         Body::Error(e) => assert_eq!(e.code, ErrorCode::NotMember),
         other => panic!("expected NotMember, got {other:?}"),
@@ -169,7 +188,9 @@ async fn the_service_manages_rooms_without_being_a_member() {
         .await
         .unwrap();
     let rid = alice.request_id();
-    alice.send_frame(Conn::publish_frame(rid, &r, 2, b"still here?")).await;
+    alice
+        .send_frame(Conn::publish_frame(rid, &r, 2, b"still here?"))
+        .await;
     match alice.wait_reply(rid, |_| true).await.body {
         Body::Error(e) => assert_eq!(e.code, ErrorCode::NotMember),
         other => panic!("expected NotMember, got {other:?}"),
@@ -189,7 +210,10 @@ async fn the_service_manages_rooms_without_being_a_member() {
     // Clients cannot create a direct room through the service's principal,
     // and the service does not join.
     assert!(broker
-        .change_room(room("nowhere"), RoomChange::Invite(UserId::new("x").unwrap()))
+        .change_room(
+            room("nowhere"),
+            RoomChange::Invite(UserId::new("x").unwrap())
+        )
         .await
         .is_err());
     broker.shutdown().await;
@@ -197,11 +221,19 @@ async fn the_service_manages_rooms_without_being_a_member() {
 
 /// The room's whole log, read in-process from the start.
 async fn broker_history(broker: &BrokerHandle, r: &RoomId) -> Vec<EventRecord> {
-    let mut local = broker.subscribe(r.clone(), StartAt::From(Seq(1))).await.unwrap();
+    let mut local = broker
+        .subscribe(r.clone(), StartAt::From(Seq(1)))
+        .await
+        .unwrap();
     let head = local.head_at_start().0;
     let mut out = Vec::new();
     while (out.len() as u64) < head {
-        out.push(tokio::time::timeout(WAIT, local.next()).await.unwrap().unwrap());
+        out.push(
+            tokio::time::timeout(WAIT, local.next())
+                .await
+                .unwrap()
+                .unwrap(),
+        );
     }
     out
 }
@@ -251,13 +283,20 @@ async fn the_authorization_hook_decides_instead_of_membership() {
     let theirs = room("bob-notes");
     let mut alice = Conn::open(broker.tcp_addr(), "alice", "phone").await;
 
-    let ack = alice.subscribe(vec![(mine.clone(), StartAt::Live), (theirs.clone(), StartAt::Live)]).await;
+    let ack = alice
+        .subscribe(vec![
+            (mine.clone(), StartAt::Live),
+            (theirs.clone(), StartAt::Live),
+        ])
+        .await;
     let codes: Vec<_> = ack.results.iter().map(|r| r.code).collect();
     assert_eq!(codes, [ErrorCode::Normal, ErrorCode::Forbidden]);
 
     assert_eq!(alice.publish(&mine, 1, b"allowed").await.seq, Seq(1));
     let rid = alice.request_id();
-    alice.send_frame(Conn::publish_frame(rid, &theirs, 2, b"denied")).await;
+    alice
+        .send_frame(Conn::publish_frame(rid, &theirs, 2, b"denied"))
+        .await;
     match alice.wait_reply(rid, |_| true).await.body {
         Body::Error(e) => {
             assert_eq!(e.code, ErrorCode::Forbidden);
@@ -284,7 +323,10 @@ async fn the_authorization_hook_decides_instead_of_membership() {
     assert_eq!(events[0].0, mine);
     let asked = rule.asked.lock().unwrap().clone();
     for action in [Action::Subscribe, Action::Publish, Action::History] {
-        assert!(asked.iter().any(|(u, a)| u == "alice" && *a == action), "{asked:?}");
+        assert!(
+            asked.iter().any(|(u, a)| u == "alice" && *a == action),
+            "{asked:?}"
+        );
     }
     broker.shutdown().await;
 }

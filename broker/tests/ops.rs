@@ -58,8 +58,14 @@ async fn metrics_are_scraped_and_move_with_traffic() {
     let dir = tempfile::tempdir().unwrap();
     let broker = start(config(dir.path())).await;
     let ops = broker.metrics_addr().expect("metrics endpoint on");
-    assert_eq!(http(ops, "GET", "/healthz", "", "").await, (200, "ok\n".into()));
-    assert_eq!(http(ops, "GET", "/readyz", "", "").await, (200, "ready\n".into()));
+    assert_eq!(
+        http(ops, "GET", "/healthz", "", "").await,
+        (200, "ok\n".into())
+    );
+    assert_eq!(
+        http(ops, "GET", "/readyz", "", "").await,
+        (200, "ready\n".into())
+    );
 
     let r = room("metered");
     let mut alice = Conn::open(broker.tcp_addr(), "alice", "phone").await;
@@ -102,9 +108,15 @@ async fn metrics_are_scraped_and_move_with_traffic() {
         "confab_commit_seconds_count",
         "confab_device_queue_depth_count",
     ] {
-        assert!(sample(&first, series).is_some(), "{series} missing in\n{first}");
+        assert!(
+            sample(&first, series).is_some(),
+            "{series} missing in\n{first}"
+        );
     }
-    assert!(first.contains("confab_publish_ack_seconds_bucket{le="), "{first}");
+    assert!(
+        first.contains("confab_publish_ack_seconds_bucket{le="),
+        "{first}"
+    );
     assert!(first.contains("# HELP confab_messages_in_total"), "{first}");
     assert!(sample(&first, "confab_sessions").unwrap() >= 2.0);
     assert!(sample(&first, "confab_subscriptions").unwrap() >= 1.0);
@@ -162,7 +174,10 @@ async fn admin_endpoints_require_the_configured_token() {
     let (status, _) = http(ops, "POST", "/admin/backup", "", dest_text).await;
     assert_eq!(status, 401);
     let wrong = "Authorization: Bearer nope\r\n";
-    assert_eq!(http(ops, "POST", "/admin/backup", wrong, dest_text).await.0, 401);
+    assert_eq!(
+        http(ops, "POST", "/admin/backup", wrong, dest_text).await.0,
+        401
+    );
     assert!(!dest.exists());
     let right = "Authorization: Bearer s3cret\r\n";
     let (status, body) = http(ops, "POST", "/admin/backup", right, dest_text).await;
@@ -172,6 +187,11 @@ async fn admin_endpoints_require_the_configured_token() {
     let (status, body) = http(ops, "POST", "/admin/backup", right, dest_text).await;
     assert_eq!(status, 500, "{body}");
     assert!(body.contains("exists"), "{body}");
-    assert_eq!(http(ops, "POST", "/admin/backup", right, "relative/dir").await.0, 400);
+    assert_eq!(
+        http(ops, "POST", "/admin/backup", right, "relative/dir")
+            .await
+            .0,
+        400
+    );
     broker.shutdown().await;
 }

@@ -32,8 +32,7 @@ fn open(dir: &Path) -> Result<ReadOnly, AdminError> {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
-    let scratch =
-        std::env::temp_dir().join(format!("confab-admin-{}-{nanos}", std::process::id()));
+    let scratch = std::env::temp_dir().join(format!("confab-admin-{}-{nanos}", std::process::id()));
     let log = RocksLog::open_secondary(dir, &scratch)?;
     log.catch_up()?;
     Ok(ReadOnly { log, scratch })
@@ -93,7 +92,9 @@ pub(super) fn tail(dir: &Path, room: &RoomId, count: usize) -> Result<String, Ad
     let mut out = String::new();
     for rec in records {
         let ev = decode(room, rec.seq, rec.bytes)?;
-        let payload: String = String::from_utf8_lossy(&ev.payload).escape_debug().collect();
+        let payload: String = String::from_utf8_lossy(&ev.payload)
+            .escape_debug()
+            .collect();
         let _ = writeln!(
             out,
             "{}\t{}\t{}/{}\t{}\t{payload}",
@@ -170,10 +171,7 @@ mod tests {
 
     #[test]
     fn prefixed_fields_split_and_short_keys_do_not_panic() {
-        assert_eq!(
-            take_prefixed(b"\x02abcd"),
-            Some((&b"ab"[..], &b"cd"[..]))
-        );
+        assert_eq!(take_prefixed(b"\x02abcd"), Some((&b"ab"[..], &b"cd"[..])));
         assert_eq!(take_prefixed(b"\x05ab"), None);
         assert_eq!(take_prefixed(b""), None);
     }

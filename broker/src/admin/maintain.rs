@@ -82,9 +82,9 @@ pub(super) fn backup(config: &Config, dest: &Path, remote: &Remote) -> Result<St
             return Ok(format!("backup written to {}\n", dest.display()));
         }
     }
-    let text = dest.to_str().ok_or_else(|| {
-        AdminError::Usage(format!("{} is not valid UTF-8", dest.display()))
-    })?;
+    let text = dest
+        .to_str()
+        .ok_or_else(|| AdminError::Usage(format!("{} is not valid UTF-8", dest.display())))?;
     post(config, remote, "/admin/backup", text)
 }
 
@@ -161,7 +161,10 @@ fn copy_dir(from: &Path, to: &Path) -> Result<(), AdminError> {
 /// Where the running broker's operations endpoint is.
 fn endpoint(config: &Config, remote: &Remote) -> Result<SocketAddr, AdminError> {
     let text = match (&remote.url, config.metrics.listen) {
-        (Some(url), _) => url.trim_start_matches("http://").trim_end_matches('/').to_owned(),
+        (Some(url), _) => url
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_owned(),
         (None, Some(addr)) if addr.ip().is_unspecified() => {
             format!("127.0.0.1:{}", addr.port())
         }

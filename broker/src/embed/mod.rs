@@ -253,10 +253,7 @@ pub(crate) async fn publish(shared: &Shared, msg: SystemMessage) -> Result<Publi
 
 /// Runs a room operation as the system principal.
 pub(crate) async fn room_op(shared: &Shared, op: RoomOp) -> Result<Option<RoomInfo>, EmbedError> {
-    let conn = system_ctx(
-        shared,
-        UserId::new(SYSTEM_USER).expect("a valid user id"),
-    );
+    let conn = system_ctx(shared, UserId::new(SYSTEM_USER).expect("a valid user id"));
     let req = RoomOpReq {
         conn: conn.clone(),
         request_id: 1,

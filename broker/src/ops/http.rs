@@ -160,7 +160,10 @@ async fn readyz(State(ops): State<Ops>) -> (StatusCode, String) {
             StatusCode::SERVICE_UNAVAILABLE,
             format!("storage unavailable: {e}\n"),
         ),
-        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("storage probe: {e}\n")),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("storage probe: {e}\n"),
+        ),
     }
 }
 
@@ -177,7 +180,10 @@ fn admitted(ops: &Ops, peer: SocketAddr, headers: &HeaderMap) -> Result<(), (Sta
             if constant_time_eq(given, token) {
                 Ok(())
             } else {
-                Err((StatusCode::UNAUTHORIZED, "bad or missing admin token\n".into()))
+                Err((
+                    StatusCode::UNAUTHORIZED,
+                    "bad or missing admin token\n".into(),
+                ))
             }
         }
         None if peer.ip().is_loopback() => Ok(()),
@@ -216,10 +222,19 @@ async fn backup(
     match tokio::task::spawn_blocking(move || log.checkpoint(&target)).await {
         Ok(Ok(())) => {
             info!(dest = %dest.display(), %peer, "backup written");
-            (StatusCode::OK, format!("backup written to {}\n", dest.display()))
+            (
+                StatusCode::OK,
+                format!("backup written to {}\n", dest.display()),
+            )
         }
-        Ok(Err(e)) => (StatusCode::INTERNAL_SERVER_ERROR, format!("backup failed: {e}\n")),
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("backup task: {e}\n")),
+        Ok(Err(e)) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("backup failed: {e}\n"),
+        ),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("backup task: {e}\n"),
+        ),
     }
 }
 
@@ -238,8 +253,14 @@ async fn compact(
             info!(%peer, "manual compaction done");
             (StatusCode::OK, "compaction done\n".into())
         }
-        Ok(Err(e)) => (StatusCode::INTERNAL_SERVER_ERROR, format!("compaction failed: {e}\n")),
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("compaction task: {e}\n")),
+        Ok(Err(e)) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("compaction failed: {e}\n"),
+        ),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("compaction task: {e}\n"),
+        ),
     }
 }
 

@@ -23,8 +23,8 @@ pub(crate) use http::{bind, spawn};
 
 /// Latency buckets, in seconds: 50 µs to 10 s.
 const LATENCY_BUCKETS: &[f64] = &[
-    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
-    0.5, 1.0, 2.5, 10.0,
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 10.0,
 ];
 
 /// Count buckets (batch sizes, queue depths): powers of four.
@@ -74,23 +74,68 @@ pub(crate) fn install_recorder() -> Option<PrometheusHandle> {
 /// HELP lines for the series the broker exports.
 fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
-    describe_gauge!("confab_connections", "Open sockets by transport (tcp, tls, quic), including ones still in the handshake.");
+    describe_gauge!(
+        "confab_connections",
+        "Open sockets by transport (tcp, tls, quic), including ones still in the handshake."
+    );
     describe_gauge!("confab_sessions", "Sessions past the handshake.");
     describe_gauge!("confab_rooms", "Rooms the broker has loaded since start.");
-    describe_gauge!("confab_subscriptions", "Device subscriptions to rooms, socket and in-process.");
-    describe_counter!("confab_messages_in_total", "Log entries committed (publishes and server-written entries).");
-    describe_counter!("confab_messages_out_total", "Events handed to device outboxes, live or replayed from the log.");
+    describe_gauge!(
+        "confab_subscriptions",
+        "Device subscriptions to rooms, socket and in-process."
+    );
+    describe_counter!(
+        "confab_messages_in_total",
+        "Log entries committed (publishes and server-written entries)."
+    );
+    describe_counter!(
+        "confab_messages_out_total",
+        "Events handed to device outboxes, live or replayed from the log."
+    );
     describe_counter!("confab_commits_total", "Group commits.");
-    describe_histogram!("confab_publish_ack_seconds", Unit::Seconds, "Publish received by the session to its PublishAck queued (includes the group commit).");
-    describe_histogram!("confab_publish_deliver_seconds", Unit::Seconds, "Publish received to the event queued for every live subscriber.");
+    describe_histogram!(
+        "confab_publish_ack_seconds",
+        Unit::Seconds,
+        "Publish received by the session to its PublishAck queued (includes the group commit)."
+    );
+    describe_histogram!(
+        "confab_publish_deliver_seconds",
+        Unit::Seconds,
+        "Publish received to the event queued for every live subscriber."
+    );
     describe_histogram!("confab_commit_batch_size", "Log entries per group commit.");
-    describe_histogram!("confab_commit_seconds", Unit::Seconds, "Storage write of one group commit (with fsync in fsync mode).");
-    describe_histogram!("confab_device_queue_depth", "Frames queued per device, sampled for every subscribed device at each scrape.");
-    describe_gauge!("confab_device_queue_depth_max", "Deepest device queue at the last scrape.");
-    describe_gauge!("confab_lagging_devices", "Devices with at least one room being caught up from the log.");
-    describe_counter!("confab_lag_switches_total", "Times a device's room switched from live delivery to catch-up.");
-    describe_gauge!("confab_queued_frames", "Frames waiting in all device outboxes.");
-    describe_gauge!("confab_queued_bytes", "Bytes waiting in all device outboxes.");
+    describe_histogram!(
+        "confab_commit_seconds",
+        Unit::Seconds,
+        "Storage write of one group commit (with fsync in fsync mode)."
+    );
+    describe_histogram!(
+        "confab_device_queue_depth",
+        "Frames queued per device, sampled for every subscribed device at each scrape."
+    );
+    describe_gauge!(
+        "confab_device_queue_depth_max",
+        "Deepest device queue at the last scrape."
+    );
+    describe_gauge!(
+        "confab_lagging_devices",
+        "Devices with at least one room being caught up from the log."
+    );
+    describe_counter!(
+        "confab_lag_switches_total",
+        "Times a device's room switched from live delivery to catch-up."
+    );
+    describe_gauge!(
+        "confab_queued_frames",
+        "Frames waiting in all device outboxes."
+    );
+    describe_gauge!(
+        "confab_queued_bytes",
+        "Bytes waiting in all device outboxes."
+    );
     describe_counter!("confab_disconnects_total", "Sessions ended, by reason.");
-    describe_counter!("confab_auth_failures_total", "Hello or RefreshToken tokens refused.");
+    describe_counter!(
+        "confab_auth_failures_total",
+        "Hello or RefreshToken tokens refused."
+    );
 }
