@@ -72,8 +72,10 @@ async fn post_notice(addr: SocketAddr, room: &str, text: &str) -> anyhow::Result
 async fn main() -> anyhow::Result<()> {
     let serve = std::env::args().any(|a| a == "--serve");
     let data = tempfile::tempdir()?;
-    let mut config = Config::default();
-    config.data_dir = data.path().join("confab");
+    let mut config = Config {
+        data_dir: data.path().join("confab"),
+        ..Config::default()
+    };
     config.listen.tcp = "127.0.0.1:0".parse()?;
     config.listen.quic = None;
     config.metrics.listen = Some("127.0.0.1:0".parse()?);
