@@ -16,7 +16,9 @@ use confab_client::{Client, ClientConfig};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
-    let url = args.next().unwrap_or_else(|| "confab://127.0.0.1:7400".into());
+    let url = args
+        .next()
+        .unwrap_or_else(|| "confab://127.0.0.1:7400".into());
     let count: u64 = args.next().map_or(Ok(1_000_000), |a| a.parse())?;
     let size: usize = args.next().map_or(Ok(128), |a| a.parse())?;
     let rooms: u64 = args.next().map_or(Ok(16), |a| a.parse())?;
