@@ -427,6 +427,15 @@ impl BrokerHandle {
         self.metrics_addr
     }
 
+    /// Brings the scrape-time series (connections, rooms, subscriptions,
+    /// queue depths, message counters) up to date in the process's
+    /// `metrics` recorder. The `/metrics` endpoint does this on every
+    /// scrape; an embedding application that exports with a recorder of
+    /// its own calls it before rendering.
+    pub fn update_metrics(&self) {
+        crate::ops::export(&self.shared);
+    }
+
     /// Publishes a server-side message (a bot, a system notice): sequenced,
     /// deduplicated and committed like a client's, as durable as
     /// `storage.durability` promises when this returns, and delivered to
