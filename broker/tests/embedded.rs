@@ -330,3 +330,20 @@ async fn the_authorization_hook_decides_instead_of_membership() {
     }
     broker.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_in_process_subscription_ends_at_shutdown() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(config(dir.path())).await;
+    let r = room("closing");
+    broker
+        .publish(SystemMessage::new(r.clone(), "one"))
+        .await
+        .unwrap();
+    let mut live = broker.subscribe(r.clone(), StartAt::Live).await.unwrap();
+    assert_eq!(live.head_at_start(), Seq(1));
+    let reader = tokio::spawn(async move { live.next().await });
+    broker.shutdown().await;
+    let ended = tokio::time::timeout(WAIT, reader).await.unwrap().unwrap();
+    assert_eq!(ended, None, "no event after the head, then the end");
+}
