@@ -70,6 +70,31 @@ pub struct Config {
     pub rooms: RoomsConfig,
     /// Logging.
     pub log: LogConfig,
+    /// The operations HTTP endpoint: Prometheus metrics and health checks.
+    pub metrics: MetricsConfig,
+    /// The admin endpoints of a running broker.
+    pub admin: AdminConfig,
+}
+
+/// The operations HTTP endpoint (`/metrics`, `/healthz`, `/readyz`, and the
+/// `/admin/*` endpoints the admin CLI uses on a running broker).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Address to serve it on, or `"off"` (the default). Keep it on a
+    /// loopback or private address: metrics reveal traffic levels.
+    #[serde(with = "optional_addr")]
+    pub listen: Option<SocketAddr>,
+}
+
+/// Protection of the admin endpoints (`/admin/backup`, `/admin/compact`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// File holding a bearer token (trailing newline removed). When set,
+    /// admin requests must send `Authorization: Bearer <token>` and may come
+    /// from any address; when empty, only loopback peers are served.
+    pub token_file: PathBuf,
 }
 
 /// Listener addresses. TLS and QUIC may be turned off with `"off"`.
@@ -258,6 +283,8 @@ impl Default for Config {
             delivery: DeliveryConfig::default(),
             rooms: RoomsConfig::default(),
             log: LogConfig::default(),
+            metrics: MetricsConfig::default(),
+            admin: AdminConfig::default(),
         }
     }
 }

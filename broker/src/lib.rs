@@ -31,9 +31,12 @@
 
 #![warn(missing_docs)]
 
+pub mod admin;
 pub mod auth;
 pub mod config;
+pub mod embed;
 mod fanout;
+mod ops;
 mod rooms;
 mod sequencer;
 mod server;
@@ -42,6 +45,8 @@ mod stats;
 pub mod storage;
 pub mod transport;
 
+pub use embed::authz::{AccessRequest, Action, Authorizer, Denied};
+pub use embed::{EmbedError, LocalSubscription, Published, RoomChange, SystemMessage};
 pub use server::{Broker, BrokerBuilder, BrokerError, BrokerHandle};
 pub use session::{FrameCodec, WireError};
 pub use stats::BrokerStats;

@@ -1,9 +1,12 @@
-//! `confab`: run the broker, or print its effective configuration.
+//! `confab`: run the broker, print its effective configuration, or
+//! administer its data directory (`confab admin`, see
+//! `confab_broker::admin`).
 
 use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use confab_broker::admin::AdminCommand;
 use confab_broker::config::{Config, LogFormat};
 use confab_broker::Broker;
 use tracing_subscriber::EnvFilter;
@@ -21,6 +24,19 @@ enum Command {
     Serve(Settings),
     /// Print the effective configuration (defaults, file, environment, flags) as TOML.
     Config(Settings),
+    /// Inspect, compact, back up or restore the data directory of a running
+    /// or stopped broker.
+    Admin(AdminArgs),
+}
+
+/// `confab admin [settings] <command>`: the settings locate the data
+/// directory and, for a running broker, its operations endpoint.
+#[derive(Args, Debug)]
+struct AdminArgs {
+    #[command(flatten)]
+    settings: Settings,
+    #[command(subcommand)]
+    command: AdminCommand,
 }
 
 /// Settings shared by every command. Each flag overrides the config file and
@@ -54,6 +70,9 @@ struct Settings {
     /// text or json.
     #[arg(long)]
     log_format: Option<String>,
+    /// Operations endpoint (/metrics, /healthz, /readyz, /admin), or `off` (default off).
+    #[arg(long)]
+    metrics_listen: Option<String>,
     /// Any other setting, as a dotted key: --set limits.max_connections=20000
     #[arg(long = "set", value_name = "KEY=VALUE")]
     set: Vec<String>,
@@ -71,6 +90,7 @@ impl Settings {
             ("auth.mode", &self.auth),
             ("log.level", &self.log_level),
             ("log.format", &self.log_format),
+            ("metrics.listen", &self.metrics_listen),
         ];
         for (key, value) in named {
             if let Some(v) = value {
@@ -141,6 +161,12 @@ fn main() -> anyhow::Result<()> {
         Command::Config(settings) => {
             let config = settings.load()?;
             print!("{}", config.to_toml());
+            Ok(())
+        }
+        Command::Admin(args) => {
+            let config = args.settings.load()?;
+            let out = confab_broker::admin::run(&config, args.command)?;
+            print!("{out}");
             Ok(())
         }
         Command::Serve(settings) => {

@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -14,8 +14,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
+use confab_codec::{CreateRoom, RoomId, RoomInfo, StartAt};
+
 use crate::auth::{Authenticator, DenyAll, DevAuth, JwtAuth};
 use crate::config::{AuthMode, Config};
+use crate::embed::authz::Authorizer;
+use crate::embed::{EmbedError, LocalSubscription, Published, RoomChange, SystemMessage};
 use crate::fanout::{self, CatchupCtx};
 use crate::rooms::typing::TypingHub;
 use crate::rooms::RoomRegistry;
@@ -79,6 +83,8 @@ pub(crate) struct Shared {
     pub(crate) typing: Arc<TypingHub>,
     /// `limits.max_connections` permits, shared by every listener.
     pub(crate) conn_permits: Arc<Semaphore>,
+    /// The embedding service's access decisions, replacing membership.
+    pub(crate) authorizer: Option<Arc<dyn Authorizer>>,
 }
 
 /// Builds a broker: configuration first, then optional replacements for
@@ -87,6 +93,7 @@ pub struct BrokerBuilder {
     config: Config,
     log: Option<Arc<dyn RoomLog>>,
     auth: Option<Arc<dyn Authenticator>>,
+    authorizer: Option<Arc<dyn Authorizer>>,
 }
 
 /// Entry point of the library.
@@ -100,6 +107,7 @@ impl Broker {
             config,
             log: None,
             auth: None,
+            authorizer: None,
         }
     }
 }
@@ -114,6 +122,14 @@ impl BrokerBuilder {
     /// Uses this authenticator instead of the one `auth.mode` selects.
     pub fn authenticator(mut self, auth: Arc<dyn Authenticator>) -> Self {
         self.auth = Some(auth);
+        self
+    }
+
+    /// Lets `authorizer` decide which rooms socket clients may subscribe
+    /// to, publish in and read the history of, instead of the membership
+    /// tables (see [`Authorizer`]).
+    pub fn authorizer(mut self, authorizer: Arc<dyn Authorizer>) -> Self {
+        self.authorizer = Some(authorizer);
         self
     }
 
@@ -160,12 +176,24 @@ impl BrokerBuilder {
         };
 
         let listeners = bind(&config).await?;
+        let ops_server = match config.metrics.listen {
+            None => None,
+            Some(addr) => Some(
+                crate::ops::bind(addr, config.admin.token_file.clone())
+                    .await
+                    .map_err(|source| BrokerError::Bind { addr, source })?,
+            ),
+        };
+        // The recorder goes in before the histogram handles are registered.
+        let recorder = ops_server
+            .as_ref()
+            .and_then(|_| crate::ops::install_recorder());
 
         let rooms = Arc::new(RoomRegistry::default());
         let typing = Arc::new(TypingHub::new(Duration::from_millis(
             config.rooms.typing_ttl_ms,
         )));
-        let stats = Arc::new(Stats::default());
+        let stats = Arc::new(Stats::with_metrics());
         let (seq_tx, seq_rx) = crossbeam_channel::unbounded();
         // Bounded: when fan-out falls behind the sequencer (more deliveries
         // per second than it can make), commits wait, acks slow down, and
@@ -181,7 +209,8 @@ impl BrokerBuilder {
             config.rooms.clone(),
             fan_tx,
             stats.clone(),
-        );
+        )
+        .external_authz(self.authorizer.is_some());
         let sequencer_thread = std::thread::Builder::new()
             .name("confab-sequencer".into())
             .spawn(move || sequencer.run(seq_rx))
@@ -212,6 +241,7 @@ impl BrokerBuilder {
             devices: DeviceRegistry::default(),
             typing: typing.clone(),
             conn_permits: Arc::new(Semaphore::new(config_max_connections)),
+            authorizer: self.authorizer,
         });
         tasks.spawn(crate::rooms::typing::run(
             typing,
@@ -249,11 +279,20 @@ impl BrokerBuilder {
                 tasks.clone(),
             ));
         }
-        info!(%tcp_addr, ?tls_addr, ?quic_addr, durability = ?shared.config.storage.durability, data_dir = %shared.config.data_dir.display(), "broker started");
+        let ready = Arc::new(AtomicBool::new(false));
+        let metrics_addr = ops_server.as_ref().map(|s| s.addr);
+        if let Some(server) = ops_server {
+            crate::ops::spawn(server, shared.clone(), recorder, ready.clone(), &tasks);
+        }
+        // Every listener is bound and its accept loop spawned.
+        ready.store(true, Ordering::Release);
+        info!(%tcp_addr, ?tls_addr, ?quic_addr, ?metrics_addr, durability = ?shared.config.storage.durability, data_dir = %shared.config.data_dir.display(), "broker started");
         Ok(BrokerHandle {
             tcp_addr,
             tls_addr,
             quic_addr,
+            metrics_addr,
+            ready,
             quic_endpoint,
             identity: identity.map(|id| (id.fingerprint, id.cert_path)),
             shared,
@@ -331,6 +370,9 @@ pub struct BrokerHandle {
     tcp_addr: SocketAddr,
     tls_addr: Option<SocketAddr>,
     quic_addr: Option<SocketAddr>,
+    metrics_addr: Option<SocketAddr>,
+    /// Cleared when shutdown starts (`/readyz`).
+    ready: Arc<AtomicBool>,
     quic_endpoint: Option<quinn::Endpoint>,
     /// The certificate's fingerprint and PEM file, when TLS or QUIC is on.
     identity: Option<(String, PathBuf)>,
@@ -379,6 +421,67 @@ impl BrokerHandle {
         self.identity.as_ref().map(|(_, p)| p.as_path())
     }
 
+    /// The address of the operations endpoint (`/metrics`, `/healthz`,
+    /// `/readyz`, `/admin/*`), if `metrics.listen` is set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
+    /// Brings the scrape-time series (connections, rooms, subscriptions,
+    /// queue depths, message counters) up to date in the process's
+    /// `metrics` recorder. The `/metrics` endpoint does this on every
+    /// scrape; an embedding application that exports with a recorder of
+    /// its own calls it before rendering.
+    pub fn update_metrics(&self) {
+        crate::ops::export(&self.shared);
+    }
+
+    /// Publishes a server-side message (a bot, a system notice): sequenced,
+    /// deduplicated and committed like a client's, as durable as
+    /// `storage.durability` promises when this returns, and delivered to
+    /// every subscriber. Membership does not apply to the sender.
+    ///
+    /// # Errors
+    /// [`EmbedError::Refused`] for an invalid message (payload too large, a
+    /// kind only the broker writes, a missing reference, a storage
+    /// failure), [`EmbedError::ShuttingDown`] after shutdown began.
+    pub async fn publish(&self, message: SystemMessage) -> Result<Published, EmbedError> {
+        crate::embed::publish(&self.shared, message).await
+    }
+
+    /// Creates a group room managed by the service (no user owns it unless
+    /// one is added as owner); `request.invite` users are invited.
+    ///
+    /// # Errors
+    /// [`EmbedError::Refused`] with `RoomExists`, `RoomFull` or
+    /// `InvalidRequest` (direct rooms are created by their users).
+    pub async fn create_room(&self, request: CreateRoom) -> Result<RoomInfo, EmbedError> {
+        crate::embed::create_room(&self.shared, request).await
+    }
+
+    /// Changes a managed room's membership or metadata as the service:
+    /// the same log entries (`MEMBER_JOINED`, ...) and eviction of removed
+    /// members' subscriptions as a client's request, without role checks.
+    ///
+    /// # Errors
+    /// [`EmbedError::Refused`] with `NoSuchRoom`, `NotMember`, `RoomFull`.
+    pub async fn change_room(&self, room: RoomId, change: RoomChange) -> Result<(), EmbedError> {
+        crate::embed::change_room(&self.shared, room, change).await
+    }
+
+    /// Follows a room in-process, from `start`, without a socket (see
+    /// [`LocalSubscription`]). Any room may be followed.
+    ///
+    /// # Errors
+    /// [`EmbedError::ShuttingDown`] after shutdown began.
+    pub async fn subscribe(
+        &self,
+        room: RoomId,
+        start: StartAt,
+    ) -> Result<LocalSubscription, EmbedError> {
+        LocalSubscription::start(&self.shared, room, start).await
+    }
+
     /// The effective configuration.
     pub fn config(&self) -> &Config {
         &self.shared.config
@@ -403,9 +506,11 @@ impl BrokerHandle {
             tasks,
             threads,
             quic_endpoint,
+            ready,
             ..
         } = self;
         info!("shutting down");
+        ready.store(false, Ordering::Release);
         shared.shutdown.cancel();
         tasks.close();
         tasks.wait().await;

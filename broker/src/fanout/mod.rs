@@ -32,6 +32,9 @@ pub(crate) struct Committed {
     pub(crate) room: Arc<Room>,
     pub(crate) seq: Seq,
     pub(crate) frame: Bytes,
+    /// When the publish was received (or the batch began, for entries the
+    /// server wrote), for the publish-to-deliver histogram.
+    pub(crate) received: std::time::Instant,
 }
 
 /// One room of a subscribe request, once the sequencer stamped it.
@@ -55,6 +58,8 @@ pub(crate) struct SubscribeCmd {
     pub(crate) outbox: Arc<Outbox>,
     /// The subscribing user, for authorization.
     pub(crate) user: confab_codec::UserId,
+    /// The embedding service's system principal, which may follow any room.
+    pub(crate) system: bool,
     pub(crate) request_id: u32,
     /// One result per requested room; refused rooms are already filled in.
     pub(crate) results: Vec<SubscribeResult>,
@@ -113,11 +118,13 @@ fn handle(
 ) {
     match msg {
         FanoutMsg::Committed(events) => {
+            let mut delivered = 0u64;
             for ev in &events {
                 let subs = ev.room.subscribers();
                 for sub in subs.iter() {
                     match sub.offer(ev.seq, &ev.frame) {
                         Offer::Delivered => {
+                            delivered += 1;
                             if sub.outbox.mark_wake(sub.lane) {
                                 to_wake.push(sub.outbox.clone());
                             }
@@ -131,7 +138,15 @@ fn handle(
                         }
                     }
                 }
+                ctx.stats
+                    .hist
+                    .publish_deliver
+                    .record(ev.received.elapsed().as_secs_f64());
             }
+            // One atomic add per group commit, not per delivery.
+            ctx.stats
+                .delivered
+                .fetch_add(delivered, std::sync::atomic::Ordering::Relaxed);
         }
         FanoutMsg::Subscribe(cmd) => subscribe(cmd, ctx, runtime, tasks),
         FanoutMsg::Unsubscribe(subs) => {

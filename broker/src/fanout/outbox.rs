@@ -362,6 +362,12 @@ impl Outbox {
         self.space.notify_waiters();
     }
 
+    /// Frames queued in every lane now (for the metrics scrape).
+    pub(crate) fn depth(&self) -> usize {
+        let l = self.lock();
+        l.control.len() + l.events.iter().map(VecDeque::len).sum::<usize>()
+    }
+
     /// Whether the outbox was closed.
     pub(crate) fn is_closed(&self) -> bool {
         self.lock().closed

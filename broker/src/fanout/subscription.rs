@@ -148,6 +148,12 @@ impl Subscription {
         }
     }
 
+    /// Whether events are being read from the log rather than delivered
+    /// live (the device lags, or replays its backlog).
+    pub(crate) fn is_catching_up(&self) -> bool {
+        self.lock().mode == Mode::CatchingUp
+    }
+
     /// Stops delivery; a running catch-up task ends at its next step.
     pub(crate) fn close(&self) {
         self.lock().mode = Mode::Closed;
@@ -274,6 +280,10 @@ impl Subscription {
             }
             self.outbox.push_event_forced(self.lane, frame);
             st.next = last + 1;
+            ctx.stats.delivered.fetch_add(
+                contiguous.len() as u64,
+                std::sync::atomic::Ordering::Relaxed,
+            );
         }
     }
 }

@@ -90,4 +90,15 @@ impl RoomRegistry {
             .or_insert_with(|| Arc::new(Room::new(id.clone())))
             .clone()
     }
+
+    /// Every room touched since start (for the metrics scrape, not the
+    /// message path: it copies the list under the read lock).
+    pub(crate) fn all(&self) -> Vec<Arc<Room>> {
+        self.rooms
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
 }

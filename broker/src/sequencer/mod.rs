@@ -16,7 +16,7 @@ pub(crate) use room_ops::{ReceiptReq, RoomOp, RoomOpReq};
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
 use confab_codec::{
@@ -48,6 +48,8 @@ pub(crate) struct PublishReq {
     pub(crate) refers_to: Option<Seq>,
     pub(crate) thread: Option<Seq>,
     pub(crate) payload: Bytes,
+    /// When the session received it (for the latency histograms).
+    pub(crate) received: Instant,
 }
 
 /// Requests to the sequencer.
@@ -142,6 +144,9 @@ pub(crate) struct Sequencer {
     touched: Vec<RoomId>,
     /// Markers written by the batch being built, by key.
     markers: FxHashMap<Vec<u8>, u64>,
+    /// An embedding service's authorization hook decided access before
+    /// requests got here: the membership tables are not consulted.
+    external_authz: bool,
 }
 
 impl Sequencer {
@@ -159,6 +164,7 @@ impl Sequencer {
             meta: Vec::new(),
             touched: Vec::new(),
             markers: FxHashMap::default(),
+            external_authz: false,
             rooms: FxHashMap::default(),
             dedup: Dedup::new(cfg.dedup_window),
             log,
@@ -166,6 +172,13 @@ impl Sequencer {
             cfg,
             fanout,
         }
+    }
+
+    /// Leaves access decisions to an authorization hook that the sessions
+    /// consult (see `crate::embed::authz`).
+    pub(crate) fn external_authz(mut self, on: bool) -> Self {
+        self.external_authz = on;
+        self
     }
 
     /// Runs until every sender is gone, then returns (after the last batch
@@ -251,6 +264,7 @@ impl Sequencer {
 
     fn process(&mut self, batch: &mut Vec<SeqMsg>) {
         let now = now_us();
+        let batch_started = Instant::now();
         let mut outcomes = Vec::with_capacity(batch.len());
         // Heads before this batch, to roll back if the commit fails.
         let mut old_heads: Vec<(RoomId, u64)> = Vec::new();
@@ -288,8 +302,12 @@ impl Sequencer {
         let committed = if appends.is_empty() && meta.is_empty() {
             Ok(())
         } else {
+            let started = Instant::now();
             let r = self.log.commit(&appends, &meta, self.cfg.durability);
             if r.is_ok() {
+                let hist = &self.stats.hist;
+                hist.commit_seconds.record(started.elapsed().as_secs_f64());
+                hist.commit_batch.record(appends.len() as f64);
                 self.stats.commits.fetch_add(1, Ordering::Relaxed);
                 self.stats
                     .published
@@ -345,12 +363,22 @@ impl Sequencer {
         }
         self.touched.clear();
         self.markers.clear();
-        self.deliver(outcomes, now);
+        self.deliver(outcomes, now, batch_started);
     }
 
     /// Whether `user` may read and write `room` (loaded): members of managed
     /// rooms; anyone in unmanaged rooms when `rooms.auto_create` is on.
-    fn access(&self, room: &SeqRoom, user: &UserId) -> Result<(), (ErrorCode, String)> {
+    /// The system principal, and everyone when an authorization hook
+    /// decides instead, may.
+    fn access(
+        &self,
+        room: &SeqRoom,
+        user: &UserId,
+        system: bool,
+    ) -> Result<(), (ErrorCode, String)> {
+        if system || self.external_authz {
+            return Ok(());
+        }
         match &room.state {
             Some(st) if st.is_member(user) => Ok(()),
             Some(_) => Err((
@@ -364,6 +392,7 @@ impl Sequencer {
 
     fn stamp(&mut self, cmd: &mut SubscribeCmd) {
         let user = cmd.user.clone();
+        let system = cmd.system;
         for item in &mut cmd.items {
             match self.room(&item.sub.room.id) {
                 Ok(r) => {
@@ -372,7 +401,7 @@ impl Sequencer {
                         first: Seq(r.first.min(r.head + 1).max(1)),
                     };
                     let r = &self.rooms[&item.sub.room.id];
-                    item.refused = self.access(r, &user).err().map(|(code, _)| code);
+                    item.refused = self.access(r, &user, system).err().map(|(code, _)| code);
                 }
                 Err(e) => {
                     warn!(room = %item.sub.room.id, error = %e, "cannot load room bounds");
@@ -399,7 +428,9 @@ impl Sequencer {
                 message: "storage failure; retry".into(),
             };
         }
-        if let Err((code, message)) = self.access(&self.rooms[&req.room], &req.conn.user) {
+        if let Err((code, message)) =
+            self.access(&self.rooms[&req.room], &req.conn.user, req.conn.system)
+        {
             return Outcome::Rejected { req, code, message };
         }
         let r = self
@@ -481,7 +512,7 @@ impl Sequencer {
 
     /// Acknowledges publishers and hands events and subscriptions to the
     /// fan-out, keeping their relative order.
-    fn deliver(&mut self, outcomes: Vec<Outcome>, now: u64) {
+    fn deliver(&mut self, outcomes: Vec<Outcome>, now: u64, batch_started: Instant) {
         let mut committed = Vec::new();
         let mut receipts: Vec<(Arc<Room>, Vec<confab_codec::ReceiptEntry>)> = Vec::new();
         let mut replies = Replies::default();
@@ -495,7 +526,16 @@ impl Sequencer {
                     ..
                 } => {
                     replies.ack(&req, seq, now, false);
-                    committed.push(Committed { room, seq, frame });
+                    self.stats
+                        .hist
+                        .publish_ack
+                        .record(req.received.elapsed().as_secs_f64());
+                    committed.push(Committed {
+                        room,
+                        seq,
+                        frame,
+                        received: req.received,
+                    });
                 }
                 Outcome::Duplicate { req, original } => {
                     replies.ack(&req, original.seq, original.timestamp_us, true);
@@ -520,7 +560,12 @@ impl Sequencer {
                     let _ = self.fanout.send(FanoutMsg::Subscribe(cmd));
                 }
                 Outcome::Internal { room, seq, frame } => {
-                    committed.push(Committed { room, seq, frame });
+                    committed.push(Committed {
+                        room,
+                        seq,
+                        frame,
+                        received: batch_started,
+                    });
                 }
                 Outcome::RoomReply {
                     conn,

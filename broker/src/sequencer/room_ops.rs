@@ -41,6 +41,8 @@ pub(crate) enum RoomOp {
     Remove(RoomId, UserId),
     Update(RoomId, RoomMeta),
     SetRole(RoomId, UserId, Role),
+    /// Adds a member with a role, or changes it (system principal only).
+    Add(RoomId, UserId, Role),
 }
 
 /// A receipt from a device.
@@ -105,7 +107,9 @@ impl Sequencer {
             Ok(r) => r.head,
             Err(e) => return refuse(outcomes, ErrorCode::Internal, e.to_string()),
         };
-        if let Err((code, message)) = self.access(&self.rooms[&receipt.room], &conn.user) {
+        if let Err((code, message)) =
+            self.access(&self.rooms[&receipt.room], &conn.user, conn.system)
+        {
             return refuse(outcomes, code, message);
         }
         if receipt.seq.0 > head {
@@ -156,8 +160,47 @@ impl Sequencer {
         outcomes: &mut Vec<Outcome>,
     ) -> OpResult {
         let me = &conn.user;
+        // The embedding service's system principal manages rooms without
+        // being a member: role checks pass, joining and leaving make no
+        // sense for it.
+        let sys = conn.system;
         match op {
             RoomOp::Create(c) => self.create(conn, c, now, old_heads, outcomes),
+            RoomOp::Join(_) | RoomOp::Leave(_) if sys => err(
+                ErrorCode::InvalidRequest,
+                "the system principal does not join or leave rooms",
+            ),
+            RoomOp::Add(..) if !sys => err(
+                ErrorCode::Forbidden,
+                "only the embedding service adds members directly",
+            ),
+            RoomOp::Add(room, user, role) => {
+                let st = self.managed(&room)?;
+                if role == Role::Invited {
+                    return err(ErrorCode::InvalidRequest, "use Invite to invite");
+                }
+                let current = st.members.get(&user).copied();
+                if current == Some(role) {
+                    return Ok(Reply::Ack);
+                }
+                if current.is_none() {
+                    self.check_capacity(&room, 1)?;
+                }
+                self.change(&room, &user, Some(role));
+                if matches!(current, None | Some(Role::Invited)) {
+                    let payload = Bytes::copy_from_slice(user.as_bytes());
+                    self.internal_payload(
+                        conn,
+                        &room,
+                        MessageKind::MEMBER_JOINED,
+                        payload,
+                        now,
+                        old_heads,
+                        outcomes,
+                    );
+                }
+                Ok(Reply::Ack)
+            }
             RoomOp::Join(room) => {
                 let st = self.managed(&room)?;
                 match st.members.get(me) {
@@ -208,8 +251,9 @@ impl Sequencer {
             }
             RoomOp::Invite(room, user) => {
                 let st = self.managed(&room)?;
-                let allowed =
-                    st.is_admin(me) || (st.record.policy() == JoinPolicy::Open && st.is_member(me));
+                let allowed = sys
+                    || st.is_admin(me)
+                    || (st.record.policy() == JoinPolicy::Open && st.is_member(me));
                 if !allowed {
                     return err(ErrorCode::Forbidden, "only admins and owners may invite");
                 }
@@ -231,7 +275,7 @@ impl Sequencer {
             }
             RoomOp::Remove(room, user) => {
                 let st = self.managed(&room)?;
-                if !st.is_admin(me) {
+                if !sys && !st.is_admin(me) {
                     return err(
                         ErrorCode::Forbidden,
                         "only admins and owners may remove members",
@@ -239,7 +283,7 @@ impl Sequencer {
                 }
                 match st.members.get(&user) {
                     None => return err(ErrorCode::NotMember, format!("{user} is not a member")),
-                    Some(Role::Owner) if st.members.get(me) != Some(&Role::Owner) => {
+                    Some(Role::Owner) if !sys && st.members.get(me) != Some(&Role::Owner) => {
                         return err(ErrorCode::Forbidden, "only an owner may remove an owner")
                     }
                     _ => {}
@@ -259,7 +303,7 @@ impl Sequencer {
             }
             RoomOp::Update(room, meta) => {
                 let st = self.managed(&room)?;
-                if !st.is_admin(me) {
+                if !sys && !st.is_admin(me) {
                     return err(
                         ErrorCode::Forbidden,
                         "only admins and owners may edit the room",
@@ -284,7 +328,7 @@ impl Sequencer {
             }
             RoomOp::SetRole(room, user, role) => {
                 let st = self.managed(&room)?;
-                if st.members.get(me) != Some(&Role::Owner) {
+                if !sys && st.members.get(me) != Some(&Role::Owner) {
                     return err(ErrorCode::Forbidden, "only owners may change roles");
                 }
                 if role == Role::Invited || !st.is_member(&user) {
@@ -309,6 +353,12 @@ impl Sequencer {
     ) -> OpResult {
         let me = conn.user.clone();
         let (room, members, policy) = match c.kind {
+            RoomKind::Direct if conn.system => {
+                return err(
+                    ErrorCode::InvalidRequest,
+                    "the system principal creates group rooms and adds members",
+                );
+            }
             RoomKind::Direct => {
                 let Some(peer) = c.peer else {
                     return err(ErrorCode::InvalidRequest, "a direct room needs a peer");
@@ -331,7 +381,12 @@ impl Sequencer {
                     Some(r) => r,
                     None => generated_room_id(now, &me),
                 };
-                let mut members = vec![(me.clone(), Role::Owner)];
+                // The system principal manages the room without being in it.
+                let mut members = if conn.system {
+                    Vec::new()
+                } else {
+                    vec![(me.clone(), Role::Owner)]
+                };
                 for u in c.invite {
                     if u != me && !members.iter().any(|(m, _)| *m == u) {
                         members.push((u, Role::Invited));

@@ -23,6 +23,7 @@ use super::quic_writer::QuicEgress;
 use super::writer::{Egress, WriterCtx, WriterEnd};
 use super::ConnCtx;
 use crate::auth::Identity;
+use crate::embed::authz::{AccessRequest, Action, Denied};
 use crate::fanout::{Outbox, SubscribeCmd, SubscribeItem, Subscription};
 use crate::rooms;
 use crate::sequencer::{now_us, sender_key, PublishReq, ReceiptReq, RoomOp, RoomOpReq, SeqMsg};
@@ -121,6 +122,8 @@ where
     let identity = match shared.auth.authenticate(&hello.token, &hello.device) {
         Ok(id) => id,
         Err(e) => {
+            // Tokens refused at the handshake or on refresh.
+            metrics::counter!("confab_auth_failures_total").increment(1);
             info!(%peer, device = %hello.device, reason = %e, "authentication refused");
             egress.reject(request_id, e.code, &e.message).await;
             return;
@@ -149,6 +152,7 @@ where
         device: identity.device,
         outbox: outbox.clone(),
         inflight: Semaphore::new(cfg.limits.max_inflight_publishes as usize),
+        system: false,
     });
     info!(session_id, %peer, user = %conn.user, device = %conn.device, client = %hello.client_name, "connected");
     shared.stats.connections.fetch_add(1, Ordering::Relaxed);
@@ -220,7 +224,27 @@ where
             .fetch_add(1, Ordering::Relaxed);
     }
     shared.stats.connections.fetch_add(-1, Ordering::Relaxed);
+    // Sessions ended, by reason (once per disconnect, not per message).
+    metrics::counter!("confab_disconnects_total", "reason" => disconnect_reason(reason.as_ref(), end))
+        .increment(1);
     info!(session_id, ?end, "disconnected");
+}
+
+/// The `reason` label of `confab_disconnects_total`.
+fn disconnect_reason(reason: Option<&CloseReason>, end: WriterEnd) -> &'static str {
+    if end == WriterEnd::SlowConsumer {
+        return "slow_consumer";
+    }
+    match reason.map(|(code, _)| *code) {
+        None if end == WriterEnd::SocketError => "socket_error",
+        None => "peer_closed",
+        Some(ErrorCode::Normal) => "goodbye",
+        Some(ErrorCode::Timeout) => "idle_timeout",
+        Some(ErrorCode::ShuttingDown) => "shutdown",
+        Some(ErrorCode::SessionReplaced) => "replaced",
+        Some(ErrorCode::TokenExpired | ErrorCode::Unauthenticated) => "auth",
+        Some(_) => "protocol_error",
+    }
 }
 
 fn replaced_reason() -> CloseReason {
@@ -335,7 +359,7 @@ impl Session {
         R: AsyncRead + Unpin,
     {
         if !hello.resume.is_empty() {
-            self.subscribe(hello_request, hello.resume);
+            self.subscribe(hello_request, hello.resume).await;
         }
         let idle = self.shared.config.idle_timeout();
         let control_cap = self.shared.config.limits.max_inflight_publishes as usize + 256;
@@ -385,7 +409,7 @@ impl Session {
             Body::Pong(_) | Body::Extension { .. } => {}
             Body::Goodbye(_) => return Some((ErrorCode::Normal, "goodbye".into())),
             Body::Publish(p) => return self.publish(rid, frame.flags, p).await,
-            Body::Subscribe(s) => self.subscribe(rid, s.items),
+            Body::Subscribe(s) => self.subscribe(rid, s.items).await,
             Body::Unsubscribe(u) => {
                 let subs: Vec<_> = u.rooms.iter().filter_map(|r| self.subs.remove(r)).collect();
                 for s in &subs {
@@ -414,6 +438,8 @@ impl Session {
                             "the token does not allow this room",
                         ),
                     );
+                } else if let Err(denied) = self.authorize(&r.room, Action::Subscribe).await {
+                    push(&outbox, error_frame(rid, denied.code, denied.message));
                 } else {
                     let req = ReceiptReq {
                         conn: self.conn.clone(),
@@ -438,6 +464,8 @@ impl Session {
                             "the token does not allow this room",
                         ),
                     );
+                } else if let Err(denied) = self.authorize(&h.room, Action::History).await {
+                    push(&outbox, error_frame(rid, denied.code, denied.message));
                 } else {
                     self.history(rid, h).await;
                 }
@@ -465,6 +493,7 @@ impl Session {
                         return Some((ErrorCode::Unauthenticated, msg));
                     }
                     Err(e) => {
+                        metrics::counter!("confab_auth_failures_total").increment(1);
                         push(&outbox, error_frame(rid, e.code, e.message.clone()));
                         return Some((e.code, e.message));
                     }
@@ -509,6 +538,7 @@ impl Session {
     }
 
     async fn publish(&mut self, rid: u32, frame_flags: u8, p: Publish) -> Option<CloseReason> {
+        let received_at = std::time::Instant::now();
         let limits = &self.shared.config.limits;
         let reject = |code, msg: String| {
             push(&self.conn.outbox, error_frame(rid, code, msg));
@@ -519,6 +549,9 @@ impl Session {
                 ErrorCode::Forbidden,
                 format!("the token does not allow room {}", p.room),
             );
+        }
+        if let Err(denied) = self.authorize(&p.room, Action::Publish).await {
+            return reject(denied.code, denied.message);
         }
         if p.payload.len() > limits.max_payload_len as usize {
             return reject(
@@ -562,6 +595,7 @@ impl Session {
             refers_to: p.refers_to,
             thread: p.thread,
             payload: p.payload,
+            received: received_at,
         };
         if self.shared.sequencer.send(SeqMsg::Publish(req)).is_err() {
             self.conn.inflight.add_permits(1);
@@ -570,7 +604,7 @@ impl Session {
         None
     }
 
-    fn subscribe(&mut self, rid: u32, items: Vec<WireItem>) {
+    async fn subscribe(&mut self, rid: u32, items: Vec<WireItem>) {
         let max_rooms = self.shared.config.limits.max_rooms_per_connection as usize;
         let mut results = Vec::with_capacity(items.len());
         let mut stamped = Vec::with_capacity(items.len());
@@ -583,6 +617,11 @@ impl Session {
             };
             if !self.grant.may_use(&item.room) {
                 result.code = ErrorCode::Forbidden;
+                results.push(result);
+                continue;
+            }
+            if let Err(denied) = self.authorize(&item.room, Action::Subscribe).await {
+                result.code = denied.code;
                 results.push(result);
                 continue;
             }
@@ -612,6 +651,7 @@ impl Session {
         let cmd = SubscribeCmd {
             outbox: self.conn.outbox.clone(),
             user: self.conn.user.clone(),
+            system: false,
             request_id: rid,
             results,
             items: stamped,
@@ -631,9 +671,13 @@ impl Session {
         let room = h.room.clone();
         let user = self.conn.user.clone();
         let auto_create = self.shared.config.rooms.auto_create;
+        // With an authorization hook, it already decided.
+        let check_membership = self.shared.authorizer.is_none();
         let read = tokio::task::spawn_blocking(move || {
-            if let Err(refusal) = rooms::access(log.as_ref(), &room, &user, auto_create)? {
-                return Ok(Err(refusal));
+            if check_membership {
+                if let Err(refusal) = rooms::access(log.as_ref(), &room, &user, auto_create)? {
+                    return Ok(Err(refusal));
+                }
             }
             let bounds = log.bounds(&room)?;
             let records = match h.direction {
@@ -725,10 +769,15 @@ impl Session {
         let log = self.shared.log.clone();
         let (room, user) = (t.room.clone(), self.conn.user.clone());
         let auto_create = self.shared.config.rooms.auto_create;
-        let allowed = tokio::task::spawn_blocking(move || {
-            rooms::access(log.as_ref(), &room, &user, auto_create)
-        })
-        .await;
+        let allowed = if self.shared.authorizer.is_some() {
+            let decided = self.authorize(&t.room, Action::Publish).await;
+            Ok(Ok(decided.map_err(|d| (d.code, d.message))))
+        } else {
+            tokio::task::spawn_blocking(move || {
+                rooms::access(log.as_ref(), &room, &user, auto_create)
+            })
+            .await
+        };
         match allowed {
             Ok(Ok(Ok(()))) => {
                 let room = self.shared.rooms.get_or_create(&t.room);
@@ -778,6 +827,22 @@ impl Session {
             Err(e) => error_frame(rid, ErrorCode::Internal, e.to_string()),
         };
         push(&self.conn.outbox, frame);
+    }
+
+    /// Asks the embedding service's authorization hook, if there is one.
+    async fn authorize(&self, room: &RoomId, action: Action) -> Result<(), Denied> {
+        match &self.shared.authorizer {
+            None => Ok(()),
+            Some(hook) => {
+                hook.authorize(AccessRequest {
+                    user: self.conn.user.clone(),
+                    device: self.conn.device.clone(),
+                    room: room.clone(),
+                    action,
+                })
+                .await
+            }
+        }
     }
 
     fn unsubscribe_all(&mut self) {

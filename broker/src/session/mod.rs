@@ -28,4 +28,7 @@ pub(crate) struct ConnCtx {
     pub(crate) outbox: Arc<Outbox>,
     /// Permits for unacknowledged publishes.
     pub(crate) inflight: Semaphore,
+    /// The embedding service's system principal (no socket): membership
+    /// and role checks do not apply to it.
+    pub(crate) system: bool,
 }

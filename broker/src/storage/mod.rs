@@ -164,6 +164,29 @@ pub trait RoomLog: Send + Sync + 'static {
     /// # Errors
     /// If the engine fails.
     fn flush(&self) -> Result<(), StorageError>;
+
+    /// Writes a consistent copy of everything committed so far into `dest`
+    /// (a directory that must not exist yet), which can later be restored
+    /// as a data directory. Safe while the broker runs.
+    ///
+    /// # Errors
+    /// If the engine fails, `dest` exists, or the storage cannot do it
+    /// (the default).
+    fn checkpoint(&self, dest: &std::path::Path) -> Result<(), StorageError> {
+        let _ = dest;
+        Err(StorageError::Engine(
+            "this storage cannot write checkpoints".into(),
+        ))
+    }
+
+    /// Compacts the whole store now, reclaiming the space of overwritten
+    /// and deleted entries.
+    ///
+    /// # Errors
+    /// If the engine fails or the storage cannot do it (the default).
+    fn compact(&self) -> Result<(), StorageError> {
+        Err(StorageError::Engine("this storage cannot compact".into()))
+    }
 }
 
 /// Storage key of a record: the room id with a one-byte length prefix, then

@@ -85,6 +85,29 @@ impl RocksLog {
         Ok(Self { db })
     }
 
+    /// Opens the database in `dir` as a secondary instance, whose own
+    /// files go to `secondary_dir`: read-only, and usable while a broker
+    /// holds `dir` as its primary (RocksDB admits a single writer). It sees
+    /// what the primary had written when it opened; see
+    /// [`RocksLog::catch_up`].
+    ///
+    /// # Errors
+    /// If RocksDB cannot open it (no database in `dir`, permissions).
+    pub fn open_secondary(dir: &Path, secondary_dir: &Path) -> Result<Self, StorageError> {
+        let mut opts = Options::default();
+        opts.set_max_open_files(-1);
+        let db = DB::open_cf_as_secondary(&opts, dir, secondary_dir, [CF_LOG, CF_META])?;
+        Ok(Self { db })
+    }
+
+    /// Brings a secondary instance up to date with its primary.
+    ///
+    /// # Errors
+    /// If RocksDB fails.
+    pub fn catch_up(&self) -> Result<(), StorageError> {
+        Ok(self.db.try_catch_up_with_primary()?)
+    }
+
     fn meta_cf(&self) -> &rocksdb::ColumnFamily {
         self.db
             .cf_handle(CF_META)
@@ -280,6 +303,27 @@ impl RoomLog for RocksLog {
             .collect();
         self.db
             .flush_cfs_opt(&cfs, &rocksdb::FlushOptions::default())?;
+        Ok(())
+    }
+
+    fn checkpoint(&self, dest: &Path) -> Result<(), StorageError> {
+        if dest.exists() {
+            return Err(StorageError::Engine(format!(
+                "{} already exists",
+                dest.display()
+            )));
+        }
+        // A checkpoint hard-links the immutable table files (copies them
+        // across file systems) and copies the WAL tail: consistent as of one
+        // instant, while writes go on.
+        rocksdb::checkpoint::Checkpoint::new(&self.db)?.create_checkpoint(dest)?;
+        Ok(())
+    }
+
+    fn compact(&self) -> Result<(), StorageError> {
+        for cf in [self.log_cf(), self.meta_cf()] {
+            self.db.compact_range_cf(cf, None::<&[u8]>, None::<&[u8]>);
+        }
         Ok(())
     }
 }

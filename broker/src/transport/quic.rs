@@ -31,6 +31,7 @@ pub(crate) async fn accept_loop(
         let permit = shared.conn_permits.clone().try_acquire_owned().ok();
         let shared = shared.clone();
         tasks.spawn(async move {
+            let _socket = shared.stats.socket(crate::stats::Transport::Quic);
             let peer = incoming.remote_address().to_string();
             let open = async {
                 let conn = incoming.await?;

@@ -11,6 +11,7 @@ use tracing::{debug, warn};
 
 use crate::server::Shared;
 use crate::session::{refuse, serve_connection};
+use crate::stats::Transport;
 
 /// Accepts until shutdown. Each connection needs a permit of the
 /// `max_connections` semaphore (shared by every listener); without one it
@@ -46,6 +47,12 @@ pub(crate) async fn accept_loop(
         let shared = shared.clone();
         let tls = tls.clone();
         tasks.spawn(async move {
+            let transport = if tls.is_some() {
+                Transport::Tls
+            } else {
+                Transport::Tcp
+            };
+            let _socket = shared.stats.socket(transport);
             if permit.is_none() {
                 debug!(%peer, "connection limit reached");
             }

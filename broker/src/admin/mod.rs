@@ -1,0 +1,121 @@
+//! `confab admin`: inspection, compaction, backup and restore of a broker's
+//! data directory, whether the broker runs or not.
+//!
+//! RocksDB admits one writer process. So:
+//!
+//! - read-only commands (`room-stats`, `tail`, `cursors`) open the
+//!   database as a *secondary* instance, which works beside a running
+//!   broker and on a stopped one alike;
+//! - commands that need the writer (`backup`, `compact`) open the database
+//!   themselves when the broker is stopped, and otherwise ask the running
+//!   broker through its operations endpoint (`metrics.listen`, or
+//!   `--url`), protected by `admin.token_file` or loopback-only;
+//! - `restore` needs the broker stopped.
+
+mod inspect;
+mod maintain;
+
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand};
+
+use crate::config::Config;
+use crate::storage::StorageError;
+
+/// Why an admin command failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AdminError {
+    /// The storage failed, or holds something unexpected.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// A file operation failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The running broker refused or failed the request.
+    #[error("the broker answered: {0}")]
+    Remote(String),
+    /// The command cannot run in this situation.
+    #[error("{0}")]
+    Usage(String),
+}
+
+/// The admin subcommands.
+#[derive(Subcommand, Debug, Clone)]
+#[non_exhaustive]
+pub enum AdminCommand {
+    /// A room's log bounds, size and membership.
+    RoomStats {
+        /// The room id.
+        room: String,
+    },
+    /// A room's latest messages, oldest first, one per line.
+    Tail {
+        /// The room id.
+        room: String,
+        /// How many.
+        #[arg(short = 'n', long, default_value_t = 20)]
+        count: usize,
+    },
+    /// A device's delivered markers and its user's read markers, per room.
+    Cursors {
+        /// The user id.
+        user: String,
+        /// The device id.
+        device: String,
+    },
+    /// Compacts the whole database now.
+    Compact(Remote),
+    /// Writes a consistent checkpoint of the database into a new directory.
+    Backup {
+        /// The directory to create (absolute when the broker runs).
+        dest: PathBuf,
+        /// How to reach a running broker.
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Replaces the (stopped) broker's data directory with a backup. The
+    /// old directory is kept beside it as `<data_dir>.before-restore-<time>`.
+    Restore {
+        /// A directory written by `backup`.
+        backup: PathBuf,
+    },
+}
+
+/// How to reach a running broker's admin endpoints.
+#[derive(Args, Debug, Clone, Default)]
+pub struct Remote {
+    /// The operations endpoint, for example `127.0.0.1:9400` (default:
+    /// `metrics.listen` when the database is locked by a running broker).
+    #[arg(long)]
+    pub url: Option<String>,
+    /// File with the admin bearer token (default: `admin.token_file`).
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+}
+
+/// Runs one command against `config.data_dir` and returns what to print.
+///
+/// # Errors
+/// If the storage cannot be opened or read, the running broker refuses, or
+/// the command does not apply (for example `restore` with the broker up).
+pub fn run(config: &Config, command: AdminCommand) -> Result<String, AdminError> {
+    let dir = &config.data_dir;
+    match command {
+        AdminCommand::RoomStats { room } => inspect::room_stats(dir, &parse_room(&room)?),
+        AdminCommand::Tail { room, count } => inspect::tail(dir, &parse_room(&room)?, count),
+        AdminCommand::Cursors { user, device } => inspect::cursors(dir, &user, &device),
+        AdminCommand::Compact(remote) => maintain::compact(config, &remote),
+        AdminCommand::Backup { dest, remote } => maintain::backup(config, &dest, &remote),
+        AdminCommand::Restore { backup } => maintain::restore(config, &backup),
+    }
+}
+
+fn parse_room(room: &str) -> Result<confab_codec::RoomId, AdminError> {
+    confab_codec::RoomId::new(room).map_err(|e| AdminError::Usage(format!("room `{room}`: {e}")))
+}
