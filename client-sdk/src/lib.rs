@@ -119,10 +119,12 @@ mod error;
 mod events;
 mod ids;
 mod publish;
+mod push;
 mod rooms;
 mod subscription;
 mod sync;
 mod transport;
+mod view;
 
 pub use backoff::BackoffConfig;
 pub use client::Client;
@@ -133,6 +135,7 @@ pub use events::{ConnectionEvent, ConnectionState, RoomEvent, Signal};
 pub use ids::{IntoRoomId, IntoUserId};
 pub use publish::{Message, PendingPublish};
 pub use subscription::Subscription;
+pub use view::{MessageView, RoomView};
 pub use transport::{
     BoxByteStream, ByteStream, Connector, Endpoint, Fingerprint, Trust, ALPN, DEFAULT_PORT,
     DEFAULT_QUIC_PORT, DEFAULT_TLS_PORT,
