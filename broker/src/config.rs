@@ -68,6 +68,10 @@ pub struct Config {
     pub delivery: DeliveryConfig,
     /// Rooms and membership.
     pub rooms: RoomsConfig,
+    /// Retention of room logs (default: keep everything).
+    pub retention: crate::retention::RetentionConfig,
+    /// Offline push notifications (default: off).
+    pub push: crate::push::PushConfig,
     /// Logging.
     pub log: LogConfig,
 }
@@ -257,6 +261,8 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             delivery: DeliveryConfig::default(),
             rooms: RoomsConfig::default(),
+            retention: crate::retention::RetentionConfig::default(),
+            push: crate::push::PushConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -495,6 +501,8 @@ impl Config {
                 "rooms.typing_window_ms must be at least 10 and rooms.typing_ttl_ms at least the window".into(),
             ));
         }
+        self.retention.validate().map_err(ConfigError::Invalid)?;
+        self.push.validate().map_err(ConfigError::Invalid)?;
         let jwt = &self.auth.jwt;
         if self.auth.mode == AuthMode::Jwt
             && jwt.hs256_secret_file.as_os_str().is_empty()

@@ -34,6 +34,8 @@
 pub mod auth;
 pub mod config;
 mod fanout;
+pub mod push;
+pub mod retention;
 mod rooms;
 mod sequencer;
 mod server;

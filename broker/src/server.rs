@@ -17,6 +17,7 @@ use tracing::{debug, info, warn};
 use crate::auth::{Authenticator, DenyAll, DevAuth, JwtAuth};
 use crate::config::{AuthMode, Config};
 use crate::fanout::{self, CatchupCtx};
+use crate::push::{Dispatcher, Notifier, PushHub, WebhookNotifier};
 use crate::rooms::typing::TypingHub;
 use crate::rooms::RoomRegistry;
 use crate::sequencer::{SeqMsg, Sequencer};
@@ -54,6 +55,9 @@ pub enum BrokerError {
     /// A thread could not be started.
     #[error("cannot start a thread: {0}")]
     Thread(std::io::Error),
+    /// Push is on but its notifier cannot be built (bad `push.webhook_url`).
+    #[error("push: {0}")]
+    Push(String),
     /// The certificate for TLS and QUIC could not be loaded or generated.
     #[error("TLS: {0}")]
     Tls(String),
@@ -79,6 +83,8 @@ pub(crate) struct Shared {
     pub(crate) typing: Arc<TypingHub>,
     /// `limits.max_connections` permits, shared by every listener.
     pub(crate) conn_permits: Arc<Semaphore>,
+    /// Offline push, when `push.enabled`.
+    pub(crate) push: Option<Arc<PushHub>>,
 }
 
 /// Builds a broker: configuration first, then optional replacements for
@@ -87,6 +93,7 @@ pub struct BrokerBuilder {
     config: Config,
     log: Option<Arc<dyn RoomLog>>,
     auth: Option<Arc<dyn Authenticator>>,
+    notifier: Option<Arc<dyn Notifier>>,
 }
 
 /// Entry point of the library.
@@ -100,6 +107,7 @@ impl Broker {
             config,
             log: None,
             auth: None,
+            notifier: None,
         }
     }
 }
@@ -114,6 +122,13 @@ impl BrokerBuilder {
     /// Uses this authenticator instead of the one `auth.mode` selects.
     pub fn authenticator(mut self, auth: Arc<dyn Authenticator>) -> Self {
         self.auth = Some(auth);
+        self
+    }
+
+    /// Uses this notifier for offline push instead of the webhook that
+    /// `push.webhook_url` configures (push still needs `push.enabled`).
+    pub fn notifier(mut self, notifier: Arc<dyn Notifier>) -> Self {
+        self.notifier = Some(notifier);
         self
     }
 
@@ -159,6 +174,17 @@ impl BrokerBuilder {
             (None, AuthMode::Disabled) => Arc::new(DenyAll),
         };
 
+        let notifier: Option<Arc<dyn Notifier>> = match (self.notifier, config.push.enabled) {
+            (_, false) => None,
+            (Some(n), true) => Some(n),
+            (None, true) => Some(Arc::new(
+                WebhookNotifier::new(&config.push.webhook_url).map_err(BrokerError::Push)?,
+            )),
+        };
+        let push = notifier
+            .as_ref()
+            .map(|_| Arc::new(PushHub::new(&config.push)));
+
         let listeners = bind(&config).await?;
 
         let rooms = Arc::new(RoomRegistry::default());
@@ -181,7 +207,8 @@ impl BrokerBuilder {
             config.rooms.clone(),
             fan_tx,
             stats.clone(),
-        );
+        )
+        .with_push(push.clone());
         let sequencer_thread = std::thread::Builder::new()
             .name("confab-sequencer".into())
             .spawn(move || sequencer.run(seq_rx))
@@ -212,12 +239,36 @@ impl BrokerBuilder {
             devices: DeviceRegistry::default(),
             typing: typing.clone(),
             conn_permits: Arc::new(Semaphore::new(config_max_connections)),
+            push: push.clone(),
         });
+        if let (Some(hub), Some(notifier)) = (push, notifier) {
+            let push_cfg = &shared.config.push;
+            tasks.spawn(crate::push::run_dispatcher(
+                Dispatcher {
+                    hub,
+                    log: shared.log.clone(),
+                    notifier,
+                    timeout: Duration::from_millis(push_cfg.timeout_ms),
+                    concurrency: push_cfg.concurrency,
+                    dead_letters: shared.config.data_dir.join(&push_cfg.dead_letter_file),
+                },
+                tasks.clone(),
+                shutdown.clone(),
+            ));
+        }
         tasks.spawn(crate::rooms::typing::run(
             typing,
             Duration::from_millis(shared.config.rooms.typing_window_ms),
             shutdown.clone(),
         ));
+        if shared.config.retention.enabled() {
+            tasks.spawn(crate::retention::run(
+                shared.log.clone(),
+                shared.config.retention.clone(),
+                shared.sequencer.clone(),
+                shutdown.clone(),
+            ));
+        }
         let Listeners {
             tcp,
             tcp_addr,

@@ -10,6 +10,7 @@
 //! mode fast (one fsync per group, not per message).
 
 mod dedup;
+mod references;
 mod room_ops;
 
 pub(crate) use room_ops::{ReceiptReq, RoomOp, RoomOpReq};
@@ -30,6 +31,7 @@ use tracing::{error, warn};
 use self::dedup::{Dedup, DedupKey, Original};
 use crate::config::{RoomsConfig, StorageConfig};
 use crate::fanout::{Committed, FanoutMsg, SubscribeCmd};
+use crate::push::PushHub;
 use crate::rooms::membership::RoomState;
 use crate::rooms::{Room, RoomRegistry};
 use crate::session::ConnCtx;
@@ -62,6 +64,14 @@ pub(crate) enum SeqMsg {
     RoomOp(RoomOpReq),
     /// Moves a delivered or read marker.
     Receipt(ReceiptReq),
+    /// Retention: delete the room's entries below `before` and move its
+    /// `first` bound there.
+    Trim {
+        /// The room.
+        room: RoomId,
+        /// The oldest sequence kept (never above the head).
+        before: Seq,
+    },
     /// Commit what came before, flush, stop the fan-out, and exit.
     Stop,
 }
@@ -142,6 +152,10 @@ pub(crate) struct Sequencer {
     touched: Vec<RoomId>,
     /// Markers written by the batch being built, by key.
     markers: FxHashMap<Vec<u8>, u64>,
+    /// Publishes sequenced in the batch being built (edit targets).
+    pending: references::Pending,
+    /// Offline push, when on.
+    push: Option<Arc<PushHub>>,
 }
 
 impl Sequencer {
@@ -159,6 +173,8 @@ impl Sequencer {
             meta: Vec::new(),
             touched: Vec::new(),
             markers: FxHashMap::default(),
+            pending: references::Pending::default(),
+            push: None,
             rooms: FxHashMap::default(),
             dedup: Dedup::new(cfg.dedup_window),
             log,
@@ -166,6 +182,12 @@ impl Sequencer {
             cfg,
             fanout,
         }
+    }
+
+    /// Hands committed messages of managed rooms to offline push.
+    pub(crate) fn with_push(mut self, push: Option<Arc<PushHub>>) -> Self {
+        self.push = push;
+        self
     }
 
     /// Runs until every sender is gone, then returns (after the last batch
@@ -266,6 +288,7 @@ impl Sequencer {
                 SeqMsg::Unsubscribe(subs) => outcomes.push(Outcome::Unsubscribe(subs)),
                 SeqMsg::RoomOp(req) => self.room_op(req, now, &mut old_heads, &mut outcomes),
                 SeqMsg::Receipt(req) => self.receipt(req, &mut outcomes),
+                SeqMsg::Trim { room, before } => self.trim(&room, before),
                 SeqMsg::Stop => {}
             }
         }
@@ -345,7 +368,34 @@ impl Sequencer {
         }
         self.touched.clear();
         self.markers.clear();
+        self.pending.clear();
         self.deliver(outcomes, now);
+    }
+
+    /// Deletes a room's entries below `before` (one range delete) and moves
+    /// its `first` bound, so that subscriptions stamped after this point
+    /// report the new bound. The head is never trimmed.
+    fn trim(&mut self, room: &RoomId, before: Seq) {
+        let head = match self.room(room) {
+            Ok(r) => r.head,
+            Err(e) => {
+                warn!(%room, error = %e, "retention: cannot load room");
+                return;
+            }
+        };
+        let before = Seq(before.0.min(head));
+        match self.log.trim(room, before, self.cfg.durability) {
+            Ok(()) => {
+                if let Some(r) = self.rooms.get_mut(room) {
+                    let old = r.first;
+                    r.first = r.first.max(before.0);
+                    // Entries removed by retention.
+                    metrics::counter!("confab_retention_trimmed_total")
+                        .increment(r.first.saturating_sub(old));
+                }
+            }
+            Err(e) => warn!(%room, error = %e, "retention: trim failed"),
+        }
     }
 
     /// Whether `user` may read and write `room` (loaded): members of managed
@@ -402,17 +452,31 @@ impl Sequencer {
         if let Err((code, message)) = self.access(&self.rooms[&req.room], &req.conn.user) {
             return Outcome::Rejected { req, code, message };
         }
-        let r = self
-            .rooms
-            .get_mut(&req.room)
-            .expect("the room was loaded above");
-        for reference in [req.refers_to, req.thread].into_iter().flatten() {
-            if reference.0 > r.head {
-                let message = format!("room {} has no message {}", req.room, reference.0);
+        let r = &self.rooms[&req.room];
+        let view = references::RoomView {
+            id: &req.room,
+            first: r.first.max(1),
+            head: r.head,
+            state: r.state.as_ref(),
+        };
+        let checked = references::check(
+            self.log.as_ref(),
+            &self.pending,
+            &view,
+            &req.conn.user,
+            req.kind,
+            req.refers_to,
+            req.thread,
+        );
+        match checked {
+            Ok(Ok(())) => {}
+            Ok(Err((code, message))) => return Outcome::Rejected { req, code, message },
+            Err(e) => {
+                error!(room = %req.room, error = %e, "cannot read a referenced entry");
                 return Outcome::Rejected {
                     req,
-                    code: ErrorCode::NoSuchMessage,
-                    message,
+                    code: ErrorCode::Internal,
+                    message: "storage failure; retry".into(),
                 };
             }
         }
@@ -461,6 +525,13 @@ impl Sequencer {
                 };
             }
         };
+        self.pending.insert(
+            (req.room.clone(), seq.0),
+            references::Target {
+                sender: req.conn.user.clone(),
+                kind: req.kind,
+            },
+        );
         if let Some(key) = &dedup {
             self.dedup.insert(
                 key.clone(),
@@ -495,6 +566,7 @@ impl Sequencer {
                     ..
                 } => {
                     replies.ack(&req, seq, now, false);
+                    self.offer_push(&req, seq);
                     committed.push(Committed { room, seq, frame });
                 }
                 Outcome::Duplicate { req, original } => {
@@ -568,6 +640,27 @@ impl Sequencer {
                 let _ = self.fanout.send(FanoutMsg::Ephemeral { room, frame });
             }
         }
+    }
+}
+
+impl Sequencer {
+    /// Offers push jobs for a committed message: content kinds (messages and
+    /// application kinds, not edits, deletes or reactions) of managed rooms,
+    /// for members with no device online.
+    fn offer_push(&self, req: &PublishReq, seq: Seq) {
+        let Some(push) = &self.push else { return };
+        if req.kind != MessageKind::MESSAGE && req.kind < MessageKind::FIRST_CUSTOM {
+            return;
+        }
+        let Some(state) = self.rooms.get(&req.room).and_then(|r| r.state.as_ref()) else {
+            return;
+        };
+        let members = state
+            .members
+            .iter()
+            .filter(|(_, role)| **role != confab_codec::Role::Invited)
+            .map(|(user, _)| user);
+        push.message_committed(&req.room, seq, &req.conn.user, &req.payload, members);
     }
 }
 
