@@ -14,7 +14,13 @@ async fn request(c: &mut Conn, body: impl Into<Body>) -> Body {
 }
 
 /// Publishes `kind` at `target`; the ack's sequence or the error code.
-async fn refer(c: &mut Conn, r: &RoomId, kind: MessageKind, target: Seq, payload: &'static [u8]) -> Result<Seq, ErrorCode> {
+async fn refer(
+    c: &mut Conn,
+    r: &RoomId,
+    kind: MessageKind,
+    target: Seq,
+    payload: &'static [u8],
+) -> Result<Seq, ErrorCode> {
     let publish = Publish {
         room: r.clone(),
         client_msg_id: 0,
@@ -53,9 +59,15 @@ async fn targets_and_permissions_are_checked() {
         },
         invite: Vec::new(),
     };
-    assert!(matches!(request(&mut alice, create).await, Body::RoomInfo(_)));
+    assert!(matches!(
+        request(&mut alice, create).await,
+        Body::RoomInfo(_)
+    ));
     for c in [&mut bob, &mut carol] {
-        assert!(matches!(request(c, JoinRoom { room: r.clone() }).await, Body::RoomInfo(_)));
+        assert!(matches!(
+            request(c, JoinRoom { room: r.clone() }).await,
+            Body::RoomInfo(_)
+        ));
     }
     // Alice owns the room; carol becomes an admin.
     let set = SetRole {
@@ -69,25 +81,56 @@ async fn targets_and_permissions_are_checked() {
     let joined = Seq(1); // alice's MEMBER_JOINED entry
 
     // Edits: the sender only, content only.
-    assert_eq!(refer(&mut alice, &r, MessageKind::EDIT, bobs, b"x").await, Err(ErrorCode::Forbidden));
-    assert_eq!(refer(&mut carol, &r, MessageKind::EDIT, bobs, b"x").await, Err(ErrorCode::Forbidden));
-    let edit = refer(&mut bob, &r, MessageKind::EDIT, bobs, b"hello!").await.unwrap();
-    assert_eq!(refer(&mut bob, &r, MessageKind::EDIT, edit, b"x").await, Err(ErrorCode::InvalidRequest));
-    assert_eq!(refer(&mut bob, &r, MessageKind::EDIT, joined, b"x").await, Err(ErrorCode::InvalidRequest));
-    assert_eq!(refer(&mut bob, &r, MessageKind::EDIT, Seq(999), b"x").await, Err(ErrorCode::NoSuchMessage));
+    assert_eq!(
+        refer(&mut alice, &r, MessageKind::EDIT, bobs, b"x").await,
+        Err(ErrorCode::Forbidden)
+    );
+    assert_eq!(
+        refer(&mut carol, &r, MessageKind::EDIT, bobs, b"x").await,
+        Err(ErrorCode::Forbidden)
+    );
+    let edit = refer(&mut bob, &r, MessageKind::EDIT, bobs, b"hello!")
+        .await
+        .unwrap();
+    assert_eq!(
+        refer(&mut bob, &r, MessageKind::EDIT, edit, b"x").await,
+        Err(ErrorCode::InvalidRequest)
+    );
+    assert_eq!(
+        refer(&mut bob, &r, MessageKind::EDIT, joined, b"x").await,
+        Err(ErrorCode::InvalidRequest)
+    );
+    assert_eq!(
+        refer(&mut bob, &r, MessageKind::EDIT, Seq(999), b"x").await,
+        Err(ErrorCode::NoSuchMessage)
+    );
 
     // Reactions: anyone, to content only.
-    let reaction = refer(&mut alice, &r, MessageKind::REACTION, bobs, b"+1").await.unwrap();
-    assert_eq!(refer(&mut bob, &r, MessageKind::REACTION, reaction, b"+1").await, Err(ErrorCode::InvalidRequest));
+    let reaction = refer(&mut alice, &r, MessageKind::REACTION, bobs, b"+1")
+        .await
+        .unwrap();
+    assert_eq!(
+        refer(&mut bob, &r, MessageKind::REACTION, reaction, b"+1").await,
+        Err(ErrorCode::InvalidRequest)
+    );
 
     // Deletes: the sender, or an admin or owner; a member may not delete
     // another's reaction.
-    assert_eq!(refer(&mut bob, &r, MessageKind::DELETE, reaction, b"").await, Err(ErrorCode::Forbidden));
-    refer(&mut alice, &r, MessageKind::DELETE, reaction, b"").await.unwrap();
+    assert_eq!(
+        refer(&mut bob, &r, MessageKind::DELETE, reaction, b"").await,
+        Err(ErrorCode::Forbidden)
+    );
+    refer(&mut alice, &r, MessageKind::DELETE, reaction, b"")
+        .await
+        .unwrap();
     let second = bob.publish(&r, 2, b"oops").await.seq;
-    refer(&mut carol, &r, MessageKind::DELETE, second, b"").await.unwrap();
+    refer(&mut carol, &r, MessageKind::DELETE, second, b"")
+        .await
+        .unwrap();
     let third = bob.publish(&r, 3, b"mine").await.seq;
-    refer(&mut bob, &r, MessageKind::DELETE, third, b"").await.unwrap();
+    refer(&mut bob, &r, MessageKind::DELETE, third, b"")
+        .await
+        .unwrap();
 
     // History delivers every entry, refusals left nothing behind.
     let page = alice.history(&r, Direction::After, bobs.0 - 1, 100).await;
@@ -118,7 +161,8 @@ async fn an_edit_may_target_a_message_of_the_same_batch() {
     // Both frames in one write: they usually reach the sequencer together.
     let first = c.request_id();
     let second = c.request_id();
-    c.send_frame(Conn::publish_frame(first, &r, 1, b"typo")).await;
+    c.send_frame(Conn::publish_frame(first, &r, 1, b"typo"))
+        .await;
     c.send_frame(Frame::request(
         second,
         Publish {

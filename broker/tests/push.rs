@@ -108,21 +108,28 @@ async fn only_offline_members_get_a_coalesced_job() {
         Body::Error(e) => assert_eq!(e.code, ErrorCode::InvalidRequest),
         other => panic!("{other:?}"),
     }
-    carol.send(Goodbye {
-        code: ErrorCode::Normal,
-        message: String::new(),
-    })
-    .await;
+    carol
+        .send(Goodbye {
+            code: ErrorCode::Normal,
+            message: String::new(),
+        })
+        .await;
     carol.until_closed().await;
 
     // Bob is online, carol is not: three messages, jobs for carol only.
     let mut last = Seq(0);
     for i in 1..=3u64 {
-        last = alice.publish(&r, i, format!("hello {i}").as_bytes()).await.seq;
+        last = alice
+            .publish(&r, i, format!("hello {i}").as_bytes())
+            .await
+            .seq;
     }
     let mut count = 0;
     while count < 3 {
-        let job = tokio::time::timeout(WAIT, jobs.recv()).await.unwrap().unwrap();
+        let job = tokio::time::timeout(WAIT, jobs.recv())
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(job.user.as_str(), "carol", "{job:?}");
         assert_eq!(job.room, r);
         assert_eq!(job.sender.as_ref().map(|s| s.as_str()), Some("alice"));
@@ -148,7 +155,10 @@ async fn only_offline_members_get_a_coalesced_job() {
     let mut bob_jobs = Vec::new();
     let mut carol_seen = false;
     while bob_jobs.is_empty() || !carol_seen {
-        let job = tokio::time::timeout(WAIT, jobs.recv()).await.unwrap().unwrap();
+        let job = tokio::time::timeout(WAIT, jobs.recv())
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(job.seq, last, "{job:?}");
         match job.user.as_str() {
             "bob" => bob_jobs.push(job),
@@ -173,22 +183,23 @@ async fn webhook(fail_first: u32) -> (SocketAddr, mpsc::UnboundedReceiver<serde_
         while let Ok((stream, _)) = listener.accept().await {
             let (tx, seen) = (tx.clone(), seen.clone());
             tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                    let (tx, seen) = (tx.clone(), seen.clone());
-                    async move {
-                        let body = req.into_body().collect().await.unwrap().to_bytes();
-                        let _ = tx.send(serde_json::from_slice(&body).unwrap());
-                        let n = seen.fetch_add(1, Ordering::SeqCst);
-                        let status = if n < fail_first {
-                            StatusCode::SERVICE_UNAVAILABLE
-                        } else {
-                            StatusCode::OK
-                        };
-                        let mut resp = Response::new(Full::new(Bytes::from_static(b"ok")));
-                        *resp.status_mut() = status;
-                        Ok::<_, Infallible>(resp)
-                    }
-                });
+                let service =
+                    hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                        let (tx, seen) = (tx.clone(), seen.clone());
+                        async move {
+                            let body = req.into_body().collect().await.unwrap().to_bytes();
+                            let _ = tx.send(serde_json::from_slice(&body).unwrap());
+                            let n = seen.fetch_add(1, Ordering::SeqCst);
+                            let status = if n < fail_first {
+                                StatusCode::SERVICE_UNAVAILABLE
+                            } else {
+                                StatusCode::OK
+                            };
+                            let mut resp = Response::new(Full::new(Bytes::from_static(b"ok")));
+                            *resp.status_mut() = status;
+                            Ok::<_, Infallible>(resp)
+                        }
+                    });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), service)
                     .await;
@@ -233,7 +244,10 @@ async fn the_webhook_is_retried_with_backoff() {
     let broker = one_job_for_bob(config).await;
     let mut attempts = Vec::new();
     while attempts.last() != Some(&3) {
-        let body = tokio::time::timeout(WAIT, bodies.recv()).await.unwrap().unwrap();
+        let body = tokio::time::timeout(WAIT, bodies.recv())
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(body["user"], "bob");
         assert_eq!(body["room"], "pair");
         assert_eq!(body["sender"], serde_json::Value::Null);
@@ -257,7 +271,10 @@ async fn a_job_that_always_fails_becomes_a_dead_letter() {
     config.push.max_attempts = 3;
     let broker = one_job_for_bob(config).await;
     for attempt in 1..=3u64 {
-        let body = tokio::time::timeout(WAIT, bodies.recv()).await.unwrap().unwrap();
+        let body = tokio::time::timeout(WAIT, bodies.recv())
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(body["attempt"], attempt);
         assert_eq!(body["sender"], "alice");
     }

@@ -56,7 +56,9 @@ async fn count_retention_trims_and_reports_truncation() {
 
     // A start behind retention: subscribed, told so, delivered from first.
     let mut bob = Conn::open(addr, "bob", "b1").await;
-    let ack = bob.subscribe(vec![(r.clone(), StartAt::From(Seq(3)))]).await;
+    let ack = bob
+        .subscribe(vec![(r.clone(), StartAt::From(Seq(3)))])
+        .await;
     let res = &ack.results[0];
     assert_eq!(res.code, ErrorCode::HistoryTruncated);
     assert_eq!((res.first, res.head), (Seq(16), Seq(20)));
@@ -64,7 +66,9 @@ async fn count_retention_trims_and_reports_truncation() {
     let seqs: Vec<u64> = events.iter().map(|e| e.1).collect();
     assert_contiguous(&seqs, 16, 20);
     // A start inside retention is normal.
-    let ack = bob.subscribe(vec![(r.clone(), StartAt::From(Seq(18)))]).await;
+    let ack = bob
+        .subscribe(vec![(r.clone(), StartAt::From(Seq(18)))])
+        .await;
     assert_eq!(ack.results[0].code, ErrorCode::Normal);
 
     // History after an anchor behind retention starts at first and says so.

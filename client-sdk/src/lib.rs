@@ -135,11 +135,11 @@ pub use events::{ConnectionEvent, ConnectionState, RoomEvent, Signal};
 pub use ids::{IntoRoomId, IntoUserId};
 pub use publish::{Message, PendingPublish};
 pub use subscription::Subscription;
-pub use view::{MessageView, RoomView};
 pub use transport::{
     BoxByteStream, ByteStream, Connector, Endpoint, Fingerprint, Trust, ALPN, DEFAULT_PORT,
     DEFAULT_QUIC_PORT, DEFAULT_TLS_PORT,
 };
+pub use view::{MessageView, RoomView};
 
 /// The application developer's guide, docs/sdk.md, compiled as
 /// documentation tests so that its examples keep matching the API.

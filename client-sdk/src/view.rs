@@ -62,7 +62,9 @@ impl MessageView {
             return out;
         }
         for (user, reaction) in self.reactions.values() {
-            out.entry(reaction.clone()).or_default().insert(user.clone());
+            out.entry(reaction.clone())
+                .or_default()
+                .insert(user.clone());
         }
         out
     }

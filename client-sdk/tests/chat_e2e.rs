@@ -15,7 +15,7 @@ use std::time::Duration;
 use confab_broker::config::Config;
 use confab_broker::push::{Notifier, NotifyFuture, PushJob};
 use confab_broker::{Broker, BrokerHandle};
-use confab_client::confab_codec::{DeviceId, JoinPolicy, ReceiptKind, RoomId, Seq};
+use confab_client::confab_codec::{DeviceId, Direction, JoinPolicy, ReceiptKind, RoomId, Seq};
 use confab_client::{
     BackoffConfig, Client, ClientConfig, ConnectionEvent, Endpoint, FileCursorStore, Message,
     RoomEvent, RoomView, Signal, Subscription,
@@ -105,8 +105,12 @@ async fn two_users_three_devices() {
     let app = tempfile::tempdir().unwrap();
     let bob_cursors = app.path().join("bob-phone");
 
-    let phone = Client::connect(client(&broker, "alice", "phone")).await.unwrap();
-    let laptop = Client::connect(client(&broker, "alice", "laptop")).await.unwrap();
+    let phone = Client::connect(client(&broker, "alice", "phone"))
+        .await
+        .unwrap();
+    let laptop = Client::connect(client(&broker, "alice", "laptop"))
+        .await
+        .unwrap();
     let store = FileCursorStore::open(&bob_cursors).await.unwrap();
     let bob = Client::connect(client(&broker, "bob", "phone").cursor_store(store))
         .await
@@ -130,7 +134,10 @@ async fn two_users_three_devices() {
     // A first direct message, so that bob's phone has a cursor there.
     phone.publish(&dm, "dm 0").await.unwrap();
     assert_eq!(&take(&mut bob_dm, 1).await[0].payload[..], b"dm 0");
-    laptop.register_push("apns", "alice-laptop-token").await.unwrap();
+    laptop
+        .register_push("apns", "alice-laptop-token")
+        .await
+        .unwrap();
 
     // Typing reaches the other user.
     let mut bob_signals = bob.signals();
@@ -243,7 +250,9 @@ async fn a_cursor_behind_retention_is_reported_once() {
     let broker = Broker::builder(config).start().await.unwrap();
     let app = tempfile::tempdir().unwrap();
     let cursors = app.path().join("bob");
-    let alice = Client::connect(client(&broker, "alice", "phone")).await.unwrap();
+    let alice = Client::connect(client(&broker, "alice", "phone"))
+        .await
+        .unwrap();
     let store = FileCursorStore::open(&cursors).await.unwrap();
     let bob = Client::connect(client(&broker, "bob", "phone").cursor_store(store))
         .await
@@ -262,7 +271,7 @@ async fn a_cursor_behind_retention_is_reported_once() {
     within(async {
         loop {
             let page = alice
-                .history_page(&room, confab_client::confab_codec::Direction::Before, Seq(0), 10)
+                .history_page(&room, Direction::Before, Seq(0), 10)
                 .await
                 .unwrap();
             if page.first == Seq(8) {

@@ -218,19 +218,18 @@ async fn deliver(d: &Dispatcher, mut job: PushJob) {
         return;
     }
     let (log, user) = (d.log.clone(), job.user.clone());
-    let targets = match tokio::task::spawn_blocking(move || registry::targets(log.as_ref(), &user))
-        .await
-    {
-        Ok(Ok(t)) => t,
-        Ok(Err(e)) => {
-            warn!(error = %e, "push: cannot read registrations");
-            Vec::new()
-        }
-        Err(e) => {
-            warn!(error = %e, "push: registration lookup panicked");
-            Vec::new()
-        }
-    };
+    let targets =
+        match tokio::task::spawn_blocking(move || registry::targets(log.as_ref(), &user)).await {
+            Ok(Ok(t)) => t,
+            Ok(Err(e)) => {
+                warn!(error = %e, "push: cannot read registrations");
+                Vec::new()
+            }
+            Err(e) => {
+                warn!(error = %e, "push: registration lookup panicked");
+                Vec::new()
+            }
+        };
     if targets.is_empty() {
         // No device of the user registered for push.
         metrics::counter!("confab_push_jobs_total", "outcome" => "no_device").increment(1);
@@ -324,7 +323,13 @@ mod tests {
         assert!(hub.is_online(&bob));
         let room = RoomId::new("r").expect("id");
         let members = [alice.clone(), bob.clone(), carol.clone()];
-        hub.message_committed(&room, Seq(7), &alice, &Bytes::from_static(b"hello"), members.iter());
+        hub.message_committed(
+            &room,
+            Seq(7),
+            &alice,
+            &Bytes::from_static(b"hello"),
+            members.iter(),
+        );
         let jobs = lock(&hub.queue).take_due(Instant::now());
         assert_eq!(jobs.len(), 1);
         assert_eq!(jobs[0].user, carol);

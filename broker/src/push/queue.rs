@@ -285,7 +285,10 @@ mod tests {
         let mut q = queue(10);
         let t = Instant::now() + Duration::from_millis(100);
         q.offer(&user("a"), &room("r"), Seq(1), None, None, t);
-        let job = q.take_due(t + Duration::from_millis(100)).pop().expect("due");
+        let job = q
+            .take_due(t + Duration::from_millis(100))
+            .pop()
+            .expect("due");
         q.offer(&user("a"), &room("r"), Seq(2), None, None, t);
         assert!(q.failed(job, t).is_none());
         assert_eq!(q.len(), 1);

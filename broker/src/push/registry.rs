@@ -116,7 +116,10 @@ mod tests {
     #[test]
     fn register_list_and_unregister() {
         let log = MemoryLog::new();
-        let (alice, al) = (UserId::new("al").expect("id"), UserId::new("alice").expect("id"));
+        let (alice, al) = (
+            UserId::new("al").expect("id"),
+            UserId::new("alice").expect("id"),
+        );
         let phone = DeviceId::new("phone").expect("id");
         let laptop = DeviceId::new("laptop").expect("id");
         register(&log, &alice, &phone, "fcm", "t1", Durability::Wal).expect("register");
@@ -126,7 +129,10 @@ mod tests {
         let mut t = targets(&log, &alice).expect("targets");
         t.sort_by(|a, b| a.device.as_str().cmp(b.device.as_str()));
         assert_eq!(t.len(), 2);
-        assert_eq!((t[0].provider.as_str(), t[0].token.as_str()), ("webpush", "t2"));
+        assert_eq!(
+            (t[0].provider.as_str(), t[0].token.as_str()),
+            ("webpush", "t2")
+        );
         register(&log, &alice, &laptop, "webpush", "", Durability::Wal).expect("unregister");
         let t = targets(&log, &alice).expect("targets");
         assert_eq!(t.len(), 1);

@@ -119,9 +119,7 @@ fn allowed(
             ErrorCode::Forbidden,
             "only the sender may edit a message".into(),
         )),
-        MessageKind::DELETE
-            if !is_content(target.kind) && target.kind != MessageKind::REACTION =>
-        {
+        MessageKind::DELETE if !is_content(target.kind) && target.kind != MessageKind::REACTION => {
             bad_target("a delete")
         }
         MessageKind::DELETE if !own && !moderator => Err((
@@ -133,11 +131,7 @@ fn allowed(
     }
 }
 
-fn read_target(
-    log: &dyn RoomLog,
-    room: &RoomId,
-    seq: Seq,
-) -> Result<Option<Target>, StorageError> {
+fn read_target(log: &dyn RoomLog, room: &RoomId, seq: Seq) -> Result<Option<Target>, StorageError> {
     let Some(rec) = log.read_range(room, seq, seq, 1, usize::MAX)?.pop() else {
         return Ok(None);
     };
@@ -187,7 +181,8 @@ mod tests {
         // A reaction is removed by deleting it; nobody reacts to a reaction.
         let reaction = target("bob", MessageKind::REACTION);
         assert!(allowed(None, &user("bob"), MessageKind::DELETE, &reaction).is_ok());
-        let err = allowed(None, &user("bob"), MessageKind::REACTION, &reaction).expect_err("refused");
+        let err =
+            allowed(None, &user("bob"), MessageKind::REACTION, &reaction).expect_err("refused");
         assert_eq!(err.0, ErrorCode::InvalidRequest);
         let joined = target("bob", MessageKind::MEMBER_JOINED);
         let err = allowed(None, &user("bob"), MessageKind::DELETE, &joined).expect_err("refused");

@@ -9,8 +9,7 @@ use std::time::Duration;
 use confab_codec::{
     flags, raw, Ack, Body, Direction, ErrorCode, ErrorFrame, Frame, Goodbye, Hello, HistoryRequest,
     ListRooms, Pong, Publish, RegisterPush, RoomId, Seq, SubscribeItem as WireItem,
-    SubscribeResult, Typing,
-    Welcome, PROTOCOL_VERSION,
+    SubscribeResult, Typing, Welcome, PROTOCOL_VERSION,
 };
 use futures_util::StreamExt;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};

@@ -136,11 +136,7 @@ impl RoomLog for MemoryLog {
         Ok(())
     }
 
-    fn log_rooms(
-        &self,
-        after: Option<&RoomId>,
-        limit: usize,
-    ) -> Result<Vec<RoomId>, StorageError> {
+    fn log_rooms(&self, after: Option<&RoomId>, limit: usize) -> Result<Vec<RoomId>, StorageError> {
         let rooms = self.lock();
         // Same order as the RocksDB keys: by length, then bytes.
         let mut ids: Vec<&RoomId> = rooms

@@ -166,8 +166,7 @@ pub trait RoomLog: Send + Sync + 'static {
     ///
     /// # Errors
     /// If the engine fails; then nothing was removed.
-    fn trim(&self, room: &RoomId, before: Seq, durability: Durability)
-        -> Result<(), StorageError>;
+    fn trim(&self, room: &RoomId, before: Seq, durability: Durability) -> Result<(), StorageError>;
 
     /// Rooms that have a log, in key order, starting after `after`, at most
     /// `limit` (for the retention sweep).

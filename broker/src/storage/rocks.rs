@@ -256,16 +256,16 @@ impl RoomLog for RocksLog {
         }
         // One range tombstone; compaction reclaims the space later.
         let mut wb = WriteBatch::default();
-        wb.delete_range_cf(self.log_cf(), record_key(room, Seq(0)), record_key(room, before));
+        wb.delete_range_cf(
+            self.log_cf(),
+            record_key(room, Seq(0)),
+            record_key(room, before),
+        );
         self.db.write_opt(wb, &write_options(durability))?;
         Ok(())
     }
 
-    fn log_rooms(
-        &self,
-        after: Option<&RoomId>,
-        limit: usize,
-    ) -> Result<Vec<RoomId>, StorageError> {
+    fn log_rooms(&self, after: Option<&RoomId>, limit: usize) -> Result<Vec<RoomId>, StorageError> {
         let mut out = Vec::new();
         let mut it = self.db.raw_iterator_cf(self.log_cf());
         match after {
