@@ -361,6 +361,40 @@ mod tests {
     }
 
     #[test]
+    fn retention_and_push_load_from_toml_and_env() {
+        use crate::config::Config;
+        use crate::push::PreviewPolicy;
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("confab.toml");
+        std::fs::write(
+            &file,
+            "[retention]\nmax_age_secs = 60\n\n[[retention.rooms]]\nprefix = \"g-\"\nmax_count = 5\n\n[push]\nenabled = true\nwebhook_url = \"http://127.0.0.1:9/x\"\n",
+        )
+        .expect("write");
+        let env = [("CONFAB_PUSH__PREVIEW".to_owned(), "content".to_owned())];
+        let c = Config::load(Some(&file), env, &[]).expect("loads");
+        assert_eq!(c.retention.max_age_secs, 60);
+        assert_eq!(c.retention.rooms[0].prefix, "g-");
+        let g = c.retention.policy(&RoomId::new("g-1").expect("id"));
+        assert_eq!((g.max_count, g.max_age_us), (5, 0));
+        assert!(c.push.enabled);
+        assert_eq!(c.push.preview, PreviewPolicy::Content);
+
+        let bad = [("retention.sweep_interval_ms".to_owned(), "1".to_owned())];
+        let err = Config::load(None, [], &bad).expect_err("too short");
+        assert!(
+            err.to_string().contains("retention.sweep_interval_ms"),
+            "{err}"
+        );
+        let bad = [("push.max_attempts".to_owned(), "0".to_owned())];
+        let err = Config::load(None, [], &bad).expect_err("no attempts");
+        assert!(err.to_string().contains("push.max_attempts"), "{err}");
+        let typo = [("push.enabeld".to_owned(), "true".to_owned())];
+        assert!(Config::load(None, [], &typo).is_err());
+    }
+
+    #[test]
     fn log_rooms_pages_in_key_order() {
         let log = MemoryLog::new();
         for name in ["bb", "a", "c"] {

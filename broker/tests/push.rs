@@ -308,3 +308,19 @@ async fn register_push_is_unsupported_when_push_is_off() {
     }
     broker.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_without_a_webhook_or_notifier_does_not_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.push.enabled = true;
+    for url in ["", "https://push.internal/x", "ftp://x"] {
+        config.push.webhook_url = url.into();
+        match Broker::builder(config.clone()).start().await {
+            Err(confab_broker::BrokerError::Push(msg)) => {
+                assert!(msg.contains("webhook_url"), "{msg}")
+            }
+            other => panic!("{url:?}: {other:?}"),
+        }
+    }
+}
