@@ -68,6 +68,10 @@ pub struct Config {
     pub delivery: DeliveryConfig,
     /// Rooms and membership.
     pub rooms: RoomsConfig,
+    /// Retention of room logs (default: keep everything).
+    pub retention: crate::retention::RetentionConfig,
+    /// Offline push notifications (default: off).
+    pub push: crate::push::PushConfig,
     /// Logging.
     pub log: LogConfig,
     /// The operations HTTP endpoint: Prometheus metrics and health checks.
@@ -282,6 +286,8 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             delivery: DeliveryConfig::default(),
             rooms: RoomsConfig::default(),
+            retention: crate::retention::RetentionConfig::default(),
+            push: crate::push::PushConfig::default(),
             log: LogConfig::default(),
             metrics: MetricsConfig::default(),
             admin: AdminConfig::default(),
@@ -522,6 +528,8 @@ impl Config {
                 "rooms.typing_window_ms must be at least 10 and rooms.typing_ttl_ms at least the window".into(),
             ));
         }
+        self.retention.validate().map_err(ConfigError::Invalid)?;
+        self.push.validate().map_err(ConfigError::Invalid)?;
         let jwt = &self.auth.jwt;
         if self.auth.mode == AuthMode::Jwt
             && jwt.hs256_secret_file.as_os_str().is_empty()

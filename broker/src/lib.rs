@@ -37,6 +37,8 @@ pub mod config;
 pub mod embed;
 mod fanout;
 mod ops;
+pub mod push;
+pub mod retention;
 mod rooms;
 mod sequencer;
 mod server;

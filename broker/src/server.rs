@@ -21,6 +21,7 @@ use crate::config::{AuthMode, Config};
 use crate::embed::authz::Authorizer;
 use crate::embed::{EmbedError, LocalSubscription, Published, RoomChange, SystemMessage};
 use crate::fanout::{self, CatchupCtx};
+use crate::push::{Dispatcher, Notifier, PushHub, WebhookNotifier};
 use crate::rooms::typing::TypingHub;
 use crate::rooms::RoomRegistry;
 use crate::sequencer::{SeqMsg, Sequencer};
@@ -58,6 +59,9 @@ pub enum BrokerError {
     /// A thread could not be started.
     #[error("cannot start a thread: {0}")]
     Thread(std::io::Error),
+    /// Push is on but its notifier cannot be built (bad `push.webhook_url`).
+    #[error("push: {0}")]
+    Push(String),
     /// The certificate for TLS and QUIC could not be loaded or generated.
     #[error("TLS: {0}")]
     Tls(String),
@@ -85,6 +89,8 @@ pub(crate) struct Shared {
     pub(crate) conn_permits: Arc<Semaphore>,
     /// The embedding service's access decisions, replacing membership.
     pub(crate) authorizer: Option<Arc<dyn Authorizer>>,
+    /// Offline push, when `push.enabled`.
+    pub(crate) push: Option<Arc<PushHub>>,
 }
 
 /// Builds a broker: configuration first, then optional replacements for
@@ -94,6 +100,7 @@ pub struct BrokerBuilder {
     log: Option<Arc<dyn RoomLog>>,
     auth: Option<Arc<dyn Authenticator>>,
     authorizer: Option<Arc<dyn Authorizer>>,
+    notifier: Option<Arc<dyn Notifier>>,
 }
 
 /// Entry point of the library.
@@ -108,6 +115,7 @@ impl Broker {
             log: None,
             auth: None,
             authorizer: None,
+            notifier: None,
         }
     }
 }
@@ -130,6 +138,13 @@ impl BrokerBuilder {
     /// tables (see [`Authorizer`]).
     pub fn authorizer(mut self, authorizer: Arc<dyn Authorizer>) -> Self {
         self.authorizer = Some(authorizer);
+        self
+    }
+
+    /// Uses this notifier for offline push instead of the webhook that
+    /// `push.webhook_url` configures (push still needs `push.enabled`).
+    pub fn notifier(mut self, notifier: Arc<dyn Notifier>) -> Self {
+        self.notifier = Some(notifier);
         self
     }
 
@@ -175,6 +190,17 @@ impl BrokerBuilder {
             (None, AuthMode::Disabled) => Arc::new(DenyAll),
         };
 
+        let notifier: Option<Arc<dyn Notifier>> = match (self.notifier, config.push.enabled) {
+            (_, false) => None,
+            (Some(n), true) => Some(n),
+            (None, true) => Some(Arc::new(
+                WebhookNotifier::new(&config.push.webhook_url).map_err(BrokerError::Push)?,
+            )),
+        };
+        let push = notifier
+            .as_ref()
+            .map(|_| Arc::new(PushHub::new(&config.push)));
+
         let listeners = bind(&config).await?;
         let ops_server = match config.metrics.listen {
             None => None,
@@ -210,7 +236,8 @@ impl BrokerBuilder {
             fan_tx,
             stats.clone(),
         )
-        .external_authz(self.authorizer.is_some());
+        .external_authz(self.authorizer.is_some())
+        .with_push(push.clone());
         let sequencer_thread = std::thread::Builder::new()
             .name("confab-sequencer".into())
             .spawn(move || sequencer.run(seq_rx))
@@ -242,12 +269,36 @@ impl BrokerBuilder {
             typing: typing.clone(),
             conn_permits: Arc::new(Semaphore::new(config_max_connections)),
             authorizer: self.authorizer,
+            push: push.clone(),
         });
+        if let (Some(hub), Some(notifier)) = (push, notifier) {
+            let push_cfg = &shared.config.push;
+            tasks.spawn(crate::push::run_dispatcher(
+                Dispatcher {
+                    hub,
+                    log: shared.log.clone(),
+                    notifier,
+                    timeout: Duration::from_millis(push_cfg.timeout_ms),
+                    concurrency: push_cfg.concurrency,
+                    dead_letters: shared.config.data_dir.join(&push_cfg.dead_letter_file),
+                },
+                tasks.clone(),
+                shutdown.clone(),
+            ));
+        }
         tasks.spawn(crate::rooms::typing::run(
             typing,
             Duration::from_millis(shared.config.rooms.typing_window_ms),
             shutdown.clone(),
         ));
+        if shared.config.retention.enabled() {
+            tasks.spawn(crate::retention::run(
+                shared.log.clone(),
+                shared.config.retention.clone(),
+                shared.sequencer.clone(),
+                shutdown.clone(),
+            ));
+        }
         let Listeners {
             tcp,
             tcp_addr,

@@ -119,10 +119,12 @@ mod error;
 mod events;
 mod ids;
 mod publish;
+mod push;
 mod rooms;
 mod subscription;
 mod sync;
 mod transport;
+mod view;
 
 pub use backoff::BackoffConfig;
 pub use client::Client;
@@ -137,6 +139,7 @@ pub use transport::{
     BoxByteStream, ByteStream, Connector, Endpoint, Fingerprint, Trust, ALPN, DEFAULT_PORT,
     DEFAULT_QUIC_PORT, DEFAULT_TLS_PORT,
 };
+pub use view::{MessageView, RoomView};
 
 /// The application developer's guide, docs/sdk.md, compiled as
 /// documentation tests so that its examples keep matching the API.

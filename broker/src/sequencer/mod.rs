@@ -10,6 +10,8 @@
 //! mode fast (one fsync per group, not per message).
 
 mod dedup;
+mod hooks;
+mod references;
 mod room_ops;
 
 pub(crate) use room_ops::{ReceiptReq, RoomOp, RoomOpReq};
@@ -30,6 +32,7 @@ use tracing::{error, warn};
 use self::dedup::{Dedup, DedupKey, Original};
 use crate::config::{RoomsConfig, StorageConfig};
 use crate::fanout::{Committed, FanoutMsg, SubscribeCmd};
+use crate::push::PushHub;
 use crate::rooms::membership::RoomState;
 use crate::rooms::{Room, RoomRegistry};
 use crate::session::ConnCtx;
@@ -64,6 +67,14 @@ pub(crate) enum SeqMsg {
     RoomOp(RoomOpReq),
     /// Moves a delivered or read marker.
     Receipt(ReceiptReq),
+    /// Retention: delete the room's entries below `before` and move its
+    /// `first` bound there.
+    Trim {
+        /// The room.
+        room: RoomId,
+        /// The oldest sequence kept (never above the head).
+        before: Seq,
+    },
     /// Commit what came before, flush, stop the fan-out, and exit.
     Stop,
 }
@@ -147,6 +158,10 @@ pub(crate) struct Sequencer {
     /// An embedding service's authorization hook decided access before
     /// requests got here: the membership tables are not consulted.
     external_authz: bool,
+    /// Publishes sequenced in the batch being built (edit targets).
+    pending: references::Pending,
+    /// Offline push, when on.
+    push: Option<Arc<PushHub>>,
 }
 
 impl Sequencer {
@@ -165,6 +180,8 @@ impl Sequencer {
             touched: Vec::new(),
             markers: FxHashMap::default(),
             external_authz: false,
+            pending: references::Pending::default(),
+            push: None,
             rooms: FxHashMap::default(),
             dedup: Dedup::new(cfg.dedup_window),
             log,
@@ -178,6 +195,12 @@ impl Sequencer {
     /// consult (see `crate::embed::authz`).
     pub(crate) fn external_authz(mut self, on: bool) -> Self {
         self.external_authz = on;
+        self
+    }
+
+    /// Hands committed messages of managed rooms to offline push.
+    pub(crate) fn with_push(mut self, push: Option<Arc<PushHub>>) -> Self {
+        self.push = push;
         self
     }
 
@@ -280,6 +303,7 @@ impl Sequencer {
                 SeqMsg::Unsubscribe(subs) => outcomes.push(Outcome::Unsubscribe(subs)),
                 SeqMsg::RoomOp(req) => self.room_op(req, now, &mut old_heads, &mut outcomes),
                 SeqMsg::Receipt(req) => self.receipt(req, &mut outcomes),
+                SeqMsg::Trim { room, before } => self.trim(&room, before),
                 SeqMsg::Stop => {}
             }
         }
@@ -363,6 +387,7 @@ impl Sequencer {
         }
         self.touched.clear();
         self.markers.clear();
+        self.pending.clear();
         self.deliver(outcomes, now, batch_started);
     }
 
@@ -433,17 +458,31 @@ impl Sequencer {
         {
             return Outcome::Rejected { req, code, message };
         }
-        let r = self
-            .rooms
-            .get_mut(&req.room)
-            .expect("the room was loaded above");
-        for reference in [req.refers_to, req.thread].into_iter().flatten() {
-            if reference.0 > r.head {
-                let message = format!("room {} has no message {}", req.room, reference.0);
+        let r = &self.rooms[&req.room];
+        let view = references::RoomView {
+            id: &req.room,
+            first: r.first.max(1),
+            head: r.head,
+            state: r.state.as_ref(),
+        };
+        let checked = references::check(
+            self.log.as_ref(),
+            &self.pending,
+            &view,
+            &req.conn.user,
+            req.kind,
+            req.refers_to,
+            req.thread,
+        );
+        match checked {
+            Ok(Ok(())) => {}
+            Ok(Err((code, message))) => return Outcome::Rejected { req, code, message },
+            Err(e) => {
+                error!(room = %req.room, error = %e, "cannot read a referenced entry");
                 return Outcome::Rejected {
                     req,
-                    code: ErrorCode::NoSuchMessage,
-                    message,
+                    code: ErrorCode::Internal,
+                    message: "storage failure; retry".into(),
                 };
             }
         }
@@ -492,6 +531,13 @@ impl Sequencer {
                 };
             }
         };
+        self.pending.insert(
+            (req.room.clone(), seq.0),
+            references::Target {
+                sender: req.conn.user.clone(),
+                kind: req.kind,
+            },
+        );
         if let Some(key) = &dedup {
             self.dedup.insert(
                 key.clone(),
@@ -530,6 +576,7 @@ impl Sequencer {
                         .hist
                         .publish_ack
                         .record(req.received.elapsed().as_secs_f64());
+                    self.offer_push(&req, seq);
                     committed.push(Committed {
                         room,
                         seq,

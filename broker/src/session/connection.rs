@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use confab_codec::{
     flags, raw, Ack, Body, Direction, ErrorCode, ErrorFrame, Frame, Goodbye, Hello, HistoryRequest,
-    ListRooms, Pong, Publish, RoomId, Seq, SubscribeItem as WireItem, SubscribeResult, Typing,
-    Welcome, PROTOCOL_VERSION,
+    ListRooms, Pong, Publish, RegisterPush, RoomId, Seq, SubscribeItem as WireItem,
+    SubscribeResult, Typing, Welcome, PROTOCOL_VERSION,
 };
 use futures_util::StreamExt;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
@@ -157,6 +157,9 @@ where
     info!(session_id, %peer, user = %conn.user, device = %conn.device, client = %hello.client_name, "connected");
     shared.stats.connections.fetch_add(1, Ordering::Relaxed);
     let replaced = shared.devices.register(&conn.sender_key, session_id);
+    if let Some(push) = &shared.push {
+        push.session_started(&conn.user);
+    }
 
     let writer_done = CancellationToken::new();
     let writer = egress.spawn_writer(WriterCtx {
@@ -196,6 +199,9 @@ where
     shared
         .devices
         .unregister(&session.conn.sender_key, session_id);
+    if let Some(push) = &shared.push {
+        push.session_ended(&session.conn.user);
+    }
 
     if let Some((code, message)) = &reason {
         if *code != ErrorCode::Normal {
@@ -498,6 +504,9 @@ impl Session {
                         return Some((e.code, e.message));
                     }
                 }
+            }
+            Body::RegisterPush(r) if self.shared.push.is_some() => {
+                self.register_push(rid, r).await;
             }
             Body::Hello(_) => {
                 return Some((
@@ -843,6 +852,37 @@ impl Session {
                 .await
             }
         }
+    }
+
+    /// Stores this device's push registration (an empty token removes it).
+    async fn register_push(&mut self, rid: u32, r: RegisterPush) {
+        if let Err(message) = crate::push::validate_registration(&r.provider, &r.token) {
+            push(
+                &self.conn.outbox,
+                error_frame(rid, ErrorCode::InvalidRequest, message),
+            );
+            return;
+        }
+        let log = self.shared.log.clone();
+        let (user, device) = (self.conn.user.clone(), self.conn.device.clone());
+        let durability = self.shared.config.storage.durability;
+        let stored = tokio::task::spawn_blocking(move || {
+            crate::push::register(
+                log.as_ref(),
+                &user,
+                &device,
+                &r.provider,
+                &r.token,
+                durability,
+            )
+        })
+        .await;
+        let frame = match stored {
+            Ok(Ok(())) => Frame::request(rid, Ack {}),
+            Ok(Err(e)) => error_frame(rid, ErrorCode::Internal, e.to_string()),
+            Err(e) => error_frame(rid, ErrorCode::Internal, e.to_string()),
+        };
+        push(&self.conn.outbox, frame);
     }
 
     fn unsubscribe_all(&mut self) {

@@ -29,6 +29,10 @@ impl MemoryLog {
     }
 }
 
+fn room_order(id: &RoomId) -> (usize, &[u8]) {
+    (id.as_bytes().len(), id.as_bytes())
+}
+
 impl RoomLog for MemoryLog {
     fn commit(
         &self,
@@ -122,6 +126,25 @@ impl RoomLog for MemoryLog {
         }
         out.reverse();
         Ok(out)
+    }
+
+    fn trim(&self, room: &RoomId, before: Seq, _: Durability) -> Result<(), StorageError> {
+        if let Some(log) = self.lock().get_mut(room) {
+            let kept = log.split_off(&before.0);
+            *log = kept;
+        }
+        Ok(())
+    }
+
+    fn log_rooms(&self, after: Option<&RoomId>, limit: usize) -> Result<Vec<RoomId>, StorageError> {
+        let rooms = self.lock();
+        // Same order as the RocksDB keys: by length, then bytes.
+        let mut ids: Vec<&RoomId> = rooms
+            .keys()
+            .filter(|id| after.is_none_or(|a| room_order(id) > room_order(a)))
+            .collect();
+        ids.sort_by(|a, b| room_order(a).cmp(&room_order(b)));
+        Ok(ids.into_iter().take(limit).cloned().collect())
     }
 
     fn flush(&self) -> Result<(), StorageError> {

@@ -159,6 +159,22 @@ pub trait RoomLog: Send + Sync + 'static {
         max_bytes: usize,
     ) -> Result<Vec<StoredRecord>, StorageError>;
 
+    /// Removes every record of `room` with `seq < before` (retention).
+    /// Implementations delete the whole range at once (RocksDB: one range
+    /// tombstone), never record by record. Callers never trim the head, so
+    /// the head stays known after a restart.
+    ///
+    /// # Errors
+    /// If the engine fails; then nothing was removed.
+    fn trim(&self, room: &RoomId, before: Seq, durability: Durability) -> Result<(), StorageError>;
+
+    /// Rooms that have a log, in key order, starting after `after`, at most
+    /// `limit` (for the retention sweep).
+    ///
+    /// # Errors
+    /// If the engine fails.
+    fn log_rooms(&self, after: Option<&RoomId>, limit: usize) -> Result<Vec<RoomId>, StorageError>;
+
     /// Makes everything appended so far durable (called at shutdown).
     ///
     /// # Errors

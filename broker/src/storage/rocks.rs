@@ -121,6 +121,16 @@ impl RocksLog {
     }
 }
 
+fn write_options(durability: Durability) -> WriteOptions {
+    let mut opts = WriteOptions::default();
+    match durability {
+        Durability::None => opts.disable_wal(true),
+        Durability::Wal => opts.set_sync(false),
+        Durability::Fsync => opts.set_sync(true),
+    }
+    opts
+}
+
 fn decode_seq(key: &[u8], prefix_len: usize) -> Option<Seq> {
     let tail: [u8; 8] = key.get(prefix_len..prefix_len + 8)?.try_into().ok()?;
     Some(Seq(u64::from_be_bytes(tail)))
@@ -147,13 +157,7 @@ impl RoomLog for RocksLog {
                 }
             }
         }
-        let mut opts = WriteOptions::default();
-        match durability {
-            Durability::None => opts.disable_wal(true),
-            Durability::Wal => opts.set_sync(false),
-            Durability::Fsync => opts.set_sync(true),
-        }
-        self.db.write_opt(wb, &opts)?;
+        self.db.write_opt(wb, &write_options(durability))?;
         Ok(())
     }
 
@@ -266,6 +270,53 @@ impl RoomLog for RocksLog {
         }
         it.status()?;
         out.reverse();
+        Ok(out)
+    }
+
+    fn trim(&self, room: &RoomId, before: Seq, durability: Durability) -> Result<(), StorageError> {
+        if before.0 <= 1 {
+            return Ok(());
+        }
+        // One range tombstone; compaction reclaims the space later.
+        let mut wb = WriteBatch::default();
+        wb.delete_range_cf(
+            self.log_cf(),
+            record_key(room, Seq(0)),
+            record_key(room, before),
+        );
+        self.db.write_opt(wb, &write_options(durability))?;
+        Ok(())
+    }
+
+    fn log_rooms(&self, after: Option<&RoomId>, limit: usize) -> Result<Vec<RoomId>, StorageError> {
+        let mut out = Vec::new();
+        let mut it = self.db.raw_iterator_cf(self.log_cf());
+        match after {
+            // The key after every record of `after`.
+            Some(room) => {
+                let mut k = record_key(room, Seq(u64::MAX));
+                k.push(0);
+                it.seek(k);
+            }
+            None => it.seek_to_first(),
+        }
+        while out.len() < limit {
+            let Some(key) = it.key() else { break };
+            let len = key.first().map_or(0, |&b| usize::from(b));
+            let id = key
+                .get(1..1 + len)
+                .and_then(|b| std::str::from_utf8(b).ok())
+                .and_then(|s| RoomId::new(s).ok())
+                .ok_or_else(|| StorageError::Corrupt {
+                    room: String::from_utf8_lossy(key).into_owned(),
+                    seq: 0,
+                })?;
+            let mut next = record_key(&id, Seq(u64::MAX));
+            next.push(0);
+            out.push(id);
+            it.seek(next);
+        }
+        it.status()?;
         Ok(out)
     }
 
