@@ -34,6 +34,8 @@
 pub mod auth;
 pub mod config;
 mod fanout;
+mod presence;
+mod ratelimit;
 mod rooms;
 mod sequencer;
 mod server;

@@ -17,6 +17,8 @@ use tracing::{debug, info, warn};
 use crate::auth::{Authenticator, DenyAll, DevAuth, JwtAuth};
 use crate::config::{AuthMode, Config};
 use crate::fanout::{self, CatchupCtx};
+use crate::presence::PresenceHub;
+use crate::ratelimit::UserLimits;
 use crate::rooms::typing::TypingHub;
 use crate::rooms::RoomRegistry;
 use crate::sequencer::{SeqMsg, Sequencer};
@@ -77,6 +79,9 @@ pub(crate) struct Shared {
     pub(crate) stats: Arc<Stats>,
     pub(crate) devices: DeviceRegistry,
     pub(crate) typing: Arc<TypingHub>,
+    pub(crate) presence: Arc<PresenceHub>,
+    /// Per-user rate-limit buckets, shared by the user's connections.
+    pub(crate) user_limits: Arc<UserLimits>,
     /// `limits.max_connections` permits, shared by every listener.
     pub(crate) conn_permits: Arc<Semaphore>,
 }
@@ -200,6 +205,12 @@ impl BrokerBuilder {
             .map_err(BrokerError::Thread)?;
 
         let config_max_connections = config.limits.max_connections;
+        let presence = Arc::new(PresenceHub::new(
+            log.clone(),
+            config.storage.durability,
+            config.delivery.queue_capacity,
+        ));
+        let user_limits = Arc::new(UserLimits::new(&config.rate_limits));
         let shared = Arc::new(Shared {
             config,
             log,
@@ -211,6 +222,8 @@ impl BrokerBuilder {
             stats,
             devices: DeviceRegistry::default(),
             typing: typing.clone(),
+            presence: presence.clone(),
+            user_limits: user_limits.clone(),
             conn_permits: Arc::new(Semaphore::new(config_max_connections)),
         });
         tasks.spawn(crate::rooms::typing::run(
@@ -218,6 +231,12 @@ impl BrokerBuilder {
             Duration::from_millis(shared.config.rooms.typing_window_ms),
             shutdown.clone(),
         ));
+        tasks.spawn(crate::presence::run(
+            presence,
+            Duration::from_millis(shared.config.presence.window_ms),
+            shutdown.clone(),
+        ));
+        tasks.spawn(crate::ratelimit::run_sweeper(user_limits, shutdown.clone()));
         let Listeners {
             tcp,
             tcp_addr,

@@ -11,6 +11,7 @@
 
 mod dedup;
 mod room_ops;
+mod user_rooms;
 
 pub(crate) use room_ops::{ReceiptReq, RoomOp, RoomOpReq};
 
@@ -142,6 +143,9 @@ pub(crate) struct Sequencer {
     touched: Vec<RoomId>,
     /// Markers written by the batch being built, by key.
     markers: FxHashMap<Vec<u8>, u64>,
+    /// How many managed rooms a user is a member of, for the users seen
+    /// since the last failed commit (see `user_rooms`).
+    joined: FxHashMap<UserId, usize>,
 }
 
 impl Sequencer {
@@ -159,6 +163,7 @@ impl Sequencer {
             meta: Vec::new(),
             touched: Vec::new(),
             markers: FxHashMap::default(),
+            joined: FxHashMap::default(),
             rooms: FxHashMap::default(),
             dedup: Dedup::new(cfg.dedup_window),
             log,
@@ -311,6 +316,8 @@ impl Sequencer {
             for room in std::mem::take(&mut self.touched) {
                 self.rooms.remove(&room);
             }
+            // Membership counts are reloaded too.
+            self.joined.clear();
             // Entries that never committed are neither fanned out nor acted on.
             outcomes = outcomes
                 .into_iter()
