@@ -305,20 +305,17 @@ impl Driver {
     /// `rate_limit_retries` times. Returns false when it is out of retries.
     fn retry_rate_limited(&mut self, order: u64, retry_after_ms: u32) -> bool {
         let max = self.config.rate_limit_retries;
-        // Only the oldest pending publish is charged a retry: the others
-        // were refused because it was, and wait their turn.
-        let oldest = self.publishes.keys().next() == Some(&order);
+        // From now on one publish at a time, so that the ones behind it are
+        // not refused (and charged) in every round.
         self.publish_window = 1;
         let Some(p) = self.publishes.get_mut(&order) else {
             return true;
         };
         p.on_wire = false;
-        if oldest {
-            if p.rate_limited >= max {
-                return false;
-            }
-            p.rate_limited += 1;
+        if p.rate_limited >= max {
+            return false;
         }
+        p.rate_limited += 1;
         let until = tokio::time::Instant::now()
             + std::time::Duration::from_millis(u64::from(retry_after_ms.max(1)));
         debug!(room = %p.publish.room, client_msg_id = p.publish.client_msg_id, retry_after_ms, "publish rate limited; retrying later");
