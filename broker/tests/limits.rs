@@ -68,6 +68,7 @@ fn retry_after(b: &Body) -> Option<u32> {
 async fn publishes_over_the_limit_are_refused_then_accepted_again() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = test_config(dir.path());
+    config.rate_limits.enabled = true;
     config.rate_limits.publish_per_sec = 2;
     config.rate_limits.publish_burst = 3;
     let broker = start(config).await;
@@ -97,6 +98,7 @@ async fn publishes_over_the_limit_are_refused_then_accepted_again() {
 async fn a_users_devices_share_one_bucket_and_typing_is_dropped_silently() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = test_config(dir.path());
+    config.rate_limits.enabled = true;
     config.rate_limits.user_publish_per_sec = 1;
     config.rate_limits.user_publish_burst = 4;
     config.rate_limits.typing_per_sec = 1;
@@ -156,6 +158,7 @@ async fn a_users_devices_share_one_bucket_and_typing_is_dropped_silently() {
 async fn a_flooding_connection_is_closed_and_only_that_one() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = test_config(dir.path());
+    config.rate_limits.enabled = true;
     config.rate_limits.publish_per_sec = 1;
     config.rate_limits.publish_burst = 1;
     config.rate_limits.flood_rejections = 5;
@@ -206,6 +209,7 @@ async fn a_flooding_connection_is_closed_and_only_that_one() {
 async fn room_requests_are_limited_per_connection() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = test_config(dir.path());
+    config.rate_limits.enabled = true;
     config.rate_limits.room_ops_per_sec = 1;
     config.rate_limits.room_ops_burst = 2;
     let broker = start(config).await;

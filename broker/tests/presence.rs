@@ -54,15 +54,18 @@ async fn push_until(c: &mut Conn, who: &str, status: PresenceStatus) -> Presence
     }
 }
 
-/// Any presence push within `d`.
-async fn any_push(c: &mut Conn, d: Duration) -> Option<Vec<PresenceEntry>> {
+/// Any presence push within `d` about someone else than `me` (a watcher
+/// also hears about its own user).
+async fn any_push(c: &mut Conn, me: &str, d: Duration) -> Option<Vec<PresenceEntry>> {
     let end = tokio::time::Instant::now() + d;
     loop {
         let left = end.checked_duration_since(tokio::time::Instant::now())?;
         match c.recv_timeout(left).await {
             Ok(Some(f)) => {
                 if let Body::PresenceEvent(p) = f.body {
-                    return Some(p.entries);
+                    if p.entries.iter().any(|e| e.user.as_str() != me) {
+                        return Some(p.entries);
+                    }
                 }
             }
             _ => return None,
@@ -158,13 +161,22 @@ async fn presence_is_aggregated_pushed_to_roommates_and_persisted() {
     assert!(gone.last_seen_us > 0);
 
     // Neither the stranger nor the invitee was ever told anything.
-    assert_eq!(any_push(&mut carol, Duration::from_millis(300)).await, None);
-    assert_eq!(any_push(&mut dave, Duration::from_millis(100)).await, None);
+    assert_eq!(
+        any_push(&mut carol, "carol", Duration::from_millis(300)).await,
+        None
+    );
+    assert_eq!(
+        any_push(&mut dave, "dave", Duration::from_millis(100)).await,
+        None
+    );
 
     // Watching off: no more pushes to Bob.
     ack(&mut bob, WatchPresence { enabled: false }).await;
     let alice3 = Conn::open(addr, "alice", "a3").await;
-    assert_eq!(any_push(&mut bob, Duration::from_millis(300)).await, None);
+    assert_eq!(
+        any_push(&mut bob, "bob", Duration::from_millis(300)).await,
+        None
+    );
     drop(alice3);
     let after = loop {
         let e = get(&mut bob, &["alice"]).await;
@@ -210,7 +222,7 @@ async fn changes_within_a_window_are_coalesced_and_membership_is_live() {
     ));
     ack(&mut bob, WatchPresence { enabled: true }).await;
     // Wait for any push about the connections above to be out of the way.
-    while any_push(&mut bob, Duration::from_millis(1_500))
+    while any_push(&mut bob, "bob", Duration::from_millis(1_500))
         .await
         .is_some()
     {}
@@ -224,7 +236,7 @@ async fn changes_within_a_window_are_coalesced_and_membership_is_live() {
         alice.send(SetPresence { status }).await;
     }
     let mut pushes = 0;
-    while let Some(entries) = any_push(&mut bob, Duration::from_millis(2_500)).await {
+    while let Some(entries) = any_push(&mut bob, "bob", Duration::from_millis(2_500)).await {
         pushes += 1;
         assert!(entries.iter().all(|e| e.user.as_str() == "alice"));
         if entries
@@ -252,7 +264,10 @@ async fn changes_within_a_window_are_coalesced_and_membership_is_live() {
         },
     )
     .await;
-    assert_eq!(any_push(&mut bob, Duration::from_millis(2_500)).await, None);
+    assert_eq!(
+        any_push(&mut bob, "bob", Duration::from_millis(2_500)).await,
+        None
+    );
 
     // Asking about too many users at once is refused.
     let many: Vec<UserId> = (0..1001).map(|i| user(&format!("u{i}"))).collect();

@@ -124,6 +124,7 @@ impl PresenceHub {
         if !matches!(stored, Ok(Ok(()))) {
             warn!(%user, "cannot store the last-seen time");
         }
+        self.state().saved(user);
     }
 
     /// Turns pushes on (`Some(outbox)`) or off (`None`) for a connection.
@@ -154,16 +155,17 @@ impl PresenceHub {
             users
                 .into_iter()
                 .map(|u| {
-                    let s = st.status(&u);
-                    (u, s)
+                    let (s, left) = (st.status(&u), st.left_at(&u));
+                    (u, s, left)
                 })
                 .collect()
         };
         statuses
             .into_iter()
-            .map(|(user, status)| {
-                let last_seen_us = match status {
-                    PresenceStatus::Offline => stored_last_seen(self.log.as_ref(), &user)?,
+            .map(|(user, status, left)| {
+                let last_seen_us = match (status, left) {
+                    (PresenceStatus::Offline, Some(t)) => t,
+                    (PresenceStatus::Offline, None) => stored_last_seen(self.log.as_ref(), &user)?,
                     _ => now_us,
                 };
                 Ok(PresenceEntry {

@@ -19,6 +19,9 @@ struct UserState {
     /// When the user's last device disconnected, if that happened since
     /// the user was last published.
     left_at_us: Option<u64>,
+    /// That departure is not stored yet: the user is kept (and reported
+    /// from memory) until [`PresenceState::saved`].
+    unsaved: bool,
 }
 
 impl UserState {
@@ -68,6 +71,7 @@ impl PresenceState {
             devices: FxHashMap::default(),
             published: PresenceStatus::Offline,
             left_at_us: None,
+            unsaved: false,
         });
         st.devices.insert(session, PresenceStatus::Online);
         st.left_at_us = None;
@@ -101,10 +105,32 @@ impl PresenceState {
         self.dirty.insert(user.clone());
         if st.devices.is_empty() {
             st.left_at_us = Some(now_us);
+            st.unsaved = true;
             true
         } else {
             false
         }
+    }
+
+    /// The departure reported by [`PresenceState::disconnect`] is stored:
+    /// the user may be forgotten.
+    pub(crate) fn saved(&mut self, user: &UserId) {
+        let Some(st) = self.users.get_mut(user) else {
+            return;
+        };
+        st.unsaved = false;
+        if st.devices.is_empty() && !self.dirty.contains(user) {
+            self.users.remove(user);
+        }
+    }
+
+    /// When a user with no connected device left, while it is still known
+    /// in memory (None: connected, or ask the storage).
+    pub(crate) fn left_at(&self, user: &UserId) -> Option<u64> {
+        self.users
+            .get(user)
+            .filter(|st| st.devices.is_empty())
+            .and_then(|st| st.left_at_us)
     }
 
     /// A user's current aggregate (`Offline` if not connected).
@@ -136,7 +162,7 @@ impl PresenceState {
                     },
                 });
             }
-            if st.devices.is_empty() {
+            if st.devices.is_empty() && !st.unsaved {
                 self.users.remove(&user);
             }
         }
@@ -217,6 +243,10 @@ mod tests {
                 left_at_us: Some(200)
             }]
         );
+        assert_eq!(s.left_at(&a), Some(200), "known until stored");
+        assert_eq!(s.len(), 2);
+        s.saved(&a);
+        assert_eq!(s.left_at(&a), None);
         assert_eq!(s.len(), 1, "alice forgotten");
         // Unknown sessions change nothing.
         s.set(9, &b, Away);
