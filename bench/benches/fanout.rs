@@ -48,6 +48,7 @@ async fn setup(
     };
     config.listen.tcp = "127.0.0.1:0".parse().expect("address");
     config.storage.durability = Durability::None;
+    config.rate_limits.enabled = false;
     let broker = Broker::builder(config)
         .start()
         .await

@@ -78,6 +78,10 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// The admin endpoints of a running broker.
     pub admin: AdminConfig,
+    /// Per-user and per-connection rate limits.
+    pub rate_limits: RateLimitsConfig,
+    /// Presence.
+    pub presence: PresenceConfig,
 }
 
 /// The operations HTTP endpoint (`/metrics`, `/healthz`, `/readyz`, and the
@@ -252,6 +256,10 @@ pub struct RoomsConfig {
     pub typing_window_ms: u64,
     /// A typing start expires after this long without a refresh, in milliseconds.
     pub typing_ttl_ms: u64,
+    /// Most managed rooms one user may be a member of (created or joined;
+    /// invitations do not count). `CreateRoom` and `JoinRoom` beyond it are
+    /// refused with `TooManyRooms`.
+    pub max_rooms_per_user: usize,
 }
 
 impl Default for RoomsConfig {
@@ -261,6 +269,7 @@ impl Default for RoomsConfig {
             max_members: 10_000,
             typing_window_ms: 200,
             typing_ttl_ms: 5_000,
+            max_rooms_per_user: 10_000,
         }
     }
 }
@@ -291,6 +300,8 @@ impl Default for Config {
             log: LogConfig::default(),
             metrics: MetricsConfig::default(),
             admin: AdminConfig::default(),
+            rate_limits: RateLimitsConfig::default(),
+            presence: PresenceConfig::default(),
         }
     }
 }
@@ -359,6 +370,121 @@ impl Default for LogConfig {
             level: "info".into(),
             format: LogFormat::Text,
         }
+    }
+}
+
+/// Token buckets for what a client may send, per connection and per user
+/// (shared by all of a user's connections). A bucket holds `*_burst`
+/// tokens and refills at `*_per_sec`; each request takes one. The defaults
+/// are far above what a person typing in a chat app sends. Memory: a few
+/// dozen bytes per connection, and per user seen in the last minute.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitsConfig {
+    /// Whether any rate limit applies.
+    pub enabled: bool,
+    /// Publishes per second, per connection.
+    pub publish_per_sec: u32,
+    /// Publish burst, per connection.
+    pub publish_burst: u32,
+    /// Publishes per second, per user (all devices together).
+    pub user_publish_per_sec: u32,
+    /// Publish burst, per user.
+    pub user_publish_burst: u32,
+    /// Typing notifications per second, per connection (excess ones are
+    /// dropped silently).
+    pub typing_per_sec: u32,
+    /// Typing burst, per connection.
+    pub typing_burst: u32,
+    /// Room and presence requests (create, join, leave, invite, remove,
+    /// update, set role, set/watch/get presence) per second, per connection.
+    pub room_ops_per_sec: u32,
+    /// Room request burst, per connection.
+    pub room_ops_burst: u32,
+    /// Room and presence requests per second, per user.
+    pub user_room_ops_per_sec: u32,
+    /// Room request burst, per user.
+    pub user_room_ops_burst: u32,
+    /// A connection refused this many times in a row, within
+    /// `flood_window_ms`, is closed with `RateLimited`.
+    pub flood_rejections: u32,
+    /// The window of `flood_rejections`, in milliseconds.
+    pub flood_window_ms: u64,
+}
+
+impl Default for RateLimitsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            publish_per_sec: 50,
+            publish_burst: 200,
+            user_publish_per_sec: 100,
+            user_publish_burst: 400,
+            typing_per_sec: 5,
+            typing_burst: 20,
+            room_ops_per_sec: 10,
+            room_ops_burst: 50,
+            user_room_ops_per_sec: 20,
+            user_room_ops_burst: 100,
+            flood_rejections: 100,
+            flood_window_ms: 10_000,
+        }
+    }
+}
+
+impl RateLimitsConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let all = [
+            self.publish_per_sec,
+            self.publish_burst,
+            self.user_publish_per_sec,
+            self.user_publish_burst,
+            self.typing_per_sec,
+            self.typing_burst,
+            self.room_ops_per_sec,
+            self.room_ops_burst,
+            self.user_room_ops_per_sec,
+            self.user_room_ops_burst,
+            self.flood_rejections,
+        ];
+        if all.contains(&0) || self.flood_window_ms == 0 {
+            return Err(ConfigError::Invalid(
+                "every rate_limits rate, burst, flood_rejections and flood_window_ms must be at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Presence.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PresenceConfig {
+    /// Presence changes are pushed at most once per this window, in
+    /// milliseconds; all changes of the window go out together.
+    pub window_ms: u64,
+    /// Most users one `GetPresence` may ask about.
+    pub max_query_users: usize,
+}
+
+impl Default for PresenceConfig {
+    fn default() -> Self {
+        Self {
+            window_ms: 1_000,
+            max_query_users: 1_000,
+        }
+    }
+}
+
+impl PresenceConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.window_ms < 10 || self.max_query_users < 1 {
+            return Err(ConfigError::Invalid(
+                "presence.window_ms must be at least 10 and presence.max_query_users at least 1"
+                    .into(),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -530,6 +656,13 @@ impl Config {
         }
         self.retention.validate().map_err(ConfigError::Invalid)?;
         self.push.validate().map_err(ConfigError::Invalid)?;
+        if self.rooms.max_rooms_per_user < 1 {
+            return Err(ConfigError::Invalid(
+                "rooms.max_rooms_per_user must be at least 1".into(),
+            ));
+        }
+        self.rate_limits.validate()?;
+        self.presence.validate()?;
         let jwt = &self.auth.jwt;
         if self.auth.mode == AuthMode::Jwt
             && jwt.hs256_secret_file.as_os_str().is_empty()

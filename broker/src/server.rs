@@ -21,7 +21,9 @@ use crate::config::{AuthMode, Config};
 use crate::embed::authz::Authorizer;
 use crate::embed::{EmbedError, LocalSubscription, Published, RoomChange, SystemMessage};
 use crate::fanout::{self, CatchupCtx};
+use crate::presence::PresenceHub;
 use crate::push::{Dispatcher, Notifier, PushHub, WebhookNotifier};
+use crate::ratelimit::UserLimits;
 use crate::rooms::typing::TypingHub;
 use crate::rooms::RoomRegistry;
 use crate::sequencer::{SeqMsg, Sequencer};
@@ -85,6 +87,9 @@ pub(crate) struct Shared {
     pub(crate) stats: Arc<Stats>,
     pub(crate) devices: DeviceRegistry,
     pub(crate) typing: Arc<TypingHub>,
+    pub(crate) presence: Arc<PresenceHub>,
+    /// Per-user rate-limit buckets, shared by the user's connections.
+    pub(crate) user_limits: Arc<UserLimits>,
     /// `limits.max_connections` permits, shared by every listener.
     pub(crate) conn_permits: Arc<Semaphore>,
     /// The embedding service's access decisions, replacing membership.
@@ -256,6 +261,12 @@ impl BrokerBuilder {
             .map_err(BrokerError::Thread)?;
 
         let config_max_connections = config.limits.max_connections;
+        let presence = Arc::new(PresenceHub::new(
+            log.clone(),
+            config.storage.durability,
+            config.delivery.queue_capacity,
+        ));
+        let user_limits = Arc::new(UserLimits::new(&config.rate_limits));
         let shared = Arc::new(Shared {
             config,
             log,
@@ -267,6 +278,8 @@ impl BrokerBuilder {
             stats,
             devices: DeviceRegistry::default(),
             typing: typing.clone(),
+            presence: presence.clone(),
+            user_limits: user_limits.clone(),
             conn_permits: Arc::new(Semaphore::new(config_max_connections)),
             authorizer: self.authorizer,
             push: push.clone(),
@@ -299,6 +312,12 @@ impl BrokerBuilder {
                 shutdown.clone(),
             ));
         }
+        tasks.spawn(crate::presence::run(
+            presence,
+            Duration::from_millis(shared.config.presence.window_ms),
+            shutdown.clone(),
+        ));
+        tasks.spawn(crate::ratelimit::run_sweeper(user_limits, shutdown.clone()));
         let Listeners {
             tcp,
             tcp_addr,

@@ -81,6 +81,11 @@ pub struct ClientConfig {
     pub max_out_of_order: usize,
     /// Events per history request when filling a gap. Default 500.
     pub history_page_size: u16,
+    /// How many times one publish refused with `RateLimited` is sent again,
+    /// each time after the broker's `retry_after_ms` (while it waits, later
+    /// publishes wait too, so that their order is kept). After that the
+    /// publish fails with [`ClientError::RateLimited`]. Default 5.
+    pub rate_limit_retries: u32,
     /// Where the last delivered sequence of each room is kept. Default: in
     /// memory ([`MemoryCursorStore`]).
     pub cursor_store: Arc<dyn CursorStore>,
@@ -135,6 +140,7 @@ impl ClientConfig {
             event_buffer_capacity: 1024,
             max_out_of_order: 4096,
             history_page_size: 500,
+            rate_limit_retries: 5,
             cursor_store: Arc::new(MemoryCursorStore::new()),
         }
     }

@@ -6,6 +6,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use confab_codec::{CodecError, ErrorCode};
 
@@ -21,9 +22,10 @@ use confab_codec::{CodecError, ErrorCode};
 ///
 /// match client.publish("general", "hello").await {
 ///     Ok(ack) => println!("stored as #{}", ack.seq),
-///     Err(ClientError::Server { code: ErrorCode::RateLimited, retry_after_ms, .. }) => {
-///         println!("slow down: retry in {retry_after_ms} ms");
+///     Err(ClientError::RateLimited { retry_after, .. }) => {
+///         println!("slow down: retry in {retry_after:?}");
 ///     }
+///     Err(ClientError::Server { code: ErrorCode::NotMember, .. }) => println!("join first"),
 ///     Err(ClientError::Closed) => println!("the client was closed"),
 ///     Err(e) => println!("not sent: {e}"),
 /// }
@@ -48,6 +50,17 @@ pub enum ClientError {
         /// For `RateLimited`: how long to wait before retrying, in
         /// milliseconds; otherwise 0.
         retry_after_ms: u32,
+    },
+    /// The broker refused the request under a rate limit (`Error` code
+    /// `RateLimited`); it was not carried out. Wait at least `retry_after`
+    /// before trying again. Publishes are first retried automatically (see
+    /// [`ClientConfig::rate_limit_retries`](crate::ClientConfig::rate_limit_retries)).
+    #[error("rate limited: retry in {} ms ({message})", retry_after.as_millis())]
+    RateLimited {
+        /// How long to wait before retrying.
+        retry_after: Duration,
+        /// The broker's detail.
+        message: String,
     },
     /// The outbound queue is full (only from the `try_` calls, which never
     /// wait).
@@ -133,12 +146,22 @@ impl ClientError {
     pub fn code(&self) -> Option<ErrorCode> {
         match self {
             ClientError::Server { code, .. } | ClientError::Fatal { code, .. } => Some(*code),
+            ClientError::RateLimited { .. } => Some(ErrorCode::RateLimited),
             _ => None,
         }
     }
 
-    /// Builds a [`ClientError::Server`] from an `Error` frame.
+    /// Builds a [`ClientError::Server`] (or [`ClientError::RateLimited`])
+    /// from an `Error` frame.
     pub(crate) fn server(frame: &confab_codec::ErrorFrame) -> Self {
+        if frame.code == ErrorCode::RateLimited {
+            return ClientError::RateLimited {
+                // Never zero: a client that retries at once only earns
+                // another refusal.
+                retry_after: Duration::from_millis(u64::from(frame.retry_after_ms.max(1))),
+                message: frame.message.clone(),
+            };
+        }
         ClientError::Server {
             code: frame.code,
             message: frame.message.clone(),
@@ -230,6 +253,29 @@ mod tests {
         assert_eq!(e.to_string(), "server error NotMember: join first");
         assert_eq!(e.code(), Some(ErrorCode::NotMember));
         assert_eq!(ClientError::QueueFull.code(), None);
+    }
+
+    #[test]
+    fn rate_limited_is_typed_with_its_delay() {
+        let frame = confab_codec::ErrorFrame {
+            code: ErrorCode::RateLimited,
+            retry_after_ms: 250,
+            message: "slow down".into(),
+        };
+        let e = ClientError::server(&frame);
+        assert!(matches!(
+            &e,
+            ClientError::RateLimited { retry_after, .. } if *retry_after == Duration::from_millis(250)
+        ));
+        assert_eq!(e.code(), Some(ErrorCode::RateLimited));
+        let zero = confab_codec::ErrorFrame {
+            retry_after_ms: 0,
+            ..frame
+        };
+        assert!(matches!(
+            ClientError::server(&zero),
+            ClientError::RateLimited { retry_after, .. } if !retry_after.is_zero()
+        ));
     }
 
     #[test]

@@ -1,6 +1,7 @@
-//! Thin calls for rooms, typing, presence and receipts: each sends one
-//! request frame and returns the broker's reply, or its `Error` as
-//! [`ClientError::Server`].
+//! Thin calls for rooms, typing, presence, receipts and token refresh:
+//! each sends one request frame and returns the broker's reply, or its
+//! `Error` as [`ClientError::Server`] ([`ClientError::RateLimited`] for
+//! `RateLimited`).
 //!
 //! Every call here is cancel-safe in the sense that dropping the future
 //! never corrupts the client; but a request already handed to the
@@ -13,13 +14,16 @@
 use confab_codec::{
     Ack, Body, CreateRoom, GetMessageStatus, GetPresence, GetRoomInfo, InviteMember, JoinPolicy,
     JoinRoom, LeaveRoom, ListRooms, MessageStatus, PresenceEntry, PresenceStatus, Receipt,
-    ReceiptKind, RemoveMember, Role, RoomId, RoomInfo, RoomKind, RoomList, RoomMeta, Seq,
-    SetPresence, SetRole, Typing, UpdateRoom, WatchPresence,
+    ReceiptKind, RefreshToken, RemoveMember, Role, RoomId, RoomInfo, RoomKind, RoomList, RoomMeta,
+    Seq, SetPresence, SetRole, Typing, UpdateRoom, WatchPresence,
 };
+use futures_util::Stream;
+use tokio::sync::broadcast::error::RecvError;
 
 use crate::client::{unexpected, Client};
 use crate::driver::ReqMode;
 use crate::error::ClientError;
+use crate::events::Signal;
 use crate::ids::{IntoRoomId, IntoUserId};
 
 impl Client {
@@ -427,6 +431,63 @@ impl Client {
             Body::PresenceEvent(p) => Ok(p.entries),
             other => Err(unexpected(&other)),
         }
+    }
+
+    /// The presence changes pushed from now on, after
+    /// [`Client::watch_presence`]`(true)`: each item holds the users whose
+    /// aggregated presence changed in one broker window. A consumer that
+    /// falls far behind skips the oldest items; [`Client::get_presence`]
+    /// tells the current state. Ends when the client is closed.
+    ///
+    /// ```no_run
+    /// # async fn run(client: confab_client::Client) -> Result<(), confab_client::ClientError> {
+    /// use futures_util::StreamExt;
+    ///
+    /// let updates = client.presence_events();
+    /// client.watch_presence(true).await?;
+    /// futures_util::pin_mut!(updates);
+    /// while let Some(entries) = updates.next().await {
+    ///     for e in entries {
+    ///         println!("{} is {:?}", e.user, e.status);
+    ///     }
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn presence_events(&self) -> impl Stream<Item = Vec<PresenceEntry>> + Send + 'static {
+        futures_util::stream::unfold(self.signals(), |mut rx| async move {
+            loop {
+                match rx.recv().await {
+                    Ok(Signal::Presence(entries)) => return Some((entries, rx)),
+                    Ok(_) | Err(RecvError::Lagged(_)) => {}
+                    Err(RecvError::Closed) => return None,
+                }
+            }
+        })
+    }
+
+    /// Replaces the connection's token before it expires: sends
+    /// `RefreshToken` on the live connection (the broker answers `Ack` and
+    /// moves the connection's expiry), and uses `token` for every later
+    /// connection. While offline it only replaces the token for the next
+    /// connection. [`Client::config`] keeps showing the original token.
+    ///
+    /// ```no_run
+    /// # async fn run(client: confab_client::Client, fresh_jwt: String) -> Result<(), confab_client::ClientError> {
+    /// client.refresh_token(fresh_jwt).await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// If the broker refuses the token (`Unauthenticated` for a bad one or
+    /// one of another user, `TokenExpired`) it closes the connection, and
+    /// the client stops with [`ClientError::Fatal`]; this call then fails
+    /// with that error or [`ClientError::ConnectionLost`]. Otherwise the
+    /// common ones.
+    pub async fn refresh_token(&self, token: impl Into<String>) -> Result<(), ClientError> {
+        self.ack_reply(RefreshToken {
+            token: token.into(),
+        })
+        .await
     }
 
     /// Moves the user's read marker in a room up to `seq`. Returns once

@@ -96,6 +96,8 @@ async fn start_broker(dir: &Path, addr: SocketAddr) -> BrokerHandle {
     config.listen.tcp = addr;
     // QUIC listens on a fixed port by default; not needed here.
     config.listen.quic = None;
+    // Faults are the subject here, not rate limits (tested in sdk_chat.rs).
+    config.rate_limits.enabled = false;
     // A small per-device queue, so that stalled devices are switched to
     // catch-up from the log (Lagging / CaughtUp) now and then.
     config.delivery.queue_capacity = 32;

@@ -160,6 +160,25 @@ impl Outbox {
         self.ready[0].notify_one();
     }
 
+    /// Queues an unsolicited control frame (a presence push) unless the
+    /// control queue already holds `max` frames or the outbox is closed;
+    /// returns false if it was dropped.
+    pub(crate) fn try_push_control(&self, frame: Bytes, max: usize) -> bool {
+        {
+            let mut l = self.lock();
+            if l.closed {
+                return true;
+            }
+            if l.control.len() >= max {
+                return false;
+            }
+            self.stats.queued(1, frame.len() as i64);
+            l.control.push_back(frame);
+        }
+        self.ready[0].notify_one();
+        true
+    }
+
     /// Queues a room event in `lane` if it has room, without waking the
     /// writer (call [`Outbox::wake`] or [`Outbox::mark_wake`]). Returns false
     /// if the lane is full; closed outboxes accept and drop.

@@ -13,6 +13,7 @@ mod dedup;
 mod hooks;
 mod references;
 mod room_ops;
+mod user_rooms;
 
 pub(crate) use room_ops::{ReceiptReq, RoomOp, RoomOpReq};
 
@@ -162,6 +163,9 @@ pub(crate) struct Sequencer {
     pending: references::Pending,
     /// Offline push, when on.
     push: Option<Arc<PushHub>>,
+    /// How many managed rooms a user is a member of, for the users seen
+    /// since the last failed commit (see `user_rooms`).
+    joined: FxHashMap<UserId, usize>,
 }
 
 impl Sequencer {
@@ -182,6 +186,7 @@ impl Sequencer {
             external_authz: false,
             pending: references::Pending::default(),
             push: None,
+            joined: FxHashMap::default(),
             rooms: FxHashMap::default(),
             dedup: Dedup::new(cfg.dedup_window),
             log,
@@ -353,6 +358,8 @@ impl Sequencer {
             for room in std::mem::take(&mut self.touched) {
                 self.rooms.remove(&room);
             }
+            // Membership counts are reloaded too.
+            self.joined.clear();
             // Entries that never committed are neither fanned out nor acted on.
             outcomes = outcomes
                 .into_iter()

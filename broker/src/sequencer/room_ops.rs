@@ -203,13 +203,16 @@ impl Sequencer {
             }
             RoomOp::Join(room) => {
                 let st = self.managed(&room)?;
-                match st.members.get(me) {
-                    Some(Role::Invited) => {}
+                // An invitee already holds a place (invitations count
+                // towards rooms.max_members).
+                let more = match st.members.get(me) {
+                    Some(Role::Invited) => 0,
                     Some(_) => return Ok(Reply::Info(room)),
-                    None if st.record.policy() == JoinPolicy::Open => {}
+                    None if st.record.policy() == JoinPolicy::Open => 1,
                     None => return err(ErrorCode::Forbidden, "the room is invite-only"),
-                }
-                self.check_capacity(&room, 1)?;
+                };
+                self.check_capacity(&room, more)?;
+                self.check_user_rooms(me)?;
                 self.change(&room, me, Some(Role::Member));
                 self.internal(
                     conn,
@@ -414,6 +417,7 @@ impl Sequencer {
                 format!("room {room} is already in use as an unmanaged room"),
             );
         }
+        self.check_user_rooms(&me)?;
         let record = RoomRecord {
             kind: c.kind as u8,
             policy: policy as u8,
@@ -473,6 +477,15 @@ impl Sequencer {
         if !self.touched.contains(room) {
             self.touched.push(room.clone());
         }
+        let was = self
+            .rooms
+            .get(room)
+            .and_then(|r| r.state.as_ref())
+            .map(|st| st.members.get(user).copied());
+        let Some(was) = was else {
+            return;
+        };
+        self.count_membership(user, was, role);
         let Some(st) = self.rooms.get_mut(room).and_then(|r| r.state.as_mut()) else {
             return;
         };

@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use confab_codec::{
-    flags, raw, Ack, Body, Direction, ErrorCode, ErrorFrame, Frame, Goodbye, Hello, HistoryRequest,
-    ListRooms, Pong, Publish, RegisterPush, RoomId, Seq, SubscribeItem as WireItem,
-    SubscribeResult, Typing, Welcome, PROTOCOL_VERSION,
+    flags, raw, Ack, Body, Direction, ErrorCode, ErrorFrame, Frame, GetPresence, Goodbye, Hello,
+    HistoryRequest, ListRooms, Pong, PresenceEvent, Publish, RegisterPush, RoomId, Seq,
+    SubscribeItem as WireItem, SubscribeResult, Typing, Welcome, PROTOCOL_VERSION,
 };
 use futures_util::StreamExt;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
@@ -25,6 +25,8 @@ use super::ConnCtx;
 use crate::auth::Identity;
 use crate::embed::authz::{AccessRequest, Action, Denied};
 use crate::fanout::{Outbox, SubscribeCmd, SubscribeItem, Subscription};
+use crate::presence;
+use crate::ratelimit::{ConnLimits, Kind, Verdict};
 use crate::rooms;
 use crate::sequencer::{now_us, sender_key, PublishReq, ReceiptReq, RoomOp, RoomOpReq, SeqMsg};
 use crate::server::Shared;
@@ -160,6 +162,7 @@ where
     if let Some(push) = &shared.push {
         push.session_started(&conn.user);
     }
+    shared.presence.connect(session_id, &conn.user);
 
     let writer_done = CancellationToken::new();
     let writer = egress.spawn_writer(WriterCtx {
@@ -191,6 +194,8 @@ where
         shared: shared.clone(),
         subs: HashMap::new(),
         grant,
+        session_id,
+        limits: shared.user_limits.connection(),
     };
     let reason = session
         .run(hello, request_id, &mut frames, &writer_done, &replaced)
@@ -202,6 +207,10 @@ where
     if let Some(push) = &shared.push {
         push.session_ended(&session.conn.user);
     }
+    shared
+        .presence
+        .disconnect(session_id, &session.conn.user, now_us())
+        .await;
 
     if let Some((code, message)) = &reason {
         if *code != ErrorCode::Normal {
@@ -324,6 +333,8 @@ struct Session {
     shared: Arc<Shared>,
     subs: HashMap<RoomId, Arc<Subscription>>,
     grant: Grant,
+    session_id: u64,
+    limits: ConnLimits,
 }
 
 /// What the connection's current token allows, and until when.
@@ -410,6 +421,40 @@ impl Session {
     async fn handle(&mut self, frame: Frame) -> Option<CloseReason> {
         let rid = frame.request_id;
         let outbox = self.conn.outbox.clone();
+        if let Some(kind) = limited_kind(&frame.body) {
+            match self.limits.check(
+                &self.shared.user_limits,
+                &self.conn.user,
+                kind,
+                tokio::time::Instant::now(),
+            ) {
+                Verdict::Allowed => {}
+                // Excess typing is dropped silently (protocol 7.6.1).
+                Verdict::Limited { .. } if kind == Kind::Typing => return None,
+                Verdict::Limited { retry_after_ms } => {
+                    push(
+                        &outbox,
+                        Frame::request(
+                            rid,
+                            ErrorFrame {
+                                code: ErrorCode::RateLimited,
+                                retry_after_ms,
+                                message: format!("rate limited; retry in {retry_after_ms} ms"),
+                            },
+                        ),
+                    );
+                    return None;
+                }
+                Verdict::Flooding(why) => {
+                    info!(session_id = self.session_id, user = %self.conn.user, %why, "closing a flooding connection");
+                    push(
+                        &outbox,
+                        error_frame(rid, ErrorCode::RateLimited, why.clone()),
+                    );
+                    return Some((ErrorCode::RateLimited, format!("flooding: {why}")));
+                }
+            }
+        }
         match frame.body {
             Body::Ping(p) => push(&outbox, Frame::request(rid, Pong { nonce: p.nonce })),
             Body::Pong(_) | Body::Extension { .. } => {}
@@ -458,6 +503,20 @@ impl Session {
                 }
             }
             Body::GetMessageStatus(g) => self.message_status(rid, g.room, g.seq).await,
+            Body::SetPresence(p) => {
+                self.shared
+                    .presence
+                    .set(self.session_id, &self.conn.user, p.status);
+                push(&outbox, Frame::request(rid, Ack {}));
+            }
+            Body::WatchPresence(w) => {
+                let target = w.enabled.then(|| outbox.clone());
+                self.shared
+                    .presence
+                    .watch(self.session_id, &self.conn.user, target);
+                push(&outbox, Frame::request(rid, Ack {}));
+            }
+            Body::GetPresence(g) => self.get_presence(rid, g).await,
             Body::Typing(t) => self.typing(rid, t).await,
             Body::ListRooms(l) => self.list_rooms(rid, l).await,
             Body::HistoryRequest(h) => {
@@ -885,6 +944,32 @@ impl Session {
         push(&self.conn.outbox, frame);
     }
 
+    /// Answers with the presence of the asked users who share a room with
+    /// this user (and this user's own); the others are left out.
+    async fn get_presence(&mut self, rid: u32, g: GetPresence) {
+        let max = self.shared.config.presence.max_query_users;
+        if g.users.len() > max {
+            let msg = format!("at most {max} users per GetPresence");
+            push(
+                &self.conn.outbox,
+                error_frame(rid, ErrorCode::InvalidRequest, msg),
+            );
+            return;
+        }
+        let (shared, user) = (self.shared.clone(), self.conn.user.clone());
+        let read = tokio::task::spawn_blocking(move || {
+            let visible = presence::visible_to(shared.log.as_ref(), &user, &g.users)?;
+            shared.presence.entries(visible, now_us())
+        })
+        .await;
+        let frame = match read {
+            Ok(Ok(entries)) => Frame::request(rid, PresenceEvent { entries }),
+            Ok(Err(e)) => error_frame(rid, ErrorCode::Internal, e.to_string()),
+            Err(e) => error_frame(rid, ErrorCode::Internal, e.to_string()),
+        };
+        push(&self.conn.outbox, frame);
+    }
+
     fn unsubscribe_all(&mut self) {
         let subs: Vec<_> = self.subs.drain().map(|(_, s)| s).collect();
         for s in &subs {
@@ -893,5 +978,24 @@ impl Session {
         if !subs.is_empty() {
             let _ = self.shared.sequencer.send(SeqMsg::Unsubscribe(subs));
         }
+    }
+}
+
+/// Which rate-limit bucket a client frame is charged to, if any.
+fn limited_kind(body: &Body) -> Option<Kind> {
+    match body {
+        Body::Publish(_) => Some(Kind::Publish),
+        Body::Typing(_) => Some(Kind::Typing),
+        Body::CreateRoom(_)
+        | Body::JoinRoom(_)
+        | Body::LeaveRoom(_)
+        | Body::InviteMember(_)
+        | Body::RemoveMember(_)
+        | Body::UpdateRoom(_)
+        | Body::SetRole(_)
+        | Body::SetPresence(_)
+        | Body::WatchPresence(_)
+        | Body::GetPresence(_) => Some(Kind::RoomOp),
+        _ => None,
     }
 }

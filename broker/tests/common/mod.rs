@@ -170,6 +170,8 @@ pub fn test_config(dir: &Path) -> Config {
     c.listen.quic = Some("127.0.0.1:0".parse().unwrap());
     c.storage.durability = Durability::Wal;
     c.log.level = "warn".into();
+    // Tests publish far faster than people; the limit tests turn it on.
+    c.rate_limits.enabled = false;
     c
 }
 

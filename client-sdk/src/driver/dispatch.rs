@@ -37,6 +37,8 @@ impl Driver {
                         publish: o.publish,
                         reply: o.reply,
                         _permit: o.permit,
+                        on_wire: false,
+                        rate_limited: 0,
                     },
                 );
                 self.send_publish(order);
@@ -152,6 +154,9 @@ impl Driver {
         match &body {
             Body::SetPresence(p) => self.presence = Some(p.status),
             Body::WatchPresence(w) => self.watching_presence = w.enabled,
+            // Used from the next Hello on; a refused token ends the client
+            // (Unauthenticated is fatal), so there is nothing to undo.
+            Body::RefreshToken(t) => self.token = t.token.clone(),
             _ => {}
         }
         if self.conn.is_some() {
@@ -162,8 +167,9 @@ impl Driver {
             (ReqMode::Ephemeral, _) => {
                 let _ = reply.send(Err(ClientError::NotConnected));
             }
-            // Applied by `establish` on the next connection.
-            (_, Body::SetPresence(_) | Body::WatchPresence(_)) => {
+            // Applied by `establish` (or the next Hello) on the next
+            // connection.
+            (_, Body::SetPresence(_) | Body::WatchPresence(_) | Body::RefreshToken(_)) => {
                 let _ = reply.send(Ok(Body::Ack(Ack {})));
             }
             _ if self.deferred.len() >= self.config.outbound_queue_capacity => {
@@ -220,10 +226,23 @@ impl Driver {
         }
     }
 
-    /// Sends a pending publish on the current connection, if any.
+    /// Sends a pending publish on the current connection, if any, unless
+    /// publishing is paused by a rate limit (it is sent when the pause
+    /// ends, in order).
     pub(super) fn send_publish(&mut self, order: u64) {
+        if self
+            .publish_paused_until
+            .is_some_and(|until| until > tokio::time::Instant::now())
+        {
+            return;
+        }
+        if self.publish_window != usize::MAX
+            && self.publishes.values().filter(|p| p.on_wire).count() >= self.publish_window
+        {
+            return;
+        }
         let rid = self.next_rid();
-        let (Some(conn), Some(p)) = (self.conn.as_mut(), self.publishes.get(&order)) else {
+        let (Some(conn), Some(p)) = (self.conn.as_mut(), self.publishes.get_mut(&order)) else {
             return;
         };
         let max = conn.welcome.max_payload_len;
@@ -234,8 +253,74 @@ impl Driver {
             self.complete_publish(order, Err(ClientError::PayloadTooLarge { len, max }));
             return;
         }
+        p.on_wire = true;
         conn.inflight.insert(rid, Inflight::Publish(order));
         conn.send(Frame::request(rid, p.publish.clone()));
+    }
+
+    /// Ends a rate-limit pause that is over: sends, in order, every pending
+    /// publish that is not on the wire.
+    pub(super) fn resume_publishes(&mut self) {
+        match self.publish_paused_until {
+            Some(until) if until <= tokio::time::Instant::now() => {}
+            _ => return,
+        }
+        self.publish_paused_until = None;
+        debug!(
+            window = self.publish_window,
+            "rate-limit pause over; sending again"
+        );
+        self.send_waiting_publishes();
+    }
+
+    /// Sends, in order, the pending publishes not on the wire, as far as
+    /// the publish window allows.
+    fn send_waiting_publishes(&mut self) {
+        let orders: Vec<u64> = self
+            .publishes
+            .iter()
+            .filter(|(_, p)| !p.on_wire)
+            .map(|(o, _)| *o)
+            .collect();
+        for order in orders {
+            self.send_publish(order);
+        }
+    }
+
+    /// An acknowledgement after a rate limit: the window doubles (and is
+    /// lifted once it reaches the outbound queue's size).
+    fn widen_publish_window(&mut self) {
+        if self.publish_window == usize::MAX {
+            return;
+        }
+        self.publish_window = self.publish_window.saturating_mul(2);
+        if self.publish_window >= self.config.outbound_queue_capacity {
+            self.publish_window = usize::MAX;
+        }
+        self.send_waiting_publishes();
+    }
+
+    /// A publish was refused with `RateLimited`: pause publishing for
+    /// `retry_after_ms` and send it again then, up to
+    /// `rate_limit_retries` times. Returns false when it is out of retries.
+    fn retry_rate_limited(&mut self, order: u64, retry_after_ms: u32) -> bool {
+        let max = self.config.rate_limit_retries;
+        // From now on one publish at a time, so that the ones behind it are
+        // not refused (and charged) in every round.
+        self.publish_window = 1;
+        let Some(p) = self.publishes.get_mut(&order) else {
+            return true;
+        };
+        p.on_wire = false;
+        if p.rate_limited >= max {
+            return false;
+        }
+        p.rate_limited += 1;
+        let until = tokio::time::Instant::now()
+            + std::time::Duration::from_millis(u64::from(retry_after_ms.max(1)));
+        debug!(room = %p.publish.room, client_msg_id = p.publish.client_msg_id, retry_after_ms, "publish rate limited; retrying later");
+        self.publish_paused_until = Some(self.publish_paused_until.map_or(until, |u| u.max(until)));
+        true
     }
 
     /// Subscribes rooms on the current connection from their positions.
@@ -404,12 +489,26 @@ impl Driver {
         };
         match inflight {
             Inflight::Publish(order) => {
+                if let Body::Error(e) = &body {
+                    if e.code == ErrorCode::RateLimited
+                        && self.retry_rate_limited(order, e.retry_after_ms)
+                    {
+                        return;
+                    }
+                }
                 let result = match body {
                     Body::PublishAck(ack) => Ok(ack),
                     Body::Error(e) => Err(ClientError::server(&e)),
                     other => Err(ClientError::UnexpectedReply(other.name())),
                 };
+                let acked = result.is_ok();
                 self.complete_publish(order, result);
+                if acked {
+                    self.widen_publish_window();
+                } else if self.publish_window != usize::MAX {
+                    // Its place in the window is free again.
+                    self.send_waiting_publishes();
+                }
             }
             Inflight::Subscribe(items) => match body {
                 Body::SubscribeAck(ack) => self.on_subscribe_ack(items, ack.results),

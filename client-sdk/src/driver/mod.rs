@@ -86,6 +86,10 @@ struct PendingPub {
     publish: Publish,
     reply: oneshot::Sender<Result<PublishAck, ClientError>>,
     _permit: OwnedSemaphorePermit,
+    /// Sent on the current connection and not answered yet.
+    on_wire: bool,
+    /// Times the broker refused it with `RateLimited`.
+    rate_limited: u32,
 }
 
 /// A request waiting for a connection.
@@ -141,6 +145,15 @@ struct Driver {
     next_order: u64,
     deferred: VecDeque<Deferred>,
     flush_waiters: Vec<oneshot::Sender<()>>,
+    /// The token for the next `Hello` (replaced by `refresh_token`).
+    token: String,
+    /// After a `RateLimited` publish: no publish is sent before this.
+    publish_paused_until: Option<Instant>,
+    /// Most publishes on the wire at once: unlimited normally; after a
+    /// `RateLimited` refusal 1, doubling with every acknowledgement (a slow
+    /// start, so that a long queue does not meet the limit all at once and
+    /// look like a flood).
+    publish_window: usize,
     /// Per-connection settings the broker forgets, applied on reconnect.
     presence: Option<confab_codec::PresenceStatus>,
     watching_presence: bool,
@@ -157,6 +170,9 @@ struct Driver {
 impl Driver {
     fn new(p: Parts) -> Self {
         Self {
+            token: p.config.token.clone(),
+            publish_paused_until: None,
+            publish_window: usize::MAX,
             config: p.config,
             dialer: p.dialer,
             cmds: p.cmds,
@@ -355,7 +371,7 @@ impl Driver {
         let hello = Hello {
             min_version: PROTOCOL_VERSION,
             max_version: PROTOCOL_VERSION,
-            token: self.config.token.clone(),
+            token: self.token.clone(),
             device: self.config.device.clone(),
             client_name: self.config.client_name.clone(),
             resume,
@@ -435,7 +451,10 @@ impl Driver {
                 let Some(conn) = self.conn.as_mut() else {
                     return SessionEnd::Lost(DisconnectReason::Io("no connection".into()));
                 };
-                let timer = conn.next_timer();
+                let timer = match self.publish_paused_until {
+                    Some(until) => conn.next_timer().min(until),
+                    None => conn.next_timer(),
+                };
                 let has_out = conn.out.has_pending();
                 let has_events = conn.events.is_some();
                 tokio::select! {
@@ -484,6 +503,7 @@ impl Driver {
                     if let Some(Err(reason)) = self.conn.as_mut().map(Conn::on_timer) {
                         return SessionEnd::Lost(reason);
                     }
+                    self.resume_publishes();
                 }
                 Input::Command(Some(cmd)) => {
                     if self.on_command(cmd) == Flow::Stop {
@@ -511,6 +531,9 @@ impl Driver {
     /// Cleans up after a lost connection; everything that must survive
     /// (rooms, publishes) is kept for the next one.
     fn connection_lost(&mut self, reason: DisconnectReason) {
+        for p in self.publishes.values_mut() {
+            p.on_wire = false;
+        }
         if let Some(mut conn) = self.conn.take() {
             for (_, inflight) in conn.inflight.drain() {
                 match inflight {

@@ -1,0 +1,256 @@
+//! Presence: per-device status aggregated per user, last-seen times, and
+//! coalesced pushes to the watchers who share a room with the user.
+//!
+//! The shape follows typing (`rooms::typing`): device events only update
+//! [`state::PresenceState`] under a short lock; a hub task wakes once per
+//! `presence.window_ms`, takes the aggregates that really changed (many
+//! device events of one user in a window are one change), and resolves who
+//! may see them on a blocking thread, from the stored membership (two users
+//! share presence when both are members, not invitees, of one managed
+//! room). Each watching connection then receives at most one
+//! `PresenceEvent` per window. Nothing of this runs per device event, and
+//! no storage read runs on the reactor.
+//!
+//! Last-seen times are stored in the metadata keyspace (`S` · len(user) ·
+//! user → u64 big-endian microseconds) when a user's last device
+//! disconnects, through [`RoomLog::commit`] on a blocking thread.
+
+mod share;
+pub(crate) mod state;
+
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use confab_codec::{Frame, PresenceEntry, PresenceEvent, PresenceStatus, UserId};
+use rustc_hash::FxHashMap;
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
+
+pub(crate) use share::visible_to;
+
+use crate::config::Durability;
+use crate::fanout::Outbox;
+use crate::storage::{MetaWrite, RoomLog, StorageError};
+use state::{Change, PresenceState};
+
+/// Key of a user's last-seen time.
+pub(crate) fn last_seen_key(user: &UserId) -> Vec<u8> {
+    let id = user.as_bytes();
+    let mut k = Vec::with_capacity(2 + id.len());
+    k.push(b'S');
+    k.push(id.len() as u8);
+    k.extend_from_slice(id);
+    k
+}
+
+/// A user's stored last-seen time (0 if never seen).
+///
+/// # Errors
+/// If the storage fails.
+pub(crate) fn stored_last_seen(log: &dyn RoomLog, user: &UserId) -> Result<u64, StorageError> {
+    Ok(log
+        .meta_get(&last_seen_key(user))?
+        .and_then(|v| v.get(..8).and_then(|b| b.try_into().ok()))
+        .map_or(0, u64::from_be_bytes))
+}
+
+/// One connection that turned `WatchPresence` on.
+#[derive(Debug, Clone)]
+struct Watcher {
+    session: u64,
+    outbox: Arc<Outbox>,
+}
+
+/// The running broker's presence.
+pub(crate) struct PresenceHub {
+    state: Mutex<PresenceState>,
+    /// Watching connections, by their user.
+    watchers: RwLock<FxHashMap<UserId, Vec<Watcher>>>,
+    log: Arc<dyn RoomLog>,
+    durability: Durability,
+    /// Most frames a watcher's control queue may hold before a push to it
+    /// is dropped (it is then a slow consumer; `GetPresence` catches up).
+    max_queued: usize,
+}
+
+impl std::fmt::Debug for PresenceHub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PresenceHub")
+            .field("users", &self.state().len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PresenceHub {
+    pub(crate) fn new(log: Arc<dyn RoomLog>, durability: Durability, max_queued: usize) -> Self {
+        Self {
+            state: Mutex::new(PresenceState::default()),
+            watchers: RwLock::new(FxHashMap::default()),
+            log,
+            durability,
+            max_queued,
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, PresenceState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A device connected (it starts online).
+    pub(crate) fn connect(&self, session: u64, user: &UserId) {
+        self.state().connect(session, user);
+    }
+
+    /// A connected device set its status.
+    pub(crate) fn set(&self, session: u64, user: &UserId, status: PresenceStatus) {
+        self.state().set(session, user, status);
+    }
+
+    /// A device disconnected: it stops watching, and if it was the user's
+    /// last device the user's last-seen time is stored (on a blocking
+    /// thread, awaited, so shutdown waits for it).
+    pub(crate) async fn disconnect(&self, session: u64, user: &UserId, now_us: u64) {
+        self.watch(session, user, None);
+        if !self.state().disconnect(session, user, now_us) {
+            return;
+        }
+        let write = MetaWrite {
+            key: last_seen_key(user),
+            value: Some(now_us.to_be_bytes().to_vec()),
+        };
+        let (log, durability) = (self.log.clone(), self.durability);
+        let stored =
+            tokio::task::spawn_blocking(move || log.commit(&[], &[write], durability)).await;
+        if !matches!(stored, Ok(Ok(()))) {
+            warn!(%user, "cannot store the last-seen time");
+        }
+        self.state().saved(user);
+    }
+
+    /// Turns pushes on (`Some(outbox)`) or off (`None`) for a connection.
+    pub(crate) fn watch(&self, session: u64, user: &UserId, outbox: Option<Arc<Outbox>>) {
+        let mut watchers = self.watchers.write().unwrap_or_else(|p| p.into_inner());
+        let list = watchers.entry(user.clone()).or_default();
+        list.retain(|w| w.session != session);
+        if let Some(outbox) = outbox {
+            list.push(Watcher { session, outbox });
+        }
+        if list.is_empty() {
+            watchers.remove(user);
+        }
+    }
+
+    /// The current entries of `users` (the caller checked visibility),
+    /// reading stored last-seen times for the offline ones. Blocking.
+    ///
+    /// # Errors
+    /// If the storage fails.
+    pub(crate) fn entries(
+        &self,
+        users: Vec<UserId>,
+        now_us: u64,
+    ) -> Result<Vec<PresenceEntry>, StorageError> {
+        let statuses: Vec<_> = {
+            let st = self.state();
+            users
+                .into_iter()
+                .map(|u| {
+                    let (s, left) = (st.status(&u), st.left_at(&u));
+                    (u, s, left)
+                })
+                .collect()
+        };
+        statuses
+            .into_iter()
+            .map(|(user, status, left)| {
+                let last_seen_us = match (status, left) {
+                    (PresenceStatus::Offline, Some(t)) => t,
+                    (PresenceStatus::Offline, None) => stored_last_seen(self.log.as_ref(), &user)?,
+                    _ => now_us,
+                };
+                Ok(PresenceEntry {
+                    user,
+                    status,
+                    last_seen_us,
+                })
+            })
+            .collect()
+    }
+
+    /// Resolves one window's changes into one frame per watching user, and
+    /// queues it for each of their watching connections. Blocking.
+    fn publish(&self, changes: Vec<Change>, now_us: u64) -> Result<(), StorageError> {
+        let watching: Vec<UserId> = {
+            let w = self.watchers.read().unwrap_or_else(|p| p.into_inner());
+            if w.is_empty() {
+                return Ok(());
+            }
+            w.keys().cloned().collect()
+        };
+        let mut per_watcher: FxHashMap<UserId, Vec<PresenceEntry>> = FxHashMap::default();
+        for change in changes {
+            let seers = share::seers(self.log.as_ref(), &change.user, &watching)?;
+            if seers.is_empty() {
+                continue;
+            }
+            let last_seen_us = match (change.status, change.left_at_us) {
+                (PresenceStatus::Offline, Some(t)) => t,
+                (PresenceStatus::Offline, None) => {
+                    stored_last_seen(self.log.as_ref(), &change.user)?
+                }
+                _ => now_us,
+            };
+            let entry = PresenceEntry {
+                user: change.user,
+                status: change.status,
+                last_seen_us,
+            };
+            for seer in seers {
+                per_watcher.entry(seer).or_default().push(entry.clone());
+            }
+        }
+        let watchers = self.watchers.read().unwrap_or_else(|p| p.into_inner());
+        for (user, entries) in per_watcher {
+            let Some(list) = watchers.get(&user) else {
+                continue;
+            };
+            let Ok(bytes) = Frame::new(PresenceEvent { entries }).to_bytes() else {
+                continue;
+            };
+            for w in list {
+                if !w.outbox.try_push_control(bytes.clone(), self.max_queued) {
+                    // Counted: a watcher too slow to take presence pushes.
+                    metrics::counter!("confab_presence_dropped_total").increment(1);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Publishes presence changes every `window` until `shutdown`.
+pub(crate) async fn run(hub: Arc<PresenceHub>, window: Duration, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(window);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let changes = hub.state().take_changes();
+        if changes.is_empty() {
+            continue;
+        }
+        // Counted: aggregate changes published (after coalescing).
+        metrics::counter!("confab_presence_changes_total").increment(changes.len() as u64);
+        let h = hub.clone();
+        let now = crate::sequencer::now_us();
+        // Awaited: a slow resolution delays the next tick, which then
+        // coalesces more, instead of piling up work.
+        match tokio::task::spawn_blocking(move || h.publish(changes, now)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!(error = %e, "presence changes not published"),
+            Err(e) => warn!(error = %e, "presence task failed"),
+        }
+    }
+}

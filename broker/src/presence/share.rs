@@ -1,0 +1,233 @@
+//! Who may see whose presence: users who are both members (not invitees)
+//! of at least one managed room. Read from the stored membership on a
+//! blocking thread, so that a membership change is honoured at once.
+//!
+//! Open rooms that were never created have no membership and share no
+//! presence.
+
+use confab_codec::{Role, RoomId, UserId};
+use rustc_hash::FxHashSet;
+
+use crate::rooms::membership::{member_key, member_prefix, role_from, user_prefix};
+use crate::storage::{RoomLog, StorageError};
+
+/// Keys read per storage scan.
+const PAGE: usize = 1024;
+
+/// Above this many point look-ups (watching users × rooms of the user), the
+/// rooms' member lists are scanned instead.
+const POINT_LOOKUPS: usize = 4096;
+
+/// Whether `user` is a member, not an invitee, of `room`.
+fn is_member(log: &dyn RoomLog, room: &RoomId, user: &UserId) -> Result<bool, StorageError> {
+    Ok(log
+        .meta_get(&member_key(room, user))?
+        .and_then(|v| v.first().copied().and_then(role_from))
+        .is_some_and(|r| r != Role::Invited))
+}
+
+/// Calls `f` with the suffix after `prefix` of every key under it.
+fn scan_suffixes(
+    log: &dyn RoomLog,
+    prefix: &[u8],
+    mut f: impl FnMut(&[u8], &[u8]),
+) -> Result<(), StorageError> {
+    let mut after: Option<Vec<u8>> = None;
+    loop {
+        let page = log.meta_scan(prefix, after.as_deref(), PAGE)?;
+        for (k, v) in &page {
+            if let Some(rest) = k.get(prefix.len()..) {
+                f(rest, v);
+            }
+        }
+        match page.last() {
+            Some((last, _)) if page.len() == PAGE => after = Some(last.clone()),
+            _ => return Ok(()),
+        }
+    }
+}
+
+/// The rooms of `user`'s index (including invitations).
+fn indexed_rooms(log: &dyn RoomLog, user: &UserId) -> Result<Vec<RoomId>, StorageError> {
+    let mut rooms = Vec::new();
+    scan_suffixes(log, &user_prefix(user), |rest, _| {
+        if let Some(room) = std::str::from_utf8(rest)
+            .ok()
+            .and_then(|r| RoomId::new(r).ok())
+        {
+            rooms.push(room);
+        }
+    })?;
+    Ok(rooms)
+}
+
+/// The managed rooms `user` is a member of.
+fn joined_rooms(log: &dyn RoomLog, user: &UserId) -> Result<Vec<RoomId>, StorageError> {
+    let mut joined = Vec::new();
+    for room in indexed_rooms(log, user)? {
+        if is_member(log, &room, user)? {
+            joined.push(room);
+        }
+    }
+    Ok(joined)
+}
+
+/// Which of `watching` may see `user`'s presence (`user` sees their own).
+///
+/// Cost: one scan of `user`'s rooms, then either a point look-up per
+/// watching user and room, or one scan of each room's members, whichever
+/// is smaller.
+pub(super) fn seers(
+    log: &dyn RoomLog,
+    user: &UserId,
+    watching: &[UserId],
+) -> Result<Vec<UserId>, StorageError> {
+    let mut out: Vec<UserId> = watching.iter().filter(|w| *w == user).cloned().collect();
+    let rooms = joined_rooms(log, user)?;
+    if rooms.is_empty() {
+        return Ok(out);
+    }
+    if watching.len().saturating_mul(rooms.len()) <= POINT_LOOKUPS {
+        for w in watching.iter().filter(|w| *w != user) {
+            for room in &rooms {
+                if is_member(log, room, w)? {
+                    out.push(w.clone());
+                    break;
+                }
+            }
+        }
+        return Ok(out);
+    }
+    let wanted: FxHashSet<&UserId> = watching.iter().filter(|w| *w != user).collect();
+    let mut found: FxHashSet<UserId> = FxHashSet::default();
+    for room in &rooms {
+        let prefix = member_prefix(room);
+        scan_suffixes(log, &prefix, |rest, role| {
+            let member = role
+                .first()
+                .copied()
+                .and_then(role_from)
+                .is_some_and(|r| r != Role::Invited);
+            if !member {
+                return;
+            }
+            if let Some(u) = std::str::from_utf8(rest)
+                .ok()
+                .and_then(|u| UserId::new(u).ok())
+            {
+                if wanted.contains(&u) {
+                    found.insert(u);
+                }
+            }
+        })?;
+        if found.len() == wanted.len() {
+            break;
+        }
+    }
+    out.extend(found);
+    Ok(out)
+}
+
+/// Which of `users` `caller` may see (those sharing a room with the
+/// caller, and the caller), in the order asked, without duplicates.
+///
+/// # Errors
+/// If the storage fails.
+pub(crate) fn visible_to(
+    log: &dyn RoomLog,
+    caller: &UserId,
+    users: &[UserId],
+) -> Result<Vec<UserId>, StorageError> {
+    let mine: FxHashSet<RoomId> = joined_rooms(log, caller)?.into_iter().collect();
+    let mut seen = FxHashSet::default();
+    let mut out = Vec::new();
+    for u in users {
+        if !seen.insert(u) {
+            continue;
+        }
+        let visible = if u == caller {
+            true
+        } else {
+            let mut shared = false;
+            for room in indexed_rooms(log, u)? {
+                if mine.contains(&room) && is_member(log, &room, u)? {
+                    shared = true;
+                    break;
+                }
+            }
+            shared
+        };
+        if visible {
+            out.push(u.clone());
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Durability;
+    use crate::rooms::membership::user_room_key;
+    use crate::storage::{MemoryLog, MetaWrite};
+
+    fn u(s: &str) -> UserId {
+        UserId::new(s).expect("id")
+    }
+
+    fn put(log: &MemoryLog, room: &str, user: &str, role: Role) {
+        let (r, m) = (RoomId::new(room).expect("id"), u(user));
+        let writes = [
+            MetaWrite {
+                key: member_key(&r, &m),
+                value: Some(vec![role as u8]),
+            },
+            MetaWrite {
+                key: user_room_key(&m, &r),
+                value: Some(Vec::new()),
+            },
+        ];
+        log.commit(&[], &writes, Durability::None).expect("commit");
+    }
+
+    #[test]
+    fn members_share_invitees_and_strangers_do_not() {
+        let log = MemoryLog::default();
+        put(&log, "g", "alice", Role::Owner);
+        put(&log, "g", "bob", Role::Member);
+        put(&log, "g", "carol", Role::Invited);
+        put(&log, "h", "dave", Role::Owner);
+        let all = [u("alice"), u("bob"), u("carol"), u("dave"), u("alice")];
+        assert_eq!(
+            visible_to(&log, &u("alice"), &all).expect("read"),
+            vec![u("alice"), u("bob")]
+        );
+        assert_eq!(
+            visible_to(&log, &u("carol"), &all).expect("read"),
+            vec![u("carol")],
+            "an invitee sees nobody"
+        );
+        let mut s = seers(&log, &u("bob"), &all[..4]).expect("read");
+        s.sort();
+        assert_eq!(s, vec![u("alice"), u("bob")]);
+        assert!(seers(&log, &u("dave"), &[u("alice")])
+            .expect("read")
+            .is_empty());
+    }
+
+    #[test]
+    fn scanning_members_finds_the_same_seers() {
+        let log = MemoryLog::default();
+        // More watchers than the point look-up budget.
+        let watching: Vec<UserId> = (0..POINT_LOOKUPS + 10)
+            .map(|i| u(&format!("w{i}")))
+            .collect();
+        put(&log, "big", "target", Role::Member);
+        put(&log, "big", "w3", Role::Member);
+        put(&log, "big", "w7", Role::Invited);
+        put(&log, "other", "w9", Role::Member);
+        let mut s = seers(&log, &u("target"), &watching).expect("read");
+        s.sort();
+        assert_eq!(s, vec![u("w3")]);
+    }
+}
