@@ -9,7 +9,7 @@ use anyhow::Context;
 use confab_codec::{Body, Frame, RoomId, Seq, StartAt};
 use futures_util::StreamExt;
 
-use super::{now_ns, payload, Knobs};
+use super::{now_ns, paced_publishes, payload, Knobs};
 use crate::client::{
     connect, connect_via, connect_with, handshake, Dial, Incoming, Reader, Writer,
 };
@@ -287,7 +287,7 @@ fn paced_publisher(
     use std::io::{Read, Write};
 
     use bytes::BytesMut;
-    use confab_codec::{DeviceId, Frame, Hello, MessageKind, Publish};
+    use confab_codec::{DeviceId, Frame, Hello};
 
     let mut stream = std::net::TcpStream::connect(addr)?;
     stream.set_nodelay(true)?;
@@ -313,46 +313,10 @@ fn paced_publisher(
         let mut buf = vec![0u8; 64 << 10];
         while matches!(reader.read(&mut buf), Ok(n) if n > 0) {}
     });
-    let mut sent = 0u64;
-    loop {
-        let now = now_ns();
-        if now >= end {
-            break;
-        }
-        if now < start {
-            std::thread::sleep(Duration::from_nanos(start - now));
-            continue;
-        }
-        // Message k is due at start + k * interval: 0..=k are due then.
-        let due = ((now - start) as f64 / interval_ns) as u64 + 1;
-        while sent < due {
-            let intended = start + (sent as f64 * interval_ns) as u64;
-            sent += 1;
-            Frame::request(
-                (sent as u32).max(2),
-                Publish {
-                    room: room.clone(),
-                    client_msg_id: sent,
-                    kind: MessageKind::MESSAGE,
-                    refers_to: None,
-                    thread: None,
-                    payload: payload(size, intended),
-                },
-            )
-            .encode(&mut out)?;
-        }
-        if !out.is_empty() {
-            stream.write_all(&out)?;
-            out.clear();
-        }
-        let next = start + (sent as f64 * interval_ns) as u64;
-        let wait = next.saturating_sub(now_ns());
-        if wait > 20_000 {
-            std::thread::sleep(Duration::from_nanos(wait - 10_000));
-        } else {
-            std::thread::yield_now();
-        }
-    }
+    let sent = paced_publishes(&room, size, start, end, interval_ns, |frames| {
+        stream.write_all(frames)?;
+        Ok(())
+    })?;
     let _ = stream.shutdown(std::net::Shutdown::Both);
     let _ = drain.join();
     Ok(sent)

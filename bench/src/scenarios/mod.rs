@@ -21,6 +21,70 @@ pub fn payload(size: usize, stamp: u64) -> bytes::Bytes {
     bytes::Bytes::from(p)
 }
 
+/// The open-loop schedule of a latency publisher, on the calling (OS)
+/// thread: message k (from 0) is due at `start + k * interval_ns`. The
+/// thread sleeps until messages are due (instead of spinning, which would
+/// steal a core from the broker on a 2-core machine), then encodes every
+/// due message as a `Publish` to `room`, stamped with its *intended* send
+/// time, and hands the frames to `send`. Returns how many it sent before
+/// `end`.
+///
+/// # Errors
+/// What `send` or the encoder returns.
+pub fn paced_publishes(
+    room: &confab_codec::RoomId,
+    size: usize,
+    start: u64,
+    end: u64,
+    interval_ns: f64,
+    mut send: impl FnMut(&mut bytes::BytesMut) -> anyhow::Result<()>,
+) -> anyhow::Result<u64> {
+    use confab_codec::{Frame, MessageKind, Publish};
+
+    let mut out = bytes::BytesMut::new();
+    let mut sent = 0u64;
+    loop {
+        let now = now_ns();
+        if now >= end {
+            break;
+        }
+        if now < start {
+            std::thread::sleep(Duration::from_nanos(start - now));
+            continue;
+        }
+        // Message k is due at start + k * interval: 0..=k are due then.
+        let due = ((now - start) as f64 / interval_ns) as u64 + 1;
+        while sent < due {
+            let intended = start + (sent as f64 * interval_ns) as u64;
+            sent += 1;
+            Frame::request(
+                (sent as u32).max(2),
+                Publish {
+                    room: room.clone(),
+                    client_msg_id: sent,
+                    kind: MessageKind::MESSAGE,
+                    refers_to: None,
+                    thread: None,
+                    payload: payload(size, intended),
+                },
+            )
+            .encode(&mut out)?;
+        }
+        if !out.is_empty() {
+            send(&mut out)?;
+            out.clear();
+        }
+        let next = start + (sent as f64 * interval_ns) as u64;
+        let wait = next.saturating_sub(now_ns());
+        if wait > 20_000 {
+            std::thread::sleep(Duration::from_nanos(wait - 10_000));
+        } else {
+            std::thread::yield_now();
+        }
+    }
+    Ok(sent)
+}
+
 /// Common knobs.
 #[derive(Debug, Clone)]
 pub struct Knobs {

@@ -11,12 +11,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use bytes::BytesMut;
-use confab_codec::{Frame, MessageKind, Publish, RoomId, StartAt};
+use confab_codec::{RoomId, StartAt};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 
 use super::confab::publish;
-use super::{now_ns, payload, Knobs};
+use super::{now_ns, paced_publishes, Knobs};
 use crate::client::{connect_via, tls_client, Dial, Incoming};
 use crate::report::{histogram, Latency};
 
@@ -202,7 +202,13 @@ pub async fn latency(
         let r = r.clone();
         std::thread::Builder::new()
             .name("tlat-pacer".into())
-            .spawn(move || pace(tx, r, size, start, end, interval_ns))?
+            .spawn(move || {
+                paced_publishes(&r, size, start, end, interval_ns, |frames| {
+                    tx.blocking_send(frames.split())
+                        .ok()
+                        .context("publisher connection gone")
+                })
+            })?
     };
     while let Some(frames) = rx.recv().await {
         pwr.queue_raw(&frames);
@@ -229,57 +235,6 @@ pub async fn latency(
         .lock()
         .map_err(|_| anyhow::anyhow!("histogram lock poisoned"))?;
     Ok((achieved, Latency::from_ns(&h)))
-}
-
-/// The schedule: sleeps until messages are due (instead of spinning, which
-/// would steal a core from the broker on a 2-core machine), then encodes
-/// every due message, stamped with its intended send time.
-fn pace(
-    tx: tokio::sync::mpsc::Sender<BytesMut>,
-    room: RoomId,
-    size: usize,
-    start: u64,
-    end: u64,
-    interval_ns: f64,
-) -> anyhow::Result<u64> {
-    let mut sent = 0u64;
-    loop {
-        let now = now_ns();
-        if now >= end {
-            break;
-        }
-        let due = ((now - start) as f64 / interval_ns) as u64;
-        let mut out = BytesMut::new();
-        while sent < due {
-            let intended = start + (sent as f64 * interval_ns) as u64;
-            sent += 1;
-            Frame::request(
-                (sent as u32).max(2),
-                Publish {
-                    room: room.clone(),
-                    client_msg_id: sent,
-                    kind: MessageKind::MESSAGE,
-                    refers_to: None,
-                    thread: None,
-                    payload: payload(size, intended),
-                },
-            )
-            .encode(&mut out)?;
-        }
-        if !out.is_empty() {
-            tx.blocking_send(out)
-                .ok()
-                .context("publisher connection gone")?;
-        }
-        let next = start + (sent as f64 * interval_ns) as u64;
-        let wait = next.saturating_sub(now_ns());
-        if wait > 20_000 {
-            std::thread::sleep(Duration::from_nanos(wait - 10_000));
-        } else {
-            std::thread::yield_now();
-        }
-    }
-    Ok(sent)
 }
 
 /// The `transports` scenario's settings.
