@@ -84,7 +84,11 @@ pub struct ClientConfig {
     /// How many times one publish refused with `RateLimited` is sent again,
     /// each time after the broker's `retry_after_ms` (while it waits, later
     /// publishes wait too, so that their order is kept). After that the
-    /// publish fails with [`ClientError::RateLimited`]. Default 5.
+    /// publish fails with [`ClientError::RateLimited`]. Only refusals of a
+    /// publish sent on its own count: those of a burst (a long queue sent
+    /// after a reconnect) are the SDK's own doing, and it retries them,
+    /// paced, until they pass. 0 turns automatic retries off: every
+    /// refusal reaches the application. Default 5.
     pub rate_limit_retries: u32,
     /// Where the last delivered sequence of each room is kept. Default: in
     /// memory ([`MemoryCursorStore`]).

@@ -39,6 +39,7 @@ impl Driver {
                         _permit: o.permit,
                         on_wire: false,
                         rate_limited: 0,
+                        sent_alone: false,
                     },
                 );
                 self.send_publish(order);
@@ -241,6 +242,7 @@ impl Driver {
         {
             return;
         }
+        let alone = !self.publishes.values().any(|p| p.on_wire);
         let rid = self.next_rid();
         let (Some(conn), Some(p)) = (self.conn.as_mut(), self.publishes.get_mut(&order)) else {
             return;
@@ -254,6 +256,7 @@ impl Driver {
             return;
         }
         p.on_wire = true;
+        p.sent_alone = alone;
         conn.inflight.insert(rid, Inflight::Publish(order));
         conn.send(Frame::request(rid, p.publish.clone()));
     }
@@ -301,8 +304,12 @@ impl Driver {
     }
 
     /// A publish was refused with `RateLimited`: pause publishing for
-    /// `retry_after_ms` and send it again then, up to
-    /// `rate_limit_retries` times. Returns false when it is out of retries.
+    /// `retry_after_ms` and send it again then. Refusals of a publish sent
+    /// alone count, up to `rate_limit_retries`; refusals of one sent in a
+    /// burst (a queue drained after a reconnect) do not, since each pause
+    /// lets at least the first publish after it through. With
+    /// `rate_limit_retries` 0, no refusal is retried. Returns false when it
+    /// is out of retries.
     fn retry_rate_limited(&mut self, order: u64, retry_after_ms: u32) -> bool {
         let max = self.config.rate_limit_retries;
         // From now on one publish at a time, so that the ones behind it are
@@ -312,10 +319,13 @@ impl Driver {
             return true;
         };
         p.on_wire = false;
-        if p.rate_limited >= max {
-            return false;
+        // With no retries configured, every refusal reaches the application.
+        if p.sent_alone || max == 0 {
+            if p.rate_limited >= max {
+                return false;
+            }
+            p.rate_limited += 1;
         }
-        p.rate_limited += 1;
         let until = tokio::time::Instant::now()
             + std::time::Duration::from_millis(u64::from(retry_after_ms.max(1)));
         debug!(room = %p.publish.room, client_msg_id = p.publish.client_msg_id, retry_after_ms, "publish rate limited; retrying later");

@@ -88,8 +88,12 @@ struct PendingPub {
     _permit: OwnedSemaphorePermit,
     /// Sent on the current connection and not answered yet.
     on_wire: bool,
-    /// Times the broker refused it with `RateLimited`.
+    /// Times the broker refused it with `RateLimited` when it was the only
+    /// publish on the wire (refusals of a burst are the SDK's own doing and
+    /// not charged: every pause lets at least one publish through).
     rate_limited: u32,
+    /// It was the only publish on the wire when last sent.
+    sent_alone: bool,
 }
 
 /// A request waiting for a connection.
