@@ -8,11 +8,6 @@ use bytes::Bytes;
 use common::*;
 use confab_codec::*;
 
-async fn request(c: &mut Conn, body: impl Into<Body>) -> Body {
-    let rid = c.send(body).await;
-    c.wait_reply(rid, |_| true).await.body
-}
-
 /// Publishes `kind` at `target`; the ack's sequence or the error code.
 async fn refer(
     c: &mut Conn,

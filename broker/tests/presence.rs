@@ -9,15 +9,6 @@ use std::time::Duration;
 use common::*;
 use confab_codec::*;
 
-fn user(s: &str) -> UserId {
-    UserId::new(s).unwrap()
-}
-
-async fn request(c: &mut Conn, body: impl Into<Body>) -> Body {
-    let rid = c.send(body).await;
-    c.wait_reply(rid, |_| true).await.body
-}
-
 fn group(room: &str, policy: JoinPolicy, invite: Vec<UserId>) -> CreateRoom {
     CreateRoom {
         kind: RoomKind::Group,

@@ -21,11 +21,6 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
-async fn request(c: &mut Conn, body: impl Into<Body>) -> Body {
-    let rid = c.send(body).await;
-    c.wait_reply(rid, |_| true).await.body
-}
-
 fn push_config(dir: &std::path::Path) -> Config {
     let mut c = test_config(dir);
     c.push.enabled = true;

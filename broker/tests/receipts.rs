@@ -8,11 +8,6 @@ use std::time::Duration;
 use common::*;
 use confab_codec::*;
 
-async fn request(c: &mut Conn, body: impl Into<Body>) -> Body {
-    let rid = c.send(body).await;
-    c.wait_reply(rid, |_| true).await.body
-}
-
 /// Waits for a ReceiptEvent with this entry, skipping other frames.
 async fn receipt_seen(c: &mut Conn, user: &str, kind: ReceiptKind, seq: u64) {
     let deadline = tokio::time::Instant::now() + WAIT;

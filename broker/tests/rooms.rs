@@ -6,22 +6,6 @@ mod common;
 use common::*;
 use confab_codec::*;
 
-fn user(s: &str) -> UserId {
-    UserId::new(s).unwrap()
-}
-
-async fn request(c: &mut Conn, body: impl Into<Body>) -> Body {
-    let rid = c.send(body).await;
-    c.wait_reply(rid, |_| true).await.body
-}
-
-fn code(b: &Body) -> ErrorCode {
-    match b {
-        Body::Error(e) => e.code,
-        other => panic!("expected an Error, got {other:?}"),
-    }
-}
-
 fn group(room: &str, policy: JoinPolicy, invite: Vec<UserId>) -> CreateRoom {
     CreateRoom {
         kind: RoomKind::Group,

@@ -194,6 +194,24 @@ pub async fn start_on(mut config: Config, addr: SocketAddr) -> BrokerHandle {
     panic!("could not restart the broker on {addr}");
 }
 
+/// Sends a request and returns the body of its reply.
+pub async fn request(c: &mut Conn, body: impl Into<Body>) -> Body {
+    let rid = c.send(body).await;
+    c.wait_reply(rid, |_| true).await.body
+}
+
+/// The code of an `Error` reply (panics on any other body).
+pub fn code(b: &Body) -> ErrorCode {
+    match b {
+        Body::Error(e) => e.code,
+        other => panic!("expected an Error, got {other:?}"),
+    }
+}
+
+pub fn user(s: &str) -> UserId {
+    UserId::new(s).unwrap()
+}
+
 pub fn room(s: &str) -> RoomId {
     RoomId::new(s).unwrap()
 }
