@@ -11,6 +11,7 @@
 #[allow(dead_code)]
 pub mod client;
 mod drivers;
+pub mod machine;
 pub mod peers;
 pub mod plot;
 pub mod report;
@@ -252,6 +253,7 @@ impl Out {
 struct Ctx {
     common: Common,
     knobs: Knobs,
+    machine: machine::Machine,
     nats: Option<Binary>,
     redis: Option<Binary>,
     progress: Progress,
@@ -833,6 +835,7 @@ fn find_peers(common: &Common) -> anyhow::Result<(Option<Binary>, Option<Binary>
 #[derive(Serialize)]
 struct Results<'a> {
     quick: bool,
+    machine: &'a machine::Machine,
     peers: Vec<PeerInfo>,
     rows: &'a [Row],
     ratios: &'a [Ratio],
@@ -858,6 +861,9 @@ async fn run(cli: Cli) -> anyhow::Result<(Out, Ctx)> {
             warmup: Duration::from_secs_f64(cli.common.warmup),
         }
     };
+    let machine =
+        machine::Machine::read(cli.common.broker_cpus.clone(), cli.common.load_cpus.clone());
+    println!("{machine}");
     let (nats, redis) = find_peers(&cli.common)?;
     for (name, bin) in [("nats-server", &nats), ("redis-server", &redis)] {
         if let Some(b) = bin {
@@ -867,6 +873,7 @@ async fn run(cli: Cli) -> anyhow::Result<(Out, Ctx)> {
     let mut ctx = Ctx {
         common: cli.common,
         knobs,
+        machine,
         nats,
         redis,
         progress: Progress::new(0),
@@ -1043,6 +1050,7 @@ fn main() -> anyhow::Result<()> {
             .collect();
         let results = Results {
             quick: ctx.common.quick,
+            machine: &ctx.machine,
             peers,
             rows: &out.rows,
             ratios: &ratios,
