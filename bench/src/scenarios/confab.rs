@@ -179,7 +179,6 @@ pub async fn latency(
 ) -> anyhow::Result<(f64, Latency)> {
     let r = room(&format!("lat-{}", now_ns()))?;
     let hist = Arc::new(Mutex::new(histogram()));
-    let received = Arc::new(AtomicU64::new(0));
     let measure_from = Arc::new(AtomicU64::new(u64::MAX));
     let mut readers = Vec::new();
     for s in 0..subs {
@@ -187,34 +186,7 @@ pub async fn latency(
         wr.queue_subscribe(std::slice::from_ref(&r), StartAt::Live)?;
         wr.flush().await?;
         rd.wait_subscribed().await?;
-        let (hist, received, measure_from) = (hist.clone(), received.clone(), measure_from.clone());
-        readers.push(tokio::spawn(async move {
-            let _keep = wr;
-            // Flushed every 1,024 samples and when dropped: the task is
-            // aborted at the end, and the last samples must count too.
-            let mut local = LocalHist {
-                local: histogram(),
-                n: 0,
-                hist,
-                received,
-            };
-            while let Some(msg) = rd.next().await? {
-                if let Incoming::Events { stamps, .. } = msg {
-                    let now = now_ns();
-                    let from = measure_from.load(Ordering::Relaxed);
-                    for s in stamps {
-                        if s >= from {
-                            local.local.saturating_record(now.saturating_sub(s).max(1));
-                            local.n += 1;
-                        }
-                    }
-                    if local.n >= 1024 {
-                        local.flush();
-                    }
-                }
-            }
-            anyhow::Ok(())
-        }));
+        readers.push(record_latencies(rd, wr, &hist, &measure_from));
     }
     let interval_ns = 1e9 / rate;
     let start = now_ns();
@@ -227,6 +199,60 @@ pub async fn latency(
             .name("lat-publisher".into())
             .spawn(move || paced_publisher(addr, r, size, start, end, interval_ns))?
     };
+    finish_latency(pacer, readers, &hist, warm_end - start, interval_ns, k).await
+}
+
+/// A latency subscriber: records, for every message that arrives, the time
+/// since its stamped intended send time into `hist` (messages stamped
+/// before `measure_from` are warm-up and not recorded). `wr` is kept so the
+/// connection stays open.
+pub(crate) fn record_latencies(
+    mut rd: Reader,
+    wr: Writer,
+    hist: &Arc<Mutex<hdrhistogram::Histogram<u64>>>,
+    measure_from: &Arc<AtomicU64>,
+) -> tokio::task::JoinHandle<anyhow::Result<()>> {
+    let (hist, measure_from) = (hist.clone(), measure_from.clone());
+    tokio::spawn(async move {
+        let _keep = wr;
+        // Flushed every 1,024 samples and when dropped: the task is
+        // aborted at the end, and the last samples must count too.
+        let mut local = LocalHist {
+            local: histogram(),
+            n: 0,
+            hist,
+        };
+        while let Some(msg) = rd.next().await? {
+            if let Incoming::Events { stamps, .. } = msg {
+                let now = now_ns();
+                let from = measure_from.load(Ordering::Relaxed);
+                for s in stamps {
+                    if s >= from {
+                        local.local.saturating_record(now.saturating_sub(s).max(1));
+                        local.n += 1;
+                    }
+                }
+                if local.n >= 1024 {
+                    local.flush();
+                }
+            }
+        }
+        anyhow::Ok(())
+    })
+}
+
+/// Ends an open-loop latency run: waits for the publisher thread (which
+/// returns how many it sent), lets the tail arrive, stops the subscribers,
+/// and returns the rate achieved after the warm-up (`warmup_ns` of the
+/// schedule) and the latency histogram.
+pub(crate) async fn finish_latency(
+    pacer: std::thread::JoinHandle<anyhow::Result<u64>>,
+    readers: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    hist: &Mutex<hdrhistogram::Histogram<u64>>,
+    warmup_ns: u64,
+    interval_ns: f64,
+    k: &Knobs,
+) -> anyhow::Result<(f64, Latency)> {
     let sent = tokio::task::spawn_blocking(move || pacer.join())
         .await?
         .map_err(|_| anyhow::anyhow!("publisher thread panicked"))??;
@@ -238,7 +264,7 @@ pub async fn latency(
     for r in readers {
         let _ = r.await;
     }
-    let measured = sent.saturating_sub(((warm_end - start) as f64 / interval_ns) as u64);
+    let measured = sent.saturating_sub((warmup_ns as f64 / interval_ns) as u64);
     let achieved = measured as f64 / k.duration.as_secs_f64();
     let h = hist
         .lock()
@@ -252,7 +278,6 @@ struct LocalHist {
     local: hdrhistogram::Histogram<u64>,
     n: u64,
     hist: Arc<Mutex<hdrhistogram::Histogram<u64>>>,
-    received: Arc<AtomicU64>,
 }
 
 impl LocalHist {
@@ -260,7 +285,6 @@ impl LocalHist {
         if let Ok(mut h) = self.hist.lock() {
             h.add(&self.local).ok();
         }
-        self.received.fetch_add(self.n, Ordering::Relaxed);
         self.local.reset();
         self.n = 0;
     }

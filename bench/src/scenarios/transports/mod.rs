@@ -15,9 +15,9 @@ use confab_codec::{RoomId, StartAt};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 
-use super::confab::publish;
+use super::confab::{finish_latency, publish, record_latencies};
 use super::{now_ns, paced_publishes, Knobs};
-use crate::client::{connect_via, tls_client, Dial, Incoming};
+use crate::client::{connect_via, tls_client, Dial};
 use crate::report::{histogram, Latency};
 
 /// A transport measured.
@@ -166,27 +166,7 @@ pub async fn latency(
         wr.queue_subscribe(std::slice::from_ref(&r), StartAt::Live)?;
         wr.flush().await?;
         rd.wait_subscribed().await?;
-        let (hist, measure_from) = (hist.clone(), measure_from.clone());
-        readers.push(tokio::spawn(async move {
-            let _keep = wr;
-            let mut local = histogram();
-            while let Some(msg) = rd.next().await? {
-                if let Incoming::Events { stamps, .. } = msg {
-                    let now = now_ns();
-                    let from = measure_from.load(Ordering::Relaxed);
-                    for s in stamps.into_iter().filter(|s| *s >= from) {
-                        local.saturating_record(now.saturating_sub(s).max(1));
-                    }
-                    if local.len() >= 1024 {
-                        if let Ok(mut h) = hist.lock() {
-                            h.add(&local).ok();
-                        }
-                        local.reset();
-                    }
-                }
-            }
-            anyhow::Ok(())
-        }));
+        readers.push(record_latencies(rd, wr, &hist, &measure_from));
     }
 
     let (mut prd, mut pwr) = connect_via(dial, "tlat-publisher", "bench").await?;
@@ -217,24 +197,9 @@ pub async fn latency(
         }
         pwr.flush().await?;
     }
-    let sent = tokio::task::spawn_blocking(move || pacer.join())
-        .await?
-        .map_err(|_| anyhow::anyhow!("pacer thread panicked"))??;
-    // Let the tail arrive.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let result = finish_latency(pacer, readers, &hist, warm_end - start, interval_ns, k).await;
     drain.abort();
-    for r in &readers {
-        r.abort();
-    }
-    for r in readers {
-        let _ = r.await;
-    }
-    let measured = sent.saturating_sub(((warm_end - start) as f64 / interval_ns) as u64);
-    let achieved = measured as f64 / k.duration.as_secs_f64();
-    let h = hist
-        .lock()
-        .map_err(|_| anyhow::anyhow!("histogram lock poisoned"))?;
-    Ok((achieved, Latency::from_ns(&h)))
+    result
 }
 
 /// The `transports` scenario's settings.
