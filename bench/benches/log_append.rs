@@ -59,6 +59,8 @@ fn bench_append(c: &mut Criterion) {
                                 room: &rooms[*r],
                                 seq: Seq(*seq),
                                 record: rec,
+                                idem: None,
+                                timestamp_us: 0,
                             })
                             .collect();
                         log.append_batch(&appends, durability).expect("append");

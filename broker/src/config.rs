@@ -190,11 +190,10 @@ pub struct StorageConfig {
     pub max_batch: usize,
     /// RocksDB block cache, in MiB.
     pub block_cache_mb: usize,
-    /// Publishes remembered for deduplication of retries, across all rooms.
+    /// Recent publishes kept in memory to answer retries without reading
+    /// the idempotency index (at least `max_batch`). Older retries are
+    /// still recognised: the index on disk keeps every retained message's.
     pub dedup_window: usize,
-    /// After a restart, how many of a room's latest messages are scanned to
-    /// rebuild its deduplication entries when the room is first used.
-    pub dedup_recovery_scan: usize,
 }
 
 /// Admission control and protocol limits.
@@ -332,7 +331,6 @@ impl Default for StorageConfig {
             max_batch: 4096,
             block_cache_mb: 64,
             dedup_window: 262_144,
-            dedup_recovery_scan: 1024,
         }
     }
 }
@@ -584,7 +582,7 @@ impl Config {
         let l = &self.limits;
         let d = &self.delivery;
         let s = &self.storage;
-        let checks: [(bool, &str); 14] = [
+        let checks: [(bool, &str); 15] = [
             (
                 l.max_connections >= 1,
                 "limits.max_connections must be at least 1",
@@ -632,6 +630,10 @@ impl Config {
             (
                 (1..=65_536).contains(&s.max_batch),
                 "storage.max_batch must be between 1 and 65536",
+            ),
+            (
+                s.dedup_window >= s.max_batch && s.dedup_window <= 1 << 26,
+                "storage.dedup_window must be between storage.max_batch and 67108864",
             ),
             (
                 (1..=64).contains(&d.quic_event_streams),

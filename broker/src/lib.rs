@@ -47,6 +47,7 @@ mod server;
 mod session;
 mod stats;
 pub mod storage;
+mod supervise;
 pub mod transport;
 
 pub use embed::authz::{AccessRequest, Action, Authorizer, Denied};

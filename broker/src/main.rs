@@ -187,9 +187,17 @@ fn main() -> anyhow::Result<()> {
                     fingerprint = broker.cert_fingerprint().unwrap_or("-"),
                     "ready"
                 );
-                wait_for_signal().await?;
+                let stopped = broker.shutdown_token();
+                tokio::select! {
+                    r = wait_for_signal() => r?,
+                    _ = stopped.cancelled() => {}
+                }
+                let failure = broker.failure();
                 broker.shutdown().await;
-                Ok(())
+                match failure {
+                    Some(why) => Err(anyhow::anyhow!("the broker stopped: {why}")),
+                    None => Ok(()),
+                }
             })
         }
     }

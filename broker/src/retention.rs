@@ -8,6 +8,11 @@
 //! in the same thread that stamps subscriptions, so what `SubscribeAck`,
 //! `RoomInfo`, history and catch-up report never disagrees with the log.
 //!
+//! The sweep also reads the entries it is about to trim, so that the
+//! sequencer deletes their idempotency entries in the same write: a retry
+//! is recognised for as long as its message is retained, and the index
+//! shrinks with the log. Large cuts go in chunks of [`TRIM_CHUNK`] entries.
+//!
 //! The head entry of a room is never trimmed: the sequencer learns a room's
 //! head from its newest entry after a restart, so deleting it would let
 //! sequences be reused.
@@ -21,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::sequencer::{now_us, SeqMsg};
+use crate::sequencer::{now_us, sender_key, SeqMsg};
 use crate::storage::{LogBounds, RoomLog, StorageError};
 
 /// Retention settings: a server default plus overrides by room id prefix.
@@ -168,6 +173,43 @@ fn timestamp(log: &dyn RoomLog, room: &RoomId, seq: Seq) -> Result<Option<u64>, 
 /// Rooms read per page of the sweep.
 const SWEEP_PAGE: usize = 1024;
 
+/// Most entries removed by one trim request.
+pub(crate) const TRIM_CHUNK: u64 = 16_384;
+
+/// The (sender, client message id) of every entry of `room` in
+/// `from..before` that carries an id: the idempotency entries to delete
+/// with them.
+///
+/// # Errors
+/// If the log cannot be read or holds a record that does not decode.
+pub(crate) fn idempotency_keys(
+    log: &dyn RoomLog,
+    room: &RoomId,
+    from: Seq,
+    before: Seq,
+) -> Result<Vec<(Arc<str>, u64)>, StorageError> {
+    let mut out = Vec::new();
+    let mut next = from;
+    while next < before {
+        let page = log.read_range(room, next, Seq(before.0 - 1), 1024, 1 << 20)?;
+        let Some(last) = page.last() else { break };
+        next = last.seq.next();
+        for rec in page {
+            let ev = EventRecord::decode(rec.bytes).map_err(|_| StorageError::Corrupt {
+                room: room.to_string(),
+                seq: rec.seq.0,
+            })?;
+            if ev.client_msg_id != 0 {
+                out.push((
+                    sender_key(ev.sender.as_str(), ev.device.as_str()),
+                    ev.client_msg_id,
+                ));
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// One pass over every room: sends a trim request for each room with
 /// entries past its limits. Returns how many were sent.
 ///
@@ -189,14 +231,19 @@ pub(crate) fn sweep(
             if policy != Policy::default() {
                 let bounds = log.bounds(&room)?;
                 if let Some(before) = cut_point(log, &room, bounds, policy, now)? {
-                    if sequencer
-                        .send(SeqMsg::Trim {
+                    let mut from = bounds.first;
+                    while from < before {
+                        let to = Seq(before.0.min(from.0.saturating_add(TRIM_CHUNK)));
+                        let forget = idempotency_keys(log, &room, from, to)?;
+                        let trim = SeqMsg::Trim {
                             room: room.clone(),
-                            before,
-                        })
-                        .is_err()
-                    {
-                        return Ok(sent);
+                            before: to,
+                            forget,
+                        };
+                        if sequencer.send(trim).is_err() {
+                            return Ok(sent);
+                        }
+                        from = to;
                     }
                     sent += 1;
                 }
@@ -275,6 +322,8 @@ mod tests {
                 room: &room,
                 seq: Seq(seq),
                 record: r,
+                idem: None,
+                timestamp_us: 0,
             })
             .collect();
         log.append_batch(&appends, Durability::Wal).expect("append");
@@ -294,7 +343,8 @@ mod tests {
             ..Policy::default()
         };
         assert_eq!(cut(&log, p, 100), Some(Seq(8)));
-        log.trim(&room(), Seq(8), Durability::Wal).expect("trim");
+        log.trim(&room(), Seq(8), &[], Durability::Wal)
+            .expect("trim");
         let b = log.bounds(&room()).expect("bounds");
         assert_eq!((b.first, b.head), (Seq(8), Seq(10)));
         // Nothing more to do.
@@ -404,6 +454,8 @@ mod tests {
                     room: &id,
                     seq: Seq(1),
                     record: b"x",
+                    idem: None,
+                    timestamp_us: 0,
                 }],
                 Durability::Wal,
             )

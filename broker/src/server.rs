@@ -30,6 +30,7 @@ use crate::sequencer::{SeqMsg, Sequencer};
 use crate::session::DeviceRegistry;
 use crate::stats::{BrokerStats, Stats};
 use crate::storage::{RocksLog, RoomLog, StorageError};
+use crate::supervise::Supervisor;
 use crate::transport;
 
 /// Why a broker could not start.
@@ -232,6 +233,8 @@ impl BrokerBuilder {
         let (fan_tx, fan_rx) = crossbeam_channel::bounded(FANOUT_QUEUE);
         let tasks = TaskTracker::new();
         let shutdown = CancellationToken::new();
+        let ready = Arc::new(AtomicBool::new(false));
+        let supervisor = Arc::new(Supervisor::new(shutdown.clone(), ready.clone()));
 
         let sequencer = Sequencer::new(
             log.clone(),
@@ -243,9 +246,8 @@ impl BrokerBuilder {
         )
         .external_authz(self.authorizer.is_some())
         .with_push(push.clone());
-        let sequencer_thread = std::thread::Builder::new()
-            .name("confab-sequencer".into())
-            .spawn(move || sequencer.run(seq_rx))
+        let sequencer_thread = supervisor
+            .spawn("confab-sequencer", move || sequencer.run(seq_rx))
             .map_err(BrokerError::Thread)?;
         let ctx = Arc::new(CatchupCtx {
             log: log.clone(),
@@ -255,9 +257,11 @@ impl BrokerBuilder {
         });
         let runtime = tokio::runtime::Handle::current();
         let fanout_tasks = tasks.clone();
-        let fanout_thread = std::thread::Builder::new()
-            .name("confab-fanout".into())
-            .spawn(move || fanout::run(fan_rx, ctx, runtime, fanout_tasks))
+        let fanout_thread = supervisor
+            .spawn("confab-fanout", move || {
+                fanout::run(fan_rx, ctx, runtime, fanout_tasks);
+                Ok::<(), std::convert::Infallible>(())
+            })
             .map_err(BrokerError::Thread)?;
 
         let config_max_connections = config.limits.max_connections;
@@ -349,13 +353,15 @@ impl BrokerBuilder {
                 tasks.clone(),
             ));
         }
-        let ready = Arc::new(AtomicBool::new(false));
         let metrics_addr = ops_server.as_ref().map(|s| s.addr);
         if let Some(server) = ops_server {
             crate::ops::spawn(server, shared.clone(), recorder, ready.clone(), &tasks);
         }
-        // Every listener is bound and its accept loop spawned.
-        ready.store(true, Ordering::Release);
+        // Every listener is bound and its accept loop spawned (unless a
+        // thread has already failed).
+        if supervisor.failure().is_none() {
+            ready.store(true, Ordering::Release);
+        }
         info!(%tcp_addr, ?tls_addr, ?quic_addr, ?metrics_addr, durability = ?shared.config.storage.durability, data_dir = %shared.config.data_dir.display(), "broker started");
         Ok(BrokerHandle {
             tcp_addr,
@@ -368,6 +374,7 @@ impl BrokerBuilder {
             shared,
             tasks,
             threads: vec![sequencer_thread, fanout_thread],
+            supervisor,
         })
     }
 }
@@ -449,6 +456,7 @@ pub struct BrokerHandle {
     shared: Arc<Shared>,
     tasks: TaskTracker,
     threads: Vec<JoinHandle<()>>,
+    supervisor: Arc<Supervisor>,
 }
 
 impl std::fmt::Debug for BrokerHandle {
@@ -562,9 +570,21 @@ impl BrokerHandle {
         self.shared.stats.snapshot()
     }
 
-    /// A token cancelled when shutdown starts.
+    /// A token cancelled when shutdown starts: by [`BrokerHandle::shutdown`],
+    /// or by the broker itself when one of its threads failed (see
+    /// [`BrokerHandle::failure`]). An application waits on it next to its
+    /// own signals and then calls `shutdown`.
     pub fn shutdown_token(&self) -> CancellationToken {
         self.shared.shutdown.clone()
+    }
+
+    /// Why the broker stopped on its own, if it did: its sequencer or
+    /// fan-out thread panicked or could not go on. It is then no longer
+    /// ready, accepts no connection, and has begun to shut down; the
+    /// application should call [`BrokerHandle::shutdown`] and exit with
+    /// an error.
+    pub fn failure(&self) -> Option<String> {
+        self.supervisor.failure()
     }
 
     /// Stops accepting, sends Goodbye to every connection, commits and

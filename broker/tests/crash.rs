@@ -7,54 +7,10 @@ mod common;
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use confab_codec::*;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn spawn_broker(dir: &std::path::Path, port: u16, durability: &str) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_confab"))
-        .args([
-            "serve",
-            "--data-dir",
-            dir.to_str().unwrap(),
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            // Not the default fixed UDP port: tests run in parallel.
-            "--listen-quic",
-            "127.0.0.1:0",
-            "--durability",
-            durability,
-            "--log-level",
-            "warn",
-        ])
-        .env_clear()
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("the confab binary starts")
-}
-
-async fn wait_ready(addr: SocketAddr) {
-    let deadline = Instant::now() + WAIT;
-    while tokio::net::TcpStream::connect(addr).await.is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "broker did not come up on {addr}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 /// One publisher: pipelines publishes with cmid-derived payloads and
 /// records every ack until the connection dies.
@@ -89,29 +45,14 @@ async fn publisher(addr: SocketAddr, id: usize, rooms: Vec<RoomId>) -> Vec<(Room
     }
 }
 
-async fn read_all(c: &mut Conn, r: &RoomId) -> Vec<EventRecord> {
-    let mut all = Vec::new();
-    let mut anchor = 0;
-    loop {
-        let page = c.history(r, Direction::After, anchor, 1000).await;
-        if let Some(last) = page.events.last() {
-            anchor = last.seq.0;
-        }
-        all.extend(page.events);
-        if !page.has_more {
-            return all;
-        }
-    }
-}
-
 async fn kill_during_load(durability: &str) {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let rooms: Vec<RoomId> = (0..8).map(|i| room(&format!("crash-{i}"))).collect();
 
-    let mut child = spawn_broker(dir.path(), port, durability);
-    wait_ready(addr).await;
+    let mut child = spawn_confab(dir.path(), port, durability);
+    wait_listening(addr).await;
     let tasks: Vec<_> = (0..4)
         .map(|i| tokio::spawn(publisher(addr, i, rooms.clone())))
         .collect();
@@ -128,8 +69,8 @@ async fn kill_during_load(durability: &str) {
         acked.len()
     );
 
-    let mut child = spawn_broker(dir.path(), port, durability);
-    wait_ready(addr).await;
+    let mut child = spawn_confab(dir.path(), port, durability);
+    wait_listening(addr).await;
     let mut c = Conn::open(addr, "auditor", "d").await;
     let mut stored: HashMap<(RoomId, u64), Vec<u8>> = HashMap::new();
     for r in &rooms {

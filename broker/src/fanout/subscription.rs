@@ -359,6 +359,8 @@ mod tests {
                     room: &room_id,
                     seq: Seq(seq),
                     record: &rec,
+                    idem: None,
+                    timestamp_us: 0,
                 }],
                 Durability::Wal,
             )
@@ -399,6 +401,8 @@ mod tests {
                     room: &room_id,
                     seq: Seq(seq),
                     record: &rec,
+                    idem: None,
+                    timestamp_us: 0,
                 }],
                 Durability::Wal,
             )
@@ -423,6 +427,8 @@ mod tests {
                 room: &room_id,
                 seq: Seq(11),
                 record: &rec,
+                idem: None,
+                timestamp_us: 0,
             }],
             Durability::Wal,
         )

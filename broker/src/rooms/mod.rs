@@ -91,6 +91,15 @@ impl RoomRegistry {
             .clone()
     }
 
+    /// The room with this id, if it was touched since start.
+    pub(crate) fn get(&self, id: &RoomId) -> Option<Arc<Room>> {
+        self.rooms
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .cloned()
+    }
+
     /// Every room touched since start (for the metrics scrape, not the
     /// message path: it copies the list under the read lock).
     pub(crate) fn all(&self) -> Vec<Arc<Room>> {

@@ -1,17 +1,22 @@
-//! The sequencer's side of retention and offline push: trimming a room's
-//! log (and moving its `first` bound) in commit order, and offering push
-//! jobs for committed messages.
+//! The sequencer's side of retention: trimming a room's log (and moving its
+//! `first` bound) in commit order.
 
-use confab_codec::{MessageKind, RoomId, Seq};
+use std::sync::Arc;
+
+use confab_codec::{RoomId, Seq};
 use tracing::warn;
 
-use super::{PublishReq, Sequencer};
+use super::core::Core;
+use super::dedup::DedupKey;
+use crate::storage::IdemKey;
 
-impl Sequencer {
-    /// Deletes a room's entries below `before` (one range delete) and moves
-    /// its `first` bound, so that subscriptions stamped after this point
-    /// report the new bound. The head is never trimmed.
-    pub(super) fn trim(&mut self, room: &RoomId, before: Seq) {
+impl Core {
+    /// Deletes a room's entries below `before` (one range delete) and the
+    /// idempotency entries of those messages (`forget`, read by the
+    /// retention sweep), and moves its `first` bound, so that subscriptions
+    /// stamped after this point report the new bound. The head is never
+    /// trimmed.
+    pub(super) fn trim(&mut self, room: &RoomId, before: Seq, forget: &[(Arc<str>, u64)]) {
         // The sweep never asks past the head it read, and heads only grow;
         // a room not loaded here is trimmed without loading it (its bounds
         // are read from the log when it is first used).
@@ -19,8 +24,26 @@ impl Sequencer {
             Some(r) => Seq(before.0.min(r.head)),
             None => before,
         };
-        match self.log.trim(room, before, self.cfg.durability) {
+        let keys: Vec<IdemKey<'_>> = forget
+            .iter()
+            .map(|(sender, id)| IdemKey {
+                sender,
+                client_msg_id: *id,
+            })
+            .collect();
+        match self.log.trim(room, before, &keys, self.cfg.durability) {
             Ok(()) => {
+                // A retry of a trimmed message is a new message: the window
+                // in memory forgets them too.
+                if let Some(r) = self.registry.get(room) {
+                    for (sender, id) in forget {
+                        self.idem.forget(&DedupKey {
+                            room: r.clone(),
+                            sender: sender.clone(),
+                            client_msg_id: *id,
+                        });
+                    }
+                }
                 if let Some(r) = self.rooms.get_mut(room) {
                     r.first = r.first.max(before.0);
                 }
@@ -29,24 +52,5 @@ impl Sequencer {
             }
             Err(e) => warn!(%room, error = %e, "retention: trim failed"),
         }
-    }
-
-    /// Offers push jobs for a committed message: content kinds (messages and
-    /// application kinds, not edits, deletes or reactions) of managed rooms,
-    /// for members with no device online.
-    pub(super) fn offer_push(&self, req: &PublishReq, seq: Seq) {
-        let Some(push) = &self.push else { return };
-        if req.kind != MessageKind::MESSAGE && req.kind < MessageKind::FIRST_CUSTOM {
-            return;
-        }
-        let Some(state) = self.rooms.get(&req.room).and_then(|r| r.state.as_ref()) else {
-            return;
-        };
-        let members = state
-            .members
-            .iter()
-            .filter(|(_, role)| **role != confab_codec::Role::Invited)
-            .map(|(user, _)| user);
-        push.message_committed(&req.room, seq, &req.conn.user, &req.payload, members);
     }
 }

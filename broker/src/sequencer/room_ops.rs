@@ -14,7 +14,7 @@ use confab_codec::{
 };
 use rustc_hash::FxHashMap;
 
-use super::{Outcome, Sequencer};
+use super::core::{Core, Outcome};
 use crate::rooms::membership::{direct_room_id, room_key, RoomRecord, RoomState};
 use crate::rooms::receipts::{decode_marker, delivered_key, read_key};
 use crate::session::ConnCtx;
@@ -68,7 +68,7 @@ fn err<T>(code: ErrorCode, message: impl Into<String>) -> Result<T, (ErrorCode, 
     Err((code, message.into()))
 }
 
-impl Sequencer {
+impl Core {
     pub(super) fn room_op(
         &mut self,
         req: RoomOpReq,
@@ -573,13 +573,14 @@ impl Sequencer {
                 room: r.room.clone(),
                 seq,
                 frame,
+                received: std::time::Instant::now(),
             }),
             Err(_) => r.head -= 1,
         }
     }
 
     /// The reply frame of a room operation, built after the commit.
-    pub(super) fn room_reply(&mut self, request_id: u32, reply: OpResult) -> Frame {
+    pub(super) fn room_reply(&self, request_id: u32, reply: OpResult) -> Frame {
         match reply {
             Ok(Reply::Ack) => Frame::request(request_id, Ack {}),
             Ok(Reply::Info(room)) => match self.rooms.get(&room) {

@@ -8,14 +8,14 @@
 
 use confab_codec::{ErrorCode, Role, UserId};
 
-use super::Sequencer;
+use super::core::Core;
 use crate::rooms::membership::{member_key, role_from, user_prefix};
 use crate::storage::StorageError;
 
 /// Keys read per storage scan.
 const PAGE: usize = 1024;
 
-impl Sequencer {
+impl Core {
     /// The number of managed rooms `user` is a member of.
     fn joined_count(&mut self, user: &UserId) -> Result<usize, StorageError> {
         if let Some(n) = self.joined.get(user) {

@@ -6,7 +6,10 @@ use std::sync::Mutex;
 use bytes::Bytes;
 use confab_codec::{RoomId, Seq};
 
-use super::{Append, LogBounds, MetaEntry, MetaWrite, RoomLog, StorageError, StoredRecord};
+use super::{
+    decode_original, encode_original, idem_key, idem_key_msg_id, idem_prefix, Append, IdemKey,
+    LogBounds, MetaEntry, MetaWrite, Original, RoomLog, StorageError, StoredRecord,
+};
 use crate::config::Durability;
 
 /// Keeps every room's log in a `BTreeMap`. Nothing survives the process.
@@ -14,6 +17,8 @@ use crate::config::Durability;
 pub struct MemoryLog {
     rooms: Mutex<HashMap<RoomId, BTreeMap<u64, Bytes>>>,
     meta: Mutex<BTreeMap<Vec<u8>, Vec<u8>>>,
+    /// The idempotency index, with the same keys as RocksDB's.
+    idem: Mutex<BTreeMap<Vec<u8>, [u8; 16]>>,
 }
 
 impl MemoryLog {
@@ -26,6 +31,10 @@ impl MemoryLog {
         // A poisoned lock only means another thread panicked mid-operation;
         // the maps themselves are always consistent between statements.
         self.rooms.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn idem(&self) -> std::sync::MutexGuard<'_, BTreeMap<Vec<u8>, [u8; 16]>> {
+        self.idem.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -48,11 +57,19 @@ impl RoomLog for MemoryLog {
                 None => m.remove(&w.key),
             };
         }
+        let mut idem = self.idem();
         for a in batch {
             rooms
                 .entry(a.room.clone())
                 .or_default()
                 .insert(a.seq.0, Bytes::copy_from_slice(a.record));
+            if let Some(key) = a.idem {
+                let original = Original {
+                    seq: a.seq,
+                    timestamp_us: a.timestamp_us,
+                };
+                idem.insert(idem_key(a.room, key), encode_original(original));
+            }
         }
         Ok(())
     }
@@ -128,12 +145,40 @@ impl RoomLog for MemoryLog {
         Ok(out)
     }
 
-    fn trim(&self, room: &RoomId, before: Seq, _: Durability) -> Result<(), StorageError> {
+    fn trim(
+        &self,
+        room: &RoomId,
+        before: Seq,
+        forget: &[IdemKey<'_>],
+        _: Durability,
+    ) -> Result<(), StorageError> {
         if let Some(log) = self.lock().get_mut(room) {
             let kept = log.split_off(&before.0);
             *log = kept;
         }
+        let mut idem = self.idem();
+        for key in forget {
+            idem.remove(&idem_key(room, *key));
+        }
         Ok(())
+    }
+
+    fn original(&self, room: &RoomId, key: IdemKey<'_>) -> Result<Option<Original>, StorageError> {
+        Ok(self
+            .idem()
+            .get(&idem_key(room, key))
+            .and_then(|v| decode_original(v)))
+    }
+
+    fn high_water(&self, sender: &str) -> Result<u64, StorageError> {
+        let prefix = idem_prefix(sender);
+        let idem = self.idem();
+        Ok(idem
+            .range(prefix.clone()..)
+            .take_while(|(k, _)| k.starts_with(&prefix))
+            .filter_map(|(k, _)| idem_key_msg_id(k, prefix.len()))
+            .max()
+            .unwrap_or(0))
     }
 
     fn log_rooms(&self, after: Option<&RoomId>, limit: usize) -> Result<Vec<RoomId>, StorageError> {

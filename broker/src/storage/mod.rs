@@ -4,12 +4,14 @@
 //! Every method here blocks. Callers run them on the sequencer's own thread
 //! or through `spawn_blocking`, never on the async reactor.
 
+mod faulty;
 mod memory;
 mod rocks;
 
 use bytes::Bytes;
 use confab_codec::{RoomId, Seq};
 
+pub use faulty::{CommitFault, FaultyLog};
 pub use memory::MemoryLog;
 pub use rocks::RocksLog;
 
@@ -42,6 +44,32 @@ pub struct Append<'a> {
     pub seq: Seq,
     /// The encoded record.
     pub record: &'a [u8],
+    /// For a publish that carries a client message id: its idempotency
+    /// identity, recorded in the same atomic write so that a retry finds
+    /// the original for as long as the message is retained.
+    pub idem: Option<IdemKey<'a>>,
+    /// The record's timestamp (returned with the original to a retry).
+    pub timestamp_us: u64,
+}
+
+/// The idempotency identity of a publish within a room: the sending device
+/// (`user \0 device`) and the client's message id (never 0: publishes
+/// without one are not deduplicated).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdemKey<'a> {
+    /// `user \0 device`.
+    pub sender: &'a str,
+    /// The client message id.
+    pub client_msg_id: u64,
+}
+
+/// What a publish got when it was first stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Original {
+    /// Its sequence.
+    pub seq: Seq,
+    /// Its timestamp.
+    pub timestamp_us: u64,
 }
 
 /// A change to the metadata keyspace (rooms, membership, markers), written
@@ -159,14 +187,36 @@ pub trait RoomLog: Send + Sync + 'static {
         max_bytes: usize,
     ) -> Result<Vec<StoredRecord>, StorageError>;
 
-    /// Removes every record of `room` with `seq < before` (retention).
-    /// Implementations delete the whole range at once (RocksDB: one range
-    /// tombstone), never record by record. Callers never trim the head, so
-    /// the head stays known after a restart.
+    /// Removes every record of `room` with `seq < before` (retention),
+    /// and, in the same atomic write, the idempotency entries `forget` of
+    /// those records (the caller read them). Implementations delete the
+    /// records at once (RocksDB: one range tombstone), never record by
+    /// record. Callers never trim the head, so the head stays known after
+    /// a restart.
     ///
     /// # Errors
     /// If the engine fails; then nothing was removed.
-    fn trim(&self, room: &RoomId, before: Seq, durability: Durability) -> Result<(), StorageError>;
+    fn trim(
+        &self,
+        room: &RoomId,
+        before: Seq,
+        forget: &[IdemKey<'_>],
+        durability: Durability,
+    ) -> Result<(), StorageError>;
+
+    /// The original of a publish recorded in `room` under `key`, if the
+    /// message is still retained.
+    ///
+    /// # Errors
+    /// If the engine fails.
+    fn original(&self, room: &RoomId, key: IdemKey<'_>) -> Result<Option<Original>, StorageError>;
+
+    /// The highest client message id recorded for `sender` in any room (0
+    /// if none): every id above it is new.
+    ///
+    /// # Errors
+    /// If the engine fails.
+    fn high_water(&self, sender: &str) -> Result<u64, StorageError>;
 
     /// Rooms that have a log, in key order, starting after `after`, at most
     /// `limit` (for the retention sweep).
@@ -215,4 +265,125 @@ pub(crate) fn record_key(room: &RoomId, seq: Seq) -> Vec<u8> {
     key.extend_from_slice(id);
     key.extend_from_slice(&seq.0.to_be_bytes());
     key
+}
+
+/// Storage key of an idempotency entry: the sender with a two-byte length
+/// prefix, the client message id as a big-endian u64, then the room with a
+/// one-byte length prefix. A sender's entries are contiguous and ordered by
+/// id, so its highest id is one backwards seek away.
+pub(crate) fn idem_key(room: &RoomId, key: IdemKey<'_>) -> Vec<u8> {
+    let mut out = idem_prefix(key.sender);
+    out.extend_from_slice(&key.client_msg_id.to_be_bytes());
+    let id = room.as_bytes();
+    out.push(id.len() as u8);
+    out.extend_from_slice(id);
+    out
+}
+
+/// The prefix of every idempotency key of `sender`.
+pub(crate) fn idem_prefix(sender: &str) -> Vec<u8> {
+    let s = sender.as_bytes();
+    let mut out = Vec::with_capacity(2 + s.len() + 8 + 1 + 64);
+    // Senders are two ids of at most 255 bytes each and a separator.
+    out.extend_from_slice(&(s.len().min(usize::from(u16::MAX)) as u16).to_be_bytes());
+    out.extend_from_slice(s);
+    out
+}
+
+/// The client message id of an idempotency key of the sender whose prefix
+/// is `prefix_len` bytes long.
+pub(crate) fn idem_key_msg_id(key: &[u8], prefix_len: usize) -> Option<u64> {
+    let id: [u8; 8] = key.get(prefix_len..prefix_len + 8)?.try_into().ok()?;
+    Some(u64::from_be_bytes(id))
+}
+
+/// The value of an idempotency entry: sequence and timestamp, big-endian.
+pub(crate) fn encode_original(o: Original) -> [u8; 16] {
+    let mut v = [0u8; 16];
+    v[..8].copy_from_slice(&o.seq.0.to_be_bytes());
+    v[8..].copy_from_slice(&o.timestamp_us.to_be_bytes());
+    v
+}
+
+/// Decodes [`encode_original`]'s output.
+pub(crate) fn decode_original(v: &[u8]) -> Option<Original> {
+    let seq: [u8; 8] = v.get(..8)?.try_into().ok()?;
+    let ts: [u8; 8] = v.get(8..16)?.try_into().ok()?;
+    Some(Original {
+        seq: Seq(u64::from_be_bytes(seq)),
+        timestamp_us: u64::from_be_bytes(ts),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The idempotency index behaves the same in both engines: written with
+    /// the messages, found by (room, sender, id), a sender's highest id one
+    /// seek away, and deleted with the messages that retention trims.
+    fn idempotency_index(log: &dyn RoomLog) {
+        let a = RoomId::new("a").expect("id");
+        let b = RoomId::new("b").expect("id");
+        let (me, other) = ("me\0phone", "me\0phonf");
+        let append = |room, seq, sender, id| Append {
+            room,
+            seq: Seq(seq),
+            record: b"r",
+            idem: Some(IdemKey {
+                sender,
+                client_msg_id: id,
+            }),
+            timestamp_us: seq * 100,
+        };
+        log.append_batch(
+            &[
+                append(&a, 1, me, 7),
+                append(&a, 2, other, u64::MAX),
+                append(&b, 1, me, 9),
+                append(&a, 3, me, 3),
+            ],
+            Durability::Wal,
+        )
+        .expect("append");
+        let key = |sender, id| IdemKey {
+            sender,
+            client_msg_id: id,
+        };
+        let orig = |seq: u64| Original {
+            seq: Seq(seq),
+            timestamp_us: seq * 100,
+        };
+        assert_eq!(log.original(&a, key(me, 7)).expect("get"), Some(orig(1)));
+        assert_eq!(log.original(&b, key(me, 9)).expect("get"), Some(orig(1)));
+        assert_eq!(log.original(&b, key(me, 7)).expect("get"), None, "per room");
+        assert_eq!(log.high_water(me).expect("mark"), 9);
+        assert_eq!(log.high_water(other).expect("mark"), u64::MAX);
+        assert_eq!(
+            log.high_water("me\0pho").expect("mark"),
+            0,
+            "a prefix is not a sender"
+        );
+        log.trim(&a, Seq(2), &[key(me, 7)], Durability::Wal)
+            .expect("trim");
+        assert_eq!(log.original(&a, key(me, 7)).expect("get"), None, "trimmed");
+        assert_eq!(log.original(&a, key(me, 3)).expect("get"), Some(orig(3)));
+        assert_eq!(log.bounds(&a).expect("bounds").first, Seq(2));
+    }
+
+    #[test]
+    fn idempotency_index_in_memory() {
+        idempotency_index(&MemoryLog::new());
+    }
+
+    #[test]
+    fn idempotency_index_in_rocksdb() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = RocksLog::open(dir.path(), 1 << 20).expect("open");
+        idempotency_index(&log);
+        drop(log);
+        // And after reopening.
+        let log = RocksLog::open(dir.path(), 1 << 20).expect("open");
+        assert_eq!(log.high_water("me\0phone").expect("mark"), 9);
+    }
 }

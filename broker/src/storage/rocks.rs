@@ -11,7 +11,8 @@ use rocksdb::{
 };
 
 use super::{
-    record_key, Append, LogBounds, MetaEntry, MetaWrite, RoomLog, StorageError, StoredRecord,
+    decode_original, encode_original, idem_key, idem_key_msg_id, idem_prefix, record_key, Append,
+    IdemKey, LogBounds, MetaEntry, MetaWrite, Original, RoomLog, StorageError, StoredRecord,
 };
 use crate::config::Durability;
 
@@ -19,6 +20,9 @@ use crate::config::Durability;
 pub(crate) const CF_LOG: &str = "log";
 /// Column family of room metadata, membership and cursors.
 pub(crate) const CF_META: &str = "meta";
+/// Column family of the idempotency index: (sender, client message id,
+/// room) -> (seq, timestamp) for every retained publish that carries an id.
+pub(crate) const CF_IDEM: &str = "idem";
 
 impl From<rocksdb::Error> for StorageError {
     fn from(e: rocksdb::Error) -> Self {
@@ -77,9 +81,22 @@ impl RocksLog {
         meta_table.set_bloom_filter(10.0, false);
         meta_opts.set_block_based_table_factory(&meta_table);
 
+        // Point lookups of retries and one backwards seek per device:
+        // whole-key bloom filters answer "never seen" without reading a
+        // block. Entries are small and short-lived under retention.
+        let mut idem_opts = Options::default();
+        idem_opts.set_compression_type(DBCompressionType::Lz4);
+        idem_opts.set_write_buffer_size(32 << 20);
+        let mut idem_table = BlockBasedOptions::default();
+        idem_table.set_block_cache(&cache);
+        idem_table.set_bloom_filter(10.0, false);
+        idem_table.set_cache_index_and_filter_blocks(true);
+        idem_opts.set_block_based_table_factory(&idem_table);
+
         let cfs = vec![
             ColumnFamilyDescriptor::new(CF_LOG, log_opts),
             ColumnFamilyDescriptor::new(CF_META, meta_opts),
+            ColumnFamilyDescriptor::new(CF_IDEM, idem_opts),
         ];
         let db = DB::open_cf_descriptors(&db_opts, dir, cfs)?;
         Ok(Self { db })
@@ -96,7 +113,7 @@ impl RocksLog {
     pub fn open_secondary(dir: &Path, secondary_dir: &Path) -> Result<Self, StorageError> {
         let mut opts = Options::default();
         opts.set_max_open_files(-1);
-        let db = DB::open_cf_as_secondary(&opts, dir, secondary_dir, [CF_LOG, CF_META])?;
+        let db = DB::open_cf_as_secondary(&opts, dir, secondary_dir, [CF_LOG, CF_META, CF_IDEM])?;
         Ok(Self { db })
     }
 
@@ -119,6 +136,12 @@ impl RocksLog {
             .cf_handle(CF_LOG)
             .expect("the log column family is created at open")
     }
+
+    fn idem_cf(&self) -> &rocksdb::ColumnFamily {
+        self.db
+            .cf_handle(CF_IDEM)
+            .expect("the idempotency column family is created at open")
+    }
 }
 
 fn write_options(durability: Durability) -> WriteOptions {
@@ -129,6 +152,18 @@ fn write_options(durability: Durability) -> WriteOptions {
         Durability::Fsync => opts.set_sync(true),
     }
     opts
+}
+
+/// The smallest key above every key that starts with `prefix`, if any.
+fn successor(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut out = prefix.to_vec();
+    while let Some(last) = out.pop() {
+        if last < u8::MAX {
+            out.push(last + 1);
+            return Some(out);
+        }
+    }
+    None
 }
 
 fn decode_seq(key: &[u8], prefix_len: usize) -> Option<Seq> {
@@ -144,9 +179,17 @@ impl RoomLog for RocksLog {
         durability: Durability,
     ) -> Result<(), StorageError> {
         let cf = self.log_cf();
+        let icf = self.idem_cf();
         let mut wb = WriteBatch::default();
         for a in batch {
             wb.put_cf(cf, record_key(a.room, a.seq), a.record);
+            if let Some(key) = a.idem {
+                let original = Original {
+                    seq: a.seq,
+                    timestamp_us: a.timestamp_us,
+                };
+                wb.put_cf(icf, idem_key(a.room, key), encode_original(original));
+            }
         }
         if !meta.is_empty() {
             let mcf = self.meta_cf();
@@ -273,7 +316,13 @@ impl RoomLog for RocksLog {
         Ok(out)
     }
 
-    fn trim(&self, room: &RoomId, before: Seq, durability: Durability) -> Result<(), StorageError> {
+    fn trim(
+        &self,
+        room: &RoomId,
+        before: Seq,
+        forget: &[IdemKey<'_>],
+        durability: Durability,
+    ) -> Result<(), StorageError> {
         if before.0 <= 1 {
             return Ok(());
         }
@@ -284,8 +333,40 @@ impl RoomLog for RocksLog {
             record_key(room, Seq(0)),
             record_key(room, before),
         );
+        let icf = self.idem_cf();
+        for key in forget {
+            wb.delete_cf(icf, idem_key(room, *key));
+        }
         self.db.write_opt(wb, &write_options(durability))?;
         Ok(())
+    }
+
+    fn original(&self, room: &RoomId, key: IdemKey<'_>) -> Result<Option<Original>, StorageError> {
+        let value = self.db.get_pinned_cf(self.idem_cf(), idem_key(room, key))?;
+        match value {
+            None => Ok(None),
+            Some(v) => decode_original(&v).map(Some).ok_or(StorageError::Corrupt {
+                room: room.to_string(),
+                seq: 0,
+            }),
+        }
+    }
+
+    fn high_water(&self, sender: &str) -> Result<u64, StorageError> {
+        let prefix = idem_prefix(sender);
+        let mut opts = ReadOptions::default();
+        opts.set_iterate_lower_bound(prefix.clone());
+        if let Some(upper) = successor(&prefix) {
+            opts.set_iterate_upper_bound(upper);
+        }
+        let mut it = self.db.raw_iterator_cf_opt(self.idem_cf(), opts);
+        it.seek_to_last();
+        let id = match it.key() {
+            Some(k) if k.starts_with(&prefix) => idem_key_msg_id(k, prefix.len()),
+            _ => None,
+        };
+        it.status()?;
+        Ok(id.unwrap_or(0))
     }
 
     fn log_rooms(&self, after: Option<&RoomId>, limit: usize) -> Result<Vec<RoomId>, StorageError> {
@@ -348,7 +429,7 @@ impl RoomLog for RocksLog {
 
     fn flush(&self) -> Result<(), StorageError> {
         self.db.flush_wal(true)?;
-        let cfs: Vec<&rocksdb::ColumnFamily> = [CF_LOG, CF_META]
+        let cfs: Vec<&rocksdb::ColumnFamily> = [CF_LOG, CF_META, CF_IDEM]
             .iter()
             .filter_map(|name| self.db.cf_handle(name))
             .collect();
@@ -372,7 +453,7 @@ impl RoomLog for RocksLog {
     }
 
     fn compact(&self) -> Result<(), StorageError> {
-        for cf in [self.log_cf(), self.meta_cf()] {
+        for cf in [self.log_cf(), self.meta_cf(), self.idem_cf()] {
             self.db.compact_range_cf(cf, None::<&[u8]>, None::<&[u8]>);
         }
         Ok(())

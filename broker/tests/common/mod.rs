@@ -547,3 +547,69 @@ pub fn assert_contiguous(seqs: &[u64], from: u64, to: u64) {
         "sequences contiguous and in order"
     );
 }
+
+/// A free TCP port on 127.0.0.1 (for a `confab` process that must come
+/// back on the same address).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Starts the real `confab` binary on `dir`, TCP on `port`, rate limits
+/// off.
+pub fn spawn_confab(dir: &Path, port: u16, durability: &str) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_confab"))
+        .args([
+            "serve",
+            "--data-dir",
+            dir.to_str().unwrap(),
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            // Not the default fixed UDP port: tests run in parallel.
+            "--listen-quic",
+            "127.0.0.1:0",
+            "--durability",
+            durability,
+            "--log-level",
+            "error",
+            "--set",
+            "rate_limits.enabled=false",
+        ])
+        .env_clear()
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .expect("the confab binary starts")
+}
+
+/// Waits until something accepts TCP connections on `addr`.
+pub async fn wait_listening(addr: SocketAddr) {
+    let deadline = std::time::Instant::now() + WAIT;
+    while TcpStream::connect(addr).await.is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "broker did not come up on {addr}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Every retained event of a room, through history pages.
+pub async fn read_all(c: &mut Conn, r: &RoomId) -> Vec<EventRecord> {
+    let mut all = Vec::new();
+    let mut anchor = 0;
+    loop {
+        let page = c.history(r, Direction::After, anchor, 1000).await;
+        if let Some(last) = page.events.last() {
+            anchor = last.seq.0;
+        }
+        all.extend(page.events);
+        if !page.has_more {
+            return all;
+        }
+    }
+}

@@ -1,0 +1,308 @@
+//! The sequencer's thread: takes groups of requests off the channel, steps
+//! the [`Core`], and carries out what each step says (replies to the
+//! connections, events to the fan-out, offline push), keeping their order.
+
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use confab_codec::{ErrorFrame, Frame, MessageKind, PublishAck, Seq};
+use crossbeam_channel::{Receiver, Sender};
+use tracing::{error, warn};
+
+use super::core::{Core, Outcome};
+use super::{now_us, PublishReq, SeqMsg};
+use crate::config::{RoomsConfig, StorageConfig};
+use crate::fanout::{Committed, FanoutMsg};
+use crate::push::PushHub;
+use crate::rooms::{Room, RoomRegistry};
+use crate::session::ConnCtx;
+use crate::stats::Stats;
+use crate::storage::RoomLog;
+
+/// Why the sequencer stopped before it was told to.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum Fatal {
+    /// The fan-out thread is gone: committed messages would be acknowledged
+    /// and never delivered.
+    #[error("the fan-out thread is gone")]
+    FanoutGone,
+}
+
+/// The sequencer thread's state: the core and where its outcomes go.
+pub(crate) struct Sequencer {
+    core: Core,
+    fanout: Sender<FanoutMsg>,
+    stats: Arc<Stats>,
+    /// Offline push, when on.
+    push: Option<Arc<PushHub>>,
+}
+
+impl Sequencer {
+    pub(crate) fn new(
+        log: Arc<dyn RoomLog>,
+        registry: Arc<RoomRegistry>,
+        cfg: StorageConfig,
+        rooms_cfg: RoomsConfig,
+        fanout: Sender<FanoutMsg>,
+        stats: Arc<Stats>,
+    ) -> Self {
+        Self {
+            core: Core::new(log, registry, cfg, rooms_cfg, stats.clone()),
+            fanout,
+            stats,
+            push: None,
+        }
+    }
+
+    /// Leaves access decisions to an authorization hook that the sessions
+    /// consult (see `crate::embed::authz`).
+    pub(crate) fn external_authz(mut self, on: bool) -> Self {
+        self.core = self.core.external_authz(on);
+        self
+    }
+
+    /// Hands committed messages of managed rooms to offline push.
+    pub(crate) fn with_push(mut self, push: Option<Arc<PushHub>>) -> Self {
+        self.push = push;
+        self
+    }
+
+    /// Runs until told to stop or every sender is gone, then returns (after
+    /// the last group is committed and handed on).
+    ///
+    /// # Errors
+    /// [`Fatal`] if the fan-out is gone; the caller stops the broker.
+    pub(crate) fn run(mut self, rx: Receiver<SeqMsg>) -> Result<(), Fatal> {
+        let max = self.core.cfg.max_batch;
+        let mut batch = Vec::with_capacity(max);
+        let mut stop = false;
+        while !stop {
+            let Ok(first) = rx.recv() else { break };
+            let mut next = Some(first);
+            while let Some(msg) = next {
+                if matches!(msg, SeqMsg::Stop) {
+                    stop = true;
+                    break;
+                }
+                batch.push(msg);
+                next = if batch.len() < max {
+                    rx.try_recv().ok()
+                } else {
+                    None
+                };
+            }
+            let now = now_us();
+            let outcomes = self.core.step(&mut batch, now);
+            self.deliver(outcomes, now)?;
+        }
+        if let Err(e) = self.core.log.flush() {
+            error!(error = %e, "final flush failed");
+        }
+        // The fan-out may already be gone at shutdown.
+        let _ = self.fanout.send(FanoutMsg::Stop);
+        Ok(())
+    }
+
+    fn fan_out(&self, msg: FanoutMsg) -> Result<(), Fatal> {
+        self.fanout.send(msg).map_err(|_| Fatal::FanoutGone)
+    }
+
+    /// Acknowledges publishers and hands events and subscriptions to the
+    /// fan-out, keeping their relative order.
+    fn deliver(&mut self, outcomes: Vec<Outcome>, now: u64) -> Result<(), Fatal> {
+        let mut committed = Vec::new();
+        let mut receipts: Vec<(Arc<Room>, Vec<confab_codec::ReceiptEntry>)> = Vec::new();
+        let mut replies = Replies::default();
+        for outcome in outcomes {
+            match outcome {
+                Outcome::Stored {
+                    req,
+                    room,
+                    seq,
+                    frame,
+                    ..
+                } => {
+                    replies.ack(&req, seq, now, false);
+                    self.stats
+                        .hist
+                        .publish_ack
+                        .record(req.received.elapsed().as_secs_f64());
+                    self.offer_push(&req, seq);
+                    committed.push(Committed {
+                        room,
+                        seq,
+                        frame,
+                        received: req.received,
+                    });
+                }
+                Outcome::Duplicate { req, original } => {
+                    replies.ack(&req, original.seq, original.timestamp_us, true);
+                }
+                Outcome::Rejected { req, code, message } => {
+                    let frame = Frame::request(
+                        req.request_id,
+                        ErrorFrame {
+                            code,
+                            retry_after_ms: 0,
+                            message,
+                        },
+                    );
+                    replies.push(&req.conn, &frame);
+                }
+                Outcome::Subscribe(cmd) => {
+                    if !committed.is_empty() {
+                        self.fan_out(FanoutMsg::Committed(std::mem::take(&mut committed)))?;
+                    }
+                    self.fan_out(FanoutMsg::Subscribe(cmd))?;
+                }
+                Outcome::Internal {
+                    room,
+                    seq,
+                    frame,
+                    received,
+                } => {
+                    committed.push(Committed {
+                        room,
+                        seq,
+                        frame,
+                        received,
+                    });
+                }
+                Outcome::RoomReply {
+                    conn,
+                    request_id,
+                    reply,
+                } => {
+                    let frame = self.core.room_reply(request_id, reply);
+                    replies.reply(&conn, &frame);
+                }
+                Outcome::Evict { room, user } => {
+                    if !committed.is_empty() {
+                        self.fan_out(FanoutMsg::Committed(std::mem::take(&mut committed)))?;
+                    }
+                    self.fan_out(FanoutMsg::Evict { room, user })?;
+                }
+                Outcome::Receipt { room, entry } => {
+                    match receipts.iter_mut().find(|(r, _)| Arc::ptr_eq(r, &room)) {
+                        Some((_, entries)) => entries.push(entry),
+                        None => receipts.push((room, vec![entry])),
+                    }
+                }
+                Outcome::Unsubscribe(subs) => {
+                    if !committed.is_empty() {
+                        self.fan_out(FanoutMsg::Committed(std::mem::take(&mut committed)))?;
+                    }
+                    self.fan_out(FanoutMsg::Unsubscribe(subs))?;
+                }
+            }
+        }
+        // Events go to the fan-out before the acknowledgements go out: if
+        // the fan-out is gone, nothing of this group is acknowledged.
+        if !committed.is_empty() {
+            self.fan_out(FanoutMsg::Committed(committed))?;
+        }
+        replies.flush();
+        // Markers of one commit reach each room's devices as one event.
+        for (room, entries) in receipts {
+            let frame = Frame::new(confab_codec::ReceiptEvent {
+                room: room.id.clone(),
+                entries,
+            });
+            if let Ok(frame) = frame.to_bytes() {
+                self.fan_out(FanoutMsg::Ephemeral { room, frame })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Offers push jobs for a committed message: content kinds (messages and
+    /// application kinds, not edits, deletes or reactions) of managed rooms,
+    /// for members with no device online.
+    fn offer_push(&self, req: &PublishReq, seq: Seq) {
+        let Some(push) = &self.push else { return };
+        if req.kind != MessageKind::MESSAGE && req.kind < MessageKind::FIRST_CUSTOM {
+            return;
+        }
+        let Some(state) = self
+            .core
+            .rooms
+            .get(&req.room)
+            .and_then(|r| r.state.as_ref())
+        else {
+            return;
+        };
+        let members = state
+            .members
+            .iter()
+            .filter(|(_, role)| **role != confab_codec::Role::Invited)
+            .map(|(user, _)| user);
+        push.message_committed(&req.room, seq, &req.conn.user, &req.payload, members);
+    }
+}
+
+/// Replies of one group commit, gathered per connection so that each
+/// connection gets one buffer and one wake-up, not one per publish.
+#[derive(Default)]
+struct Replies {
+    conns: Vec<(Arc<ConnCtx>, BytesMut, usize)>,
+}
+
+impl Replies {
+    fn slot(&mut self, conn: &Arc<ConnCtx>) -> &mut (Arc<ConnCtx>, BytesMut, usize) {
+        // Publishes of one connection usually arrive together: look at the
+        // most recent slot first.
+        let idx = match self
+            .conns
+            .iter()
+            .rposition(|(c, _, _)| Arc::ptr_eq(c, conn))
+        {
+            Some(i) => i,
+            None => {
+                self.conns.push((conn.clone(), BytesMut::new(), 0));
+                self.conns.len() - 1
+            }
+        };
+        &mut self.conns[idx]
+    }
+
+    /// Queues a reply frame and releases the publish's permit.
+    fn push(&mut self, conn: &Arc<ConnCtx>, frame: &Frame) {
+        self.reply(conn, frame);
+        self.slot(conn).2 += 1;
+    }
+
+    /// Queues a reply frame that holds no publish permit.
+    fn reply(&mut self, conn: &Arc<ConnCtx>, frame: &Frame) {
+        let slot = self.slot(conn);
+        if let Err(e) = frame.encode(&mut slot.1) {
+            warn!(error = %e, "cannot encode a reply");
+        }
+    }
+
+    fn ack(&mut self, req: &PublishReq, seq: Seq, timestamp_us: u64, duplicate: bool) {
+        if req.no_reply {
+            self.slot(&req.conn).2 += 1;
+            return;
+        }
+        let frame = Frame::request(
+            req.request_id,
+            PublishAck {
+                room: req.room.clone(),
+                client_msg_id: req.client_msg_id,
+                seq,
+                timestamp_us,
+                duplicate,
+            },
+        );
+        self.push(&req.conn, &frame);
+    }
+
+    fn flush(self) {
+        for (conn, buf, permits) in self.conns {
+            if !buf.is_empty() {
+                conn.outbox.push_control(buf.freeze());
+            }
+            conn.inflight.add_permits(permits);
+        }
+    }
+}

@@ -1,0 +1,181 @@
+//! A [`RoomLog`] wrapper that fails on demand, for testing what the broker
+//! does when its storage does (the sequencer's property tests, the
+//! supervision tests, and embedders' own fault tests).
+
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::Arc;
+
+use confab_codec::{RoomId, Seq};
+
+use super::{
+    Append, IdemKey, LogBounds, MetaEntry, MetaWrite, Original, RoomLog, StorageError, StoredRecord,
+};
+use crate::config::Durability;
+
+/// How the next commits end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CommitFault {
+    /// Commits go through.
+    None,
+    /// The engine refuses the write: nothing is stored.
+    Refuse,
+    /// The engine stores the write and then reports an error (as a failed
+    /// fsync does): the caller cannot know whether it is stored.
+    WriteThenFail,
+    /// The commit panics (a bug in the engine or its bindings).
+    Panic,
+}
+
+impl CommitFault {
+    fn from_u8(v: u8) -> Self {
+        match v {
+            1 => Self::Refuse,
+            2 => Self::WriteThenFail,
+            3 => Self::Panic,
+            _ => Self::None,
+        }
+    }
+
+    fn to_u8(self) -> u8 {
+        match self {
+            Self::None => 0,
+            Self::Refuse => 1,
+            Self::WriteThenFail => 2,
+            Self::Panic => 3,
+        }
+    }
+}
+
+/// Wraps a log; commits and idempotency reads fail as told.
+pub struct FaultyLog {
+    inner: Arc<dyn RoomLog>,
+    commit: AtomicU8,
+    reads: AtomicBool,
+}
+
+impl std::fmt::Debug for FaultyLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FaultyLog")
+            .field(
+                "commit",
+                &CommitFault::from_u8(self.commit.load(Ordering::SeqCst)),
+            )
+            .field("reads_fail", &self.reads.load(Ordering::SeqCst))
+            .finish_non_exhaustive()
+    }
+}
+
+impl FaultyLog {
+    /// Wraps `inner`, with no fault.
+    pub fn new(inner: Arc<dyn RoomLog>) -> Self {
+        Self {
+            inner,
+            commit: AtomicU8::new(0),
+            reads: AtomicBool::new(false),
+        }
+    }
+
+    /// Sets how the following commits end.
+    pub fn set_commit_fault(&self, fault: CommitFault) {
+        self.commit.store(fault.to_u8(), Ordering::SeqCst);
+    }
+
+    /// Makes the idempotency reads ([`RoomLog::original`],
+    /// [`RoomLog::high_water`]) fail, or work again.
+    pub fn set_read_fault(&self, fail: bool) {
+        self.reads.store(fail, Ordering::SeqCst);
+    }
+
+    fn read_fault(&self) -> Result<(), StorageError> {
+        if self.reads.load(Ordering::SeqCst) {
+            return Err(StorageError::Engine("injected read failure".into()));
+        }
+        Ok(())
+    }
+}
+
+impl RoomLog for FaultyLog {
+    fn commit(
+        &self,
+        batch: &[Append<'_>],
+        meta: &[MetaWrite],
+        durability: Durability,
+    ) -> Result<(), StorageError> {
+        match CommitFault::from_u8(self.commit.load(Ordering::SeqCst)) {
+            CommitFault::None => self.inner.commit(batch, meta, durability),
+            CommitFault::Refuse => Err(StorageError::Engine("injected: write refused".into())),
+            CommitFault::WriteThenFail => {
+                self.inner.commit(batch, meta, durability)?;
+                Err(StorageError::Engine("injected: fsync failed".into()))
+            }
+            CommitFault::Panic => panic!("injected: the storage engine fell over"),
+        }
+    }
+
+    fn meta_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        self.inner.meta_get(key)
+    }
+
+    fn meta_scan(
+        &self,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<MetaEntry>, StorageError> {
+        self.inner.meta_scan(prefix, after, limit)
+    }
+
+    fn bounds(&self, room: &RoomId) -> Result<LogBounds, StorageError> {
+        self.inner.bounds(room)
+    }
+
+    fn read_range(
+        &self,
+        room: &RoomId,
+        from: Seq,
+        to: Seq,
+        max_count: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<StoredRecord>, StorageError> {
+        self.inner.read_range(room, from, to, max_count, max_bytes)
+    }
+
+    fn read_before(
+        &self,
+        room: &RoomId,
+        before: Seq,
+        max_count: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<StoredRecord>, StorageError> {
+        self.inner.read_before(room, before, max_count, max_bytes)
+    }
+
+    fn trim(
+        &self,
+        room: &RoomId,
+        before: Seq,
+        forget: &[IdemKey<'_>],
+        durability: Durability,
+    ) -> Result<(), StorageError> {
+        self.inner.trim(room, before, forget, durability)
+    }
+
+    fn original(&self, room: &RoomId, key: IdemKey<'_>) -> Result<Option<Original>, StorageError> {
+        self.read_fault()?;
+        self.inner.original(room, key)
+    }
+
+    fn high_water(&self, sender: &str) -> Result<u64, StorageError> {
+        self.read_fault()?;
+        self.inner.high_water(sender)
+    }
+
+    fn log_rooms(&self, after: Option<&RoomId>, limit: usize) -> Result<Vec<RoomId>, StorageError> {
+        self.inner.log_rooms(after, limit)
+    }
+
+    fn flush(&self) -> Result<(), StorageError> {
+        self.inner.flush()
+    }
+}
