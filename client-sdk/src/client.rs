@@ -176,7 +176,7 @@ impl Client {
                 cmds: cmd_tx,
                 ctl: ctl_tx,
                 permits,
-                msg_ids: MsgIds::new(rand::random()),
+                msg_ids: MsgIds::from_clock(),
                 sub_ids: AtomicU64::new(1),
                 events,
                 signals,
