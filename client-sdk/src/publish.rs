@@ -181,7 +181,9 @@ impl Future for PendingPublish {
 /// A clock set back between two runs only makes the next run's ids take
 /// that slow path; deduplication stays correct. Ids repeat only if the
 /// clock, when a run starts, reads earlier than it did when the previous
-/// run started (plus a nanosecond per id that run used).
+/// run started (plus a nanosecond per id that run used); the connection
+/// task logs a warning when a publish is acknowledged as a duplicate on its
+/// first send, the mark of such a reuse.
 ///
 /// Past `u64::MAX` the counter wraps around to 1 (some 1.6e19 ids after a
 /// start from today's clock), skipping 0, which would disable
