@@ -12,10 +12,16 @@
 //! ```
 //!
 //! Lines typed are published to the room; `/quit` (or end of input, or
-//! Ctrl-C) leaves after the last messages are acknowledged. Stop and restart
-//! the broker while chatting: the chat says it lost the connection, comes
-//! back by itself, and nothing typed or sent by others meanwhile is lost or
-//! shown twice.
+//! Ctrl-C) leaves after the last messages are acknowledged. Lines typed
+//! here are not printed again when they come back from the room, live or
+//! after a reconnect; everything else is, as `[seq] user: text`.
+//!
+//! The chat starts whether the broker is reachable or not
+//! ([`Client::start`]): started offline, it says so, keeps what is typed,
+//! and joins the room and sends it all once the broker answers. Stop and
+//! restart the broker while chatting: the chat says it lost the
+//! connection, comes back by itself, and nothing typed or sent by others
+//! meanwhile is lost or shown twice.
 //!
 //! Over QUIC or TLS, give the broker's certificate: the fingerprint it logs
 //! at start, or its certificate file (`confab-data/tls/cert.pem` for the
@@ -30,6 +36,7 @@
 //! when started again, shows everything posted since instead of the last
 //! `--history` messages.
 
+use std::collections::HashSet;
 use std::io::BufRead;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -39,7 +46,7 @@ use clap::Parser;
 use confab_client::confab_codec::{Direction, MessageKind, RoomId, Seq};
 use confab_client::{
     Client, ClientConfig, ClientError, ConnectionEvent, CursorStore, FileCursorStore, Message,
-    RoomEvent, Trust,
+    RoomEvent, Subscription, Trust,
 };
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::mpsc;
@@ -97,33 +104,28 @@ async fn run(args: Args) -> Result<(), ClientError> {
         config = config.cursor_store(store.clone());
     }
     let room = RoomId::new(args.room.as_str())?;
-    let client = Client::connect(config).await?;
-    let me = (args.user.as_str(), args.device.as_str());
+    // Returns at once, whether the broker is reachable or not (only a bad
+    // configuration fails here): the chat works offline, queues what is
+    // typed, and catches up once connected.
+    let client = Client::start(config)?;
+    let mut events = client.events();
+    let mut me = Me {
+        user: args.user.clone(),
+        device: args.device.clone(),
+        typed: HashSet::new(),
+    };
+    println!(
+        "-- you are {} in {room}; type a message, /quit to leave --",
+        args.user
+    );
 
     // Join: from where this device stopped if it has a cursor (the broker
     // replays what was missed), else the last messages, then live from the
-    // one after them (so nothing posted in between is skipped).
-    let mut sub = match store.as_ref().and_then(|s| s.get(&room)) {
-        Some(cursor) => {
-            println!("-- {room}: new since #{cursor} --");
-            client.subscribe(&room).await?
-        }
-        None => {
-            let page = client
-                .history_page(&room, Direction::Before, Seq(0), args.history)
-                .await?;
-            println!("-- {room}: last {} messages --", page.events.len());
-            let head = page.events.last().map_or(0, |e| e.seq.0);
-            for record in page.events {
-                show(&RoomEvent::from_record(room.clone(), record, true), me);
-            }
-            client.subscribe_from(&room, Seq(head + 1)).await?
-        }
-    };
-    println!(
-        "-- you are {}; type a message, /quit to leave --",
-        args.user
-    );
+    // one after them. It needs the broker, so it runs alongside the rest.
+    let cursor = store.as_ref().and_then(|s| s.get(&room));
+    let join = join(&client, &room, cursor, args.history);
+    tokio::pin!(join);
+    let mut sub: Option<Subscription> = None;
 
     // Standard input is read on its own thread: reading it blocks.
     let (lines_tx, mut lines) = mpsc::channel::<String>(16);
@@ -136,17 +138,28 @@ async fn run(args: Args) -> Result<(), ClientError> {
         }
     });
 
-    let mut events = client.events();
-    let mut online = true;
+    let mut link = Link::Starting;
     let result = loop {
         tokio::select! {
+            joined = &mut join, if sub.is_none() => match joined {
+                Ok((header, backlog, joined)) => {
+                    println!("{header}");
+                    for event in &backlog {
+                        me.show(event);
+                    }
+                    sub = Some(joined);
+                }
+                Err(e) => break Err(e),
+            },
             line = lines.recv() => match line.as_deref().map(str::trim) {
                 None | Some("/quit") => break Ok(()),
                 Some("") => {}
                 Some(text) => {
                     // Waits only for room in the outbound queue; the SDK
-                    // sends it (again after a reconnection if needed).
+                    // sends it once connected (again after a reconnection
+                    // if needed).
                     let pending = client.enqueue(Message::new(room.clone(), text.to_owned())).await?;
+                    me.typed.insert(pending.client_msg_id());
                     tokio::spawn(async move {
                         if let Err(e) = pending.await {
                             eprintln!("* not sent: {e}");
@@ -154,18 +167,31 @@ async fn run(args: Args) -> Result<(), ClientError> {
                     });
                 }
             },
-            event = sub.next() => match event {
-                Some(Ok(event)) => show(&event, me),
+            event = next_event(&mut sub) => match event {
+                Some(Ok(event)) => me.show(&event),
                 Some(Err(e)) => break Err(e),
                 None => break Ok(()),
             },
             event = events.recv() => match event {
-                Ok(ConnectionEvent::Disconnected { reason }) if online => {
-                    online = false;
-                    eprintln!("* connection lost ({reason}); reconnecting...");
+                Ok(ConnectionEvent::Disconnected { reason }) => match link {
+                    Link::Starting => {
+                        link = Link::Unreachable;
+                        eprintln!("* broker unreachable ({reason}); retrying in the background, and what you type is sent once connected");
+                    }
+                    Link::Up => {
+                        link = Link::Lost;
+                        eprintln!("* connection lost ({reason}); reconnecting...");
+                    }
+                    Link::Unreachable | Link::Lost => {}
+                },
+                Ok(ConnectionEvent::Connected { .. }) => {
+                    if link == Link::Unreachable {
+                        eprintln!("* connected");
+                    }
+                    link = Link::Up;
                 }
                 Ok(ConnectionEvent::Reconnected { .. }) => {
-                    online = true;
+                    link = Link::Up;
                     eprintln!("* reconnected");
                 }
                 Ok(ConnectionEvent::Closed { error: Some(e) }) => break Err(e),
@@ -186,24 +212,105 @@ async fn run(args: Args) -> Result<(), ClientError> {
     result
 }
 
-/// Prints one event as `[seq] user: text`. This device's own live messages
-/// are not repeated: they were typed here.
-fn show(event: &RoomEvent, (user, device): (&str, &str)) {
-    if !event.replayed && event.sender.as_str() == user && event.device.as_str() == device {
-        return;
+/// Where the connection stands, for the messages about it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Link {
+    /// No connection yet, no failure yet.
+    Starting,
+    /// Never connected; attempts fail.
+    Unreachable,
+    Up,
+    /// Was up; reconnecting.
+    Lost,
+}
+
+/// Follows the room: the header to print, the backlog to show first, and
+/// the subscription.
+async fn join(
+    client: &Client,
+    room: &RoomId,
+    cursor: Option<Seq>,
+    last: u16,
+) -> Result<(String, Vec<RoomEvent>, Subscription), ClientError> {
+    if let Some(cursor) = cursor {
+        // Works offline: the broker replays what was missed once connected.
+        let sub = client.subscribe(room).await?;
+        return Ok((
+            format!("-- {room}: new since #{cursor} --"),
+            Vec::new(),
+            sub,
+        ));
     }
-    let text = String::from_utf8_lossy(&event.payload);
-    let target = event.refers_to.map(|s| s.0).unwrap_or_default();
-    match event.kind {
-        MessageKind::MESSAGE => println!("[{}] {}: {text}", event.seq, event.sender),
-        MessageKind::EDIT => println!("[{}] {} edited #{target}: {text}", event.seq, event.sender),
-        MessageKind::DELETE => println!("[{}] {} deleted #{target}", event.seq, event.sender),
-        MessageKind::REACTION => {
-            println!(
-                "[{}] {} reacted {text} to #{target}",
-                event.seq, event.sender
-            )
+    // The history request waits for a connection and is sent again if the
+    // connection drops before the answer; it only gives up (`Timeout`)
+    // after the request timeout without a connection. Then ask again.
+    let page = loop {
+        match client
+            .history_page(room, Direction::Before, Seq(0), last)
+            .await
+        {
+            Ok(page) => break page,
+            Err(ClientError::Timeout) => continue,
+            Err(e) => return Err(e),
         }
-        other => println!("[{}] {} ({other:?}): {text}", event.seq, event.sender),
+    };
+    let head = page.events.last().map_or(0, |e| e.seq.0);
+    let header = format!("-- {room}: last {} messages --", page.events.len());
+    let backlog = page
+        .events
+        .into_iter()
+        .map(|record| RoomEvent::from_record(room.clone(), record, true))
+        .collect();
+    let sub = client.subscribe_from(room, Seq(head + 1)).await?;
+    Ok((header, backlog, sub))
+}
+
+/// The next event of the subscription, once there is one.
+async fn next_event(sub: &mut Option<Subscription>) -> Option<Result<RoomEvent, ClientError>> {
+    match sub {
+        Some(sub) => sub.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Who is chatting, and what they typed here that has not come back yet.
+struct Me {
+    user: String,
+    device: String,
+    /// Client message ids of the lines typed in this chat. The terminal
+    /// already shows them, so they are not printed again when they come
+    /// back from the room, live or replayed after a reconnect alike: one
+    /// rule, by id. Everything else is printed, this user's messages from
+    /// other devices or earlier runs included. Each id comes back once
+    /// (exactly-once delivery) and is forgotten then.
+    typed: HashSet<u64>,
+}
+
+impl Me {
+    /// Prints one event as `[seq] user: text`, unless it is a line typed
+    /// here.
+    fn show(&mut self, event: &RoomEvent) {
+        if event.sender.as_str() == self.user
+            && event.device.as_str() == self.device
+            && self.typed.remove(&event.client_msg_id)
+        {
+            return;
+        }
+        let text = String::from_utf8_lossy(&event.payload);
+        let target = event.refers_to.map(|s| s.0).unwrap_or_default();
+        match event.kind {
+            MessageKind::MESSAGE => println!("[{}] {}: {text}", event.seq, event.sender),
+            MessageKind::EDIT => {
+                println!("[{}] {} edited #{target}: {text}", event.seq, event.sender)
+            }
+            MessageKind::DELETE => println!("[{}] {} deleted #{target}", event.seq, event.sender),
+            MessageKind::REACTION => {
+                println!(
+                    "[{}] {} reacted {text} to #{target}",
+                    event.seq, event.sender
+                )
+            }
+            other => println!("[{}] {} ({other:?}): {text}", event.seq, event.sender),
+        }
     }
 }

@@ -7,7 +7,7 @@
 use std::fmt;
 use std::ops::{Bound, RangeBounds};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use confab_codec::{
@@ -43,15 +43,21 @@ const HISTORY_PAGE: u16 = 1000;
 /// stops when the last clone and the last [`Subscription`] are dropped, or
 /// on [`Client::close`].
 ///
-/// **Requests** (history, rooms, presence, receipts) wait for a connection
-/// while offline. Besides the broker's own refusals
-/// ([`ClientError::Server`]), they share these failures, called "the common
-/// ones" in the method docs: [`ClientError::Timeout`] (no reply within
-/// [`ClientConfig::request_timeout`], waiting for a connection included),
-/// [`ClientError::ConnectionLost`] (the connection dropped with the request
-/// in flight; it is not retried, since it may have been carried out),
-/// [`ClientError::QueueFull`] (too many requests waiting for a connection),
-/// [`ClientError::Closed`], and [`ClientError::Codec`] for an invalid id.
+/// **Requests** (history, rooms, presence) wait for a connection while
+/// offline. Those that only read (history, room info, room list, presence,
+/// message status) are sent again on the next connection when the
+/// connection drops before their reply. Receipts
+/// ([`Client::mark_read`], [`Client::mark_delivered`]) return at once and
+/// are delivered by the SDK, offline or not. Besides the broker's own
+/// refusals ([`ClientError::Server`]), requests share these failures,
+/// called "the common ones" in the method docs: [`ClientError::Timeout`]
+/// (no reply within [`ClientConfig::request_timeout`], waiting for a
+/// connection included), [`ClientError::ConnectionLost`] (the connection
+/// dropped with a request that changes something in flight; it is not
+/// retried, since it may have been carried out), [`ClientError::QueueFull`]
+/// (too many requests waiting for a connection), [`ClientError::Closed`]
+/// (or the error that stopped the client, see [`Client::closed_error`]),
+/// and [`ClientError::Codec`] for an invalid id.
 ///
 /// ```no_run
 /// # async fn run() -> Result<(), confab_client::ClientError> {
@@ -80,6 +86,8 @@ struct Inner {
     events: broadcast::Sender<ConnectionEvent>,
     signals: broadcast::Sender<Signal>,
     state: watch::Receiver<ConnectionState>,
+    /// Why the connection task stopped, if for a fatal error.
+    stopped: Arc<OnceLock<ClientError>>,
     config: Arc<ClientConfig>,
 }
 
@@ -110,8 +118,9 @@ impl Client {
     /// # Errors
     /// [`ClientError::InvalidConfig`], or the failure of the first
     /// connection attempt (transport error, [`ClientError::Timeout`],
-    /// [`ClientError::Fatal`] for a refused token). Use [`Client::start`]
-    /// to keep retrying in the background instead.
+    /// [`ClientError::Fatal`] for a refused token). An application that
+    /// must work without a network uses [`Client::start`] instead, which
+    /// keeps trying in the background.
     pub async fn connect(config: ClientConfig) -> Result<Client, ClientError> {
         let (tx, rx) = oneshot::channel();
         let client = Self::spawn(config, Some(tx))?;
@@ -122,9 +131,24 @@ impl Client {
         }
     }
 
-    /// Starts the client without waiting: it connects, and reconnects, in
-    /// the background, while calls are queued (offline-first). Must be
-    /// called inside a tokio runtime.
+    /// Starts the client without waiting for the network: the way to start
+    /// an application that must work offline (a phone in a tunnel, a broker
+    /// restarting). It returns at once and connects in the background, with
+    /// backoff, for as long as it takes
+    /// ([`BackoffConfig::max_attempts`](crate::BackoffConfig::max_attempts)
+    /// aside), reporting each attempt as [`ConnectionEvent::Connecting`] and
+    /// each failure as [`ConnectionEvent::Disconnected`]. Meanwhile every
+    /// call works as while a connection is down: subscriptions are
+    /// registered, publishes wait in the bounded outbound queue, receipts
+    /// are kept, requests wait for a connection (within the request
+    /// timeout). Once the broker answers, everything is sent and every room
+    /// is delivered, exactly once and in order.
+    ///
+    /// A refused token, an unsupported protocol version, or the device
+    /// taken over elsewhere still stops the client after the first
+    /// attempt: [`ConnectionEvent::Closed`] with the error, and every call,
+    /// [`Client::wait_connected`] included, fails with that
+    /// [`ClientError::Fatal`].
     ///
     /// ```no_run
     /// # async fn run() -> Result<(), confab_client::ClientError> {
@@ -133,14 +157,18 @@ impl Client {
     /// let config = ClientConfig::new("confab://127.0.0.1:7400", "alice:phone", "phone")?;
     /// // Returns at once, even if the broker is unreachable right now.
     /// let client = Client::start(config)?;
+    /// // Registered now, resumed from its cursor once connected.
+    /// let mut general = client.subscribe("general").await?;
     /// // Queued, and sent as soon as a connection is up.
     /// let pending = client.publish_nowait("general", "written offline").await?;
-    /// # let _ = pending;
+    /// # let _ = (pending, general.next().await);
     /// # Ok(()) }
     /// ```
     ///
     /// # Errors
-    /// [`ClientError::InvalidConfig`].
+    /// [`ClientError::InvalidConfig`] for a configuration that cannot work
+    /// (bad values, a TLS or QUIC endpoint without a usable trust anchor)
+    /// or outside a tokio runtime; never for the lack of a network.
     pub fn start(config: ClientConfig) -> Result<Client, ClientError> {
         Self::spawn(config, None)
     }
@@ -150,6 +178,9 @@ impl Client {
         first: Option<oneshot::Sender<Result<(), ClientError>>>,
     ) -> Result<Client, ClientError> {
         config.validate()?;
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
+            ClientError::InvalidConfig("a client must be started inside a tokio runtime".into())
+        })?;
         let dialer = Arc::new(crate::transport::Dialer::new(&config)?);
         let config = Arc::new(config);
         let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
@@ -158,7 +189,9 @@ impl Client {
         let (signals, _) = broadcast::channel(BROADCAST_CAPACITY);
         let (state_tx, state_rx) = watch::channel(ConnectionState::Connecting);
         let permits = Arc::new(Semaphore::new(config.outbound_queue_capacity));
+        let stopped = Arc::new(OnceLock::new());
         let parts = driver::Parts {
+            stopped: stopped.clone(),
             config: config.clone(),
             dialer,
             cmds: cmd_rx,
@@ -170,17 +203,18 @@ impl Client {
             state: state_tx,
             first_connect: first,
         };
-        tokio::spawn(driver::run(parts));
+        runtime.spawn(driver::run(parts));
         Ok(Client {
             inner: Arc::new(Inner {
                 cmds: cmd_tx,
                 ctl: ctl_tx,
                 permits,
-                msg_ids: MsgIds::new(rand::random()),
+                msg_ids: MsgIds::from_clock(),
                 sub_ids: AtomicU64::new(1),
                 events,
                 signals,
                 state: state_rx,
+                stopped,
                 config,
             }),
         })
@@ -367,13 +401,13 @@ impl Client {
             .clone()
             .acquire_owned()
             .await
-            .map_err(|_| ClientError::Closed)?;
+            .map_err(|_| self.closed_error())?;
         let (cmd, pending) = self.outgoing(message, permit);
         self.inner
             .cmds
             .send(cmd)
             .await
-            .map_err(|_| ClientError::Closed)?;
+            .map_err(|_| self.closed_error())?;
         Ok(pending)
     }
 
@@ -400,12 +434,12 @@ impl Client {
         let permit = match self.inner.permits.clone().try_acquire_owned() {
             Ok(p) => p,
             Err(tokio::sync::TryAcquireError::NoPermits) => return Err(ClientError::QueueFull),
-            Err(tokio::sync::TryAcquireError::Closed) => return Err(ClientError::Closed),
+            Err(tokio::sync::TryAcquireError::Closed) => return Err(self.closed_error()),
         };
         let (cmd, pending) = self.outgoing(message, permit);
         self.inner.cmds.try_send(cmd).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => ClientError::QueueFull,
-            mpsc::error::TrySendError::Closed(_) => ClientError::Closed,
+            mpsc::error::TrySendError::Closed(_) => self.closed_error(),
         })?;
         Ok(pending)
     }
@@ -457,8 +491,8 @@ impl Client {
             .cmds
             .send(Command::Flush(reply))
             .await
-            .map_err(|_| ClientError::Closed)?;
-        answer.await.map_err(|_| ClientError::Closed)
+            .map_err(|_| self.closed_error())?;
+        answer.await.map_err(|_| self.closed_error())
     }
 
     fn outgoing(
@@ -614,8 +648,8 @@ impl Client {
                 .cmds
                 .send(cmd)
                 .await
-                .map_err(|_| ClientError::Closed)?;
-            answer.await.map_err(|_| ClientError::Closed)
+                .map_err(|_| self.closed_error())?;
+            answer.await.map_err(|_| self.closed_error())
         };
         tokio::time::timeout(timeout, exchange)
             .await
@@ -680,6 +714,30 @@ impl Client {
         self.inner.state.borrow().clone()
     }
 
+    /// Why the client stopped: the fatal error that stopped it
+    /// ([`ClientError::Fatal`], [`ClientError::ReconnectFailed`]), or
+    /// [`ClientError::Closed`] after [`Client::close`] (or while it still
+    /// runs). Calls on a stopped client fail with this error.
+    ///
+    /// ```no_run
+    /// # fn run(client: confab_client::Client) {
+    /// use confab_client::{ClientError, ConnectionState};
+    ///
+    /// if client.state() == ConnectionState::Closed {
+    ///     if let ClientError::Fatal { code, .. } = client.closed_error() {
+    ///         println!("signed out by the broker ({}): sign in again", code.as_str());
+    ///     }
+    /// }
+    /// # }
+    /// ```
+    pub fn closed_error(&self) -> ClientError {
+        self.inner
+            .stopped
+            .get()
+            .cloned()
+            .unwrap_or(ClientError::Closed)
+    }
+
     /// Waits until the client is connected. Cancel-safe.
     ///
     /// ```no_run
@@ -694,7 +752,9 @@ impl Client {
     /// ```
     ///
     /// # Errors
-    /// [`ClientError::Closed`] if the client stops first.
+    /// If the client stops first: the error that stopped it
+    /// ([`ClientError::Fatal`] for a refused token, ...), or
+    /// [`ClientError::Closed`].
     pub async fn wait_connected(&self) -> Result<(), ClientError> {
         let mut state = self.inner.state.clone();
         let s = state
@@ -705,9 +765,9 @@ impl Client {
                 )
             })
             .await
-            .map_err(|_| ClientError::Closed)?;
+            .map_err(|_| self.closed_error())?;
         match *s {
-            ConnectionState::Closed => Err(ClientError::Closed),
+            ConnectionState::Closed => Err(self.closed_error()),
             _ => Ok(()),
         }
     }

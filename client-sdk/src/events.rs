@@ -121,6 +121,15 @@ impl RoomEvent {
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub enum ConnectionEvent {
+    /// A connection attempt starts: the first one of a client, or one
+    /// after a loss or a failed attempt (then after a backoff delay). While
+    /// the broker is unreachable, every attempt is reported by a
+    /// `Connecting` then a `Disconnected`; calls made meanwhile are queued.
+    Connecting {
+        /// The attempt's number since the last connection was up (or since
+        /// the client started), from 1.
+        attempt: u32,
+    },
     /// The first connection of this client is up.
     Connected {
         /// The authenticated user.

@@ -39,10 +39,16 @@
 //!   reopened with exponential backoff and full jitter. The handshake
 //!   resumes every subscribed room from its last delivered sequence + 1, so
 //!   the broker replays what was missed, then continues live.
+//! - **Starting offline.** [`Client::start`] returns at once, network or
+//!   not, and connects in the background: until then subscriptions,
+//!   publishes and receipts wait as during any disconnection, and requests
+//!   wait for the connection ([`Client::connect`] instead waits for the
+//!   first connection and reports a failed first attempt).
 //! - **Publishing.** Every publish carries a client message id, unique per
-//!   device and never reused across restarts. Unacknowledged publishes are
-//!   sent again after a reconnection with the same id; the broker stores
-//!   each id once and acknowledges a retry with the original sequence.
+//!   device and increasing across restarts (it starts from the clock).
+//!   Unacknowledged publishes are sent again after a reconnection with the
+//!   same id; the broker stores each id once and acknowledges a retry with
+//!   the original sequence.
 //! - **Cursors.** A [`CursorStore`] keeps the last delivered sequence per
 //!   room. With a [`FileCursorStore`], an application restarted after any
 //!   offline span subscribes each room from its cursor and receives exactly

@@ -7,9 +7,12 @@
 //! never corrupts the client; but a request already handed to the
 //! connection may still be carried out by the broker (creating a room,
 //! inviting someone) even though the reply is lost. Requests wait for a
-//! connection when offline, within the configured request timeout; a
-//! request in flight when the connection drops fails with
-//! [`ClientError::ConnectionLost`] and is not retried.
+//! connection when offline, within the configured request timeout. A
+//! request in flight when the connection drops is sent again on the next
+//! connection if it only reads (room info, room list, presence, message
+//! status); otherwise it fails with [`ClientError::ConnectionLost`] and is
+//! not retried. Receipts are kept by the SDK until the broker has read
+//! them.
 
 use confab_codec::{
     Ack, Body, CreateRoom, GetMessageStatus, GetPresence, GetRoomInfo, InviteMember, JoinPolicy,
@@ -490,12 +493,15 @@ impl Client {
         .await
     }
 
-    /// Moves the user's read marker in a room up to `seq`. Returns once
-    /// handed to the connection (queued while offline); the broker answers
-    /// only failures, which are logged.
+    /// Moves the user's read marker in a room up to `seq`. Returns at once,
+    /// online or offline: the SDK sends the receipt now or on the next
+    /// connection, and again after a lost connection until the broker has
+    /// read it (markers only move forward, so a repeat changes nothing).
+    /// Offline, only the furthest marker per room is kept. The broker
+    /// answers only failures, which are logged.
     ///
-    /// Not cancel-safe: once the request is on its way, dropping the future
-    /// loses only the reply; the broker may still carry the request out.
+    /// Cancel-safe in effect: once the call has started, the receipt may
+    /// be delivered.
     ///
     /// ```no_run
     /// # async fn run(client: confab_client::Client) -> Result<(), confab_client::ClientError> {
@@ -507,16 +513,14 @@ impl Client {
     /// ```
     ///
     /// # Errors
-    /// [`ClientError::Timeout`], [`ClientError::Closed`].
+    /// [`ClientError::Closed`] (or the error that stopped the client), an
+    /// invalid room id.
     pub async fn mark_read(&self, room: impl IntoRoomId, seq: Seq) -> Result<(), ClientError> {
         self.receipt(room, ReceiptKind::Read, seq).await
     }
 
     /// Moves this device's delivered marker in a room up to `seq`. As
     /// [`Client::mark_read`].
-    ///
-    /// Not cancel-safe: once the request is on its way, dropping the future
-    /// loses only the reply; the broker may still carry the request out.
     ///
     /// ```no_run
     /// # async fn run(client: confab_client::Client) -> Result<(), confab_client::ClientError> {
@@ -527,7 +531,7 @@ impl Client {
     /// ```
     ///
     /// # Errors
-    /// [`ClientError::Timeout`], [`ClientError::Closed`].
+    /// As [`Client::mark_read`].
     pub async fn mark_delivered(&self, room: impl IntoRoomId, seq: Seq) -> Result<(), ClientError> {
         self.receipt(room, ReceiptKind::Delivered, seq).await
     }

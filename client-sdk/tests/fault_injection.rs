@@ -54,6 +54,8 @@ over_transports!(
     history_reads_ranges,
     one_subscription_per_room,
     unsupported_requests_are_server_errors,
+    read_requests_are_resent_after_a_lost_connection,
+    receipts_wait_offline_and_are_resent_after_a_lost_connection,
 );
 
 fn config(mock: &Mock, user: &str, device: &str) -> ClientConfig {
@@ -382,10 +384,11 @@ async fn a_refused_token_is_fatal(t: Transport) {
             error: Some(ClientError::Fatal { .. })
         }
     ));
-    assert!(matches!(
-        client.publish("r", "x").await,
-        Err(ClientError::Closed)
-    ));
+    // Every later call says why the client stopped.
+    let err = client.publish("r", "x").await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::Unauthenticated), "{err}");
+    let err = within(client.wait_connected()).await.unwrap_err();
+    assert!(matches!(err, ClientError::Fatal { .. }), "{err}");
     assert_eq!(mock.sessions(), 2, "no reconnection loop");
 }
 
@@ -457,4 +460,69 @@ async fn unsupported_requests_are_server_errors(t: Transport) {
     assert_eq!(err.code(), Some(ErrorCode::Unsupported));
     alice.typing("r", true).await.unwrap();
     alice.mark_read("r", Seq(1)).await.unwrap();
+}
+
+async fn read_requests_are_resent_after_a_lost_connection(t: Transport) {
+    let mock = Mock::start_over(t).await;
+    let alice = Client::connect(config(&mock, "alice", "phone"))
+        .await
+        .unwrap();
+    for i in 1..=3 {
+        alice.publish("r", format!("m{i}")).await.unwrap();
+    }
+    let mut events = alice.events();
+    // The connection is cut while the history request is in flight: it only
+    // reads, so it is sent again on the next connection.
+    mock.cut_on_requests(1);
+    let got = within(alice.history("r", 1..=3)).await.unwrap();
+    assert_eq!(seqs(&got), vec![1, 2, 3]);
+    wait_event(&mut events, |e| {
+        matches!(e, ConnectionEvent::Reconnected { .. })
+    })
+    .await;
+    // A request that changes something may have been carried out: it fails
+    // with a typed error instead of being sent twice.
+    mock.cut_on_requests(1);
+    let err = within(alice.join("r")).await.unwrap_err();
+    assert!(matches!(err, ClientError::ConnectionLost), "{err}");
+    // And the client goes on.
+    let got = within(alice.history("r", 2..)).await.unwrap();
+    assert_eq!(seqs(&got), vec![2, 3]);
+}
+
+async fn receipts_wait_offline_and_are_resent_after_a_lost_connection(t: Transport) {
+    let mock = Mock::start_over(t).await;
+    mock.set_refuse(true);
+    let alice = Client::start(config(&mock, "alice", "phone")).unwrap();
+    // Offline, a receipt is accepted at once and kept (the furthest per
+    // room and marker) for the connection.
+    within(alice.mark_read("r", Seq(3))).await.unwrap();
+    within(alice.mark_read("r", Seq(5))).await.unwrap();
+    within(alice.mark_read("r", Seq(4))).await.unwrap();
+    within(alice.mark_delivered("r", Seq(5))).await.unwrap();
+    // The first receipt to arrive is lost with its connection; the SDK has
+    // no proof the broker read it, so it sends it again.
+    mock.lose_receipts(1);
+    mock.set_refuse(false);
+    within(async {
+        loop {
+            let got = mock.receipts();
+            if got.len() >= 2 {
+                return got;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let mut got: Vec<(String, u64)> = mock
+        .receipts()
+        .iter()
+        .map(|r| (format!("{}/{:?}", r.room, r.kind), r.seq.0))
+        .collect();
+    got.sort();
+    got.dedup();
+    assert_eq!(
+        got,
+        vec![("r/Delivered".to_owned(), 5), ("r/Read".to_owned(), 5)]
+    );
 }

@@ -79,4 +79,7 @@ pub(crate) struct Parts {
     pub(crate) signals: broadcast::Sender<Signal>,
     pub(crate) state: watch::Sender<ConnectionState>,
     pub(crate) first_connect: Option<oneshot::Sender<Result<(), ClientError>>>,
+    /// Set to the fatal error when the task stops for one, before any
+    /// waiting call is answered.
+    pub(crate) stopped: Arc<std::sync::OnceLock<ClientError>>,
 }

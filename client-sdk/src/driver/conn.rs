@@ -5,7 +5,8 @@ use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
 use confab_codec::{
-    Body, ErrorCode, Frame, Hello, Ping, RoomId, Welcome, DEFAULT_MAX_FRAME_LEN, PROTOCOL_VERSION,
+    Body, ErrorCode, Frame, Hello, Ping, Receipt, ReceiptKind, RoomId, Seq, Welcome,
+    DEFAULT_MAX_FRAME_LEN, PROTOCOL_VERSION,
 };
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{ReadHalf, WriteHalf};
@@ -49,8 +50,13 @@ pub(super) enum Inflight {
     Unsubscribe(Option<oneshot::Sender<Result<(), ClientError>>>),
     /// A gap fill of a room's subscription.
     Fill { room: RoomId, id: u64 },
-    /// An application request.
-    Request(oneshot::Sender<Result<Body, ClientError>>),
+    /// An application request; `retry` holds the request itself when it is
+    /// read-only, to be sent again on the next connection if this one is
+    /// lost before the reply.
+    Request {
+        reply: oneshot::Sender<Result<Body, ClientError>>,
+        retry: Option<Body>,
+    },
     /// A request the SDK made for itself (presence after reconnect); errors
     /// are logged.
     Internal(&'static str),
@@ -117,6 +123,15 @@ pub(super) struct Conn {
     heartbeat: Duration,
     dead_after: Duration,
     nonce: u64,
+    /// Receipts sent on this connection that the broker may not have read
+    /// yet, with the nonce of the `Ping` sent after them: the broker
+    /// handles a connection's frames in order, so their `Pong` proves they
+    /// were read. Whatever is left when the connection is lost is sent
+    /// again on the next one (markers only move forward, so a receipt read
+    /// twice changes nothing). At most one per room and kind.
+    receipts: HashMap<(RoomId, ReceiptKind), (Seq, u64)>,
+    /// A receipt was sent since the last `Ping`.
+    barrier_due: bool,
 }
 
 /// Why opening a connection failed.
@@ -253,6 +268,8 @@ impl Conn {
             heartbeat,
             dead_after: config.dead_link_timeout,
             nonce: 0,
+            receipts: HashMap::new(),
+            barrier_due: false,
         }
     }
 
@@ -281,6 +298,48 @@ impl Conn {
             .iter()
             .find(|(r, _)| *r == rid)
             .map(|(_, n)| *n)
+    }
+
+    /// Sends a receipt with request id `rid`, unless one at least as far
+    /// for the same room and marker is still unconfirmed (the broker would
+    /// ignore it). Confirmed by the next `Ping` ([`Conn::send_barrier`]).
+    pub(super) fn send_receipt(&mut self, rid: u32, receipt: Receipt) {
+        let key = (receipt.room.clone(), receipt.kind);
+        if self
+            .receipts
+            .get(&key)
+            .is_some_and(|(seq, _)| *seq >= receipt.seq)
+        {
+            return;
+        }
+        // Confirmed by the next Ping's Pong, whoever sends that Ping.
+        self.receipts
+            .insert(key, (receipt.seq, self.nonce.wrapping_add(1)));
+        self.barrier_due = true;
+        self.remember_no_reply(rid, "Receipt");
+        self.send(Frame::request(rid, receipt));
+    }
+
+    /// Sends the `Ping` that confirms the receipts sent since the last one.
+    pub(super) fn send_barrier(&mut self) {
+        if self.barrier_due {
+            self.barrier_due = false;
+            self.nonce = self.nonce.wrapping_add(1);
+            self.send(Frame::new(Ping { nonce: self.nonce }));
+        }
+    }
+
+    /// A `Pong`: the receipts sent before its `Ping` were read.
+    pub(super) fn on_pong(&mut self, nonce: u64) {
+        self.receipts.retain(|_, (_, n)| *n > nonce);
+    }
+
+    /// The receipts the broker may not have read, to send again on the next
+    /// connection.
+    pub(super) fn take_receipts(&mut self) -> impl Iterator<Item = Receipt> + '_ {
+        self.receipts
+            .drain()
+            .map(|((room, kind), (seq, _))| Receipt { room, kind, seq })
     }
 
     /// A frame arrived: the link is alive.

@@ -2,8 +2,8 @@
 //! subscription messages, and frames from the broker.
 
 use confab_codec::{
-    flags, Ack, Body, Direction, ErrorCode, EventRecord, Frame, HistoryRequest, Pong, RoomId, Seq,
-    StartAt, Subscribe, SubscribeItem, SubscribeResult, Unsubscribe,
+    flags, Ack, Body, Direction, ErrorCode, EventRecord, Frame, HistoryRequest, Pong, Receipt,
+    RoomId, Seq, StartAt, Subscribe, SubscribeItem, SubscribeResult, Unsubscribe,
 };
 use tokio::sync::mpsc::error::TrySendError;
 use tokio_util::sync::CancellationToken;
@@ -40,6 +40,7 @@ impl Driver {
                         on_wire: false,
                         rate_limited: 0,
                         sent_alone: false,
+                        sends: 0,
                     },
                 );
                 self.send_publish(order);
@@ -160,10 +161,24 @@ impl Driver {
             Body::RefreshToken(t) => self.token = t.token.clone(),
             _ => {}
         }
+        if let Body::Receipt(receipt) = body {
+            // Done once it is the SDK's to deliver: sent now, or on the next
+            // connection, and again after a loss until the broker has read
+            // it (see `Conn::send_receipt`).
+            if self.conn.is_some() {
+                self.send_receipt(receipt);
+            } else {
+                self.keep_receipt(receipt);
+            }
+            let _ = reply.send(Ok(Body::Ack(Ack {})));
+            return;
+        }
         if self.conn.is_some() {
             self.send_request(body, mode, reply);
             return;
         }
+        // Requests whose caller gave up (timed out, dropped) take no room.
+        self.deferred.retain(|d| !d.reply.is_closed());
         match (mode, &body) {
             (ReqMode::Ephemeral, _) => {
                 let _ = reply.send(Err(ClientError::NotConnected));
@@ -211,12 +226,34 @@ impl Driver {
             }
         }
         if mode == ReqMode::Reply {
-            conn.inflight.insert(rid, Inflight::Request(reply));
+            let retry = is_read_only(&frame.body).then(|| frame.body.clone());
+            conn.inflight
+                .insert(rid, Inflight::Request { reply, retry });
         } else {
             conn.remember_no_reply(rid, frame.body.name());
             let _ = reply.send(Ok(Body::Ack(Ack {})));
         }
         conn.send(frame);
+    }
+
+    /// Sends a receipt on the current connection, or keeps it for the
+    /// next one.
+    pub(super) fn send_receipt(&mut self, receipt: Receipt) {
+        let rid = self.next_rid();
+        match self.conn.as_mut() {
+            Some(conn) => conn.send_receipt(rid, receipt),
+            None => self.keep_receipt(receipt),
+        }
+    }
+
+    /// Keeps a receipt for the next connection (the furthest per room and
+    /// marker: markers only move forward).
+    pub(super) fn keep_receipt(&mut self, receipt: Receipt) {
+        let seq = self
+            .receipts
+            .entry((receipt.room, receipt.kind))
+            .or_insert(receipt.seq);
+        *seq = (*seq).max(receipt.seq);
     }
 
     pub(super) fn send_internal(&mut self, body: Body, name: &'static str) {
@@ -257,6 +294,7 @@ impl Driver {
         }
         p.on_wire = true;
         p.sent_alone = alone;
+        p.sends = p.sends.saturating_add(1);
         conn.inflight.insert(rid, Inflight::Publish(order));
         conn.send(Frame::request(rid, p.publish.clone()));
     }
@@ -440,7 +478,12 @@ impl Driver {
                     conn.send(Frame::new(Pong { nonce: p.nonce }));
                 }
             }
-            Body::Pong(_) | Body::Extension { .. } => {}
+            Body::Pong(p) => {
+                if let Some(conn) = self.conn.as_mut() {
+                    conn.on_pong(p.nonce);
+                }
+            }
+            Body::Extension { .. } => {}
             Body::Goodbye(g) => {
                 return Some(SessionEnd::Lost(DisconnectReason::Goodbye {
                     code: g.code,
@@ -506,6 +549,15 @@ impl Driver {
                         return;
                     }
                 }
+                if let (Body::PublishAck(ack), Some(p)) = (&body, self.publishes.get(&order)) {
+                    if ack.duplicate && p.sends == 1 {
+                        // Never sent before, yet already stored: an earlier
+                        // run of this device used the same id (its clock
+                        // was set back, see `MsgIds`), and this message was
+                        // not stored.
+                        warn!(room = %ack.room, client_msg_id = ack.client_msg_id, seq = %ack.seq, "first send of a publish acknowledged as a duplicate: client message id reused");
+                    }
+                }
                 let result = match body {
                     Body::PublishAck(ack) => Ok(ack),
                     Body::Error(e) => Err(ClientError::server(&e)),
@@ -551,7 +603,7 @@ impl Driver {
                 }
                 self.apply(&room, out, true);
             }
-            Inflight::Request(reply) => {
+            Inflight::Request { reply, .. } => {
                 let _ = reply.send(match body {
                     Body::Error(e) => Err(ClientError::server(&e)),
                     other => Ok(other),
@@ -760,4 +812,17 @@ impl Driver {
         debug!(%room, %blocked, "application not reading; room paused");
         self.emit(ConnectionEvent::Paused { room: room.clone() });
     }
+}
+
+/// Whether a request only reads, so that sending it again after a lost
+/// connection cannot do anything twice.
+fn is_read_only(body: &Body) -> bool {
+    matches!(
+        body,
+        Body::HistoryRequest(_)
+            | Body::GetRoomInfo(_)
+            | Body::ListRooms(_)
+            | Body::GetPresence(_)
+            | Body::GetMessageStatus(_)
+    )
 }

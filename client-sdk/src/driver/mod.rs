@@ -23,8 +23,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use confab_codec::{
-    Body, ErrorCode, EventRecord, Frame, Goodbye, Hello, Publish, PublishAck, RoomId,
-    SubscribeItem, PROTOCOL_VERSION,
+    Body, ErrorCode, EventRecord, Frame, Goodbye, Hello, Publish, PublishAck, Receipt, ReceiptKind,
+    RoomId, Seq, SubscribeItem, PROTOCOL_VERSION,
 };
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -94,6 +94,8 @@ struct PendingPub {
     rate_limited: u32,
     /// It was the only publish on the wire when last sent.
     sent_alone: bool,
+    /// Times it was sent.
+    sends: u32,
 }
 
 /// A request waiting for a connection.
@@ -148,6 +150,10 @@ struct Driver {
     publishes: BTreeMap<u64, PendingPub>,
     next_order: u64,
     deferred: VecDeque<Deferred>,
+    /// Receipts to send on the next connection: made while offline, or
+    /// not known to have been read on a lost connection. The furthest per
+    /// room and marker.
+    receipts: HashMap<(RoomId, ReceiptKind), Seq>,
     flush_waiters: Vec<oneshot::Sender<()>>,
     /// The token for the next `Hello` (replaced by `refresh_token`).
     token: String,
@@ -165,6 +171,7 @@ struct Driver {
     signals: broadcast::Sender<Signal>,
     state: watch::Sender<ConnectionState>,
     first_connect: Option<oneshot::Sender<Result<(), ClientError>>>,
+    stopped: Arc<std::sync::OnceLock<ClientError>>,
     closing: Vec<oneshot::Sender<()>>,
     ever_connected: bool,
     next_rid: u32,
@@ -189,6 +196,7 @@ impl Driver {
             publishes: BTreeMap::new(),
             next_order: 0,
             deferred: VecDeque::new(),
+            receipts: HashMap::new(),
             flush_waiters: Vec::new(),
             presence: None,
             watching_presence: false,
@@ -196,6 +204,7 @@ impl Driver {
             signals: p.signals,
             state: p.state,
             first_connect: p.first_connect,
+            stopped: p.stopped,
             closing: Vec::new(),
             ever_connected: false,
             next_rid: 0,
@@ -213,6 +222,9 @@ impl Driver {
             if self.ever_connected {
                 self.set_state(ConnectionState::Reconnecting);
             }
+            self.emit(ConnectionEvent::Connecting {
+                attempt: backoff.failures().saturating_add(1),
+            });
             match self.attempt().await {
                 Attempt::Stop => break None,
                 Attempt::Connected => {
@@ -425,6 +437,14 @@ impl Driver {
                 self.send_request(d.body, d.mode, d.reply);
             }
         }
+        let receipts: Vec<Receipt> = self
+            .receipts
+            .drain()
+            .map(|((room, kind), seq)| Receipt { room, kind, seq })
+            .collect();
+        for receipt in receipts {
+            self.send_receipt(receipt);
+        }
 
         info!(user = %welcome.user, session_id = welcome.session_id, rooms = resumed_rooms.len(), publishes = self.publishes.len(), "connected");
         self.set_state(ConnectionState::Connected {
@@ -455,6 +475,9 @@ impl Driver {
                 let Some(conn) = self.conn.as_mut() else {
                     return SessionEnd::Lost(DisconnectReason::Io("no connection".into()));
                 };
+                // One Ping after the receipts of the last round confirms
+                // them all.
+                conn.send_barrier();
                 let timer = match self.publish_paused_until {
                     Some(until) => conn.next_timer().min(until),
                     None => conn.next_timer(),
@@ -539,9 +562,19 @@ impl Driver {
             p.on_wire = false;
         }
         if let Some(mut conn) = self.conn.take() {
-            for (_, inflight) in conn.inflight.drain() {
+            for receipt in conn.take_receipts() {
+                self.keep_receipt(receipt);
+            }
+            // Read-only requests are sent again, in their original order,
+            // on the next connection; the others may have been carried out.
+            let mut retried = Vec::new();
+            for (rid, inflight) in conn.inflight.drain() {
                 match inflight {
-                    conn::Inflight::Request(reply) => {
+                    conn::Inflight::Request {
+                        reply,
+                        retry: Some(body),
+                    } if !reply.is_closed() => retried.push((rid, body, reply)),
+                    conn::Inflight::Request { reply, retry: None } => {
                         let _ = reply.send(Err(ClientError::ConnectionLost));
                     }
                     conn::Inflight::Unsubscribe(Some(reply)) => {
@@ -549,9 +582,18 @@ impl Driver {
                         let _ = reply.send(Ok(()));
                     }
                     // Publishes are resent, rooms resumed, fills redone by
-                    // the resumption.
+                    // the resumption; a read-only request whose caller gave
+                    // up is dropped.
                     _ => {}
                 }
+            }
+            retried.sort_by_key(|(rid, _, _)| *rid);
+            for (_, body, reply) in retried.into_iter().rev() {
+                self.deferred.push_front(Deferred {
+                    body,
+                    mode: ReqMode::Reply,
+                    reply,
+                });
             }
         }
         for r in self.rooms.values_mut() {
@@ -584,6 +626,11 @@ impl Driver {
     /// `Closed`), subscriptions end, the cursor store is flushed.
     async fn finish(mut self, fatal: Option<ClientError>) {
         self.close_conn().await;
+        if let Some(e) = &fatal {
+            // Before anything is answered, so that every later call on a
+            // handle reports it too.
+            let _ = self.stopped.set(e.clone());
+        }
         let err = fatal.clone().unwrap_or(ClientError::Closed);
         self.permits.close();
         if let Some(first) = self.first_connect.take() {

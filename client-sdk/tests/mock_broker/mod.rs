@@ -20,8 +20,8 @@ use std::time::Duration;
 use bytes::BytesMut;
 use confab_client::confab_codec::{
     flags, Ack, Body, CodecError, Direction, ErrorCode, ErrorFrame, EventBatch, EventRecord, Frame,
-    Goodbye, HistoryPage, Pong, PublishAck, RoomId, Seq, StartAt, SubscribeAck, SubscribeItem,
-    SubscribeResult, UserId, Welcome, DEFAULT_MAX_FRAME_LEN,
+    Goodbye, HistoryPage, Pong, PublishAck, Receipt, RoomId, Seq, StartAt, SubscribeAck,
+    SubscribeItem, SubscribeResult, UserId, Welcome, DEFAULT_MAX_FRAME_LEN,
 };
 use confab_client::{Endpoint, Fingerprint, Trust};
 use futures_util::{SinkExt, StreamExt};
@@ -82,6 +82,14 @@ pub(crate) struct State {
     lose_acks: usize,
     /// Publishes received, duplicates included.
     received: usize,
+    /// The next this-many application requests (history, rooms, ...) are
+    /// read, left unanswered, and their connection cut.
+    cut_on_requests: usize,
+    /// The next this-many receipts are lost with their connection (as if
+    /// the broker crashed before acting on them).
+    lose_receipts: usize,
+    /// Receipts acted on, in order.
+    receipts: Vec<Receipt>,
 }
 
 /// The mock broker.
@@ -243,6 +251,22 @@ impl Mock {
     /// connection is cut.
     pub(crate) fn lose_acks(&self, n: usize) {
         self.state.lock().unwrap().lose_acks = n;
+    }
+
+    /// The next `n` application requests (history, rooms, ...) are left
+    /// unanswered and their connection is cut.
+    pub(crate) fn cut_on_requests(&self, n: usize) {
+        self.state.lock().unwrap().cut_on_requests = n;
+    }
+
+    /// The next `n` receipts are lost and their connection is cut.
+    pub(crate) fn lose_receipts(&self, n: usize) {
+        self.state.lock().unwrap().lose_receipts = n;
+    }
+
+    /// The receipts acted on so far, in order.
+    pub(crate) fn receipts(&self) -> Vec<Receipt> {
+        self.state.lock().unwrap().receipts.clone()
     }
 
     /// Entries in a room's log.
@@ -484,6 +508,32 @@ async fn serve(
                 park().await;
             }
             let rid = frame.request_id;
+            let lost = {
+                let mut st = state.lock().unwrap();
+                match &frame.body {
+                    Body::Receipt(_) if st.lose_receipts > 0 => {
+                        st.lose_receipts -= 1;
+                        true
+                    }
+                    Body::Ping(_)
+                    | Body::Pong(_)
+                    | Body::Subscribe(_)
+                    | Body::Unsubscribe(_)
+                    | Body::Publish(_)
+                    | Body::Receipt(_)
+                    | Body::Typing(_)
+                    | Body::Goodbye(_) => false,
+                    _ if st.cut_on_requests > 0 => {
+                        st.cut_on_requests -= 1;
+                        true
+                    }
+                    _ => false,
+                }
+            };
+            if lost {
+                state.lock().unwrap().subs.retain(|s| s.conn != conn);
+                return;
+            }
             match frame.body {
                 Body::Ping(p) => tx
                     .send(Frame::request(rid, Pong { nonce: p.nonce }))
@@ -581,7 +631,8 @@ async fn serve(
                     tx.send(Frame::request(rid, page)).unwrap();
                 }
                 Body::Goodbye(_) => return,
-                Body::Receipt(_) | Body::Typing(_) => {}
+                Body::Receipt(r) => state.lock().unwrap().receipts.push(r),
+                Body::Typing(_) => {}
                 other => {
                     let e = ErrorFrame {
                         code: ErrorCode::Unsupported,
