@@ -330,7 +330,7 @@ impl Default for StorageConfig {
             durability: Durability::Wal,
             max_batch: 4096,
             block_cache_mb: 64,
-            dedup_window: 262_144,
+            dedup_window: 32_768,
         }
     }
 }

@@ -19,7 +19,7 @@ use confab_codec::{raw, ErrorCode, Event, EventRecord, Frame, RoomId, Seq, UserI
 use rustc_hash::FxHashMap;
 use tracing::{error, warn};
 
-use super::dedup::{DedupKey, Idempotency};
+use super::dedup::{DedupKey, Idempotency, Lookup};
 use super::{references, room_ops, PublishReq, SeqMsg};
 use crate::config::{RoomsConfig, StorageConfig};
 use crate::fanout::SubscribeCmd;
@@ -27,7 +27,7 @@ use crate::rooms::membership::RoomState;
 use crate::rooms::{Room, RoomRegistry};
 use crate::session::ConnCtx;
 use crate::stats::Stats;
-use crate::storage::{Append, IdemKey, LogBounds, MetaWrite, Original, RoomLog, StorageError};
+use crate::storage::{Append, IdemWrite, LogBounds, MetaWrite, Original, RoomLog, StorageError};
 
 /// The sequencer's view of a room.
 #[derive(Debug)]
@@ -48,6 +48,10 @@ pub(crate) enum Outcome {
         seq: Seq,
         frame: Bytes,
         dedup: Option<DedupKey>,
+        /// The id is above every id its device stored before.
+        fresh: bool,
+        /// Its device's high-water mark with it.
+        mark: u64,
     },
     Duplicate {
         req: PublishReq,
@@ -211,9 +215,12 @@ impl Core {
                     seq: *seq,
                     record: &frame[raw::event_record_range(&room.id, frame.len())],
                     idem: match o {
-                        Outcome::Stored { req, dedup, .. } => dedup.as_ref().map(|_| IdemKey {
-                            sender: &req.conn.sender_key,
-                            client_msg_id: req.client_msg_id,
+                        Outcome::Stored {
+                            dedup, fresh, mark, ..
+                        } => dedup.as_ref().map(|key| IdemWrite {
+                            key: key.idem(),
+                            fresh: *fresh,
+                            mark: *mark,
                         }),
                         _ => None,
                     },
@@ -409,10 +416,12 @@ impl Core {
             sender: req.conn.sender_key.clone(),
             client_msg_id: req.client_msg_id,
         });
+        let first = r.first.max(1);
+        let mut fresh = false;
         if let Some(key) = &dedup {
-            match self.idem.lookup(self.log.as_ref(), key) {
-                Ok(Some(original)) => return Outcome::Duplicate { req, original },
-                Ok(None) => {}
+            match self.idem.lookup(self.log.as_ref(), key, first) {
+                Ok(Lookup::Duplicate(original)) => return Outcome::Duplicate { req, original },
+                Ok(Lookup::New { fresh: f }) => fresh = f,
                 Err(e) => {
                     error!(room = %req.room, error = %e, "cannot read the idempotency index");
                     return Outcome::Rejected {
@@ -466,8 +475,9 @@ impl Core {
                 kind: req.kind,
             },
         );
+        let mut mark = 0;
         if let Some(key) = &dedup {
-            self.idem.record(
+            mark = self.idem.record(
                 key.clone(),
                 Original {
                     seq,
@@ -481,6 +491,8 @@ impl Core {
             seq,
             frame,
             dedup,
+            fresh,
+            mark,
         }
     }
 }

@@ -20,7 +20,7 @@ use crate::retention::idempotency_keys;
 use crate::rooms::RoomRegistry;
 use crate::session::ConnCtx;
 use crate::stats::Stats;
-use crate::storage::{CommitFault as Fate, FaultyLog, MemoryLog, Original, RoomLog};
+use crate::storage::{CommitFault as Fate, FaultyLog, MemoryLog, Original, RocksLog, RoomLog};
 
 const ROOMS: [&str; 3] = ["a", "b", "c"];
 const DEVICES: usize = 3;
@@ -88,7 +88,11 @@ fn new_core(log: &Arc<FaultyLog>) -> Core {
 
 impl Harness {
     fn new() -> Self {
-        let log = Arc::new(FaultyLog::new(Arc::new(MemoryLog::new())));
+        Self::on(Arc::new(MemoryLog::new()))
+    }
+
+    fn on(storage: Arc<dyn RoomLog>) -> Self {
+        let log = Arc::new(FaultyLog::new(storage));
         let stats = Arc::new(Stats::default());
         let conns = (0..DEVICES)
             .map(|d| {
@@ -280,6 +284,26 @@ proptest! {
     #[test]
     fn invariants_hold_under_failing_commits_and_restarts(ops in prop::collection::vec(op(), 1..120)) {
         let mut h = Harness::new();
+        for op in ops {
+            h.apply(op);
+        }
+        h.step(Fate::None, false);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: 200,
+        max_shrink_iters: 2_000,
+        ..ProptestConfig::default()
+    })]
+
+    /// The same on RocksDB, whose index packs fresh ids into runs.
+    #[test]
+    fn invariants_hold_on_rocksdb(ops in prop::collection::vec(op(), 1..120)) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = RocksLog::open(dir.path(), 1 << 20).expect("open");
+        let mut h = Harness::on(Arc::new(log));
         for op in ops {
             h.apply(op);
         }

@@ -45,7 +45,8 @@ pub(crate) struct DedupKey {
 }
 
 impl DedupKey {
-    fn idem(&self) -> IdemKey<'_> {
+    /// The storage key of this publish.
+    pub(crate) fn idem(&self) -> IdemKey<'_> {
         IdemKey {
             sender: &self.sender,
             client_msg_id: self.client_msg_id,
@@ -71,6 +72,15 @@ impl Hash for DedupKey {
     }
 }
 
+/// The answer of [`Idempotency::lookup`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Lookup {
+    /// Stored before: answer with the original.
+    Duplicate(Original),
+    /// Not stored; `fresh` if above every id of its device.
+    New { fresh: bool },
+}
+
 /// The sequencer's idempotency state.
 #[derive(Debug)]
 pub(crate) struct Idempotency {
@@ -90,8 +100,10 @@ impl Idempotency {
         }
     }
 
-    /// The original of a publish stored (or staged in the batch being
-    /// built) under `key`, if any.
+    /// Whether a publish under `key` in a room whose first retained
+    /// sequence is `first` was stored before (or staged in the group being
+    /// built), and if not, whether its id is fresh (above every id its
+    /// device stored: see [`crate::storage::IdemKey::fresh`]).
     ///
     /// # Errors
     /// If the index cannot be read; the publish must then be refused, not
@@ -100,9 +112,10 @@ impl Idempotency {
         &mut self,
         log: &dyn RoomLog,
         key: &DedupKey,
-    ) -> Result<Option<Original>, StorageError> {
-        if let Some(original) = self.recent.get(key) {
-            return Ok(Some(original));
+        first: u64,
+    ) -> Result<Lookup, StorageError> {
+        if let Some(original) = self.recent.get(key).filter(|o| o.seq.0 >= first) {
+            return Ok(Lookup::Duplicate(original));
         }
         let mark = match self.marks.get(&key.sender) {
             Some(mark) => mark,
@@ -113,18 +126,24 @@ impl Idempotency {
             }
         };
         if key.client_msg_id > mark {
-            return Ok(None);
+            return Ok(Lookup::New { fresh: true });
         }
         self.index_reads += 1;
         // Retries not answered from memory (and random-id clients).
         metrics::counter!("confab_dedup_index_reads_total").increment(1);
-        log.original(&key.room.id, key.idem())
+        // An original that retention removed is gone: the publish is new.
+        Ok(match log.original(&key.room.id, key.idem())? {
+            Some(original) if original.seq.0 >= first => Lookup::Duplicate(original),
+            _ => Lookup::New { fresh: false },
+        })
     }
 
-    /// Remembers a publish staged for the next commit.
-    pub(crate) fn record(&mut self, key: DedupKey, original: Original) {
-        self.marks.raise(&key.sender, key.client_msg_id);
+    /// Remembers a publish staged for the next commit; returns its
+    /// device's high-water mark with it (to be stored with it).
+    pub(crate) fn record(&mut self, key: DedupKey, original: Original) -> u64 {
+        let mark = self.marks.raise(&key.sender, key.client_msg_id);
         self.recent.insert(key, original);
+        mark
     }
 
     /// Forgets a publish whose commit failed. Its device's mark stays: a
@@ -168,16 +187,14 @@ impl Marks {
     /// Raises `sender`'s mark to at least `id`. A device with no mark
     /// cached gets one only when it is known to bound every stored id: the
     /// caller loaded it from the index or it is already cached.
-    fn raise(&mut self, sender: &Arc<str>, id: u64) {
+    fn raise(&mut self, sender: &Arc<str>, id: u64) -> u64 {
         if let Some(mark) = self.current.get_mut(sender) {
             *mark = (*mark).max(id);
-            return;
+            return *mark;
         }
-        if let Some(mark) = self.previous.remove(sender) {
-            self.insert(sender.clone(), mark.max(id));
-            return;
-        }
-        self.insert(sender.clone(), id);
+        let mark = self.previous.remove(sender).map_or(id, |m| m.max(id));
+        self.insert(sender.clone(), mark);
+        mark
     }
 
     fn insert(&mut self, sender: Arc<str>, mark: u64) {
@@ -243,7 +260,7 @@ mod tests {
 
     use super::*;
     use crate::config::Durability;
-    use crate::storage::{Append, MemoryLog};
+    use crate::storage::{Append, IdemWrite, MemoryLog};
 
     fn o(s: u64) -> Original {
         Original {
@@ -307,9 +324,13 @@ mod tests {
                 room: &room.id,
                 seq: Seq(i),
                 record: b"x",
-                idem: Some(IdemKey {
-                    sender: &sender,
-                    client_msg_id: 100 + i,
+                idem: Some(IdemWrite {
+                    key: IdemKey {
+                        sender: &sender,
+                        client_msg_id: 100 + i,
+                    },
+                    fresh: true,
+                    mark: 100 + i,
                 }),
                 timestamp_us: i * 10,
             })
@@ -318,20 +339,40 @@ mod tests {
 
         // A fresh state (a restart) with a window of one.
         let mut d = Idempotency::new(1);
-        assert_eq!(d.lookup(&log, &key(104)).expect("lookup"), Some(o(4)));
+        assert_eq!(
+            d.lookup(&log, &key(104), 1).expect("lookup"),
+            Lookup::Duplicate(o(4))
+        );
         assert_eq!(d.index_reads(), 1);
         // Above the mark: new, without reading the index.
-        assert_eq!(d.lookup(&log, &key(111)).expect("lookup"), None);
+        assert_eq!(
+            d.lookup(&log, &key(111), 1).expect("lookup"),
+            Lookup::New { fresh: true }
+        );
         assert_eq!(d.index_reads(), 1);
         // Below the mark but never stored: the index says so.
-        assert_eq!(d.lookup(&log, &key(50)).expect("lookup"), None);
+        assert_eq!(
+            d.lookup(&log, &key(50), 1).expect("lookup"),
+            Lookup::New { fresh: false }
+        );
         assert_eq!(d.index_reads(), 2);
         // Staged publishes are found in the window.
         d.record(key(111), o(11));
-        assert_eq!(d.lookup(&log, &key(111)).expect("lookup"), Some(o(11)));
+        assert_eq!(
+            d.lookup(&log, &key(111), 1).expect("lookup"),
+            Lookup::Duplicate(o(11))
+        );
         d.forget(&key(111));
         // Forgotten (failed commit): the mark stays high, the index decides.
-        assert_eq!(d.lookup(&log, &key(111)).expect("lookup"), None);
+        assert_eq!(
+            d.lookup(&log, &key(111), 1).expect("lookup"),
+            Lookup::New { fresh: false }
+        );
         assert_eq!(d.index_reads(), 3);
+        // Retention removed seq 4: a retry of it is new.
+        assert_eq!(
+            d.lookup(&log, &key(104), 5).expect("lookup"),
+            Lookup::New { fresh: false }
+        );
     }
 }

@@ -196,12 +196,14 @@ impl Sequencer {
                 }
             }
         }
-        // Events go to the fan-out before the acknowledgements go out: if
-        // the fan-out is gone, nothing of this group is acknowledged.
+        // Acknowledgements first: they wait for nothing but the commit,
+        // while a hand-over to a busy fan-out may wait for room. Committed
+        // messages are durable; if the fan-out is gone the broker stops
+        // and devices catch up from the log after the restart.
+        replies.flush();
         if !committed.is_empty() {
             self.fan_out(FanoutMsg::Committed(committed))?;
         }
-        replies.flush();
         // Markers of one commit reach each room's devices as one event.
         for (room, entries) in receipts {
             let frame = Frame::new(confab_codec::ReceiptEvent {

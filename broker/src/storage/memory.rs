@@ -7,8 +7,7 @@ use bytes::Bytes;
 use confab_codec::{RoomId, Seq};
 
 use super::{
-    decode_original, encode_original, idem_key, idem_key_msg_id, idem_prefix, Append, IdemKey,
-    LogBounds, MetaEntry, MetaWrite, Original, RoomLog, StorageError, StoredRecord,
+    Append, IdemKey, LogBounds, MetaEntry, MetaWrite, Original, RoomLog, StorageError, StoredRecord,
 };
 use crate::config::Durability;
 
@@ -17,8 +16,14 @@ use crate::config::Durability;
 pub struct MemoryLog {
     rooms: Mutex<HashMap<RoomId, BTreeMap<u64, Bytes>>>,
     meta: Mutex<BTreeMap<Vec<u8>, Vec<u8>>>,
-    /// The idempotency index, with the same keys as RocksDB's.
-    idem: Mutex<BTreeMap<Vec<u8>, [u8; 16]>>,
+    /// The idempotency index: every entry on its own, and the marks.
+    idem: Mutex<Idem>,
+}
+
+#[derive(Debug, Default)]
+struct Idem {
+    entries: HashMap<(String, RoomId, u64), Original>,
+    marks: HashMap<String, u64>,
 }
 
 impl MemoryLog {
@@ -33,7 +38,7 @@ impl MemoryLog {
         self.rooms.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn idem(&self) -> std::sync::MutexGuard<'_, BTreeMap<Vec<u8>, [u8; 16]>> {
+    fn idem(&self) -> std::sync::MutexGuard<'_, Idem> {
         self.idem.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -63,12 +68,18 @@ impl RoomLog for MemoryLog {
                 .entry(a.room.clone())
                 .or_default()
                 .insert(a.seq.0, Bytes::copy_from_slice(a.record));
-            if let Some(key) = a.idem {
+            if let Some(w) = a.idem {
+                let key = w.key;
                 let original = Original {
                     seq: a.seq,
                     timestamp_us: a.timestamp_us,
                 };
-                idem.insert(idem_key(a.room, key), encode_original(original));
+                idem.entries.insert(
+                    (key.sender.to_owned(), a.room.clone(), key.client_msg_id),
+                    original,
+                );
+                let mark = idem.marks.entry(key.sender.to_owned()).or_insert(0);
+                *mark = (*mark).max(w.mark);
             }
         }
         Ok(())
@@ -158,7 +169,8 @@ impl RoomLog for MemoryLog {
         }
         let mut idem = self.idem();
         for key in forget {
-            idem.remove(&idem_key(room, *key));
+            idem.entries
+                .remove(&(key.sender.to_owned(), room.clone(), key.client_msg_id));
         }
         Ok(())
     }
@@ -166,19 +178,13 @@ impl RoomLog for MemoryLog {
     fn original(&self, room: &RoomId, key: IdemKey<'_>) -> Result<Option<Original>, StorageError> {
         Ok(self
             .idem()
-            .get(&idem_key(room, key))
-            .and_then(|v| decode_original(v)))
+            .entries
+            .get(&(key.sender.to_owned(), room.clone(), key.client_msg_id))
+            .copied())
     }
 
     fn high_water(&self, sender: &str) -> Result<u64, StorageError> {
-        let prefix = idem_prefix(sender);
-        let idem = self.idem();
-        Ok(idem
-            .range(prefix.clone()..)
-            .take_while(|(k, _)| k.starts_with(&prefix))
-            .filter_map(|(k, _)| idem_key_msg_id(k, prefix.len()))
-            .max()
-            .unwrap_or(0))
+        Ok(self.idem().marks.get(sender).copied().unwrap_or(0))
     }
 
     fn log_rooms(&self, after: Option<&RoomId>, limit: usize) -> Result<Vec<RoomId>, StorageError> {

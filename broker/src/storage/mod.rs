@@ -5,6 +5,7 @@
 //! or through `spawn_blocking`, never on the async reactor.
 
 mod faulty;
+mod idem;
 mod memory;
 mod rocks;
 
@@ -47,7 +48,7 @@ pub struct Append<'a> {
     /// For a publish that carries a client message id: its idempotency
     /// identity, recorded in the same atomic write so that a retry finds
     /// the original for as long as the message is retained.
-    pub idem: Option<IdemKey<'a>>,
+    pub idem: Option<IdemWrite<'a>>,
     /// The record's timestamp (returned with the original to a retry).
     pub timestamp_us: u64,
 }
@@ -61,6 +62,21 @@ pub struct IdemKey<'a> {
     pub sender: &'a str,
     /// The client message id.
     pub client_msg_id: u64,
+}
+
+/// How a publish enters the idempotency index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdemWrite<'a> {
+    /// Its identity.
+    pub key: IdemKey<'a>,
+    /// The id is above every id this sender had stored (in any room), and
+    /// above the sender's earlier ids in the same commit: storage may pack
+    /// it with its neighbours instead of writing an entry of its own.
+    pub fresh: bool,
+    /// The sender's high-water mark with this publish: an upper bound of
+    /// every id it has stored, this one included, that
+    /// [`RoomLog::high_water`] returns from then on.
+    pub mark: u64,
 }
 
 /// What a publish got when it was first stored.
@@ -204,15 +220,17 @@ pub trait RoomLog: Send + Sync + 'static {
         durability: Durability,
     ) -> Result<(), StorageError>;
 
-    /// The original of a publish recorded in `room` under `key`, if the
-    /// message is still retained.
+    /// The original of a publish recorded in `room` under `key`, if any.
+    /// Retention removes index entries lazily: the original may be below
+    /// the room's first retained sequence, and callers must treat it then
+    /// as absent.
     ///
     /// # Errors
     /// If the engine fails.
     fn original(&self, room: &RoomId, key: IdemKey<'_>) -> Result<Option<Original>, StorageError>;
 
-    /// The highest client message id recorded for `sender` in any room (0
-    /// if none): every id above it is new.
+    /// An upper bound of the client message ids recorded for `sender` in
+    /// any room (0 if none): every id above it is new.
     ///
     /// # Errors
     /// If the engine fails.
@@ -267,85 +285,45 @@ pub(crate) fn record_key(room: &RoomId, seq: Seq) -> Vec<u8> {
     key
 }
 
-/// Storage key of an idempotency entry: the sender with a two-byte length
-/// prefix, the client message id as a big-endian u64, then the room with a
-/// one-byte length prefix. A sender's entries are contiguous and ordered by
-/// id, so its highest id is one backwards seek away.
-pub(crate) fn idem_key(room: &RoomId, key: IdemKey<'_>) -> Vec<u8> {
-    let mut out = idem_prefix(key.sender);
-    out.extend_from_slice(&key.client_msg_id.to_be_bytes());
-    let id = room.as_bytes();
-    out.push(id.len() as u8);
-    out.extend_from_slice(id);
-    out
-}
-
-/// The prefix of every idempotency key of `sender`.
-pub(crate) fn idem_prefix(sender: &str) -> Vec<u8> {
-    let s = sender.as_bytes();
-    let mut out = Vec::with_capacity(2 + s.len() + 8 + 1 + 64);
-    // Senders are two ids of at most 255 bytes each and a separator.
-    out.extend_from_slice(&(s.len().min(usize::from(u16::MAX)) as u16).to_be_bytes());
-    out.extend_from_slice(s);
-    out
-}
-
-/// The client message id of an idempotency key of the sender whose prefix
-/// is `prefix_len` bytes long.
-pub(crate) fn idem_key_msg_id(key: &[u8], prefix_len: usize) -> Option<u64> {
-    let id: [u8; 8] = key.get(prefix_len..prefix_len + 8)?.try_into().ok()?;
-    Some(u64::from_be_bytes(id))
-}
-
-/// The value of an idempotency entry: sequence and timestamp, big-endian.
-pub(crate) fn encode_original(o: Original) -> [u8; 16] {
-    let mut v = [0u8; 16];
-    v[..8].copy_from_slice(&o.seq.0.to_be_bytes());
-    v[8..].copy_from_slice(&o.timestamp_us.to_be_bytes());
-    v
-}
-
-/// Decodes [`encode_original`]'s output.
-pub(crate) fn decode_original(v: &[u8]) -> Option<Original> {
-    let seq: [u8; 8] = v.get(..8)?.try_into().ok()?;
-    let ts: [u8; 8] = v.get(8..16)?.try_into().ok()?;
-    Some(Original {
-        seq: Seq(u64::from_be_bytes(seq)),
-        timestamp_us: u64::from_be_bytes(ts),
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     /// The idempotency index behaves the same in both engines: written with
-    /// the messages, found by (room, sender, id), a sender's highest id one
-    /// seek away, and deleted with the messages that retention trims.
+    /// the messages (runs of fresh ids, single entries of the others),
+    /// found by (room, sender, id), a sender's mark one read away, and
+    /// deleted with the messages that retention trims.
     fn idempotency_index(log: &dyn RoomLog) {
         let a = RoomId::new("a").expect("id");
         let b = RoomId::new("b").expect("id");
         let (me, other) = ("me\0phone", "me\0phonf");
-        let append = |room, seq, sender, id| Append {
+        let append = |room, seq, sender, id, fresh| Append {
             room,
             seq: Seq(seq),
             record: b"r",
-            idem: Some(IdemKey {
-                sender,
-                client_msg_id: id,
+            idem: Some(IdemWrite {
+                key: IdemKey {
+                    sender,
+                    client_msg_id: id,
+                },
+                fresh,
+                mark: id.max(if fresh { 0 } else { 20 }),
             }),
             timestamp_us: seq * 100,
         };
         log.append_batch(
             &[
-                append(&a, 1, me, 7),
-                append(&a, 2, other, u64::MAX),
-                append(&b, 1, me, 9),
-                append(&a, 3, me, 3),
+                append(&a, 1, me, 7, true),
+                append(&a, 2, other, u64::MAX, true),
+                append(&b, 1, me, 9, true),
+                append(&a, 3, me, 11, true),
+                append(&a, 4, me, 3, false),
             ],
             Durability::Wal,
         )
         .expect("append");
+        log.append_batch(&[append(&a, 5, me, 20, true)], Durability::Wal)
+            .expect("append");
         let key = |sender, id| IdemKey {
             sender,
             client_msg_id: id,
@@ -354,21 +332,38 @@ mod tests {
             seq: Seq(seq),
             timestamp_us: seq * 100,
         };
-        assert_eq!(log.original(&a, key(me, 7)).expect("get"), Some(orig(1)));
-        assert_eq!(log.original(&b, key(me, 9)).expect("get"), Some(orig(1)));
-        assert_eq!(log.original(&b, key(me, 7)).expect("get"), None, "per room");
-        assert_eq!(log.high_water(me).expect("mark"), 9);
+        let found = |room, sender, id| log.original(room, key(sender, id)).expect("get");
+        assert_eq!(found(&a, me, 7), Some(orig(1)));
+        assert_eq!(found(&a, me, 11), Some(orig(3)));
+        assert_eq!(found(&a, me, 3), Some(orig(4)));
+        assert_eq!(found(&a, me, 20), Some(orig(5)));
+        assert_eq!(found(&b, me, 9), Some(orig(1)));
+        assert_eq!(found(&a, other, u64::MAX), Some(orig(2)));
+        for absent in [0, 2, 8, 9, 10, 12, 19, 21, u64::MAX] {
+            assert_eq!(found(&a, me, absent), None, "id {absent}");
+        }
+        assert_eq!(found(&b, me, 7), None, "per room");
+        assert_eq!(log.high_water(me).expect("mark"), 20);
         assert_eq!(log.high_water(other).expect("mark"), u64::MAX);
         assert_eq!(
             log.high_water("me\0pho").expect("mark"),
             0,
             "a prefix is not a sender"
         );
-        log.trim(&a, Seq(2), &[key(me, 7)], Durability::Wal)
-            .expect("trim");
-        assert_eq!(log.original(&a, key(me, 7)).expect("get"), None, "trimmed");
-        assert_eq!(log.original(&a, key(me, 3)).expect("get"), Some(orig(3)));
-        assert_eq!(log.bounds(&a).expect("bounds").first, Seq(2));
+        // Retention trims seqs 1..=4 of room a.
+        log.trim(
+            &a,
+            Seq(5),
+            &[key(me, 7), key(me, 11), key(me, 3)],
+            Durability::Wal,
+        )
+        .expect("trim");
+        for gone in [7, 11, 3] {
+            assert_eq!(found(&a, me, gone), None, "id {gone} trimmed");
+        }
+        assert_eq!(found(&a, me, 20), Some(orig(5)));
+        assert_eq!(found(&b, me, 9), Some(orig(1)), "other rooms keep theirs");
+        assert_eq!(log.bounds(&a).expect("bounds").first, Seq(5));
     }
 
     #[test]
@@ -384,6 +379,18 @@ mod tests {
         drop(log);
         // And after reopening.
         let log = RocksLog::open(dir.path(), 1 << 20).expect("open");
-        assert_eq!(log.high_water("me\0phone").expect("mark"), 9);
+        assert_eq!(log.high_water("me\0phone").expect("mark"), 20);
+        assert_eq!(
+            log.original(
+                &RoomId::new("a").expect("id"),
+                IdemKey {
+                    sender: "me\0phone",
+                    client_msg_id: 20,
+                }
+            )
+            .expect("get")
+            .map(|o| o.seq),
+            Some(Seq(5))
+        );
     }
 }

@@ -9,10 +9,12 @@ use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamilyDescriptor, DBCompressionType, Options, ReadOptions,
     WriteBatch, WriteOptions, DB,
 };
+use rustc_hash::FxHashMap;
 
+use super::idem::{self, RunEntry};
 use super::{
-    decode_original, encode_original, idem_key, idem_key_msg_id, idem_prefix, record_key, Append,
-    IdemKey, LogBounds, MetaEntry, MetaWrite, Original, RoomLog, StorageError, StoredRecord,
+    record_key, Append, IdemKey, LogBounds, MetaEntry, MetaWrite, Original, RoomLog, StorageError,
+    StoredRecord,
 };
 use crate::config::Durability;
 
@@ -20,8 +22,7 @@ use crate::config::Durability;
 pub(crate) const CF_LOG: &str = "log";
 /// Column family of room metadata, membership and cursors.
 pub(crate) const CF_META: &str = "meta";
-/// Column family of the idempotency index: (sender, client message id,
-/// room) -> (seq, timestamp) for every retained publish that carries an id.
+/// Column family of the idempotency index (layout in `storage/idem.rs`).
 pub(crate) const CF_IDEM: &str = "idem";
 
 impl From<rocksdb::Error> for StorageError {
@@ -181,15 +182,74 @@ impl RoomLog for RocksLog {
         let cf = self.log_cf();
         let icf = self.idem_cf();
         let mut wb = WriteBatch::default();
+        // Fresh ids, packed per (sender, room); marks per sender. Grouped
+        // by address first (cheap: the sequencer hands out shared ids),
+        // then runs of equal (sender, room) under different addresses are
+        // merged, so that a (sender, room) has one run per commit.
+        let mut runs: Vec<(&str, &RoomId, Vec<RunEntry>)> = Vec::new();
+        // (address, length) of the sender, address of the room.
+        let mut run_of: FxHashMap<(usize, usize, usize), usize> = FxHashMap::default();
+        let mut marks_at: FxHashMap<(usize, usize), (&str, u64)> = FxHashMap::default();
         for a in batch {
             wb.put_cf(cf, record_key(a.room, a.seq), a.record);
-            if let Some(key) = a.idem {
+            let Some(w) = a.idem else { continue };
+            let key = w.key;
+            let mark = marks_at
+                .entry((key.sender.as_ptr() as usize, key.sender.len()))
+                .or_insert((key.sender, 0));
+            mark.1 = mark.1.max(w.mark);
+            if !w.fresh {
                 let original = Original {
                     seq: a.seq,
                     timestamp_us: a.timestamp_us,
                 };
-                wb.put_cf(icf, idem_key(a.room, key), encode_original(original));
+                wb.put_cf(
+                    icf,
+                    idem::single_key(a.room, key),
+                    idem::encode_single(original),
+                );
+                continue;
             }
+            let entry = RunEntry {
+                id: key.client_msg_id,
+                seq: a.seq.0,
+                timestamp_us: a.timestamp_us,
+            };
+            let at = (
+                key.sender.as_ptr() as usize,
+                key.sender.len(),
+                a.room as *const RoomId as usize,
+            );
+            match run_of.get(&at) {
+                Some(&i) => runs[i].2.push(entry),
+                None => {
+                    run_of.insert(at, runs.len());
+                    runs.push((key.sender, a.room, vec![entry]));
+                }
+            }
+        }
+        let mut merged: FxHashMap<(&str, &RoomId), Vec<RunEntry>> = FxHashMap::default();
+        for (sender, room, entries) in runs {
+            merged.entry((sender, room)).or_default().extend(entries);
+        }
+        for ((sender, room), mut entries) in merged {
+            // Fresh ids ascend in commit order; merged runs are sorted again.
+            entries.sort_unstable_by_key(|e| e.id);
+            if let Some(last) = entries.last() {
+                wb.put_cf(
+                    icf,
+                    idem::run_key(sender, room, last.id),
+                    idem::encode_run(&entries),
+                );
+            }
+        }
+        let mut marks: FxHashMap<&str, u64> = FxHashMap::default();
+        for (sender, mark) in marks_at.into_values() {
+            let m = marks.entry(sender).or_insert(0);
+            *m = (*m).max(mark);
+        }
+        for (sender, mark) in marks {
+            wb.put_cf(icf, idem::mark_key(sender), mark.to_be_bytes());
         }
         if !meta.is_empty() {
             let mcf = self.meta_cf();
@@ -334,39 +394,61 @@ impl RoomLog for RocksLog {
             record_key(room, before),
         );
         let icf = self.idem_cf();
+        // Single entries by key; runs by range, up to each sender's highest
+        // trimmed id (see storage/idem.rs).
+        let mut highest: FxHashMap<&str, u64> = FxHashMap::default();
         for key in forget {
-            wb.delete_cf(icf, idem_key(room, *key));
+            wb.delete_cf(icf, idem::single_key(room, *key));
+            let h = highest.entry(key.sender).or_insert(0);
+            *h = (*h).max(key.client_msg_id);
+        }
+        for (sender, h) in highest {
+            let from = idem::run_prefix(sender, room);
+            let to = match h.checked_add(1) {
+                Some(next) => idem::run_key(sender, room, next),
+                None => successor(&from).unwrap_or_default(),
+            };
+            wb.delete_range_cf(icf, from, to);
         }
         self.db.write_opt(wb, &write_options(durability))?;
         Ok(())
     }
 
     fn original(&self, room: &RoomId, key: IdemKey<'_>) -> Result<Option<Original>, StorageError> {
-        let value = self.db.get_pinned_cf(self.idem_cf(), idem_key(room, key))?;
-        match value {
-            None => Ok(None),
-            Some(v) => decode_original(&v).map(Some).ok_or(StorageError::Corrupt {
-                room: room.to_string(),
-                seq: 0,
-            }),
+        let icf = self.idem_cf();
+        let corrupt = || StorageError::Corrupt {
+            room: room.to_string(),
+            seq: 0,
+        };
+        if let Some(v) = self.db.get_pinned_cf(icf, idem::single_key(room, key))? {
+            return idem::decode_single(&v).map(Some).ok_or_else(corrupt);
         }
-    }
-
-    fn high_water(&self, sender: &str) -> Result<u64, StorageError> {
-        let prefix = idem_prefix(sender);
+        // The one run that may hold the id: the first whose max is at or
+        // above it.
+        let prefix = idem::run_prefix(key.sender, room);
         let mut opts = ReadOptions::default();
-        opts.set_iterate_lower_bound(prefix.clone());
         if let Some(upper) = successor(&prefix) {
             opts.set_iterate_upper_bound(upper);
         }
-        let mut it = self.db.raw_iterator_cf_opt(self.idem_cf(), opts);
-        it.seek_to_last();
-        let id = match it.key() {
-            Some(k) if k.starts_with(&prefix) => idem_key_msg_id(k, prefix.len()),
-            _ => None,
+        let mut it = self.db.raw_iterator_cf_opt(icf, opts);
+        it.seek(idem::run_key(key.sender, room, key.client_msg_id));
+        let found = match it.value() {
+            Some(v) => match idem::run_min_id(v) {
+                Some(min) if min <= key.client_msg_id => idem::find_in_run(v, key.client_msg_id),
+                Some(_) => None,
+                None => return Err(corrupt()),
+            },
+            None => None,
         };
         it.status()?;
-        Ok(id.unwrap_or(0))
+        Ok(found)
+    }
+
+    fn high_water(&self, sender: &str) -> Result<u64, StorageError> {
+        let v = self
+            .db
+            .get_pinned_cf(self.idem_cf(), idem::mark_key(sender))?;
+        Ok(v.and_then(|v| idem::decode_u64(&v)).unwrap_or(0))
     }
 
     fn log_rooms(&self, after: Option<&RoomId>, limit: usize) -> Result<Vec<RoomId>, StorageError> {
