@@ -11,7 +11,7 @@
 //! The sweep also reads the entries it is about to trim, so that the
 //! sequencer deletes their idempotency entries in the same write: a retry
 //! is recognised for as long as its message is retained, and the index
-//! shrinks with the log. Large cuts go in chunks of [`TRIM_CHUNK`] entries.
+//! shrinks with the log. Large cuts go in chunks of 16,384 entries.
 //!
 //! The head entry of a room is never trimmed: the sequencer learns a room's
 //! head from its newest entry after a restart, so deleting it would let
