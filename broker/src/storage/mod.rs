@@ -393,4 +393,25 @@ mod tests {
             Some(Seq(5))
         );
     }
+
+    /// `confab admin` opens a data directory as a secondary instance; one
+    /// written before the idempotency index existed has no `idem` column
+    /// family, and the secondary (which cannot create it) still opens.
+    #[test]
+    fn a_secondary_opens_a_directory_without_the_index() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut opts = rocksdb::Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        let old = rocksdb::DB::open_cf(&opts, dir.path(), ["log", "meta"]).expect("old layout");
+        drop(old);
+        let second = tempfile::tempdir().expect("tempdir");
+        let log = RocksLog::open_secondary(dir.path(), second.path()).expect("secondary");
+        let room = RoomId::new("r").expect("id");
+        assert_eq!(log.bounds(&room).expect("bounds").head, Seq(0));
+        assert!(
+            log.high_water("u\0d").is_err(),
+            "a clear error, not a panic"
+        );
+    }
 }

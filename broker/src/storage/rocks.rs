@@ -114,7 +114,13 @@ impl RocksLog {
     pub fn open_secondary(dir: &Path, secondary_dir: &Path) -> Result<Self, StorageError> {
         let mut opts = Options::default();
         opts.set_max_open_files(-1);
-        let db = DB::open_cf_as_secondary(&opts, dir, secondary_dir, [CF_LOG, CF_META, CF_IDEM])?;
+        // A directory that no broker of this version has opened yet has no
+        // idempotency index: open what is there (a secondary cannot create).
+        let existing = DB::list_cf(&opts, dir)?;
+        let cfs = [CF_LOG, CF_META, CF_IDEM]
+            .into_iter()
+            .filter(|cf| existing.iter().any(|e| e == cf));
+        let db = DB::open_cf_as_secondary(&opts, dir, secondary_dir, cfs)?;
         Ok(Self { db })
     }
 
@@ -138,10 +144,15 @@ impl RocksLog {
             .expect("the log column family is created at open")
     }
 
-    fn idem_cf(&self) -> &rocksdb::ColumnFamily {
-        self.db
-            .cf_handle(CF_IDEM)
-            .expect("the idempotency column family is created at open")
+    /// The idempotency index (absent only in a secondary instance opened
+    /// on a directory that no broker of this version has opened yet).
+    fn idem_cf(&self) -> Result<&rocksdb::ColumnFamily, StorageError> {
+        self.db.cf_handle(CF_IDEM).ok_or_else(|| {
+            StorageError::Engine(
+                "this data directory has no idempotency index yet; start the broker on it once"
+                    .into(),
+            )
+        })
     }
 }
 
@@ -180,7 +191,7 @@ impl RoomLog for RocksLog {
         durability: Durability,
     ) -> Result<(), StorageError> {
         let cf = self.log_cf();
-        let icf = self.idem_cf();
+        let icf = self.idem_cf()?;
         let mut wb = WriteBatch::default();
         // Fresh ids, packed per (sender, room); marks per sender. Grouped
         // by address first (cheap: the sequencer hands out shared ids),
@@ -393,7 +404,7 @@ impl RoomLog for RocksLog {
             record_key(room, Seq(0)),
             record_key(room, before),
         );
-        let icf = self.idem_cf();
+        let icf = self.idem_cf()?;
         // Single entries by key; runs by range, up to each sender's highest
         // trimmed id (see storage/idem.rs).
         let mut highest: FxHashMap<&str, u64> = FxHashMap::default();
@@ -415,7 +426,7 @@ impl RoomLog for RocksLog {
     }
 
     fn original(&self, room: &RoomId, key: IdemKey<'_>) -> Result<Option<Original>, StorageError> {
-        let icf = self.idem_cf();
+        let icf = self.idem_cf()?;
         let corrupt = || StorageError::Corrupt {
             room: room.to_string(),
             seq: 0,
@@ -447,7 +458,7 @@ impl RoomLog for RocksLog {
     fn high_water(&self, sender: &str) -> Result<u64, StorageError> {
         let v = self
             .db
-            .get_pinned_cf(self.idem_cf(), idem::mark_key(sender))?;
+            .get_pinned_cf(self.idem_cf()?, idem::mark_key(sender))?;
         Ok(v.and_then(|v| idem::decode_u64(&v)).unwrap_or(0))
     }
 
@@ -535,7 +546,7 @@ impl RoomLog for RocksLog {
     }
 
     fn compact(&self) -> Result<(), StorageError> {
-        for cf in [self.log_cf(), self.meta_cf(), self.idem_cf()] {
+        for cf in [self.log_cf(), self.meta_cf(), self.idem_cf()?] {
             self.db.compact_range_cf(cf, None::<&[u8]>, None::<&[u8]>);
         }
         Ok(())
