@@ -174,7 +174,7 @@ fn timestamp(log: &dyn RoomLog, room: &RoomId, seq: Seq) -> Result<Option<u64>, 
 const SWEEP_PAGE: usize = 1024;
 
 /// Most entries removed by one trim request.
-pub(crate) const TRIM_CHUNK: u64 = 16_384;
+const TRIM_CHUNK: u64 = 16_384;
 
 /// The (sender, client message id) of every entry of `room` in
 /// `from..before` that carries an id: the idempotency entries to delete

@@ -80,8 +80,8 @@ pub(crate) struct RoomRegistry {
 impl RoomRegistry {
     /// The room with this id, created on first use.
     pub(crate) fn get_or_create(&self, id: &RoomId) -> Arc<Room> {
-        if let Some(room) = self.rooms.read().unwrap_or_else(|p| p.into_inner()).get(id) {
-            return room.clone();
+        if let Some(room) = self.get(id) {
+            return room;
         }
         self.rooms
             .write()

@@ -175,8 +175,8 @@ impl Core {
     /// Handles one group of requests at time `now` (microseconds since the
     /// epoch): sequences them, commits the group in one atomic write, and
     /// returns what must follow, in order. If the commit fails, nothing of
-    /// the group is acknowledged or fanned out and every sequence it took is
-    /// given back.
+    /// the group is acknowledged or fanned out, and the rooms it wrote to
+    /// are loaded again from storage before their next use.
     pub(crate) fn step(&mut self, batch: &mut Vec<SeqMsg>, now: u64) -> Vec<Outcome> {
         let mut outcomes = Vec::with_capacity(batch.len());
         // Rooms this group writes to, with their heads before it.
@@ -416,7 +416,7 @@ impl Core {
             sender: req.conn.sender_key.clone(),
             client_msg_id: req.client_msg_id,
         });
-        let first = r.first.max(1);
+        let first = view.first;
         let mut fresh = false;
         if let Some(key) = &dedup {
             match self.idem.lookup(self.log.as_ref(), key, first) {

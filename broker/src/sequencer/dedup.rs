@@ -3,7 +3,7 @@
 //! bounded memory.
 //!
 //! The source of truth is the storage's idempotency index, written in the
-//! same atomic batch as the message (see [`crate::storage::IdemKey`]).
+//! same atomic batch as the message (see [`crate::storage::IdemWrite`]).
 //! Reading it for every publish would cost a point lookup each, so two
 //! bounded caches stand in front of it:
 //!
@@ -11,8 +11,8 @@
 //!   of them), which answers most retries (a reconnect re-sends what was in
 //!   flight a moment ago) without touching the disk;
 //! - per device, an upper bound of the client message ids it has stored
-//!   (its *high-water mark*, loaded from the index with one backwards seek
-//!   the first time the device publishes). A device that numbers its
+//!   (its *high-water mark*, stored with its publishes and read once, the
+//!   first time the device publishes after a start). A device that numbers its
 //!   publishes upwards, as the SDK does, only ever sends ids above its mark
 //!   unless it retries, so new publishes skip the index altogether.
 //!
@@ -103,7 +103,7 @@ impl Idempotency {
     /// Whether a publish under `key` in a room whose first retained
     /// sequence is `first` was stored before (or staged in the group being
     /// built), and if not, whether its id is fresh (above every id its
-    /// device stored: see [`crate::storage::IdemKey::fresh`]).
+    /// device stored: see [`crate::storage::IdemWrite::fresh`]).
     ///
     /// # Errors
     /// If the index cannot be read; the publish must then be refused, not

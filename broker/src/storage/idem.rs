@@ -26,8 +26,9 @@
 //! room's first retained sequence.
 
 use confab_codec::{RoomId, Seq};
+use rustc_hash::FxHashMap;
 
-use super::{IdemKey, Original};
+use super::{Append, IdemKey, Original};
 
 const MARK: u8 = b'M';
 const RUN: u8 = b'R';
@@ -190,6 +191,117 @@ pub(crate) fn find_in_run(v: &[u8], id: u64) -> Option<Original> {
             seq: Seq(e.seq),
             timestamp_us: e.timestamp_us,
         })
+}
+
+/// The index writes of one commit, as (key, value): a single entry for
+/// every id that is not fresh, one run per (sender, room) for the fresh
+/// ones, and one mark per sender.
+pub(crate) fn commit_writes(batch: &[Append<'_>]) -> Vec<KeyValue> {
+    let mut out = Vec::new();
+    // Grouped by address first (cheap: the sequencer hands out shared ids;
+    // (address, length) of the sender, address of the room), then merged
+    // by content, so that a (sender, room) has one run per commit.
+    let mut runs: Vec<(&str, &RoomId, Vec<RunEntry>)> = Vec::new();
+    let mut run_of: FxHashMap<(usize, usize, usize), usize> = FxHashMap::default();
+    let mut marks_at: FxHashMap<(usize, usize), (&str, u64)> = FxHashMap::default();
+    for a in batch {
+        let Some(w) = a.idem else { continue };
+        let key = w.key;
+        let mark = marks_at
+            .entry((key.sender.as_ptr() as usize, key.sender.len()))
+            .or_insert((key.sender, 0));
+        mark.1 = mark.1.max(w.mark);
+        if !w.fresh {
+            let original = Original {
+                seq: a.seq,
+                timestamp_us: a.timestamp_us,
+            };
+            out.push((single_key(a.room, key), encode_single(original).to_vec()));
+            continue;
+        }
+        let entry = RunEntry {
+            id: key.client_msg_id,
+            seq: a.seq.0,
+            timestamp_us: a.timestamp_us,
+        };
+        let at = (
+            key.sender.as_ptr() as usize,
+            key.sender.len(),
+            a.room as *const RoomId as usize,
+        );
+        match run_of.get(&at) {
+            Some(&i) => runs[i].2.push(entry),
+            None => {
+                run_of.insert(at, runs.len());
+                runs.push((key.sender, a.room, vec![entry]));
+            }
+        }
+    }
+    let mut merged: FxHashMap<(&str, &RoomId), Vec<RunEntry>> = FxHashMap::default();
+    for (sender, room, entries) in runs {
+        merged.entry((sender, room)).or_default().extend(entries);
+    }
+    for ((sender, room), mut entries) in merged {
+        // Fresh ids ascend in commit order; merged runs are sorted again.
+        entries.sort_unstable_by_key(|e| e.id);
+        if let Some(last) = entries.last() {
+            out.push((run_key(sender, room, last.id), encode_run(&entries)));
+        }
+    }
+    let mut marks: FxHashMap<&str, u64> = FxHashMap::default();
+    for (sender, mark) in marks_at.into_values() {
+        let m = marks.entry(sender).or_insert(0);
+        *m = (*m).max(mark);
+    }
+    for (sender, mark) in marks {
+        out.push((mark_key(sender), mark.to_be_bytes().to_vec()));
+    }
+    out
+}
+
+/// A key and its value.
+pub(crate) type KeyValue = (Vec<u8>, Vec<u8>);
+
+/// What a trim deletes: single keys, and `from..to` key ranges of runs.
+pub(crate) type TrimDeletes = (Vec<Vec<u8>>, Vec<(Vec<u8>, Vec<u8>)>);
+
+/// What a trim of `room` deletes from the index, given the identities of
+/// the trimmed messages: their single entries by key, and per sender the
+/// key range of the runs whose max id is at most its highest trimmed id.
+pub(crate) fn trim_deletes(room: &RoomId, forget: &[IdemKey<'_>]) -> TrimDeletes {
+    let mut highest: FxHashMap<&str, u64> = FxHashMap::default();
+    let singles = forget
+        .iter()
+        .map(|key| {
+            let h = highest.entry(key.sender).or_insert(0);
+            *h = (*h).max(key.client_msg_id);
+            single_key(room, *key)
+        })
+        .collect();
+    let runs = highest
+        .into_iter()
+        .map(|(sender, h)| {
+            let from = run_prefix(sender, room);
+            let to = match h.checked_add(1) {
+                Some(next) => run_key(sender, room, next),
+                None => successor(&from).unwrap_or_default(),
+            };
+            (from, to)
+        })
+        .collect();
+    (singles, runs)
+}
+
+/// The smallest key above every key that starts with `prefix`, if any.
+pub(crate) fn successor(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut out = prefix.to_vec();
+    while let Some(last) = out.pop() {
+        if last < u8::MAX {
+            out.push(last + 1);
+            return Some(out);
+        }
+    }
+    None
 }
 
 #[cfg(test)]

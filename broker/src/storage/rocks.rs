@@ -9,9 +9,8 @@ use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamilyDescriptor, DBCompressionType, Options, ReadOptions,
     WriteBatch, WriteOptions, DB,
 };
-use rustc_hash::FxHashMap;
 
-use super::idem::{self, RunEntry};
+use super::idem;
 use super::{
     record_key, Append, IdemKey, LogBounds, MetaEntry, MetaWrite, Original, RoomLog, StorageError,
     StoredRecord,
@@ -82,9 +81,9 @@ impl RocksLog {
         meta_table.set_bloom_filter(10.0, false);
         meta_opts.set_block_based_table_factory(&meta_table);
 
-        // Point lookups of retries and one backwards seek per device:
-        // whole-key bloom filters answer "never seen" without reading a
-        // block. Entries are small and short-lived under retention.
+        // Point lookups of retries, marks and single entries: whole-key
+        // bloom filters answer "never seen" without reading a block.
+        // Entries are small and short-lived under retention.
         let mut idem_opts = Options::default();
         idem_opts.set_compression_type(DBCompressionType::Lz4);
         idem_opts.set_write_buffer_size(32 << 20);
@@ -166,18 +165,6 @@ fn write_options(durability: Durability) -> WriteOptions {
     opts
 }
 
-/// The smallest key above every key that starts with `prefix`, if any.
-fn successor(prefix: &[u8]) -> Option<Vec<u8>> {
-    let mut out = prefix.to_vec();
-    while let Some(last) = out.pop() {
-        if last < u8::MAX {
-            out.push(last + 1);
-            return Some(out);
-        }
-    }
-    None
-}
-
 fn decode_seq(key: &[u8], prefix_len: usize) -> Option<Seq> {
     let tail: [u8; 8] = key.get(prefix_len..prefix_len + 8)?.try_into().ok()?;
     Some(Seq(u64::from_be_bytes(tail)))
@@ -193,74 +180,11 @@ impl RoomLog for RocksLog {
         let cf = self.log_cf();
         let icf = self.idem_cf()?;
         let mut wb = WriteBatch::default();
-        // Fresh ids, packed per (sender, room); marks per sender. Grouped
-        // by address first (cheap: the sequencer hands out shared ids),
-        // then runs of equal (sender, room) under different addresses are
-        // merged, so that a (sender, room) has one run per commit.
-        let mut runs: Vec<(&str, &RoomId, Vec<RunEntry>)> = Vec::new();
-        // (address, length) of the sender, address of the room.
-        let mut run_of: FxHashMap<(usize, usize, usize), usize> = FxHashMap::default();
-        let mut marks_at: FxHashMap<(usize, usize), (&str, u64)> = FxHashMap::default();
         for a in batch {
             wb.put_cf(cf, record_key(a.room, a.seq), a.record);
-            let Some(w) = a.idem else { continue };
-            let key = w.key;
-            let mark = marks_at
-                .entry((key.sender.as_ptr() as usize, key.sender.len()))
-                .or_insert((key.sender, 0));
-            mark.1 = mark.1.max(w.mark);
-            if !w.fresh {
-                let original = Original {
-                    seq: a.seq,
-                    timestamp_us: a.timestamp_us,
-                };
-                wb.put_cf(
-                    icf,
-                    idem::single_key(a.room, key),
-                    idem::encode_single(original),
-                );
-                continue;
-            }
-            let entry = RunEntry {
-                id: key.client_msg_id,
-                seq: a.seq.0,
-                timestamp_us: a.timestamp_us,
-            };
-            let at = (
-                key.sender.as_ptr() as usize,
-                key.sender.len(),
-                a.room as *const RoomId as usize,
-            );
-            match run_of.get(&at) {
-                Some(&i) => runs[i].2.push(entry),
-                None => {
-                    run_of.insert(at, runs.len());
-                    runs.push((key.sender, a.room, vec![entry]));
-                }
-            }
         }
-        let mut merged: FxHashMap<(&str, &RoomId), Vec<RunEntry>> = FxHashMap::default();
-        for (sender, room, entries) in runs {
-            merged.entry((sender, room)).or_default().extend(entries);
-        }
-        for ((sender, room), mut entries) in merged {
-            // Fresh ids ascend in commit order; merged runs are sorted again.
-            entries.sort_unstable_by_key(|e| e.id);
-            if let Some(last) = entries.last() {
-                wb.put_cf(
-                    icf,
-                    idem::run_key(sender, room, last.id),
-                    idem::encode_run(&entries),
-                );
-            }
-        }
-        let mut marks: FxHashMap<&str, u64> = FxHashMap::default();
-        for (sender, mark) in marks_at.into_values() {
-            let m = marks.entry(sender).or_insert(0);
-            *m = (*m).max(mark);
-        }
-        for (sender, mark) in marks {
-            wb.put_cf(icf, idem::mark_key(sender), mark.to_be_bytes());
+        for (key, value) in idem::commit_writes(batch) {
+            wb.put_cf(icf, key, value);
         }
         if !meta.is_empty() {
             let mcf = self.meta_cf();
@@ -405,20 +329,11 @@ impl RoomLog for RocksLog {
             record_key(room, before),
         );
         let icf = self.idem_cf()?;
-        // Single entries by key; runs by range, up to each sender's highest
-        // trimmed id (see storage/idem.rs).
-        let mut highest: FxHashMap<&str, u64> = FxHashMap::default();
-        for key in forget {
-            wb.delete_cf(icf, idem::single_key(room, *key));
-            let h = highest.entry(key.sender).or_insert(0);
-            *h = (*h).max(key.client_msg_id);
+        let (singles, runs) = idem::trim_deletes(room, forget);
+        for key in singles {
+            wb.delete_cf(icf, key);
         }
-        for (sender, h) in highest {
-            let from = idem::run_prefix(sender, room);
-            let to = match h.checked_add(1) {
-                Some(next) => idem::run_key(sender, room, next),
-                None => successor(&from).unwrap_or_default(),
-            };
+        for (from, to) in runs {
             wb.delete_range_cf(icf, from, to);
         }
         self.db.write_opt(wb, &write_options(durability))?;
@@ -438,7 +353,7 @@ impl RoomLog for RocksLog {
         // above it.
         let prefix = idem::run_prefix(key.sender, room);
         let mut opts = ReadOptions::default();
-        if let Some(upper) = successor(&prefix) {
+        if let Some(upper) = idem::successor(&prefix) {
             opts.set_iterate_upper_bound(upper);
         }
         let mut it = self.db.raw_iterator_cf_opt(icf, opts);
