@@ -359,9 +359,7 @@ impl BrokerBuilder {
         }
         // Every listener is bound and its accept loop spawned (unless a
         // thread has already failed).
-        if supervisor.failure().is_none() {
-            ready.store(true, Ordering::Release);
-        }
+        supervisor.mark_ready();
         info!(%tcp_addr, ?tls_addr, ?quic_addr, ?metrics_addr, durability = ?shared.config.storage.durability, data_dir = %shared.config.data_dir.display(), "broker started");
         Ok(BrokerHandle {
             tcp_addr,

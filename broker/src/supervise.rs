@@ -33,12 +33,21 @@ impl Supervisor {
     /// Stops the broker because of `why` (the first failure is kept).
     pub(crate) fn fail(&self, why: String) {
         error!(reason = %why, "fatal: stopping the broker");
-        self.ready.store(false, Ordering::Release);
         {
+            // Under the lock, so that `mark_ready` cannot undo it.
             let mut failure = self.failure.lock().unwrap_or_else(|p| p.into_inner());
             failure.get_or_insert(why);
+            self.ready.store(false, Ordering::Release);
         }
         self.shutdown.cancel();
+    }
+
+    /// Turns readiness on, unless a thread has already failed.
+    pub(crate) fn mark_ready(&self) {
+        let failure = self.failure.lock().unwrap_or_else(|p| p.into_inner());
+        if failure.is_none() {
+            self.ready.store(true, Ordering::Release);
+        }
     }
 
     /// Why the broker stopped on its own, if it did.
