@@ -11,20 +11,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-/// How durable an acknowledged publish is. See docs/operations.md.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Durability {
-    /// No write-ahead log: acknowledged messages live in memory until the
-    /// next flush. Survives a clean shutdown only. For benchmarks.
-    None,
-    /// Write-ahead log without fsync: survives a process crash or
-    /// `kill -9`, not a power loss or kernel crash.
-    Wal,
-    /// Write-ahead log fsynced before each group commit is acknowledged:
-    /// survives power loss.
-    Fsync,
-}
+pub use crate::storage::Durability;
 
 /// How clients authenticate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -69,9 +56,9 @@ pub struct Config {
     /// Rooms and membership.
     pub rooms: RoomsConfig,
     /// Retention of room logs (default: keep everything).
-    pub retention: crate::retention::RetentionConfig,
+    pub retention: RetentionConfig,
     /// Offline push notifications (default: off).
-    pub push: crate::push::PushConfig,
+    pub push: PushConfig,
     /// Logging.
     pub log: LogConfig,
     /// The operations HTTP endpoint: Prometheus metrics and health checks.
@@ -294,8 +281,8 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             delivery: DeliveryConfig::default(),
             rooms: RoomsConfig::default(),
-            retention: crate::retention::RetentionConfig::default(),
-            push: crate::push::PushConfig::default(),
+            retention: RetentionConfig::default(),
+            push: PushConfig::default(),
             log: LogConfig::default(),
             metrics: MetricsConfig::default(),
             admin: AdminConfig::default(),
@@ -780,6 +767,113 @@ fn set_path(
     };
     table.insert(last.clone(), parsed);
     Ok(())
+}
+
+/// Retention settings: a server default plus overrides by room id prefix.
+/// 0 means unlimited; with both limits at 0 (the default) nothing is ever
+/// deleted and no sweep runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    /// Entries older than this many seconds are deleted (0: no age limit).
+    pub max_age_secs: u64,
+    /// At most this many newest entries are kept per room (0: no count limit).
+    pub max_count: u64,
+    /// Time between two sweeps, in milliseconds.
+    pub sweep_interval_ms: u64,
+    /// Overrides for rooms whose id starts with a prefix; the longest
+    /// matching prefix wins.
+    pub rooms: Vec<RoomRetention>,
+}
+
+/// The retention of the rooms whose id starts with `prefix`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoomRetention {
+    /// Room id prefix ("" matches every room).
+    pub prefix: String,
+    /// As [`RetentionConfig::max_age_secs`].
+    #[serde(default)]
+    pub max_age_secs: u64,
+    /// As [`RetentionConfig::max_count`].
+    #[serde(default)]
+    pub max_count: u64,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        Self {
+            max_age_secs: 0,
+            max_count: 0,
+            sweep_interval_ms: 60_000,
+            rooms: Vec::new(),
+        }
+    }
+}
+
+/// What a notification may reveal about the message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PreviewPolicy {
+    /// Only that the room has new messages.
+    None,
+    /// Also who sent the latest one.
+    Sender,
+    /// Also the latest message's payload (up to `push.max_preview_bytes`).
+    Content,
+}
+
+/// Push settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PushConfig {
+    /// Whether push is on: `RegisterPush` is served and jobs are made.
+    pub enabled: bool,
+    /// What a job reveals: `none`, `sender` or `content`.
+    pub preview: PreviewPolicy,
+    /// Largest content preview, in bytes (longer payloads are cut).
+    pub max_preview_bytes: usize,
+    /// The webhook's URL (`http://host:port/path`); required when push is
+    /// on, unless the embedding service supplies its own notifier.
+    pub webhook_url: String,
+    /// Time allowed for one notifier call (connect, send, response), in
+    /// milliseconds.
+    pub timeout_ms: u64,
+    /// Attempts per job before it goes to the dead-letter file.
+    pub max_attempts: u32,
+    /// Delay before the first retry, in milliseconds; doubled per attempt.
+    pub backoff_initial_ms: u64,
+    /// Longest delay between retries, in milliseconds.
+    pub backoff_max_ms: u64,
+    /// How long a job waits for more messages of the same user and room
+    /// before it is sent, in milliseconds.
+    pub coalesce_ms: u64,
+    /// Most (user, room) jobs pending at once; beyond it new jobs are
+    /// dropped and counted (`confab_push_jobs_total{outcome="dropped"}`).
+    pub queue_capacity: usize,
+    /// Most notifier calls in flight at once.
+    pub concurrency: usize,
+    /// Where dead letters are appended (relative paths are under `data_dir`).
+    pub dead_letter_file: PathBuf,
+}
+
+impl Default for PushConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            preview: PreviewPolicy::Sender,
+            max_preview_bytes: 256,
+            webhook_url: String::new(),
+            timeout_ms: 5_000,
+            max_attempts: 5,
+            backoff_initial_ms: 500,
+            backoff_max_ms: 60_000,
+            coalesce_ms: 1_000,
+            queue_capacity: 100_000,
+            concurrency: 8,
+            dead_letter_file: PathBuf::from("push-dead-letter.jsonl"),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -33,6 +33,7 @@
 
 pub mod admin;
 pub mod auth;
+mod base;
 pub mod config;
 pub mod embed;
 mod fanout;
@@ -45,12 +46,13 @@ mod rooms;
 mod sequencer;
 mod server;
 mod session;
+mod shared;
 mod stats;
 pub mod storage;
 mod supervise;
 pub mod transport;
 
-pub use embed::authz::{AccessRequest, Action, Authorizer, Denied};
+pub use auth::authz::{AccessRequest, Action, Authorizer, Denied};
 pub use embed::{EmbedError, LocalSubscription, Published, RoomChange, SystemMessage};
 pub use server::{Broker, BrokerBuilder, BrokerError, BrokerHandle};
 pub use session::{FrameCodec, WireError};

@@ -22,54 +22,13 @@ use std::time::Duration;
 
 use confab_codec::{EventRecord, RoomId, Seq};
 use crossbeam_channel::Sender;
-use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::sequencer::{now_us, sender_key, SeqMsg};
-use crate::storage::{LogBounds, RoomLog, StorageError};
-
-/// Retention settings: a server default plus overrides by room id prefix.
-/// 0 means unlimited; with both limits at 0 (the default) nothing is ever
-/// deleted and no sweep runs.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RetentionConfig {
-    /// Entries older than this many seconds are deleted (0: no age limit).
-    pub max_age_secs: u64,
-    /// At most this many newest entries are kept per room (0: no count limit).
-    pub max_count: u64,
-    /// Time between two sweeps, in milliseconds.
-    pub sweep_interval_ms: u64,
-    /// Overrides for rooms whose id starts with a prefix; the longest
-    /// matching prefix wins.
-    pub rooms: Vec<RoomRetention>,
-}
-
-/// The retention of the rooms whose id starts with `prefix`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RoomRetention {
-    /// Room id prefix ("" matches every room).
-    pub prefix: String,
-    /// As [`RetentionConfig::max_age_secs`].
-    #[serde(default)]
-    pub max_age_secs: u64,
-    /// As [`RetentionConfig::max_count`].
-    #[serde(default)]
-    pub max_count: u64,
-}
-
-impl Default for RetentionConfig {
-    fn default() -> Self {
-        Self {
-            max_age_secs: 0,
-            max_count: 0,
-            sweep_interval_ms: 60_000,
-            rooms: Vec::new(),
-        }
-    }
-}
+use crate::base::now_us;
+pub use crate::config::{RetentionConfig, RoomRetention};
+use crate::sequencer::SeqMsg;
+use crate::storage::{idempotency_keys, LogBounds, RoomLog, StorageError};
 
 /// The limits that apply to one room.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -175,40 +134,6 @@ const SWEEP_PAGE: usize = 1024;
 
 /// Most entries removed by one trim request.
 const TRIM_CHUNK: u64 = 16_384;
-
-/// The (sender, client message id) of every entry of `room` in
-/// `from..before` that carries an id: the idempotency entries to delete
-/// with them.
-///
-/// # Errors
-/// If the log cannot be read or holds a record that does not decode.
-pub(crate) fn idempotency_keys(
-    log: &dyn RoomLog,
-    room: &RoomId,
-    from: Seq,
-    before: Seq,
-) -> Result<Vec<(Arc<str>, u64)>, StorageError> {
-    let mut out = Vec::new();
-    let mut next = from;
-    while next < before {
-        let page = log.read_range(room, next, Seq(before.0 - 1), 1024, 1 << 20)?;
-        let Some(last) = page.last() else { break };
-        next = last.seq.next();
-        for rec in page {
-            let ev = EventRecord::decode(rec.bytes).map_err(|_| StorageError::Corrupt {
-                room: room.to_string(),
-                seq: rec.seq.0,
-            })?;
-            if ev.client_msg_id != 0 {
-                out.push((
-                    sender_key(ev.sender.as_str(), ev.device.as_str()),
-                    ev.client_msg_id,
-                ));
-            }
-        }
-    }
-    Ok(out)
-}
 
 /// One pass over every room: sends a trim request for each room with
 /// entries past its limits. Returns how many were sent.

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crossbeam_channel::Sender;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -16,9 +15,9 @@ use tracing::{debug, info, warn};
 
 use confab_codec::{CreateRoom, RoomId, RoomInfo, StartAt};
 
+use crate::auth::authz::Authorizer;
 use crate::auth::{Authenticator, DenyAll, DevAuth, JwtAuth};
 use crate::config::{AuthMode, Config};
-use crate::embed::authz::Authorizer;
 use crate::embed::{EmbedError, LocalSubscription, Published, RoomChange, SystemMessage};
 use crate::fanout::{self, CatchupCtx};
 use crate::presence::PresenceHub;
@@ -26,8 +25,8 @@ use crate::push::{Dispatcher, Notifier, PushHub, WebhookNotifier};
 use crate::ratelimit::UserLimits;
 use crate::rooms::typing::TypingHub;
 use crate::rooms::RoomRegistry;
-use crate::sequencer::{SeqMsg, Sequencer};
-use crate::session::DeviceRegistry;
+use crate::sequencer::{Readers, SeqMsg, Sequencer};
+use crate::shared::{DeviceRegistry, Shared};
 use crate::stats::{BrokerStats, Stats};
 use crate::storage::{RocksLog, RoomLog, StorageError};
 use crate::supervise::Supervisor;
@@ -75,29 +74,6 @@ const FANOUT_QUEUE: usize = 256;
 
 /// How long shutdown waits for closed QUIC connections to drain.
 const QUIC_IDLE_GRACE: Duration = Duration::from_secs(2);
-
-/// State shared by every task of a running broker.
-pub(crate) struct Shared {
-    pub(crate) config: Config,
-    pub(crate) log: Arc<dyn RoomLog>,
-    pub(crate) rooms: Arc<RoomRegistry>,
-    pub(crate) sequencer: Sender<SeqMsg>,
-    pub(crate) auth: Arc<dyn Authenticator>,
-    pub(crate) session_ids: AtomicU64,
-    pub(crate) shutdown: CancellationToken,
-    pub(crate) stats: Arc<Stats>,
-    pub(crate) devices: DeviceRegistry,
-    pub(crate) typing: Arc<TypingHub>,
-    pub(crate) presence: Arc<PresenceHub>,
-    /// Per-user rate-limit buckets, shared by the user's connections.
-    pub(crate) user_limits: Arc<UserLimits>,
-    /// `limits.max_connections` permits, shared by every listener.
-    pub(crate) conn_permits: Arc<Semaphore>,
-    /// The embedding service's access decisions, replacing membership.
-    pub(crate) authorizer: Option<Arc<dyn Authorizer>>,
-    /// Offline push, when `push.enabled`.
-    pub(crate) push: Option<Arc<PushHub>>,
-}
 
 /// Builds a broker: configuration first, then optional replacements for
 /// the storage and the authenticator.
@@ -246,8 +222,10 @@ impl BrokerBuilder {
         )
         .external_authz(self.authorizer.is_some())
         .with_push(push.clone());
+        let (readers, reader_threads) =
+            Readers::spawn(&supervisor, &log).map_err(BrokerError::Thread)?;
         let sequencer_thread = supervisor
-            .spawn("confab-sequencer", move || sequencer.run(seq_rx))
+            .spawn("confab-sequencer", move || sequencer.run(seq_rx, readers))
             .map_err(BrokerError::Thread)?;
         let ctx = Arc::new(CatchupCtx {
             log: log.clone(),
@@ -371,7 +349,12 @@ impl BrokerBuilder {
             identity: identity.map(|id| (id.fingerprint, id.cert_path)),
             shared,
             tasks,
-            threads: vec![sequencer_thread, fanout_thread],
+            // The readers end after the sequencer (which holds their
+            // channel); joining them releases their handles on the storage.
+            threads: [sequencer_thread, fanout_thread]
+                .into_iter()
+                .chain(reader_threads)
+                .collect(),
             supervisor,
         })
     }

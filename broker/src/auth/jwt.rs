@@ -194,7 +194,7 @@ mod tests {
     const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef-test";
 
     fn now() -> u64 {
-        crate::sequencer::now_us() / 1_000_000
+        crate::base::now_us() / 1_000_000
     }
 
     fn hs_auth() -> (tempfile::TempDir, JwtAuth) {

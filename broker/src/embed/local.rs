@@ -23,7 +23,7 @@ use tracing::warn;
 use super::{EmbedError, SYSTEM_USER};
 use crate::fanout::{Drained, Outbox, SubscribeCmd, SubscribeItem, Subscription};
 use crate::sequencer::SeqMsg;
-use crate::server::Shared;
+use crate::shared::Shared;
 use crate::storage::LogBounds;
 
 /// Most bytes moved out of the outbox per read.

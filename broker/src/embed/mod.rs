@@ -5,28 +5,29 @@
 //! Every request goes the way a client's does: into the sequencer's
 //! channel, numbered and committed with the same group commit, and
 //! answered after the commit. The system principal is a connection
-//! context without a socket: its replies land in a private outbox that
-//! the awaiting call reads. It bypasses membership and role checks (the
+//! context without a socket: the sequencer hands its reply over as a typed
+//! frame, which the awaiting call reads (no bytes encoded and decoded
+//! back). It bypasses membership and role checks (the
 //! service is trusted), not sequencing, deduplication or durability.
 
-pub mod authz;
+pub use crate::auth::authz;
 mod local;
 
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use confab_codec::{
     Body, CreateRoom, DeviceId, ErrorCode, Frame, MessageKind, PublishAck, Role, RoomId, RoomInfo,
     RoomMeta, Seq, UserId,
 };
-use tokio::sync::Semaphore;
+use tokio::sync::{oneshot, Semaphore};
 
 pub use local::LocalSubscription;
 
-use crate::fanout::{Drained, Outbox};
-use crate::sequencer::{sender_key, PublishReq, RoomOp, RoomOpReq, SeqMsg};
-use crate::server::Shared;
-use crate::session::ConnCtx;
+use crate::base::sender_key;
+use crate::fanout::{ConnCtx, DirectReply, Outbox};
+use crate::sequencer::{PublishReq, RoomOp, RoomOpReq, SeqMsg};
+use crate::shared::Shared;
 
 /// The user that server-side messages are sent as unless another is given.
 pub const SYSTEM_USER: &str = "system";
@@ -146,41 +147,29 @@ pub enum RoomChange {
 }
 
 /// A connection context for one embedding request: the system principal
-/// as `user`, with a private outbox for the reply.
-fn system_ctx(shared: &Shared, user: UserId) -> Arc<ConnCtx> {
+/// as `user`, whose reply the sequencer hands over typed (the receiver).
+fn system_ctx(shared: &Shared, user: UserId) -> (Arc<ConnCtx>, oneshot::Receiver<Frame>) {
     let device = DeviceId::new(SYSTEM_DEVICE).expect("a valid device id");
-    Arc::new(ConnCtx {
+    let (direct, reply) = DirectReply::new();
+    let conn = Arc::new(ConnCtx {
         sender_key: sender_key(user.as_str(), device.as_str()),
         user,
         device,
-        outbox: Arc::new(Outbox::new(16, shared.stats.clone())),
+        // Nothing is delivered to the system principal: its outbox stays
+        // empty.
+        outbox: Arc::new(Outbox::new(1, shared.stats.clone())),
         inflight: Semaphore::new(1),
         system: true,
-    })
+        direct: Some(direct),
+    });
+    (conn, reply)
 }
 
-/// Waits for the one reply the sequencer sends into `conn`'s outbox.
-async fn reply(shared: &Shared, conn: &ConnCtx) -> Result<Frame, EmbedError> {
-    let mut buf = BytesMut::new();
-    loop {
-        match conn.outbox.drain_into(&mut buf, usize::MAX) {
-            Drained::Frames => {
-                return match Frame::decode(&mut buf, u32::MAX) {
-                    Ok(Some(f)) => Ok(f),
-                    Ok(None) | Err(_) => Err(EmbedError::refused(
-                        ErrorCode::Internal,
-                        "unreadable reply from the sequencer",
-                    )),
-                };
-            }
-            Drained::Finished => return Err(EmbedError::ShuttingDown),
-            Drained::Empty => {
-                tokio::select! {
-                    _ = conn.outbox.ready() => {}
-                    _ = shared.shutdown.cancelled() => return Err(EmbedError::ShuttingDown),
-                }
-            }
-        }
+/// Waits for the reply the sequencer hands over.
+async fn reply(shared: &Shared, reply: oneshot::Receiver<Frame>) -> Result<Frame, EmbedError> {
+    tokio::select! {
+        frame = reply => frame.map_err(|_| EmbedError::ShuttingDown),
+        _ = shared.shutdown.cancelled() => Err(EmbedError::ShuttingDown),
     }
 }
 
@@ -216,9 +205,9 @@ pub(crate) async fn publish(shared: &Shared, msg: SystemMessage) -> Result<Publi
             "edits, deletes and reactions need refers_to",
         ));
     }
-    let conn = system_ctx(shared, msg.sender);
+    let (conn, answer) = system_ctx(shared, msg.sender);
     let req = PublishReq {
-        conn: conn.clone(),
+        conn,
         request_id: 1,
         no_reply: false,
         room: msg.room,
@@ -232,7 +221,7 @@ pub(crate) async fn publish(shared: &Shared, msg: SystemMessage) -> Result<Publi
     if shared.sequencer.send(SeqMsg::Publish(req)).is_err() {
         return Err(EmbedError::ShuttingDown);
     }
-    match reply(shared, &conn).await? {
+    match reply(shared, answer).await? {
         Frame {
             body:
                 Body::PublishAck(PublishAck {
@@ -253,16 +242,16 @@ pub(crate) async fn publish(shared: &Shared, msg: SystemMessage) -> Result<Publi
 
 /// Runs a room operation as the system principal.
 pub(crate) async fn room_op(shared: &Shared, op: RoomOp) -> Result<Option<RoomInfo>, EmbedError> {
-    let conn = system_ctx(shared, UserId::new(SYSTEM_USER).expect("a valid user id"));
+    let (conn, answer) = system_ctx(shared, UserId::new(SYSTEM_USER).expect("a valid user id"));
     let req = RoomOpReq {
-        conn: conn.clone(),
+        conn,
         request_id: 1,
         op,
     };
     if shared.sequencer.send(SeqMsg::RoomOp(req)).is_err() {
         return Err(EmbedError::ShuttingDown);
     }
-    let frame = reply(shared, &conn).await?;
+    let frame = reply(shared, answer).await?;
     match frame.body {
         Body::RoomInfo(info) => Ok(Some(info)),
         Body::Ack(_) => Ok(None),

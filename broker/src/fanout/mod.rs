@@ -8,7 +8,9 @@
 //! duplicate. Each event is encoded once; every recipient gets a clone of
 //! the same `Bytes`.
 
+mod conn;
 mod outbox;
+mod room;
 mod subscription;
 
 use std::sync::Arc;
@@ -20,10 +22,11 @@ use tokio::runtime::Handle;
 use tokio_util::task::TaskTracker;
 use tracing::warn;
 
+pub(crate) use conn::{ConnCtx, DirectReply};
 pub(crate) use outbox::{Drained, Outbox, Source};
+pub(crate) use room::{Room, RoomRegistry};
 pub(crate) use subscription::{CatchupCtx, Offer, Subscription};
 
-use crate::rooms::Room;
 use crate::storage::LogBounds;
 
 /// One committed event, encoded as an `Event` frame.

@@ -16,7 +16,7 @@ use confab_codec::{flags, raw, CaughtUp, Frame, Lagging, Seq};
 use tracing::{debug, warn};
 
 use super::outbox::Outbox;
-use crate::rooms::Room;
+use super::Room;
 use crate::storage::RoomLog;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

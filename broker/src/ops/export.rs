@@ -8,7 +8,7 @@ use std::sync::Arc;
 use metrics::{counter, gauge, histogram};
 
 use crate::fanout::Outbox;
-use crate::server::Shared;
+use crate::shared::Shared;
 use crate::stats::Transport;
 
 /// Brings every scrape-time series up to date. Walks each loaded room's

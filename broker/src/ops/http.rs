@@ -22,7 +22,7 @@ use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::server::Shared;
+use crate::shared::Shared;
 
 /// How often the exporter's histograms are compacted between scrapes, so
 /// that samples do not pile up when nobody scrapes.

@@ -244,7 +244,7 @@ pub(crate) async fn run(hub: Arc<PresenceHub>, window: Duration, shutdown: Cance
         // Counted: aggregate changes published (after coalescing).
         metrics::counter!("confab_presence_changes_total").increment(changes.len() as u64);
         let h = hub.clone();
-        let now = crate::sequencer::now_us();
+        let now = crate::base::now_us();
         // Awaited: a slow resolution delays the next tick, which then
         // coalesces more, instead of piling up work.
         match tokio::task::spawn_blocking(move || h.publish(changes, now)).await {

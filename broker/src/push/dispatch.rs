@@ -19,7 +19,7 @@ use tracing::{debug, warn};
 
 use super::queue::{Offered, PushQueue};
 use super::{registry, Notifier, PreviewPolicy, PushConfig, PushJob, PushTarget};
-use crate::sequencer::now_us;
+use crate::base::now_us;
 use crate::storage::RoomLog;
 
 /// What the sequencer and the sessions share with the dispatcher.

@@ -28,82 +28,16 @@ mod registry;
 mod webhook;
 
 use std::future::Future;
-use std::path::PathBuf;
 use std::pin::Pin;
 
 use bytes::Bytes;
 use confab_codec::{DeviceId, RoomId, Seq, UserId};
-use serde::{Deserialize, Serialize};
 
+pub use crate::config::{PreviewPolicy, PushConfig};
 pub use dispatch::{read_dead_letters, DeadLetter, DeadTarget};
 pub(crate) use dispatch::{run as run_dispatcher, Dispatcher, PushHub};
 pub(crate) use registry::{register, validate as validate_registration};
 pub use webhook::WebhookNotifier;
-
-/// What a notification may reveal about the message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum PreviewPolicy {
-    /// Only that the room has new messages.
-    None,
-    /// Also who sent the latest one.
-    Sender,
-    /// Also the latest message's payload (up to `push.max_preview_bytes`).
-    Content,
-}
-
-/// Push settings.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct PushConfig {
-    /// Whether push is on: `RegisterPush` is served and jobs are made.
-    pub enabled: bool,
-    /// What a job reveals: `none`, `sender` or `content`.
-    pub preview: PreviewPolicy,
-    /// Largest content preview, in bytes (longer payloads are cut).
-    pub max_preview_bytes: usize,
-    /// The webhook's URL (`http://host:port/path`); required when push is
-    /// on, unless the embedding service supplies its own notifier.
-    pub webhook_url: String,
-    /// Time allowed for one notifier call (connect, send, response), in
-    /// milliseconds.
-    pub timeout_ms: u64,
-    /// Attempts per job before it goes to the dead-letter file.
-    pub max_attempts: u32,
-    /// Delay before the first retry, in milliseconds; doubled per attempt.
-    pub backoff_initial_ms: u64,
-    /// Longest delay between retries, in milliseconds.
-    pub backoff_max_ms: u64,
-    /// How long a job waits for more messages of the same user and room
-    /// before it is sent, in milliseconds.
-    pub coalesce_ms: u64,
-    /// Most (user, room) jobs pending at once; beyond it new jobs are
-    /// dropped and counted (`confab_push_jobs_total{outcome="dropped"}`).
-    pub queue_capacity: usize,
-    /// Most notifier calls in flight at once.
-    pub concurrency: usize,
-    /// Where dead letters are appended (relative paths are under `data_dir`).
-    pub dead_letter_file: PathBuf,
-}
-
-impl Default for PushConfig {
-    fn default() -> Self {
-        Self {
-            enabled: false,
-            preview: PreviewPolicy::Sender,
-            max_preview_bytes: 256,
-            webhook_url: String::new(),
-            timeout_ms: 5_000,
-            max_attempts: 5,
-            backoff_initial_ms: 500,
-            backoff_max_ms: 60_000,
-            coalesce_ms: 1_000,
-            queue_capacity: 100_000,
-            concurrency: 8,
-            dead_letter_file: PathBuf::from("push-dead-letter.jsonl"),
-        }
-    }
-}
 
 impl PushConfig {
     /// Checks ranges (the URL is checked when the webhook is built).

@@ -8,24 +8,33 @@
 //!   the log, committed;
 //! - a room's log is 1..=head with no gap, and no sequence is ever reused;
 //! - a retry of a stored publish gets the original's sequence and
-//!   timestamp, however long ago and across restarts, while it is retained.
+//!   timestamp, however long ago and across restarts, while it is retained;
+//! - requests of one room are handled in the order they came, also when
+//!   some of them had to wait for a read.
+//!
+//! The core never reads storage itself: a request that needs something not
+//! in memory is parked and a [`Need`] is asked for (see [`super::reads`]);
+//! the driver hands the needs to reader threads after the step's commit
+//! and gives the answers back with [`Core::supply`].
 
+use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
 use confab_codec::{raw, ErrorCode, Event, EventRecord, Frame, RoomId, Seq, UserId};
-use rustc_hash::FxHashMap;
-use tracing::{error, warn};
+use rustc_hash::{FxHashMap, FxHashSet};
+use tracing::error;
 
 use super::dedup::{DedupKey, Idempotency, Lookup};
+use super::reads::{Answer, Loaded, Need, Reads};
 use super::{references, room_ops, PublishReq, SeqMsg};
 use crate::config::{RoomsConfig, StorageConfig};
+use crate::fanout::ConnCtx;
 use crate::fanout::SubscribeCmd;
 use crate::rooms::membership::RoomState;
 use crate::rooms::{Room, RoomRegistry};
-use crate::session::ConnCtx;
 use crate::stats::Stats;
 use crate::storage::{Append, IdemWrite, LogBounds, MetaWrite, Original, RoomLog, StorageError};
 
@@ -90,6 +99,42 @@ pub(crate) enum Outcome {
     },
 }
 
+/// Why a request cannot be handled now.
+#[derive(Debug)]
+pub(super) enum Halt {
+    /// It needs a read (asked for): park it.
+    Wait,
+    /// Refuse it with this code and message.
+    Refuse(ErrorCode, String),
+}
+
+impl From<StorageError> for Halt {
+    fn from(e: StorageError) -> Self {
+        let (code, message) = storage_refusal(&e);
+        Halt::Refuse(code, message)
+    }
+}
+
+impl From<(ErrorCode, String)> for Halt {
+    fn from((code, message): (ErrorCode, String)) -> Self {
+        Halt::Refuse(code, message)
+    }
+}
+
+/// How a storage failure is reported to the client.
+pub(super) fn storage_refusal(e: &StorageError) -> (ErrorCode, String) {
+    error!(error = %e, "storage failure");
+    (ErrorCode::Internal, "storage failure; retry".into())
+}
+
+/// A request waiting for a read, or behind one that is.
+#[derive(Debug)]
+struct Parked {
+    msg: SeqMsg,
+    /// The rooms it touches: later requests for them wait behind it.
+    rooms: Vec<RoomId>,
+}
+
 /// The sequencer's state machine: it numbers publishes, applies room
 /// operations and receipts, writes each group in one atomic commit, and
 /// says what must happen after it (the [`Outcome`]s), without doing any of
@@ -116,6 +161,10 @@ pub(crate) struct Core {
     /// How many managed rooms a user is a member of, for the users seen
     /// since the last failed commit (see `user_rooms`).
     pub(super) joined: FxHashMap<UserId, usize>,
+    /// Reads asked for and answers come back.
+    pub(super) reads: Reads,
+    /// Requests waiting for a read or behind one, in arrival order.
+    parked: VecDeque<Parked>,
 }
 
 impl Core {
@@ -137,6 +186,8 @@ impl Core {
             joined: FxHashMap::default(),
             rooms: FxHashMap::default(),
             idem: Idempotency::new(cfg.dedup_window),
+            reads: Reads::default(),
+            parked: VecDeque::new(),
             log,
             registry,
             cfg,
@@ -144,61 +195,93 @@ impl Core {
     }
 
     /// Leaves access decisions to an authorization hook that the sessions
-    /// consult (see `crate::embed::authz`).
+    /// consult (see `crate::auth::authz`).
     pub(crate) fn external_authz(mut self, on: bool) -> Self {
         self.external_authz = on;
         self
     }
 
-    /// Loads a room's bounds and state the first time the room is used.
-    pub(super) fn room(&mut self, id: &RoomId) -> Result<&mut SeqRoom, StorageError> {
+    /// A room's bounds and state, if in memory or just read; otherwise the
+    /// read is asked for.
+    pub(super) fn room(&mut self, id: &RoomId) -> Result<&mut SeqRoom, Halt> {
         if !self.rooms.contains_key(id) {
-            let LogBounds { head, first } = self.log.bounds(id)?;
-            let room = self.registry.get_or_create(id);
-            let state = RoomState::load(self.log.as_ref(), id)?;
-            self.rooms.insert(
-                id.clone(),
-                SeqRoom {
-                    room,
-                    head: head.0,
-                    first: first.0,
-                    state,
-                },
-            );
+            match self.reads.take(Need::Room(id.clone())) {
+                None => return Err(Halt::Wait),
+                Some(Err(e)) => return Err(e.into()),
+                Some(Ok(Answer::Room(loaded))) => {
+                    let room = self.registry.get_or_create(id);
+                    self.rooms.insert(
+                        id.clone(),
+                        SeqRoom {
+                            room,
+                            head: loaded.bounds.head.0,
+                            first: loaded.bounds.first.0,
+                            state: loaded.state,
+                        },
+                    );
+                }
+                Some(Ok(other)) => return Err(mismatch(&other)),
+            }
         }
-        Ok(self
-            .rooms
+        self.rooms
             .get_mut(id)
-            .expect("the room was inserted just above"))
+            .ok_or_else(|| Halt::Refuse(ErrorCode::Internal, "room state unavailable".into()))
+    }
+
+    /// Files the answer of a read asked for by an earlier step.
+    pub(crate) fn supply(&mut self, loaded: Loaded) {
+        self.reads.supply(loaded);
+    }
+
+    /// The reads asked for by the last step, to hand to the readers now
+    /// that its commit is done.
+    pub(crate) fn take_needs(&mut self) -> Vec<Need> {
+        self.reads.take_wanted()
+    }
+
+    /// Whether no request waits (for a read or behind one).
+    pub(crate) fn idle(&self) -> bool {
+        self.parked.is_empty()
+    }
+
+    /// Requests parked.
+    pub(crate) fn parked(&self) -> usize {
+        self.parked.len()
     }
 
     /// Handles one group of requests at time `now` (microseconds since the
-    /// epoch): sequences them, commits the group in one atomic write, and
-    /// returns what must follow, in order. If the commit fails, nothing of
-    /// the group is acknowledged or fanned out, and the rooms it wrote to
-    /// are loaded again from storage before their next use.
+    /// epoch): first the parked requests that can go on, then the new ones
+    /// in order; sequences them, commits the group in one atomic write, and
+    /// returns what must follow, in order. A request that needs a read is
+    /// parked, and so is every later request for one of its rooms. If the
+    /// commit fails, nothing of the group is acknowledged or fanned out, and
+    /// the rooms it wrote to are loaded again before their next use.
     pub(crate) fn step(&mut self, batch: &mut Vec<SeqMsg>, now: u64) -> Vec<Outcome> {
         let mut outcomes = Vec::with_capacity(batch.len());
         // Rooms this group writes to, with their heads before it.
         let mut old_heads: Vec<(RoomId, u64)> = Vec::new();
+        // Rooms of requests still parked: later requests for them wait.
+        let mut blocked: FxHashSet<RoomId> = FxHashSet::default();
+        for p in std::mem::take(&mut self.parked) {
+            self.take_up(p, now, &mut blocked, &mut old_heads, &mut outcomes);
+        }
         for msg in batch.drain(..) {
             match msg {
-                SeqMsg::Publish(req) => {
-                    outcomes.push(self.sequence(req, now, &mut old_heads));
-                }
-                SeqMsg::Subscribe(mut cmd) => {
-                    self.stamp(&mut cmd);
-                    outcomes.push(Outcome::Subscribe(cmd));
-                }
-                SeqMsg::Unsubscribe(subs) => outcomes.push(Outcome::Unsubscribe(subs)),
-                SeqMsg::RoomOp(req) => self.room_op(req, now, &mut old_heads, &mut outcomes),
-                SeqMsg::Receipt(req) => self.receipt(req, &mut outcomes),
-                SeqMsg::Trim {
-                    room,
-                    before,
-                    forget,
-                } => self.trim(&room, before, &forget),
                 SeqMsg::Stop => {}
+                // The common case, without the bookkeeping of parking.
+                SeqMsg::Publish(req) if blocked.is_empty() => {
+                    match self.sequence(req, now, &mut old_heads) {
+                        Sequenced::Done(outcome) => outcomes.push(outcome),
+                        Sequenced::Wait(req) => {
+                            let p = self.rooms_of(SeqMsg::Publish(req));
+                            self.park(p, &mut blocked);
+                        }
+                    }
+                }
+                msg => {
+                    let p = self.rooms_of(msg);
+                    self.take_up(p, now, &mut blocked, &mut old_heads, &mut outcomes);
+                }
             }
         }
 
@@ -249,70 +332,192 @@ impl Core {
         drop(appends);
 
         if let Err(e) = committed {
-            error!(error = %e, "group commit failed; rejecting the batch");
-            // The engine may have written some or all of the group before
-            // it failed (a failed fsync): rooms the group wrote to are
-            // loaded again from storage before their next use, so that no
-            // sequence that may be stored is ever handed out twice. Managed
-            // rooms it changed are reloaded the same way.
-            for (room, _) in &old_heads {
-                self.rooms.remove(room);
-            }
-            for room in std::mem::take(&mut self.touched) {
-                self.rooms.remove(&room);
-            }
-            // Membership counts are reloaded too.
-            self.joined.clear();
-            // Entries that never committed are neither fanned out nor acted on.
-            outcomes = outcomes
-                .into_iter()
-                .filter_map(|o| match o {
-                    Outcome::Stored { req, dedup, .. } => {
-                        if let Some(key) = dedup {
-                            self.idem.forget(&key);
-                        }
-                        Some(Outcome::Rejected {
-                            req,
-                            code: ErrorCode::Internal,
-                            message: "storage failure; retry".into(),
-                        })
-                    }
-                    // A retry of a publish staged in this same group: its
-                    // original was never stored, so neither is the retry.
-                    Outcome::Duplicate { req, original }
-                        if old_heads
-                            .iter()
-                            .any(|(room, head)| *room == req.room && original.seq.0 > *head) =>
-                    {
-                        Some(Outcome::Rejected {
-                            req,
-                            code: ErrorCode::Internal,
-                            message: "storage failure; retry".into(),
-                        })
-                    }
-                    Outcome::Subscribe(mut cmd) => {
-                        self.stamp(&mut cmd);
-                        Some(Outcome::Subscribe(cmd))
-                    }
-                    Outcome::RoomReply {
-                        conn, request_id, ..
-                    } => Some(Outcome::RoomReply {
-                        conn,
-                        request_id,
-                        reply: Err((ErrorCode::Internal, "storage failure; retry".into())),
-                    }),
-                    Outcome::Internal { .. } | Outcome::Evict { .. } | Outcome::Receipt { .. } => {
-                        None
-                    }
-                    other => Some(other),
-                })
-                .collect();
+            outcomes = self.commit_failed(&e, outcomes, &old_heads);
         }
         self.touched.clear();
         self.markers.clear();
         self.pending.clear();
         self.idem.end_group();
+        if self.parked.is_empty() {
+            self.reads.clear_answers();
+        }
         outcomes
+    }
+
+    /// After a failed commit: nothing of the group is acknowledged, fanned
+    /// out or acted on; subscriptions are stamped again with the bounds
+    /// read back from storage (parked if that needs a read).
+    fn commit_failed(
+        &mut self,
+        e: &StorageError,
+        outcomes: Vec<Outcome>,
+        old_heads: &[(RoomId, u64)],
+    ) -> Vec<Outcome> {
+        error!(error = %e, "group commit failed; rejecting the batch");
+        let (code, message) = storage_refusal(e);
+        // The engine may have written some or all of the group before it
+        // failed (a failed fsync): rooms the group wrote to are loaded
+        // again from storage before their next use, so that no sequence
+        // that may be stored is ever handed out twice. Managed rooms it
+        // changed are reloaded the same way.
+        for (room, _) in old_heads {
+            self.rooms.remove(room);
+        }
+        for room in std::mem::take(&mut self.touched) {
+            self.rooms.remove(&room);
+        }
+        // Membership counts are read again too.
+        self.joined.clear();
+        self.reads.commit_failed();
+        // Subscriptions (and unsubscriptions behind them) that must wait
+        // for a room to be read again; they go first in the queue: nothing
+        // parked before them shares their rooms.
+        let mut again: Vec<Parked> = Vec::new();
+        let mut blocked: FxHashSet<RoomId> = FxHashSet::default();
+        let mut kept = Vec::with_capacity(outcomes.len());
+        for o in outcomes {
+            match o {
+                Outcome::Stored { req, dedup, .. } => {
+                    if let Some(key) = dedup {
+                        self.idem.forget(&key);
+                    }
+                    kept.push(Outcome::Rejected {
+                        req,
+                        code,
+                        message: message.clone(),
+                    });
+                }
+                // A retry of a publish staged in this same group: its
+                // original was never stored, so neither is the retry.
+                Outcome::Duplicate { req, original }
+                    if old_heads
+                        .iter()
+                        .any(|(room, head)| *room == req.room && original.seq.0 > *head) =>
+                {
+                    kept.push(Outcome::Rejected {
+                        req,
+                        code,
+                        message: message.clone(),
+                    });
+                }
+                Outcome::Subscribe(cmd) => {
+                    let p = self.rooms_of(SeqMsg::Subscribe(cmd));
+                    let waits = p.rooms.iter().any(|r| blocked.contains(r));
+                    let SeqMsg::Subscribe(mut cmd) = p.msg else {
+                        unreachable!("rooms_of keeps the request")
+                    };
+                    if !waits && self.stamp(&mut cmd) {
+                        kept.push(Outcome::Subscribe(cmd));
+                    } else {
+                        blocked.extend(p.rooms.iter().cloned());
+                        again.push(Parked {
+                            msg: SeqMsg::Subscribe(cmd),
+                            rooms: p.rooms,
+                        });
+                    }
+                }
+                Outcome::Unsubscribe(subs) => {
+                    if subs.iter().any(|s| blocked.contains(&s.room.id)) {
+                        again.push(self.rooms_of(SeqMsg::Unsubscribe(subs)));
+                    } else {
+                        kept.push(Outcome::Unsubscribe(subs));
+                    }
+                }
+                Outcome::RoomReply {
+                    conn, request_id, ..
+                } => kept.push(Outcome::RoomReply {
+                    conn,
+                    request_id,
+                    reply: Err((code, message.clone())),
+                }),
+                Outcome::Internal { .. } | Outcome::Evict { .. } | Outcome::Receipt { .. } => {}
+                other => kept.push(other),
+            }
+        }
+        for p in again.into_iter().rev() {
+            self.parked.push_front(p);
+        }
+        kept
+    }
+
+    /// Handles a request unless an earlier one waits in one of its rooms;
+    /// parks it if it waits or must wait for a read.
+    fn take_up(
+        &mut self,
+        p: Parked,
+        now: u64,
+        blocked: &mut FxHashSet<RoomId>,
+        old_heads: &mut Vec<(RoomId, u64)>,
+        outcomes: &mut Vec<Outcome>,
+    ) {
+        if p.rooms.iter().any(|r| blocked.contains(r)) {
+            self.park(p, blocked);
+            return;
+        }
+        let Parked { msg, rooms } = p;
+        if let Some(msg) = self.handle(msg, now, old_heads, outcomes) {
+            self.park(Parked { msg, rooms }, blocked);
+        }
+    }
+
+    /// Parks a request behind the reads it (or a request before it) waits for.
+    fn park(&mut self, p: Parked, blocked: &mut FxHashSet<RoomId>) {
+        blocked.extend(p.rooms.iter().cloned());
+        self.parked.push_back(p);
+    }
+
+    /// Pairs a request with the rooms it touches. A group room created
+    /// without an id gets its generated id here, once, so that it keeps it
+    /// while it waits.
+    fn rooms_of(&self, mut msg: SeqMsg) -> Parked {
+        let rooms = match &mut msg {
+            SeqMsg::Publish(req) => vec![req.room.clone()],
+            SeqMsg::Subscribe(cmd) => cmd.items.iter().map(|i| i.sub.room.id.clone()).collect(),
+            SeqMsg::Unsubscribe(subs) => subs.iter().map(|s| s.room.id.clone()).collect(),
+            SeqMsg::RoomOp(req) => room_ops::room_of(&req.conn, &mut req.op)
+                .into_iter()
+                .collect(),
+            SeqMsg::Receipt(req) => vec![req.receipt.room.clone()],
+            SeqMsg::Trim { room, .. } => vec![room.clone()],
+            SeqMsg::Stop => Vec::new(),
+        };
+        Parked { msg, rooms }
+    }
+
+    /// Handles one request; gives it back if it must wait for a read.
+    fn handle(
+        &mut self,
+        msg: SeqMsg,
+        now: u64,
+        old_heads: &mut Vec<(RoomId, u64)>,
+        outcomes: &mut Vec<Outcome>,
+    ) -> Option<SeqMsg> {
+        match msg {
+            SeqMsg::Publish(req) => match self.sequence(req, now, old_heads) {
+                Sequenced::Done(outcome) => outcomes.push(outcome),
+                Sequenced::Wait(req) => return Some(SeqMsg::Publish(req)),
+            },
+            SeqMsg::Subscribe(mut cmd) => {
+                if !self.stamp(&mut cmd) {
+                    return Some(SeqMsg::Subscribe(cmd));
+                }
+                outcomes.push(Outcome::Subscribe(cmd));
+            }
+            SeqMsg::Unsubscribe(subs) => outcomes.push(Outcome::Unsubscribe(subs)),
+            SeqMsg::RoomOp(req) => {
+                return self
+                    .room_op(req, now, old_heads, outcomes)
+                    .map(SeqMsg::RoomOp)
+            }
+            SeqMsg::Receipt(req) => return self.receipt(req, outcomes).map(SeqMsg::Receipt),
+            SeqMsg::Trim {
+                room,
+                before,
+                forget,
+            } => self.trim(&room, before, &forget),
+            SeqMsg::Stop => {}
+        }
+        None
     }
 
     /// Whether `user` may read and write `room` (loaded): members of managed
@@ -339,103 +544,71 @@ impl Core {
         }
     }
 
-    fn stamp(&mut self, cmd: &mut SubscribeCmd) {
-        let user = cmd.user.clone();
-        let system = cmd.system;
-        for item in &mut cmd.items {
+    /// Stamps each room of a subscription with its bounds at this point of
+    /// the commit order and whether the user may follow it. Returns false,
+    /// stamping nothing, if a room must be read first.
+    fn stamp(&mut self, cmd: &mut SubscribeCmd) -> bool {
+        let mut waits = false;
+        let mut failed = Vec::new();
+        for (i, item) in cmd.items.iter().enumerate() {
             match self.room(&item.sub.room.id) {
-                Ok(r) => {
-                    item.bounds = LogBounds {
-                        head: Seq(r.head),
-                        first: Seq(r.first.min(r.head + 1).max(1)),
-                    };
-                    let r = &self.rooms[&item.sub.room.id];
-                    item.refused = self.access(r, &user, system).err().map(|(code, _)| code);
-                }
-                Err(e) => {
-                    warn!(room = %item.sub.room.id, error = %e, "cannot load room bounds");
-                    item.bounds = LogBounds {
-                        head: Seq(0),
-                        first: Seq(1),
-                    };
-                }
+                Ok(_) => {}
+                Err(Halt::Wait) => waits = true,
+                Err(Halt::Refuse(code, _)) => failed.push((i, code)),
             }
         }
+        if waits {
+            return false;
+        }
+        let user = cmd.user.clone();
+        let system = cmd.system;
+        for (i, item) in cmd.items.iter_mut().enumerate() {
+            if let Some((_, code)) = failed.iter().find(|(j, _)| *j == i) {
+                item.bounds = LogBounds {
+                    head: Seq(0),
+                    first: Seq(1),
+                };
+                item.refused = Some(*code);
+                continue;
+            }
+            let Some(r) = self.rooms.get(&item.sub.room.id) else {
+                continue;
+            };
+            item.bounds = LogBounds {
+                head: Seq(r.head),
+                first: Seq(r.first.min(r.head + 1).max(1)),
+            };
+            item.refused = self.access(r, &user, system).err().map(|(code, _)| code);
+        }
+        true
     }
 
+    /// Sequences a publish, or refuses it; gives it back if it must wait
+    /// for a read.
     fn sequence(
         &mut self,
         req: PublishReq,
         now: u64,
         old_heads: &mut Vec<(RoomId, u64)>,
-    ) -> Outcome {
-        if let Err(e) = self.room(&req.room) {
-            error!(room = %req.room, error = %e, "cannot load room");
-            return Outcome::Rejected {
+    ) -> Sequenced {
+        let (dedup, fresh) = match self.admit(&req) {
+            Ok(Admit::New { dedup, fresh }) => (dedup, fresh),
+            Ok(Admit::Duplicate(original)) => {
+                return Sequenced::Done(Outcome::Duplicate { req, original })
+            }
+            Err(Halt::Wait) => return Sequenced::Wait(req),
+            Err(Halt::Refuse(code, message)) => {
+                return Sequenced::Done(Outcome::Rejected { req, code, message })
+            }
+        };
+        let Some(r) = self.rooms.get_mut(&req.room) else {
+            return Sequenced::Done(Outcome::Rejected {
                 req,
                 code: ErrorCode::Internal,
-                message: "storage failure; retry".into(),
-            };
-        }
-        if let Err((code, message)) =
-            self.access(&self.rooms[&req.room], &req.conn.user, req.conn.system)
-        {
-            return Outcome::Rejected { req, code, message };
-        }
-        let r = &self.rooms[&req.room];
-        let view = references::RoomView {
-            id: &req.room,
-            first: r.first.max(1),
-            head: r.head,
-            state: r.state.as_ref(),
+                message: "room state unavailable".into(),
+            });
         };
-        let checked = references::check(
-            self.log.as_ref(),
-            &self.pending,
-            &view,
-            &req.conn.user,
-            req.kind,
-            req.refers_to,
-            req.thread,
-        );
-        match checked {
-            Ok(Ok(())) => {}
-            Ok(Err((code, message))) => return Outcome::Rejected { req, code, message },
-            Err(e) => {
-                error!(room = %req.room, error = %e, "cannot read a referenced entry");
-                return Outcome::Rejected {
-                    req,
-                    code: ErrorCode::Internal,
-                    message: "storage failure; retry".into(),
-                };
-            }
-        }
         let room = r.room.clone();
-        let dedup = (req.client_msg_id != 0).then(|| DedupKey {
-            room: room.clone(),
-            sender: req.conn.sender_key.clone(),
-            client_msg_id: req.client_msg_id,
-        });
-        let first = view.first;
-        let mut fresh = false;
-        if let Some(key) = &dedup {
-            match self.idem.lookup(self.log.as_ref(), key, first) {
-                Ok(Lookup::Duplicate(original)) => return Outcome::Duplicate { req, original },
-                Ok(Lookup::New { fresh: f }) => fresh = f,
-                Err(e) => {
-                    error!(room = %req.room, error = %e, "cannot read the idempotency index");
-                    return Outcome::Rejected {
-                        req,
-                        code: ErrorCode::Internal,
-                        message: "storage failure; retry".into(),
-                    };
-                }
-            }
-        }
-        let r = self
-            .rooms
-            .get_mut(&req.room)
-            .expect("the room was loaded above");
         if !old_heads.iter().any(|(id, _)| *id == req.room) {
             old_heads.push((req.room.clone(), r.head));
         }
@@ -461,11 +634,11 @@ impl Core {
             Ok(f) => f,
             Err(e) => {
                 r.head -= 1;
-                return Outcome::Rejected {
+                return Sequenced::Done(Outcome::Rejected {
                     req,
                     code: ErrorCode::InvalidRequest,
                     message: e.to_string(),
-                };
+                });
             }
         };
         self.pending.insert(
@@ -485,7 +658,7 @@ impl Core {
                 },
             );
         }
-        Outcome::Stored {
+        Sequenced::Done(Outcome::Stored {
             req,
             room,
             seq,
@@ -493,6 +666,59 @@ impl Core {
             dedup,
             fresh,
             mark,
+        })
+    }
+
+    /// Everything a publish must pass before it gets a sequence, changing
+    /// nothing: the room (loaded), access, its references, and whether it
+    /// retries a stored publish.
+    fn admit(&mut self, req: &PublishReq) -> Result<Admit, Halt> {
+        self.room(&req.room)?;
+        let r = &self.rooms[&req.room];
+        self.access(r, &req.conn.user, req.conn.system)?;
+        let first = r.first.max(1);
+        let room = r.room.clone();
+        references::check(self, req)?;
+        let Some(key) = (req.client_msg_id != 0).then(|| DedupKey {
+            room,
+            sender: req.conn.sender_key.clone(),
+            client_msg_id: req.client_msg_id,
+        }) else {
+            return Ok(Admit::New {
+                dedup: None,
+                fresh: false,
+            });
+        };
+        match self.idem.lookup(&mut self.reads, &key, first)? {
+            Lookup::Duplicate(original) => Ok(Admit::Duplicate(original)),
+            Lookup::New { fresh } => Ok(Admit::New {
+                dedup: Some(key),
+                fresh,
+            }),
         }
     }
+}
+
+/// What became of a publish.
+#[derive(Debug)]
+enum Sequenced {
+    /// Stored, a duplicate, or refused.
+    Done(Outcome),
+    /// It must wait for a read: given back to be parked.
+    Wait(PublishReq),
+}
+
+/// What [`Core::admit`] decided.
+enum Admit {
+    New {
+        dedup: Option<DedupKey>,
+        fresh: bool,
+    },
+    Duplicate(Original),
+}
+
+/// An answer of the wrong kind for its need (a bug, refused as Internal).
+pub(super) fn mismatch(answer: &Answer) -> Halt {
+    error!(?answer, "a read answered with the wrong kind");
+    Halt::Refuse(ErrorCode::Internal, "internal error".into())
 }

@@ -1,7 +1,8 @@
 //! The sequencer core without threads or sockets: random operation
 //! sequences (publishes, retries, group commits that fail before or after
-//! the engine wrote them, failing index reads, restarts, retention trims)
-//! against the in-memory log, with the invariants checked after every step.
+//! the engine wrote them, reads answered late or failing, restarts,
+//! retention trims) against the in-memory log, with the invariants checked
+//! after every step.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -13,14 +14,17 @@ use proptest::prelude::*;
 use tokio::sync::Semaphore;
 
 use super::core::{Core, Outcome};
-use super::{sender_key, PublishReq, SeqMsg};
+use super::reads::{read, Loaded, Need};
+use super::{PublishReq, SeqMsg};
+use crate::base::sender_key;
 use crate::config::{RoomsConfig, StorageConfig};
+use crate::fanout::ConnCtx;
 use crate::fanout::Outbox;
-use crate::retention::idempotency_keys;
 use crate::rooms::RoomRegistry;
-use crate::session::ConnCtx;
 use crate::stats::Stats;
-use crate::storage::{CommitFault as Fate, FaultyLog, MemoryLog, Original, RocksLog, RoomLog};
+use crate::storage::{
+    idempotency_keys, CommitFault as Fate, FaultyLog, MemoryLog, Original, RocksLog, RoomLog,
+};
 
 const ROOMS: [&str; 3] = ["a", "b", "c"];
 const DEVICES: usize = 3;
@@ -30,8 +34,11 @@ const DEVICES: usize = 3;
 enum Op {
     /// Queue a publish; `id` 0 carries no client message id.
     Publish { device: usize, room: usize, id: u64 },
-    /// Run the queued publishes as one group.
-    Step { fate: Fate, fail_reads: bool },
+    /// Run the queued publishes (and the parked ones that can go on) as
+    /// one group.
+    Step { fate: Fate },
+    /// Make the reads the core asked for, and give it the answers.
+    Answer { fail: bool },
     /// Drop the core (a crash: nothing in memory survives) and start anew.
     Restart,
     /// Retention: keep only the newest `keep` entries of a room.
@@ -42,15 +49,13 @@ fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         12 => (0..DEVICES, 0..ROOMS.len(), 0u64..16)
             .prop_map(|(device, room, id)| Op::Publish { device, room, id }),
-        4 => (
-            prop_oneof![
-                6 => Just(Fate::None),
-                1 => Just(Fate::Refuse),
-                1 => Just(Fate::WriteThenFail),
-            ],
-            prop::bool::weighted(0.1),
-        )
-            .prop_map(|(fate, fail_reads)| Op::Step { fate, fail_reads }),
+        4 => prop_oneof![
+            6 => Just(Fate::None),
+            1 => Just(Fate::Refuse),
+            1 => Just(Fate::WriteThenFail),
+        ]
+        .prop_map(|fate| Op::Step { fate }),
+        3 => prop::bool::weighted(0.1).prop_map(|fail| Op::Answer { fail }),
         1 => Just(Op::Restart),
         1 => (0..ROOMS.len(), 1u64..6).prop_map(|(room, keep)| Op::Trim { room, keep }),
     ]
@@ -69,6 +74,13 @@ struct Harness {
     seen: HashMap<(usize, u64), Bytes>,
     /// The oldest sequence each room still retains.
     first: [u64; ROOMS.len()],
+    /// Reads asked for and not answered yet.
+    needs: Vec<Need>,
+    /// Numbers the publishes in the order they are queued.
+    next_request: u32,
+    /// Per room, the number of the last publish stored: publishes of a
+    /// room are stored in the order they came.
+    last_stored: [u32; ROOMS.len()],
 }
 
 fn new_core(log: &Arc<FaultyLog>) -> Core {
@@ -105,6 +117,7 @@ impl Harness {
                     outbox: Arc::new(Outbox::new(16, stats.clone())),
                     inflight: Semaphore::new(0),
                     system: false,
+                    direct: None,
                 })
             })
             .collect();
@@ -117,6 +130,9 @@ impl Harness {
             acked: HashMap::new(),
             seen: HashMap::new(),
             first: [1; ROOMS.len()],
+            needs: Vec::new(),
+            next_request: 0,
+            last_stored: [0; ROOMS.len()],
         }
     }
 
@@ -127,9 +143,10 @@ impl Harness {
     fn apply(&mut self, op: Op) {
         match op {
             Op::Publish { device, room, id } => {
+                self.next_request += 1;
                 self.queued.push(SeqMsg::Publish(PublishReq {
                     conn: self.conns[device].clone(),
-                    request_id: 1,
+                    request_id: self.next_request,
                     no_reply: false,
                     room: Self::room(room),
                     client_msg_id: id,
@@ -140,15 +157,17 @@ impl Harness {
                     received: Instant::now(),
                 }));
             }
-            Op::Step { fate, fail_reads } => self.step(fate, fail_reads),
+            Op::Step { fate } => self.step(fate),
+            Op::Answer { fail } => self.answer(fail),
             Op::Restart => {
                 self.queued.clear();
+                self.needs.clear();
                 self.core = new_core(&self.log);
             }
             Op::Trim { room, keep } => {
                 // Alone in its group, so that what the group acknowledged
                 // can be checked against the log after it.
-                self.step(Fate::None, false);
+                self.settle();
                 let id = Self::room(room);
                 let b = self.log.bounds(&id).expect("bounds");
                 let before = Seq(b.head.0.saturating_sub(keep) + 1);
@@ -162,7 +181,12 @@ impl Harness {
                     before,
                     forget,
                 });
-                self.step(Fate::None, false);
+                self.step(Fate::None);
+                assert_eq!(
+                    self.core.parked(),
+                    0,
+                    "a trim of an idle room is not parked"
+                );
                 self.first[room] = self.log.bounds(&Self::room(room)).expect("bounds").first.0;
                 // Retries of trimmed messages may be stored anew.
                 let first = self.first;
@@ -172,14 +196,60 @@ impl Harness {
         }
     }
 
-    fn step(&mut self, fate: Fate, fail_reads: bool) {
+    /// Makes every read asked for (failing them all if `fail`) and hands
+    /// the answers to the core, in an order that varies.
+    fn answer(&mut self, fail: bool) {
+        self.log.set_read_fault(fail);
+        let mut needs = std::mem::take(&mut self.needs);
+        if self.clock.is_multiple_of(3) {
+            needs.reverse();
+        }
+        for need in needs {
+            let answer = read(self.log.as_ref(), &need);
+            self.core.supply(Loaded { need, answer });
+        }
+        self.log.set_read_fault(false);
+    }
+
+    /// Steps with `fate` (answering reads in between) until nothing waits:
+    /// the queued requests meet the fate in the step that commits them.
+    fn step_ready(&mut self, fate: Fate) {
+        for _ in 0..100 {
+            self.step(fate);
+            if self.core.idle() {
+                return;
+            }
+            self.answer(false);
+        }
+        panic!("requests still wait after 100 rounds of reads");
+    }
+
+    /// Steps and answers until nothing waits. A parked request always
+    /// has a read on its way, or waits behind one that has.
+    fn settle(&mut self) {
+        for _ in 0..10_000 {
+            self.step(Fate::None);
+            if self.core.idle() {
+                return;
+            }
+            assert!(
+                !self.needs.is_empty(),
+                "{} requests wait for no read",
+                self.core.parked()
+            );
+            self.answer(false);
+        }
+        panic!("requests still wait after 10,000 rounds of reads");
+    }
+
+    fn step(&mut self, fate: Fate) {
         self.log.set_commit_fault(fate);
-        self.log.set_read_fault(fail_reads);
         self.clock += 10;
         let mut batch = std::mem::take(&mut self.queued);
         let outcomes = self.core.step(&mut batch, self.clock);
         self.log.set_commit_fault(Fate::None);
-        self.log.set_read_fault(false);
+        // Reads are made after the commit, as the driver does.
+        self.needs.extend(self.core.take_needs());
         self.check_log();
         for outcome in outcomes {
             let (req, original, stored) = match outcome {
@@ -209,6 +279,15 @@ impl Harness {
                 .iter()
                 .position(|c| Arc::ptr_eq(c, &req.conn))
                 .expect("device");
+            if stored {
+                assert!(
+                    req.request_id > self.last_stored[room],
+                    "publish {} of room {room} stored after publish {}",
+                    req.request_id,
+                    self.last_stored[room]
+                );
+                self.last_stored[room] = req.request_id;
+            }
             // The acknowledged entry is in the log, committed, and is this
             // publish (or the one it retries).
             let rec = self
@@ -287,7 +366,7 @@ proptest! {
         for op in ops {
             h.apply(op);
         }
-        h.step(Fate::None, false);
+        h.settle();
     }
 }
 
@@ -307,7 +386,7 @@ proptest! {
         for op in ops {
             h.apply(op);
         }
-        h.step(Fate::None, false);
+        h.settle();
     }
 }
 
@@ -324,13 +403,13 @@ fn a_retry_in_a_failed_group_is_not_acknowledged() {
             id: 7,
         });
     }
-    h.step(Fate::Refuse, false);
+    h.step_ready(Fate::Refuse);
     h.apply(Op::Publish {
         device: 1,
         room: 0,
         id: 1,
     });
-    h.step(Fate::None, false);
+    h.settle();
     let b = h.log.bounds(&Harness::room(0)).expect("bounds");
     assert_eq!(b.head, Seq(1), "the next publish takes seq 1");
 }
@@ -345,7 +424,7 @@ fn a_commit_written_before_failing_is_neither_reused_nor_duplicated() {
         room: 0,
         id: 3,
     });
-    h.step(Fate::WriteThenFail, false);
+    h.step_ready(Fate::WriteThenFail);
     h.apply(Op::Publish {
         device: 1,
         room: 0,
@@ -356,7 +435,7 @@ fn a_commit_written_before_failing_is_neither_reused_nor_duplicated() {
         room: 0,
         id: 3,
     });
-    h.step(Fate::None, false);
+    h.settle();
     let b = h.log.bounds(&Harness::room(0)).expect("bounds");
     assert_eq!(b.head, Seq(2));
     assert_eq!(
@@ -377,7 +456,7 @@ fn a_retry_after_a_long_gap_and_a_restart_gets_its_original() {
         room: 1,
         id: 5,
     });
-    h.step(Fate::None, false);
+    h.settle();
     for i in 0..3_000u64 {
         h.apply(Op::Publish {
             device: (i % 2) as usize + 1,
@@ -385,16 +464,16 @@ fn a_retry_after_a_long_gap_and_a_restart_gets_its_original() {
             id: 100 + i,
         });
         if i % 8 == 7 {
-            h.step(Fate::None, false);
+            h.settle();
         }
     }
-    h.step(Fate::None, false);
+    h.settle();
     h.apply(Op::Restart);
     h.apply(Op::Publish {
         device: 0,
         room: 1,
         id: 5,
     });
-    h.step(Fate::None, false);
+    h.settle();
     assert_eq!(h.acked[&(1, 0, 5)].seq, Seq(1));
 }

@@ -26,8 +26,10 @@ use std::sync::Arc;
 
 use rustc_hash::FxHashMap;
 
+use super::core::{mismatch, Halt};
+use super::reads::{Answer, Need, Reads};
 use crate::rooms::Room;
-use crate::storage::{IdemKey, Original, RoomLog, StorageError};
+use crate::storage::{IdemKey, Original};
 
 /// Devices whose high-water marks are cached, per generation (two
 /// generations are kept: up to twice this many).
@@ -103,36 +105,49 @@ impl Idempotency {
     /// Whether a publish under `key` in a room whose first retained
     /// sequence is `first` was stored before (or staged in the group being
     /// built), and if not, whether its id is fresh (above every id its
-    /// device stored: see [`crate::storage::IdemWrite::fresh`]).
+    /// device stored: see [`crate::storage::IdemWrite::fresh`]). What is
+    /// not in memory is asked of `reads`.
     ///
     /// # Errors
-    /// If the index cannot be read; the publish must then be refused, not
-    /// stored.
+    /// [`Halt::Wait`] while the device's mark or the index entry is read;
+    /// a refusal if the read failed (the publish must not be stored).
     pub(crate) fn lookup(
         &mut self,
-        log: &dyn RoomLog,
+        reads: &mut Reads,
         key: &DedupKey,
         first: u64,
-    ) -> Result<Lookup, StorageError> {
+    ) -> Result<Lookup, Halt> {
         if let Some(original) = self.recent.get(key).filter(|o| o.seq.0 >= first) {
             return Ok(Lookup::Duplicate(original));
         }
         let mark = match self.marks.get(&key.sender) {
             Some(mark) => mark,
-            None => {
-                let mark = log.high_water(&key.sender)?;
-                self.marks.raise(&key.sender, mark);
-                mark
-            }
+            None => match reads.take(Need::Mark(key.sender.clone())) {
+                None => return Err(Halt::Wait),
+                Some(Err(e)) => return Err(e.into()),
+                Some(Ok(Answer::Mark(mark))) => self.marks.raise(&key.sender, mark),
+                Some(Ok(other)) => return Err(mismatch(&other)),
+            },
         };
         if key.client_msg_id > mark {
             return Ok(Lookup::New { fresh: true });
         }
+        let need = Need::Original {
+            room: key.room.id.clone(),
+            sender: key.sender.clone(),
+            client_msg_id: key.client_msg_id,
+        };
+        let original = match reads.take(need) {
+            None => return Err(Halt::Wait),
+            Some(Err(e)) => return Err(e.into()),
+            Some(Ok(Answer::Original(original))) => original,
+            Some(Ok(other)) => return Err(mismatch(&other)),
+        };
         self.index_reads += 1;
         // Retries not answered from memory (and random-id clients).
         metrics::counter!("confab_dedup_index_reads_total").increment(1);
         // An original that retention removed is gone: the publish is new.
-        Ok(match log.original(&key.room.id, key.idem())? {
+        Ok(match original {
             Some(original) if original.seq.0 >= first => Lookup::Duplicate(original),
             _ => Lookup::New { fresh: false },
         })
@@ -260,7 +275,7 @@ mod tests {
 
     use super::*;
     use crate::config::Durability;
-    use crate::storage::{Append, IdemWrite, MemoryLog};
+    use crate::storage::{Append, IdemWrite, MemoryLog, RoomLog};
 
     fn o(s: u64) -> Original {
         Original {
@@ -309,6 +324,24 @@ mod tests {
         assert_eq!(m.get(&a), None, "dropped after two generations");
     }
 
+    /// A lookup, with the reads it asks for made at once.
+    fn look(d: &mut Idempotency, log: &MemoryLog, key: &DedupKey, first: u64) -> Lookup {
+        let mut reads = Reads::default();
+        for _ in 0..3 {
+            match d.lookup(&mut reads, key, first) {
+                Ok(found) => return found,
+                Err(Halt::Wait) => {
+                    for need in reads.take_wanted() {
+                        let answer = crate::sequencer::reads::read(log, &need);
+                        reads.supply(crate::sequencer::reads::Loaded { need, answer });
+                    }
+                }
+                Err(Halt::Refuse(code, message)) => panic!("refused: {code:?} {message}"),
+            }
+        }
+        panic!("a lookup needs at most two reads");
+    }
+
     #[test]
     fn the_index_answers_what_the_window_forgot() {
         let log = MemoryLog::new();
@@ -339,39 +372,33 @@ mod tests {
 
         // A fresh state (a restart) with a window of one.
         let mut d = Idempotency::new(1);
-        assert_eq!(
-            d.lookup(&log, &key(104), 1).expect("lookup"),
-            Lookup::Duplicate(o(4))
-        );
+        assert_eq!(look(&mut d, &log, &key(104), 1), Lookup::Duplicate(o(4)));
         assert_eq!(d.index_reads(), 1);
         // Above the mark: new, without reading the index.
         assert_eq!(
-            d.lookup(&log, &key(111), 1).expect("lookup"),
+            look(&mut d, &log, &key(111), 1),
             Lookup::New { fresh: true }
         );
         assert_eq!(d.index_reads(), 1);
         // Below the mark but never stored: the index says so.
         assert_eq!(
-            d.lookup(&log, &key(50), 1).expect("lookup"),
+            look(&mut d, &log, &key(50), 1),
             Lookup::New { fresh: false }
         );
         assert_eq!(d.index_reads(), 2);
         // Staged publishes are found in the window.
         d.record(key(111), o(11));
-        assert_eq!(
-            d.lookup(&log, &key(111), 1).expect("lookup"),
-            Lookup::Duplicate(o(11))
-        );
+        assert_eq!(look(&mut d, &log, &key(111), 1), Lookup::Duplicate(o(11)));
         d.forget(&key(111));
         // Forgotten (failed commit): the mark stays high, the index decides.
         assert_eq!(
-            d.lookup(&log, &key(111), 1).expect("lookup"),
+            look(&mut d, &log, &key(111), 1),
             Lookup::New { fresh: false }
         );
         assert_eq!(d.index_reads(), 3);
         // Retention removed seq 4: a retry of it is new.
         assert_eq!(
-            d.lookup(&log, &key(104), 5).expect("lookup"),
+            look(&mut d, &log, &key(104), 5),
             Lookup::New { fresh: false }
         );
     }

@@ -3,6 +3,7 @@
 //! connections, events to the fan-out, offline push), keeping their order.
 
 use std::sync::Arc;
+use std::thread::JoinHandle;
 
 use bytes::BytesMut;
 use confab_codec::{ErrorFrame, Frame, MessageKind, PublishAck, Seq};
@@ -10,14 +11,22 @@ use crossbeam_channel::{Receiver, Sender};
 use tracing::{error, warn};
 
 use super::core::{Core, Outcome};
-use super::{now_us, PublishReq, SeqMsg};
+use super::reads::{run_reader, Loaded, Need};
+use super::{PublishReq, SeqMsg};
+use crate::base::now_us;
 use crate::config::{RoomsConfig, StorageConfig};
+use crate::fanout::ConnCtx;
 use crate::fanout::{Committed, FanoutMsg};
 use crate::push::PushHub;
 use crate::rooms::{Room, RoomRegistry};
-use crate::session::ConnCtx;
 use crate::stats::Stats;
 use crate::storage::RoomLog;
+use crate::supervise::Supervisor;
+
+/// Reader threads: enough to overlap a few reads (a burst of rooms used
+/// for the first time, retries after a restart), few enough not to compete
+/// with the writer for the disk.
+const READERS: usize = 2;
 
 /// Why the sequencer stopped before it was told to.
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +35,41 @@ pub(crate) enum Fatal {
     /// and never delivered.
     #[error("the fan-out thread is gone")]
     FanoutGone,
+    /// Every reader thread is gone: requests waiting for a read would
+    /// wait forever.
+    #[error("the storage reader threads are gone")]
+    ReadersGone,
+}
+
+/// The sequencer's reader threads, seen from the sequencer: where it sends
+/// what it needs read, and where the answers come back.
+pub(crate) struct Readers {
+    needs: Sender<Need>,
+    loaded: Receiver<Loaded>,
+}
+
+impl Readers {
+    /// Starts the reader threads under `supervisor` (a reader that panics
+    /// stops the broker). They end when the sequencer drops its side; join
+    /// them after it so that their handles on the storage are gone.
+    ///
+    /// # Errors
+    /// If a thread cannot be started.
+    pub(crate) fn spawn(
+        supervisor: &Arc<Supervisor>,
+        log: &Arc<dyn RoomLog>,
+    ) -> std::io::Result<(Self, Vec<JoinHandle<()>>)> {
+        let (needs, needs_rx) = crossbeam_channel::unbounded();
+        let (loaded_tx, loaded) = crossbeam_channel::unbounded();
+        let mut threads = Vec::with_capacity(READERS);
+        for i in 0..READERS {
+            let (log, needs_rx, loaded_tx) = (log.clone(), needs_rx.clone(), loaded_tx.clone());
+            threads.push(supervisor.spawn(&format!("confab-reader-{i}"), move || {
+                run_reader(log, needs_rx, loaded_tx)
+            })?);
+        }
+        Ok((Self { needs, loaded }, threads))
+    }
 }
 
 /// The sequencer thread's state: the core and where its outcomes go.
@@ -55,7 +99,7 @@ impl Sequencer {
     }
 
     /// Leaves access decisions to an authorization hook that the sessions
-    /// consult (see `crate::embed::authz`).
+    /// consult (see `crate::auth::authz`).
     pub(crate) fn external_authz(mut self, on: bool) -> Self {
         self.core = self.core.external_authz(on);
         self
@@ -68,20 +112,42 @@ impl Sequencer {
     }
 
     /// Runs until told to stop or every sender is gone, then returns (after
-    /// the last group is committed and handed on).
+    /// the requests waiting for reads are done, and the last group is
+    /// committed and handed on).
     ///
     /// # Errors
-    /// [`Fatal`] if the fan-out is gone; the caller stops the broker.
-    pub(crate) fn run(mut self, rx: Receiver<SeqMsg>) -> Result<(), Fatal> {
+    /// [`Fatal`] if the fan-out or the readers are gone; the caller stops
+    /// the broker.
+    pub(crate) fn run(mut self, rx: Receiver<SeqMsg>, readers: Readers) -> Result<(), Fatal> {
         let max = self.core.cfg.max_batch;
         let mut batch = Vec::with_capacity(max);
-        let mut stop = false;
-        while !stop {
-            let Ok(first) = rx.recv() else { break };
-            let mut next = Some(first);
+        let mut stopping = false;
+        loop {
+            if stopping && self.core.idle() {
+                break;
+            }
+            // Wait for a request or the answer to a read.
+            let mut next = None;
+            if stopping {
+                let loaded = readers.loaded.recv().map_err(|_| Fatal::ReadersGone)?;
+                self.core.supply(loaded);
+            } else {
+                crossbeam_channel::select! {
+                    recv(rx) -> msg => match msg {
+                        Ok(msg) => next = Some(msg),
+                        Err(_) => stopping = true,
+                    },
+                    recv(readers.loaded) -> loaded => {
+                        self.core.supply(loaded.map_err(|_| Fatal::ReadersGone)?);
+                    }
+                }
+            }
+            while let Ok(loaded) = readers.loaded.try_recv() {
+                self.core.supply(loaded);
+            }
             while let Some(msg) = next {
                 if matches!(msg, SeqMsg::Stop) {
-                    stop = true;
+                    stopping = true;
                     break;
                 }
                 batch.push(msg);
@@ -94,6 +160,11 @@ impl Sequencer {
             let now = now_us();
             let outcomes = self.core.step(&mut batch, now);
             self.deliver(outcomes, now)?;
+            // Reads go out after the commit, so that they see it.
+            for need in self.core.take_needs() {
+                readers.needs.send(need).map_err(|_| Fatal::ReadersGone)?;
+            }
+            metrics::gauge!("confab_sequencer_parked").set(self.core.parked() as f64);
         }
         if let Err(e) = self.core.log.flush() {
             error!(error = %e, "final flush failed");
@@ -275,6 +346,10 @@ impl Replies {
 
     /// Queues a reply frame that holds no publish permit.
     fn reply(&mut self, conn: &Arc<ConnCtx>, frame: &Frame) {
+        if let Some(direct) = &conn.direct {
+            direct.send(frame.clone());
+            return;
+        }
         let slot = self.slot(conn);
         if let Err(e) = frame.encode(&mut slot.1) {
             warn!(error = %e, "cannot encode a reply");

@@ -15,6 +15,11 @@
 //! [`driver::Sequencer`], the thread that feeds it and carries the outcomes
 //! out (replies, fan-out, push). A driver that cannot hand events to the
 //! fan-out stops: the broker must not acknowledge what nobody will deliver.
+//!
+//! The writer thread never reads storage: a request that needs a read
+//! (a room used for the first time, a retry's original, an edit's target,
+//! a marker) waits, with the requests behind it in its rooms, while reader
+//! threads make the read (see [`reads`]).
 
 mod core;
 #[cfg(test)]
@@ -22,21 +27,22 @@ mod core_tests;
 mod dedup;
 mod driver;
 mod hooks;
+mod reads;
 mod references;
 mod room_ops;
 mod user_rooms;
 
-pub(crate) use driver::Sequencer;
+pub(crate) use driver::{Readers, Sequencer};
 pub(crate) use room_ops::{ReceiptReq, RoomOp, RoomOpReq};
 
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use bytes::Bytes;
 use confab_codec::{MessageKind, RoomId, Seq};
 
+use crate::fanout::ConnCtx;
 use crate::fanout::SubscribeCmd;
-use crate::session::ConnCtx;
 
 /// A publish on its way to the sequencer.
 #[derive(Debug)]
@@ -79,18 +85,4 @@ pub(crate) enum SeqMsg {
     },
     /// Commit what came before, flush, stop the fan-out, and exit.
     Stop,
-}
-
-/// Microseconds since the Unix epoch.
-pub(crate) fn now_us() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0)
-}
-
-/// The deduplication identity of a device: `user \0 device` (ids cannot
-/// contain control characters, so this is unambiguous).
-pub(crate) fn sender_key(user: &str, device: &str) -> Arc<str> {
-    Arc::from(format!("{user}\0{device}"))
 }

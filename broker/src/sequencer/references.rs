@@ -15,19 +15,22 @@
 //!
 //! The target's sender and kind come from the entries sequenced earlier in
 //! the same group commit (not yet in the log) or from one point read of the
-//! log, on the sequencer thread. Only these three kinds pay for that read.
+//! log by a reader thread (the publish waits for it). Only these three
+//! kinds pay for that read.
 
-use confab_codec::{ErrorCode, EventRecord, MessageKind, RoomId, Seq, UserId};
+use confab_codec::{ErrorCode, MessageKind, RoomId, UserId};
 use rustc_hash::FxHashMap;
 
+use super::core::{mismatch, Core, Halt};
+use super::reads::{Answer, Need};
+use super::PublishReq;
 use crate::rooms::membership::RoomState;
-use crate::storage::{RoomLog, StorageError};
 
 /// What validation needs to know about an entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) struct Target {
-    pub(super) sender: UserId,
-    pub(super) kind: MessageKind,
+pub(crate) struct Target {
+    pub(crate) sender: UserId,
+    pub(crate) kind: MessageKind,
 }
 
 /// Entries sequenced in the batch being built, by room and sequence, so an
@@ -37,65 +40,67 @@ pub(super) type Pending = FxHashMap<(RoomId, u64), Target>;
 /// A refusal: its code and message.
 pub(super) type Refusal = (ErrorCode, String);
 
-/// The bounds and state of the room being published to.
-pub(super) struct RoomView<'a> {
-    pub(super) id: &'a RoomId,
-    pub(super) first: u64,
-    pub(super) head: u64,
-    pub(super) state: Option<&'a RoomState>,
-}
-
 fn is_content(kind: MessageKind) -> bool {
     kind == MessageKind::MESSAGE || kind >= MessageKind::FIRST_CUSTOM
 }
 
-/// Checks the references of a publish of `kind` by `user`.
+/// Checks the references of a publish to a loaded room. A target that is
+/// neither in the group being built nor read yet is asked for.
 ///
 /// # Errors
-/// `Ok(Err(refusal))` for a publish to refuse; `Err` if the log cannot be
-/// read.
-pub(super) fn check(
-    log: &dyn RoomLog,
-    pending: &Pending,
-    room: &RoomView<'_>,
-    user: &UserId,
-    kind: MessageKind,
-    refers_to: Option<Seq>,
-    thread: Option<Seq>,
-) -> Result<Result<(), Refusal>, StorageError> {
-    for reference in [refers_to, thread].into_iter().flatten() {
-        if reference.0 > room.head {
-            return Ok(Err((
+/// [`Halt::Refuse`] for a publish to refuse, [`Halt::Wait`] if it must wait
+/// for the target to be read.
+pub(super) fn check(core: &mut Core, req: &PublishReq) -> Result<(), Halt> {
+    let Some(r) = core.rooms.get(&req.room) else {
+        return Err(Halt::Refuse(
+            ErrorCode::Internal,
+            "room state unavailable".into(),
+        ));
+    };
+    let (first, head) = (r.first.max(1), r.head);
+    for reference in [req.refers_to, req.thread].into_iter().flatten() {
+        if reference.0 > head {
+            return Err(Halt::Refuse(
                 ErrorCode::NoSuchMessage,
-                format!("room {} has no message {}", room.id, reference.0),
-            )));
+                format!("room {} has no message {}", req.room, reference.0),
+            ));
         }
-        if reference.0 < room.first {
-            return Ok(Err((
+        if reference.0 < first {
+            return Err(Halt::Refuse(
                 ErrorCode::NoSuchMessage,
                 format!(
-                    "message {} of room {} is no longer retained (first is {})",
-                    reference.0, room.id, room.first
+                    "message {} of room {} is no longer retained (first is {first})",
+                    reference.0, req.room
                 ),
-            )));
+            ));
         }
     }
-    let Some(target_seq) = refers_to.filter(|_| kind.needs_reference()) else {
-        return Ok(Ok(()));
+    let Some(target_seq) = req.refers_to.filter(|_| req.kind.needs_reference()) else {
+        return Ok(());
     };
-    let target = match pending.get(&(room.id.clone(), target_seq.0)) {
-        Some(t) => t.clone(),
-        None => match read_target(log, room.id, target_seq)? {
-            Some(t) => t,
-            None => {
-                return Ok(Err((
-                    ErrorCode::NoSuchMessage,
-                    format!("room {} has no message {}", room.id, target_seq.0),
-                )))
+    let target = match core.pending.get(&(req.room.clone(), target_seq.0)) {
+        Some(t) => Some(t.clone()),
+        None => {
+            let need = Need::Target {
+                room: req.room.clone(),
+                seq: target_seq.0,
+            };
+            match core.reads.take(need) {
+                None => return Err(Halt::Wait),
+                Some(Err(e)) => return Err(e.into()),
+                Some(Ok(Answer::Target(t))) => t,
+                Some(Ok(other)) => return Err(mismatch(&other)),
             }
-        },
+        }
     };
-    Ok(allowed(room.state, user, kind, &target))
+    let Some(target) = target else {
+        return Err(Halt::Refuse(
+            ErrorCode::NoSuchMessage,
+            format!("room {} has no message {}", req.room, target_seq.0),
+        ));
+    };
+    let state = core.rooms.get(&req.room).and_then(|r| r.state.as_ref());
+    allowed(state, &req.conn.user, req.kind, &target).map_err(Halt::from)
 }
 
 /// The permission rules, on a known target.
@@ -129,20 +134,6 @@ fn allowed(
         MessageKind::REACTION if !is_content(target.kind) => bad_target("a reaction"),
         _ => Ok(()),
     }
-}
-
-fn read_target(log: &dyn RoomLog, room: &RoomId, seq: Seq) -> Result<Option<Target>, StorageError> {
-    let Some(rec) = log.read_range(room, seq, seq, 1, usize::MAX)?.pop() else {
-        return Ok(None);
-    };
-    let ev = EventRecord::decode(rec.bytes).map_err(|_| StorageError::Corrupt {
-        room: room.to_string(),
-        seq: seq.0,
-    })?;
-    Ok(Some(Target {
-        sender: ev.sender,
-        kind: ev.kind,
-    }))
 }
 
 #[cfg(test)]

@@ -14,10 +14,11 @@ use confab_codec::{
 };
 use rustc_hash::FxHashMap;
 
-use super::core::{Core, Outcome};
+use super::core::{mismatch, Core, Halt, Outcome};
+use super::reads::{Answer, Need};
+use crate::fanout::ConnCtx;
 use crate::rooms::membership::{direct_room_id, room_key, RoomRecord, RoomState};
-use crate::rooms::receipts::{decode_marker, delivered_key, read_key};
-use crate::session::ConnCtx;
+use crate::rooms::receipts::{delivered_key, read_key};
 use crate::storage::MetaWrite;
 
 /// Most members listed in a `RoomInfo` reply.
@@ -32,7 +33,7 @@ pub(crate) struct RoomOpReq {
 }
 
 /// The operations.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) enum RoomOp {
     Create(CreateRoom),
     Join(RoomId),
@@ -64,91 +65,147 @@ pub(crate) enum Reply {
 
 type OpResult = Result<Reply, (ErrorCode, String)>;
 
-fn err<T>(code: ErrorCode, message: impl Into<String>) -> Result<T, (ErrorCode, String)> {
-    Err((code, message.into()))
+fn err<T>(code: ErrorCode, message: impl Into<String>) -> Result<T, Halt> {
+    Err(Halt::Refuse(code, message.into()))
+}
+
+/// The room a room operation acts on, if it names one. A group room
+/// created without an id gets its generated id here, so that it keeps the
+/// same id while it waits for reads.
+pub(super) fn room_of(conn: &ConnCtx, op: &mut RoomOp) -> Option<RoomId> {
+    match op {
+        RoomOp::Create(c) => match c.kind {
+            RoomKind::Direct => c
+                .peer
+                .as_ref()
+                .filter(|peer| **peer != conn.user && !conn.system)
+                .map(|peer| direct_room_id(&conn.user, peer)),
+            RoomKind::Group => Some(
+                c.room
+                    .get_or_insert_with(|| generated_room_id(crate::base::now_us(), &conn.user))
+                    .clone(),
+            ),
+        },
+        RoomOp::Join(room)
+        | RoomOp::Leave(room)
+        | RoomOp::Invite(room, _)
+        | RoomOp::Remove(room, _)
+        | RoomOp::Update(room, _)
+        | RoomOp::SetRole(room, _, _)
+        | RoomOp::Add(room, _, _) => Some(room.clone()),
+    }
 }
 
 impl Core {
+    /// Applies a room operation; gives it back if it must wait for a read.
     pub(super) fn room_op(
         &mut self,
         req: RoomOpReq,
         now: u64,
         old_heads: &mut Vec<(RoomId, u64)>,
         outcomes: &mut Vec<Outcome>,
-    ) {
+    ) -> Option<RoomOpReq> {
         let RoomOpReq {
             conn,
             request_id,
             op,
         } = req;
-        let reply = self.apply(&conn, op, now, old_heads, outcomes);
+        // Everything an operation reads comes before anything it changes,
+        // so one that must wait has changed nothing and runs again whole.
+        let reply = match self.apply(&conn, op.clone(), now, old_heads, outcomes) {
+            Ok(reply) => Ok(reply),
+            Err(Halt::Wait) => {
+                return Some(RoomOpReq {
+                    conn,
+                    request_id,
+                    op,
+                })
+            }
+            Err(Halt::Refuse(code, message)) => Err((code, message)),
+        };
         outcomes.push(Outcome::RoomReply {
             conn,
             request_id,
             reply,
         });
+        None
     }
 
-    /// Moves a marker forward (never back); answers only on failure.
-    pub(super) fn receipt(&mut self, req: ReceiptReq, outcomes: &mut Vec<Outcome>) {
-        let ReceiptReq {
-            conn,
-            request_id,
-            receipt,
-        } = req;
-        let refuse = |outcomes: &mut Vec<Outcome>, code, message: String| {
-            outcomes.push(Outcome::RoomReply {
-                conn: conn.clone(),
-                request_id,
-                reply: Err((code, message)),
-            });
-        };
-        let head = match self.room(&receipt.room) {
-            Ok(r) => r.head,
-            Err(e) => return refuse(outcomes, ErrorCode::Internal, e.to_string()),
-        };
-        if let Err((code, message)) =
-            self.access(&self.rooms[&receipt.room], &conn.user, conn.system)
-        {
-            return refuse(outcomes, code, message);
-        }
-        if receipt.seq.0 > head {
-            return refuse(
-                outcomes,
-                ErrorCode::NoSuchMessage,
-                format!("room {} has no message {}", receipt.room, receipt.seq),
-            );
-        }
-        let key = match receipt.kind {
+    /// Moves a marker forward (never back); answers only on failure. Gives
+    /// the receipt back if it must wait for a read.
+    pub(super) fn receipt(
+        &mut self,
+        req: ReceiptReq,
+        outcomes: &mut Vec<Outcome>,
+    ) -> Option<ReceiptReq> {
+        let key = match req.receipt.kind {
             confab_codec::ReceiptKind::Delivered => {
-                delivered_key(&receipt.room, &conn.user, &conn.device)
+                delivered_key(&req.receipt.room, &req.conn.user, &req.conn.device)
             }
-            confab_codec::ReceiptKind::Read => read_key(&receipt.room, &conn.user),
+            confab_codec::ReceiptKind::Read => read_key(&req.receipt.room, &req.conn.user),
         };
-        let current = match self.markers.get(&key) {
-            Some(v) => *v,
-            None => match self.log.meta_get(&key) {
-                Ok(v) => v.map_or(0, |v| decode_marker(&v)),
-                Err(e) => return refuse(outcomes, ErrorCode::Internal, e.to_string()),
-            },
+        let current = match self.check_receipt(&req, &key) {
+            Ok(current) => current,
+            Err(Halt::Wait) => return Some(req),
+            Err(Halt::Refuse(code, message)) => {
+                outcomes.push(Outcome::RoomReply {
+                    conn: req.conn,
+                    request_id: req.request_id,
+                    reply: Err((code, message)),
+                });
+                return None;
+            }
         };
+        let ReceiptReq { conn, receipt, .. } = req;
         if receipt.seq.0 <= current {
-            return;
+            return None;
         }
         self.markers.insert(key.clone(), receipt.seq.0);
         self.meta.push(MetaWrite {
             key,
             value: Some(receipt.seq.0.to_be_bytes().to_vec()),
         });
-        outcomes.push(Outcome::Receipt {
-            room: self.rooms[&receipt.room].room.clone(),
-            entry: confab_codec::ReceiptEntry {
-                user: conn.user.clone(),
-                device: conn.device.clone(),
-                kind: receipt.kind,
-                seq: receipt.seq,
-            },
-        });
+        if let Some(r) = self.rooms.get(&receipt.room) {
+            outcomes.push(Outcome::Receipt {
+                room: r.room.clone(),
+                entry: confab_codec::ReceiptEntry {
+                    user: conn.user.clone(),
+                    device: conn.device.clone(),
+                    kind: receipt.kind,
+                    seq: receipt.seq,
+                },
+            });
+        }
+        None
+    }
+
+    /// The room (loaded), access, the sequence and the marker's current
+    /// value, for a receipt.
+    fn check_receipt(&mut self, req: &ReceiptReq, key: &[u8]) -> Result<u64, Halt> {
+        let head = self.room(&req.receipt.room)?.head;
+        self.access(
+            &self.rooms[&req.receipt.room],
+            &req.conn.user,
+            req.conn.system,
+        )?;
+        if req.receipt.seq.0 > head {
+            return Err(Halt::Refuse(
+                ErrorCode::NoSuchMessage,
+                format!(
+                    "room {} has no message {}",
+                    req.receipt.room, req.receipt.seq
+                ),
+            ));
+        }
+        if let Some(v) = self.markers.get(key) {
+            return Ok(*v);
+        }
+        match self.reads.take(Need::Marker(key.to_vec())) {
+            None => Err(Halt::Wait),
+            Some(Err(e)) => Err(e.into()),
+            Some(Ok(Answer::Marker(v))) => Ok(v),
+            Some(Ok(other)) => Err(mismatch(&other)),
+        }
     }
 
     fn apply(
@@ -158,7 +215,7 @@ impl Core {
         now: u64,
         old_heads: &mut Vec<(RoomId, u64)>,
         outcomes: &mut Vec<Outcome>,
-    ) -> OpResult {
+    ) -> Result<Reply, Halt> {
         let me = &conn.user;
         // The embedding service's system principal manages rooms without
         // being a member: role checks pass, joining and leaving make no
@@ -353,7 +410,7 @@ impl Core {
         now: u64,
         old_heads: &mut Vec<(RoomId, u64)>,
         outcomes: &mut Vec<Outcome>,
-    ) -> OpResult {
+    ) -> Result<Reply, Halt> {
         let me = conn.user.clone();
         let (room, members, policy) = match c.kind {
             RoomKind::Direct if conn.system => {
@@ -380,6 +437,7 @@ impl Core {
                 )
             }
             RoomKind::Group => {
+                // `room_of` gave it an id if it came without one.
                 let room = match c.room {
                     Some(r) => r,
                     None => generated_room_id(now, &me),
@@ -401,9 +459,7 @@ impl Core {
         if members.len() > self.rooms_cfg.max_members {
             return err(ErrorCode::RoomFull, "too many members");
         }
-        let existing = self
-            .room(&room)
-            .map_err(|e| (ErrorCode::Internal, e.to_string()))?;
+        let existing = self.room(&room)?;
         if existing.state.is_some() {
             if c.kind == RoomKind::Direct {
                 // Both users find the same room: creating it again is a lookup.
@@ -452,16 +508,14 @@ impl Core {
     }
 
     /// A loaded managed room's state.
-    fn managed(&mut self, room: &RoomId) -> Result<&RoomState, (ErrorCode, String)> {
-        let r = self
-            .room(room)
-            .map_err(|e| (ErrorCode::Internal, e.to_string()))?;
+    fn managed(&mut self, room: &RoomId) -> Result<&RoomState, Halt> {
+        let r = self.room(room)?;
         r.state
             .as_ref()
-            .ok_or_else(|| (ErrorCode::NoSuchRoom, format!("no managed room {room}")))
+            .ok_or_else(|| Halt::Refuse(ErrorCode::NoSuchRoom, format!("no managed room {room}")))
     }
 
-    fn check_capacity(&self, room: &RoomId, more: usize) -> Result<(), (ErrorCode, String)> {
+    fn check_capacity(&self, room: &RoomId, more: usize) -> Result<(), Halt> {
         let n = self.rooms[room]
             .state
             .as_ref()

@@ -22,14 +22,15 @@ use super::codec::{FrameCodec, WireError};
 use super::quic_writer::QuicEgress;
 use super::writer::{Egress, WriterCtx, WriterEnd};
 use super::ConnCtx;
+use crate::auth::authz::{AccessRequest, Action, Denied};
 use crate::auth::Identity;
-use crate::embed::authz::{AccessRequest, Action, Denied};
+use crate::base::{now_us, sender_key};
 use crate::fanout::{Outbox, SubscribeCmd, SubscribeItem, Subscription};
 use crate::presence;
 use crate::ratelimit::{ConnLimits, Kind, Verdict};
 use crate::rooms;
-use crate::sequencer::{now_us, sender_key, PublishReq, ReceiptReq, RoomOp, RoomOpReq, SeqMsg};
-use crate::server::Shared;
+use crate::sequencer::{PublishReq, ReceiptReq, RoomOp, RoomOpReq, SeqMsg};
+use crate::shared::Shared;
 use crate::storage::LogBounds;
 
 /// Most events in one history page.
@@ -155,6 +156,7 @@ where
         outbox: outbox.clone(),
         inflight: Semaphore::new(cfg.limits.max_inflight_publishes as usize),
         system: false,
+        direct: None,
     });
     info!(session_id, %peer, user = %conn.user, device = %conn.device, client = %hello.client_name, "connected");
     shared.stats.connections.fetch_add(1, Ordering::Relaxed);

@@ -3,14 +3,14 @@
 //! supervision tests, and embedders' own fault tests).
 
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use confab_codec::{RoomId, Seq};
 
+use super::Durability;
 use super::{
     Append, IdemKey, LogBounds, MetaEntry, MetaWrite, Original, RoomLog, StorageError, StoredRecord,
 };
-use crate::config::Durability;
 
 /// How the next commits end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,11 +47,26 @@ impl CommitFault {
     }
 }
 
-/// Wraps a log; commits and idempotency reads fail as told.
+/// What [`FaultyLog`]'s read hook is told about a read.
+#[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
+pub struct ReadSeen<'a> {
+    /// The [`RoomLog`] method (`"bounds"`, `"meta_get"`, ...).
+    pub method: &'static str,
+    /// The room read, for the reads of one room.
+    pub room: Option<&'a RoomId>,
+}
+
+/// Called before every read (on the reading thread, which it may block).
+pub type ReadHook = Arc<dyn Fn(ReadSeen<'_>) + Send + Sync>;
+
+/// Wraps a log; commits and reads fail as told, and reads can be watched
+/// or held up by a hook.
 pub struct FaultyLog {
     inner: Arc<dyn RoomLog>,
     commit: AtomicU8,
     reads: AtomicBool,
+    hook: RwLock<Option<ReadHook>>,
 }
 
 impl std::fmt::Debug for FaultyLog {
@@ -73,6 +88,7 @@ impl FaultyLog {
             inner,
             commit: AtomicU8::new(0),
             reads: AtomicBool::new(false),
+            hook: RwLock::new(None),
         }
     }
 
@@ -81,13 +97,21 @@ impl FaultyLog {
         self.commit.store(fault.to_u8(), Ordering::SeqCst);
     }
 
-    /// Makes the idempotency reads ([`RoomLog::original`],
-    /// [`RoomLog::high_water`]) fail, or work again.
+    /// Makes every read fail, or work again.
     pub fn set_read_fault(&self, fail: bool) {
         self.reads.store(fail, Ordering::SeqCst);
     }
 
-    fn read_fault(&self) -> Result<(), StorageError> {
+    /// Calls `hook` before every read from now on (`None`: no more).
+    pub fn set_read_hook(&self, hook: Option<ReadHook>) {
+        *self.hook.write().unwrap_or_else(|e| e.into_inner()) = hook;
+    }
+
+    fn read_fault(&self, method: &'static str, room: Option<&RoomId>) -> Result<(), StorageError> {
+        let hook = self.hook.read().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some(hook) = hook {
+            hook(ReadSeen { method, room });
+        }
         if self.reads.load(Ordering::SeqCst) {
             return Err(StorageError::Engine("injected read failure".into()));
         }
@@ -114,6 +138,7 @@ impl RoomLog for FaultyLog {
     }
 
     fn meta_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        self.read_fault("meta_get", None)?;
         self.inner.meta_get(key)
     }
 
@@ -123,10 +148,12 @@ impl RoomLog for FaultyLog {
         after: Option<&[u8]>,
         limit: usize,
     ) -> Result<Vec<MetaEntry>, StorageError> {
+        self.read_fault("meta_scan", None)?;
         self.inner.meta_scan(prefix, after, limit)
     }
 
     fn bounds(&self, room: &RoomId) -> Result<LogBounds, StorageError> {
+        self.read_fault("bounds", Some(room))?;
         self.inner.bounds(room)
     }
 
@@ -138,6 +165,7 @@ impl RoomLog for FaultyLog {
         max_count: usize,
         max_bytes: usize,
     ) -> Result<Vec<StoredRecord>, StorageError> {
+        self.read_fault("read_range", Some(room))?;
         self.inner.read_range(room, from, to, max_count, max_bytes)
     }
 
@@ -148,6 +176,7 @@ impl RoomLog for FaultyLog {
         max_count: usize,
         max_bytes: usize,
     ) -> Result<Vec<StoredRecord>, StorageError> {
+        self.read_fault("read_before", Some(room))?;
         self.inner.read_before(room, before, max_count, max_bytes)
     }
 
@@ -162,16 +191,17 @@ impl RoomLog for FaultyLog {
     }
 
     fn original(&self, room: &RoomId, key: IdemKey<'_>) -> Result<Option<Original>, StorageError> {
-        self.read_fault()?;
+        self.read_fault("original", Some(room))?;
         self.inner.original(room, key)
     }
 
     fn high_water(&self, sender: &str) -> Result<u64, StorageError> {
-        self.read_fault()?;
+        self.read_fault("high_water", None)?;
         self.inner.high_water(sender)
     }
 
     fn log_rooms(&self, after: Option<&RoomId>, limit: usize) -> Result<Vec<RoomId>, StorageError> {
+        self.read_fault("log_rooms", None)?;
         self.inner.log_rooms(after, limit)
     }
 

@@ -25,10 +25,13 @@
 //! the cut stays until a later trim; lookups ignore originals below the
 //! room's first retained sequence.
 
-use confab_codec::{RoomId, Seq};
+use std::sync::Arc;
+
+use confab_codec::{EventRecord, RoomId, Seq};
 use rustc_hash::FxHashMap;
 
-use super::{Append, IdemKey, Original};
+use super::{Append, IdemKey, Original, RoomLog, StorageError};
+use crate::base::sender_key;
 
 const MARK: u8 = b'M';
 const RUN: u8 = b'R';
@@ -302,6 +305,40 @@ pub(crate) fn successor(prefix: &[u8]) -> Option<Vec<u8>> {
         }
     }
     None
+}
+
+/// The (sender, client message id) of every entry of `room` in
+/// `from..before` that carries an id: the idempotency entries to delete
+/// with them.
+///
+/// # Errors
+/// If the log cannot be read or holds a record that does not decode.
+pub(crate) fn idempotency_keys(
+    log: &dyn RoomLog,
+    room: &RoomId,
+    from: Seq,
+    before: Seq,
+) -> Result<Vec<(Arc<str>, u64)>, StorageError> {
+    let mut out = Vec::new();
+    let mut next = from;
+    while next < before {
+        let page = log.read_range(room, next, Seq(before.0 - 1), 1024, 1 << 20)?;
+        let Some(last) = page.last() else { break };
+        next = last.seq.next();
+        for rec in page {
+            let ev = EventRecord::decode(rec.bytes).map_err(|_| StorageError::Corrupt {
+                room: room.to_string(),
+                seq: rec.seq.0,
+            })?;
+            if ev.client_msg_id != 0 {
+                out.push((
+                    sender_key(ev.sender.as_str(), ev.device.as_str()),
+                    ev.client_msg_id,
+                ));
+            }
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -6,10 +6,10 @@ use std::sync::Mutex;
 use bytes::Bytes;
 use confab_codec::{RoomId, Seq};
 
+use super::Durability;
 use super::{
     Append, IdemKey, LogBounds, MetaEntry, MetaWrite, Original, RoomLog, StorageError, StoredRecord,
 };
-use crate::config::Durability;
 
 /// Keeps every room's log in a `BTreeMap`. Nothing survives the process.
 #[derive(Debug, Default)]

@@ -12,11 +12,27 @@ mod rocks;
 use bytes::Bytes;
 use confab_codec::{RoomId, Seq};
 
-pub use faulty::{CommitFault, FaultyLog};
+pub use faulty::{CommitFault, FaultyLog, ReadHook, ReadSeen};
+pub(crate) use idem::idempotency_keys;
 pub use memory::MemoryLog;
 pub use rocks::RocksLog;
 
-use crate::config::Durability;
+use serde::{Deserialize, Serialize};
+
+/// How durable an acknowledged publish is. See docs/operations.md.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// No write-ahead log: acknowledged messages live in memory until the
+    /// next flush. Survives a clean shutdown only. For benchmarks.
+    None,
+    /// Write-ahead log without fsync: survives a process crash or
+    /// `kill -9`, not a power loss or kernel crash.
+    Wal,
+    /// Write-ahead log fsynced before each group commit is acknowledged:
+    /// survives power loss.
+    Fsync,
+}
 
 /// A storage failure. The broker reports it to the client as `Internal`.
 #[derive(Debug, thiserror::Error)]

@@ -11,11 +11,11 @@ use rocksdb::{
 };
 
 use super::idem;
+use super::Durability;
 use super::{
     record_key, Append, IdemKey, LogBounds, MetaEntry, MetaWrite, Original, RoomLog, StorageError,
     StoredRecord,
 };
-use crate::config::Durability;
 
 /// Column family of the room logs.
 pub(crate) const CF_LOG: &str = "log";

@@ -8,8 +8,8 @@ use confab_codec::ErrorCode;
 use tokio_util::task::TaskTracker;
 use tracing::debug;
 
-use crate::server::Shared;
 use crate::session::{refuse_quic, serve_quic};
+use crate::shared::Shared;
 
 /// Accepts until shutdown. Admission control is shared with the other
 /// listeners: without a permit, the connection is answered `ServerBusy` on

@@ -9,8 +9,8 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
-use crate::server::Shared;
 use crate::session::{refuse, serve_connection};
+use crate::shared::Shared;
 use crate::stats::Transport;
 
 /// Accepts until shutdown. Each connection needs a permit of the

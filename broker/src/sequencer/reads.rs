@@ -1,0 +1,263 @@
+//! Reads the sequencer needs, made off its thread.
+//!
+//! The writer thread only sequences and commits. When the core meets a
+//! request that needs something it does not hold in memory (a room used for
+//! the first time, a device's high-water mark, an index entry for a retry,
+//! the target of an edit, a receipt marker, a user's room count), it parks
+//! the request and asks for a [`Need`]; reader threads answer with a
+//! [`Loaded`], and the core takes the request up again in its next step.
+//!
+//! Why the answers stay true until they are used: a parked request blocks
+//! its rooms (later requests for them park behind it, in arrival order), so
+//! nothing writes a room while a read of that room is on its way. A
+//! device's mark is only written by that device's publishes, which all
+//! need the mark first. Only a user's room count can change elsewhere (a
+//! membership in another room): the core drops such an answer and reads it
+//! again (see `Reads::stale`).
+
+use std::sync::Arc;
+
+use confab_codec::{EventRecord, Role, RoomId, Seq, UserId};
+use crossbeam_channel::{Receiver, Sender};
+use rustc_hash::{FxHashMap, FxHashSet};
+
+use super::references::Target;
+use crate::rooms::membership::{member_key, role_from, user_prefix, RoomState};
+use crate::rooms::receipts::decode_marker;
+use crate::storage::{IdemKey, LogBounds, Original, RoomLog, StorageError};
+
+/// Keys read per storage scan when counting a user's rooms.
+const PAGE: usize = 1024;
+
+/// Something the core must read before it can go on with a request.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) enum Need {
+    /// A room's log bounds and, for a managed room, its record and members.
+    Room(RoomId),
+    /// A device's high-water mark (`user \0 device`).
+    Mark(Arc<str>),
+    /// The original of a publish, from the idempotency index.
+    Original {
+        room: RoomId,
+        sender: Arc<str>,
+        client_msg_id: u64,
+    },
+    /// The sender and kind of an entry that an edit, delete or reaction
+    /// targets.
+    Target { room: RoomId, seq: u64 },
+    /// A delivered or read marker (its metadata key).
+    Marker(Vec<u8>),
+    /// How many managed rooms a user is a member of.
+    Joined(UserId),
+}
+
+impl Need {
+    fn kind(&self) -> &'static str {
+        match self {
+            Need::Room(_) => "room",
+            Need::Mark(_) => "mark",
+            Need::Original { .. } => "original",
+            Need::Target { .. } => "target",
+            Need::Marker(_) => "marker",
+            Need::Joined(_) => "joined",
+        }
+    }
+}
+
+/// A room as read from storage.
+#[derive(Debug)]
+pub(crate) struct LoadedRoom {
+    pub(crate) bounds: LogBounds,
+    pub(crate) state: Option<RoomState>,
+}
+
+/// The answer to a [`Need`] of the same kind.
+#[derive(Debug)]
+pub(crate) enum Answer {
+    Room(LoadedRoom),
+    Mark(u64),
+    Original(Option<Original>),
+    Target(Option<Target>),
+    Marker(u64),
+    Joined(usize),
+}
+
+/// A read made: what was asked and what storage said.
+#[derive(Debug)]
+pub(crate) struct Loaded {
+    pub(crate) need: Need,
+    pub(crate) answer: Result<Answer, StorageError>,
+}
+
+/// Makes one read.
+///
+/// # Errors
+/// What storage says.
+pub(crate) fn read(log: &dyn RoomLog, need: &Need) -> Result<Answer, StorageError> {
+    metrics::counter!("confab_sequencer_reads_total", "kind" => need.kind()).increment(1);
+    Ok(match need {
+        Need::Room(room) => Answer::Room(LoadedRoom {
+            bounds: log.bounds(room)?,
+            state: RoomState::load(log, room)?,
+        }),
+        Need::Mark(sender) => Answer::Mark(log.high_water(sender)?),
+        Need::Original {
+            room,
+            sender,
+            client_msg_id,
+        } => Answer::Original(log.original(
+            room,
+            IdemKey {
+                sender,
+                client_msg_id: *client_msg_id,
+            },
+        )?),
+        Need::Target { room, seq } => Answer::Target(read_target(log, room, Seq(*seq))?),
+        Need::Marker(key) => Answer::Marker(log.meta_get(key)?.map_or(0, |v| decode_marker(&v))),
+        Need::Joined(user) => Answer::Joined(joined_count(log, user)?),
+    })
+}
+
+fn read_target(log: &dyn RoomLog, room: &RoomId, seq: Seq) -> Result<Option<Target>, StorageError> {
+    let Some(rec) = log.read_range(room, seq, seq, 1, usize::MAX)?.pop() else {
+        return Ok(None);
+    };
+    let ev = EventRecord::decode(rec.bytes).map_err(|_| StorageError::Corrupt {
+        room: room.to_string(),
+        seq: seq.0,
+    })?;
+    Ok(Some(Target {
+        sender: ev.sender,
+        kind: ev.kind,
+    }))
+}
+
+/// The number of managed rooms `user` is a member of (invitations do not
+/// count), from the user's room index.
+fn joined_count(log: &dyn RoomLog, user: &UserId) -> Result<usize, StorageError> {
+    let prefix = user_prefix(user);
+    let mut n = 0;
+    let mut after: Option<Vec<u8>> = None;
+    loop {
+        let page = log.meta_scan(&prefix, after.as_deref(), PAGE)?;
+        for (k, _) in &page {
+            let room = k
+                .get(prefix.len()..)
+                .and_then(|r| std::str::from_utf8(r).ok())
+                .and_then(|r| RoomId::new(r).ok());
+            let Some(room) = room else { continue };
+            let role = log
+                .meta_get(&member_key(&room, user))?
+                .and_then(|v| v.first().copied().and_then(role_from));
+            if role.is_some_and(|r| r != Role::Invited) {
+                n += 1;
+            }
+        }
+        match page.last() {
+            Some((last, _)) if page.len() == PAGE => after = Some(last.clone()),
+            _ => return Ok(n),
+        }
+    }
+}
+
+/// A reader thread: answers needs until the sequencer hangs up.
+///
+/// # Errors
+/// Never: a reader ends normally when either side of it is gone (the
+/// sequencer is stopping); the type fits the supervisor.
+pub(crate) fn run_reader(
+    log: Arc<dyn RoomLog>,
+    needs: Receiver<Need>,
+    loaded: Sender<Loaded>,
+) -> Result<(), std::convert::Infallible> {
+    for need in needs {
+        let answer = read(log.as_ref(), &need);
+        if loaded.send(Loaded { need, answer }).is_err() {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// The core's side of the reads: what it asked for, and what came back.
+#[derive(Debug, Default)]
+pub(crate) struct Reads {
+    /// Asked and not answered yet; `true` once handed to the readers.
+    inflight: FxHashMap<Need, bool>,
+    /// Asked during the current step, to hand to the readers after its
+    /// commit (so that they read what the commit wrote).
+    wanted: Vec<Need>,
+    /// Answers waiting for the request that asked (taken once).
+    answers: FxHashMap<Need, Result<Answer, StorageError>>,
+    /// Users whose room count is being read and whose membership changed
+    /// after the read was handed out: the answer may miss the change.
+    stale: FxHashSet<UserId>,
+}
+
+impl Reads {
+    /// The answer to `need` if it came, taken; otherwise asks for it (once)
+    /// and returns `None`.
+    pub(crate) fn take(&mut self, need: Need) -> Option<Result<Answer, StorageError>> {
+        if let Some(answer) = self.answers.remove(&need) {
+            return Some(answer);
+        }
+        if !self.inflight.contains_key(&need) {
+            self.inflight.insert(need.clone(), false);
+            self.wanted.push(need);
+        }
+        None
+    }
+
+    /// Hands the reads asked for to the readers.
+    pub(crate) fn take_wanted(&mut self) -> Vec<Need> {
+        for need in &self.wanted {
+            self.inflight.insert(need.clone(), true);
+        }
+        std::mem::take(&mut self.wanted)
+    }
+
+    /// Files an answer. A user's room count that may miss a change is
+    /// asked for again instead.
+    pub(crate) fn supply(&mut self, loaded: Loaded) {
+        self.inflight.remove(&loaded.need);
+        if let Need::Joined(user) = &loaded.need {
+            if self.stale.remove(user) {
+                let need = loaded.need.clone();
+                self.take(need);
+                return;
+            }
+        }
+        self.answers.insert(loaded.need, loaded.answer);
+    }
+
+    /// A membership of `user` changed: a count of theirs already handed
+    /// to the readers may miss it.
+    pub(crate) fn membership_changed(&mut self, user: &UserId) {
+        let need = Need::Joined(user.clone());
+        if self.inflight.get(&need) == Some(&true) {
+            self.stale.insert(user.clone());
+        }
+        // An answer that came before the change misses it: read again.
+        if self.answers.remove(&need).is_some() {
+            self.take(need);
+        }
+    }
+
+    /// A commit failed, perhaps after the engine wrote part of it: every
+    /// room count being read may have seen it or not.
+    pub(crate) fn commit_failed(&mut self) {
+        for (need, handed) in &self.inflight {
+            if let (Need::Joined(user), true) = (need, handed) {
+                self.stale.insert(user.clone());
+            }
+        }
+        self.answers
+            .retain(|need, _| !matches!(need, Need::Joined(_)));
+    }
+
+    /// Forgets answers nobody waits for any more (called when no request
+    /// is parked).
+    pub(crate) fn clear_answers(&mut self) {
+        self.answers.clear();
+    }
+}

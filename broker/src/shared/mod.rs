@@ -1,0 +1,50 @@
+//! The state every task of a running broker shares: configuration,
+//! storage, the channel to the sequencer, the hubs of the ephemeral
+//! features, and the registry of connected devices. The server builds it;
+//! sessions, transports, the embedding API and the ops endpoints use it.
+
+mod devices;
+
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+
+use crossbeam_channel::Sender;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+pub(crate) use devices::DeviceRegistry;
+
+use crate::auth::authz::Authorizer;
+use crate::auth::Authenticator;
+use crate::config::Config;
+use crate::fanout::RoomRegistry;
+use crate::presence::PresenceHub;
+use crate::push::PushHub;
+use crate::ratelimit::UserLimits;
+use crate::rooms::typing::TypingHub;
+use crate::sequencer::SeqMsg;
+use crate::stats::Stats;
+use crate::storage::RoomLog;
+
+/// State shared by every task of a running broker.
+pub(crate) struct Shared {
+    pub(crate) config: Config,
+    pub(crate) log: Arc<dyn RoomLog>,
+    pub(crate) rooms: Arc<RoomRegistry>,
+    pub(crate) sequencer: Sender<SeqMsg>,
+    pub(crate) auth: Arc<dyn Authenticator>,
+    pub(crate) session_ids: AtomicU64,
+    pub(crate) shutdown: CancellationToken,
+    pub(crate) stats: Arc<Stats>,
+    pub(crate) devices: DeviceRegistry,
+    pub(crate) typing: Arc<TypingHub>,
+    pub(crate) presence: Arc<PresenceHub>,
+    /// Per-user rate-limit buckets, shared by the user's connections.
+    pub(crate) user_limits: Arc<UserLimits>,
+    /// `limits.max_connections` permits, shared by every listener.
+    pub(crate) conn_permits: Arc<Semaphore>,
+    /// The embedding service's access decisions, replacing membership.
+    pub(crate) authorizer: Option<Arc<dyn Authorizer>>,
+    /// Offline push, when `push.enabled`.
+    pub(crate) push: Option<Arc<PushHub>>,
+}
