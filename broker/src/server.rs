@@ -322,6 +322,10 @@ impl BrokerBuilder {
             shutdown.clone(),
         ));
         tasks.spawn(crate::ratelimit::run_sweeper(user_limits, shutdown.clone()));
+        tasks.spawn(crate::storage::watch_space(
+            shared.log.clone(),
+            shutdown.clone(),
+        ));
         let Listeners {
             tcp,
             tcp_addr,

@@ -17,7 +17,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use confab_codec::{raw, ErrorCode, Event, EventRecord, Frame, RoomId, Seq, UserId};
 use rustc_hash::FxHashMap;
-use tracing::{error, warn};
+use tracing::{debug, error, warn};
 
 use super::dedup::{DedupKey, Idempotency, Lookup};
 use super::{references, room_ops, PublishReq, SeqMsg};
@@ -249,7 +249,14 @@ impl Core {
         drop(appends);
 
         if let Err(e) = committed {
-            error!(error = %e, "group commit failed; rejecting the batch");
+            // A full disk is logged by the storage once when it begins and
+            // once when it ends, not for every refused group.
+            if e.is_no_space() {
+                debug!(error = %e, "group commit refused: storage full");
+            } else {
+                error!(error = %e, "group commit failed; rejecting the batch");
+            }
+            let (code, message) = refusal(&e);
             // The engine may have written some or all of the group before
             // it failed (a failed fsync): rooms the group wrote to are
             // loaded again from storage before their next use, so that no
@@ -273,8 +280,8 @@ impl Core {
                         }
                         Some(Outcome::Rejected {
                             req,
-                            code: ErrorCode::Internal,
-                            message: "storage failure; retry".into(),
+                            code,
+                            message: message.clone(),
                         })
                     }
                     // A retry of a publish staged in this same group: its
@@ -286,8 +293,8 @@ impl Core {
                     {
                         Some(Outcome::Rejected {
                             req,
-                            code: ErrorCode::Internal,
-                            message: "storage failure; retry".into(),
+                            code,
+                            message: message.clone(),
                         })
                     }
                     Outcome::Subscribe(mut cmd) => {
@@ -299,7 +306,7 @@ impl Core {
                     } => Some(Outcome::RoomReply {
                         conn,
                         request_id,
-                        reply: Err((ErrorCode::Internal, "storage failure; retry".into())),
+                        reply: Err((code, message.clone())),
                     }),
                     Outcome::Internal { .. } | Outcome::Evict { .. } | Outcome::Receipt { .. } => {
                         None
@@ -494,5 +501,18 @@ impl Core {
             fresh,
             mark,
         }
+    }
+}
+
+/// The code and message of a request refused because its group's commit
+/// failed: `StorageFull` for a full disk (nothing stored; retry later with
+/// the same client message id), `Internal` otherwise.
+fn refusal(e: &StorageError) -> (ErrorCode, String) {
+    match e.wire_code() {
+        ErrorCode::StorageFull => (
+            ErrorCode::StorageFull,
+            "storage full: not stored; retry later".into(),
+        ),
+        code => (code, "storage failure; retry".into()),
     }
 }

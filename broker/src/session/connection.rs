@@ -938,7 +938,7 @@ impl Session {
         .await;
         let frame = match stored {
             Ok(Ok(())) => Frame::request(rid, Ack {}),
-            Ok(Err(e)) => error_frame(rid, ErrorCode::Internal, e.to_string()),
+            Ok(Err(e)) => error_frame(rid, e.wire_code(), e.to_string()),
             Err(e) => error_frame(rid, ErrorCode::Internal, e.to_string()),
         };
         push(&self.conn.outbox, frame);
