@@ -4,8 +4,9 @@
 //! `confab_storage_full 1` and the log says so once; once the filler is
 //! deleted, writes resume without a restart, the refused publishes retried
 //! with their client message ids are stored exactly once, the room is
-//! `1..=N` without a gap, and the gauge is back to 0. A `kill -9` and a
-//! restart afterwards find the same log.
+//! `1..=N` without a gap, and the gauge is back to 0. An SDK client that
+//! published while the disk was full gets its messages stored once. A
+//! `kill -9` and a restart afterwards find the same log.
 //!
 //! Mounting needs root (CI runs as root): without it the test fails when
 //! `CI=true` and is skipped, saying why, otherwise.
@@ -21,6 +22,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
+use confab_client::{Client, ClientConfig, Message};
 use confab_codec::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -335,6 +337,18 @@ async fn a_full_disk_refuses_writes_with_storage_full_and_they_resume_by_themsel
     assert!(refusals >= 1.0, "refusals counted: {refusals}");
     assert_logged(&log, "storage full: writes are refused", 1);
     assert_logged(&log, "storage has space again", 0);
+    // An SDK client publishing now: its publishes are refused too, and it
+    // keeps them queued and retries them with back-off.
+    let mut cfg = ClientConfig::new(&format!("confab://{addr}"), "app:phone", "phone").unwrap();
+    cfg.backoff.initial = Duration::from_millis(100);
+    cfg.backoff.max = Duration::from_millis(500);
+    let app = Client::connect(cfg).await.unwrap();
+    let app_room = room("app");
+    let mut app_pending = Vec::new();
+    for i in 0..3 {
+        let m = Message::new(app_room.clone(), format!("app-{i}"));
+        app_pending.push(app.enqueue(m).await.unwrap());
+    }
 
     // 3. Space is back: the refused publishes, retried with their ids, are
     // stored, without a restart.
@@ -361,6 +375,18 @@ async fn a_full_disk_refuses_writes_with_storage_full_and_they_resume_by_themsel
         }
     }
     eprintln!("writes resumed {first_resumed:?} after the filler was deleted");
+    // The SDK's publishes went through too, each once, in order.
+    for (i, p) in app_pending.into_iter().enumerate() {
+        let ack = tokio::time::timeout(RESUME_WAIT, p)
+            .await
+            .expect("the SDK's publish is stored once space is back")
+            .expect("acknowledged, not failed");
+        assert_eq!(ack.seq.0, i as u64 + 1);
+    }
+    let app_log = read_all(&mut reader, &app_room).await;
+    let texts: Vec<&[u8]> = app_log.iter().map(|e| e.payload.as_ref()).collect();
+    assert_eq!(texts, [&b"app-0"[..], b"app-1", b"app-2"], "each once");
+    app.close().await;
     for cmid in MAX_PUBLISHES + 1..=MAX_PUBLISHES + 10 {
         let seq = publish_once(&mut c, &r, cmid).await.expect("new publishes");
         acked.insert(cmid, seq);
