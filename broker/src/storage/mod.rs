@@ -31,7 +31,7 @@ pub enum StorageError {
     Engine(String),
     /// The disk (or the engine's space limit) is full: the write was
     /// refused and nothing of it is stored. Writes are accepted again once
-    /// space is freed (see [`RoomLog::storage_full`]); reads keep working.
+    /// space is freed (see [`RoomLog::space`]); reads keep working.
     #[error("storage full: {0}")]
     NoSpace(String),
     /// Stored bytes could not be decoded.
