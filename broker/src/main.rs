@@ -111,7 +111,11 @@ impl Settings {
 fn init_logging(config: &Config) -> anyhow::Result<()> {
     let filter = EnvFilter::try_new(&config.log.level)
         .with_context(|| format!("invalid log.level `{}`", config.log.level))?;
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    // Standard error, as docs/operations.md says (fmt's default is stdout,
+    // where `confab config` prints the configuration).
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match config.log.format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),

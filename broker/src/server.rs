@@ -245,7 +245,7 @@ impl BrokerBuilder {
         let config_max_connections = config.limits.max_connections;
         let presence = Arc::new(PresenceHub::new(
             log.clone(),
-            config.storage.durability,
+            seq_tx.clone(),
             config.delivery.queue_capacity,
         ));
         let user_limits = Arc::new(UserLimits::new(&config.rate_limits));
@@ -300,6 +300,10 @@ impl BrokerBuilder {
             shutdown.clone(),
         ));
         tasks.spawn(crate::ratelimit::run_sweeper(user_limits, shutdown.clone()));
+        tasks.spawn(crate::storage::watch_space(
+            shared.log.clone(),
+            shutdown.clone(),
+        ));
         let Listeners {
             tcp,
             tcp_addr,

@@ -46,6 +46,7 @@ over_transports!(
     a_gap_in_the_live_stream_is_filled_before_later_events,
     reconnect_resumes_every_room_without_loss_or_duplicates,
     unacknowledged_publishes_are_retried_and_stored_once,
+    publishes_refused_for_a_full_disk_are_retried_and_stored_once,
     a_dead_link_is_detected_by_heartbeats,
     a_slow_reader_pauses_its_room_and_loses_nothing,
     a_restarted_app_resumes_from_its_file_cursor,
@@ -262,6 +263,52 @@ async fn unacknowledged_publishes_are_retried_and_stored_once(t: Transport) {
             stored[(a.seq.0 - 1) as usize].client_msg_id,
             a.client_msg_id
         );
+    }
+}
+
+/// A broker whose disk is full refuses publishes with `StorageFull`
+/// (nothing stored): the SDK sends each again, with the same client message
+/// id and back-off, until it is stored; the application sees only the
+/// acknowledgements, in order, each message stored once.
+async fn publishes_refused_for_a_full_disk_are_retried_and_stored_once(t: Transport) {
+    let mock = Mock::start_over(t).await;
+    let alice = Client::connect(config(&mock, "alice", "phone"))
+        .await
+        .unwrap();
+    // The first publish is refused alone, then the rest of the queue in a
+    // burst, then once more after the pause.
+    mock.storage_full(12);
+    let mut pending = Vec::new();
+    for i in 1..=8 {
+        pending.push(
+            alice
+                .enqueue(Message::new("r".parse().unwrap(), format!("m{i}")))
+                .await
+                .unwrap(),
+        );
+    }
+    let mut acks = Vec::new();
+    for p in pending {
+        acks.push(within(p).await.unwrap());
+    }
+    let stored = mock.stored("r");
+    let payloads: Vec<String> = stored
+        .iter()
+        .map(|r| String::from_utf8(r.payload.to_vec()).unwrap())
+        .collect();
+    let expected: Vec<String> = (1..=8).map(|i| format!("m{i}")).collect();
+    assert_eq!(payloads, expected, "each stored once, in order");
+    assert!(
+        mock.received() >= 8 + 12,
+        "the refused ones were sent again"
+    );
+    for (i, a) in acks.iter().enumerate() {
+        assert_eq!(a.seq.0, i as u64 + 1);
+        assert!(
+            !a.duplicate,
+            "nothing was stored before it was acknowledged"
+        );
+        assert_eq!(stored[i].client_msg_id, a.client_msg_id, "the same id");
     }
 }
 

@@ -169,6 +169,12 @@ error_codes! {
     SessionReplaced = 44,
     /// A server-side failure (storage error). The request may be retried.
     Internal = 50,
+    /// The server's storage is full: the request (a publish, a room
+    /// operation, ...) was not carried out and nothing of it was stored.
+    /// Retryable: retry later, with back-off, unchanged (a publish with the
+    /// same client message id). Writes resume by themselves once the
+    /// operator frees space; reads keep working meanwhile.
+    StorageFull = 51,
     /// A code this version does not know.
     Unknown = 0xFFFF,
 }

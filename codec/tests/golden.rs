@@ -531,6 +531,7 @@ fn error_code_values_are_stable() {
         (ErrorCode::ServerBusy, 43, "ServerBusy"),
         (ErrorCode::SessionReplaced, 44, "SessionReplaced"),
         (ErrorCode::Internal, 50, "Internal"),
+        (ErrorCode::StorageFull, 51, "StorageFull"),
         (ErrorCode::Unknown, 0xffff, "Unknown"),
     ];
     assert_eq!(ErrorCode::ALL.len(), expected.len());

@@ -27,6 +27,9 @@ pub(crate) fn export(shared: &Shared) {
     counter!("confab_lag_switches_total").absolute(s.lag_switches.load(Ordering::Relaxed));
     gauge!("confab_queued_frames").set(s.queued_frames.load(Ordering::Relaxed) as f64);
     gauge!("confab_queued_bytes").set(s.queued_bytes.load(Ordering::Relaxed) as f64);
+    let space = shared.log.space();
+    gauge!("confab_storage_full").set(if space.full { 1.0 } else { 0.0 });
+    counter!("confab_storage_full_refusals_total").absolute(space.refused_writes);
 
     let rooms = shared.rooms.all();
     gauge!("confab_rooms").set(rooms.len() as f64);

@@ -93,6 +93,14 @@ fn describe() {
         "Events handed to device outboxes, live or replayed from the log."
     );
     describe_counter!("confab_commits_total", "Group commits.");
+    describe_gauge!(
+        "confab_storage_full",
+        "1 while the storage refuses writes because its disk is full (clients get StorageFull), else 0."
+    );
+    describe_counter!(
+        "confab_storage_full_refusals_total",
+        "Storage writes (group commits, trims, other writes) refused because the disk was full."
+    );
     describe_histogram!(
         "confab_publish_ack_seconds",
         Unit::Seconds,

@@ -22,14 +22,15 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use confab_codec::{Frame, PresenceEntry, PresenceEvent, PresenceStatus, UserId};
+use crossbeam_channel::Sender;
 use rustc_hash::FxHashMap;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 pub(crate) use share::visible_to;
 
-use crate::config::Durability;
 use crate::fanout::Outbox;
+use crate::sequencer::{write_meta, SeqMsg};
 use crate::storage::{MetaWrite, RoomLog, StorageError};
 use state::{Change, PresenceState};
 
@@ -67,7 +68,8 @@ pub(crate) struct PresenceHub {
     /// Watching connections, by their user.
     watchers: RwLock<FxHashMap<UserId, Vec<Watcher>>>,
     log: Arc<dyn RoomLog>,
-    durability: Durability,
+    /// The sequencer, which stores last-seen times.
+    writer: Sender<SeqMsg>,
     /// Most frames a watcher's control queue may hold before a push to it
     /// is dropped (it is then a slow consumer; `GetPresence` catches up).
     max_queued: usize,
@@ -82,12 +84,14 @@ impl std::fmt::Debug for PresenceHub {
 }
 
 impl PresenceHub {
-    pub(crate) fn new(log: Arc<dyn RoomLog>, durability: Durability, max_queued: usize) -> Self {
+    /// `writer` is the sequencer's channel, through which last-seen times
+    /// are stored.
+    pub(crate) fn new(log: Arc<dyn RoomLog>, writer: Sender<SeqMsg>, max_queued: usize) -> Self {
         Self {
             state: Mutex::new(PresenceState::default()),
             watchers: RwLock::new(FxHashMap::default()),
             log,
-            durability,
+            writer,
             max_queued,
         }
     }
@@ -107,8 +111,8 @@ impl PresenceHub {
     }
 
     /// A device disconnected: it stops watching, and if it was the user's
-    /// last device the user's last-seen time is stored (on a blocking
-    /// thread, awaited, so shutdown waits for it).
+    /// last device the user's last-seen time is stored (by the sequencer,
+    /// the metadata's one writer; awaited, so shutdown waits for it).
     pub(crate) async fn disconnect(&self, session: u64, user: &UserId, now_us: u64) {
         self.watch(session, user, None);
         if !self.state().disconnect(session, user, now_us) {
@@ -118,11 +122,8 @@ impl PresenceHub {
             key: last_seen_key(user),
             value: Some(now_us.to_be_bytes().to_vec()),
         };
-        let (log, durability) = (self.log.clone(), self.durability);
-        let stored =
-            tokio::task::spawn_blocking(move || log.commit(&[], &[write], durability)).await;
-        if !matches!(stored, Ok(Ok(()))) {
-            warn!(%user, "cannot store the last-seen time");
+        if let Err(code) = write_meta(&self.writer, vec![write]).await {
+            warn!(%user, ?code, "cannot store the last-seen time");
         }
         self.state().saved(user);
     }

@@ -36,7 +36,7 @@ use confab_codec::{DeviceId, RoomId, Seq, UserId};
 pub use crate::config::{PreviewPolicy, PushConfig};
 pub use dispatch::{read_dead_letters, DeadLetter, DeadTarget};
 pub(crate) use dispatch::{run as run_dispatcher, Dispatcher, PushHub};
-pub(crate) use registry::{register, validate as validate_registration};
+pub(crate) use registry::{registration, validate as validate_registration};
 pub use webhook::WebhookNotifier;
 
 impl PushConfig {

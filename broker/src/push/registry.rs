@@ -5,7 +5,6 @@ use confab_codec::{DeviceId, UserId};
 use serde::{Deserialize, Serialize};
 
 use super::PushTarget;
-use crate::config::Durability;
 use crate::storage::{MetaWrite, RoomLog, StorageError};
 
 /// Longest provider name accepted.
@@ -59,19 +58,14 @@ pub(crate) fn validate(provider: &str, token: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Stores (or, with an empty token, removes) a device's registration.
-/// Blocking; a metadata-only commit, whose key no other writer touches.
-///
-/// # Errors
-/// If the engine fails.
-pub(crate) fn register(
-    log: &dyn RoomLog,
+/// The write that stores (or, with an empty token, removes) a device's
+/// registration; the sequencer commits it.
+pub(crate) fn registration(
     user: &UserId,
     device: &DeviceId,
     provider: &str,
     token: &str,
-    durability: Durability,
-) -> Result<(), StorageError> {
+) -> MetaWrite {
     let value = (!token.is_empty()).then(|| {
         serde_json::to_vec(&Stored {
             provider: provider.to_owned(),
@@ -79,11 +73,10 @@ pub(crate) fn register(
         })
         .unwrap_or_default()
     });
-    let write = MetaWrite {
+    MetaWrite {
         key: key(user, device),
         value,
-    };
-    log.commit(&[], &[write], durability)
+    }
 }
 
 /// The registered devices of a user (at most [`MAX_TARGETS`]). Blocking.
@@ -111,7 +104,19 @@ pub(crate) fn targets(log: &dyn RoomLog, user: &UserId) -> Result<Vec<PushTarget
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::storage::MemoryLog;
+    use crate::storage::{Durability, MemoryLog};
+
+    fn register(
+        log: &MemoryLog,
+        user: &UserId,
+        device: &DeviceId,
+        provider: &str,
+        token: &str,
+        durability: Durability,
+    ) -> Result<(), StorageError> {
+        let write = registration(user, device, provider, token);
+        log.commit(&[], &[write], durability)
+    }
 
     #[test]
     fn register_list_and_unregister() {

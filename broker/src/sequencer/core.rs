@@ -25,7 +25,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use confab_codec::{raw, ErrorCode, Event, EventRecord, Frame, RoomId, Seq, UserId};
 use rustc_hash::{FxHashMap, FxHashSet};
-use tracing::error;
+use tracing::{debug, error};
 
 use super::dedup::{DedupKey, Idempotency, Lookup};
 use super::reads::{Answer, Loaded, Need, Reads};
@@ -97,6 +97,11 @@ pub(crate) enum Outcome {
         room: Arc<Room>,
         user: UserId,
     },
+    /// Say how the commit of metadata writes went.
+    Meta {
+        done: tokio::sync::oneshot::Sender<Result<(), ErrorCode>>,
+        result: Result<(), ErrorCode>,
+    },
 }
 
 /// Why a request cannot be handled now.
@@ -121,10 +126,21 @@ impl From<(ErrorCode, String)> for Halt {
     }
 }
 
-/// How a storage failure is reported to the client.
+/// How a storage failure is reported to the client: `StorageFull` for a
+/// full disk (nothing stored; retry later with the same client message
+/// id), `Internal` otherwise. A full disk is logged by the storage once
+/// when it begins and once when it ends, not for every refusal.
 pub(super) fn storage_refusal(e: &StorageError) -> (ErrorCode, String) {
-    error!(error = %e, "storage failure");
-    (ErrorCode::Internal, "storage failure; retry".into())
+    match e.wire_code() {
+        ErrorCode::StorageFull => (
+            ErrorCode::StorageFull,
+            "storage full: not stored; retry later".into(),
+        ),
+        code => {
+            error!(error = %e, "storage failure");
+            (code, "storage failure; retry".into())
+        }
+    }
 }
 
 /// A request waiting for a read, or behind one that is.
@@ -353,7 +369,11 @@ impl Core {
         outcomes: Vec<Outcome>,
         old_heads: &[(RoomId, u64)],
     ) -> Vec<Outcome> {
-        error!(error = %e, "group commit failed; rejecting the batch");
+        if e.is_no_space() {
+            debug!(error = %e, "group commit refused: storage full");
+        } else {
+            error!(error = %e, "group commit failed; rejecting the batch");
+        }
         let (code, message) = storage_refusal(e);
         // The engine may have written some or all of the group before it
         // failed (a failed fsync): rooms the group wrote to are loaded
@@ -430,6 +450,10 @@ impl Core {
                     request_id,
                     reply: Err((code, message.clone())),
                 }),
+                Outcome::Meta { done, .. } => kept.push(Outcome::Meta {
+                    done,
+                    result: Err(code),
+                }),
                 Outcome::Internal { .. } | Outcome::Evict { .. } | Outcome::Receipt { .. } => {}
                 other => kept.push(other),
             }
@@ -479,7 +503,8 @@ impl Core {
                 .collect(),
             SeqMsg::Receipt(req) => vec![req.receipt.room.clone()],
             SeqMsg::Trim { room, .. } => vec![room.clone()],
-            SeqMsg::Stop => Vec::new(),
+            // Keys no request reads: nothing to keep in order with.
+            SeqMsg::Meta(_) | SeqMsg::Stop => Vec::new(),
         };
         Parked { msg, rooms }
     }
@@ -515,6 +540,13 @@ impl Core {
                 before,
                 forget,
             } => self.trim(&room, before, &forget),
+            SeqMsg::Meta(req) => {
+                self.meta.extend(req.writes);
+                outcomes.push(Outcome::Meta {
+                    done: req.done,
+                    result: Ok(()),
+                });
+            }
             SeqMsg::Stop => {}
         }
         None

@@ -477,3 +477,59 @@ fn a_retry_after_a_long_gap_and_a_restart_gets_its_original() {
     h.settle();
     assert_eq!(h.acked[&(1, 0, 5)].seq, Seq(1));
 }
+
+/// A group refused for a full disk: each of its publishes is answered
+/// `StorageFull` (retryable, not `Internal`), nothing is stored, and their
+/// retries with the same ids, once space is back, are stored once each,
+/// without a gap.
+#[test]
+fn a_full_disk_refuses_with_storage_full_and_retries_are_stored_once() {
+    use confab_codec::ErrorCode;
+
+    let mut h = Harness::new();
+    let publish = |h: &mut Harness, id| {
+        h.apply(Op::Publish {
+            device: 0,
+            room: 0,
+            id,
+        })
+    };
+    for id in 1..=3 {
+        publish(&mut h, id);
+    }
+    h.log.set_commit_fault(Fate::NoSpace);
+    let mut group = std::mem::take(&mut h.queued);
+    let mut outcomes = Vec::new();
+    // The room and the device's mark are read first; the group then
+    // meets the full disk.
+    for _ in 0..10 {
+        outcomes.extend(h.core.step(&mut group, 2_000));
+        h.needs.extend(h.core.take_needs());
+        if h.core.idle() {
+            break;
+        }
+        h.answer(false);
+    }
+    h.log.set_commit_fault(Fate::None);
+    let codes: Vec<ErrorCode> = outcomes
+        .iter()
+        .map(|o| match o {
+            Outcome::Rejected { code, .. } => *code,
+            other => panic!("not refused: {other:?}"),
+        })
+        .collect();
+    assert_eq!(codes, [ErrorCode::StorageFull; 3]);
+    assert!(h.log.space().full);
+    assert_eq!(
+        h.log.bounds(&Harness::room(0)).expect("bounds").head,
+        Seq(0)
+    );
+    for id in 1..=3 {
+        publish(&mut h, id);
+    }
+    h.settle();
+    assert!(!h.log.space().full, "a commit that goes through ends it");
+    for id in 1..=3 {
+        assert_eq!(h.acked[&(0, 0, id)].seq, Seq(id), "stored once, in order");
+    }
+}

@@ -259,6 +259,10 @@ impl Sequencer {
                         None => receipts.push((room, vec![entry])),
                     }
                 }
+                Outcome::Meta { done, result } => {
+                    // The writer may have stopped waiting.
+                    let _ = done.send(result);
+                }
                 Outcome::Unsubscribe(subs) => {
                     if !committed.is_empty() {
                         self.fan_out(FanoutMsg::Committed(std::mem::take(&mut committed)))?;

@@ -39,10 +39,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use confab_codec::{MessageKind, RoomId, Seq};
+use confab_codec::{ErrorCode, MessageKind, RoomId, Seq};
+use tokio::sync::oneshot;
 
 use crate::fanout::ConnCtx;
 use crate::fanout::SubscribeCmd;
+use crate::storage::MetaWrite;
 
 /// A publish on its way to the sequencer.
 #[derive(Debug)]
@@ -83,6 +85,33 @@ pub(crate) enum SeqMsg {
         /// an id.
         forget: Vec<(Arc<str>, u64)>,
     },
+    /// Metadata writes that are not a room's (a last-seen time, a push
+    /// registration), committed with the next group: the sequencer is the
+    /// only writer of the metadata keyspace.
+    Meta(MetaReq),
     /// Commit what came before, flush, stop the fan-out, and exit.
     Stop,
+}
+
+/// Metadata writes and where to say how their commit went.
+#[derive(Debug)]
+pub(crate) struct MetaReq {
+    pub(crate) writes: Vec<MetaWrite>,
+    pub(crate) done: oneshot::Sender<Result<(), ErrorCode>>,
+}
+
+/// Commits `writes` through the sequencer and waits for the commit.
+///
+/// # Errors
+/// The code to report: `StorageFull`, `Internal`, or `ShuttingDown` if the
+/// sequencer is gone.
+pub(crate) async fn write_meta(
+    sequencer: &crossbeam_channel::Sender<SeqMsg>,
+    writes: Vec<MetaWrite>,
+) -> Result<(), ErrorCode> {
+    let (done, result) = oneshot::channel();
+    sequencer
+        .send(SeqMsg::Meta(MetaReq { writes, done }))
+        .map_err(|_| ErrorCode::ShuttingDown)?;
+    result.await.unwrap_or(Err(ErrorCode::ShuttingDown))
 }

@@ -924,24 +924,11 @@ impl Session {
             );
             return;
         }
-        let log = self.shared.log.clone();
-        let (user, device) = (self.conn.user.clone(), self.conn.device.clone());
-        let durability = self.shared.config.storage.durability;
-        let stored = tokio::task::spawn_blocking(move || {
-            crate::push::register(
-                log.as_ref(),
-                &user,
-                &device,
-                &r.provider,
-                &r.token,
-                durability,
-            )
-        })
-        .await;
-        let frame = match stored {
-            Ok(Ok(())) => Frame::request(rid, Ack {}),
-            Ok(Err(e)) => error_frame(rid, ErrorCode::Internal, e.to_string()),
-            Err(e) => error_frame(rid, ErrorCode::Internal, e.to_string()),
+        let write =
+            crate::push::registration(&self.conn.user, &self.conn.device, &r.provider, &r.token);
+        let frame = match crate::sequencer::write_meta(&self.shared.sequencer, vec![write]).await {
+            Ok(()) => Frame::request(rid, Ack {}),
+            Err(code) => error_frame(rid, code, "the registration was not stored"),
         };
         push(&self.conn.outbox, frame);
     }

@@ -9,7 +9,8 @@ use confab_codec::{RoomId, Seq};
 
 use super::Durability;
 use super::{
-    Append, IdemKey, LogBounds, MetaEntry, MetaWrite, Original, RoomLog, StorageError, StoredRecord,
+    Append, IdemKey, LogBounds, MetaEntry, MetaWrite, Original, RoomLog, SpaceState, SpaceStatus,
+    StorageError, StoredRecord,
 };
 
 /// How the next commits end.
@@ -25,6 +26,10 @@ pub enum CommitFault {
     WriteThenFail,
     /// The commit panics (a bug in the engine or its bindings).
     Panic,
+    /// The disk is full: the engine refuses the write with
+    /// [`StorageError::NoSpace`], nothing is stored (and
+    /// [`RoomLog::probe_space`] fails the same way while this is set).
+    NoSpace,
 }
 
 impl CommitFault {
@@ -33,6 +38,7 @@ impl CommitFault {
             1 => Self::Refuse,
             2 => Self::WriteThenFail,
             3 => Self::Panic,
+            4 => Self::NoSpace,
             _ => Self::None,
         }
     }
@@ -43,6 +49,7 @@ impl CommitFault {
             Self::Refuse => 1,
             Self::WriteThenFail => 2,
             Self::Panic => 3,
+            Self::NoSpace => 4,
         }
     }
 }
@@ -67,6 +74,8 @@ pub struct FaultyLog {
     commit: AtomicU8,
     reads: AtomicBool,
     hook: RwLock<Option<ReadHook>>,
+    /// Full-disk state as the wrapper's callers see it (injected or not).
+    space: SpaceState,
 }
 
 impl std::fmt::Debug for FaultyLog {
@@ -89,6 +98,7 @@ impl FaultyLog {
             commit: AtomicU8::new(0),
             reads: AtomicBool::new(false),
             hook: RwLock::new(None),
+            space: SpaceState::default(),
         }
     }
 
@@ -126,15 +136,18 @@ impl RoomLog for FaultyLog {
         meta: &[MetaWrite],
         durability: Durability,
     ) -> Result<(), StorageError> {
-        match CommitFault::from_u8(self.commit.load(Ordering::SeqCst)) {
+        let result = match CommitFault::from_u8(self.commit.load(Ordering::SeqCst)) {
             CommitFault::None => self.inner.commit(batch, meta, durability),
             CommitFault::Refuse => Err(StorageError::Engine("injected: write refused".into())),
-            CommitFault::WriteThenFail => {
-                self.inner.commit(batch, meta, durability)?;
-                Err(StorageError::Engine("injected: fsync failed".into()))
-            }
+            CommitFault::WriteThenFail => self
+                .inner
+                .commit(batch, meta, durability)
+                .and(Err(StorageError::Engine("injected: fsync failed".into()))),
             CommitFault::Panic => panic!("injected: the storage engine fell over"),
-        }
+            CommitFault::NoSpace => Err(injected_no_space()),
+        };
+        self.space.observe(&result);
+        result
     }
 
     fn meta_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
@@ -208,4 +221,21 @@ impl RoomLog for FaultyLog {
     fn flush(&self) -> Result<(), StorageError> {
         self.inner.flush()
     }
+
+    fn space(&self) -> SpaceStatus {
+        self.space.status()
+    }
+
+    fn probe_space(&self) -> Result<(), StorageError> {
+        let result = match CommitFault::from_u8(self.commit.load(Ordering::SeqCst)) {
+            CommitFault::NoSpace => Err(injected_no_space()),
+            _ => self.inner.probe_space(),
+        };
+        self.space.observe(&result);
+        result
+    }
+}
+
+fn injected_no_space() -> StorageError {
+    StorageError::NoSpace("injected: No space left on device".into())
 }

@@ -8,14 +8,17 @@ mod faulty;
 mod idem;
 mod memory;
 mod rocks;
+mod space;
 
 use bytes::Bytes;
-use confab_codec::{RoomId, Seq};
+use confab_codec::{ErrorCode, RoomId, Seq};
 
 pub use faulty::{CommitFault, FaultyLog, ReadHook, ReadSeen};
 pub(crate) use idem::idempotency_keys;
 pub use memory::MemoryLog;
 pub use rocks::RocksLog;
+pub use space::SpaceStatus;
+pub(crate) use space::{watch as watch_space, SpaceState};
 
 use serde::{Deserialize, Serialize};
 
@@ -34,13 +37,19 @@ pub enum Durability {
     Fsync,
 }
 
-/// A storage failure. The broker reports it to the client as `Internal`.
+/// A storage failure. The broker reports it to the client as `Internal`,
+/// or as `StorageFull` when the disk is full ([`StorageError::wire_code`]).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StorageError {
     /// The underlying engine failed.
     #[error("storage engine: {0}")]
     Engine(String),
+    /// The disk (or the engine's space limit) is full: the write was
+    /// refused and nothing of it is stored. Writes are accepted again once
+    /// space is freed (see [`RoomLog::space`]); reads keep working.
+    #[error("storage full: {0}")]
+    NoSpace(String),
     /// Stored bytes could not be decoded.
     #[error("corrupt record in room {room} at seq {seq}")]
     Corrupt {
@@ -49,6 +58,23 @@ pub enum StorageError {
         /// The sequence.
         seq: u64,
     },
+}
+
+impl StorageError {
+    /// Whether the write was refused because the disk is full.
+    pub fn is_no_space(&self) -> bool {
+        matches!(self, StorageError::NoSpace(_))
+    }
+
+    /// The code a client is answered with when a request fails with this
+    /// error: `StorageFull` (retryable, nothing was stored) for a full
+    /// disk, `Internal` otherwise.
+    pub fn wire_code(&self) -> ErrorCode {
+        match self {
+            StorageError::NoSpace(_) => ErrorCode::StorageFull,
+            _ => ErrorCode::Internal,
+        }
+    }
 }
 
 /// One message to append: its room, its sequence and its encoded
@@ -286,6 +312,26 @@ pub trait RoomLog: Send + Sync + 'static {
     /// If the engine fails or the storage cannot do it (the default).
     fn compact(&self) -> Result<(), StorageError> {
         Err(StorageError::Engine("this storage cannot compact".into()))
+    }
+
+    /// Whether writes are refused because the disk is full, as of the last
+    /// write or [`RoomLog::probe_space`], and how many were. The default
+    /// (a storage that never reports a full disk): never.
+    fn space(&self) -> SpaceStatus {
+        SpaceStatus::default()
+    }
+
+    /// Checks, without storing anything, whether the storage accepts writes
+    /// again after it refused one for lack of space, and updates
+    /// [`RoomLog::space`]. The broker calls it about once a second while
+    /// the storage is full, so that the state (and its metric) ends when
+    /// space is back even if no client writes. The default does nothing.
+    ///
+    /// # Errors
+    /// The error a write would get now ([`StorageError::NoSpace`] while the
+    /// disk is still full).
+    fn probe_space(&self) -> Result<(), StorageError> {
+        Ok(())
     }
 }
 

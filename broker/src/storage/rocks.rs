@@ -13,8 +13,8 @@ use rocksdb::{
 use super::idem;
 use super::Durability;
 use super::{
-    record_key, Append, IdemKey, LogBounds, MetaEntry, MetaWrite, Original, RoomLog, StorageError,
-    StoredRecord,
+    record_key, Append, IdemKey, LogBounds, MetaEntry, MetaWrite, Original, RoomLog, SpaceState,
+    SpaceStatus, StorageError, StoredRecord,
 };
 
 /// Column family of the room logs.
@@ -26,13 +26,40 @@ pub(crate) const CF_IDEM: &str = "idem";
 
 impl From<rocksdb::Error> for StorageError {
     fn from(e: rocksdb::Error) -> Self {
-        StorageError::Engine(e.into_string())
+        StorageError::from_status(e.into_string())
     }
+}
+
+impl StorageError {
+    /// The error for a RocksDB status text.
+    fn from_status(message: impl Into<String>) -> Self {
+        let message = message.into();
+        if is_no_space(&message) {
+            StorageError::NoSpace(message)
+        } else {
+            StorageError::Engine(message)
+        }
+    }
+}
+
+/// Whether a RocksDB status says the disk is full. RocksDB reports ENOSPC
+/// as an IO error with the `NoSpace` subcode ("IO error: No space left on
+/// device: While appending to file: ...") and a full `SstFileManager` quota
+/// with `SpaceLimit` ("IO error: Space limit reached"). The crate exposes
+/// the code (`ErrorKind::IOError`) but not the subcode, so the text
+/// decides. Once a write has failed that way RocksDB stops accepting
+/// writes and answers every later one with the same status, and a flush
+/// waiting on it wraps it ("Result incomplete: IO error: No space ..."):
+/// hence a search, not a prefix match.
+fn is_no_space(message: &str) -> bool {
+    message.contains("No space left on device") || message.contains("Space limit reached")
 }
 
 /// Room logs in a RocksDB database.
 pub struct RocksLog {
     db: DB,
+    /// Whether writes are refused for lack of space (see `probe_space`).
+    space: SpaceState,
 }
 
 impl std::fmt::Debug for RocksLog {
@@ -99,7 +126,10 @@ impl RocksLog {
             ColumnFamilyDescriptor::new(CF_IDEM, idem_opts),
         ];
         let db = DB::open_cf_descriptors(&db_opts, dir, cfs)?;
-        Ok(Self { db })
+        Ok(Self {
+            db,
+            space: SpaceState::default(),
+        })
     }
 
     /// Opens the database in `dir` as a secondary instance, whose own
@@ -120,7 +150,10 @@ impl RocksLog {
             .into_iter()
             .filter(|cf| existing.iter().any(|e| e == cf));
         let db = DB::open_cf_as_secondary(&opts, dir, secondary_dir, cfs)?;
-        Ok(Self { db })
+        Ok(Self {
+            db,
+            space: SpaceState::default(),
+        })
     }
 
     /// Brings a secondary instance up to date with its primary.
@@ -195,8 +228,12 @@ impl RoomLog for RocksLog {
                 }
             }
         }
-        self.db.write_opt(wb, &write_options(durability))?;
-        Ok(())
+        let written = self
+            .db
+            .write_opt(wb, &write_options(durability))
+            .map_err(StorageError::from);
+        self.space.observe(&written);
+        written
     }
 
     fn bounds(&self, room: &RoomId) -> Result<LogBounds, StorageError> {
@@ -336,8 +373,12 @@ impl RoomLog for RocksLog {
         for (from, to) in runs {
             wb.delete_range_cf(icf, from, to);
         }
-        self.db.write_opt(wb, &write_options(durability))?;
-        Ok(())
+        let written = self
+            .db
+            .write_opt(wb, &write_options(durability))
+            .map_err(StorageError::from);
+        self.space.observe(&written);
+        written
     }
 
     fn original(&self, room: &RoomId, key: IdemKey<'_>) -> Result<Option<Original>, StorageError> {
@@ -465,5 +506,47 @@ impl RoomLog for RocksLog {
             self.db.compact_range_cf(cf, None::<&[u8]>, None::<&[u8]>);
         }
         Ok(())
+    }
+
+    fn space(&self) -> SpaceStatus {
+        self.space.status()
+    }
+
+    /// An empty batch without the WAL: it stores and writes nothing, but
+    /// goes through the check that refuses every write while RocksDB is
+    /// stopped by a background error. After a full disk RocksDB lifts that
+    /// stop by itself (see docs/operations.md, "Disk full"); this only
+    /// notices.
+    fn probe_space(&self) -> Result<(), StorageError> {
+        let mut opts = WriteOptions::default();
+        opts.disable_wal(true);
+        let written = self
+            .db
+            .write_opt(WriteBatch::default(), &opts)
+            .map_err(StorageError::from);
+        self.space.observe(&written);
+        written
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_disk_is_told_apart_from_other_failures() {
+        for full in [
+            "IO error: No space left on device: While appending to file: /d/000012.log: No space left on device",
+            "IO error: Space limit reached",
+            "Result incomplete: IO error: No space left on device: While appending to file: x",
+        ] {
+            assert!(StorageError::from_status(full).is_no_space(), "{full}");
+        }
+        for other in [
+            "IO error: While open a file for appending: /d/LOCK: Permission denied",
+            "Corruption: block checksum mismatch",
+        ] {
+            assert!(!StorageError::from_status(other).is_no_space(), "{other}");
+        }
     }
 }

@@ -265,8 +265,8 @@ impl Driver {
     }
 
     /// Sends a pending publish on the current connection, if any, unless
-    /// publishing is paused by a rate limit (it is sent when the pause
-    /// ends, in order).
+    /// publishing is paused by a rate limit or a full broker storage (it is
+    /// sent when the pause ends, in order).
     pub(super) fn send_publish(&mut self, order: u64) {
         if self
             .publish_paused_until
@@ -299,8 +299,8 @@ impl Driver {
         conn.send(Frame::request(rid, p.publish.clone()));
     }
 
-    /// Ends a rate-limit pause that is over: sends, in order, every pending
-    /// publish that is not on the wire.
+    /// Ends a pause (rate limit, full storage) that is over: sends, in
+    /// order, every pending publish that is not on the wire.
     pub(super) fn resume_publishes(&mut self) {
         match self.publish_paused_until {
             Some(until) if until <= tokio::time::Instant::now() => {}
@@ -309,7 +309,7 @@ impl Driver {
         self.publish_paused_until = None;
         debug!(
             window = self.publish_window,
-            "rate-limit pause over; sending again"
+            "publish pause over; sending again"
         );
         self.send_waiting_publishes();
     }
@@ -369,6 +369,38 @@ impl Driver {
         debug!(room = %p.publish.room, client_msg_id = p.publish.client_msg_id, retry_after_ms, "publish rate limited; retrying later");
         self.publish_paused_until = Some(self.publish_paused_until.map_or(until, |u| u.max(until)));
         true
+    }
+
+    /// A publish was refused with `StorageFull`: the broker stored nothing
+    /// and will accept writes again once its operator frees space. Send it
+    /// again, with the same client message id, after a back-off delay
+    /// (`backoff`, without its attempt limit: publishes have no timeout,
+    /// and one refused for a full disk is retried until it is stored or
+    /// the client is closed). Refusals that arrive while a pause is already
+    /// set (the rest of a burst) do not lengthen the delay. Meanwhile one
+    /// publish at a time, as after a rate limit, so that a long queue is
+    /// not refused all over again at every try.
+    fn retry_storage_full(&mut self, order: u64) {
+        self.publish_window = 1;
+        let Some(p) = self.publishes.get_mut(&order) else {
+            return;
+        };
+        p.on_wire = false;
+        let now = tokio::time::Instant::now();
+        if self.publish_paused_until.is_some_and(|until| until > now) {
+            return;
+        }
+        let delay = self
+            .storage_full
+            .next_delay(&mut self.rng)
+            .unwrap_or(self.config.backoff.max)
+            .max(std::time::Duration::from_millis(1));
+        if self.storage_full.failures() == 1 {
+            warn!(room = %p.publish.room, "the broker's storage is full; publishes wait and are sent again with back-off");
+        } else {
+            debug!(room = %p.publish.room, client_msg_id = p.publish.client_msg_id, delay_ms = delay.as_millis(), "storage still full; retrying later");
+        }
+        self.publish_paused_until = Some(now + delay);
     }
 
     /// Subscribes rooms on the current connection from their positions.
@@ -548,6 +580,10 @@ impl Driver {
                     {
                         return;
                     }
+                    if e.code == ErrorCode::StorageFull {
+                        self.retry_storage_full(order);
+                        return;
+                    }
                 }
                 if let (Body::PublishAck(ack), Some(p)) = (&body, self.publishes.get(&order)) {
                     if ack.duplicate && p.sends == 1 {
@@ -566,6 +602,7 @@ impl Driver {
                 let acked = result.is_ok();
                 self.complete_publish(order, result);
                 if acked {
+                    self.storage_full.reset();
                     self.widen_publish_window();
                 } else if self.publish_window != usize::MAX {
                     // Its place in the window is free again.

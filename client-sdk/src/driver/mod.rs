@@ -157,8 +157,12 @@ struct Driver {
     flush_waiters: Vec<oneshot::Sender<()>>,
     /// The token for the next `Hello` (replaced by `refresh_token`).
     token: String,
-    /// After a `RateLimited` publish: no publish is sent before this.
+    /// After a `RateLimited` or `StorageFull` publish: no publish is sent
+    /// before this.
     publish_paused_until: Option<Instant>,
+    /// Delays between resends of publishes refused with `StorageFull`:
+    /// `backoff` without its attempt limit, reset by an acknowledgement.
+    storage_full: Backoff,
     /// Most publishes on the wire at once: unlimited normally; after a
     /// `RateLimited` refusal 1, doubling with every acknowledgement (a slow
     /// start, so that a long queue does not meet the limit all at once and
@@ -184,6 +188,10 @@ impl Driver {
             token: p.config.token.clone(),
             publish_paused_until: None,
             publish_window: usize::MAX,
+            storage_full: Backoff::new(crate::backoff::BackoffConfig {
+                max_attempts: None,
+                ..p.config.backoff.clone()
+            }),
             config: p.config,
             dialer: p.dialer,
             cmds: p.cmds,

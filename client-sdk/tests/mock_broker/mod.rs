@@ -1,7 +1,7 @@
 //! A small in-process broker speaking the Confab protocol, with fault
 //! injection: it can skip live deliveries (gaps), cut every connection,
-//! black-hole connections (open but silent), refuse connections, and lose
-//! publish acknowledgements. Only what the SDK tests need; the log and the
+//! black-hole connections (open but silent), refuse connections, lose
+//! publish acknowledgements, and refuse publishes as a full disk does. Only what the SDK tests need; the log and the
 //! deduplication table live in memory.
 //!
 //! It serves TCP, TLS or QUIC ([`Transport`]), with a self-signed
@@ -82,6 +82,9 @@ pub(crate) struct State {
     lose_acks: usize,
     /// Publishes received, duplicates included.
     received: usize,
+    /// The next this-many publishes are refused with `StorageFull` and not
+    /// stored (a broker whose disk is full).
+    storage_full: usize,
     /// The next this-many application requests (history, rooms, ...) are
     /// read, left unanswered, and their connection cut.
     cut_on_requests: usize,
@@ -251,6 +254,11 @@ impl Mock {
     /// connection is cut.
     pub(crate) fn lose_acks(&self, n: usize) {
         self.state.lock().unwrap().lose_acks = n;
+    }
+
+    /// The next `n` publishes are refused with `StorageFull`, not stored.
+    pub(crate) fn storage_full(&self, n: usize) {
+        self.state.lock().unwrap().storage_full = n;
     }
 
     /// The next `n` application requests (history, rooms, ...) are left
@@ -550,6 +558,16 @@ async fn serve(
                 Body::Publish(p) => {
                     let mut st = state.lock().unwrap();
                     st.received += 1;
+                    if st.storage_full > 0 {
+                        st.storage_full -= 1;
+                        let refusal = ErrorFrame {
+                            code: ErrorCode::StorageFull,
+                            retry_after_ms: 0,
+                            message: "storage full".into(),
+                        };
+                        tx.send(Frame::request(rid, refusal)).unwrap();
+                        continue;
+                    }
                     let key = (device.to_string(), p.room.clone(), p.client_msg_id);
                     if let Some(&(seq, ts)) = st.dedup.get(&key) {
                         let ack = PublishAck {
