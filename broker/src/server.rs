@@ -16,6 +16,7 @@ use tracing::{debug, info, warn};
 
 use confab_codec::{CreateRoom, RoomId, RoomInfo, StartAt};
 
+use crate::auth::backoff::LoginBackoff;
 use crate::auth::{Authenticator, DenyAll, DevAuth, JwtAuth};
 use crate::config::{AuthMode, Config};
 use crate::embed::authz::Authorizer;
@@ -83,6 +84,8 @@ pub(crate) struct Shared {
     pub(crate) rooms: Arc<RoomRegistry>,
     pub(crate) sequencer: Sender<SeqMsg>,
     pub(crate) auth: Arc<dyn Authenticator>,
+    /// Failed-login back-off per client address.
+    pub(crate) login_backoff: Arc<LoginBackoff>,
     pub(crate) session_ids: AtomicU64,
     pub(crate) shutdown: CancellationToken,
     pub(crate) stats: Arc<Stats>,
@@ -271,12 +274,14 @@ impl BrokerBuilder {
             config.delivery.queue_capacity,
         ));
         let user_limits = Arc::new(UserLimits::new(&config.rate_limits));
+        let login_backoff = Arc::new(LoginBackoff::new(&config.auth.login_backoff));
         let shared = Arc::new(Shared {
             config,
             log,
             rooms,
             sequencer: seq_tx,
             auth,
+            login_backoff: login_backoff.clone(),
             session_ids: AtomicU64::new(1),
             shutdown: shutdown.clone(),
             stats,
@@ -322,6 +327,10 @@ impl BrokerBuilder {
             shutdown.clone(),
         ));
         tasks.spawn(crate::ratelimit::run_sweeper(user_limits, shutdown.clone()));
+        tasks.spawn(crate::auth::backoff::run_sweeper(
+            login_backoff,
+            shutdown.clone(),
+        ));
         let Listeners {
             tcp,
             tcp_addr,

@@ -3,6 +3,7 @@
 //! The broker only sees the [`Authenticator`] trait; dev mode is one
 //! implementation, JWT verification another.
 
+pub(crate) mod backoff;
 pub mod jwt;
 
 use std::collections::HashSet;

@@ -4,6 +4,8 @@
 mod codec;
 mod connection;
 mod devices;
+mod grant;
+mod queries;
 mod quic_writer;
 mod writer;
 
