@@ -120,8 +120,9 @@ impl LoginBackoff {
         let until = e.last + self.delay(e.failures);
         match until.checked_duration_since(now) {
             Some(left) if !left.is_zero() => {
-                let ms = u32::try_from(left.as_millis()).unwrap_or(u32::MAX);
-                Err(ms.max(1))
+                // Rounded up: a client that waits as told is let in.
+                let ms = left.as_micros().div_ceil(1000);
+                Err(u32::try_from(ms).unwrap_or(u32::MAX).max(1))
             }
             _ => Ok(()),
         }
