@@ -130,6 +130,65 @@ pub struct AuthConfig {
     pub mode: AuthMode,
     /// JWT verification, used when `mode = "jwt"`.
     pub jwt: JwtConfig,
+    /// Back-off for addresses whose handshakes keep failing.
+    pub login_backoff: LoginBackoffConfig,
+}
+
+/// Failed-login back-off per client address: after `free_failures`
+/// refused tokens from one address, its next `Hello`s are refused with
+/// `RateLimited` (before the token is even checked) for a delay that starts
+/// at `base_delay_ms` and doubles with every further failure, up to
+/// `max_delay_ms`. An address is forgotten after `forget_after_secs`
+/// without a failure, or when a handshake from it succeeds. IPv6 addresses
+/// are counted per /64 network. Memory: at most `max_tracked` addresses,
+/// about 50 bytes each (3.2 MiB at the default).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoginBackoffConfig {
+    /// Whether failed logins slow an address down. Turn it off behind a
+    /// proxy that hides the clients' addresses.
+    pub enabled: bool,
+    /// Refused tokens from one address before the back-off starts.
+    pub free_failures: u32,
+    /// The first delay, in milliseconds.
+    pub base_delay_ms: u64,
+    /// The longest delay, in milliseconds.
+    pub max_delay_ms: u64,
+    /// An address with no failure for this long starts again from zero.
+    pub forget_after_secs: u64,
+    /// Most addresses remembered; beyond it the stalest is dropped.
+    pub max_tracked: usize,
+}
+
+impl Default for LoginBackoffConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            free_failures: 5,
+            base_delay_ms: 1_000,
+            max_delay_ms: 60_000,
+            forget_after_secs: 600,
+            max_tracked: 65_536,
+        }
+    }
+}
+
+impl LoginBackoffConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let ok = self.base_delay_ms >= 1
+            && self.max_delay_ms >= self.base_delay_ms
+            && self.max_delay_ms <= 86_400_000
+            && self.forget_after_secs.saturating_mul(1000) >= self.max_delay_ms
+            && self.max_tracked >= 1;
+        if !ok {
+            return Err(ConfigError::Invalid(
+                "auth.login_backoff needs 1 <= base_delay_ms <= max_delay_ms <= 86400000, \
+                 forget_after_secs * 1000 >= max_delay_ms and max_tracked >= 1"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// JWT verification keys and rules. At least one key must be set for
@@ -307,6 +366,7 @@ impl Default for AuthConfig {
         Self {
             mode: AuthMode::Dev,
             jwt: JwtConfig::default(),
+            login_backoff: LoginBackoffConfig::default(),
         }
     }
 }
@@ -652,6 +712,7 @@ impl Config {
         }
         self.rate_limits.validate()?;
         self.presence.validate()?;
+        self.auth.login_backoff.validate()?;
         let jwt = &self.auth.jwt;
         if self.auth.mode == AuthMode::Jwt
             && jwt.hs256_secret_file.as_os_str().is_empty()

@@ -55,7 +55,13 @@ pub(crate) enum Verdict {
         retry_after_ms: u32,
     },
     /// Refuse, and close the connection: it keeps flooding.
-    Flooding(String),
+    Flooding {
+        /// What the connection did, for the log and the client.
+        why: String,
+        /// When the refused request could have passed (at least 1 ms), as
+        /// in `Limited`: the refusal still says when to retry.
+        retry_after_ms: u32,
+    },
 }
 
 fn quota(per_sec: u32, burst: u32) -> Quota {
@@ -178,10 +184,13 @@ impl ConnLimits {
             }
         }
         if self.streak >= users.cfg.flood_rejections {
-            return Verdict::Flooding(format!(
-                "{} requests refused by rate limits within {} ms",
-                self.streak, users.cfg.flood_window_ms
-            ));
+            return Verdict::Flooding {
+                why: format!(
+                    "{} requests refused by rate limits within {} ms",
+                    self.streak, users.cfg.flood_window_ms
+                ),
+                retry_after_ms,
+            };
         }
         Verdict::Limited { retry_after_ms }
     }
@@ -267,12 +276,15 @@ mod tests {
             .map(|_| c.check(&users, &u, Kind::Publish, now))
             .collect();
         assert!(matches!(verdicts[3], Verdict::Limited { .. }));
-        assert!(matches!(verdicts[6], Verdict::Flooding(_)), "{verdicts:?}");
+        assert!(
+            matches!(verdicts[6], Verdict::Flooding { retry_after_ms, .. } if retry_after_ms >= 1),
+            "{verdicts:?}"
+        );
         // Typing refusals never count as flooding.
         let mut t = users.connection();
         let floods = (0..100)
             .map(|_| t.check(&users, &u, Kind::Typing, now))
-            .filter(|v| matches!(v, Verdict::Flooding(_)))
+            .filter(|v| matches!(v, Verdict::Flooding { .. }))
             .count();
         assert_eq!(floods, 0);
     }

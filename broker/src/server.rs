@@ -16,6 +16,7 @@ use tracing::{debug, info, warn};
 use confab_codec::{CreateRoom, RoomId, RoomInfo, StartAt};
 
 use crate::auth::authz::Authorizer;
+use crate::auth::backoff::LoginBackoff;
 use crate::auth::{Authenticator, DenyAll, DevAuth, JwtAuth};
 use crate::config::{AuthMode, Config};
 use crate::embed::{EmbedError, LocalSubscription, Published, RoomChange, SystemMessage};
@@ -249,12 +250,14 @@ impl BrokerBuilder {
             config.delivery.queue_capacity,
         ));
         let user_limits = Arc::new(UserLimits::new(&config.rate_limits));
+        let login_backoff = Arc::new(LoginBackoff::new(&config.auth.login_backoff));
         let shared = Arc::new(Shared {
             config,
             log,
             rooms,
             sequencer: seq_tx,
             auth,
+            login_backoff: login_backoff.clone(),
             session_ids: AtomicU64::new(1),
             shutdown: shutdown.clone(),
             stats,
@@ -302,6 +305,10 @@ impl BrokerBuilder {
         tasks.spawn(crate::ratelimit::run_sweeper(user_limits, shutdown.clone()));
         tasks.spawn(crate::storage::watch_space(
             shared.log.clone(),
+            shutdown.clone(),
+        ));
+        tasks.spawn(crate::auth::backoff::run_sweeper(
+            login_backoff,
             shutdown.clone(),
         ));
         let Listeners {

@@ -581,7 +581,9 @@ impl Client {
 
     /// One page of history, as the protocol has it: the `limit` events
     /// after `anchor` (exclusive), or before it (`anchor` 0 = from the
-    /// head), always in ascending order. Cancel-safe (read-only).
+    /// head), always in ascending order. `limit` 0 returns no events, and
+    /// `has_more` then tells whether any exist in that direction.
+    /// Cancel-safe (read-only).
     ///
     /// ```no_run
     /// # async fn run(client: confab_client::Client) -> Result<(), confab_client::ClientError> {

@@ -359,3 +359,78 @@ async fn a_restarted_app_resumes_from_its_cursor(t: Transport) {
     bob.close().await;
     broker.shutdown().await;
 }
+
+/// A broker whose failed-login back-off refuses this address answers the
+/// SDK's Hello with `RateLimited` and a wait: the SDK waits that long
+/// instead of its own (much shorter) backoff, so one refusal is enough.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_back_off_refusal_is_waited_out() {
+    use confab_client::confab_codec::{Body, Frame, Hello};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker_config = Config {
+        data_dir: dir.path().to_path_buf(),
+        ..Config::default()
+    };
+    broker_config.listen.tcp = "127.0.0.1:0".parse().unwrap();
+    broker_config.listen.tls = None;
+    broker_config.listen.quic = None;
+    broker_config.auth.login_backoff.free_failures = 1;
+    broker_config.auth.login_backoff.base_delay_ms = 3_000;
+    let broker = Broker::builder(broker_config).start().await.unwrap();
+    let addr = broker.tcp_addr();
+
+    // Two refused tokens from this address start the back-off.
+    for _ in 0..2 {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let hello = Frame::request(
+            1,
+            Hello {
+                min_version: 1,
+                max_version: 1,
+                token: "mallory:phone".into(),
+                device: DeviceId::new("laptop").unwrap(),
+                client_name: "t".into(),
+                resume: vec![],
+            },
+        );
+        s.write_all(&hello.to_bytes().unwrap()).await.unwrap();
+        let mut reply = Vec::new();
+        within(s.read_to_end(&mut reply)).await.unwrap();
+        let mut buf = bytes::BytesMut::from(&reply[..]);
+        let first = Frame::decode(&mut buf, 1 << 20).unwrap().unwrap();
+        assert!(matches!(first.body, Body::Error(_)), "{first:?}");
+    }
+
+    let mut config = ClientConfig::with_endpoint(
+        Endpoint::tcp(addr),
+        "alice:phone".to_owned(),
+        DeviceId::new("phone").unwrap(),
+    );
+    config.backoff = BackoffConfig {
+        initial: Duration::from_millis(10),
+        max: Duration::from_millis(20),
+        multiplier: 2.0,
+        max_attempts: None,
+    };
+    let client = Client::start(config).unwrap();
+    let mut events = client.events();
+    let mut attempts = 0;
+    within(async {
+        loop {
+            match events.recv().await {
+                Ok(ConnectionEvent::Connecting { attempt }) => attempts = attempt,
+                Ok(ConnectionEvent::Connected { .. }) => return,
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Closed) => panic!("client closed"),
+            }
+        }
+    })
+    .await;
+    // The SDK's own backoff would have tried every 20 ms for seconds; it
+    // tried again only after the broker's wait.
+    assert!(attempts <= 2, "{attempts} attempts");
+    client.close().await;
+    broker.shutdown().await;
+}

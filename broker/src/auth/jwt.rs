@@ -6,10 +6,11 @@
 //! know) and algorithm confusion (an HS256 token "signed" with an RSA public
 //! key) are refused.
 //!
-//! Claims: `sub` (the user id, required), `exp` (required), optional `nbf`,
-//! `iss` and `aud` (checked when configured), optional `devices` (the
-//! device ids this token may be used from) and `rooms` (the only rooms it
-//! may use).
+//! Claims: `sub` (the user id, required), `exp` (required), optional `nbf`
+//! (checked when present), `iss` and `aud` (required and checked when the
+//! broker is configured with an issuer or an audience: a token without
+//! them is refused), optional `devices` (the device ids this token may be
+//! used from) and `rooms` (the only rooms it may use).
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -131,14 +132,22 @@ impl Authenticator for JwtAuth {
         validation.algorithms = vec![*alg];
         validation.leeway = self.leeway_secs;
         validation.validate_nbf = true;
-        validation.set_required_spec_claims(&["exp", "sub"]);
+        // A configured issuer or audience is required, not only checked
+        // when present: the library skips the check of an absent claim
+        // unless it is listed as required.
+        let mut required = vec!["exp", "sub"];
         if let Some(iss) = &self.issuer {
             validation.set_issuer(&[iss]);
+            required.push("iss");
         }
         match &self.audience {
-            Some(aud) => validation.set_audience(&[aud]),
+            Some(aud) => {
+                validation.set_audience(&[aud]);
+                required.push("aud");
+            }
             None => validation.validate_aud = false,
         }
+        validation.set_required_spec_claims(&required);
         let data = jsonwebtoken::decode::<Claims>(token, key, &validation).map_err(|e| match e
             .kind()
         {
@@ -293,6 +302,40 @@ mod tests {
         assert!(auth
             .authenticate(&hs_token(json!({"sub": "", "exp": now() + 60})), &dev("p"))
             .is_err());
+    }
+
+    #[test]
+    fn configured_issuer_and_audience_are_required() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("secret");
+        std::fs::write(&path, SECRET).expect("write");
+        let cfg = JwtConfig {
+            hs256_secret_file: path,
+            issuer: "https://id.example".into(),
+            audience: "confab".into(),
+            ..JwtConfig::default()
+        };
+        let auth = JwtAuth::from_config(&cfg).expect("loads");
+        let exp = now() + 60;
+        let good = json!({"sub": "a", "exp": exp, "iss": "https://id.example", "aud": "confab"});
+        assert!(auth.authenticate(&hs_token(good), &dev("p")).is_ok());
+        for bad in [
+            json!({"sub": "a", "exp": exp, "aud": "confab"}),
+            json!({"sub": "a", "exp": exp, "iss": "https://id.example"}),
+            json!({"sub": "a", "exp": exp}),
+            json!({"sub": "a", "exp": exp, "iss": "https://evil.example", "aud": "confab"}),
+            json!({"sub": "a", "exp": exp, "iss": "https://id.example", "aud": "other"}),
+            json!({"sub": "a", "exp": exp, "iss": 7, "aud": "confab"}),
+        ] {
+            let e = auth
+                .authenticate(&hs_token(bad.clone()), &dev("p"))
+                .expect_err("refused");
+            assert_eq!(e.code, ErrorCode::Unauthenticated, "{bad}");
+        }
+        // Without a configured issuer or audience, neither is needed.
+        let (_d, plain) = hs_auth();
+        let t = hs_token(json!({"sub": "a", "exp": exp}));
+        assert!(plain.authenticate(&t, &dev("p")).is_ok());
     }
 
     #[test]

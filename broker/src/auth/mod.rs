@@ -4,6 +4,7 @@
 //! implementation, JWT verification another.
 
 pub mod authz;
+pub(crate) mod backoff;
 pub mod jwt;
 
 use std::collections::HashSet;

@@ -189,7 +189,11 @@ fn subscribe(mut cmd: SubscribeCmd, ctx: &Arc<CatchupCtx>, runtime: &Handle, tas
         let LogBounds { head, first } = item.bounds;
         let (next, code) = match item.start {
             StartAt::Live => (head.next(), ErrorCode::Normal),
-            StartAt::From(n) if n < first && first <= head => (first, ErrorCode::HistoryTruncated),
+            // From(0) means From(1) (protocol 4.4): only a start below a
+            // `first` above 1 lost entries.
+            StartAt::From(n) if n.0.max(1) < first.0 && first <= head => {
+                (first, ErrorCode::HistoryTruncated)
+            }
             StartAt::From(n) => (
                 Seq(n.0.max(first.0.min(head.0 + 1)).max(1)),
                 ErrorCode::Normal,

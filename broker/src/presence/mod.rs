@@ -18,10 +18,11 @@
 mod share;
 pub(crate) mod state;
 
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use confab_codec::{Frame, PresenceEntry, PresenceEvent, PresenceStatus, UserId};
+use confab_codec::{Frame, PresenceEntry, PresenceEvent, PresenceStatus, RoomId, UserId};
 use crossbeam_channel::Sender;
 use rustc_hash::FxHashMap;
 use tokio_util::sync::CancellationToken;
@@ -60,7 +61,13 @@ pub(crate) fn stored_last_seen(log: &dyn RoomLog, user: &UserId) -> Result<u64, 
 struct Watcher {
     session: u64,
     outbox: Arc<Outbox>,
+    /// The connection token's rooms claim: only users sharing one of these
+    /// rooms are pushed to it.
+    only: Option<Arc<HashSet<RoomId>>>,
 }
+
+/// Where a watching connection's pushes go, and its token's rooms claim.
+pub(crate) type WatchTarget = (Arc<Outbox>, Option<Arc<HashSet<RoomId>>>);
 
 /// The running broker's presence.
 pub(crate) struct PresenceHub {
@@ -128,13 +135,17 @@ impl PresenceHub {
         self.state().saved(user);
     }
 
-    /// Turns pushes on (`Some(outbox)`) or off (`None`) for a connection.
-    pub(crate) fn watch(&self, session: u64, user: &UserId, outbox: Option<Arc<Outbox>>) {
+    /// Turns pushes on (`Some(target)`) or off (`None`) for a connection.
+    pub(crate) fn watch(&self, session: u64, user: &UserId, target: Option<WatchTarget>) {
         let mut watchers = self.watchers.write().unwrap_or_else(|p| p.into_inner());
         let list = watchers.entry(user.clone()).or_default();
         list.retain(|w| w.session != session);
-        if let Some(outbox) = outbox {
-            list.push(Watcher { session, outbox });
+        if let Some((outbox, only)) = target {
+            list.push(Watcher {
+                session,
+                outbox,
+                only,
+            });
         }
         if list.is_empty() {
             watchers.remove(user);
@@ -210,16 +221,46 @@ impl PresenceHub {
                 per_watcher.entry(seer).or_default().push(entry.clone());
             }
         }
-        let watchers = self.watchers.read().unwrap_or_else(|p| p.into_inner());
+        let watchers: FxHashMap<UserId, Vec<Watcher>> = {
+            let w = self.watchers.read().unwrap_or_else(|p| p.into_inner());
+            per_watcher
+                .keys()
+                .filter_map(|u| w.get(u).map(|list| (u.clone(), list.clone())))
+                .collect()
+        };
         for (user, entries) in per_watcher {
             let Some(list) = watchers.get(&user) else {
                 continue;
             };
-            let Ok(bytes) = Frame::new(PresenceEvent { entries }).to_bytes() else {
+            let Ok(bytes) = Frame::new(PresenceEvent {
+                entries: entries.clone(),
+            })
+            .to_bytes() else {
                 continue;
             };
             for w in list {
-                if !w.outbox.try_push_control(bytes.clone(), self.max_queued) {
+                let bytes = match &w.only {
+                    None => bytes.clone(),
+                    // A token limited to some rooms sees only the users
+                    // who share one of them.
+                    Some(only) => {
+                        let asked: Vec<UserId> = entries.iter().map(|e| e.user.clone()).collect();
+                        let visible = visible_to(self.log.as_ref(), &user, &asked, Some(only))?;
+                        let narrowed: Vec<PresenceEntry> = entries
+                            .iter()
+                            .filter(|e| visible.contains(&e.user))
+                            .cloned()
+                            .collect();
+                        if narrowed.is_empty() {
+                            continue;
+                        }
+                        match Frame::new(PresenceEvent { entries: narrowed }).to_bytes() {
+                            Ok(b) => b,
+                            Err(_) => continue,
+                        }
+                    }
+                };
+                if !w.outbox.try_push_control(bytes, self.max_queued) {
                     // Counted: a watcher too slow to take presence pushes.
                     metrics::counter!("confab_presence_dropped_total").increment(1);
                 }

@@ -5,6 +5,8 @@
 //! Open rooms that were never created have no membership and share no
 //! presence.
 
+use std::collections::HashSet;
+
 use confab_codec::{Role, RoomId, UserId};
 use rustc_hash::FxHashSet;
 
@@ -129,7 +131,8 @@ pub(super) fn seers(
 }
 
 /// Which of `users` `caller` may see (those sharing a room with the
-/// caller, and the caller), in the order asked, without duplicates.
+/// caller, and the caller), in the order asked, without duplicates. With
+/// `only` (a token's rooms claim), only those rooms count as shared.
 ///
 /// # Errors
 /// If the storage fails.
@@ -137,8 +140,12 @@ pub(crate) fn visible_to(
     log: &dyn RoomLog,
     caller: &UserId,
     users: &[UserId],
+    only: Option<&HashSet<RoomId>>,
 ) -> Result<Vec<UserId>, StorageError> {
-    let mine: FxHashSet<RoomId> = joined_rooms(log, caller)?.into_iter().collect();
+    let mine: FxHashSet<RoomId> = joined_rooms(log, caller)?
+        .into_iter()
+        .filter(|r| only.is_none_or(|o| o.contains(r)))
+        .collect();
     let mut seen = FxHashSet::default();
     let mut out = Vec::new();
     for u in users {
@@ -199,11 +206,11 @@ mod tests {
         put(&log, "h", "dave", Role::Owner);
         let all = [u("alice"), u("bob"), u("carol"), u("dave"), u("alice")];
         assert_eq!(
-            visible_to(&log, &u("alice"), &all).expect("read"),
+            visible_to(&log, &u("alice"), &all, None).expect("read"),
             vec![u("alice"), u("bob")]
         );
         assert_eq!(
-            visible_to(&log, &u("carol"), &all).expect("read"),
+            visible_to(&log, &u("carol"), &all, None).expect("read"),
             vec![u("carol")],
             "an invitee sees nobody"
         );
@@ -213,6 +220,13 @@ mod tests {
         assert!(seers(&log, &u("dave"), &[u("alice")])
             .expect("read")
             .is_empty());
+        // A rooms claim narrows what counts as shared.
+        put(&log, "h", "alice", Role::Member);
+        let only: HashSet<RoomId> = [RoomId::new("h").expect("id")].into_iter().collect();
+        assert_eq!(
+            visible_to(&log, &u("alice"), &all, Some(&only)).expect("read"),
+            vec![u("alice"), u("dave")]
+        );
     }
 
     #[test]

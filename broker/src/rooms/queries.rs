@@ -62,29 +62,54 @@ pub(crate) fn info(
 
 /// `ListRooms`: the user's rooms in id order, with head, read marker and
 /// unread count, from the user's room index (no log scan: the head is the
-/// last key of each room's log).
+/// last key of each room's log). With `only` (a token's rooms claim, sorted
+/// byte-wise), just those of the user's rooms: the claim is walked instead
+/// of the index, one look-up per claimed room until the page is full.
 pub(crate) fn list(
     log: &dyn RoomLog,
     user: &UserId,
     after: Option<&RoomId>,
     limit: usize,
+    only: Option<&[RoomId]>,
 ) -> Result<RoomList, StorageError> {
     let prefix = user_prefix(user);
-    let after_key = after.map(|r| {
+    let index_key = |r: &RoomId| {
         let mut k = prefix.clone();
         k.extend_from_slice(r.as_bytes());
         k
-    });
-    let page = log.meta_scan(&prefix, after_key.as_deref(), limit + 1)?;
+    };
+    // One more than the page, to learn whether more follow.
+    let mut page: Vec<RoomId> = Vec::new();
+    match only {
+        None => {
+            let after_key = after.map(index_key);
+            for (k, _) in log.meta_scan(&prefix, after_key.as_deref(), limit + 1)? {
+                if let Some(room) = std::str::from_utf8(&k[prefix.len()..])
+                    .ok()
+                    .and_then(|r| RoomId::new(r).ok())
+                {
+                    page.push(room);
+                }
+            }
+        }
+        Some(claimed) => {
+            let from = match after {
+                Some(a) => claimed.partition_point(|r| r.as_bytes() <= a.as_bytes()),
+                None => 0,
+            };
+            for room in &claimed[from..] {
+                if page.len() > limit {
+                    break;
+                }
+                if log.meta_get(&index_key(room))?.is_some() {
+                    page.push(room.clone());
+                }
+            }
+        }
+    }
     let has_more = page.len() > limit;
     let mut rooms = Vec::with_capacity(page.len().min(limit));
-    for (k, _) in page.into_iter().take(limit) {
-        let Some(room) = std::str::from_utf8(&k[prefix.len()..])
-            .ok()
-            .and_then(|r| RoomId::new(r).ok())
-        else {
-            continue;
-        };
+    for room in page.into_iter().take(limit) {
         let Some(bytes) = log.meta_get(&room_key(&room))? else {
             continue;
         };

@@ -1,15 +1,16 @@
 //! One connection: handshake, then a loop that dispatches requests until
 //! the peer leaves, misbehaves, goes silent, or the broker shuts down.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use confab_codec::{
-    flags, raw, Ack, Body, Direction, ErrorCode, ErrorFrame, Frame, GetPresence, Goodbye, Hello,
-    HistoryRequest, ListRooms, Pong, PresenceEvent, Publish, RegisterPush, RoomId, Seq,
-    SubscribeItem as WireItem, SubscribeResult, Typing, Welcome, PROTOCOL_VERSION,
+    flags, Ack, Body, ErrorCode, ErrorFrame, Frame, Goodbye, Hello, Notice, NoticeLevel, Pong,
+    Publish, RefreshToken, RoomId, Seq, SubscribeAck, SubscribeItem as WireItem, SubscribeResult,
+    Typing, Welcome, PROTOCOL_VERSION,
 };
 use futures_util::StreamExt;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
@@ -19,22 +20,18 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::codec::{FrameCodec, WireError};
+use super::grant::Grant;
 use super::quic_writer::QuicEgress;
 use super::writer::{Egress, WriterCtx, WriterEnd};
 use super::ConnCtx;
 use crate::auth::authz::{AccessRequest, Action, Denied};
-use crate::auth::Identity;
 use crate::base::{now_us, sender_key};
 use crate::fanout::{Outbox, SubscribeCmd, SubscribeItem, Subscription};
-use crate::presence;
 use crate::ratelimit::{ConnLimits, Kind, Verdict};
 use crate::rooms;
 use crate::sequencer::{PublishReq, ReceiptReq, RoomOp, RoomOpReq, SeqMsg};
 use crate::shared::Shared;
 use crate::storage::LogBounds;
-
-/// Most events in one history page.
-const MAX_HISTORY_LIMIT: usize = 1000;
 
 /// How long a closing connection may take to flush its outbox.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
@@ -42,7 +39,7 @@ const CLOSE_GRACE: Duration = Duration::from_secs(5);
 type CloseReason = (ErrorCode, String);
 
 /// Serves one accepted byte-stream connection (TCP, TLS) to its end.
-pub(crate) async fn serve_connection<S>(stream: S, peer: String, shared: Arc<Shared>)
+pub(crate) async fn serve_connection<S>(stream: S, peer: SocketAddr, shared: Arc<Shared>)
 where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
@@ -55,7 +52,7 @@ pub(crate) async fn serve_quic(
     conn: quinn::Connection,
     send: quinn::SendStream,
     recv: quinn::RecvStream,
-    peer: String,
+    peer: SocketAddr,
     shared: Arc<Shared>,
 ) {
     let egress = Egress::<quinn::SendStream>::Quic(QuicEgress {
@@ -65,7 +62,7 @@ pub(crate) async fn serve_quic(
     serve(recv, egress, peer, shared).await;
 }
 
-async fn serve<R, W>(rd: R, mut egress: Egress<W>, peer: String, shared: Arc<Shared>)
+async fn serve<R, W>(rd: R, mut egress: Egress<W>, peer: SocketAddr, shared: Arc<Shared>)
 where
     R: AsyncRead + Send + Unpin + 'static,
     W: AsyncWrite + Send + Unpin + 'static,
@@ -102,16 +99,28 @@ where
         Ok(Some(Ok(frame))) => frame,
     };
     let request_id = frame.request_id;
+    // Connection-level failures carry request id 0 (protocol 6.3): a frame
+    // that is not a Hello is no request of this connection.
     let Body::Hello(hello) = frame.body else {
         egress
             .reject(
-                request_id,
+                0,
                 ErrorCode::ProtocolViolation,
                 "the first frame must be Hello",
             )
             .await;
         return;
     };
+    if request_id == 0 {
+        egress
+            .reject(
+                0,
+                ErrorCode::ProtocolViolation,
+                "Hello needs a nonzero request id",
+            )
+            .await;
+        return;
+    }
     if hello.min_version > PROTOCOL_VERSION || hello.max_version < PROTOCOL_VERSION {
         let msg = format!(
             "server speaks version {PROTOCOL_VERSION}, client {}..={}",
@@ -122,23 +131,35 @@ where
             .await;
         return;
     }
+    let ip = peer.ip();
+    if let Err(wait_ms) = shared.login_backoff.check(ip, std::time::Instant::now()) {
+        // Hellos refused unchecked because their address keeps failing.
+        metrics::counter!("confab_login_backoff_refusals_total").increment(1);
+        debug!(%peer, wait_ms, "login back-off");
+        let refusal = ErrorFrame {
+            code: ErrorCode::RateLimited,
+            retry_after_ms: wait_ms,
+            message: format!("too many failed logins from this address; retry in {wait_ms} ms"),
+        };
+        egress.reject_with(request_id, refusal).await;
+        return;
+    }
     let identity = match shared.auth.authenticate(&hello.token, &hello.device) {
+        Ok(id) if id.expires_at_us.is_some_and(|exp| exp <= now_us()) => {
+            login_failed(&shared, peer, &hello, "token expired");
+            egress
+                .reject(request_id, ErrorCode::TokenExpired, "token expired")
+                .await;
+            return;
+        }
         Ok(id) => id,
         Err(e) => {
-            // Tokens refused at the handshake or on refresh.
-            metrics::counter!("confab_auth_failures_total").increment(1);
-            info!(%peer, device = %hello.device, reason = %e, "authentication refused");
+            login_failed(&shared, peer, &hello, &e.message);
             egress.reject(request_id, e.code, &e.message).await;
             return;
         }
     };
-
-    if identity.expires_at_us.is_some_and(|exp| exp <= now_us()) {
-        egress
-            .reject(request_id, ErrorCode::TokenExpired, "token expired")
-            .await;
-        return;
-    }
+    shared.login_backoff.succeeded(ip);
     let grant = Grant::of(&identity);
     let session_id = shared.session_ids.fetch_add(1, Ordering::Relaxed);
     let outbox = Arc::new(match &egress {
@@ -198,6 +219,8 @@ where
         grant,
         session_id,
         limits: shared.user_limits.connection(),
+        peer: ip,
+        watching_presence: false,
     };
     let reason = session
         .run(hello, request_id, &mut frames, &writer_done, &replaced)
@@ -247,6 +270,16 @@ where
     info!(session_id, ?end, "disconnected");
 }
 
+/// Counts a token refused at the handshake against the peer's address.
+fn login_failed(shared: &Shared, peer: SocketAddr, hello: &Hello, reason: &str) {
+    // Tokens refused at the handshake or on refresh.
+    metrics::counter!("confab_auth_failures_total").increment(1);
+    shared
+        .login_backoff
+        .failed(peer.ip(), std::time::Instant::now());
+    info!(%peer, device = %hello.device, %reason, "authentication refused");
+}
+
 /// The `reason` label of `confab_disconnects_total`.
 fn disconnect_reason(reason: Option<&CloseReason>, end: WriterEnd) -> &'static str {
     if end == WriterEnd::SlowConsumer {
@@ -271,14 +304,14 @@ fn replaced_reason() -> CloseReason {
     )
 }
 
-fn push(outbox: &Outbox, frame: Frame) {
+pub(super) fn push(outbox: &Outbox, frame: Frame) {
     match frame.to_bytes() {
         Ok(bytes) => outbox.push_control(bytes),
         Err(e) => warn!(error = %e, frame = frame.body.name(), "cannot encode reply"),
     }
 }
 
-fn error_frame(request_id: u32, code: ErrorCode, message: impl Into<String>) -> Frame {
+pub(super) fn error_frame(request_id: u32, code: ErrorCode, message: impl Into<String>) -> Frame {
     Frame::request(
         request_id,
         ErrorFrame {
@@ -295,7 +328,16 @@ pub(crate) async fn refuse<S: AsyncWrite + Unpin>(
     code: ErrorCode,
     message: &'static str,
 ) {
-    reject(&mut stream, 0, code, message).await;
+    reject(
+        &mut stream,
+        0,
+        ErrorFrame {
+            code,
+            retry_after_ms: 0,
+            message: message.into(),
+        },
+    )
+    .await;
 }
 
 /// Refuses a whole QUIC connection on its control stream, then closes it.
@@ -310,19 +352,14 @@ pub(crate) async fn refuse_quic(
 }
 
 /// Refuses a connection before the session exists: Error, Goodbye, close.
-pub(super) async fn reject<W: AsyncWrite + Unpin>(
-    wr: &mut W,
-    request_id: u32,
-    code: ErrorCode,
-    message: &str,
-) {
+pub(super) async fn reject<W: AsyncWrite + Unpin>(wr: &mut W, request_id: u32, error: ErrorFrame) {
     let mut buf = bytes::BytesMut::new();
-    let _ = error_frame(request_id, code, message).encode(&mut buf);
-    let _ = Frame::new(Goodbye {
-        code,
-        message: message.to_owned(),
-    })
-    .encode(&mut buf);
+    let goodbye = Goodbye {
+        code: error.code,
+        message: error.message.clone(),
+    };
+    let _ = Frame::request(request_id, error).encode(&mut buf);
+    let _ = Frame::new(goodbye).encode(&mut buf);
     let _ = tokio::time::timeout(Duration::from_secs(1), async {
         wr.write_all(&buf).await?;
         wr.shutdown().await
@@ -330,39 +367,18 @@ pub(super) async fn reject<W: AsyncWrite + Unpin>(
     .await;
 }
 
-struct Session {
-    conn: Arc<ConnCtx>,
-    shared: Arc<Shared>,
+pub(super) struct Session {
+    pub(super) conn: Arc<ConnCtx>,
+    pub(super) shared: Arc<Shared>,
     subs: HashMap<RoomId, Arc<Subscription>>,
-    grant: Grant,
-    session_id: u64,
+    pub(super) grant: Grant,
+    pub(super) session_id: u64,
     limits: ConnLimits,
-}
-
-/// What the connection's current token allows, and until when.
-struct Grant {
-    /// When the token expires (far in the future for tokens without expiry).
-    deadline: tokio::time::Instant,
-    rooms: Option<Arc<HashSet<RoomId>>>,
-}
-
-impl Grant {
-    fn of(identity: &Identity) -> Grant {
-        let now = tokio::time::Instant::now();
-        let deadline = match identity.expires_at_us {
-            Some(exp) => now + Duration::from_micros(exp.saturating_sub(now_us())),
-            // About thirty years: effectively never, without overflow.
-            None => now + Duration::from_secs(1 << 30),
-        };
-        Grant {
-            deadline,
-            rooms: identity.rooms.clone(),
-        }
-    }
-
-    fn may_use(&self, room: &RoomId) -> bool {
-        self.rooms.as_ref().is_none_or(|r| r.contains(room))
-    }
+    /// The client's address, charged for refused token refreshes.
+    peer: IpAddr,
+    /// Whether `WatchPresence` is on (re-registered when a refreshed token
+    /// changes the rooms claim).
+    pub(super) watching_presence: bool,
 }
 
 impl Session {
@@ -434,43 +450,45 @@ impl Session {
                 // Excess typing is dropped silently (protocol 7.6.1).
                 Verdict::Limited { .. } if kind == Kind::Typing => return None,
                 Verdict::Limited { retry_after_ms } => {
-                    push(
-                        &outbox,
-                        Frame::request(
-                            rid,
-                            ErrorFrame {
-                                code: ErrorCode::RateLimited,
-                                retry_after_ms,
-                                message: format!("rate limited; retry in {retry_after_ms} ms"),
-                            },
-                        ),
-                    );
+                    push(&outbox, rate_limited(rid, retry_after_ms, None));
                     return None;
                 }
-                Verdict::Flooding(why) => {
+                Verdict::Flooding {
+                    why,
+                    retry_after_ms,
+                } => {
                     info!(session_id = self.session_id, user = %self.conn.user, %why, "closing a flooding connection");
-                    push(
-                        &outbox,
-                        error_frame(rid, ErrorCode::RateLimited, why.clone()),
-                    );
+                    // The refusal of this request, with its id and a real
+                    // wait (protocol 15.2), then the close.
+                    push(&outbox, rate_limited(rid, retry_after_ms, Some(&why)));
                     return Some((ErrorCode::RateLimited, format!("flooding: {why}")));
                 }
             }
+        }
+        // The token's rooms claim, before anything looks at the room.
+        if let Some(why) = self.grant.refusal(&frame.body, &self.conn.user) {
+            push(&outbox, error_frame(rid, ErrorCode::Forbidden, why));
+            return None;
         }
         match frame.body {
             Body::Ping(p) => push(&outbox, Frame::request(rid, Pong { nonce: p.nonce })),
             Body::Pong(_) | Body::Extension { .. } => {}
             Body::Goodbye(_) => return Some((ErrorCode::Normal, "goodbye".into())),
             Body::Publish(p) => return self.publish(rid, frame.flags, p).await,
+            // An empty Subscribe changes nothing (protocol 7.3.1).
+            Body::Subscribe(s) if s.items.is_empty() => push(
+                &outbox,
+                Frame::request(
+                    rid,
+                    SubscribeAck {
+                        results: Vec::new(),
+                    },
+                ),
+            ),
             Body::Subscribe(s) => self.subscribe(rid, s.items).await,
             Body::Unsubscribe(u) => {
                 let subs: Vec<_> = u.rooms.iter().filter_map(|r| self.subs.remove(r)).collect();
-                for s in &subs {
-                    s.close();
-                }
-                if !subs.is_empty() {
-                    let _ = self.shared.sequencer.send(SeqMsg::Unsubscribe(subs));
-                }
+                self.end_subscriptions(subs);
                 push(&outbox, Frame::request(rid, Ack {}));
             }
             Body::CreateRoom(c) => self.room_op(rid, RoomOp::Create(c)),
@@ -482,16 +500,7 @@ impl Session {
             Body::SetRole(r) => self.room_op(rid, RoomOp::SetRole(r.room, r.user, r.role)),
             Body::GetRoomInfo(g) => self.room_info(rid, g.room).await,
             Body::Receipt(r) => {
-                if !self.grant.may_use(&r.room) {
-                    push(
-                        &outbox,
-                        error_frame(
-                            rid,
-                            ErrorCode::Forbidden,
-                            "the token does not allow this room",
-                        ),
-                    );
-                } else if let Err(denied) = self.authorize(&r.room, Action::Subscribe).await {
+                if let Err(denied) = self.authorize(&r.room, Action::Subscribe).await {
                     push(&outbox, error_frame(rid, denied.code, denied.message));
                 } else {
                     let req = ReceiptReq {
@@ -512,68 +521,31 @@ impl Session {
                 push(&outbox, Frame::request(rid, Ack {}));
             }
             Body::WatchPresence(w) => {
-                let target = w.enabled.then(|| outbox.clone());
-                self.shared
-                    .presence
-                    .watch(self.session_id, &self.conn.user, target);
+                self.watching_presence = w.enabled;
+                self.register_watch();
                 push(&outbox, Frame::request(rid, Ack {}));
             }
             Body::GetPresence(g) => self.get_presence(rid, g).await,
             Body::Typing(t) => self.typing(rid, t).await,
             Body::ListRooms(l) => self.list_rooms(rid, l).await,
             Body::HistoryRequest(h) => {
-                if !self.grant.may_use(&h.room) {
-                    push(
-                        &outbox,
-                        error_frame(
-                            rid,
-                            ErrorCode::Forbidden,
-                            "the token does not allow this room",
-                        ),
-                    );
-                } else if let Err(denied) = self.authorize(&h.room, Action::History).await {
+                if let Err(denied) = self.authorize(&h.room, Action::History).await {
                     push(&outbox, error_frame(rid, denied.code, denied.message));
                 } else {
                     self.history(rid, h).await;
                 }
             }
-            Body::RefreshToken(t) => {
-                match self.shared.auth.authenticate(&t.token, &self.conn.device) {
-                    Ok(id) if id.user == self.conn.user => {
-                        if id.expires_at_us.is_some_and(|exp| exp <= now_us()) {
-                            let msg = "the new token has already expired".to_owned();
-                            push(
-                                &outbox,
-                                error_frame(rid, ErrorCode::TokenExpired, msg.clone()),
-                            );
-                            return Some((ErrorCode::TokenExpired, msg));
-                        }
-                        self.grant = Grant::of(&id);
-                        push(&outbox, Frame::request(rid, Ack {}));
-                    }
-                    Ok(_) => {
-                        let msg = "the new token is for another user".to_owned();
-                        push(
-                            &outbox,
-                            error_frame(rid, ErrorCode::Unauthenticated, msg.clone()),
-                        );
-                        return Some((ErrorCode::Unauthenticated, msg));
-                    }
-                    Err(e) => {
-                        metrics::counter!("confab_auth_failures_total").increment(1);
-                        push(&outbox, error_frame(rid, e.code, e.message.clone()));
-                        return Some((e.code, e.message));
-                    }
-                }
-            }
+            Body::RefreshToken(t) => return self.refresh(rid, t),
             Body::RegisterPush(r) if self.shared.push.is_some() => {
                 self.register_push(rid, r).await;
             }
             Body::Hello(_) => {
-                return Some((
-                    ErrorCode::ProtocolViolation,
-                    "Hello after the handshake".into(),
-                ))
+                let msg = "Hello after the handshake".to_owned();
+                push(
+                    &outbox,
+                    error_frame(0, ErrorCode::ProtocolViolation, msg.clone()),
+                );
+                return Some((ErrorCode::ProtocolViolation, msg));
             }
             Body::Welcome(_)
             | Body::Error(_)
@@ -592,10 +564,11 @@ impl Session {
             | Body::PresenceEvent(_)
             | Body::ReceiptEvent(_)
             | Body::MessageStatus(_) => {
+                // A connection-level failure: request id 0 (protocol 6.3).
                 let msg = format!("{} is a server-to-client frame", frame.body.name());
                 push(
                     &outbox,
-                    error_frame(rid, ErrorCode::ProtocolViolation, msg.clone()),
+                    error_frame(0, ErrorCode::ProtocolViolation, msg.clone()),
                 );
                 return Some((ErrorCode::ProtocolViolation, msg));
             }
@@ -614,12 +587,6 @@ impl Session {
             push(&self.conn.outbox, error_frame(rid, code, msg));
             None
         };
-        if !self.grant.may_use(&p.room) {
-            return reject(
-                ErrorCode::Forbidden,
-                format!("the token does not allow room {}", p.room),
-            );
-        }
         if let Err(denied) = self.authorize(&p.room, Action::Publish).await {
             return reject(denied.code, denied.message);
         }
@@ -667,6 +634,10 @@ impl Session {
             payload: p.payload,
             received: received_at,
         };
+        // The session hands publishes to the sequencer one at a time, in
+        // the order they arrived, and the sequencer keeps that order: this
+        // is what makes a connection's publishes to one room sequenced in
+        // send order (protocol 12.1).
         if self.shared.sequencer.send(SeqMsg::Publish(req)).is_err() {
             self.conn.inflight.add_permits(1);
             return Some((ErrorCode::ShuttingDown, "server shutting down".into()));
@@ -734,67 +705,6 @@ impl Session {
         }
     }
 
-    async fn history(&mut self, rid: u32, h: HistoryRequest) {
-        let log = self.shared.log.clone();
-        let limit = usize::from(h.limit).clamp(1, MAX_HISTORY_LIMIT);
-        let max_bytes = (self.shared.config.limits.max_frame_len as usize).saturating_sub(1024);
-        let room = h.room.clone();
-        let user = self.conn.user.clone();
-        let auto_create = self.shared.config.rooms.auto_create;
-        // With an authorization hook, it already decided.
-        let check_membership = self.shared.authorizer.is_none();
-        let read = tokio::task::spawn_blocking(move || {
-            if check_membership {
-                if let Err(refusal) = rooms::access(log.as_ref(), &room, &user, auto_create)? {
-                    return Ok(Err(refusal));
-                }
-            }
-            let bounds = log.bounds(&room)?;
-            let records = match h.direction {
-                Direction::Before => {
-                    let before = if h.anchor.0 == 0 {
-                        Seq(u64::MAX)
-                    } else {
-                        h.anchor
-                    };
-                    log.read_before(&room, before, limit, max_bytes)?
-                }
-                Direction::After => {
-                    log.read_range(&room, h.anchor.next(), bounds.head, limit, max_bytes)?
-                }
-            };
-            let has_more = match h.direction {
-                Direction::Before => records.first().is_some_and(|r| r.seq > bounds.first),
-                Direction::After => records.last().is_some_and(|r| r.seq < bounds.head),
-            };
-            Ok::<_, crate::storage::StorageError>(Ok((bounds, records, has_more)))
-        })
-        .await;
-        let frame = match read {
-            Ok(Ok(Err((code, message)))) => {
-                push(&self.conn.outbox, error_frame(rid, code, message));
-                return;
-            }
-            Ok(Ok(Ok((bounds, records, has_more)))) => {
-                let bytes: Vec<_> = records.into_iter().map(|r| r.bytes).collect();
-                raw::history_page_frame(rid, &h.room, has_more, bounds.first, &bytes)
-                    .map_err(|e| e.to_string())
-            }
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(e) => Err(e.to_string()),
-        };
-        match frame {
-            Ok(bytes) => self.conn.outbox.push_control(bytes),
-            Err(e) => {
-                warn!(room = %h.room, error = %e, "history read failed");
-                push(
-                    &self.conn.outbox,
-                    error_frame(rid, ErrorCode::Internal, "history read failed"),
-                );
-            }
-        }
-    }
-
     fn room_op(&mut self, rid: u32, op: RoomOp) {
         let req = RoomOpReq {
             conn: self.conn.clone(),
@@ -809,33 +719,8 @@ impl Session {
         }
     }
 
-    async fn room_info(&mut self, rid: u32, room: RoomId) {
-        let log = self.shared.log.clone();
-        let user = self.conn.user.clone();
-        let read =
-            tokio::task::spawn_blocking(move || rooms::info(log.as_ref(), &room, &user)).await;
-        let frame = match read {
-            Ok(Ok(Ok(info))) => Frame::request(rid, info),
-            Ok(Ok(Err((code, message)))) => error_frame(rid, code, message),
-            Ok(Err(e)) => error_frame(rid, ErrorCode::Internal, e.to_string()),
-            Err(e) => error_frame(rid, ErrorCode::Internal, e.to_string()),
-        };
-        push(&self.conn.outbox, frame);
-    }
-
     /// Typing has no reply unless it fails; members only.
     async fn typing(&mut self, rid: u32, t: Typing) {
-        if !self.grant.may_use(&t.room) {
-            push(
-                &self.conn.outbox,
-                error_frame(
-                    rid,
-                    ErrorCode::Forbidden,
-                    "the token does not allow this room",
-                ),
-            );
-            return;
-        }
         let log = self.shared.log.clone();
         let (room, user) = (t.room.clone(), self.conn.user.clone());
         let auto_create = self.shared.config.rooms.auto_create;
@@ -868,39 +753,83 @@ impl Session {
         }
     }
 
-    async fn message_status(&mut self, rid: u32, room: RoomId, seq: Seq) {
-        let log = self.shared.log.clone();
-        let user = self.conn.user.clone();
-        let read =
-            tokio::task::spawn_blocking(move || rooms::status(log.as_ref(), &room, &user, seq))
-                .await;
-        let frame = match read {
-            Ok(Ok(Ok(status))) => Frame::request(rid, status),
-            Ok(Ok(Err((code, message)))) => error_frame(rid, code, message),
-            Ok(Err(e)) => error_frame(rid, ErrorCode::Internal, e.to_string()),
-            Err(e) => error_frame(rid, ErrorCode::Internal, e.to_string()),
+    /// `RefreshToken`: the same user's new token replaces the grant; a
+    /// narrower `rooms` claim ends the subscriptions it no longer allows.
+    fn refresh(&mut self, rid: u32, t: RefreshToken) -> Option<CloseReason> {
+        let outbox = self.conn.outbox.clone();
+        let refused = |code: ErrorCode, msg: String| {
+            push(&outbox, error_frame(rid, code, msg.clone()));
+            Some((code, msg))
         };
-        push(&self.conn.outbox, frame);
+        let id = match self.shared.auth.authenticate(&t.token, &self.conn.device) {
+            Ok(id) => id,
+            Err(e) => {
+                metrics::counter!("confab_auth_failures_total").increment(1);
+                self.shared
+                    .login_backoff
+                    .failed(self.peer, std::time::Instant::now());
+                return refused(e.code, e.message);
+            }
+        };
+        if id.user != self.conn.user {
+            return refused(
+                ErrorCode::Unauthenticated,
+                "the new token is for another user".into(),
+            );
+        }
+        if id.expires_at_us.is_some_and(|exp| exp <= now_us()) {
+            return refused(
+                ErrorCode::TokenExpired,
+                "the new token has already expired".into(),
+            );
+        }
+        self.grant = Grant::of(&id);
+        let ended: Vec<RoomId> = self
+            .subs
+            .keys()
+            .filter(|r| !self.grant.may_use(r))
+            .cloned()
+            .collect();
+        if !ended.is_empty() {
+            let subs = ended.iter().filter_map(|r| self.subs.remove(r)).collect();
+            self.end_subscriptions(subs);
+            let mut text = format!(
+                "the refreshed token does not allow {} subscribed room(s); their subscriptions ended:",
+                ended.len()
+            );
+            for room in ended.iter().take(20) {
+                text.push(' ');
+                text.push_str(room.as_str());
+            }
+            push(
+                &outbox,
+                Frame::new(Notice {
+                    level: NoticeLevel::Warning,
+                    code: ErrorCode::Forbidden,
+                    text,
+                }),
+            );
+        }
+        if self.watching_presence {
+            self.register_watch();
+        }
+        push(&outbox, Frame::request(rid, Ack {}));
+        None
     }
 
-    async fn list_rooms(&mut self, rid: u32, l: ListRooms) {
-        let log = self.shared.log.clone();
-        let user = self.conn.user.clone();
-        let limit = usize::from(l.limit).clamp(1, 1000);
-        let read = tokio::task::spawn_blocking(move || {
-            rooms::list(log.as_ref(), &user, l.after.as_ref(), limit)
-        })
-        .await;
-        let frame = match read {
-            Ok(Ok(list)) => Frame::request(rid, list),
-            Ok(Err(e)) => error_frame(rid, ErrorCode::Internal, e.to_string()),
-            Err(e) => error_frame(rid, ErrorCode::Internal, e.to_string()),
-        };
-        push(&self.conn.outbox, frame);
+    /// Registers (or removes) this connection's presence watch, with the
+    /// token's rooms claim.
+    fn register_watch(&self) {
+        let target = self
+            .watching_presence
+            .then(|| (self.conn.outbox.clone(), self.grant.rooms.clone()));
+        self.shared
+            .presence
+            .watch(self.session_id, &self.conn.user, target);
     }
 
     /// Asks the embedding service's authorization hook, if there is one.
-    async fn authorize(&self, room: &RoomId, action: Action) -> Result<(), Denied> {
+    pub(super) async fn authorize(&self, room: &RoomId, action: Action) -> Result<(), Denied> {
         match &self.shared.authorizer {
             None => Ok(()),
             Some(hook) => {
@@ -915,52 +844,7 @@ impl Session {
         }
     }
 
-    /// Stores this device's push registration (an empty token removes it).
-    async fn register_push(&mut self, rid: u32, r: RegisterPush) {
-        if let Err(message) = crate::push::validate_registration(&r.provider, &r.token) {
-            push(
-                &self.conn.outbox,
-                error_frame(rid, ErrorCode::InvalidRequest, message),
-            );
-            return;
-        }
-        let write =
-            crate::push::registration(&self.conn.user, &self.conn.device, &r.provider, &r.token);
-        let frame = match crate::sequencer::write_meta(&self.shared.sequencer, vec![write]).await {
-            Ok(()) => Frame::request(rid, Ack {}),
-            Err(code) => error_frame(rid, code, "the registration was not stored"),
-        };
-        push(&self.conn.outbox, frame);
-    }
-
-    /// Answers with the presence of the asked users who share a room with
-    /// this user (and this user's own); the others are left out.
-    async fn get_presence(&mut self, rid: u32, g: GetPresence) {
-        let max = self.shared.config.presence.max_query_users;
-        if g.users.len() > max {
-            let msg = format!("at most {max} users per GetPresence");
-            push(
-                &self.conn.outbox,
-                error_frame(rid, ErrorCode::InvalidRequest, msg),
-            );
-            return;
-        }
-        let (shared, user) = (self.shared.clone(), self.conn.user.clone());
-        let read = tokio::task::spawn_blocking(move || {
-            let visible = presence::visible_to(shared.log.as_ref(), &user, &g.users)?;
-            shared.presence.entries(visible, now_us())
-        })
-        .await;
-        let frame = match read {
-            Ok(Ok(entries)) => Frame::request(rid, PresenceEvent { entries }),
-            Ok(Err(e)) => error_frame(rid, ErrorCode::Internal, e.to_string()),
-            Err(e) => error_frame(rid, ErrorCode::Internal, e.to_string()),
-        };
-        push(&self.conn.outbox, frame);
-    }
-
-    fn unsubscribe_all(&mut self) {
-        let subs: Vec<_> = self.subs.drain().map(|(_, s)| s).collect();
+    fn end_subscriptions(&mut self, subs: Vec<Arc<Subscription>>) {
         for s in &subs {
             s.close();
         }
@@ -968,6 +852,27 @@ impl Session {
             let _ = self.shared.sequencer.send(SeqMsg::Unsubscribe(subs));
         }
     }
+
+    fn unsubscribe_all(&mut self) {
+        let subs: Vec<_> = self.subs.drain().map(|(_, s)| s).collect();
+        self.end_subscriptions(subs);
+    }
+}
+
+/// A `RateLimited` refusal of request `rid` (`why` for a flood close).
+fn rate_limited(rid: u32, retry_after_ms: u32, why: Option<&str>) -> Frame {
+    let message = match why {
+        Some(why) => format!("{why}; closing. Retry in {retry_after_ms} ms"),
+        None => format!("rate limited; retry in {retry_after_ms} ms"),
+    };
+    Frame::request(
+        rid,
+        ErrorFrame {
+            code: ErrorCode::RateLimited,
+            retry_after_ms: retry_after_ms.max(1),
+            message,
+        },
+    )
 }
 
 /// Which rate-limit bucket a client frame is charged to, if any.

@@ -3,6 +3,8 @@
 
 mod codec;
 mod connection;
+mod grant;
+mod queries;
 mod quic_writer;
 mod writer;
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use confab_codec::ErrorCode;
+use confab_codec::{ErrorCode, ErrorFrame};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -51,10 +51,22 @@ impl<W: AsyncWrite + Send + Unpin + 'static> Egress<W> {
     /// Refuses the connection before a session exists: `Error`, `Goodbye`,
     /// then a bounded wait for the bytes to leave, and close.
     pub(crate) async fn reject(&mut self, request_id: u32, code: ErrorCode, message: &str) {
+        let error = ErrorFrame {
+            code,
+            retry_after_ms: 0,
+            message: message.to_owned(),
+        };
+        self.reject_with(request_id, error).await;
+    }
+
+    /// [`Egress::reject`] with a complete `Error` (for example one with a
+    /// `retry_after_ms`).
+    pub(crate) async fn reject_with(&mut self, request_id: u32, error: ErrorFrame) {
+        let code = error.code;
         match self {
-            Egress::Stream(wr) => reject(wr, request_id, code, message).await,
+            Egress::Stream(wr) => reject(wr, request_id, error).await,
             Egress::Quic(q) => {
-                reject(&mut q.control, request_id, code, message).await;
+                reject(&mut q.control, request_id, error).await;
                 q.close_after_control(code).await;
             }
         }

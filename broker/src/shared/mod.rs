@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 pub(crate) use devices::DeviceRegistry;
 
 use crate::auth::authz::Authorizer;
+use crate::auth::backoff::LoginBackoff;
 use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::fanout::RoomRegistry;
@@ -33,6 +34,8 @@ pub(crate) struct Shared {
     pub(crate) rooms: Arc<RoomRegistry>,
     pub(crate) sequencer: Sender<SeqMsg>,
     pub(crate) auth: Arc<dyn Authenticator>,
+    /// Failed-login back-off per client address.
+    pub(crate) login_backoff: Arc<LoginBackoff>,
     pub(crate) session_ids: AtomicU64,
     pub(crate) shutdown: CancellationToken,
     pub(crate) stats: Arc<Stats>,

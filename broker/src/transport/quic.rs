@@ -32,7 +32,7 @@ pub(crate) async fn accept_loop(
         let shared = shared.clone();
         tasks.spawn(async move {
             let _socket = shared.stats.socket(crate::stats::Transport::Quic);
-            let peer = incoming.remote_address().to_string();
+            let peer = incoming.remote_address();
             let open = async {
                 let conn = incoming.await?;
                 let (send, recv) = conn.accept_bi().await?;

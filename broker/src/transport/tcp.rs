@@ -1,5 +1,6 @@
 //! TCP, plain or with TLS: the accept loop, with admission control.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -56,7 +57,6 @@ pub(crate) async fn accept_loop(
             if permit.is_none() {
                 debug!(%peer, "connection limit reached");
             }
-            let peer = peer.to_string();
             match tls {
                 None => serve(stream, permit.is_some(), peer, shared).await,
                 Some(acceptor) => {
@@ -76,7 +76,7 @@ pub(crate) async fn accept_loop(
     }
 }
 
-async fn serve<S>(stream: S, admitted: bool, peer: String, shared: Arc<Shared>)
+async fn serve<S>(stream: S, admitted: bool, peer: SocketAddr, shared: Arc<Shared>)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
 {

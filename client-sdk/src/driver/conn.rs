@@ -140,7 +140,13 @@ pub(super) enum OpenError {
     /// Transport, timeout or protocol trouble: try again later.
     Retry(DisconnectReason),
     /// The broker refused the handshake with this code.
-    Refused { code: ErrorCode, message: String },
+    Refused {
+        code: ErrorCode,
+        message: String,
+        /// For `RateLimited` (the broker's failed-login back-off): how long
+        /// to wait before the next attempt. Zero otherwise.
+        retry_after: Duration,
+    },
 }
 
 /// A transport that completed the protocol handshake.
@@ -172,7 +178,7 @@ pub(super) async fn open(
             .send(Frame::request(hello_rid, hello))
             .await
             .map_err(|e| OpenError::Retry(DisconnectReason::ConnectFailed(e.to_string())))?;
-        let mut refusal: Option<(ErrorCode, String)> = None;
+        let mut refusal: Option<(ErrorCode, String, Duration)> = None;
         loop {
             let frame = match reader.next().await {
                 Some(Ok(frame)) => frame,
@@ -181,7 +187,11 @@ pub(super) async fn open(
                 }
                 None => {
                     return Err(match refusal {
-                        Some((code, message)) => OpenError::Refused { code, message },
+                        Some((code, message, retry_after)) => OpenError::Refused {
+                            code,
+                            message,
+                            retry_after,
+                        },
                         None => OpenError::Retry(DisconnectReason::ConnectFailed(
                             "closed during the handshake".into(),
                         )),
@@ -194,6 +204,7 @@ pub(super) async fn open(
                         return Err(OpenError::Refused {
                             code: ErrorCode::UnsupportedVersion,
                             message: format!("broker chose version {}", w.version),
+                            retry_after: Duration::ZERO,
                         });
                     }
                     return Ok(Opened {
@@ -203,10 +214,18 @@ pub(super) async fn open(
                         quic,
                     });
                 }
-                Body::Error(e) => refusal = Some((e.code, e.message)),
+                Body::Error(e) => {
+                    let wait = Duration::from_millis(u64::from(e.retry_after_ms));
+                    refusal = Some((e.code, e.message, wait));
+                }
                 Body::Goodbye(g) => {
-                    let (code, message) = refusal.unwrap_or((g.code, g.message));
-                    return Err(OpenError::Refused { code, message });
+                    let (code, message, retry_after) =
+                        refusal.unwrap_or((g.code, g.message, Duration::ZERO));
+                    return Err(OpenError::Refused {
+                        code,
+                        message,
+                        retry_after,
+                    });
                 }
                 Body::Notice(_) | Body::Extension { .. } => {}
                 other => {

@@ -223,6 +223,8 @@ impl Driver {
     async fn run(mut self) {
         let mut backoff = Backoff::new(self.config.backoff.clone());
         let mut delay = Duration::ZERO;
+        // A wait the broker asked for when it refused the last attempt.
+        let mut not_before = Duration::ZERO;
         let fatal: Option<ClientError> = loop {
             if !delay.is_zero() && self.idle(delay).await == Flow::Stop {
                 break None;
@@ -271,7 +273,9 @@ impl Driver {
                         }
                     }
                 }
-                Attempt::Failed(OpenError::Refused { code, message }) if is_fatal_code(code) => {
+                Attempt::Failed(OpenError::Refused { code, message, .. })
+                    if is_fatal_code(code) =>
+                {
                     let err = ClientError::Fatal {
                         code,
                         message: message.clone(),
@@ -290,7 +294,14 @@ impl Driver {
                 Attempt::Failed(failure) => {
                     let reason = match failure {
                         OpenError::Retry(reason) => reason,
-                        OpenError::Refused { code, message } => {
+                        OpenError::Refused {
+                            code,
+                            message,
+                            retry_after,
+                        } => {
+                            // The broker said how long to stay away (its
+                            // failed-login back-off): at least that long.
+                            not_before = retry_after;
                             DisconnectReason::Goodbye { code, message }
                         }
                     };
@@ -305,7 +316,7 @@ impl Driver {
                 }
             }
             match backoff.next_delay(&mut self.rng) {
-                Some(d) => delay = d,
+                Some(d) => delay = d.max(std::mem::take(&mut not_before)),
                 None => {
                     break Some(ClientError::ReconnectFailed {
                         attempts: backoff.failures(),
