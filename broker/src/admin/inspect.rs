@@ -8,11 +8,7 @@ use confab_codec::{EventRecord, RoomId, Seq};
 
 use super::AdminError;
 use crate::rooms::membership::RoomState;
-use crate::rooms::receipts::decode_marker;
-use crate::storage::{RocksLog, RoomLog};
-
-/// Metadata entries read per page when scanning markers.
-const PAGE: usize = 4096;
+use crate::storage::{meta, RocksLog, RoomLog};
 
 /// A secondary instance and its scratch directory, removed when dropped.
 struct ReadOnly {
@@ -104,75 +100,14 @@ pub(super) fn tail(dir: &Path, room: &RoomId, count: usize) -> Result<String, Ad
     Ok(out)
 }
 
-/// Calls `f` with every metadata entry under `prefix`, page by page.
-fn scan(
-    log: &dyn RoomLog,
-    prefix: &[u8],
-    mut f: impl FnMut(&[u8], &[u8]),
-) -> Result<(), AdminError> {
-    let mut after: Option<Vec<u8>> = None;
-    loop {
-        let page = log.meta_scan(prefix, after.as_deref(), PAGE)?;
-        for (k, v) in &page {
-            f(k, v);
-        }
-        match page.last() {
-            Some((k, _)) if page.len() == PAGE => after = Some(k.clone()),
-            _ => return Ok(()),
-        }
-    }
-}
-
-/// Splits `len · bytes` off the front of `key`.
-fn take_prefixed(key: &[u8]) -> Option<(&[u8], &[u8])> {
-    let (&len, rest) = key.split_first()?;
-    let len = usize::from(len);
-    (rest.len() >= len).then(|| rest.split_at(len))
-}
-
 /// `cursors`: `room delivered read` per room where the device or its user
 /// has a marker. Scans every marker (an offline-sized operation).
 pub(super) fn cursors(dir: &Path, user: &str, device: &str) -> Result<String, AdminError> {
     let db = open(dir)?;
-    let mut rows: std::collections::BTreeMap<String, (u64, u64)> = Default::default();
-    // Delivered: `d` · len(room) · room · len(user) · user · device.
-    scan(&db.log, b"d", |k, v| {
-        let Some((room, rest)) = take_prefixed(&k[1..]) else {
-            return;
-        };
-        let Some((u, d)) = take_prefixed(rest) else {
-            return;
-        };
-        if u == user.as_bytes() && d == device.as_bytes() {
-            let room = String::from_utf8_lossy(room).into_owned();
-            rows.entry(room).or_default().0 = decode_marker(v);
-        }
-    })?;
-    // Read: `e` · len(room) · room · user.
-    scan(&db.log, b"e", |k, v| {
-        let Some((room, u)) = take_prefixed(&k[1..]) else {
-            return;
-        };
-        if u == user.as_bytes() {
-            let room = String::from_utf8_lossy(room).into_owned();
-            rows.entry(room).or_default().1 = decode_marker(v);
-        }
-    })?;
+    let rows = meta::markers::of_device(&db.log, user.as_bytes(), device.as_bytes())?;
     let mut out = String::from("room\tdelivered\tread\n");
     for (room, (delivered, read)) in rows {
         let _ = writeln!(out, "{room}\t{delivered}\t{read}");
     }
     Ok(out)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::take_prefixed;
-
-    #[test]
-    fn prefixed_fields_split_and_short_keys_do_not_panic() {
-        assert_eq!(take_prefixed(b"\x02abcd"), Some((&b"ab"[..], &b"cd"[..])));
-        assert_eq!(take_prefixed(b"\x05ab"), None);
-        assert_eq!(take_prefixed(b""), None);
-    }
 }

@@ -32,28 +32,15 @@ pub(crate) use share::visible_to;
 
 use crate::fanout::Outbox;
 use crate::sequencer::{write_meta, SeqMsg};
-use crate::storage::{MetaWrite, RoomLog, StorageError};
+use crate::storage::{meta, RoomLog, StorageError};
 use state::{Change, PresenceState};
-
-/// Key of a user's last-seen time.
-pub(crate) fn last_seen_key(user: &UserId) -> Vec<u8> {
-    let id = user.as_bytes();
-    let mut k = Vec::with_capacity(2 + id.len());
-    k.push(b'S');
-    k.push(id.len() as u8);
-    k.extend_from_slice(id);
-    k
-}
 
 /// A user's stored last-seen time (0 if never seen).
 ///
 /// # Errors
 /// If the storage fails.
 pub(crate) fn stored_last_seen(log: &dyn RoomLog, user: &UserId) -> Result<u64, StorageError> {
-    Ok(log
-        .meta_get(&last_seen_key(user))?
-        .and_then(|v| v.get(..8).and_then(|b| b.try_into().ok()))
-        .map_or(0, u64::from_be_bytes))
+    meta::presence::last_seen(log, user)
 }
 
 /// One connection that turned `WatchPresence` on.
@@ -125,10 +112,7 @@ impl PresenceHub {
         if !self.state().disconnect(session, user, now_us) {
             return;
         }
-        let write = MetaWrite {
-            key: last_seen_key(user),
-            value: Some(now_us.to_be_bytes().to_vec()),
-        };
+        let write = meta::presence::put_last_seen(user, now_us);
         if let Err(code) = write_meta(&self.writer, vec![write]).await {
             warn!(%user, ?code, "cannot store the last-seen time");
         }

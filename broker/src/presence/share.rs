@@ -10,58 +10,12 @@ use std::collections::HashSet;
 use confab_codec::{Role, RoomId, UserId};
 use rustc_hash::FxHashSet;
 
-use crate::rooms::membership::{member_key, member_prefix, role_from, user_prefix};
+use crate::storage::meta::rooms::{all_user_rooms as indexed_rooms, is_member, scan_members};
 use crate::storage::{RoomLog, StorageError};
-
-/// Keys read per storage scan.
-const PAGE: usize = 1024;
 
 /// Above this many point look-ups (watching users × rooms of the user), the
 /// rooms' member lists are scanned instead.
 const POINT_LOOKUPS: usize = 4096;
-
-/// Whether `user` is a member, not an invitee, of `room`.
-fn is_member(log: &dyn RoomLog, room: &RoomId, user: &UserId) -> Result<bool, StorageError> {
-    Ok(log
-        .meta_get(&member_key(room, user))?
-        .and_then(|v| v.first().copied().and_then(role_from))
-        .is_some_and(|r| r != Role::Invited))
-}
-
-/// Calls `f` with the suffix after `prefix` of every key under it.
-fn scan_suffixes(
-    log: &dyn RoomLog,
-    prefix: &[u8],
-    mut f: impl FnMut(&[u8], &[u8]),
-) -> Result<(), StorageError> {
-    let mut after: Option<Vec<u8>> = None;
-    loop {
-        let page = log.meta_scan(prefix, after.as_deref(), PAGE)?;
-        for (k, v) in &page {
-            if let Some(rest) = k.get(prefix.len()..) {
-                f(rest, v);
-            }
-        }
-        match page.last() {
-            Some((last, _)) if page.len() == PAGE => after = Some(last.clone()),
-            _ => return Ok(()),
-        }
-    }
-}
-
-/// The rooms of `user`'s index (including invitations).
-fn indexed_rooms(log: &dyn RoomLog, user: &UserId) -> Result<Vec<RoomId>, StorageError> {
-    let mut rooms = Vec::new();
-    scan_suffixes(log, &user_prefix(user), |rest, _| {
-        if let Some(room) = std::str::from_utf8(rest)
-            .ok()
-            .and_then(|r| RoomId::new(r).ok())
-        {
-            rooms.push(room);
-        }
-    })?;
-    Ok(rooms)
-}
 
 /// The managed rooms `user` is a member of.
 fn joined_rooms(log: &dyn RoomLog, user: &UserId) -> Result<Vec<RoomId>, StorageError> {
@@ -103,23 +57,9 @@ pub(super) fn seers(
     let wanted: FxHashSet<&UserId> = watching.iter().filter(|w| *w != user).collect();
     let mut found: FxHashSet<UserId> = FxHashSet::default();
     for room in &rooms {
-        let prefix = member_prefix(room);
-        scan_suffixes(log, &prefix, |rest, role| {
-            let member = role
-                .first()
-                .copied()
-                .and_then(role_from)
-                .is_some_and(|r| r != Role::Invited);
-            if !member {
-                return;
-            }
-            if let Some(u) = std::str::from_utf8(rest)
-                .ok()
-                .and_then(|u| UserId::new(u).ok())
-            {
-                if wanted.contains(&u) {
-                    found.insert(u);
-                }
+        scan_members(log, room, |u, role| {
+            if role != Role::Invited && wanted.contains(&u) {
+                found.insert(u);
             }
         })?;
         if found.len() == wanted.len() {
@@ -175,8 +115,7 @@ pub(crate) fn visible_to(
 mod tests {
     use super::*;
     use crate::config::Durability;
-    use crate::rooms::membership::user_room_key;
-    use crate::storage::{MemoryLog, MetaWrite};
+    use crate::storage::MemoryLog;
 
     fn u(s: &str) -> UserId {
         UserId::new(s).expect("id")
@@ -184,16 +123,7 @@ mod tests {
 
     fn put(log: &MemoryLog, room: &str, user: &str, role: Role) {
         let (r, m) = (RoomId::new(room).expect("id"), u(user));
-        let writes = [
-            MetaWrite {
-                key: member_key(&r, &m),
-                value: Some(vec![role as u8]),
-            },
-            MetaWrite {
-                key: user_room_key(&m, &r),
-                value: Some(Vec::new()),
-            },
-        ];
+        let writes = crate::storage::meta::rooms::set_role(&r, &m, role);
         log.commit(&[], &writes, Durability::None).expect("commit");
     }
 

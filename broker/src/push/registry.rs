@@ -1,11 +1,10 @@
-//! Push registrations (`RegisterPush`), persisted in the metadata keyspace:
-//! key `p` · len(user) · user · device, value JSON `{provider, token}`.
+//! Push registrations (`RegisterPush`): checked here, stored by
+//! [`crate::storage::meta::push`].
 
 use confab_codec::{DeviceId, UserId};
-use serde::{Deserialize, Serialize};
 
 use super::PushTarget;
-use crate::storage::{MetaWrite, RoomLog, StorageError};
+use crate::storage::{meta, MetaWrite, RoomLog, StorageError};
 
 /// Longest provider name accepted.
 const MAX_PROVIDER_LEN: usize = 32;
@@ -13,27 +12,6 @@ const MAX_PROVIDER_LEN: usize = 32;
 const MAX_TOKEN_LEN: usize = 4096;
 /// Most devices of one user read per job.
 const MAX_TARGETS: usize = 64;
-
-fn user_prefix(user: &UserId) -> Vec<u8> {
-    let id = user.as_bytes();
-    let mut k = Vec::with_capacity(2 + id.len());
-    k.push(b'p');
-    k.push(id.len() as u8);
-    k.extend_from_slice(id);
-    k
-}
-
-fn key(user: &UserId, device: &DeviceId) -> Vec<u8> {
-    let mut k = user_prefix(user);
-    k.extend_from_slice(device.as_bytes());
-    k
-}
-
-#[derive(Serialize, Deserialize)]
-struct Stored {
-    provider: String,
-    token: String,
-}
 
 /// Checks a registration from the wire.
 ///
@@ -66,17 +44,7 @@ pub(crate) fn registration(
     provider: &str,
     token: &str,
 ) -> MetaWrite {
-    let value = (!token.is_empty()).then(|| {
-        serde_json::to_vec(&Stored {
-            provider: provider.to_owned(),
-            token: token.to_owned(),
-        })
-        .unwrap_or_default()
-    });
-    MetaWrite {
-        key: key(user, device),
-        value,
-    }
+    meta::push::put(user, device, provider, token)
 }
 
 /// The registered devices of a user (at most [`MAX_TARGETS`]). Blocking.
@@ -84,19 +52,12 @@ pub(crate) fn registration(
 /// # Errors
 /// If the engine fails.
 pub(crate) fn targets(log: &dyn RoomLog, user: &UserId) -> Result<Vec<PushTarget>, StorageError> {
-    let prefix = user_prefix(user);
-    let entries = log.meta_scan(&prefix, None, MAX_TARGETS)?;
-    Ok(entries
+    Ok(meta::push::registrations(log, user, MAX_TARGETS)?
         .into_iter()
-        .filter_map(|(k, v)| {
-            let device = std::str::from_utf8(k.get(prefix.len()..)?).ok()?;
-            let device = DeviceId::new(device).ok()?;
-            let stored: Stored = serde_json::from_slice(&v).ok()?;
-            Some(PushTarget {
-                device,
-                provider: stored.provider,
-                token: stored.token,
-            })
+        .map(|r| PushTarget {
+            device: r.device,
+            provider: r.provider,
+            token: r.token,
         })
         .collect())
 }

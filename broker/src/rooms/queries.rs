@@ -3,8 +3,8 @@
 
 use confab_codec::{EventRecord, JoinPolicy, RoomId, RoomList, RoomSummary, UserId};
 
-use super::membership::{member_key, role_from, room_key, user_prefix, RoomRecord, RoomState};
-use crate::storage::{RoomLog, StorageError};
+use super::membership::RoomState;
+use crate::storage::{meta, RoomLog, StorageError};
 use confab_codec::{ErrorCode, Role, RoomInfo};
 
 /// A refusal: the code and message for the client.
@@ -18,18 +18,14 @@ pub(crate) fn access(
     user: &UserId,
     auto_create: bool,
 ) -> Result<Result<(), Refusal>, StorageError> {
-    if log.meta_get(&room_key(room))?.is_none() {
+    if !meta::rooms::exists(log, room)? {
         return Ok(if auto_create {
             Ok(())
         } else {
             Err((ErrorCode::NoSuchRoom, format!("no room {room}")))
         });
     }
-    let role = log
-        .meta_get(&member_key(room, user))?
-        .and_then(|v| v.first().copied())
-        .and_then(role_from);
-    Ok(match role {
+    Ok(match meta::rooms::role(log, room, user)? {
         Some(r) if r != Role::Invited => Ok(()),
         _ => Err((
             ErrorCode::NotMember,
@@ -72,26 +68,10 @@ pub(crate) fn list(
     limit: usize,
     only: Option<&[RoomId]>,
 ) -> Result<RoomList, StorageError> {
-    let prefix = user_prefix(user);
-    let index_key = |r: &RoomId| {
-        let mut k = prefix.clone();
-        k.extend_from_slice(r.as_bytes());
-        k
-    };
     // One more than the page, to learn whether more follow.
     let mut page: Vec<RoomId> = Vec::new();
     match only {
-        None => {
-            let after_key = after.map(index_key);
-            for (k, _) in log.meta_scan(&prefix, after_key.as_deref(), limit + 1)? {
-                if let Some(room) = std::str::from_utf8(&k[prefix.len()..])
-                    .ok()
-                    .and_then(|r| RoomId::new(r).ok())
-                {
-                    page.push(room);
-                }
-            }
-        }
+        None => page = meta::rooms::user_rooms(log, user, after, limit + 1)?,
         Some(claimed) => {
             let from = match after {
                 Some(a) => claimed.partition_point(|r| r.as_bytes() <= a.as_bytes()),
@@ -101,7 +81,7 @@ pub(crate) fn list(
                 if page.len() > limit {
                     break;
                 }
-                if log.meta_get(&index_key(room))?.is_some() {
+                if meta::rooms::in_index(log, user, room)? {
                     page.push(room.clone());
                 }
             }
@@ -110,17 +90,16 @@ pub(crate) fn list(
     let has_more = page.len() > limit;
     let mut rooms = Vec::with_capacity(page.len().min(limit));
     for room in page.into_iter().take(limit) {
-        let Some(bytes) = log.meta_get(&room_key(&room))? else {
+        let Some(record) = meta::rooms::record(log, &room)? else {
             continue;
         };
-        let record = RoomRecord::decode(&room, &bytes)?;
         let bounds = log.bounds(&room)?;
         let last_activity_us = log
             .read_before(&room, bounds.head.next(), 1, usize::MAX)?
             .pop()
             .and_then(|r| EventRecord::decode(r.bytes).ok())
             .map_or(0, |e| e.timestamp_us);
-        let read = super::receipts::read_marker(log, &room, user)?;
+        let read = meta::markers::read_marker(log, &room, user)?;
         rooms.push(RoomSummary {
             room,
             kind: record.kind(),

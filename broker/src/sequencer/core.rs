@@ -36,6 +36,7 @@ use crate::fanout::SubscribeCmd;
 use crate::rooms::membership::RoomState;
 use crate::rooms::{Room, RoomRegistry};
 use crate::stats::Stats;
+use crate::storage::meta::markers::MarkerKey;
 use crate::storage::{Append, IdemWrite, LogBounds, MetaWrite, Original, RoomLog, StorageError};
 
 /// The sequencer's view of a room.
@@ -168,7 +169,7 @@ pub(crate) struct Core {
     /// Managed rooms whose state the batch changed (reloaded if it fails).
     pub(super) touched: Vec<RoomId>,
     /// Markers written by the batch being built, by key.
-    pub(super) markers: FxHashMap<Vec<u8>, u64>,
+    pub(super) markers: FxHashMap<MarkerKey, u64>,
     /// An embedding service's authorization hook decided access before
     /// requests got here: the membership tables are not consulted.
     pub(super) external_authz: bool,

@@ -17,17 +17,14 @@
 
 use std::sync::Arc;
 
-use confab_codec::{EventRecord, Role, RoomId, Seq, UserId};
+use confab_codec::{EventRecord, RoomId, Seq, UserId};
 use crossbeam_channel::{Receiver, Sender};
 use rustc_hash::{FxHashMap, FxHashSet};
 
 use super::references::Target;
-use crate::rooms::membership::{member_key, role_from, user_prefix, RoomState};
-use crate::rooms::receipts::decode_marker;
+use crate::rooms::membership::RoomState;
+use crate::storage::meta::{self, markers::MarkerKey};
 use crate::storage::{IdemKey, LogBounds, Original, RoomLog, StorageError};
-
-/// Keys read per storage scan when counting a user's rooms.
-const PAGE: usize = 1024;
 
 /// Something the core must read before it can go on with a request.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -45,8 +42,8 @@ pub(crate) enum Need {
     /// The sender and kind of an entry that an edit, delete or reaction
     /// targets.
     Target { room: RoomId, seq: u64 },
-    /// A delivered or read marker (its metadata key).
-    Marker(Vec<u8>),
+    /// A delivered or read marker.
+    Marker(MarkerKey),
     /// How many managed rooms a user is a member of.
     Joined(UserId),
 }
@@ -113,8 +110,8 @@ pub(crate) fn read(log: &dyn RoomLog, need: &Need) -> Result<Answer, StorageErro
             },
         )?),
         Need::Target { room, seq } => Answer::Target(read_target(log, room, Seq(*seq))?),
-        Need::Marker(key) => Answer::Marker(log.meta_get(key)?.map_or(0, |v| decode_marker(&v))),
-        Need::Joined(user) => Answer::Joined(joined_count(log, user)?),
+        Need::Marker(key) => Answer::Marker(meta::markers::get(log, key)?),
+        Need::Joined(user) => Answer::Joined(meta::rooms::joined_count(log, user)?),
     })
 }
 
@@ -130,34 +127,6 @@ fn read_target(log: &dyn RoomLog, room: &RoomId, seq: Seq) -> Result<Option<Targ
         sender: ev.sender,
         kind: ev.kind,
     }))
-}
-
-/// The number of managed rooms `user` is a member of (invitations do not
-/// count), from the user's room index.
-fn joined_count(log: &dyn RoomLog, user: &UserId) -> Result<usize, StorageError> {
-    let prefix = user_prefix(user);
-    let mut n = 0;
-    let mut after: Option<Vec<u8>> = None;
-    loop {
-        let page = log.meta_scan(&prefix, after.as_deref(), PAGE)?;
-        for (k, _) in &page {
-            let room = k
-                .get(prefix.len()..)
-                .and_then(|r| std::str::from_utf8(r).ok())
-                .and_then(|r| RoomId::new(r).ok());
-            let Some(room) = room else { continue };
-            let role = log
-                .meta_get(&member_key(&room, user))?
-                .and_then(|v| v.first().copied().and_then(role_from));
-            if role.is_some_and(|r| r != Role::Invited) {
-                n += 1;
-            }
-        }
-        match page.last() {
-            Some((last, _)) if page.len() == PAGE => after = Some(last.clone()),
-            _ => return Ok(n),
-        }
-    }
 }
 
 /// A reader thread: answers needs until the sequencer hangs up.

@@ -17,9 +17,8 @@ use rustc_hash::FxHashMap;
 use super::core::{mismatch, Core, Halt, Outcome};
 use super::reads::{Answer, Need};
 use crate::fanout::ConnCtx;
-use crate::rooms::membership::{direct_room_id, room_key, RoomRecord, RoomState};
-use crate::rooms::receipts::{delivered_key, read_key};
-use crate::storage::MetaWrite;
+use crate::rooms::membership::{direct_room_id, RoomRecord, RoomState};
+use crate::storage::meta::{self, markers::MarkerKey};
 
 /// Most members listed in a `RoomInfo` reply.
 const MAX_LISTED_MEMBERS: usize = 1000;
@@ -140,9 +139,9 @@ impl Core {
     ) -> Option<ReceiptReq> {
         let key = match req.receipt.kind {
             confab_codec::ReceiptKind::Delivered => {
-                delivered_key(&req.receipt.room, &req.conn.user, &req.conn.device)
+                MarkerKey::delivered(&req.receipt.room, &req.conn.user, &req.conn.device)
             }
-            confab_codec::ReceiptKind::Read => read_key(&req.receipt.room, &req.conn.user),
+            confab_codec::ReceiptKind::Read => MarkerKey::read(&req.receipt.room, &req.conn.user),
         };
         let current = match self.check_receipt(&req, &key) {
             Ok(current) => current,
@@ -161,10 +160,7 @@ impl Core {
             return None;
         }
         self.markers.insert(key.clone(), receipt.seq.0);
-        self.meta.push(MetaWrite {
-            key,
-            value: Some(receipt.seq.0.to_be_bytes().to_vec()),
-        });
+        self.meta.push(meta::markers::put(key, receipt.seq.0));
         if let Some(r) = self.rooms.get(&receipt.room) {
             outcomes.push(Outcome::Receipt {
                 room: r.room.clone(),
@@ -181,7 +177,7 @@ impl Core {
 
     /// The room (loaded), access, the sequence and the marker's current
     /// value, for a receipt.
-    fn check_receipt(&mut self, req: &ReceiptReq, key: &[u8]) -> Result<u64, Halt> {
+    fn check_receipt(&mut self, req: &ReceiptReq, key: &MarkerKey) -> Result<u64, Halt> {
         let head = self.room(&req.receipt.room)?.head;
         self.access(
             &self.rooms[&req.receipt.room],
@@ -200,7 +196,7 @@ impl Core {
         if let Some(v) = self.markers.get(key) {
             return Ok(*v);
         }
-        match self.reads.take(Need::Marker(key.to_vec())) {
+        match self.reads.take(Need::Marker(key.clone())) {
             None => Err(Halt::Wait),
             Some(Err(e)) => Err(e.into()),
             Some(Ok(Answer::Marker(v))) => Ok(v),
@@ -489,10 +485,7 @@ impl Core {
             record: record.clone(),
             members: FxHashMap::default(),
         });
-        self.meta.push(MetaWrite {
-            key: room_key(&room),
-            value: Some(record.encode()),
-        });
+        self.meta.push(meta::rooms::put_record(&room, &record));
         for (user, role) in &members {
             self.change(&room, user, Some(*role));
         }
@@ -554,10 +547,7 @@ impl Core {
         if !self.touched.contains(room) {
             self.touched.push(room.clone());
         }
-        self.meta.push(MetaWrite {
-            key: room_key(room),
-            value: Some(record.encode()),
-        });
+        self.meta.push(meta::rooms::put_record(room, &record));
         if let Some(st) = self.rooms.get_mut(room).and_then(|r| r.state.as_mut()) {
             st.record = record;
         }

@@ -7,6 +7,7 @@
 mod faulty;
 mod idem;
 mod memory;
+pub(crate) mod meta;
 mod rocks;
 mod space;
 
