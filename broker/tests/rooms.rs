@@ -277,6 +277,33 @@ async fn open_rooms_roles_and_leaving() {
     assert!(
         matches!(request(&mut erin, JoinRoom { room: lobby.clone() }).await, Body::RoomInfo(i) if i.member_count == 2)
     );
+    // In an open room a plain member may invite (anyone may join anyway);
+    // a stranger may not.
+    assert!(matches!(
+        request(
+            &mut erin,
+            InviteMember {
+                room: lobby.clone(),
+                user: user("fay")
+            }
+        )
+        .await,
+        Body::Ack(_)
+    ));
+    let mut gus = Conn::open(addr, "gus", "g").await;
+    assert_eq!(
+        code(
+            &request(
+                &mut gus,
+                InviteMember {
+                    room: lobby.clone(),
+                    user: user("hal")
+                }
+            )
+            .await
+        ),
+        ErrorCode::Forbidden
+    );
     // Only the owner changes roles; an admin may then edit the room.
     assert_eq!(
         code(
