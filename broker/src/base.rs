@@ -3,7 +3,9 @@
 //! without making an import cycle.
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio_util::sync::CancellationToken;
 
 /// Microseconds since the Unix epoch.
 pub(crate) fn now_us() -> u64 {
@@ -17,4 +19,22 @@ pub(crate) fn now_us() -> u64 {
 /// contain control characters, so this is unambiguous).
 pub(crate) fn sender_key(user: &str, device: &str) -> Arc<str> {
     Arc::from(format!("{user}\0{device}"))
+}
+
+/// Runs `work` on a blocking thread every `period` (the first time one
+/// period from now) until `shutdown`.
+pub(crate) async fn every<F>(period: Duration, shutdown: CancellationToken, work: F)
+where
+    F: Fn() + Clone + Send + 'static,
+{
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let _ = tokio::task::spawn_blocking(work.clone()).await;
+    }
 }

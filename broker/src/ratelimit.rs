@@ -199,17 +199,7 @@ impl ConnLimits {
 /// Sweeps idle users' buckets every minute, on a blocking thread, until
 /// `shutdown`.
 pub(crate) async fn run_sweeper(users: Arc<UserLimits>, shutdown: CancellationToken) {
-    let mut tick = tokio::time::interval(SWEEP_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tick.tick().await;
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        let u = users.clone();
-        let _ = tokio::task::spawn_blocking(move || u.sweep()).await;
-    }
+    crate::base::every(SWEEP_EVERY, shutdown, move || users.sweep()).await;
 }
 
 #[cfg(test)]

@@ -180,17 +180,7 @@ impl LoginBackoff {
 /// Drops forgotten addresses every minute, on a blocking thread, until
 /// `shutdown`.
 pub(crate) async fn run_sweeper(backoff: Arc<LoginBackoff>, shutdown: CancellationToken) {
-    let mut tick = tokio::time::interval(SWEEP_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tick.tick().await;
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        let b = backoff.clone();
-        let _ = tokio::task::spawn_blocking(move || b.sweep(Instant::now())).await;
-    }
+    crate::base::every(SWEEP_EVERY, shutdown, move || backoff.sweep(Instant::now())).await;
 }
 
 fn purge(table: &mut Table, now: Instant, forget: Duration) {

@@ -71,6 +71,16 @@ impl std::fmt::Debug for RocksLog {
 }
 
 impl RocksLog {
+    /// Writes a batch, noting whether the disk is full.
+    fn write(&self, wb: WriteBatch, durability: Durability) -> Result<(), StorageError> {
+        let written = self
+            .db
+            .write_opt(wb, &write_options(durability))
+            .map_err(StorageError::from);
+        self.space.observe(&written);
+        written
+    }
+
     /// Opens (or creates) the database in `dir`.
     ///
     /// # Errors
@@ -228,12 +238,7 @@ impl RoomLog for RocksLog {
                 }
             }
         }
-        let written = self
-            .db
-            .write_opt(wb, &write_options(durability))
-            .map_err(StorageError::from);
-        self.space.observe(&written);
-        written
+        self.write(wb, durability)
     }
 
     fn bounds(&self, room: &RoomId) -> Result<LogBounds, StorageError> {
@@ -373,12 +378,7 @@ impl RoomLog for RocksLog {
         for (from, to) in runs {
             wb.delete_range_cf(icf, from, to);
         }
-        let written = self
-            .db
-            .write_opt(wb, &write_options(durability))
-            .map_err(StorageError::from);
-        self.space.observe(&written);
-        written
+        self.write(wb, durability)
     }
 
     fn original(&self, room: &RoomId, key: IdemKey<'_>) -> Result<Option<Original>, StorageError> {
