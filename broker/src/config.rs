@@ -242,6 +242,11 @@ pub struct StorageConfig {
     pub dedup_window: usize,
 }
 
+/// The smallest `limits.max_frame_len`: every reply whose size the broker
+/// bounds by count (a room's member list, a typing list, a presence
+/// answer) fits in it.
+pub const MIN_FRAME_LEN: u32 = 256 << 10;
+
 /// Admission control and protocol limits.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -263,6 +268,15 @@ pub struct LimitsConfig {
     /// Most unacknowledged publishes per connection; beyond it the broker
     /// stops reading from that connection until acks go out.
     pub max_inflight_publishes: u32,
+    /// Most other requests for the sequencer (subscribes, receipts, room
+    /// requests) one connection may have waiting there; beyond it the
+    /// broker stops reading from that connection until one is done.
+    pub max_pending_requests: u32,
+    /// Most client requests queued for the sequencer, all connections
+    /// together; beyond it the sessions that send more wait (and stop
+    /// reading from their sockets). Memory: up to this many requests, each
+    /// with its payload.
+    pub sequencer_queue: usize,
 }
 
 /// Per-device outbound queues.
@@ -305,6 +319,10 @@ pub struct RoomsConfig {
     /// invitations do not count). `CreateRoom` and `JoinRoom` beyond it are
     /// refused with `TooManyRooms`.
     pub max_rooms_per_user: usize,
+    /// A room nobody has subscribed to, typed in or written to for this
+    /// long is dropped from memory (its log stays; it is read again on its
+    /// next use), in milliseconds.
+    pub evict_idle_ms: u64,
 }
 
 impl Default for RoomsConfig {
@@ -315,6 +333,7 @@ impl Default for RoomsConfig {
             typing_window_ms: 200,
             typing_ttl_ms: 5_000,
             max_rooms_per_user: 10_000,
+            evict_idle_ms: 30_000,
         }
     }
 }
@@ -393,6 +412,8 @@ impl Default for LimitsConfig {
             heartbeat_ms: 15_000,
             idle_timeout_ms: 45_000,
             max_inflight_publishes: 4096,
+            max_pending_requests: 64,
+            sequencer_queue: 16_384,
         }
     }
 }
@@ -441,6 +462,11 @@ pub struct RateLimitsConfig {
     pub typing_per_sec: u32,
     /// Typing burst, per connection.
     pub typing_burst: u32,
+    /// Typing notifications per second, per user (excess ones are dropped
+    /// silently).
+    pub user_typing_per_sec: u32,
+    /// Typing burst, per user.
+    pub user_typing_burst: u32,
     /// Room and presence requests (create, join, leave, invite, remove,
     /// update, set role, set/watch/get presence) per second, per connection.
     pub room_ops_per_sec: u32,
@@ -450,8 +476,51 @@ pub struct RateLimitsConfig {
     pub user_room_ops_per_sec: u32,
     /// Room request burst, per user.
     pub user_room_ops_burst: u32,
-    /// A connection refused this many times in a row, within
-    /// `flood_window_ms`, is closed with `RateLimited`.
+    /// Rooms subscribed per second, per connection: each item of a
+    /// `Subscribe` or `Hello.resume`, and each room of an `Unsubscribe`,
+    /// takes one token.
+    pub subscribe_per_sec: u32,
+    /// Subscribe burst, per connection (at least `max_rooms_per_connection`
+    /// lets a device resume all its rooms at once).
+    pub subscribe_burst: u32,
+    /// Rooms subscribed per second, per user.
+    pub user_subscribe_per_sec: u32,
+    /// Subscribe burst, per user.
+    pub user_subscribe_burst: u32,
+    /// `Receipt` requests per second, per connection.
+    pub receipt_per_sec: u32,
+    /// Receipt burst, per connection.
+    pub receipt_burst: u32,
+    /// `Receipt` requests per second, per user.
+    pub user_receipt_per_sec: u32,
+    /// Receipt burst, per user.
+    pub user_receipt_burst: u32,
+    /// Read requests (`HistoryRequest`, `GetRoomInfo`, `GetMessageStatus`,
+    /// `ListRooms`, `RefreshToken`, `RegisterPush`) per second, per
+    /// connection.
+    pub query_per_sec: u32,
+    /// Read request burst, per connection.
+    pub query_burst: u32,
+    /// Read requests per second, per user.
+    pub user_query_per_sec: u32,
+    /// Read request burst, per user.
+    pub user_query_burst: u32,
+    /// Connections a user may open per second (all devices together);
+    /// a `Hello` beyond it is refused with `RateLimited`, so that a client
+    /// cannot buy fresh per-connection buckets by reconnecting in a loop.
+    pub user_connects_per_sec: u32,
+    /// Connection burst, per user.
+    pub user_connects_burst: u32,
+    /// Frames of any kind read per second from one connection; beyond it
+    /// the broker reads the connection's next frame only when the bucket
+    /// allows (backpressure, not an error), so that no connection can
+    /// take more than this share of the broker's time.
+    pub frames_per_sec: u32,
+    /// Frame burst, per connection.
+    pub frames_burst: u32,
+    /// A connection refused this many times within `flood_window_ms`
+    /// (accepted requests in between do not reset the count) is closed
+    /// with `RateLimited`.
     pub flood_rejections: u32,
     /// The window of `flood_rejections`, in milliseconds.
     pub flood_window_ms: u64,
@@ -467,10 +536,28 @@ impl Default for RateLimitsConfig {
             user_publish_burst: 400,
             typing_per_sec: 5,
             typing_burst: 20,
+            user_typing_per_sec: 10,
+            user_typing_burst: 40,
             room_ops_per_sec: 10,
             room_ops_burst: 50,
             user_room_ops_per_sec: 20,
             user_room_ops_burst: 100,
+            subscribe_per_sec: 1_000,
+            subscribe_burst: 10_000,
+            user_subscribe_per_sec: 2_000,
+            user_subscribe_burst: 20_000,
+            receipt_per_sec: 50,
+            receipt_burst: 500,
+            user_receipt_per_sec: 100,
+            user_receipt_burst: 1_000,
+            query_per_sec: 50,
+            query_burst: 200,
+            user_query_per_sec: 100,
+            user_query_burst: 400,
+            user_connects_per_sec: 5,
+            user_connects_burst: 30,
+            frames_per_sec: 1_000,
+            frames_burst: 2_000,
             flood_rejections: 100,
             flood_window_ms: 10_000,
         }
@@ -486,10 +573,28 @@ impl RateLimitsConfig {
             self.user_publish_burst,
             self.typing_per_sec,
             self.typing_burst,
+            self.user_typing_per_sec,
+            self.user_typing_burst,
             self.room_ops_per_sec,
             self.room_ops_burst,
             self.user_room_ops_per_sec,
             self.user_room_ops_burst,
+            self.subscribe_per_sec,
+            self.subscribe_burst,
+            self.user_subscribe_per_sec,
+            self.user_subscribe_burst,
+            self.receipt_per_sec,
+            self.receipt_burst,
+            self.user_receipt_per_sec,
+            self.user_receipt_burst,
+            self.query_per_sec,
+            self.query_burst,
+            self.user_query_per_sec,
+            self.user_query_burst,
+            self.frames_per_sec,
+            self.frames_burst,
+            self.user_connects_per_sec,
+            self.user_connects_burst,
             self.flood_rejections,
         ];
         if all.contains(&0) || self.flood_window_ms == 0 {
@@ -523,9 +628,11 @@ impl Default for PresenceConfig {
 
 impl PresenceConfig {
     fn validate(&self) -> Result<(), ConfigError> {
-        if self.window_ms < 10 || self.max_query_users < 1 {
+        // An answer names each user once: 138 bytes at most per user, so
+        // 1,800 fit in the smallest frame limit.
+        if self.window_ms < 10 || !(1..=1_800).contains(&self.max_query_users) {
             return Err(ConfigError::Invalid(
-                "presence.window_ms must be at least 10 and presence.max_query_users at least 1"
+                "presence.window_ms must be at least 10 and presence.max_query_users between 1 and 1800"
                     .into(),
             ));
         }
@@ -635,8 +742,8 @@ impl Config {
                 "limits.max_connections must be at least 1",
             ),
             (
-                l.max_frame_len >= 1024,
-                "limits.max_frame_len must be at least 1024",
+                l.max_frame_len >= MIN_FRAME_LEN,
+                "limits.max_frame_len must be at least 262144 (256 KiB)",
             ),
             (
                 l.max_payload_len >= 1 && l.max_payload_len <= l.max_frame_len.saturating_sub(512),
@@ -708,6 +815,16 @@ impl Config {
         if self.rooms.max_rooms_per_user < 1 {
             return Err(ConfigError::Invalid(
                 "rooms.max_rooms_per_user must be at least 1".into(),
+            ));
+        }
+        if l.max_pending_requests < 1 || l.sequencer_queue < s.max_batch {
+            return Err(ConfigError::Invalid(
+                "limits.max_pending_requests must be at least 1 and limits.sequencer_queue at least storage.max_batch".into(),
+            ));
+        }
+        if self.rooms.evict_idle_ms < 100 {
+            return Err(ConfigError::Invalid(
+                "rooms.evict_idle_ms must be at least 100".into(),
             ));
         }
         self.rate_limits.validate()?;

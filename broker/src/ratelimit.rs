@@ -1,6 +1,8 @@
 //! Rate limits: GCRA token buckets (the `governor` crate) per connection
-//! and per user, for publishes, typing and room requests, and the flood
-//! rule that closes a connection refused too often in a row.
+//! and per user, for every kind of request a client sends that costs the
+//! broker more than a reply (publishes, typing, room and presence
+//! requests, subscribes, receipts and reads), and the flood rule that
+//! closes a connection refused too often within a window.
 //!
 //! Per-user buckets live in one sharded, lock-free-read map (`governor`'s
 //! keyed limiter over `dashmap`), shared by every connection of the user;
@@ -31,16 +33,66 @@ pub(crate) enum Kind {
     Typing,
     /// Room and presence requests.
     RoomOp,
+    /// Rooms subscribed or unsubscribed (one token per room).
+    Subscribe,
+    /// `Receipt`.
+    Receipt,
+    /// Reads: history, room info, message status, room lists, token
+    /// refreshes, push registrations.
+    Query,
 }
 
 impl Kind {
+    const ALL: [Kind; 6] = [
+        Kind::Publish,
+        Kind::Typing,
+        Kind::RoomOp,
+        Kind::Subscribe,
+        Kind::Receipt,
+        Kind::Query,
+    ];
+
     /// The `kind` label of `confab_rate_limited_total`.
     fn label(self) -> &'static str {
         match self {
             Kind::Publish => "publish",
             Kind::Typing => "typing",
             Kind::RoomOp => "room_op",
+            Kind::Subscribe => "subscribe",
+            Kind::Receipt => "receipt",
+            Kind::Query => "query",
         }
+    }
+
+    /// (per connection, per user) quotas.
+    fn quotas(self, c: &RateLimitsConfig) -> (Quota, Option<Quota>) {
+        let (conn, user) = match self {
+            Kind::Publish => (
+                (c.publish_per_sec, c.publish_burst),
+                Some((c.user_publish_per_sec, c.user_publish_burst)),
+            ),
+            Kind::Typing => (
+                (c.typing_per_sec, c.typing_burst),
+                Some((c.user_typing_per_sec, c.user_typing_burst)),
+            ),
+            Kind::RoomOp => (
+                (c.room_ops_per_sec, c.room_ops_burst),
+                Some((c.user_room_ops_per_sec, c.user_room_ops_burst)),
+            ),
+            Kind::Subscribe => (
+                (c.subscribe_per_sec, c.subscribe_burst),
+                Some((c.user_subscribe_per_sec, c.user_subscribe_burst)),
+            ),
+            Kind::Receipt => (
+                (c.receipt_per_sec, c.receipt_burst),
+                Some((c.user_receipt_per_sec, c.user_receipt_burst)),
+            ),
+            Kind::Query => (
+                (c.query_per_sec, c.query_burst),
+                Some((c.user_query_per_sec, c.user_query_burst)),
+            ),
+        };
+        (quota(conn.0, conn.1), user.map(|(r, b)| quota(r, b)))
     }
 }
 
@@ -70,18 +122,22 @@ fn quota(per_sec: u32, burst: u32) -> Quota {
         .allow_burst(NonZeroU32::new(burst).unwrap_or(one))
 }
 
-/// The per-user buckets, shared by every connection.
+/// The per-user buckets, shared by every connection, by [`Kind`].
 pub(crate) struct UserLimits {
     cfg: RateLimitsConfig,
-    publish: DefaultKeyedRateLimiter<UserId>,
-    room_ops: DefaultKeyedRateLimiter<UserId>,
+    users: [Option<DefaultKeyedRateLimiter<UserId>>; 6],
+    /// Connections opened, per user.
+    connects: DefaultKeyedRateLimiter<UserId>,
     clock: DefaultClock,
 }
 
 impl std::fmt::Debug for UserLimits {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let users = self.users[Kind::Publish as usize]
+            .as_ref()
+            .map_or(0, |l| l.len());
         f.debug_struct("UserLimits")
-            .field("users", &self.publish.len())
+            .field("users", &users)
             .finish_non_exhaustive()
     }
 }
@@ -90,21 +146,31 @@ impl UserLimits {
     pub(crate) fn new(cfg: &RateLimitsConfig) -> Self {
         Self {
             cfg: cfg.clone(),
-            publish: RateLimiter::keyed(quota(cfg.user_publish_per_sec, cfg.user_publish_burst)),
-            room_ops: RateLimiter::keyed(quota(cfg.user_room_ops_per_sec, cfg.user_room_ops_burst)),
+            users: Kind::ALL.map(|k| k.quotas(cfg).1.map(RateLimiter::keyed)),
+            connects: RateLimiter::keyed(quota(cfg.user_connects_per_sec, cfg.user_connects_burst)),
             clock: DefaultClock::default(),
         }
     }
 
+    /// Charges a new connection of `user`; `Err` holds the milliseconds
+    /// until one is allowed again.
+    pub(crate) fn connect(&self, user: &UserId) -> Result<(), u32> {
+        if !self.cfg.enabled {
+            return Ok(());
+        }
+        self.connects.check_key(user).map_err(|nu| {
+            metrics::counter!("confab_rate_limited_total", "kind" => "connect").increment(1);
+            self.wait_ms(&nu)
+        })
+    }
+
     /// A fresh set of buckets for one connection.
     pub(crate) fn connection(&self) -> ConnLimits {
-        let c = &self.cfg;
         ConnLimits {
-            publish: RateLimiter::direct(quota(c.publish_per_sec, c.publish_burst)),
-            typing: RateLimiter::direct(quota(c.typing_per_sec, c.typing_burst)),
-            room_ops: RateLimiter::direct(quota(c.room_ops_per_sec, c.room_ops_burst)),
-            streak: 0,
-            streak_start: None,
+            buckets: Kind::ALL.map(|k| RateLimiter::direct(k.quotas(&self.cfg).0)),
+            frames: RateLimiter::direct(quota(self.cfg.frames_per_sec, self.cfg.frames_burst)),
+            refusals: 0,
+            window_start: None,
         }
     }
 
@@ -115,27 +181,40 @@ impl UserLimits {
 
     /// Drops the buckets of users idle long enough to be full again.
     fn sweep(&self) {
-        self.publish.retain_recent();
-        self.room_ops.retain_recent();
-        self.publish.shrink_to_fit();
-        self.room_ops.shrink_to_fit();
+        for limiter in self.users.iter().flatten().chain([&self.connects]) {
+            limiter.retain_recent();
+            limiter.shrink_to_fit();
+        }
     }
 }
 
-/// One connection's buckets and its run of refusals.
+/// One connection's buckets and its count of recent refusals.
 pub(crate) struct ConnLimits {
-    publish: DefaultDirectRateLimiter,
-    typing: DefaultDirectRateLimiter,
-    room_ops: DefaultDirectRateLimiter,
-    /// Consecutive refusals, and when the run started.
-    streak: u32,
-    streak_start: Option<Instant>,
+    buckets: [DefaultDirectRateLimiter; 6],
+    /// Every frame read, whatever its kind (pacing, not refusal).
+    frames: DefaultDirectRateLimiter,
+    /// Refusals since `window_start`.
+    refusals: u32,
+    window_start: Option<Instant>,
 }
 
 impl ConnLimits {
+    /// Takes a token for the next frame read from the connection, or says
+    /// how long to wait before reading it.
+    pub(crate) fn pace(&self, users: &UserLimits) -> Option<Duration> {
+        if !users.cfg.enabled {
+            return None;
+        }
+        match self.frames.check() {
+            Ok(()) => None,
+            Err(nu) => Some(nu.wait_time_from(users.clock.now())),
+        }
+    }
+
     /// Charges one request of `kind` by `user` to this connection's and the
     /// user's buckets. A refused `Typing` is never counted towards flooding
     /// (it is dropped silently).
+    #[cfg(test)]
     pub(crate) fn check(
         &mut self,
         users: &UserLimits,
@@ -143,31 +222,45 @@ impl ConnLimits {
         kind: Kind,
         now: Instant,
     ) -> Verdict {
+        self.check_n(users, user, kind, 1, now)
+    }
+
+    /// Charges `n` tokens (a `Subscribe` of `n` rooms); `n` of 0 is free.
+    /// More than a bucket's burst can never pass: it is refused like any
+    /// request over the limit, with the time the burst takes to refill.
+    pub(crate) fn check_n(
+        &mut self,
+        users: &UserLimits,
+        user: &UserId,
+        kind: Kind,
+        n: u32,
+        now: Instant,
+    ) -> Verdict {
+        let Some(n) = NonZeroU32::new(n) else {
+            return Verdict::Allowed;
+        };
         if !users.cfg.enabled {
             return Verdict::Allowed;
         }
-        let conn = match kind {
-            Kind::Publish => &self.publish,
-            Kind::Typing => &self.typing,
-            Kind::RoomOp => &self.room_ops,
+        let too_many = |q: Quota| {
+            let per_token = q.replenish_interval().as_millis().max(1);
+            let ms = per_token.saturating_mul(u128::from(q.burst_size().get()));
+            u32::try_from(ms).unwrap_or(u32::MAX).max(1)
         };
-        let refused = match conn.check() {
-            Err(nu) => Some(users.wait_ms(&nu)),
-            Ok(()) => {
-                let shared = match kind {
-                    Kind::Publish => Some(&users.publish),
-                    Kind::RoomOp => Some(&users.room_ops),
-                    Kind::Typing => None,
-                };
-                match shared.map(|s| s.check_key(user)) {
-                    Some(Err(nu)) => Some(users.wait_ms(&nu)),
-                    _ => None,
-                }
-            }
+        let (conn_quota, user_quota) = kind.quotas(&users.cfg);
+        let refused = match self.buckets[kind as usize].check_n(n) {
+            Err(_) => Some(too_many(conn_quota)),
+            Ok(Err(nu)) => Some(users.wait_ms(&nu)),
+            Ok(Ok(())) => match (&users.users[kind as usize], user_quota) {
+                (Some(shared), Some(q)) => match shared.check_key_n(user, n) {
+                    Err(_) => Some(too_many(q)),
+                    Ok(Err(nu)) => Some(users.wait_ms(&nu)),
+                    Ok(Ok(())) => None,
+                },
+                _ => None,
+            },
         };
         let Some(retry_after_ms) = refused else {
-            self.streak = 0;
-            self.streak_start = None;
             return Verdict::Allowed;
         };
         // Counted: every request refused by a rate limit, by kind.
@@ -175,19 +268,22 @@ impl ConnLimits {
         if kind == Kind::Typing {
             return Verdict::Limited { retry_after_ms };
         }
+        // Refusals are counted within a window, whatever passed in
+        // between: a client that slips one accepted request in among its
+        // refused ones is still flooding.
         let window = Duration::from_millis(users.cfg.flood_window_ms);
-        match self.streak_start {
-            Some(start) if now.saturating_duration_since(start) <= window => self.streak += 1,
+        match self.window_start {
+            Some(start) if now.saturating_duration_since(start) <= window => self.refusals += 1,
             _ => {
-                self.streak = 1;
-                self.streak_start = Some(now);
+                self.refusals = 1;
+                self.window_start = Some(now);
             }
         }
-        if self.streak >= users.cfg.flood_rejections {
+        if self.refusals >= users.cfg.flood_rejections {
             return Verdict::Flooding {
                 why: format!(
                     "{} requests refused by rate limits within {} ms",
-                    self.streak, users.cfg.flood_window_ms
+                    self.refusals, users.cfg.flood_window_ms
                 ),
                 retry_after_ms,
             };
@@ -257,7 +353,7 @@ mod tests {
     }
 
     #[test]
-    fn a_flood_is_detected_and_an_accepted_request_resets_it() {
+    fn a_flood_is_detected_even_with_accepted_requests_in_between() {
         let users = UserLimits::new(&cfg());
         let mut c = users.connection();
         let u = UserId::new("alice").expect("id");
@@ -270,6 +366,36 @@ mod tests {
             matches!(verdicts[6], Verdict::Flooding { retry_after_ms, .. } if retry_after_ms >= 1),
             "{verdicts:?}"
         );
+        // One refusal, an accepted request of another kind, and three
+        // more refusals: the fourth refusal in the window closes.
+        let mut d = users.connection();
+        let v = UserId::new("victor").expect("id");
+        for _ in 0..3 {
+            assert_eq!(d.check(&users, &v, Kind::Publish, now), Verdict::Allowed);
+        }
+        assert!(matches!(
+            d.check(&users, &v, Kind::Publish, now),
+            Verdict::Limited { .. }
+        ));
+        assert_eq!(d.check(&users, &v, Kind::RoomOp, now), Verdict::Allowed);
+        assert!(matches!(
+            d.check(&users, &v, Kind::Publish, now),
+            Verdict::Limited { .. }
+        ));
+        assert!(matches!(
+            d.check(&users, &v, Kind::Publish, now),
+            Verdict::Limited { .. }
+        ));
+        assert!(matches!(
+            d.check(&users, &v, Kind::Publish, now),
+            Verdict::Flooding { .. }
+        ));
+        // After the window, the count starts again.
+        let later = now + Duration::from_millis(cfg().flood_window_ms + 1);
+        assert!(matches!(
+            d.check(&users, &v, Kind::Publish, later),
+            Verdict::Limited { .. }
+        ));
         // Typing refusals never count as flooding.
         let mut t = users.connection();
         let floods = (0..100)
@@ -277,6 +403,70 @@ mod tests {
             .filter(|v| matches!(v, Verdict::Flooding { .. }))
             .count();
         assert_eq!(floods, 0);
+    }
+
+    #[test]
+    fn subscribes_are_charged_per_room() {
+        let users = UserLimits::new(&RateLimitsConfig {
+            subscribe_per_sec: 1,
+            subscribe_burst: 10,
+            ..cfg()
+        });
+        let mut c = users.connection();
+        let u = UserId::new("alice").expect("id");
+        let now = Instant::now();
+        assert_eq!(
+            c.check_n(&users, &u, Kind::Subscribe, 0, now),
+            Verdict::Allowed
+        );
+        assert_eq!(
+            c.check_n(&users, &u, Kind::Subscribe, 6, now),
+            Verdict::Allowed
+        );
+        assert!(matches!(
+            c.check_n(&users, &u, Kind::Subscribe, 6, now),
+            Verdict::Limited { .. }
+        ));
+        // More than the burst can never pass, and says so with a wait.
+        let mut fresh = users.connection();
+        match fresh.check_n(&users, &u, Kind::Subscribe, 11, now) {
+            Verdict::Limited { retry_after_ms } => assert!(retry_after_ms >= 1000),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            c.check_n(&users, &u, Kind::Subscribe, 4, now),
+            Verdict::Allowed
+        );
+    }
+
+    #[test]
+    fn frames_are_paced_not_refused() {
+        let users = UserLimits::new(&RateLimitsConfig {
+            frames_per_sec: 10,
+            frames_burst: 3,
+            ..cfg()
+        });
+        let c = users.connection();
+        assert!((0..3).all(|_| c.pace(&users).is_none()));
+        let wait = c.pace(&users).expect("paced");
+        assert!(
+            wait > Duration::ZERO && wait <= Duration::from_millis(100),
+            "{wait:?}"
+        );
+    }
+
+    #[test]
+    fn connections_per_user_are_limited() {
+        let users = UserLimits::new(&RateLimitsConfig {
+            user_connects_per_sec: 1,
+            user_connects_burst: 2,
+            ..cfg()
+        });
+        let (a, b) = (UserId::new("a").expect("id"), UserId::new("b").expect("id"));
+        assert!(users.connect(&a).is_ok() && users.connect(&a).is_ok());
+        let wait = users.connect(&a).expect_err("third in a burst of 2");
+        assert!((1..=1000).contains(&wait), "{wait}");
+        assert!(users.connect(&b).is_ok(), "per user");
     }
 
     #[test]

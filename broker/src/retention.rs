@@ -21,13 +21,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use confab_codec::{EventRecord, RoomId, Seq};
-use crossbeam_channel::Sender;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::base::now_us;
 pub use crate::config::{RetentionConfig, RoomRetention};
-use crate::sequencer::SeqMsg;
+use crate::sequencer::{SeqMsg, SeqTx};
 use crate::storage::{idempotency_keys, LogBounds, RoomLog, StorageError};
 
 /// The limits that apply to one room.
@@ -143,7 +142,7 @@ const TRIM_CHUNK: u64 = 16_384;
 pub(crate) fn sweep(
     log: &dyn RoomLog,
     cfg: &RetentionConfig,
-    sequencer: &Sender<SeqMsg>,
+    sequencer: &SeqTx,
 ) -> Result<usize, StorageError> {
     let now = now_us();
     let mut after: Option<RoomId> = None;
@@ -165,7 +164,7 @@ pub(crate) fn sweep(
                             before: to,
                             forget,
                         };
-                        if sequencer.send(trim).is_err() {
+                        if sequencer.send_now(trim).is_err() {
                             return Ok(sent);
                         }
                         from = to;
@@ -185,7 +184,7 @@ pub(crate) fn sweep(
 pub(crate) async fn run(
     log: Arc<dyn RoomLog>,
     cfg: RetentionConfig,
-    sequencer: Sender<SeqMsg>,
+    sequencer: SeqTx,
     shutdown: CancellationToken,
 ) {
     let interval = Duration::from_millis(cfg.sweep_interval_ms);

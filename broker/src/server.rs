@@ -203,7 +203,7 @@ impl BrokerBuilder {
             config.rooms.typing_ttl_ms,
         )));
         let stats = Arc::new(Stats::with_metrics());
-        let (seq_tx, seq_rx) = crossbeam_channel::unbounded();
+        let (seq_tx, seq_rx) = crate::sequencer::queue(config.limits.sequencer_queue);
         // Bounded: when fan-out falls behind the sequencer (more deliveries
         // per second than it can make), commits wait, acks slow down, and
         // publishers feel it through their in-flight limit.
@@ -222,6 +222,7 @@ impl BrokerBuilder {
             stats.clone(),
         )
         .external_authz(self.authorizer.is_some())
+        .max_frame_len(config.limits.max_frame_len as usize)
         .with_push(push.clone());
         let (readers, reader_threads) =
             Readers::spawn(&supervisor, &log).map_err(BrokerError::Thread)?;
@@ -232,6 +233,7 @@ impl BrokerBuilder {
             log: log.clone(),
             batch: config.delivery.catchup_batch,
             max_bytes: (config.limits.max_frame_len as usize).saturating_sub(1024),
+            max_frame_len: config.limits.max_frame_len as usize,
             stats: stats.clone(),
         });
         let runtime = tokio::runtime::Handle::current();
@@ -244,11 +246,10 @@ impl BrokerBuilder {
             .map_err(BrokerError::Thread)?;
 
         let config_max_connections = config.limits.max_connections;
-        let presence = Arc::new(PresenceHub::new(
-            log.clone(),
-            seq_tx.clone(),
-            config.delivery.queue_capacity,
-        ));
+        let presence = Arc::new(
+            PresenceHub::new(log.clone(), seq_tx.clone(), config.delivery.queue_capacity)
+                .max_frame_len(config.limits.max_frame_len as usize),
+        );
         let user_limits = Arc::new(UserLimits::new(&config.rate_limits));
         let login_backoff = Arc::new(LoginBackoff::new(&config.auth.login_backoff));
         let shared = Arc::new(Shared {
@@ -607,7 +608,7 @@ impl BrokerHandle {
             }
             endpoint.close(quinn::VarInt::from(0u32), b"shutdown");
         }
-        let _ = shared.sequencer.send(SeqMsg::Stop);
+        let _ = shared.sequencer.send_now(SeqMsg::Stop);
         drop(shared);
         let joined = tokio::task::spawn_blocking(move || {
             for t in threads {

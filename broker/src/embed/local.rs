@@ -16,13 +16,12 @@ use bytes::BytesMut;
 use confab_codec::{
     Body, ErrorCode, EventRecord, Frame, RoomId, Seq, StartAt, SubscribeResult, UserId,
 };
-use crossbeam_channel::Sender;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use super::{EmbedError, SYSTEM_USER};
 use crate::fanout::{Drained, Outbox, SubscribeCmd, SubscribeItem, Subscription};
-use crate::sequencer::SeqMsg;
+use crate::sequencer::{SeqMsg, SeqTx};
 use crate::shared::Shared;
 use crate::storage::LogBounds;
 
@@ -36,7 +35,7 @@ pub struct LocalSubscription {
     room: RoomId,
     outbox: Arc<Outbox>,
     sub: Arc<Subscription>,
-    sequencer: Sender<SeqMsg>,
+    sequencer: SeqTx,
     shutdown: CancellationToken,
     buf: BytesMut,
     pending: VecDeque<EventRecord>,
@@ -82,6 +81,7 @@ impl LocalSubscription {
                 head: Seq(0),
                 first: Seq(1),
             }],
+            held: None,
             items: vec![SubscribeItem {
                 index: 0,
                 sub: sub.clone(),
@@ -91,7 +91,7 @@ impl LocalSubscription {
                 refused: None,
             }],
         };
-        if shared.sequencer.send(SeqMsg::Subscribe(cmd)).is_err() {
+        if shared.sequencer.send(SeqMsg::Subscribe(cmd)).await.is_err() {
             return Err(EmbedError::ShuttingDown);
         }
         let mut local = LocalSubscription {
@@ -210,6 +210,6 @@ impl Drop for LocalSubscription {
         self.outbox.abort();
         let _ = self
             .sequencer
-            .send(SeqMsg::Unsubscribe(vec![self.sub.clone()]));
+            .send_now(SeqMsg::Unsubscribe(vec![self.sub.clone()]));
     }
 }

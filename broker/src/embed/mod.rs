@@ -159,6 +159,7 @@ fn system_ctx(shared: &Shared, user: UserId) -> (Arc<ConnCtx>, oneshot::Receiver
         // empty.
         outbox: Arc::new(Outbox::new(1, shared.stats.clone())),
         inflight: Semaphore::new(1),
+        requests: Arc::new(Semaphore::new(1)),
         system: true,
         direct: Some(direct),
     });
@@ -218,7 +219,7 @@ pub(crate) async fn publish(shared: &Shared, msg: SystemMessage) -> Result<Publi
         payload: msg.payload,
         received: std::time::Instant::now(),
     };
-    if shared.sequencer.send(SeqMsg::Publish(req)).is_err() {
+    if shared.sequencer.send(SeqMsg::Publish(req)).await.is_err() {
         return Err(EmbedError::ShuttingDown);
     }
     match reply(shared, answer).await? {
@@ -247,8 +248,9 @@ pub(crate) async fn room_op(shared: &Shared, op: RoomOp) -> Result<Option<RoomIn
         conn,
         request_id: 1,
         op,
+        held: None,
     };
-    if shared.sequencer.send(SeqMsg::RoomOp(req)).is_err() {
+    if shared.sequencer.send(SeqMsg::RoomOp(req)).await.is_err() {
         return Err(EmbedError::ShuttingDown);
     }
     let frame = reply(shared, answer).await?;

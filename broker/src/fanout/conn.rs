@@ -5,9 +5,15 @@
 use std::sync::{Arc, Mutex};
 
 use confab_codec::{DeviceId, Frame, UserId};
-use tokio::sync::{oneshot, Semaphore};
+use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 
 use super::Outbox;
+
+/// A connection's permit for one request on its way through the sequencer
+/// (and, for a subscribe, the fan-out); given back when the request is
+/// dropped, so that no completion path can forget it. `None` for the
+/// embedding API, which waits for each reply.
+pub(crate) type Held = Option<OwnedSemaphorePermit>;
 
 /// What the sequencer and fan-out know about a connection.
 #[derive(Debug)]
@@ -19,6 +25,9 @@ pub(crate) struct ConnCtx {
     pub(crate) outbox: Arc<Outbox>,
     /// Permits for unacknowledged publishes.
     pub(crate) inflight: Semaphore,
+    /// Permits for its other requests waiting in the sequencer
+    /// (`limits.max_pending_requests`); see [`Held`].
+    pub(crate) requests: Arc<Semaphore>,
     /// The embedding service's system principal (no socket): membership
     /// and role checks do not apply to it.
     pub(crate) system: bool,

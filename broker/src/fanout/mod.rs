@@ -11,20 +11,22 @@
 mod conn;
 mod outbox;
 mod room;
+mod split;
 mod subscription;
 
 use std::sync::Arc;
 
 use bytes::Bytes;
-use confab_codec::{ErrorCode, Frame, Seq, StartAt, SubscribeAck, SubscribeResult};
+use confab_codec::{ErrorCode, Seq, StartAt, SubscribeResult};
 use crossbeam_channel::Receiver;
 use tokio::runtime::Handle;
 use tokio_util::task::TaskTracker;
 use tracing::warn;
 
-pub(crate) use conn::{ConnCtx, DirectReply};
+pub(crate) use conn::{ConnCtx, DirectReply, Held};
 pub(crate) use outbox::{Drained, Outbox, Source};
 pub(crate) use room::{Room, RoomRegistry};
+pub(crate) use split::{presence_events, receipt_events, subscribe_acks};
 pub(crate) use subscription::{CatchupCtx, Offer, Subscription};
 
 use crate::storage::LogBounds;
@@ -67,6 +69,7 @@ pub(crate) struct SubscribeCmd {
     /// One result per requested room; refused rooms are already filled in.
     pub(crate) results: Vec<SubscribeResult>,
     pub(crate) items: Vec<SubscribeItem>,
+    pub(crate) held: Held,
 }
 
 /// Messages to the fan-out thread.
@@ -214,15 +217,12 @@ fn subscribe(mut cmd: SubscribeCmd, ctx: &Arc<CatchupCtx>, runtime: &Handle, tas
             result.first = first;
         }
     }
-    let ack = Frame::request(
-        cmd.request_id,
-        SubscribeAck {
-            results: std::mem::take(&mut cmd.results),
-        },
-    );
-    match ack.to_bytes() {
-        Ok(bytes) => cmd.outbox.push_subscribe_ack(bytes),
-        Err(e) => warn!(error = %e, "cannot encode SubscribeAck"),
+    let results = std::mem::take(&mut cmd.results);
+    for ack in subscribe_acks(cmd.request_id, results, ctx.max_frame_len) {
+        match ack.to_bytes() {
+            Ok(bytes) => cmd.outbox.push_subscribe_ack(bytes),
+            Err(e) => warn!(error = %e, "cannot encode SubscribeAck"),
+        }
     }
     for sub in catchups {
         tasks.spawn_on(sub.catch_up(ctx.clone(), false), runtime);

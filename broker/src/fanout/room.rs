@@ -94,6 +94,22 @@ impl RoomRegistry {
             .cloned()
     }
 
+    /// Drops the rooms nothing else holds: no subscription, no typing
+    /// state, not the sequencer's (which drops its idle rooms first).
+    /// Returns how many are left.
+    ///
+    /// Under the write lock nobody can take a new reference out of the
+    /// map, so a count of one is final: the room is dropped, and the next
+    /// lookup makes a new one.
+    pub(crate) fn evict_unused(&self) -> usize {
+        let mut rooms = self.rooms.write().unwrap_or_else(|p| p.into_inner());
+        rooms.retain(|_, room| Arc::strong_count(room) > 1);
+        if rooms.capacity() > 1024 && rooms.len() < rooms.capacity() / 4 {
+            rooms.shrink_to_fit();
+        }
+        rooms.len()
+    }
+
     /// Every room touched since start (for the metrics scrape, not the
     /// message path: it copies the list under the read lock).
     pub(crate) fn all(&self) -> Vec<Arc<Room>> {

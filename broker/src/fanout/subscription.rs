@@ -69,6 +69,8 @@ pub(crate) struct CatchupCtx {
     pub(crate) batch: usize,
     /// Most record bytes per batch frame.
     pub(crate) max_bytes: usize,
+    /// The frame limit (`limits.max_frame_len`), for replies cut to fit.
+    pub(crate) max_frame_len: usize,
     pub(crate) stats: Arc<crate::stats::Stats>,
 }
 
@@ -152,6 +154,11 @@ impl Subscription {
     /// live (the device lags, or replays its backlog).
     pub(crate) fn is_catching_up(&self) -> bool {
         self.lock().mode == Mode::CatchingUp
+    }
+
+    /// Whether it was refused, ended (leave, removal) or unsubscribed.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.lock().mode == Mode::Closed
     }
 
     /// Stops delivery; a running catch-up task ends at its next step.
@@ -347,6 +354,7 @@ mod tests {
             log: log.clone(),
             batch: 3,
             max_bytes: 1 << 20,
+            max_frame_len: 1 << 20,
             stats: Arc::default(),
         });
 
@@ -418,6 +426,7 @@ mod tests {
             log: log.clone(),
             batch: 4,
             max_bytes: 1 << 20,
+            max_frame_len: 1 << 20,
             stats: Arc::default(),
         });
         // Live events arrive while catching up: they are left to the log.

@@ -22,16 +22,15 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use confab_codec::{Frame, PresenceEntry, PresenceEvent, PresenceStatus, RoomId, UserId};
-use crossbeam_channel::Sender;
+use confab_codec::{PresenceEntry, PresenceStatus, RoomId, UserId};
 use rustc_hash::FxHashMap;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 pub(crate) use share::visible_to;
 
-use crate::fanout::Outbox;
-use crate::sequencer::{write_meta, SeqMsg};
+use crate::fanout::{presence_events, Outbox};
+use crate::sequencer::{write_meta, SeqTx};
 use crate::storage::{meta, RoomLog, StorageError};
 use state::{Change, PresenceState};
 
@@ -63,10 +62,13 @@ pub(crate) struct PresenceHub {
     watchers: RwLock<FxHashMap<UserId, Vec<Watcher>>>,
     log: Arc<dyn RoomLog>,
     /// The sequencer, which stores last-seen times.
-    writer: Sender<SeqMsg>,
+    writer: SeqTx,
     /// Most frames a watcher's control queue may hold before a push to it
     /// is dropped (it is then a slow consumer; `GetPresence` catches up).
     max_queued: usize,
+    /// The frame limit: a window's changes for one watcher may take
+    /// several `PresenceEvent` frames.
+    max_frame_len: usize,
 }
 
 impl std::fmt::Debug for PresenceHub {
@@ -80,14 +82,21 @@ impl std::fmt::Debug for PresenceHub {
 impl PresenceHub {
     /// `writer` is the sequencer's channel, through which last-seen times
     /// are stored.
-    pub(crate) fn new(log: Arc<dyn RoomLog>, writer: Sender<SeqMsg>, max_queued: usize) -> Self {
+    pub(crate) fn new(log: Arc<dyn RoomLog>, writer: SeqTx, max_queued: usize) -> Self {
         Self {
             state: Mutex::new(PresenceState::default()),
             watchers: RwLock::new(FxHashMap::default()),
             log,
             writer,
             max_queued,
+            max_frame_len: confab_codec::DEFAULT_MAX_FRAME_LEN as usize,
         }
+    }
+
+    /// The frame limit the events it sends must stay within.
+    pub(crate) fn max_frame_len(mut self, max: usize) -> Self {
+        self.max_frame_len = max;
+        self
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, PresenceState> {
@@ -216,15 +225,16 @@ impl PresenceHub {
             let Some(list) = watchers.get(&user) else {
                 continue;
             };
-            let Ok(bytes) = Frame::new(PresenceEvent {
-                entries: entries.clone(),
-            })
-            .to_bytes() else {
-                continue;
+            let encode = |entries: Vec<PresenceEntry>| -> Vec<bytes::Bytes> {
+                presence_events(entries, self.max_frame_len)
+                    .into_iter()
+                    .filter_map(|f| f.to_bytes().ok())
+                    .collect()
             };
+            let frames = encode(entries.clone());
             for w in list {
-                let bytes = match &w.only {
-                    None => bytes.clone(),
+                let frames = match &w.only {
+                    None => frames.clone(),
                     // A token limited to some rooms sees only the users
                     // who share one of them.
                     Some(only) => {
@@ -238,15 +248,14 @@ impl PresenceHub {
                         if narrowed.is_empty() {
                             continue;
                         }
-                        match Frame::new(PresenceEvent { entries: narrowed }).to_bytes() {
-                            Ok(b) => b,
-                            Err(_) => continue,
-                        }
+                        encode(narrowed)
                     }
                 };
-                if !w.outbox.try_push_control(bytes, self.max_queued) {
-                    // Counted: a watcher too slow to take presence pushes.
-                    metrics::counter!("confab_presence_dropped_total").increment(1);
+                for bytes in frames {
+                    if !w.outbox.try_push_control(bytes, self.max_queued) {
+                        // Counted: a watcher too slow to take presence pushes.
+                        metrics::counter!("confab_presence_dropped_total").increment(1);
+                    }
                 }
             }
         }

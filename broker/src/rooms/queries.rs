@@ -60,13 +60,16 @@ pub(crate) fn info(
 /// unread count, from the user's room index (no log scan: the head is the
 /// last key of each room's log). With `only` (a token's rooms claim, sorted
 /// byte-wise), just those of the user's rooms: the claim is walked instead
-/// of the index, one look-up per claimed room until the page is full.
+/// of the index, one look-up per claimed room until the page is full. A
+/// page also ends (with `has_more`) before its body would pass `max_body`
+/// bytes: names are up to 65,535 bytes each.
 pub(crate) fn list(
     log: &dyn RoomLog,
     user: &UserId,
     after: Option<&RoomId>,
     limit: usize,
     only: Option<&[RoomId]>,
+    max_body: usize,
 ) -> Result<RoomList, StorageError> {
     // One more than the page, to learn whether more follow.
     let mut page: Vec<RoomId> = Vec::new();
@@ -87,12 +90,20 @@ pub(crate) fn list(
             }
         }
     }
-    let has_more = page.len() > limit;
+    let mut has_more = page.len() > limit;
     let mut rooms = Vec::with_capacity(page.len().min(limit));
+    // The list's count and `has_more`, then each summary.
+    let mut used = 2 + 1;
     for room in page.into_iter().take(limit) {
         let Some(record) = meta::rooms::record(log, &room)? else {
             continue;
         };
+        let size = 1 + room.as_str().len() + 1 + 2 + record.name.len() + 8 * 4;
+        if !rooms.is_empty() && used + size > max_body {
+            has_more = true;
+            break;
+        }
+        used += size;
         let bounds = log.bounds(&room)?;
         let last_activity_us = log
             .read_before(&room, bounds.head.next(), 1, usize::MAX)?

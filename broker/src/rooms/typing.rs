@@ -17,6 +17,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::Room;
 
+/// Most users one `TypingEvent` names.
+const MAX_TYPING_LISTED: usize = 1000;
+
 #[derive(Debug)]
 struct RoomTyping {
     room: Arc<Room>,
@@ -89,7 +92,10 @@ pub(crate) async fn run(hub: Arc<TypingHub>, window: Duration, shutdown: Cancell
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        for (room, users) in hub.tick(Instant::now()) {
+        for (room, mut users) in hub.tick(Instant::now()) {
+            // Protocol 7.6.2: at most this many are named (the frame must
+            // stay within the smallest frame limit a server may have).
+            users.truncate(MAX_TYPING_LISTED);
             let frame = Frame::new(TypingEvent {
                 room: room.id.clone(),
                 users,

@@ -47,6 +47,16 @@ pub(crate) struct SeqRoom {
     pub(super) first: u64,
     /// Record and members, for managed rooms.
     pub(super) state: Option<RoomState>,
+    /// When a request last used it (microseconds since the epoch).
+    pub(super) last_used: u64,
+}
+
+impl SeqRoom {
+    /// Nothing was ever written to it and it was never created: it was
+    /// loaded for a request about a room that does not exist.
+    fn is_blank(&self) -> bool {
+        self.head == 0 && self.first <= 1 && self.state.is_none()
+    }
 }
 
 /// What must follow a step, in order: replies, fan-out and push.
@@ -182,7 +192,17 @@ pub(crate) struct Core {
     pub(super) reads: Reads,
     /// Requests waiting for a read or behind one, in arrival order.
     parked: VecDeque<Parked>,
+    /// The time of the step being taken (microseconds since the epoch).
+    now: u64,
 }
+
+/// Rooms that do not exist are dropped after this long unused (not at
+/// once: a device that just subscribed to an empty room is about to be in
+/// its subscriber list), in microseconds.
+const BLANK_IDLE_US: u64 = 1_000_000;
+
+/// Per-user room counts kept between evictions; more are dropped at once.
+const USERS_KEPT: usize = 16_384;
 
 impl Core {
     pub(crate) fn new(
@@ -205,6 +225,7 @@ impl Core {
             idem: Idempotency::new(cfg.dedup_window),
             reads: Reads::default(),
             parked: VecDeque::new(),
+            now: 0,
             log,
             registry,
             cfg,
@@ -234,15 +255,53 @@ impl Core {
                             head: loaded.bounds.head.0,
                             first: loaded.bounds.first.0,
                             state: loaded.state,
+                            last_used: self.now,
                         },
                     );
                 }
                 Some(Ok(other)) => return Err(mismatch(&other)),
             }
         }
-        self.rooms
+        let now = self.now;
+        let room = self
+            .rooms
             .get_mut(id)
-            .ok_or_else(|| Halt::Refuse(ErrorCode::Internal, "room state unavailable".into()))
+            .ok_or_else(|| Halt::Refuse(ErrorCode::Internal, "room state unavailable".into()))?;
+        room.last_used = now;
+        Ok(room)
+    }
+
+    /// Drops from memory the rooms nobody follows that no request used for
+    /// `idle_us`, and at once those that do not exist (loaded only to
+    /// refuse a request), then the room registry's rooms that nothing
+    /// holds any more. Their logs stay: a room dropped is read again on its
+    /// next use. Runs between steps, when everything before is committed,
+    /// so what is dropped is exactly what storage says. Returns how many
+    /// rooms the sequencer dropped.
+    pub(crate) fn evict_idle(&mut self, now: u64, idle_us: u64) -> usize {
+        let before = self.rooms.len();
+        let parked = &self.parked;
+        let waits = |id: &RoomId| parked.iter().any(|p| p.rooms.contains(id));
+        self.rooms.retain(|id, r| {
+            let unused = now.saturating_sub(r.last_used);
+            let idle = unused >= idle_us || (r.is_blank() && unused >= BLANK_IDLE_US);
+            !idle || !r.room.subscribers().is_empty() || waits(id)
+        });
+        if self.rooms.capacity() > 1024 && self.rooms.len() < self.rooms.capacity() / 4 {
+            self.rooms.shrink_to_fit();
+        }
+        // The per-user room counts are a cache of the same kind: dropping
+        // it is what a failed commit does.
+        if self.joined.len() > USERS_KEPT {
+            self.joined = FxHashMap::default();
+        }
+        self.registry.evict_unused();
+        // What a burst of requests left behind in the queues' capacity.
+        if self.parked.is_empty() {
+            self.parked.shrink_to_fit();
+            self.reads.shrink();
+        }
+        before - self.rooms.len()
     }
 
     /// Files the answer of a read asked for by an earlier step.
@@ -274,6 +333,7 @@ impl Core {
     /// commit fails, nothing of the group is acknowledged or fanned out, and
     /// the rooms it wrote to are loaded again before their next use.
     pub(crate) fn step(&mut self, batch: &mut Vec<SeqMsg>, now: u64) -> Vec<Outcome> {
+        self.now = now;
         let mut outcomes = Vec::with_capacity(batch.len());
         // Rooms this group writes to, with their heads before it.
         let mut old_heads: Vec<(RoomId, u64)> = Vec::new();

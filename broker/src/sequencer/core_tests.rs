@@ -43,6 +43,9 @@ enum Op {
     Restart,
     /// Retention: keep only the newest `keep` entries of a room.
     Trim { room: usize, keep: u64 },
+    /// Drop every idle room from memory, as the driver does between steps
+    /// (here with no idle time at all: every room not waited on).
+    Evict,
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -58,6 +61,7 @@ fn op() -> impl Strategy<Value = Op> {
         3 => prop::bool::weighted(0.1).prop_map(|fail| Op::Answer { fail }),
         1 => Just(Op::Restart),
         1 => (0..ROOMS.len(), 1u64..6).prop_map(|(room, keep)| Op::Trim { room, keep }),
+        2 => Just(Op::Evict),
     ]
 }
 
@@ -116,6 +120,7 @@ impl Harness {
                     device,
                     outbox: Arc::new(Outbox::new(16, stats.clone())),
                     inflight: Semaphore::new(0),
+                    requests: Arc::new(Semaphore::new(0)),
                     system: false,
                     direct: None,
                 })
@@ -158,6 +163,9 @@ impl Harness {
                 }));
             }
             Op::Step { fate } => self.step(fate),
+            Op::Evict => {
+                self.core.evict_idle(self.clock, 0);
+            }
             Op::Answer { fail } => self.answer(fail),
             Op::Restart => {
                 self.queued.clear();
@@ -532,4 +540,32 @@ fn a_full_disk_refuses_with_storage_full_and_retries_are_stored_once() {
     for id in 1..=3 {
         assert_eq!(h.acked[&(0, 0, id)].seq, Seq(id), "stored once, in order");
     }
+}
+
+/// Idle rooms leave memory and come back from storage with the same
+/// head: the next publish continues the sequence.
+#[test]
+fn an_evicted_room_is_read_again_and_continues_its_sequence() {
+    let mut h = Harness::new();
+    for id in 1..=3 {
+        h.apply(Op::Publish {
+            device: 0,
+            room: 0,
+            id,
+        });
+    }
+    h.settle();
+    assert_eq!(h.core.rooms.len(), 1);
+    // Not idle long enough: kept.
+    assert_eq!(h.core.evict_idle(h.clock, 1_000_000), 0);
+    assert_eq!(h.core.evict_idle(h.clock + 1_000_000, 1_000_000), 1);
+    assert!(h.core.rooms.is_empty());
+    h.apply(Op::Publish {
+        device: 1,
+        room: 0,
+        id: 1,
+    });
+    h.settle();
+    let b = h.log.bounds(&Harness::room(0)).expect("bounds");
+    assert_eq!(b.head, Seq(4), "the sequence continues after the reload");
 }

@@ -10,13 +10,16 @@ use confab_codec::{ErrorFrame, Frame, MessageKind, PublishAck, Seq};
 use crossbeam_channel::{Receiver, Sender};
 use tracing::{error, warn};
 
+/// How often idle rooms are dropped from memory.
+const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
 use super::core::{Core, Outcome};
 use super::reads::{run_reader, Loaded, Need};
-use super::{PublishReq, SeqMsg};
+use super::{PublishReq, SeqMsg, SeqRx};
 use crate::base::now_us;
 use crate::config::{RoomsConfig, StorageConfig};
 use crate::fanout::ConnCtx;
-use crate::fanout::{Committed, FanoutMsg};
+use crate::fanout::{receipt_events, Committed, FanoutMsg};
 use crate::push::PushHub;
 use crate::rooms::{Room, RoomRegistry};
 use crate::stats::Stats;
@@ -79,6 +82,8 @@ pub(crate) struct Sequencer {
     stats: Arc<Stats>,
     /// Offline push, when on.
     push: Option<Arc<PushHub>>,
+    /// The frame limit (`limits.max_frame_len`).
+    max_frame_len: usize,
 }
 
 impl Sequencer {
@@ -95,7 +100,14 @@ impl Sequencer {
             fanout,
             stats,
             push: None,
+            max_frame_len: confab_codec::DEFAULT_MAX_FRAME_LEN as usize,
         }
+    }
+
+    /// The frame limit the frames it builds must stay within.
+    pub(crate) fn max_frame_len(mut self, max: usize) -> Self {
+        self.max_frame_len = max;
+        self
     }
 
     /// Leaves access decisions to an authorization hook that the sessions
@@ -118,10 +130,13 @@ impl Sequencer {
     /// # Errors
     /// [`Fatal`] if the fan-out or the readers are gone; the caller stops
     /// the broker.
-    pub(crate) fn run(mut self, rx: Receiver<SeqMsg>, readers: Readers) -> Result<(), Fatal> {
+    pub(crate) fn run(mut self, queue: SeqRx, readers: Readers) -> Result<(), Fatal> {
+        let rx = queue.receiver();
         let max = self.core.cfg.max_batch;
         let mut batch = Vec::with_capacity(max);
         let mut stopping = false;
+        let sweeps = crossbeam_channel::tick(SWEEP_EVERY);
+        let mut last_sweep = std::time::Instant::now();
         loop {
             if stopping && self.core.idle() {
                 break;
@@ -140,11 +155,13 @@ impl Sequencer {
                     recv(readers.loaded) -> loaded => {
                         self.core.supply(loaded.map_err(|_| Fatal::ReadersGone)?);
                     }
+                    recv(sweeps) -> _ => {}
                 }
             }
             while let Ok(loaded) = readers.loaded.try_recv() {
                 self.core.supply(loaded);
             }
+            let mut taken = usize::from(next.is_some());
             while let Some(msg) = next {
                 if matches!(msg, SeqMsg::Stop) {
                     stopping = true;
@@ -156,7 +173,9 @@ impl Sequencer {
                 } else {
                     None
                 };
+                taken += usize::from(next.is_some());
             }
+            queue.release(taken);
             let now = now_us();
             let outcomes = self.core.step(&mut batch, now);
             self.deliver(outcomes, now)?;
@@ -165,6 +184,15 @@ impl Sequencer {
                 readers.needs.send(need).map_err(|_| Fatal::ReadersGone)?;
             }
             metrics::gauge!("confab_sequencer_parked").set(self.core.parked() as f64);
+            metrics::gauge!("confab_sequencer_queue").set(queue.len() as f64);
+            if last_sweep.elapsed() >= SWEEP_EVERY {
+                last_sweep = std::time::Instant::now();
+                let idle_us = self.core.rooms_cfg.evict_idle_ms.saturating_mul(1000);
+                let dropped = self.core.evict_idle(now_us(), idle_us);
+                // Rooms dropped from the sequencer's memory when idle.
+                metrics::counter!("confab_rooms_evicted_total").increment(dropped as u64);
+                metrics::gauge!("confab_sequencer_rooms").set(self.core.rooms.len() as f64);
+            }
         }
         if let Err(e) = self.core.log.flush() {
             error!(error = %e, "final flush failed");
@@ -281,12 +309,13 @@ impl Sequencer {
         }
         // Markers of one commit reach each room's devices as one event.
         for (room, entries) in receipts {
-            let frame = Frame::new(confab_codec::ReceiptEvent {
-                room: room.id.clone(),
-                entries,
-            });
-            if let Ok(frame) = frame.to_bytes() {
-                self.fan_out(FanoutMsg::Ephemeral { room, frame })?;
+            for frame in receipt_events(&room.id, entries, self.max_frame_len) {
+                if let Ok(frame) = frame.to_bytes() {
+                    self.fan_out(FanoutMsg::Ephemeral {
+                        room: room.clone(),
+                        frame,
+                    })?;
+                }
             }
         }
         Ok(())

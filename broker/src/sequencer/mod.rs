@@ -27,12 +27,14 @@ mod core_tests;
 mod dedup;
 mod driver;
 mod hooks;
+mod queue;
 mod reads;
 mod references;
 mod room_ops;
 mod user_rooms;
 
 pub(crate) use driver::{Readers, Sequencer};
+pub(crate) use queue::{queue, SeqRx, SeqTx};
 pub(crate) use room_ops::{ReceiptReq, RoomOp, RoomOpReq};
 
 use std::sync::Arc;
@@ -105,13 +107,11 @@ pub(crate) struct MetaReq {
 /// # Errors
 /// The code to report: `StorageFull`, `Internal`, or `ShuttingDown` if the
 /// sequencer is gone.
-pub(crate) async fn write_meta(
-    sequencer: &crossbeam_channel::Sender<SeqMsg>,
-    writes: Vec<MetaWrite>,
-) -> Result<(), ErrorCode> {
+pub(crate) async fn write_meta(sequencer: &SeqTx, writes: Vec<MetaWrite>) -> Result<(), ErrorCode> {
     let (done, result) = oneshot::channel();
     sequencer
         .send(SeqMsg::Meta(MetaReq { writes, done }))
+        .await
         .map_err(|_| ErrorCode::ShuttingDown)?;
     result.await.unwrap_or(Err(ErrorCode::ShuttingDown))
 }

@@ -229,4 +229,12 @@ impl Reads {
     pub(crate) fn clear_answers(&mut self) {
         self.answers.clear();
     }
+
+    /// Gives back the memory a burst of reads left in its tables.
+    pub(crate) fn shrink(&mut self) {
+        self.inflight.shrink_to_fit();
+        self.wanted.shrink_to_fit();
+        self.answers.shrink_to_fit();
+        self.stale.shrink_to_fit();
+    }
 }

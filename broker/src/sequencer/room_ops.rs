@@ -16,7 +16,7 @@ use rustc_hash::FxHashMap;
 
 use super::core::{mismatch, Core, Halt, Outcome};
 use super::reads::{Answer, Need};
-use crate::fanout::ConnCtx;
+use crate::fanout::{ConnCtx, Held};
 use crate::rooms::membership::{direct_room_id, RoomRecord, RoomState};
 use crate::storage::meta::{self, markers::MarkerKey};
 
@@ -29,6 +29,7 @@ pub(crate) struct RoomOpReq {
     pub(crate) conn: Arc<ConnCtx>,
     pub(crate) request_id: u32,
     pub(crate) op: RoomOp,
+    pub(crate) held: Held,
 }
 
 /// The operations.
@@ -51,6 +52,11 @@ pub(crate) struct ReceiptReq {
     pub(crate) conn: Arc<ConnCtx>,
     pub(crate) request_id: u32,
     pub(crate) receipt: confab_codec::Receipt,
+    #[expect(
+        dead_code,
+        reason = "kept for its Drop: the permit returns when the receipt is done"
+    )]
+    pub(crate) held: Held,
 }
 
 /// A successful operation's reply.
@@ -108,6 +114,7 @@ impl Core {
             conn,
             request_id,
             op,
+            held,
         } = req;
         // Everything an operation reads comes before anything it changes,
         // so one that must wait has changed nothing and runs again whole.
@@ -118,6 +125,7 @@ impl Core {
                     conn,
                     request_id,
                     op,
+                    held,
                 })
             }
             Err(Halt::Refuse(code, message)) => Err((code, message)),

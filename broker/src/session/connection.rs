@@ -14,7 +14,7 @@ use confab_codec::{
 };
 use futures_util::StreamExt;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -26,7 +26,7 @@ use super::writer::{Egress, WriterCtx, WriterEnd};
 use super::ConnCtx;
 use crate::auth::authz::{AccessRequest, Action, Denied};
 use crate::base::{now_us, sender_key};
-use crate::fanout::{Outbox, SubscribeCmd, SubscribeItem, Subscription};
+use crate::fanout::{subscribe_acks, Outbox, SubscribeCmd, SubscribeItem, Subscription};
 use crate::ratelimit::{ConnLimits, Kind, Verdict};
 use crate::rooms;
 use crate::sequencer::{PublishReq, ReceiptReq, RoomOp, RoomOpReq, SeqMsg};
@@ -160,6 +160,16 @@ where
         }
     };
     shared.login_backoff.succeeded(ip);
+    if let Err(wait_ms) = shared.user_limits.connect(&identity.user) {
+        debug!(%peer, user = %identity.user, wait_ms, "connection rate limited");
+        let refusal = ErrorFrame {
+            code: ErrorCode::RateLimited,
+            retry_after_ms: wait_ms,
+            message: format!("too many connections for this user; retry in {wait_ms} ms"),
+        };
+        egress.reject_with(request_id, refusal).await;
+        return;
+    }
     let grant = Grant::of(&identity);
     let session_id = shared.session_ids.fetch_add(1, Ordering::Relaxed);
     let outbox = Arc::new(match &egress {
@@ -176,6 +186,7 @@ where
         device: identity.device,
         outbox: outbox.clone(),
         inflight: Semaphore::new(cfg.limits.max_inflight_publishes as usize),
+        requests: Arc::new(Semaphore::new(cfg.limits.max_pending_requests as usize)),
         system: false,
         direct: None,
     });
@@ -394,11 +405,51 @@ impl Session {
         R: AsyncRead + Unpin,
     {
         if !hello.resume.is_empty() {
-            self.subscribe(hello_request, hello.resume).await;
+            let rooms = u32::try_from(hello.resume.len()).unwrap_or(u32::MAX);
+            let verdict = self.limits.check_n(
+                &self.shared.user_limits,
+                &self.conn.user,
+                Kind::Subscribe,
+                rooms,
+                tokio::time::Instant::now(),
+            );
+            if verdict == Verdict::Allowed {
+                self.subscribe(hello_request, hello.resume).await;
+            } else {
+                // Every room of the resume refused; the client subscribes
+                // again later (protocol 15.2).
+                let results = hello
+                    .resume
+                    .into_iter()
+                    .map(|item| SubscribeResult {
+                        room: item.room,
+                        code: ErrorCode::RateLimited,
+                        head: Seq(0),
+                        first: Seq(1),
+                    })
+                    .collect();
+                let max = self.shared.config.limits.max_frame_len as usize;
+                for ack in subscribe_acks(hello_request, results, max) {
+                    push(&self.conn.outbox, ack);
+                }
+            }
         }
         let idle = self.shared.config.idle_timeout();
         let control_cap = self.shared.config.limits.max_inflight_publishes as usize + 256;
         loop {
+            // A connection sending more frames than its share waits before
+            // its next one is read (TCP backpressure on the client).
+            while let Some(wait) = self.limits.pace(&self.shared.user_limits) {
+                tokio::select! {
+                    biased;
+                    _ = self.shared.shutdown.cancelled() => {
+                        return Some((ErrorCode::ShuttingDown, "server shutting down".into()));
+                    }
+                    _ = writer_done.cancelled() => return None,
+                    _ = replaced.cancelled() => return Some(replaced_reason()),
+                    _ = tokio::time::sleep(wait) => {}
+                }
+            }
             tokio::select! {
                 biased;
                 _ = self.shared.shutdown.cancelled() => {
@@ -439,11 +490,12 @@ impl Session {
     async fn handle(&mut self, frame: Frame) -> Option<CloseReason> {
         let rid = frame.request_id;
         let outbox = self.conn.outbox.clone();
-        if let Some(kind) = limited_kind(&frame.body) {
-            match self.limits.check(
+        if let Some((kind, n)) = limited_kind(&frame.body) {
+            match self.limits.check_n(
                 &self.shared.user_limits,
                 &self.conn.user,
                 kind,
+                n,
                 tokio::time::Instant::now(),
             ) {
                 Verdict::Allowed => {}
@@ -470,6 +522,15 @@ impl Session {
             push(&outbox, error_frame(rid, ErrorCode::Forbidden, why));
             return None;
         }
+        let meta = match &frame.body {
+            Body::CreateRoom(c) => Some(&c.meta),
+            Body::UpdateRoom(u) => Some(&u.meta),
+            _ => None,
+        };
+        if let Some(why) = meta.and_then(rooms::meta_refusal) {
+            push(&outbox, error_frame(rid, ErrorCode::InvalidRequest, why));
+            return None;
+        }
         match frame.body {
             Body::Ping(p) => push(&outbox, Frame::request(rid, Pong { nonce: p.nonce })),
             Body::Pong(_) | Body::Extension { .. } => {}
@@ -491,24 +552,31 @@ impl Session {
                 self.end_subscriptions(subs);
                 push(&outbox, Frame::request(rid, Ack {}));
             }
-            Body::CreateRoom(c) => self.room_op(rid, RoomOp::Create(c)),
-            Body::JoinRoom(j) => self.room_op(rid, RoomOp::Join(j.room)),
-            Body::LeaveRoom(l) => self.room_op(rid, RoomOp::Leave(l.room)),
-            Body::InviteMember(i) => self.room_op(rid, RoomOp::Invite(i.room, i.user)),
-            Body::RemoveMember(r) => self.room_op(rid, RoomOp::Remove(r.room, r.user)),
-            Body::UpdateRoom(u) => self.room_op(rid, RoomOp::Update(u.room, u.meta)),
-            Body::SetRole(r) => self.room_op(rid, RoomOp::SetRole(r.room, r.user, r.role)),
+            Body::CreateRoom(c) => self.room_op(rid, RoomOp::Create(c)).await,
+            Body::JoinRoom(j) => self.room_op(rid, RoomOp::Join(j.room)).await,
+            Body::LeaveRoom(l) => self.room_op(rid, RoomOp::Leave(l.room)).await,
+            Body::InviteMember(i) => self.room_op(rid, RoomOp::Invite(i.room, i.user)).await,
+            Body::RemoveMember(r) => self.room_op(rid, RoomOp::Remove(r.room, r.user)).await,
+            Body::UpdateRoom(u) => self.room_op(rid, RoomOp::Update(u.room, u.meta)).await,
+            Body::SetRole(r) => {
+                self.room_op(rid, RoomOp::SetRole(r.room, r.user, r.role))
+                    .await
+            }
             Body::GetRoomInfo(g) => self.room_info(rid, g.room).await,
             Body::Receipt(r) => {
                 if let Err(denied) = self.authorize(&r.room, Action::Subscribe).await {
                     push(&outbox, error_frame(rid, denied.code, denied.message));
                 } else {
+                    let Some(held) = self.hold().await else {
+                        return Some((ErrorCode::ShuttingDown, "server shutting down".into()));
+                    };
                     let req = ReceiptReq {
                         conn: self.conn.clone(),
                         request_id: rid,
                         receipt: r,
+                        held: Some(held),
                     };
-                    if self.shared.sequencer.send(SeqMsg::Receipt(req)).is_err() {
+                    if !self.to_sequencer(SeqMsg::Receipt(req)).await {
                         return Some((ErrorCode::ShuttingDown, "server shutting down".into()));
                     }
                 }
@@ -638,7 +706,7 @@ impl Session {
         // the order they arrived, and the sequencer keeps that order: this
         // is what makes a connection's publishes to one room sequenced in
         // send order (protocol 12.1).
-        if self.shared.sequencer.send(SeqMsg::Publish(req)).is_err() {
+        if !self.to_sequencer(SeqMsg::Publish(req)).await {
             self.conn.inflight.add_permits(1);
             return Some((ErrorCode::ShuttingDown, "server shutting down".into()));
         }
@@ -647,6 +715,9 @@ impl Session {
 
     async fn subscribe(&mut self, rid: u32, items: Vec<WireItem>) {
         let max_rooms = self.shared.config.limits.max_rooms_per_connection as usize;
+        // Subscriptions the broker refused or ended since the last
+        // Subscribe count for nothing and hold no room in memory.
+        self.subs.retain(|_, s| !s.is_closed());
         let mut results = Vec::with_capacity(items.len());
         let mut stamped = Vec::with_capacity(items.len());
         for (index, item) in items.into_iter().enumerate() {
@@ -689,6 +760,7 @@ impl Session {
                 refused: None,
             });
         }
+        let held = self.hold().await;
         let cmd = SubscribeCmd {
             outbox: self.conn.outbox.clone(),
             user: self.conn.user.clone(),
@@ -696,8 +768,9 @@ impl Session {
             request_id: rid,
             results,
             items: stamped,
+            held,
         };
-        if self.shared.sequencer.send(SeqMsg::Subscribe(cmd)).is_err() {
+        if cmd.held.is_none() || !self.to_sequencer(SeqMsg::Subscribe(cmd)).await {
             push(
                 &self.conn.outbox,
                 error_frame(rid, ErrorCode::ShuttingDown, "server shutting down"),
@@ -705,13 +778,15 @@ impl Session {
         }
     }
 
-    fn room_op(&mut self, rid: u32, op: RoomOp) {
+    async fn room_op(&mut self, rid: u32, op: RoomOp) {
+        let held = self.hold().await;
         let req = RoomOpReq {
             conn: self.conn.clone(),
             request_id: rid,
             op,
+            held,
         };
-        if self.shared.sequencer.send(SeqMsg::RoomOp(req)).is_err() {
+        if req.held.is_none() || !self.to_sequencer(SeqMsg::RoomOp(req)).await {
             push(
                 &self.conn.outbox,
                 error_frame(rid, ErrorCode::ShuttingDown, "server shutting down"),
@@ -844,12 +919,31 @@ impl Session {
         }
     }
 
+    /// Waits for one of the connection's request permits (backpressure:
+    /// meanwhile nothing more is read from the client); `None` when the
+    /// broker is stopping.
+    async fn hold(&self) -> Option<OwnedSemaphorePermit> {
+        tokio::select! {
+            p = self.conn.requests.clone().acquire_owned() => p.ok(),
+            _ = self.shared.shutdown.cancelled() => None,
+        }
+    }
+
+    /// Hands a request to the sequencer, waiting for room in its queue;
+    /// `false` when the broker is stopping.
+    async fn to_sequencer(&self, msg: SeqMsg) -> bool {
+        tokio::select! {
+            sent = self.shared.sequencer.send(msg) => sent.is_ok(),
+            _ = self.shared.shutdown.cancelled() => false,
+        }
+    }
+
     fn end_subscriptions(&mut self, subs: Vec<Arc<Subscription>>) {
         for s in &subs {
             s.close();
         }
         if !subs.is_empty() {
-            let _ = self.shared.sequencer.send(SeqMsg::Unsubscribe(subs));
+            let _ = self.shared.sequencer.send_now(SeqMsg::Unsubscribe(subs));
         }
     }
 
@@ -875,11 +969,23 @@ fn rate_limited(rid: u32, retry_after_ms: u32, why: Option<&str>) -> Frame {
     )
 }
 
-/// Which rate-limit bucket a client frame is charged to, if any.
-fn limited_kind(body: &Body) -> Option<Kind> {
+/// Which rate-limit bucket a client frame is charged to, and how many
+/// tokens it takes, if any.
+fn limited_kind(body: &Body) -> Option<(Kind, u32)> {
+    let rooms = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+    let one = |kind| Some((kind, 1));
     match body {
-        Body::Publish(_) => Some(Kind::Publish),
-        Body::Typing(_) => Some(Kind::Typing),
+        Body::Publish(_) => one(Kind::Publish),
+        Body::Typing(_) => one(Kind::Typing),
+        Body::Subscribe(s) => Some((Kind::Subscribe, rooms(s.items.len()))),
+        Body::Unsubscribe(u) => Some((Kind::Subscribe, rooms(u.rooms.len()))),
+        Body::Receipt(_) => one(Kind::Receipt),
+        Body::HistoryRequest(_)
+        | Body::GetRoomInfo(_)
+        | Body::GetMessageStatus(_)
+        | Body::ListRooms(_)
+        | Body::RefreshToken(_)
+        | Body::RegisterPush(_) => one(Kind::Query),
         Body::CreateRoom(_)
         | Body::JoinRoom(_)
         | Body::LeaveRoom(_)
@@ -889,7 +995,7 @@ fn limited_kind(body: &Body) -> Option<Kind> {
         | Body::SetRole(_)
         | Body::SetPresence(_)
         | Body::WatchPresence(_)
-        | Body::GetPresence(_) => Some(Kind::RoomOp),
+        | Body::GetPresence(_) => one(Kind::RoomOp),
         _ => None,
     }
 }

@@ -146,6 +146,8 @@ impl Session {
         let user = self.conn.user.clone();
         let limit = usize::from(l.limit).clamp(1, MAX_LIST_LIMIT);
         let only = self.grant.sorted_rooms();
+        // Room for the request id besides the list.
+        let max_body = (self.shared.config.limits.max_frame_len as usize).saturating_sub(16);
         let frame = answer(rid, move || {
             rooms::list(
                 log.as_ref(),
@@ -153,6 +155,7 @@ impl Session {
                 l.after.as_ref(),
                 limit,
                 only.as_deref(),
+                max_body,
             )
             .map(Ok)
         })

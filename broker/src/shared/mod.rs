@@ -8,7 +8,6 @@ mod devices;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
-use crossbeam_channel::Sender;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
@@ -23,7 +22,7 @@ use crate::presence::PresenceHub;
 use crate::push::PushHub;
 use crate::ratelimit::UserLimits;
 use crate::rooms::typing::TypingHub;
-use crate::sequencer::SeqMsg;
+use crate::sequencer::SeqTx;
 use crate::stats::Stats;
 use crate::storage::RoomLog;
 
@@ -32,7 +31,7 @@ pub(crate) struct Shared {
     pub(crate) config: Config,
     pub(crate) log: Arc<dyn RoomLog>,
     pub(crate) rooms: Arc<RoomRegistry>,
-    pub(crate) sequencer: Sender<SeqMsg>,
+    pub(crate) sequencer: SeqTx,
     pub(crate) auth: Arc<dyn Authenticator>,
     /// Failed-login back-off per client address.
     pub(crate) login_backoff: Arc<LoginBackoff>,

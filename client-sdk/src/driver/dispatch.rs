@@ -610,7 +610,7 @@ impl Driver {
                 }
             }
             Inflight::Subscribe(items) => match body {
-                Body::SubscribeAck(ack) => self.on_subscribe_ack(items, ack.results),
+                Body::SubscribeAck(ack) => self.on_subscribe_ack(rid, items, ack.results),
                 other => {
                     let err = match &other {
                         Body::Error(e) => ClientError::server(e),
@@ -654,7 +654,21 @@ impl Driver {
         }
     }
 
-    fn on_subscribe_ack(&mut self, items: Vec<(RoomId, u64)>, results: Vec<SubscribeResult>) {
+    fn on_subscribe_ack(
+        &mut self,
+        rid: u32,
+        mut items: Vec<(RoomId, u64)>,
+        results: Vec<SubscribeResult>,
+    ) {
+        // An ack too large for one frame comes in several, with the same
+        // request id, in request order (protocol 7.3.2): the rooms past
+        // this frame's results wait for the next one.
+        if !results.is_empty() && results.len() < items.len() {
+            let rest = items.split_off(results.len());
+            if let Some(conn) = self.conn.as_mut() {
+                conn.inflight.insert(rid, Inflight::Subscribe(rest));
+            }
+        }
         for (i, (room, id)) in items.into_iter().enumerate() {
             let Some(result) = results.get(i) else {
                 self.end_room(&room, id, ClientError::UnexpectedReply("SubscribeAck"));
