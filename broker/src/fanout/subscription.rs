@@ -223,7 +223,11 @@ impl Subscription {
                     _ => return Ok(()),
                 }
             };
-            self.outbox.wait_event_space(self.lane).await;
+            // At most about one batch ahead of what the device has taken:
+            // a slow reader costs a bounded amount, not its whole backlog.
+            self.outbox
+                .wait_catchup_space(self.lane, ctx.max_bytes)
+                .await;
             if self.outbox.is_closed() {
                 return Ok(());
             }
