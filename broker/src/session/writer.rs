@@ -152,6 +152,31 @@ async fn write_loop<W: AsyncWrite + Unpin>(mut wr: W, ctx: WriterCtx) -> WriterE
     end
 }
 
+/// The most bytes an accepted TCP socket keeps queued but not yet sent
+/// (`TCP_NOTSENT_LOWAT`, Linux).
+///
+/// Without it the kernel lets a writer fill a send buffer that autotunes up
+/// to megabytes, and wakes it only when a third of that buffer is free: a
+/// device reading a few KiB/s would look, to the writer, as if it accepted
+/// nothing for many seconds, and be cut although it reads. With it the
+/// writer is woken each time the unsent bytes fall under half of this, that
+/// is every ~8 KiB the device reads: that is the granularity at which the
+/// slow-consumer timeout sees progress. It also keeps what a stalled socket
+/// holds in the kernel small, and replies from queueing behind megabytes.
+/// Bytes in flight are not limited, so throughput is not either.
+pub(crate) const TCP_NOTSENT_LOWAT: u32 = 16 << 10;
+
+/// Sets [`TCP_NOTSENT_LOWAT`] on an accepted socket (a no-op where the
+/// option does not exist).
+pub(crate) fn tune_tcp(stream: &tokio::net::TcpStream) {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    if let Err(e) = socket2::SockRef::from(stream).set_tcp_notsent_lowat(TCP_NOTSENT_LOWAT) {
+        debug!(error = %e, "cannot set TCP_NOTSENT_LOWAT");
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let _ = stream;
+}
+
 /// How long shutting down the write side may take once nothing else is to
 /// be sent.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(1);
