@@ -232,6 +232,7 @@ impl BrokerBuilder {
             log: log.clone(),
             batch: config.delivery.catchup_batch,
             max_bytes: (config.limits.max_frame_len as usize).saturating_sub(1024),
+            ahead_bytes: config.delivery.write_batch_bytes,
             stats: stats.clone(),
         });
         let runtime = tokio::runtime::Handle::current();

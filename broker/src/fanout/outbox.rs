@@ -298,11 +298,10 @@ impl Outbox {
 
     /// Waits until event lane `lane` is below capacity and holds fewer than
     /// `max_bytes` bytes (or the outbox closed). A catch-up task waits for
-    /// this before reading the next batch from the log, so that a device
-    /// that reads slowly has at most about one batch read ahead for it,
-    /// whatever the size of the batches: catch-up goes at the pace the
-    /// device reads, and what it costs in memory does not grow with the
-    /// room's rate.
+    /// this before reading the next batch from the log, so that what is
+    /// queued for a device that reads slowly stays under `max_bytes` plus
+    /// one batch: catch-up goes at the pace the device reads, and what it
+    /// costs in memory does not grow with the room's rate or backlog.
     pub(crate) async fn wait_catchup_space(&self, lane: usize, max_bytes: usize) {
         loop {
             let notified = self.space.notified();

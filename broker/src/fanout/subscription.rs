@@ -69,6 +69,9 @@ pub(crate) struct CatchupCtx {
     pub(crate) batch: usize,
     /// Most record bytes per batch frame.
     pub(crate) max_bytes: usize,
+    /// A lagging room reads its next batch only once its lane holds fewer
+    /// bytes than this: what a slow reader costs is this plus one batch.
+    pub(crate) ahead_bytes: usize,
     pub(crate) stats: Arc<crate::stats::Stats>,
 }
 
@@ -226,7 +229,7 @@ impl Subscription {
             // At most about one batch ahead of what the device has taken:
             // a slow reader costs a bounded amount, not its whole backlog.
             self.outbox
-                .wait_catchup_space(self.lane, ctx.max_bytes)
+                .wait_catchup_space(self.lane, ctx.ahead_bytes)
                 .await;
             if self.outbox.is_closed() {
                 return Ok(());
@@ -351,6 +354,7 @@ mod tests {
             log: log.clone(),
             batch: 3,
             max_bytes: 1 << 20,
+            ahead_bytes: 64 << 10,
             stats: Arc::default(),
         });
 
@@ -422,6 +426,7 @@ mod tests {
             log: log.clone(),
             batch: 4,
             max_bytes: 1 << 20,
+            ahead_bytes: 64 << 10,
             stats: Arc::default(),
         });
         // Live events arrive while catching up: they are left to the log.
