@@ -485,6 +485,38 @@ mod tests {
             .expect("joined");
     }
 
+    #[tokio::test]
+    async fn catch_up_waits_for_the_lane_to_hold_fewer_bytes() {
+        let o = Arc::new(Outbox::new(64, Arc::default()));
+        let big = Bytes::from(vec![0u8; 1000]);
+        o.push_event_forced(0, big.clone());
+        o.push_event_forced(0, big);
+        // Two frames of 64 are far below capacity, but 2000 bytes are not
+        // below 1500.
+        let waiter = {
+            let o = o.clone();
+            tokio::spawn(async move { o.wait_catchup_space(0, 1500).await })
+        };
+        tokio::task::yield_now().await;
+        assert!(
+            !waiter.is_finished(),
+            "waits while the lane holds 2000 bytes"
+        );
+        let mut buf = BytesMut::new();
+        assert_eq!(o.drain_into(&mut buf, 1), Drained::Frames);
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+            .await
+            .expect("woken once 1000 bytes are left")
+            .expect("joined");
+        o.abort();
+        tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            o.wait_catchup_space(0, 0),
+        )
+        .await
+        .expect("a closed outbox never makes catch-up wait");
+    }
+
     #[test]
     fn split_lanes_fill_and_drain_independently() {
         let o = Outbox::split(2, 4, Arc::default());

@@ -345,3 +345,123 @@ pub(crate) async fn linger<R: AsyncRead + Unpin>(
         _ = shutdown.cancelled() => {}
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use confab_codec::{Body, Ping};
+    use tokio::io::DuplexStream;
+
+    fn ping(nonce: u64) -> Bytes {
+        Frame::new(Ping { nonce }).to_bytes().expect("encode")
+    }
+
+    fn ctx(outbox: &Arc<Outbox>, slow_timeout: Duration) -> WriterCtx {
+        WriterCtx {
+            outbox: outbox.clone(),
+            batch_bytes: 4096,
+            slow_timeout,
+            session_id: 1,
+            done: CancellationToken::new(),
+        }
+    }
+
+    /// Decodes every frame of `bytes`; panics on a torn or invalid one.
+    fn frames(mut bytes: BytesMut) -> Vec<Frame> {
+        let mut out = Vec::new();
+        while let Some(f) = Frame::decode(&mut bytes, 1 << 20).expect("valid frames") {
+            out.push(f);
+        }
+        assert!(
+            bytes.is_empty(),
+            "{} bytes of a torn frame at the end",
+            bytes.len()
+        );
+        out
+    }
+
+    async fn read_to_end(rd: &mut DuplexStream) -> BytesMut {
+        let mut all = BytesMut::new();
+        while rd.read_buf(&mut all).await.expect("read") > 0 {}
+        all
+    }
+
+    #[test]
+    fn the_rest_of_the_frame_in_flight_is_found_from_the_headers() {
+        let (a, b) = (ping(1), ping(2));
+        let mut buf = BytesMut::new();
+        buf.extend_from_slice(&a);
+        buf.extend_from_slice(&b);
+        assert!(rest_of_frame(&buf, 0).is_empty(), "nothing started");
+        assert!(rest_of_frame(&buf, a.len()).is_empty(), "at a boundary");
+        assert_eq!(rest_of_frame(&buf, a.len() + 3), b.slice(3..));
+        assert_eq!(rest_of_frame(&buf, 1), a.slice(1..));
+        let farewell = with_goodbye(a.slice(4..));
+        let mut whole = BytesMut::from(&a[..4]);
+        whole.extend_from_slice(&farewell);
+        let got = frames(whole);
+        assert!(matches!(got[0].body, Body::Ping(_)));
+        match &got[1].body {
+            Body::Goodbye(g) => assert_eq!(g.code, ErrorCode::SlowConsumer),
+            other => panic!("expected Goodbye, got {other:?}"),
+        }
+    }
+
+    /// A peer that reads nothing: cut after the timeout; when it reads
+    /// again it gets whole frames, the Goodbye, then the end of the stream.
+    #[tokio::test]
+    async fn a_peer_that_reads_nothing_gets_whole_frames_goodbye_and_eof() {
+        let outbox = Arc::new(Outbox::new(1 << 16, Arc::default()));
+        for n in 0..2000 {
+            outbox.push_control(ping(n));
+        }
+        let (wr, mut rd) = tokio::io::duplex(1000);
+        let ctx = ctx(&outbox, Duration::from_millis(200));
+        let done = ctx.done.clone();
+        let writer = tokio::spawn(write_loop(wr, ctx));
+        tokio::time::timeout(Duration::from_secs(10), done.cancelled())
+            .await
+            .expect("cut");
+        assert_eq!(outbox.depth(), 0, "the session's queue is released at once");
+        assert_eq!(
+            outbox
+                .stats()
+                .slow_consumer_disconnects
+                .load(Ordering::Relaxed),
+            1
+        );
+        let got = frames(read_to_end(&mut rd).await);
+        assert_eq!(writer.await.expect("joined"), WriterEnd::SlowConsumer);
+        let (last, rest) = got.split_last().expect("frames");
+        assert!(matches!(&last.body, Body::Goodbye(g) if g.code == ErrorCode::SlowConsumer));
+        assert!(rest.iter().all(|f| matches!(f.body, Body::Ping(_))));
+        assert!(rest.len() < 2000, "cut before everything went");
+    }
+
+    /// A peer that reads a few bytes at a time, so slowly that one batch
+    /// takes many timeouts but never idle for one, is never cut.
+    #[tokio::test]
+    async fn a_peer_that_reads_slowly_is_never_cut() {
+        let outbox = Arc::new(Outbox::new(1 << 16, Arc::default()));
+        let sent: Vec<Bytes> = (0..40).map(ping).collect();
+        for f in &sent {
+            outbox.push_control(f.clone());
+        }
+        outbox.close();
+        let total: usize = sent.iter().map(Bytes::len).sum();
+        let (wr, mut rd) = tokio::io::duplex(16);
+        let ctx = ctx(&outbox, Duration::from_millis(500));
+        let writer = tokio::spawn(write_loop(wr, ctx));
+        let mut got = BytesMut::new();
+        let mut chunk = [0u8; 16];
+        // 16 bytes every 50 ms: the one batch takes over 2 s, 4 timeouts.
+        while got.len() < total {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let n = rd.read(&mut chunk).await.expect("read");
+            assert!(n > 0, "the writer ended the stream early");
+            got.extend_from_slice(&chunk[..n]);
+        }
+        assert_eq!(writer.await.expect("joined"), WriterEnd::Finished);
+        assert_eq!(frames(got).len(), sent.len());
+    }
+}
