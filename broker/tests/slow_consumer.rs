@@ -25,6 +25,8 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use common::*;
 use confab_codec::*;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_util::sync::CancellationToken;
@@ -58,6 +60,10 @@ const AHEAD_BYTES: usize = 64 << 10;
 const PER_DEVICE_QUEUE_BYTES: usize =
     QUEUE_CAPACITY * (PAYLOAD + 400) + AHEAD_BYTES + CATCHUP_BATCH * (PAYLOAD + 400);
 
+/// The tests of this file run one at a time: each compares latency and
+/// memory with its own baseline, which a neighbour's attack would skew.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Which part of the run a measurement belongs to.
 const WARMUP: usize = 0;
 const BASELINE: usize = 1;
@@ -68,8 +74,10 @@ const AFTER: usize = 3;
 struct Confab {
     child: std::process::Child,
     addr: SocketAddr,
+    /// The QUIC listener (UDP).
+    quic: SocketAddr,
     metrics: SocketAddr,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Confab {
@@ -78,6 +86,10 @@ impl Confab {
         let port = free_port();
         let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let timeout = format!("delivery.slow_consumer_timeout_ms={}", TIMEOUT.as_millis());
+        let quic = std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
         let child = spawn_confab_with(
             dir.path(),
             port,
@@ -93,6 +105,9 @@ impl Confab {
                 &format!("delivery.catchup_batch={CATCHUP_BATCH}"),
                 "--set",
                 &format!("delivery.write_batch_bytes={AHEAD_BYTES}"),
+                // After --listen-quic, so it wins: a port known to the test.
+                "--set",
+                &format!("listen.quic={quic}"),
             ],
         );
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
@@ -101,8 +116,9 @@ impl Confab {
         Confab {
             child,
             addr,
+            quic,
             metrics,
-            _dir: dir,
+            dir,
         }
     }
 
@@ -137,6 +153,17 @@ fn rss_kib(pid: u32) -> u64 {
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
         .expect("VmRSS in /proc/<pid>/status")
+}
+
+/// The broker's RSS once the attack is over: the lowest of 20 samples over
+/// 2 s (the allocator hands memory back lazily).
+async fn settled_rss(broker: &Confab) -> u64 {
+    let mut low = u64::MAX;
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        low = low.min(rss_kib(broker.child.id()));
+    }
+    low
 }
 
 impl Drop for Confab {
@@ -505,6 +532,7 @@ async fn new_client_connects(addr: SocketAddr, r: &RoomId) -> Duration {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn devices_reading_at_a_tenth_of_the_rate_are_never_cut_and_lose_nothing() {
+    let _serial = SERIAL.lock().await;
     let broker = Confab::start().await;
     let r = room("busy");
     let load = Load::start(&broker, &r).await;
@@ -570,12 +598,13 @@ async fn devices_reading_at_a_tenth_of_the_rate_are_never_cut_and_lose_nothing()
     // Memory after: the slow devices are gone; give the broker a moment.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let mut report = report;
-    report.rss[AFTER] = vec![(head, rss_kib(broker.child.id()))];
+    report.rss[AFTER] = vec![(head, settled_rss(&broker).await)];
     report.check("slow readers");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_device_that_reads_nothing_gets_goodbye_then_eof_and_resumes() {
+    let _serial = SERIAL.lock().await;
     let broker = Confab::start().await;
     let r = room("busy");
     let load = Load::start(&broker, &r).await;
@@ -662,8 +691,274 @@ async fn a_device_that_reads_nothing_gets_goodbye_then_eof_and_resumes() {
         got.len(),
         last + 1
     );
-    tokio::time::sleep(Duration::from_secs(1)).await;
     let published = published.load(Ordering::Relaxed);
-    report.rss[AFTER] = vec![(published, rss_kib(broker.child.id()))];
+    report.rss[AFTER] = vec![(published, settled_rss(&broker).await)];
     report.check("stuck reader");
+}
+
+/// A QUIC device with a 16 KiB window per stream, that reads only when
+/// told to.
+struct QuicDevice {
+    _endpoint: quinn::Endpoint,
+    conn: quinn::Connection,
+    _send: quinn::SendStream,
+    control: quinn::RecvStream,
+    ctl_buf: BytesMut,
+}
+
+impl QuicDevice {
+    /// Connects, says Hello resuming `r` live, and returns the device and
+    /// the room's head.
+    async fn open(broker: &Confab, user: &str, r: &RoomId) -> (QuicDevice, u64) {
+        let cert = CertificateDer::from_pem_file(broker.dir.path().join("tls/cert.pem")).unwrap();
+        let mut transport = quinn::TransportConfig::default();
+        transport.stream_receive_window(16_384u32.into());
+        let (endpoint, conn) = quic_connect(broker.quic, quic_client(&cert, transport)).await;
+        let (mut send, control) = conn.open_bi().await.unwrap();
+        let hello = Hello {
+            min_version: 1,
+            max_version: 1,
+            token: format!("{user}:d"),
+            device: DeviceId::new("d").unwrap(),
+            client_name: "slow".into(),
+            resume: vec![SubscribeItem {
+                room: r.clone(),
+                start: StartAt::Live,
+            }],
+        };
+        send.write_all(&Frame::request(1, hello).to_bytes().unwrap())
+            .await
+            .unwrap();
+        let mut d = QuicDevice {
+            _endpoint: endpoint,
+            conn,
+            _send: send,
+            control,
+            ctl_buf: BytesMut::new(),
+        };
+        loop {
+            match d.control_frame().await.unwrap().body {
+                Body::Welcome(_) => {}
+                Body::SubscribeAck(a) => return (d, a.results[0].head.0),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+
+    /// The next frame of the control stream, or how it ended.
+    async fn control_frame(&mut self) -> Result<Frame, String> {
+        loop {
+            if let Some(f) = Frame::decode(&mut self.ctl_buf, 1 << 24).expect("whole frames") {
+                return Ok(f);
+            }
+            let chunk = tokio::time::timeout(WAIT, self.control.read_chunk(64 << 10, true))
+                .await
+                .expect("control frames in time");
+            match chunk {
+                Ok(Some(c)) => self.ctl_buf.extend_from_slice(&c.bytes),
+                Ok(None) => return Err("finished".into()),
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+    }
+}
+
+/// A QUIC device reading its room's event stream at a tenth of the room's
+/// byte rate until `stop`, then as fast as it can up to the head; its
+/// control stream is read all along and must carry nothing (no Goodbye).
+async fn slow_quic_reader(
+    mut d: QuicDevice,
+    stop: CancellationToken,
+    head: Arc<AtomicU64>,
+) -> Received {
+    let rate = ROOM_BYTE_RATE / 10.0;
+    let mut events = tokio::time::timeout(WAIT, d.conn.accept_uni())
+        .await
+        .expect("the room's event stream opens")
+        .unwrap();
+    let control = tokio::spawn(async move {
+        let end = d.control_frame().await;
+        panic!("a slow QUIC reader got {end:?} on its control stream: it must never be cut");
+    });
+    let mut got = Received::default();
+    let mut buf = BytesMut::new();
+    let mut chunk = vec![0u8; 2048];
+    let started = Instant::now();
+    let mut read = 0usize;
+    let mut full_speed_since = None;
+    loop {
+        if stop.is_cancelled() && full_speed_since.is_none() {
+            full_speed_since = Some(Instant::now());
+        }
+        if let Some(t) = full_speed_since {
+            if got.seqs.last().copied().unwrap_or(0) >= head.load(Ordering::Relaxed) {
+                break;
+            }
+            assert!(
+                t.elapsed() < WAIT * 3,
+                "a slow QUIC reader could not catch up"
+            );
+        } else {
+            let due = started + Duration::from_secs_f64(read as f64 / rate);
+            tokio::time::sleep_until(due.into()).await;
+        }
+        let max = if full_speed_since.is_some() {
+            chunk.len()
+        } else {
+            2048
+        };
+        match tokio::time::timeout(Duration::from_millis(50), events.read(&mut chunk[..max])).await
+        {
+            Ok(Ok(Some(n))) => {
+                read += n;
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            Ok(other) => panic!("the event stream ended: {other:?}"),
+            Err(_) => continue,
+        }
+        while let Some(f) = Frame::decode(&mut buf, 1 << 24).expect("whole frames") {
+            got.take(f);
+        }
+    }
+    control.abort();
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quic_devices_reading_at_a_tenth_of_the_rate_are_never_cut() {
+    let _serial = SERIAL.lock().await;
+    let broker = Confab::start().await;
+    let r = room("busy");
+    let load = Load::start(&broker, &r).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    load.set_phase(BASELINE);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    load.set_phase(ATTACK);
+    let stop = CancellationToken::new();
+    let mut readers = Vec::new();
+    for i in 0..4 {
+        let (d, head) = QuicDevice::open(&broker, &format!("qslow{i}"), &r).await;
+        let task = tokio::spawn(slow_quic_reader(d, stop.clone(), load.published.clone()));
+        readers.push((head + 1, task));
+    }
+    let attack = Instant::now();
+    let mut peak_queued = 0f64;
+    let mut connect = None;
+    while attack.elapsed() < TIMEOUT * 8 {
+        if connect.is_none() && attack.elapsed() > TIMEOUT * 4 {
+            connect = Some(new_client_connects(broker.addr, &r).await);
+        }
+        peak_queued = peak_queued.max(broker.metric("confab_queued_bytes").await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let lag_switches = broker.metric("confab_lag_switches_total").await;
+    let cut = broker
+        .metric("confab_slow_consumer_disconnects_total")
+        .await;
+    load.set_phase(AFTER);
+    let published = load.published.clone();
+    let mut report = load.finish().await;
+    let head = published.load(Ordering::Relaxed);
+    stop.cancel();
+    for (from, task) in readers {
+        let got = tokio::time::timeout(WAIT * 4, task).await.unwrap().unwrap();
+        assert_contiguous(&got.seqs, from, head);
+        assert!(got.lagging >= 1, "the slow QUIC device was told it lags");
+        eprintln!(
+            "slow QUIC reader: {} entries {from}..={head}, {} Lagging, {} CaughtUp",
+            got.seqs.len(),
+            got.lagging,
+            got.caught_up
+        );
+    }
+    assert_eq!(cut, 0.0, "no device was cut as a slow consumer");
+    assert!(lag_switches >= 4.0, "lag switches: {lag_switches}");
+    // A QUIC lane: its live queue, the catch-up allowance, one batch.
+    let bound = (4 * PER_DEVICE_QUEUE_BYTES) as f64;
+    eprintln!(
+        "QUIC queued bytes: peak {peak_queued}, bound {bound}; a new client connected in {:?}",
+        connect.unwrap()
+    );
+    assert!(peak_queued <= bound, "{peak_queued} > {bound}");
+    report.rss[AFTER] = vec![(head, settled_rss(&broker).await)];
+    report.check("slow QUIC readers");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quic_device_that_reads_nothing_gets_goodbye_on_its_control_stream() {
+    let _serial = SERIAL.lock().await;
+    let broker = Confab::start().await;
+    let r = room("busy");
+    let load = Load::start(&broker, &r).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    load.set_phase(BASELINE);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    load.set_phase(ATTACK);
+    let (mut stuck, head) = QuicDevice::open(&broker, "qstuck", &r).await;
+    let subscribed = Instant::now();
+    let connect = new_client_connects(broker.addr, &r).await;
+    let deadline = Instant::now() + WAIT;
+    while broker
+        .metric("confab_slow_consumer_disconnects_total")
+        .await
+        < 1.0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the stuck QUIC device was never cut"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let cut_after = subscribed.elapsed();
+    // It reads its control stream again: the Goodbye, then the end of the
+    // stream; the connection is closed with code 0 (the Goodbye was
+    // acknowledged).
+    let goodbye = loop {
+        match stuck.control_frame().await.expect("the Goodbye").body {
+            Body::Goodbye(g) => break g,
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert_eq!(goodbye.code, ErrorCode::SlowConsumer, "{goodbye:?}");
+    let end = stuck.control_frame().await;
+    let closed = tokio::time::timeout(WAIT, stuck.conn.closed())
+        .await
+        .unwrap();
+    eprintln!("stuck QUIC device: cut {cut_after:?} after subscribing; control stream then {end:?}; connection {closed}");
+    assert_eq!(end.map(|f| f.body.name()), Err("finished".to_owned()));
+    assert!(
+        matches!(&closed, quinn::ConnectionError::ApplicationClosed(c) if c.error_code == 0u32.into()),
+        "{closed}"
+    );
+    drop(stuck);
+    // It resumes over any transport from its last seen sequence + 1.
+    let mut back = Conn::open(broker.addr, "qstuck", "d").await;
+    let ack = back
+        .subscribe(vec![(r.clone(), StartAt::From(Seq(head + 1)))])
+        .await;
+    let now = ack.results[0].head.0;
+    let (events, _) = back.events((now - head) as usize).await;
+    assert_contiguous(
+        &events.iter().map(|e| e.1).collect::<Vec<_>>(),
+        head + 1,
+        now,
+    );
+    drop(back);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    load.set_phase(AFTER);
+    let published = load.published.clone();
+    let mut report = load.finish().await;
+    assert_eq!(
+        broker
+            .metric("confab_disconnects_total{reason=\"slow_consumer\"}")
+            .await,
+        1.0
+    );
+    eprintln!("a new client connected during the QUIC attack in {connect:?}");
+    let published = published.load(Ordering::Relaxed);
+    report.rss[AFTER] = vec![(published, settled_rss(&broker).await)];
+    report.check("stuck QUIC reader");
 }
