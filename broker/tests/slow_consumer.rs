@@ -915,11 +915,9 @@ async fn a_quic_device_that_reads_nothing_gets_goodbye_on_its_control_stream() {
     // It reads its control stream again: the Goodbye, then the end of the
     // stream; the connection is closed with code 0 (the Goodbye was
     // acknowledged).
-    let goodbye = loop {
-        match stuck.control_frame().await.expect("the Goodbye").body {
-            Body::Goodbye(g) => break g,
-            other => panic!("unexpected {other:?}"),
-        }
+    let goodbye = match stuck.control_frame().await.expect("the Goodbye").body {
+        Body::Goodbye(g) => g,
+        other => panic!("expected the Goodbye, got {other:?}"),
     };
     assert_eq!(goodbye.code, ErrorCode::SlowConsumer, "{goodbye:?}");
     let end = stuck.control_frame().await;
