@@ -360,10 +360,14 @@ impl Report {
     }
 }
 
+/// A TCP or TLS stream.
+trait ByteStream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> ByteStream for T {}
+
 /// A raw protocol client over a TCP socket with a small receive buffer,
 /// reading only as much as it is told to.
 struct RawClient {
-    stream: TcpStream,
+    stream: Box<dyn ByteStream>,
     buf: BytesMut,
     next_request: u32,
 }
@@ -379,10 +383,28 @@ enum ReadEnd {
 
 impl RawClient {
     async fn open(addr: SocketAddr, user: &str, device: &str) -> RawClient {
+        Self::open_over(addr, None, user, device).await
+    }
+
+    /// Over TLS when `cert` (the broker's certificate) is given.
+    async fn open_over(
+        addr: SocketAddr,
+        cert: Option<&CertificateDer<'static>>,
+        user: &str,
+        device: &str,
+    ) -> RawClient {
         let socket = TcpSocket::new_v4().unwrap();
         socket.set_recv_buffer_size(SMALL_RCVBUF).unwrap();
-        let stream = socket.connect(addr).await.unwrap();
-        stream.set_nodelay(true).unwrap();
+        let tcp = socket.connect(addr).await.unwrap();
+        tcp.set_nodelay(true).unwrap();
+        let stream: Box<dyn ByteStream> = match cert {
+            None => Box::new(tcp),
+            Some(cert) => {
+                let connector = tokio_rustls::TlsConnector::from(Arc::new(tls_client(cert, false)));
+                let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+                Box::new(connector.connect(name, tcp).await.unwrap())
+            }
+        };
         let mut c = RawClient {
             stream,
             buf: BytesMut::new(),
@@ -959,4 +981,63 @@ async fn a_quic_device_that_reads_nothing_gets_goodbye_on_its_control_stream() {
     let published = published.load(Ordering::Relaxed);
     report.rss[AFTER] = vec![(published, settled_rss(&broker).await)];
     report.check("stuck QUIC reader");
+}
+
+/// Over TLS, in process: a device that reads nothing finds, when it reads
+/// again, whole frames, `Goodbye{SlowConsumer}`, then TLS close_notify and
+/// the end of the stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_device_that_reads_nothing_gets_goodbye_then_a_clean_close() {
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.delivery.queue_capacity = QUEUE_CAPACITY;
+    config.delivery.slow_consumer_timeout_ms = TIMEOUT.as_millis() as u64;
+    let broker = start(config).await;
+    let d = dial(&broker, Transport::Tls);
+    let r = room("busy");
+    let mut stuck = RawClient::open_over(d.addr, d.cert.as_ref(), "stuck", "d").await;
+    let from = stuck.subscribe_live(&r).await + 1;
+    let mut publisher = Conn::open(broker.tcp_addr(), "publisher", "p").await;
+    let payload = vec![7u8; PAYLOAD];
+    let mut n = 0;
+    let deadline = Instant::now() + WAIT;
+    while broker.stats().slow_consumer_disconnects == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the stuck TLS device was never cut"
+        );
+        for _ in 0..PER_TICK {
+            n += 1;
+            let rid = publisher.request_id();
+            let frame = Conn::publish_frame(rid, &r, n, &payload).with_flags(flags::NO_REPLY);
+            publisher.send_frame(frame).await;
+        }
+        tokio::time::sleep(TICK).await;
+    }
+    let mut got = Vec::new();
+    let goodbye = loop {
+        let f = stuck.frame().await.expect("frames, then the Goodbye");
+        match &f.body {
+            Body::Event(_) | Body::EventBatch(_) => got.extend(seqs(&f)),
+            Body::Lagging(_) | Body::CaughtUp(_) => {}
+            Body::Goodbye(g) => break g.clone(),
+            other => panic!("unexpected {}", other.name()),
+        }
+    };
+    assert_eq!(goodbye.code, ErrorCode::SlowConsumer);
+    assert!(stuck.decoded().is_none(), "nothing after the Goodbye");
+    let end = tokio::time::timeout(WAIT, stuck.read_some(4096))
+        .await
+        .unwrap();
+    assert_eq!(end, Err(ReadEnd::Eof), "close_notify and FIN, not a reset");
+    if let Some(&last) = got.last() {
+        assert_contiguous(&got, from, last);
+    }
+    eprintln!(
+        "stuck TLS device: {} entries, then the Goodbye, then EOF",
+        got.len()
+    );
+    drop(stuck);
+    broker.shutdown().await;
 }
