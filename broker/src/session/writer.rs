@@ -123,6 +123,8 @@ async fn write_loop<W: AsyncWrite + Unpin>(mut wr: W, ctx: WriterCtx) -> WriterE
                     // (There is no stop token here: `Stopped` does not happen.)
                     Progress::Stalled | Progress::Stopped => {
                         let tail = rest_of_frame(&buf, written);
+                        // Only the tail is kept through the goodbye.
+                        drop(buf);
                         return cut_stream(wr, &ctx, tail).await;
                     }
                 }
@@ -136,7 +138,10 @@ async fn write_loop<W: AsyncWrite + Unpin>(mut wr: W, ctx: WriterCtx) -> WriterE
                             break WriterEnd::SocketError;
                         }
                         // Every frame was handed over whole: nothing to complete.
-                        Err(_) => return cut_stream(wr, &ctx, Bytes::new()).await,
+                        Err(_) => {
+                            drop(buf);
+                            return cut_stream(wr, &ctx, Bytes::new()).await;
+                        }
                     }
                 }
                 ctx.outbox.ready().await;
