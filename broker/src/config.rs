@@ -286,10 +286,13 @@ pub struct DeliveryConfig {
     /// Frames a device's live queue holds before its rooms switch to
     /// catch-up from the log.
     pub queue_capacity: usize,
-    /// A device whose socket accepts nothing for this long is disconnected,
-    /// in milliseconds.
+    /// A device whose connection accepts no byte for this long, while the
+    /// broker has bytes for it, is cut with `Goodbye(SlowConsumer)`, in
+    /// milliseconds (on QUIC, per stream). A device that reads, however
+    /// slowly, is never cut: its rooms catch up from the log instead.
     pub slow_consumer_timeout_ms: u64,
-    /// Most bytes written to a socket per write call.
+    /// Most bytes written to a socket per write call; also what a lagging
+    /// room may have queued before its next catch-up batch is read.
     pub write_batch_bytes: usize,
     /// Most events per catch-up or history frame.
     pub catchup_batch: usize,

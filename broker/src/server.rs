@@ -234,6 +234,7 @@ impl BrokerBuilder {
             batch: config.delivery.catchup_batch,
             max_bytes: (config.limits.max_frame_len as usize).saturating_sub(1024),
             max_frame_len: config.limits.max_frame_len as usize,
+            ahead_bytes: config.delivery.write_batch_bytes,
             stats: stats.clone(),
         });
         let runtime = tokio::runtime::Handle::current();

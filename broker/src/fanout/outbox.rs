@@ -30,7 +30,29 @@ pub(crate) const MAX_EVENT_LANES: usize = 64;
 struct Lanes {
     control: VecDeque<Bytes>,
     events: Vec<VecDeque<Bytes>>,
+    /// Bytes queued in each event lane, to pace catch-up by bytes.
+    event_bytes: Vec<usize>,
     closed: bool,
+}
+
+impl Lanes {
+    fn push_event(&mut self, lane: usize, frame: Bytes) -> bool {
+        let (Some(q), Some(bytes)) = (self.events.get_mut(lane), self.event_bytes.get_mut(lane))
+        else {
+            return false;
+        };
+        *bytes += frame.len();
+        q.push_back(frame);
+        true
+    }
+
+    fn pop_event(&mut self, lane: usize) -> Option<Bytes> {
+        let frame = self.events.get_mut(lane)?.pop_front()?;
+        if let Some(bytes) = self.event_bytes.get_mut(lane) {
+            *bytes = bytes.saturating_sub(frame.len());
+        }
+        Some(frame)
+    }
 }
 
 /// One device's outbound queue.
@@ -97,6 +119,7 @@ impl Outbox {
             lanes: Mutex::new(Lanes {
                 control: VecDeque::new(),
                 events: (0..event_lanes).map(|_| VecDeque::new()).collect(),
+                event_bytes: vec![0; event_lanes],
                 closed: false,
             }),
             ready: (0..writers).map(|_| Notify::new()).collect(),
@@ -187,14 +210,12 @@ impl Outbox {
         if l.closed {
             return true;
         }
-        let Some(q) = l.events.get_mut(lane) else {
-            return true;
-        };
-        if q.len() >= self.capacity {
+        if l.events.get(lane).is_some_and(|q| q.len() >= self.capacity) {
             return false;
         }
-        self.stats.queued(1, frame.len() as i64);
-        q.push_back(frame.clone());
+        if l.push_event(lane, frame.clone()) {
+            self.stats.queued(1, frame.len() as i64);
+        }
         true
     }
 
@@ -217,11 +238,11 @@ impl Outbox {
             if l.closed {
                 return;
             }
-            let Some(q) = l.events.get_mut(lane) else {
+            let len = frame.len() as i64;
+            if !l.push_event(lane, frame) {
                 return;
-            };
-            self.stats.queued(1, frame.len() as i64);
-            q.push_back(frame);
+            }
+            self.stats.queued(1, len);
         }
         self.notify_events(lane);
     }
@@ -275,6 +296,31 @@ impl Outbox {
         }
     }
 
+    /// Waits until event lane `lane` is below capacity and holds fewer than
+    /// `max_bytes` bytes (or the outbox closed). A catch-up task waits for
+    /// this before reading the next batch from the log, so that what is
+    /// queued for a device that reads slowly stays under `max_bytes` plus
+    /// one batch: catch-up goes at the pace the device reads, and what it
+    /// costs in memory does not grow with the room's rate or backlog.
+    pub(crate) async fn wait_catchup_space(&self, lane: usize, max_bytes: usize) {
+        loop {
+            let notified = self.space.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let l = self.lock();
+                let room = |i: usize| {
+                    l.events.get(i).is_none_or(|q| q.len() < self.capacity)
+                        && l.event_bytes.get(i).is_none_or(|b| *b < max_bytes)
+                };
+                if l.closed || room(lane) {
+                    return;
+                }
+            }
+            notified.await;
+        }
+    }
+
     /// Waits until the control lane holds fewer than `max` frames.
     pub(crate) async fn wait_control_below(&self, max: usize) {
         loop {
@@ -307,12 +353,12 @@ impl Outbox {
             let (mut frames, mut bytes) = (0i64, 0i64);
             while buf.len() < max_bytes {
                 let next = match source {
-                    Source::All => l
-                        .control
-                        .pop_front()
-                        .or_else(|| l.events.iter_mut().find_map(VecDeque::pop_front)),
+                    Source::All => match l.control.pop_front() {
+                        Some(frame) => Some(frame),
+                        None => (0..l.events.len()).find_map(|i| l.pop_event(i)),
+                    },
                     Source::Control => l.control.pop_front(),
-                    Source::Events(i) => l.events.get_mut(i).and_then(VecDeque::pop_front),
+                    Source::Events(i) => l.pop_event(i),
                 };
                 let Some(frame) = next else {
                     break;
@@ -376,6 +422,7 @@ impl Outbox {
             for q in &mut l.events {
                 q.clear();
             }
+            l.event_bytes.iter_mut().for_each(|b| *b = 0);
         }
         self.notify_all();
         self.space.notify_waiters();
@@ -390,6 +437,11 @@ impl Outbox {
     /// Whether the outbox was closed.
     pub(crate) fn is_closed(&self) -> bool {
         self.lock().closed
+    }
+
+    /// The broker's counters (the writer counts slow-consumer cuts).
+    pub(crate) fn stats(&self) -> &Stats {
+        &self.stats
     }
 }
 
@@ -431,6 +483,38 @@ mod tests {
             .await
             .expect("woken")
             .expect("joined");
+    }
+
+    #[tokio::test]
+    async fn catch_up_waits_for_the_lane_to_hold_fewer_bytes() {
+        let o = Arc::new(Outbox::new(64, Arc::default()));
+        let big = Bytes::from(vec![0u8; 1000]);
+        o.push_event_forced(0, big.clone());
+        o.push_event_forced(0, big);
+        // Two frames of 64 are far below capacity, but 2000 bytes are not
+        // below 1500.
+        let waiter = {
+            let o = o.clone();
+            tokio::spawn(async move { o.wait_catchup_space(0, 1500).await })
+        };
+        tokio::task::yield_now().await;
+        assert!(
+            !waiter.is_finished(),
+            "waits while the lane holds 2000 bytes"
+        );
+        let mut buf = BytesMut::new();
+        assert_eq!(o.drain_into(&mut buf, 1), Drained::Frames);
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+            .await
+            .expect("woken once 1000 bytes are left")
+            .expect("joined");
+        o.abort();
+        tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            o.wait_catchup_space(0, 0),
+        )
+        .await
+        .expect("a closed outbox never makes catch-up wait");
     }
 
     #[test]

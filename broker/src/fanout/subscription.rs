@@ -71,6 +71,9 @@ pub(crate) struct CatchupCtx {
     pub(crate) max_bytes: usize,
     /// The frame limit (`limits.max_frame_len`), for replies cut to fit.
     pub(crate) max_frame_len: usize,
+    /// A lagging room reads its next batch only once its lane holds fewer
+    /// bytes than this: what a slow reader costs is this plus one batch.
+    pub(crate) ahead_bytes: usize,
     pub(crate) stats: Arc<crate::stats::Stats>,
 }
 
@@ -230,7 +233,11 @@ impl Subscription {
                     _ => return Ok(()),
                 }
             };
-            self.outbox.wait_event_space(self.lane).await;
+            // At most about one batch ahead of what the device has taken:
+            // a slow reader costs a bounded amount, not its whole backlog.
+            self.outbox
+                .wait_catchup_space(self.lane, ctx.ahead_bytes)
+                .await;
             if self.outbox.is_closed() {
                 return Ok(());
             }
@@ -355,6 +362,7 @@ mod tests {
             batch: 3,
             max_bytes: 1 << 20,
             max_frame_len: 1 << 20,
+            ahead_bytes: 64 << 10,
             stats: Arc::default(),
         });
 
@@ -427,6 +435,7 @@ mod tests {
             batch: 4,
             max_bytes: 1 << 20,
             max_frame_len: 1 << 20,
+            ahead_bytes: 64 << 10,
             stats: Arc::default(),
         });
         // Live events arrive while catching up: they are left to the log.

@@ -25,6 +25,8 @@ pub(crate) fn export(shared: &Shared) {
     counter!("confab_messages_out_total").absolute(s.delivered.load(Ordering::Relaxed));
     counter!("confab_commits_total").absolute(s.commits.load(Ordering::Relaxed));
     counter!("confab_lag_switches_total").absolute(s.lag_switches.load(Ordering::Relaxed));
+    counter!("confab_slow_consumer_disconnects_total")
+        .absolute(s.slow_consumer_disconnects.load(Ordering::Relaxed));
     gauge!("confab_queued_frames").set(s.queued_frames.load(Ordering::Relaxed) as f64);
     gauge!("confab_queued_bytes").set(s.queued_bytes.load(Ordering::Relaxed) as f64);
     let space = shared.log.space();

@@ -133,6 +133,10 @@ fn describe() {
         "confab_lag_switches_total",
         "Times a device's room switched from live delivery to catch-up."
     );
+    describe_counter!(
+        "confab_slow_consumer_disconnects_total",
+        "Devices cut because their connection accepted no byte for delivery.slow_consumer_timeout_ms (counted at the cut, before the Goodbye)."
+    );
     describe_gauge!(
         "confab_queued_frames",
         "Frames waiting in all device outboxes."

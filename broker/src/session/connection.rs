@@ -22,7 +22,7 @@ use tracing::{debug, info, warn};
 use super::codec::{FrameCodec, WireError};
 use super::grant::Grant;
 use super::quic_writer::QuicEgress;
-use super::writer::{Egress, WriterCtx, WriterEnd};
+use super::writer::{self, Egress, WriterCtx, WriterEnd};
 use super::ConnCtx;
 use crate::auth::authz::{AccessRequest, Action, Denied};
 use crate::base::{now_us, sender_key};
@@ -35,6 +35,10 @@ use crate::storage::LogBounds;
 
 /// How long a closing connection may take to flush its outbox.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
+
+/// How long a connection cut as a slow consumer waits for the peer to close
+/// its side after the `Goodbye`.
+const LINGER: Duration = Duration::from_secs(2);
 
 type CloseReason = (ErrorCode, String);
 
@@ -261,18 +265,11 @@ where
         );
     }
     outbox.close();
-    let end = match tokio::time::timeout(CLOSE_GRACE, writer).await {
-        Ok(Ok(end)) => end,
-        _ => {
-            outbox.abort();
-            WriterEnd::SocketError
-        }
-    };
+    let end = writer::join(writer, &outbox, &writer_done, CLOSE_GRACE).await;
     if end == WriterEnd::SlowConsumer {
-        shared
-            .stats
-            .slow_consumer_disconnects
-            .fetch_add(1, Ordering::Relaxed);
+        // The writer said goodbye and shut its side; let the peer close
+        // first, so that ours is no reset (writer.rs).
+        writer::linger(frames.get_mut(), LINGER, &shared.shutdown).await;
     }
     shared.stats.connections.fetch_add(-1, Ordering::Relaxed);
     // Sessions ended, by reason (once per disconnect, not per message).

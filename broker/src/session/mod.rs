@@ -10,5 +10,6 @@ mod writer;
 
 pub use codec::{FrameCodec, WireError};
 pub(crate) use connection::{refuse, refuse_quic, serve_connection, serve_quic};
+pub(crate) use writer::tune_tcp;
 
 pub(crate) use crate::fanout::ConnCtx;

@@ -10,7 +10,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
-use crate::session::{refuse, serve_connection};
+use crate::session::{refuse, serve_connection, tune_tcp};
 use crate::shared::Shared;
 use crate::stats::Transport;
 
@@ -44,6 +44,7 @@ pub(crate) async fn accept_loop(
             }
         };
         let _ = stream.set_nodelay(true);
+        tune_tcp(&stream);
         let permit = shared.conn_permits.clone().try_acquire_owned().ok();
         let shared = shared.clone();
         let tls = tls.clone();

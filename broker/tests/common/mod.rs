@@ -561,6 +561,16 @@ pub fn free_port() -> u16 {
 /// Starts the real `confab` binary on `dir`, TCP on `port`, rate limits
 /// off.
 pub fn spawn_confab(dir: &Path, port: u16, durability: &str) -> std::process::Child {
+    spawn_confab_with(dir, port, durability, &[])
+}
+
+/// [`spawn_confab`] with more command-line arguments (`--set k=v`, ...).
+pub fn spawn_confab_with(
+    dir: &Path,
+    port: u16,
+    durability: &str,
+    extra: &[&str],
+) -> std::process::Child {
     std::process::Command::new(env!("CARGO_BIN_EXE_confab"))
         .args([
             "serve",
@@ -578,6 +588,7 @@ pub fn spawn_confab(dir: &Path, port: u16, durability: &str) -> std::process::Ch
             "--set",
             "rate_limits.enabled=false",
         ])
+        .args(extra)
         .env_clear()
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
