@@ -32,6 +32,7 @@
 #![warn(missing_docs)]
 
 pub mod admin;
+mod admission;
 pub mod auth;
 mod base;
 pub mod config;

@@ -244,18 +244,24 @@ async fn connection_limit_answers_server_busy(t: Transport) {
     let addr = dial(&broker, t);
     let _a = Conn::open(&addr, "a", "d").await;
     let _b = Conn::open(&addr, "b", "d").await;
-    let mut c = Conn::connect(&addr).await;
-    if t == Transport::Quic {
-        // The refusal goes on the control stream, which the client opens
-        // by sending on it.
-        c.send(Ping { nonce: 1 }).await;
+    if t == Transport::Tcp {
+        let mut c = Conn::connect(&addr).await;
+        expect_error_and_close(&mut c, ErrorCode::ServerBusy).await;
+    } else {
+        // Refused before the TLS or QUIC handshake it would cost (15.3).
+        assert!(
+            handshake_refused(&addr).await,
+            "refused before the handshake"
+        );
     }
-    expect_error_and_close(&mut c, ErrorCode::ServerBusy).await;
     drop(_a);
     // The slot frees up once the first connection is gone.
     let mut ok = false;
     for _ in 0..50 {
         tokio::time::sleep(Duration::from_millis(20)).await;
+        if t != Transport::Tcp && handshake_refused(&addr).await {
+            continue;
+        }
         let mut c = Conn::connect(&addr).await;
         c.send(Hello {
             min_version: 1,

@@ -9,11 +9,11 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use crossbeam_channel::Sender;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 pub(crate) use devices::DeviceRegistry;
 
+use crate::admission::Admission;
 use crate::auth::authz::Authorizer;
 use crate::auth::backoff::LoginBackoff;
 use crate::auth::Authenticator;
@@ -44,8 +44,9 @@ pub(crate) struct Shared {
     pub(crate) presence: Arc<PresenceHub>,
     /// Per-user rate-limit buckets, shared by the user's connections.
     pub(crate) user_limits: Arc<UserLimits>,
-    /// `limits.max_connections` permits, shared by every listener.
-    pub(crate) conn_permits: Arc<Semaphore>,
+    /// Admission control: pending handshakes, per-address limits and the
+    /// `limits.max_connections` session slots, shared by every listener.
+    pub(crate) admission: Arc<Admission>,
     /// The embedding service's access decisions, replacing membership.
     pub(crate) authorizer: Option<Arc<dyn Authorizer>>,
     /// Offline push, when `push.enabled`.

@@ -146,6 +146,37 @@ pub async fn quic_connect(
     (endpoint, conn)
 }
 
+/// Whether the broker refuses a TLS or QUIC connection to `dial` before
+/// its handshake: the handshake fails (TLS: the socket closes without a
+/// ServerHello; QUIC: `CONNECTION_REFUSED`) instead of completing.
+pub async fn handshake_refused(dial: &Dial) -> bool {
+    let cert = dial.cert.as_ref().expect("a certificate to trust");
+    match dial.transport {
+        Transport::Tcp => panic!("plain TCP has no handshake to refuse"),
+        Transport::Tls => {
+            let stream = TcpStream::connect(dial.addr).await.expect("connect");
+            let connector = tokio_rustls::TlsConnector::from(Arc::new(tls_client(cert, false)));
+            let name = ServerName::IpAddress(dial.addr.ip().into());
+            tokio::time::timeout(WAIT, connector.connect(name, stream))
+                .await
+                .expect("an answer in time")
+                .is_err()
+        }
+        Transport::Quic => {
+            let endpoint =
+                quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).expect("endpoint");
+            let config = quic_client(cert, quinn::TransportConfig::default());
+            let connecting = endpoint
+                .connect_with(config, dial.addr, "localhost")
+                .expect("connect");
+            tokio::time::timeout(WAIT, connecting)
+                .await
+                .expect("an answer in time")
+                .is_err()
+        }
+    }
+}
+
 /// Decodes frames from `rd` into `tx` until the stream ends.
 pub async fn forward_frames<R: AsyncRead + Unpin>(mut rd: R, tx: mpsc::UnboundedSender<Frame>) {
     let mut buf = BytesMut::new();
