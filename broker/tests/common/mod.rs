@@ -355,6 +355,27 @@ impl Conn {
         resume: Vec<SubscribeItem>,
     ) -> Conn {
         let mut c = Conn::connect(dial).await;
+        c.handshake(user, device, resume).await;
+        c
+    }
+
+    /// A plain TCP connection over `stream`, no handshake.
+    pub fn over_tcp(stream: TcpStream) -> Conn {
+        stream.set_nodelay(true).unwrap();
+        let (rd, wr) = tokio::io::split(stream);
+        Conn {
+            wr: Box::new(wr),
+            rd: stream_inbound(rd),
+            quic: None,
+            next_request: 1,
+            welcome: None,
+            pending: Default::default(),
+        }
+    }
+
+    /// Sends `Hello` as `user:device` and waits for `Welcome`.
+    pub async fn handshake(&mut self, user: &str, device: &str, resume: Vec<SubscribeItem>) {
+        let c = self;
         let rid = c
             .send(Hello {
                 min_version: 1,
@@ -371,7 +392,6 @@ impl Conn {
             Body::Welcome(w) => c.welcome = Some(w),
             other => panic!("expected Welcome, got {other:?}"),
         }
-        c
     }
 
     pub fn request_id(&mut self) -> u32 {
@@ -615,6 +635,15 @@ pub fn spawn_confab(dir: &Path, port: u16, durability: &str) -> std::process::Ch
         .stderr(std::process::Stdio::inherit())
         .spawn()
         .expect("the confab binary starts")
+}
+
+/// A TCP connection to `addr` from the loopback address `src` (Linux
+/// delivers all of 127.0.0.0/8 to the loopback interface, so tests can
+/// play many client addresses).
+pub async fn tcp_from(src: std::net::IpAddr, addr: SocketAddr) -> std::io::Result<TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::new(src, 0))?;
+    socket.connect(addr).await
 }
 
 /// Waits until something accepts TCP connections on `addr`.
