@@ -22,7 +22,6 @@ use crate::admission::{count_refusal, Refusal, Ticket};
 use crate::auth::Identity;
 use crate::base::now_us;
 use crate::shared::Shared;
-use crate::transport::tls::SESSION_RECEIVE_WINDOW;
 
 /// The read buffer a connection starts with: a typical `Hello` (a token,
 /// a few resumed rooms) fits, and a flood of pending handshakes costs
@@ -32,6 +31,12 @@ const HELLO_BUFFER: usize = 4 << 10;
 /// The read buffer a session starts with; a larger one left over from a
 /// large `Hello` is given back.
 const SESSION_BUFFER: usize = 16 << 10;
+
+/// A QUIC connection's receive window once its session is up: quinn's
+/// default (unlimited at the connection level; each stream keeps its own
+/// window). Until then the listener's configuration keeps it to about one
+/// `Hello` (`transport::tls::quic_server_config`).
+const SESSION_RECEIVE_WINDOW: quinn::VarInt = quinn::VarInt::MAX;
 
 /// Why a pending handshake was closed to make room for a newer one.
 const EVICTED: &str = "too many handshakes in progress; this one was the oldest";

@@ -24,11 +24,6 @@ pub const ALPN: &[u8] = b"confab/1";
 /// Where a generated certificate lives, under the data directory.
 const GENERATED_DIR: &str = "tls";
 
-/// A QUIC connection's receive window once its session is up: quinn's
-/// default (unlimited at the connection level; each stream keeps its own
-/// window).
-pub(crate) const SESSION_RECEIVE_WINDOW: quinn::VarInt = quinn::VarInt::MAX;
-
 /// A certificate chain and its private key.
 pub(crate) struct Identity {
     chain: Vec<CertificateDer<'static>>,
@@ -182,8 +177,8 @@ pub(crate) fn tcp_server_config(id: &Identity) -> Result<Arc<rustls::ServerConfi
 /// closes an idle connection with a `Goodbye` before QUIC drops it.
 ///
 /// `hello_window` is the connection's receive window until the session
-/// raises it after `Welcome` ([`SESSION_RECEIVE_WINDOW`]): before that the
-/// client may send one `Hello`, so QUIC need not buffer more for it. QUIC
+/// raises it at `Welcome`: before that the client may send one `Hello`,
+/// so QUIC need not buffer more for it. QUIC
 /// datagrams are off (the protocol does not use them, and unread ones
 /// would be buffered).
 ///
