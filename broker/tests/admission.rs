@@ -81,6 +81,8 @@ impl Spawned {
         for s in &fixed {
             cmd.args(["--set", s]);
         }
+        // A clean environment, except glibc allocator settings, so that
+        // their effect can be tried (`MALLOC_ARENA_MAX=2 cargo test ...`).
         cmd.env_clear();
         for (k, v) in std::env::vars() {
             if k.starts_with("MALLOC_") || k == "GLIBC_TUNABLES" {

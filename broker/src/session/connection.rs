@@ -1,5 +1,6 @@
-//! One connection: handshake, then a loop that dispatches requests until
-//! the peer leaves, misbehaves, goes silent, or the broker shuts down.
+//! One connection: the handshake (`handshake.rs`), then a loop that
+//! dispatches requests until the peer leaves, misbehaves, goes silent, or
+//! the broker shuts down.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -79,6 +80,7 @@ async fn serve<R, W>(
     R: AsyncRead + Send + Unpin + 'static,
     W: AsyncWrite + Send + Unpin + 'static,
 {
+    // `ticket` counts this connection against its address until it ends.
     let cfg = &shared.config;
     let Some(Handshaken {
         hello,
