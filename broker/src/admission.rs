@@ -212,7 +212,7 @@ impl Admission {
             key,
             handshaking: true,
             evicted: evict,
-            deadline: Instant::now() + self.handshake_timeout,
+            deadline: deadline_after(self.handshake_timeout),
             transport,
         };
         Ok((ticket, evicted))
@@ -280,6 +280,13 @@ impl Admission {
             table.addresses.remove(&key);
         }
     }
+}
+
+/// `timeout` from now; a timeout too long for the clock is as good as none.
+fn deadline_after(timeout: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(timeout)
+        .unwrap_or_else(|| now + Duration::from_secs(u64::from(u32::MAX)))
 }
 
 /// How often [`run_memory_release`] looks at the connection count.
@@ -440,6 +447,13 @@ mod tests {
         tickets.next();
         assert!(a.closed_many(), "64 closed");
         assert!(!a.closed_many(), "once per drop");
+    }
+
+    #[test]
+    fn any_configured_timeout_gives_a_deadline() {
+        let soon = deadline_after(Duration::from_secs(10));
+        assert!(soon > Instant::now());
+        assert!(deadline_after(Duration::MAX) > soon);
     }
 
     #[test]
