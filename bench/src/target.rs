@@ -97,6 +97,14 @@ impl BrokerProc {
             .arg("warn")
             .arg("--set")
             .arg("limits.max_connections=30000")
+            // Every load-generator connection comes from one address, and
+            // connection-rate scenarios open thousands at once.
+            .arg("--set")
+            .arg("admission.max_connections_per_ip=0")
+            .arg("--set")
+            .arg("admission.max_handshakes_per_ip=0")
+            .arg("--set")
+            .arg("admission.max_handshakes=30000")
             .arg("--set")
             .arg("limits.idle_timeout_ms=600000")
             .arg("--set")

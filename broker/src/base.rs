@@ -2,6 +2,7 @@
 //! imports nothing from the rest of the crate, so any module may use it
 //! without making an import cycle.
 
+use std::net::{IpAddr, Ipv6Addr};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -19,6 +20,22 @@ pub(crate) fn now_us() -> u64 {
 /// contain control characters, so this is unambiguous).
 pub(crate) fn sender_key(user: &str, device: &str) -> Arc<str> {
     Arc::from(format!("{user}\0{device}"))
+}
+
+/// The key a client address is counted under by per-address limits:
+/// IPv4 as is (IPv4-mapped IPv6 too), IPv6 by its /64 network, which is
+/// what one subscriber usually gets.
+pub(crate) fn address_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+    }
 }
 
 /// Runs `work` on a blocking thread every `period` (the first time one

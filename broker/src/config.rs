@@ -51,6 +51,9 @@ pub struct Config {
     pub storage: StorageConfig,
     /// Admission control and protocol limits.
     pub limits: LimitsConfig,
+    /// Limits on connections that have not finished their handshake, and
+    /// per client address.
+    pub admission: AdmissionConfig,
     /// Per-device queues and slow consumers.
     pub delivery: DeliveryConfig,
     /// Rooms and membership.
@@ -184,6 +187,90 @@ impl LoginBackoffConfig {
             return Err(ConfigError::Invalid(
                 "auth.login_backoff needs 1 <= base_delay_ms <= max_delay_ms <= 86400000, \
                  forget_after_secs * 1000 >= max_delay_ms and max_tracked >= 1"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Admission control before authentication: what a connection that has
+/// not (yet) received `Welcome` may cost, and what one client address may
+/// hold. A connection is *handshaking* from accept (before any TLS or QUIC
+/// handshake) until `Welcome`; it then needs one of the
+/// `limits.max_connections` session slots, which handshaking connections
+/// never hold. So at most `limits.max_connections + max_handshakes` sockets
+/// are open (plus, briefly, ones being refused).
+///
+/// When `max_handshakes` are pending and a new connection arrives (from an
+/// address under its own limits), the *oldest* pending handshake is closed
+/// to make room: a flood of connections that never send `Hello` cannot
+/// lock new clients out, it only shortens the time each pending handshake
+/// gets. From one address, a flood is refused at `max_handshakes_per_ip`
+/// and never reaches the global cap. The per-address limits count IPv4
+/// addresses one by one and IPv6 addresses by /64 network; 0 turns one
+/// off (do that behind a proxy that hides the clients' addresses).
+///
+/// Memory: a handshaking connection costs about 8 KiB (task, 4 KiB read
+/// buffer, socket) plus up to `max_hello_len` while its `Hello` arrives,
+/// plus about 40 KiB of TLS or QUIC state on those listeners: at most
+/// about `max_handshakes x (max_hello_len + 48 KiB)` (112 MiB at the
+/// defaults, reached only if every pending handshake is a large, slow
+/// `Hello`). The per-address table has one entry (about 64 B) per address
+/// with an open socket.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdmissionConfig {
+    /// Largest `Hello` (frame body, bytes) accepted before `Welcome`; a
+    /// longer one is refused with `FrameTooLarge` from its header, unread.
+    /// At least 65536 (the floor clients rely on, protocol 3.4) and at most
+    /// `limits.max_frame_len`, which applies from `Welcome` on.
+    pub max_hello_len: u32,
+    /// Most connections handshaking at once, on all listeners together.
+    pub max_handshakes: usize,
+    /// Most connections handshaking at once from one address (0: no limit).
+    pub max_handshakes_per_ip: usize,
+    /// Most open connections (handshaking or not) from one address
+    /// (0: no limit).
+    pub max_connections_per_ip: usize,
+    /// When the open connections have dropped by this many since their
+    /// last peak (a flood ended, or many clients left), the broker asks the
+    /// allocator to give the freed memory back to the system (glibc's
+    /// `malloc_trim`; checked every 5 s, on a blocking thread). 0: never.
+    pub release_memory_after: usize,
+}
+
+impl Default for AdmissionConfig {
+    fn default() -> Self {
+        Self {
+            max_hello_len: confab_codec::HELLO_LEN_FLOOR,
+            max_handshakes: 1024,
+            max_handshakes_per_ip: 64,
+            max_connections_per_ip: 1000,
+            release_memory_after: 64,
+        }
+    }
+}
+
+impl AdmissionConfig {
+    fn validate(&self, limits: &LimitsConfig) -> Result<(), ConfigError> {
+        if self.max_hello_len < confab_codec::HELLO_LEN_FLOOR
+            || self.max_hello_len > limits.max_frame_len
+        {
+            return Err(ConfigError::Invalid(format!(
+                "admission.max_hello_len must be between {} and limits.max_frame_len \
+                 (which must then be at least as large)",
+                confab_codec::HELLO_LEN_FLOOR
+            )));
+        }
+        if self.max_handshakes < 1 || self.max_handshakes > 1 << 20 {
+            return Err(ConfigError::Invalid(
+                "admission.max_handshakes must be between 1 and 1048576".into(),
+            ));
+        }
+        if self.max_handshakes_per_ip > self.max_handshakes {
+            return Err(ConfigError::Invalid(
+                "admission.max_handshakes_per_ip must be at most admission.max_handshakes (0: no limit)"
                     .into(),
             ));
         }
@@ -360,6 +447,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             storage: StorageConfig::default(),
             limits: LimitsConfig::default(),
+            admission: AdmissionConfig::default(),
             delivery: DeliveryConfig::default(),
             rooms: RoomsConfig::default(),
             retention: RetentionConfig::default(),
@@ -833,6 +921,7 @@ impl Config {
         self.rate_limits.validate()?;
         self.presence.validate()?;
         self.auth.login_backoff.validate()?;
+        self.admission.validate(&self.limits)?;
         let jwt = &self.auth.jwt;
         if self.auth.mode == AuthMode::Jwt
             && jwt.hs256_secret_file.as_os_str().is_empty()
@@ -1120,6 +1209,36 @@ mod tests {
         let bad = vec![("listen.quic".to_owned(), "nowhere".to_owned())];
         let e = Config::load(None, Vec::new(), &bad).expect_err("bad address");
         assert!(e.to_string().contains("nowhere"), "{e}");
+    }
+
+    #[test]
+    fn admission_limits_are_checked() {
+        let set = |pairs: &[(&str, &str)]| {
+            let overrides: Vec<(String, String)> = pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect();
+            Config::load(None, Vec::new(), &overrides)
+        };
+        let e = set(&[("admission.max_hello_len", "1024")]).expect_err("below the floor");
+        assert!(e.to_string().contains("max_hello_len"), "{e}");
+        let e = set(&[
+            ("limits.max_frame_len", "70000"),
+            ("limits.max_payload_len", "1000"),
+            ("admission.max_hello_len", "80000"),
+        ])
+        .expect_err("above max_frame_len");
+        assert!(e.to_string().contains("max_hello_len"), "{e}");
+        let e = set(&[("admission.max_handshakes_per_ip", "2000")]).expect_err("above the total");
+        assert!(e.to_string().contains("max_handshakes_per_ip"), "{e}");
+        let e = set(&[("admission.max_handshakes", "0")]).expect_err("zero");
+        assert!(e.to_string().contains("max_handshakes"), "{e}");
+        let c = set(&[
+            ("admission.max_connections_per_ip", "0"),
+            ("admission.max_handshakes_per_ip", "0"),
+        ])
+        .expect("0 turns a per-address limit off");
+        assert_eq!(c.admission.max_hello_len, 65_536);
     }
 
     #[test]

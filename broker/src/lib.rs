@@ -32,11 +32,13 @@
 #![warn(missing_docs)]
 
 pub mod admin;
+mod admission;
 pub mod auth;
 mod base;
 pub mod config;
 pub mod embed;
 mod fanout;
+mod memory;
 mod ops;
 mod presence;
 pub mod push;

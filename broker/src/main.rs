@@ -150,19 +150,24 @@ async fn wait_for_signal() -> anyhow::Result<()> {
 
 /// Connections need file descriptors: raise the soft limit toward the hard
 /// one (as nginx's `worker_rlimit_nofile` does), and say so if it is short.
-fn raise_fd_limit(max_connections: usize) {
+/// Sessions and pending handshakes have separate limits, so both count.
+fn raise_fd_limit(max_connections: usize, max_handshakes: usize) {
     let Ok((soft, hard)) = rlimit::Resource::NOFILE.get() else {
         return;
     };
-    let want = (max_connections as u64).saturating_add(256).min(hard);
+    let need = (max_connections as u64)
+        .saturating_add(max_handshakes as u64)
+        .saturating_add(256);
+    let want = need.min(hard);
     if want > soft && rlimit::Resource::NOFILE.set(want, hard).is_err() {
         tracing::warn!(soft, hard, "could not raise the open-files limit");
     }
-    if (max_connections as u64).saturating_add(256) > hard {
+    if need > hard {
         tracing::warn!(
             hard,
             max_connections,
-            "the open-files hard limit is below limits.max_connections; connections beyond it will fail"
+            max_handshakes,
+            "the open-files hard limit is below limits.max_connections + admission.max_handshakes; connections beyond it will fail"
         );
     }
 }
@@ -184,7 +189,10 @@ fn main() -> anyhow::Result<()> {
         Command::Serve(settings) => {
             let config = settings.load()?;
             init_logging(&config)?;
-            raise_fd_limit(config.limits.max_connections);
+            raise_fd_limit(
+                config.limits.max_connections,
+                config.admission.max_handshakes,
+            );
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .thread_name("confab-io")

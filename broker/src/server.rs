@@ -8,13 +8,13 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use confab_codec::{CreateRoom, RoomId, RoomInfo, StartAt};
 
+use crate::admission::Admission;
 use crate::auth::authz::Authorizer;
 use crate::auth::backoff::LoginBackoff;
 use crate::auth::{Authenticator, DenyAll, DevAuth, JwtAuth};
@@ -246,7 +246,11 @@ impl BrokerBuilder {
             })
             .map_err(BrokerError::Thread)?;
 
-        let config_max_connections = config.limits.max_connections;
+        let admission = Arc::new(Admission::new(
+            &config.admission,
+            config.limits.max_connections,
+            config.handshake_timeout(),
+        ));
         let presence = Arc::new(
             PresenceHub::new(log.clone(), seq_tx.clone(), config.delivery.queue_capacity)
                 .max_frame_len(config.limits.max_frame_len as usize),
@@ -267,7 +271,7 @@ impl BrokerBuilder {
             typing: typing.clone(),
             presence: presence.clone(),
             user_limits: user_limits.clone(),
-            conn_permits: Arc::new(Semaphore::new(config_max_connections)),
+            admission,
             authorizer: self.authorizer,
             push: push.clone(),
         });
@@ -311,6 +315,10 @@ impl BrokerBuilder {
         ));
         tasks.spawn(crate::auth::backoff::run_sweeper(
             login_backoff,
+            shutdown.clone(),
+        ));
+        tasks.spawn(crate::admission::run_memory_release(
+            shared.admission.clone(),
             shutdown.clone(),
         ));
         let Listeners {
@@ -420,8 +428,10 @@ async fn bind(config: &Config) -> Result<Listeners, BrokerError> {
             // QUIC's own idle timeout stays above the protocol's, so that
             // the session closes an idle connection with a Goodbye first.
             let idle = config.idle_timeout() + Duration::from_secs(5);
-            let server =
-                transport::tls::quic_server_config(&identity, idle).map_err(BrokerError::Tls)?;
+            // Room for the Hello (and its header) until the session is up.
+            let hello_window = config.admission.max_hello_len.saturating_add(1024);
+            let server = transport::tls::quic_server_config(&identity, idle, hello_window)
+                .map_err(BrokerError::Tls)?;
             let endpoint = quinn::Endpoint::server(server, addr).map_err(bind_err(addr))?;
             let bound = endpoint.local_addr().map_err(bind_err(addr))?;
             Some((endpoint, bound))

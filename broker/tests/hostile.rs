@@ -18,6 +18,7 @@ over_transports!(
     connection_limit_answers_server_busy,
     shutdown_says_goodbye,
     a_device_connecting_again_replaces_its_old_session,
+    the_hello_has_its_own_size_limit,
 );
 
 /// Asserts the server sends an Error with `code` (and maybe a Goodbye), then closes.
@@ -244,18 +245,24 @@ async fn connection_limit_answers_server_busy(t: Transport) {
     let addr = dial(&broker, t);
     let _a = Conn::open(&addr, "a", "d").await;
     let _b = Conn::open(&addr, "b", "d").await;
-    let mut c = Conn::connect(&addr).await;
-    if t == Transport::Quic {
-        // The refusal goes on the control stream, which the client opens
-        // by sending on it.
-        c.send(Ping { nonce: 1 }).await;
+    if t == Transport::Tcp {
+        let mut c = Conn::connect(&addr).await;
+        expect_error_and_close(&mut c, ErrorCode::ServerBusy).await;
+    } else {
+        // Refused before the TLS or QUIC handshake it would cost (15.3).
+        assert!(
+            handshake_refused(&addr).await,
+            "refused before the handshake"
+        );
     }
-    expect_error_and_close(&mut c, ErrorCode::ServerBusy).await;
     drop(_a);
     // The slot frees up once the first connection is gone.
     let mut ok = false;
     for _ in 0..50 {
         tokio::time::sleep(Duration::from_millis(20)).await;
+        if t != Transport::Tcp && handshake_refused(&addr).await {
+            continue;
+        }
         let mut c = Conn::connect(&addr).await;
         c.send(Hello {
             min_version: 1,
@@ -311,5 +318,79 @@ async fn a_device_connecting_again_replaces_its_old_session(t: Transport) {
     let mut other = _other_device;
     let rid = other.send(Ping { nonce: 3 }).await;
     assert_eq!(other.recv().await.unwrap().request_id, rid);
+    broker.shutdown().await;
+}
+
+/// `count` resume items with 128-byte room ids (138 bytes each).
+fn long_rooms(count: usize) -> Vec<SubscribeItem> {
+    (0..count)
+        .map(|i| SubscribeItem {
+            room: room(&format!("{i:0>128}")),
+            start: StartAt::Live,
+        })
+        .collect()
+}
+
+async fn the_hello_has_its_own_size_limit(t: Transport) {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(test_config(dir.path())).await;
+    let addr = dial(&broker, t);
+
+    // A Hello declaring one byte more than 64 KiB is refused from its
+    // header: Error FrameTooLarge with request id 0, Goodbye, close.
+    let mut c = Conn::connect(&addr).await;
+    let mut header = Vec::new();
+    Header {
+        len: HELLO_LEN_FLOOR + 1,
+        frame_type: frame_type::Hello,
+        flags: 0,
+        request_id: 1,
+    }
+    .put(&mut header);
+    c.send_raw(&header).await.unwrap();
+    let frames = c.until_closed().await;
+    assert!(
+        frames.iter().any(|f| f.request_id == 0
+            && matches!(&f.body, Body::Error(e) if e.code == ErrorCode::FrameTooLarge)),
+        "{frames:?}"
+    );
+    assert!(
+        frames
+            .iter()
+            .any(|f| matches!(&f.body, Body::Goodbye(g) if g.code == ErrorCode::FrameTooLarge)),
+        "{frames:?}"
+    );
+
+    // A Hello just under the limit is welcome (470 rooms resumed), and
+    // after Welcome the limit is max_frame_len: a Subscribe of 82 KB.
+    let resume = long_rooms(470);
+    let hello_len = Frame::request(
+        1,
+        Hello {
+            min_version: 1,
+            max_version: 1,
+            token: "big:d".into(),
+            device: DeviceId::new("d").unwrap(),
+            client_name: "test".into(),
+            resume: resume.clone(),
+        },
+    )
+    .body_len()
+    .unwrap();
+    assert!(hello_len > 64_000 && hello_len <= HELLO_LEN_FLOOR as usize);
+    let mut c = Conn::open_with_resume(&addr, "big", "d", resume).await;
+    let f = c
+        .wait_reply(1, |f| matches!(f.body, Body::SubscribeAck(_)))
+        .await;
+    assert!(matches!(&f.body, Body::SubscribeAck(a) if a.results.len() == 470));
+    let ack = c
+        .subscribe(
+            long_rooms(600)
+                .into_iter()
+                .map(|i| (i.room, i.start))
+                .collect(),
+        )
+        .await;
+    assert_eq!(ack.results.len(), 600);
     broker.shutdown().await;
 }

@@ -19,6 +19,12 @@ pub const PROTOCOL_VERSION: u16 = 1;
 /// The default largest frame body, in bytes (1 MiB).
 pub const DEFAULT_MAX_FRAME_LEN: u32 = 1 << 20;
 
+/// The smallest limit a server may set on the `Hello` body (protocol 3.4):
+/// a client whose `Hello` fits in it is never refused for its size. A
+/// client with more rooms to resume moves the rest into `Subscribe` frames
+/// after `Welcome`.
+pub const HELLO_LEN_FLOOR: u32 = 64 << 10;
+
 /// Frame types at or above this value are optional extensions: a receiver
 /// that does not know one skips it. Unknown types below it are an error.
 pub const EXTENSION_TYPE_BASE: u8 = 0x80;

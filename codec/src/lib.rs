@@ -43,7 +43,7 @@ mod wire;
 pub use error::{CodecError, ErrorCode};
 pub use frame::{
     flags, frame_type, Body, Frame, Header, DEFAULT_MAX_FRAME_LEN, EXTENSION_TYPE_BASE, HEADER_LEN,
-    PROTOCOL_VERSION,
+    HELLO_LEN_FLOOR, PROTOCOL_VERSION,
 };
 pub use frames::ephemeral::*;
 pub use frames::messaging::*;

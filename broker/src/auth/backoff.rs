@@ -19,12 +19,13 @@
 //! /64 network, which is what one subscriber usually gets.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
+use crate::base::address_key as key;
 use crate::config::LoginBackoffConfig;
 
 /// How often forgotten addresses are dropped.
@@ -53,21 +54,6 @@ struct Table {
 pub(crate) struct LoginBackoff {
     cfg: LoginBackoffConfig,
     table: Mutex<Table>,
-}
-
-/// The key an address is counted under: IPv4 as is (IPv4-mapped IPv6
-/// too), IPv6 by its /64 network.
-fn key(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(v4) => IpAddr::V4(v4),
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => {
-                let s = v6.segments();
-                IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
-            }
-        },
-    }
 }
 
 impl LoginBackoff {

@@ -21,6 +21,8 @@ pub(crate) fn export(shared: &Shared) {
             .set(s.sockets[t as usize].load(Ordering::Relaxed) as f64);
     }
     gauge!("confab_sessions").set(s.connections.load(Ordering::Relaxed) as f64);
+    gauge!("confab_handshakes_pending").set(shared.admission.pending() as f64);
+    gauge!("confab_admission_addresses").set(shared.admission.addresses() as f64);
     counter!("confab_messages_in_total").absolute(s.published.load(Ordering::Relaxed));
     counter!("confab_messages_out_total").absolute(s.delivered.load(Ordering::Relaxed));
     counter!("confab_commits_total").absolute(s.commits.load(Ordering::Relaxed));

@@ -79,6 +79,22 @@ fn describe() {
         "Open sockets by transport (tcp, tls, quic), including ones still in the handshake."
     );
     describe_gauge!("confab_sessions", "Sessions past the handshake.");
+    describe_gauge!(
+        "confab_handshakes_pending",
+        "Connections accepted and not yet welcomed (admission.max_handshakes at most)."
+    );
+    describe_gauge!(
+        "confab_admission_addresses",
+        "Client addresses (IPv6: /64 networks) with at least one open connection."
+    );
+    describe_counter!(
+        "confab_admission_refused_total",
+        "Connections refused by admission control, by reason (max_connections, per_ip_connections, per_ip_handshakes) and transport; TLS and QUIC ones before their handshake."
+    );
+    describe_counter!(
+        "confab_handshakes_evicted_total",
+        "Pending handshakes closed to make room for a newer connection when admission.max_handshakes were pending, by transport."
+    );
     describe_gauge!("confab_rooms", "Rooms the broker has loaded since start.");
     describe_gauge!(
         "confab_subscriptions",

@@ -16,6 +16,12 @@ impl FrameCodec {
     pub fn new(max_frame_len: u32) -> Self {
         Self { max_frame_len }
     }
+
+    /// Changes the limit for the frames still to come (the session raises
+    /// it from the `Hello` limit to `max_frame_len` at `Welcome`).
+    pub fn set_max_frame_len(&mut self, max_frame_len: u32) {
+        self.max_frame_len = max_frame_len;
+    }
 }
 
 /// A codec or IO failure on a connection.

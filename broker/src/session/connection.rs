@@ -1,5 +1,6 @@
-//! One connection: handshake, then a loop that dispatches requests until
-//! the peer leaves, misbehaves, goes silent, or the broker shuts down.
+//! One connection: the handshake (`handshake.rs`), then a loop that
+//! dispatches requests until the peer leaves, misbehaves, goes silent, or
+//! the broker shuts down.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -21,9 +22,11 @@ use tracing::{debug, info, warn};
 
 use super::codec::{FrameCodec, WireError};
 use super::grant::Grant;
+use super::handshake::{handshake, Handshaken};
 use super::quic_writer::QuicEgress;
 use super::writer::{self, Egress, WriterCtx, WriterEnd};
 use super::ConnCtx;
+use crate::admission::Ticket;
 use crate::auth::authz::{AccessRequest, Action, Denied};
 use crate::base::{now_us, sender_key};
 use crate::fanout::{subscribe_acks, Outbox, SubscribeCmd, SubscribeItem, Subscription};
@@ -43,12 +46,16 @@ const LINGER: Duration = Duration::from_secs(2);
 type CloseReason = (ErrorCode, String);
 
 /// Serves one accepted byte-stream connection (TCP, TLS) to its end.
-pub(crate) async fn serve_connection<S>(stream: S, peer: SocketAddr, shared: Arc<Shared>)
-where
+pub(crate) async fn serve_connection<S>(
+    stream: S,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    ticket: Ticket,
+) where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
     let (rd, wr) = tokio::io::split(stream);
-    serve(rd, Egress::Stream(wr), peer, shared).await;
+    serve(rd, Egress::Stream(wr), peer, shared, ticket).await;
 }
 
 /// Serves one QUIC connection whose control stream is open.
@@ -58,122 +65,38 @@ pub(crate) async fn serve_quic(
     recv: quinn::RecvStream,
     peer: SocketAddr,
     shared: Arc<Shared>,
+    ticket: Ticket,
 ) {
     let egress = Egress::<quinn::SendStream>::Quic(QuicEgress {
         conn,
         control: send,
     });
-    serve(recv, egress, peer, shared).await;
+    serve(recv, egress, peer, shared, ticket).await;
 }
 
-async fn serve<R, W>(rd: R, mut egress: Egress<W>, peer: SocketAddr, shared: Arc<Shared>)
-where
+async fn serve<R, W>(
+    rd: R,
+    mut egress: Egress<W>,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    mut ticket: Ticket,
+) where
     R: AsyncRead + Send + Unpin + 'static,
     W: AsyncWrite + Send + Unpin + 'static,
 {
+    // `ticket` counts this connection against its address until it ends.
     let cfg = &shared.config;
-    let mut frames =
-        FramedRead::with_capacity(rd, FrameCodec::new(cfg.limits.max_frame_len), 16 << 10);
-
-    let first = tokio::select! {
-        r = tokio::time::timeout(cfg.handshake_timeout(), frames.next()) => r,
-        _ = shared.shutdown.cancelled() => {
-            egress.reject(0, ErrorCode::ShuttingDown, "server shutting down").await;
-            return;
-        }
-    };
-    let frame = match first {
-        Err(_) => {
-            debug!(%peer, "handshake timeout");
-            egress
-                .reject(
-                    0,
-                    ErrorCode::Timeout,
-                    "no Hello within the handshake timeout",
-                )
-                .await;
-            return;
-        }
-        Ok(None) | Ok(Some(Err(WireError::Io(_)))) => return,
-        Ok(Some(Err(WireError::Codec(e)))) => {
-            debug!(%peer, error = %e, "bad first frame");
-            egress.reject(0, e.code(), &e.to_string()).await;
-            return;
-        }
-        Ok(Some(Ok(frame))) => frame,
-    };
-    let request_id = frame.request_id;
-    // Connection-level failures carry request id 0 (protocol 6.3): a frame
-    // that is not a Hello is no request of this connection.
-    let Body::Hello(hello) = frame.body else {
-        egress
-            .reject(
-                0,
-                ErrorCode::ProtocolViolation,
-                "the first frame must be Hello",
-            )
-            .await;
+    let Some(Handshaken {
+        hello,
+        request_id,
+        identity,
+        mut frames,
+        slot: _slot,
+    }) = handshake(rd, &mut egress, peer, &shared, &mut ticket).await
+    else {
         return;
     };
-    if request_id == 0 {
-        egress
-            .reject(
-                0,
-                ErrorCode::ProtocolViolation,
-                "Hello needs a nonzero request id",
-            )
-            .await;
-        return;
-    }
-    if hello.min_version > PROTOCOL_VERSION || hello.max_version < PROTOCOL_VERSION {
-        let msg = format!(
-            "server speaks version {PROTOCOL_VERSION}, client {}..={}",
-            hello.min_version, hello.max_version
-        );
-        egress
-            .reject(request_id, ErrorCode::UnsupportedVersion, &msg)
-            .await;
-        return;
-    }
     let ip = peer.ip();
-    if let Err(wait_ms) = shared.login_backoff.check(ip, std::time::Instant::now()) {
-        // Hellos refused unchecked because their address keeps failing.
-        metrics::counter!("confab_login_backoff_refusals_total").increment(1);
-        debug!(%peer, wait_ms, "login back-off");
-        let refusal = ErrorFrame {
-            code: ErrorCode::RateLimited,
-            retry_after_ms: wait_ms,
-            message: format!("too many failed logins from this address; retry in {wait_ms} ms"),
-        };
-        egress.reject_with(request_id, refusal).await;
-        return;
-    }
-    let identity = match shared.auth.authenticate(&hello.token, &hello.device) {
-        Ok(id) if id.expires_at_us.is_some_and(|exp| exp <= now_us()) => {
-            login_failed(&shared, peer, &hello, "token expired");
-            egress
-                .reject(request_id, ErrorCode::TokenExpired, "token expired")
-                .await;
-            return;
-        }
-        Ok(id) => id,
-        Err(e) => {
-            login_failed(&shared, peer, &hello, &e.message);
-            egress.reject(request_id, e.code, &e.message).await;
-            return;
-        }
-    };
-    shared.login_backoff.succeeded(ip);
-    if let Err(wait_ms) = shared.user_limits.connect(&identity.user) {
-        debug!(%peer, user = %identity.user, wait_ms, "connection rate limited");
-        let refusal = ErrorFrame {
-            code: ErrorCode::RateLimited,
-            retry_after_ms: wait_ms,
-            message: format!("too many connections for this user; retry in {wait_ms} ms"),
-        };
-        egress.reject_with(request_id, refusal).await;
-        return;
-    }
     let grant = Grant::of(&identity);
     let session_id = shared.session_ids.fetch_add(1, Ordering::Relaxed);
     let outbox = Arc::new(match &egress {
@@ -278,16 +201,6 @@ where
     info!(session_id, ?end, "disconnected");
 }
 
-/// Counts a token refused at the handshake against the peer's address.
-fn login_failed(shared: &Shared, peer: SocketAddr, hello: &Hello, reason: &str) {
-    // Tokens refused at the handshake or on refresh.
-    metrics::counter!("confab_auth_failures_total").increment(1);
-    shared
-        .login_backoff
-        .failed(peer.ip(), std::time::Instant::now());
-    info!(%peer, device = %hello.device, %reason, "authentication refused");
-}
-
 /// The `reason` label of `confab_disconnects_total`.
 fn disconnect_reason(reason: Option<&CloseReason>, end: WriterEnd) -> &'static str {
     if end == WriterEnd::SlowConsumer {
@@ -346,17 +259,6 @@ pub(crate) async fn refuse<S: AsyncWrite + Unpin>(
         },
     )
     .await;
-}
-
-/// Refuses a whole QUIC connection on its control stream, then closes it.
-pub(crate) async fn refuse_quic(
-    conn: quinn::Connection,
-    control: quinn::SendStream,
-    code: ErrorCode,
-    message: &'static str,
-) {
-    let mut egress = Egress::<quinn::SendStream>::Quic(QuicEgress { conn, control });
-    egress.reject(0, code, message).await;
 }
 
 /// Refuses a connection before the session exists: Error, Goodbye, close.

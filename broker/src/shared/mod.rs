@@ -8,11 +8,11 @@ mod devices;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 pub(crate) use devices::DeviceRegistry;
 
+use crate::admission::Admission;
 use crate::auth::authz::Authorizer;
 use crate::auth::backoff::LoginBackoff;
 use crate::auth::Authenticator;
@@ -43,8 +43,9 @@ pub(crate) struct Shared {
     pub(crate) presence: Arc<PresenceHub>,
     /// Per-user rate-limit buckets, shared by the user's connections.
     pub(crate) user_limits: Arc<UserLimits>,
-    /// `limits.max_connections` permits, shared by every listener.
-    pub(crate) conn_permits: Arc<Semaphore>,
+    /// Admission control: pending handshakes, per-address limits and the
+    /// `limits.max_connections` session slots, shared by every listener.
+    pub(crate) admission: Arc<Admission>,
     /// The embedding service's access decisions, replacing membership.
     pub(crate) authorizer: Option<Arc<dyn Authorizer>>,
     /// Offline push, when `push.enabled`.

@@ -4,17 +4,19 @@
 
 use std::sync::Arc;
 
-use confab_codec::ErrorCode;
 use tokio_util::task::TaskTracker;
 use tracing::debug;
 
-use crate::session::{refuse_quic, serve_quic};
+use crate::session::serve_quic;
 use crate::shared::Shared;
+use crate::stats::Transport;
 
 /// Accepts until shutdown. Admission control is shared with the other
-/// listeners: without a permit, the connection is answered `ServerBusy` on
-/// its control stream and closed. The QUIC handshake and the opening of the
-/// control stream must both complete within the handshake timeout.
+/// listeners and decided from the first packet, before the QUIC handshake:
+/// a refused connection gets QUIC's `CONNECTION_REFUSED` and costs no
+/// handshake. The QUIC handshake, the opening of the control stream and
+/// the `Hello` must all arrive within the handshake timeout from accept,
+/// and an evicted handshake ends at once.
 pub(crate) async fn accept_loop(
     endpoint: quinn::Endpoint,
     shared: Arc<Shared>,
@@ -28,39 +30,38 @@ pub(crate) async fn accept_loop(
         let Some(incoming) = incoming else {
             break;
         };
-        let permit = shared.conn_permits.clone().try_acquire_owned().ok();
+        let peer = incoming.remote_address();
+        let ticket = match shared.admission.admit(peer.ip(), Transport::Quic) {
+            Ok(ticket) => ticket,
+            Err(refusal) => {
+                debug!(%peer, reason = refusal.label(), "connection refused");
+                incoming.refuse();
+                continue;
+            }
+        };
         let shared = shared.clone();
         tasks.spawn(async move {
-            let _socket = shared.stats.socket(crate::stats::Transport::Quic);
-            let peer = incoming.remote_address();
+            let _socket = shared.stats.socket(Transport::Quic);
             let open = async {
                 let conn = incoming.await?;
                 let (send, recv) = conn.accept_bi().await?;
                 Ok::<_, quinn::ConnectionError>((conn, send, recv))
             };
             let opened = tokio::select! {
-                r = tokio::time::timeout(shared.config.handshake_timeout(), open) => r,
+                r = tokio::time::timeout_at(ticket.deadline(), open) => r,
+                _ = ticket.evicted() => {
+                    debug!(%peer, "pending QUIC handshake evicted");
+                    return;
+                }
                 _ = shared.shutdown.cancelled() => return,
             };
             match opened {
                 Ok(Ok((conn, send, recv))) => {
-                    if permit.is_some() {
-                        serve_quic(conn, send, recv, peer, shared).await;
-                    } else {
-                        debug!(%peer, "connection limit reached");
-                        refuse_quic(
-                            conn,
-                            send,
-                            ErrorCode::ServerBusy,
-                            "connection limit reached",
-                        )
-                        .await;
-                    }
+                    serve_quic(conn, send, recv, peer, shared, ticket).await
                 }
                 Ok(Err(e)) => debug!(%peer, error = %e, "QUIC handshake failed"),
                 Err(_) => debug!(%peer, "QUIC handshake timeout"),
             }
-            drop(permit);
         });
     }
 }

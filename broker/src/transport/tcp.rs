@@ -1,6 +1,5 @@
 //! TCP, plain or with TLS: the accept loop, with admission control.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,17 +13,26 @@ use crate::session::{refuse, serve_connection, tune_tcp};
 use crate::shared::Shared;
 use crate::stats::Transport;
 
-/// Accepts until shutdown. Each connection needs a permit of the
-/// `max_connections` semaphore (shared by every listener); without one it
-/// gets `ServerBusy` and is closed. Accept errors (such as running out of
-/// file descriptors) back off instead of spinning. With `tls`, the TLS
-/// handshake runs in the connection's task, within the handshake timeout.
+/// Accepts until shutdown. Each connection is admitted (or refused) as it
+/// is accepted, before any TLS work (see `crate::admission`). A refused
+/// plain TCP connection gets `Error` and `Goodbye` with `ServerBusy`, which
+/// cost a write; a refused TLS connection is closed at once, without a
+/// handshake, since a TLS refusal would cost the handshake it avoids.
+/// Accept errors (such as running out of file descriptors) back off
+/// instead of spinning. With `tls`, the TLS handshake runs in the
+/// connection's task; it and the `Hello` must both arrive within the
+/// handshake timeout from accept, and an evicted handshake ends at once.
 pub(crate) async fn accept_loop(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     shared: Arc<Shared>,
     tasks: TaskTracker,
 ) {
+    let transport = if tls.is_some() {
+        Transport::Tls
+    } else {
+        Transport::Tcp
+    };
     let mut backoff = Duration::from_millis(5);
     loop {
         let accepted = tokio::select! {
@@ -43,47 +51,39 @@ pub(crate) async fn accept_loop(
                 continue;
             }
         };
+        let ticket = match shared.admission.admit(peer.ip(), transport) {
+            Ok(ticket) => ticket,
+            Err(refusal) => {
+                debug!(%peer, reason = refusal.label(), "connection refused");
+                if tls.is_none() {
+                    tasks.spawn(refuse(stream, ErrorCode::ServerBusy, refusal.message()));
+                }
+                continue;
+            }
+        };
         let _ = stream.set_nodelay(true);
         tune_tcp(&stream);
-        let permit = shared.conn_permits.clone().try_acquire_owned().ok();
         let shared = shared.clone();
         let tls = tls.clone();
         tasks.spawn(async move {
-            let transport = if tls.is_some() {
-                Transport::Tls
-            } else {
-                Transport::Tcp
-            };
             let _socket = shared.stats.socket(transport);
-            if permit.is_none() {
-                debug!(%peer, "connection limit reached");
-            }
-            match tls {
-                None => serve(stream, permit.is_some(), peer, shared).await,
-                Some(acceptor) => {
-                    let handshake = tokio::select! {
-                        r = tokio::time::timeout(shared.config.handshake_timeout(), acceptor.accept(stream)) => r,
-                        _ = shared.shutdown.cancelled() => return,
-                    };
-                    match handshake {
-                        Ok(Ok(stream)) => serve(stream, permit.is_some(), peer, shared).await,
-                        Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
-                        Err(_) => debug!(%peer, "TLS handshake timeout"),
-                    }
+            let Some(acceptor) = tls else {
+                serve_connection(stream, peer, shared, ticket).await;
+                return;
+            };
+            let handshake = tokio::select! {
+                r = tokio::time::timeout_at(ticket.deadline(), acceptor.accept(stream)) => r,
+                _ = ticket.evicted() => {
+                    debug!(%peer, "pending TLS handshake evicted");
+                    return;
                 }
+                _ = shared.shutdown.cancelled() => return,
+            };
+            match handshake {
+                Ok(Ok(stream)) => serve_connection(stream, peer, shared, ticket).await,
+                Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
+                Err(_) => debug!(%peer, "TLS handshake timeout"),
             }
-            drop(permit);
         });
-    }
-}
-
-async fn serve<S>(stream: S, admitted: bool, peer: SocketAddr, shared: Arc<Shared>)
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
-{
-    if admitted {
-        serve_connection(stream, peer, shared).await;
-    } else {
-        refuse(stream, ErrorCode::ServerBusy, "connection limit reached").await;
     }
 }

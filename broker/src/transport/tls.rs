@@ -176,11 +176,18 @@ pub(crate) fn tcp_server_config(id: &Identity) -> Result<Arc<rustls::ServerConfi
 /// transport's idle timeout, above the protocol's own, so that the session
 /// closes an idle connection with a `Goodbye` before QUIC drops it.
 ///
+/// `hello_window` is the connection's receive window until the session
+/// raises it at `Welcome`: before that the client may send one `Hello`,
+/// so QUIC need not buffer more for it. QUIC
+/// datagrams are off (the protocol does not use them, and unread ones
+/// would be buffered).
+///
 /// # Errors
 /// If the key does not match the certificate or is of an unsupported type.
 pub(crate) fn quic_server_config(
     id: &Identity,
     idle: Duration,
+    hello_window: u32,
 ) -> Result<quinn::ServerConfig, String> {
     let mut tls = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -197,7 +204,9 @@ pub(crate) fn quic_server_config(
     transport
         .max_concurrent_bidi_streams(1u32.into())
         .max_concurrent_uni_streams(0u32.into())
-        .max_idle_timeout(quinn::IdleTimeout::try_from(idle).ok());
+        .max_idle_timeout(quinn::IdleTimeout::try_from(idle).ok())
+        .receive_window(hello_window.into())
+        .datagram_receive_buffer_size(None);
     config.transport_config(Arc::new(transport));
     // Connection migration (a phone moving from Wi-Fi to cellular keeps
     // its session) is on by default; say so explicitly.
@@ -231,7 +240,7 @@ mod tests {
         let again = load_or_generate(&config).expect("loaded");
         assert_eq!(first.fingerprint, again.fingerprint);
         assert!(tcp_server_config(&again).is_ok());
-        assert!(quic_server_config(&again, Duration::from_secs(10)).is_ok());
+        assert!(quic_server_config(&again, Duration::from_secs(10), 1 << 16).is_ok());
 
         std::fs::remove_file(dir.path().join("tls/key.pem")).expect("remove");
         let e = load_or_generate(&config).expect_err("half a pair");

@@ -146,6 +146,37 @@ pub async fn quic_connect(
     (endpoint, conn)
 }
 
+/// Whether the broker refuses a TLS or QUIC connection to `dial` before
+/// its handshake: the handshake fails (TLS: the socket closes without a
+/// ServerHello; QUIC: `CONNECTION_REFUSED`) instead of completing.
+pub async fn handshake_refused(dial: &Dial) -> bool {
+    let cert = dial.cert.as_ref().expect("a certificate to trust");
+    match dial.transport {
+        Transport::Tcp => panic!("plain TCP has no handshake to refuse"),
+        Transport::Tls => {
+            let stream = TcpStream::connect(dial.addr).await.expect("connect");
+            let connector = tokio_rustls::TlsConnector::from(Arc::new(tls_client(cert, false)));
+            let name = ServerName::IpAddress(dial.addr.ip().into());
+            tokio::time::timeout(WAIT, connector.connect(name, stream))
+                .await
+                .expect("an answer in time")
+                .is_err()
+        }
+        Transport::Quic => {
+            let endpoint =
+                quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).expect("endpoint");
+            let config = quic_client(cert, quinn::TransportConfig::default());
+            let connecting = endpoint
+                .connect_with(config, dial.addr, "localhost")
+                .expect("connect");
+            tokio::time::timeout(WAIT, connecting)
+                .await
+                .expect("an answer in time")
+                .is_err()
+        }
+    }
+}
+
 /// Decodes frames from `rd` into `tx` until the stream ends.
 pub async fn forward_frames<R: AsyncRead + Unpin>(mut rd: R, tx: mpsc::UnboundedSender<Frame>) {
     let mut buf = BytesMut::new();
@@ -324,6 +355,27 @@ impl Conn {
         resume: Vec<SubscribeItem>,
     ) -> Conn {
         let mut c = Conn::connect(dial).await;
+        c.handshake(user, device, resume).await;
+        c
+    }
+
+    /// A plain TCP connection over `stream`, no handshake.
+    pub fn over_tcp(stream: TcpStream) -> Conn {
+        stream.set_nodelay(true).unwrap();
+        let (rd, wr) = tokio::io::split(stream);
+        Conn {
+            wr: Box::new(wr),
+            rd: stream_inbound(rd),
+            quic: None,
+            next_request: 1,
+            welcome: None,
+            pending: Default::default(),
+        }
+    }
+
+    /// Sends `Hello` as `user:device` and waits for `Welcome`.
+    pub async fn handshake(&mut self, user: &str, device: &str, resume: Vec<SubscribeItem>) {
+        let c = self;
         let rid = c
             .send(Hello {
                 min_version: 1,
@@ -340,7 +392,6 @@ impl Conn {
             Body::Welcome(w) => c.welcome = Some(w),
             other => panic!("expected Welcome, got {other:?}"),
         }
-        c
     }
 
     pub fn request_id(&mut self) -> u32 {
@@ -595,6 +646,15 @@ pub fn spawn_confab_with(
         .stderr(std::process::Stdio::inherit())
         .spawn()
         .expect("the confab binary starts")
+}
+
+/// A TCP connection to `addr` from the loopback address `src` (Linux
+/// delivers all of 127.0.0.0/8 to the loopback interface, so tests can
+/// play many client addresses).
+pub async fn tcp_from(src: std::net::IpAddr, addr: SocketAddr) -> std::io::Result<TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::new(src, 0))?;
+    socket.connect(addr).await
 }
 
 /// Waits until something accepts TCP connections on `addr`.

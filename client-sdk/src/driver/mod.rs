@@ -42,10 +42,11 @@ use crate::events::{ConnectionEvent, ConnectionState, RoomEvent, Signal};
 use crate::subscription::EndSlot;
 use crate::sync::RoomSync;
 
-/// Most rooms resumed in the `Hello` itself; the rest are subscribed right
-/// after `Welcome`. Keeps the `Hello` under the 1 MiB pre-handshake limit
-/// whatever the room ids' lengths.
-const MAX_HELLO_RESUME: usize = 4096;
+/// The largest `Hello` body the client sends: the smallest limit a server
+/// may set on it (protocol 3.4). Rooms whose resume items do not fit are
+/// subscribed right after `Welcome`, so a client with many rooms, or long
+/// room ids, or a long token, is never refused for its `Hello`'s size.
+const HELLO_BUDGET: usize = confab_codec::HELLO_LEN_FLOOR as usize;
 
 /// Runs the connection task to its end.
 pub(crate) async fn run(parts: Parts) {
@@ -389,28 +390,29 @@ impl Driver {
         }
     }
 
-    /// The `Hello`, resuming every room not paused from its position.
+    /// The `Hello`, resuming every room not paused from its position, as
+    /// far as they fit in [`HELLO_BUDGET`].
     fn hello(&self) -> (Hello, Vec<(RoomId, u64)>) {
-        let mut resume = Vec::new();
-        let mut ids = Vec::new();
-        for (room, r) in &self.rooms {
-            if r.sync.is_paused() || resume.len() >= MAX_HELLO_RESUME {
-                continue;
-            }
-            resume.push(SubscribeItem {
-                room: room.clone(),
-                start: r.sync.start_at(),
-            });
-            ids.push((room.clone(), r.id));
-        }
-        let hello = Hello {
+        let mut hello = Hello {
             min_version: PROTOCOL_VERSION,
             max_version: PROTOCOL_VERSION,
             token: self.token.clone(),
             device: self.config.device.clone(),
             client_name: self.config.client_name.clone(),
-            resume,
+            resume: Vec::new(),
         };
+        let candidates = self
+            .rooms
+            .iter()
+            .filter(|(_, r)| !r.sync.is_paused())
+            .map(|(room, r)| {
+                let item = SubscribeItem {
+                    room: room.clone(),
+                    start: r.sync.start_at(),
+                };
+                (item, (room.clone(), r.id))
+            });
+        let ids = fill_resume(&mut hello, candidates);
         (hello, ids)
     }
 
@@ -721,6 +723,35 @@ async fn next_event(
     }
 }
 
+/// Appends to `hello.resume` the items of `candidates`, in order, that fit
+/// within [`HELLO_BUDGET`] (skipping the ones that do not), and returns
+/// their tags. Counts bytes, not rooms: room ids are 1 to 128 bytes.
+fn fill_resume<T>(
+    hello: &mut Hello,
+    candidates: impl IntoIterator<Item = (SubscribeItem, T)>,
+) -> Vec<T> {
+    // A Hello whose other fields do not even encode gets no resume items
+    // (and fails to encode on its own, reported when it is sent).
+    let base = Frame::new(hello.clone()).body_len().unwrap_or(HELLO_BUDGET);
+    let mut room_left = HELLO_BUDGET.saturating_sub(base);
+    let mut tags = Vec::new();
+    for (item, tag) in candidates {
+        let Some(left) = room_left.checked_sub(resume_item_len(&item.room)) else {
+            continue;
+        };
+        room_left = left;
+        hello.resume.push(item);
+        tags.push(tag);
+    }
+    tags
+}
+
+/// Encoded bytes of one `SubscribeItem` (protocol 8.1): the room id with
+/// its length byte, and a `StartAt` (9 bytes, 4.4).
+fn resume_item_len(room: &RoomId) -> usize {
+    1 + room.as_str().len() + 9
+}
+
 /// The error `Client::connect` reports for a failed first attempt.
 fn attempt_error(reason: &DisconnectReason) -> ClientError {
     match reason {
@@ -731,5 +762,76 @@ fn attempt_error(reason: &DisconnectReason) -> ClientError {
         },
         DisconnectReason::ConnectFailed(m) if m == conn::TIMEOUT => ClientError::Timeout,
         other => ClientError::Io(Arc::new(std::io::Error::other(other.to_string()))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use confab_codec::{DeviceId, StartAt};
+
+    use super::*;
+
+    fn hello(token_len: usize) -> Hello {
+        Hello {
+            min_version: PROTOCOL_VERSION,
+            max_version: PROTOCOL_VERSION,
+            token: "t".repeat(token_len),
+            device: DeviceId::new("phone").expect("device id"),
+            client_name: "test/1".into(),
+            resume: Vec::new(),
+        }
+    }
+
+    fn rooms(count: usize, id_len: usize) -> Vec<(SubscribeItem, usize)> {
+        (0..count)
+            .map(|i| {
+                let id = format!("{i:0>id_len$}");
+                let item = SubscribeItem {
+                    room: RoomId::new(&id).expect("room id"),
+                    start: StartAt::From(Seq(u64::MAX)),
+                };
+                (item, i)
+            })
+            .collect()
+    }
+
+    /// The encoded Hello's body length, checked against the budget.
+    fn body_len(h: &Hello) -> usize {
+        let len = Frame::new(h.clone()).body_len().expect("encodes");
+        assert!(len <= HELLO_BUDGET, "{len} bytes");
+        len
+    }
+
+    #[test]
+    fn the_hello_stays_under_the_floor_whatever_the_room_ids() {
+        for (count, id_len, token_len) in
+            [(10_000, 128, 4096), (10_000, 1, 100), (600, 128, 60_000)]
+        {
+            let mut h = hello(token_len);
+            let tags = fill_resume(&mut h, rooms(count, id_len));
+            let len = body_len(&h);
+            // Rooms in order, as many as fit: the next would not have.
+            assert_eq!(tags, (0..tags.len()).collect::<Vec<_>>());
+            assert_eq!(h.resume.len(), tags.len());
+            let item = 1 + id_len + 9;
+            if tags.len() < count {
+                assert!(len + item > HELLO_BUDGET, "{len} + {item} would fit");
+            }
+        }
+        // 128-byte ids: about 470 rooms, not the 4,096 a room count allowed.
+        let mut h = hello(1000);
+        let n = fill_resume(&mut h, rooms(4096, 128)).len();
+        assert!((400..=470).contains(&n), "{n} rooms");
+    }
+
+    #[test]
+    fn a_hello_that_cannot_fit_resumes_nothing() {
+        let mut h = hello(65_535);
+        assert!(fill_resume(&mut h, rooms(10, 8)).is_empty());
+        assert!(h.resume.is_empty());
+        // A few rooms fit entirely.
+        let mut h = hello(10);
+        assert_eq!(fill_resume(&mut h, rooms(10, 8)).len(), 10);
+        body_len(&h);
     }
 }
