@@ -102,9 +102,6 @@ struct Table {
     pending: BTreeMap<u64, Pending>,
     /// Addresses with at least one open socket.
     addresses: HashMap<IpAddr, PerAddress>,
-    /// Open sockets, and their peak since memory was last released.
-    open: usize,
-    peak: usize,
 }
 
 /// The broker's admission state, shared by every listener.
@@ -203,8 +200,6 @@ impl Admission {
         let entry = table.addresses.entry(key).or_default();
         entry.sockets += 1;
         entry.handshakes += 1;
-        table.open += 1;
-        table.peak = table.peak.max(table.open);
         drop(table);
         let ticket = Ticket {
             admission: self.clone(),
@@ -233,18 +228,6 @@ impl Admission {
         self.table().addresses.len()
     }
 
-    /// Whether the open connections dropped by `admission.release_memory_after`
-    /// since their peak; if so, the peak starts again from now.
-    fn closed_many(&self) -> bool {
-        let after = self.cfg.release_memory_after;
-        let mut table = self.table();
-        if after == 0 || table.peak.saturating_sub(table.open) < after {
-            return false;
-        }
-        table.peak = table.open;
-        true
-    }
-
     /// The largest `Hello` body accepted.
     pub(crate) fn max_hello_len(&self) -> u32 {
         self.cfg.max_hello_len
@@ -264,7 +247,6 @@ impl Admission {
 
     fn release(&self, id: u64, key: IpAddr, handshaking: bool) {
         let mut table = self.table();
-        table.open = table.open.saturating_sub(1);
         let was_pending = handshaking && table.pending.remove(&id).is_some();
         let now_empty = match table.addresses.get_mut(&key) {
             Some(a) => {
@@ -287,25 +269,6 @@ fn deadline_after(timeout: Duration) -> Instant {
     let now = Instant::now();
     now.checked_add(timeout)
         .unwrap_or_else(|| now + Duration::from_secs(u64::from(u32::MAX)))
-}
-
-/// How often [`run_memory_release`] looks at the connection count.
-const RELEASE_CHECK: Duration = Duration::from_secs(5);
-
-/// Gives freed memory back to the system after many connections closed,
-/// until `shutdown` (see `crate::memory`): a flood's buffers and tasks are
-/// freed when its connections end, but glibc would keep most of them.
-pub(crate) async fn run_memory_release(admission: Arc<Admission>, shutdown: CancellationToken) {
-    crate::base::every(RELEASE_CHECK, shutdown, move || {
-        if admission.closed_many() {
-            let released = crate::memory::release_free_memory();
-            // Times freed memory was handed back to the system after many
-            // connections closed.
-            metrics::counter!("confab_memory_releases_total").increment(1);
-            tracing::debug!(released, "released free memory after connections closed");
-        }
-    })
-    .await;
 }
 
 /// One admitted connection: its place among the pending handshakes until
@@ -432,21 +395,6 @@ mod tests {
             full.admit(ip(1), Transport::Tcp).err(),
             Some(Refusal::Sessions)
         );
-    }
-
-    #[test]
-    fn memory_is_released_after_many_connections_closed() {
-        let a = admission(1024, 0, 0);
-        let tickets: Vec<Ticket> = (0..100)
-            .map(|i| a.admit(ip(i), Transport::Tcp).expect("room"))
-            .collect();
-        assert!(!a.closed_many(), "nothing closed yet");
-        let mut tickets = tickets.into_iter();
-        tickets.by_ref().take(63).for_each(drop);
-        assert!(!a.closed_many(), "63 closed, below 64");
-        tickets.next();
-        assert!(a.closed_many(), "64 closed");
-        assert!(!a.closed_many(), "once per drop");
     }
 
     #[test]

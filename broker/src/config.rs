@@ -233,11 +233,6 @@ pub struct AdmissionConfig {
     /// Most open connections (handshaking or not) from one address
     /// (0: no limit).
     pub max_connections_per_ip: usize,
-    /// When the open connections have dropped by this many since their
-    /// last peak (a flood ended, or many clients left), the broker asks the
-    /// allocator to give the freed memory back to the system (glibc's
-    /// `malloc_trim`; checked every 5 s, on a blocking thread). 0: never.
-    pub release_memory_after: usize,
 }
 
 impl Default for AdmissionConfig {
@@ -247,7 +242,6 @@ impl Default for AdmissionConfig {
             max_handshakes: 1024,
             max_handshakes_per_ip: 64,
             max_connections_per_ip: 1000,
-            release_memory_after: 64,
         }
     }
 }

@@ -38,7 +38,6 @@ mod base;
 pub mod config;
 pub mod embed;
 mod fanout;
-mod memory;
 mod ops;
 mod presence;
 pub mod push;

@@ -317,10 +317,6 @@ impl BrokerBuilder {
             login_backoff,
             shutdown.clone(),
         ));
-        tasks.spawn(crate::admission::run_memory_release(
-            shared.admission.clone(),
-            shutdown.clone(),
-        ));
         let Listeners {
             tcp,
             tcp_addr,
