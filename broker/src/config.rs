@@ -1217,9 +1217,9 @@ mod tests {
         let e = set(&[("admission.max_hello_len", "1024")]).expect_err("below the floor");
         assert!(e.to_string().contains("max_hello_len"), "{e}");
         let e = set(&[
-            ("limits.max_frame_len", "70000"),
+            ("limits.max_frame_len", "300000"),
             ("limits.max_payload_len", "1000"),
-            ("admission.max_hello_len", "80000"),
+            ("admission.max_hello_len", "400000"),
         ])
         .expect_err("above max_frame_len");
         assert!(e.to_string().contains("max_hello_len"), "{e}");

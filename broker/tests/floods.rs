@@ -481,3 +481,34 @@ async fn a_large_subscribe_ack_is_split_within_the_frame_limit() {
     assert!(results.iter().all(|r| r.code == ErrorCode::Normal));
     broker.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_flood_to_new_rooms() {
+    attack("publishes", true, |n| {
+        Body::Publish(Publish {
+            room: RoomId::new(format!("p{n}")).unwrap(),
+            client_msg_id: n + 1,
+            kind: MessageKind::MESSAGE,
+            refers_to: None,
+            thread: None,
+            payload: bytes::Bytes::from_static(b"spam"),
+        })
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn room_op_flood() {
+    attack("room ops", true, |n| {
+        if n % 2 == 0 {
+            Body::JoinRoom(JoinRoom {
+                room: RoomId::new(format!("j{n}")).unwrap(),
+            })
+        } else {
+            Body::SetPresence(SetPresence {
+                status: PresenceStatus::Away,
+            })
+        }
+    })
+    .await;
+}
