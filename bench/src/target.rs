@@ -104,6 +104,8 @@ impl BrokerProc {
             .arg("--set")
             .arg("admission.max_handshakes_per_ip=0")
             .arg("--set")
+            .arg("admission.connects_per_ip_per_sec=0")
+            .arg("--set")
             .arg("admission.max_handshakes=30000")
             .arg("--set")
             .arg("limits.idle_timeout_ms=600000")

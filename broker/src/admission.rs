@@ -27,8 +27,12 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
+
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
@@ -47,6 +51,8 @@ pub(crate) enum Refusal {
     AddressConnections,
     /// The address has `admission.max_handshakes_per_ip` pending handshakes.
     AddressHandshakes,
+    /// The address opens more than `admission.connects_per_ip_per_sec`.
+    AddressRate,
 }
 
 impl Refusal {
@@ -56,6 +62,7 @@ impl Refusal {
             Refusal::Sessions => "max_connections",
             Refusal::AddressConnections => "per_ip_connections",
             Refusal::AddressHandshakes => "per_ip_handshakes",
+            Refusal::AddressRate => "per_ip_rate",
         }
     }
 
@@ -65,6 +72,7 @@ impl Refusal {
             Refusal::Sessions => "connection limit reached",
             Refusal::AddressConnections => "too many connections from this address",
             Refusal::AddressHandshakes => "too many handshakes in progress from this address",
+            Refusal::AddressRate => "too many new connections from this address",
         }
     }
 }
@@ -112,7 +120,14 @@ pub(crate) struct Admission {
     /// `limits.max_connections` session slots.
     sessions: Arc<Semaphore>,
     table: Mutex<Table>,
+    /// New connections per address (a token bucket each; off at 0).
+    connects: Option<DefaultKeyedRateLimiter<IpAddr>>,
+    /// Admissions since the buckets of idle addresses were last dropped.
+    since_sweep: AtomicU64,
 }
+
+/// Admissions between two sweeps of idle addresses' connection buckets.
+const SWEEP_EVERY_ADMISSIONS: u64 = 4096;
 
 impl Admission {
     pub(crate) fn new(
@@ -125,6 +140,11 @@ impl Admission {
             handshake_timeout,
             sessions: Arc::new(Semaphore::new(max_connections)),
             table: Mutex::new(Table::default()),
+            connects: NonZeroU32::new(cfg.connects_per_ip_per_sec).map(|per_sec| {
+                let burst = NonZeroU32::new(per_sec.get().saturating_mul(4)).unwrap_or(per_sec);
+                RateLimiter::keyed(Quota::per_second(per_sec).allow_burst(burst))
+            }),
+            since_sweep: AtomicU64::new(0),
         }
     }
 
@@ -167,6 +187,16 @@ impl Admission {
             return Err(Refusal::Sessions);
         }
         let key = address_key(ip);
+        if let Some(connects) = &self.connects {
+            if self.since_sweep.fetch_add(1, Ordering::Relaxed) >= SWEEP_EVERY_ADMISSIONS {
+                self.since_sweep.store(0, Ordering::Relaxed);
+                connects.retain_recent();
+                connects.shrink_to_fit();
+            }
+            if connects.check_key(&key).is_err() {
+                return Err(Refusal::AddressRate);
+            }
+        }
         let mut table = self.table();
         let mine = table.addresses.get(&key).copied().unwrap_or_default();
         let over = |count: usize, max: usize| max != 0 && count >= max;

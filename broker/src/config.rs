@@ -233,6 +233,10 @@ pub struct AdmissionConfig {
     /// Most open connections (handshaking or not) from one address
     /// (0: no limit).
     pub max_connections_per_ip: usize,
+    /// New connections accepted per second from one address, with a burst
+    /// of four times as many (0: no limit); more are refused as they are
+    /// accepted, before any handshake.
+    pub connects_per_ip_per_sec: u32,
 }
 
 impl Default for AdmissionConfig {
@@ -242,6 +246,7 @@ impl Default for AdmissionConfig {
             max_handshakes: 1024,
             max_handshakes_per_ip: 64,
             max_connections_per_ip: 1000,
+            connects_per_ip_per_sec: 200,
         }
     }
 }

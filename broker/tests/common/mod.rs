@@ -203,6 +203,8 @@ pub fn test_config(dir: &Path) -> Config {
     c.log.level = "warn".into();
     // Tests publish far faster than people; the limit tests turn it on.
     c.rate_limits.enabled = false;
+    // Tests connect many clients from one address in a burst.
+    c.admission.connects_per_ip_per_sec = 0;
     c
 }
 
@@ -638,6 +640,8 @@ pub fn spawn_confab_with(
             "error",
             "--set",
             "rate_limits.enabled=false",
+            "--set",
+            "admission.connects_per_ip_per_sec=0",
         ])
         .args(extra)
         .env_clear()
