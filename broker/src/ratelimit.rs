@@ -242,22 +242,25 @@ impl ConnLimits {
         if !users.cfg.enabled {
             return Verdict::Allowed;
         }
-        let too_many = |q: Quota| {
+        // More than a bucket's burst: the time the whole burst takes to
+        // refill (only this rare refusal needs the quotas themselves).
+        let too_many = |per_user: bool| {
+            let (conn, user) = kind.quotas(&users.cfg);
+            let q = if per_user { user.unwrap_or(conn) } else { conn };
             let per_token = q.replenish_interval().as_millis().max(1);
             let ms = per_token.saturating_mul(u128::from(q.burst_size().get()));
             u32::try_from(ms).unwrap_or(u32::MAX).max(1)
         };
-        let (conn_quota, user_quota) = kind.quotas(&users.cfg);
         let refused = match self.buckets[kind as usize].check_n(n) {
-            Err(_) => Some(too_many(conn_quota)),
+            Err(_) => Some(too_many(false)),
             Ok(Err(nu)) => Some(users.wait_ms(&nu)),
-            Ok(Ok(())) => match (&users.users[kind as usize], user_quota) {
-                (Some(shared), Some(q)) => match shared.check_key_n(user, n) {
-                    Err(_) => Some(too_many(q)),
+            Ok(Ok(())) => match &users.users[kind as usize] {
+                Some(shared) => match shared.check_key_n(user, n) {
+                    Err(_) => Some(too_many(true)),
                     Ok(Err(nu)) => Some(users.wait_ms(&nu)),
                     Ok(Ok(())) => None,
                 },
-                _ => None,
+                None => None,
             },
         };
         let Some(retry_after_ms) = refused else {

@@ -184,11 +184,11 @@ impl Sequencer {
                 readers.needs.send(need).map_err(|_| Fatal::ReadersGone)?;
             }
             metrics::gauge!("confab_sequencer_parked").set(self.core.parked() as f64);
-            metrics::gauge!("confab_sequencer_queue").set(queue.len() as f64);
             if last_sweep.elapsed() >= SWEEP_EVERY {
                 last_sweep = std::time::Instant::now();
+                metrics::gauge!("confab_sequencer_queue").set(queue.len() as f64);
                 let idle_us = self.core.rooms_cfg.evict_idle_ms.saturating_mul(1000);
-                let dropped = self.core.evict_idle(now_us(), idle_us);
+                let dropped = self.core.evict_idle(now, idle_us);
                 // Rooms dropped from the sequencer's memory when idle.
                 metrics::counter!("confab_rooms_evicted_total").increment(dropped as u64);
                 metrics::gauge!("confab_sequencer_rooms").set(self.core.rooms.len() as f64);

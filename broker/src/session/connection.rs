@@ -333,19 +333,15 @@ impl Session {
         let idle = self.shared.config.idle_timeout();
         let control_cap = self.shared.config.limits.max_inflight_publishes as usize + 256;
         loop {
-            // A connection sending more frames than its share waits before
-            // its next one is read (TCP backpressure on the client).
-            while let Some(wait) = self.limits.pace(&self.shared.user_limits) {
-                tokio::select! {
-                    biased;
-                    _ = self.shared.shutdown.cancelled() => {
-                        return Some((ErrorCode::ShuttingDown, "server shutting down".into()));
-                    }
-                    _ = writer_done.cancelled() => return None,
-                    _ = replaced.cancelled() => return Some(replaced_reason()),
-                    _ = tokio::time::sleep(wait) => {}
+            // Before the next frame is read (TCP backpressure on the client
+            // meanwhile): the connection's share of frames, and room in its
+            // queue of replies.
+            let ready = async {
+                while let Some(wait) = self.limits.pace(&self.shared.user_limits) {
+                    tokio::time::sleep(wait).await;
                 }
-            }
+                self.conn.outbox.wait_control_below(control_cap).await;
+            };
             tokio::select! {
                 biased;
                 _ = self.shared.shutdown.cancelled() => {
@@ -353,7 +349,7 @@ impl Session {
                 }
                 _ = writer_done.cancelled() => return None,
                 _ = replaced.cancelled() => return Some(replaced_reason()),
-                _ = self.conn.outbox.wait_control_below(control_cap) => {}
+                _ = ready => {}
             }
             let next = tokio::select! {
                 biased;
