@@ -72,6 +72,8 @@ pub struct Config {
     pub rate_limits: RateLimitsConfig,
     /// Presence.
     pub presence: PresenceConfig,
+    /// The WebSocket listeners' origins and keepalive.
+    pub websocket: WebSocketConfig,
 }
 
 /// The operations HTTP endpoint (`/metrics`, `/healthz`, `/readyz`, and the
@@ -107,6 +109,77 @@ pub struct ListenConfig {
     /// QUIC (`confab+quic://`, UDP, ALPN `confab/1`).
     #[serde(with = "optional_addr")]
     pub quic: Option<SocketAddr>,
+    /// WebSocket (`ws://HOST:PORT/ws`, for browsers); off by default
+    /// (`scripts/serve.sh` turns it on at 127.0.0.1:7402).
+    #[serde(with = "optional_addr")]
+    pub websocket: Option<SocketAddr>,
+    /// WebSocket over TLS (`wss://HOST:PORT/ws`), with the `[tls]`
+    /// certificate; off by default.
+    #[serde(with = "optional_addr")]
+    pub websocket_tls: Option<SocketAddr>,
+}
+
+/// The WebSocket listeners (`listen.websocket`, `listen.websocket_tls`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebSocketConfig {
+    /// Web origins (`scheme://host[:port]`, as browsers send them in the
+    /// `Origin` header) whose pages may connect; `"*"` allows every origin.
+    /// A request from another origin gets HTTP 403 before the upgrade. A
+    /// request without `Origin` (not from a browser) is accepted.
+    pub allowed_origins: Vec<String>,
+    /// A WebSocket ping goes out after this many milliseconds without a
+    /// message from the client; a client silent for twice this long (not
+    /// even a pong) is disconnected.
+    pub ping_interval_ms: u64,
+}
+
+impl Default for WebSocketConfig {
+    fn default() -> Self {
+        Self {
+            allowed_origins: vec![
+                "http://127.0.0.1:7403".to_owned(),
+                "http://localhost:7403".to_owned(),
+            ],
+            ping_interval_ms: 20_000,
+        }
+    }
+}
+
+impl WebSocketConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        for origin in &self.allowed_origins {
+            if origin != "*" && !is_origin(origin) {
+                return Err(ConfigError::Invalid(format!(
+                    "websocket.allowed_origins: `{origin}` is not an origin such as https://chat.example.com or \"*\""
+                )));
+            }
+        }
+        if !(1_000..=3_600_000).contains(&self.ping_interval_ms) {
+            return Err(ConfigError::Invalid(
+                "websocket.ping_interval_ms must be between 1000 and 3600000".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether a page from `origin` may connect.
+    pub fn allows_origin(&self, origin: &str) -> bool {
+        self.allowed_origins
+            .iter()
+            .any(|o| o == "*" || o.eq_ignore_ascii_case(origin))
+    }
+}
+
+/// `scheme://host[:port]` with an http(s) scheme and nothing after the
+/// authority.
+fn is_origin(s: &str) -> bool {
+    let Some((scheme, authority)) = s.split_once("://") else {
+        return false;
+    };
+    matches!(scheme, "http" | "https")
+        && !authority.is_empty()
+        && !authority.contains(['/', '?', '#', ' '])
 }
 
 /// The certificate the TLS and QUIC listeners present.
@@ -456,6 +529,7 @@ impl Default for Config {
             admin: AdminConfig::default(),
             rate_limits: RateLimitsConfig::default(),
             presence: PresenceConfig::default(),
+            websocket: WebSocketConfig::default(),
         }
     }
 }
@@ -466,6 +540,8 @@ impl Default for ListenConfig {
             tcp: SocketAddr::from(([127, 0, 0, 1], 7400)),
             tls: None,
             quic: Some(SocketAddr::from(([127, 0, 0, 1], 7401))),
+            websocket: None,
+            websocket_tls: None,
         }
     }
 }
@@ -902,6 +978,7 @@ impl Config {
         }
         self.retention.validate().map_err(ConfigError::Invalid)?;
         self.push.validate().map_err(ConfigError::Invalid)?;
+        self.websocket.validate()?;
         if self.rooms.max_rooms_per_user < 1 {
             return Err(ConfigError::Invalid(
                 "rooms.max_rooms_per_user must be at least 1".into(),

@@ -66,6 +66,9 @@ struct Settings {
     /// QUIC (UDP) listen address, or `off` (default 127.0.0.1:7401).
     #[arg(long)]
     listen_quic: Option<String>,
+    /// WebSocket listen address (`ws://ADDR/ws`), or `off` (default off).
+    #[arg(long)]
+    listen_ws: Option<String>,
     /// none, wal or fsync (default wal).
     #[arg(long)]
     durability: Option<String>,
@@ -94,6 +97,7 @@ impl Settings {
             ("listen.tcp", &self.listen),
             ("listen.tls", &self.listen_tls),
             ("listen.quic", &self.listen_quic),
+            ("listen.websocket", &self.listen_ws),
             ("storage.durability", &self.durability),
             ("auth.mode", &self.auth),
             ("log.level", &self.log_level),
@@ -204,6 +208,8 @@ fn main() -> anyhow::Result<()> {
                     addr = %broker.tcp_addr(),
                     tls = ?broker.tls_addr(),
                     quic = ?broker.quic_addr(),
+                    websocket = ?broker.websocket_addr(),
+                    websocket_tls = ?broker.websocket_tls_addr(),
                     fingerprint = broker.cert_fingerprint().unwrap_or("-"),
                     "ready"
                 );

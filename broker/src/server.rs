@@ -32,6 +32,7 @@ use crate::stats::{BrokerStats, Stats};
 use crate::storage::{RocksLog, RoomLog, StorageError};
 use crate::supervise::Supervisor;
 use crate::transport;
+use crate::transport::tcp::Carrier;
 
 /// Why a broker could not start.
 #[derive(Debug, thiserror::Error)]
@@ -322,11 +323,14 @@ impl BrokerBuilder {
             tcp_addr,
             tls,
             quic,
+            websocket,
+            websocket_tls,
             identity,
         } = listeners;
         tasks.spawn(transport::tcp::accept_loop(
             tcp,
             None,
+            Carrier::Frames,
             shared.clone(),
             tasks.clone(),
         ));
@@ -335,6 +339,27 @@ impl BrokerBuilder {
             tasks.spawn(transport::tcp::accept_loop(
                 listener,
                 Some(acceptor),
+                Carrier::Frames,
+                shared.clone(),
+                tasks.clone(),
+            ));
+        }
+        let websocket_addr = websocket.as_ref().map(|(_, addr)| *addr);
+        if let Some((listener, _)) = websocket {
+            tasks.spawn(transport::tcp::accept_loop(
+                listener,
+                None,
+                Carrier::WebSocket,
+                shared.clone(),
+                tasks.clone(),
+            ));
+        }
+        let websocket_tls_addr = websocket_tls.as_ref().map(|(_, addr, _)| *addr);
+        if let Some((listener, _, acceptor)) = websocket_tls {
+            tasks.spawn(transport::tcp::accept_loop(
+                listener,
+                Some(acceptor),
+                Carrier::WebSocket,
                 shared.clone(),
                 tasks.clone(),
             ));
@@ -355,11 +380,13 @@ impl BrokerBuilder {
         // Every listener is bound and its accept loop spawned (unless a
         // thread has already failed).
         supervisor.mark_ready();
-        info!(%tcp_addr, ?tls_addr, ?quic_addr, ?metrics_addr, durability = ?shared.config.storage.durability, data_dir = %shared.config.data_dir.display(), "broker started");
+        info!(%tcp_addr, ?tls_addr, ?quic_addr, ?websocket_addr, ?websocket_tls_addr, ?metrics_addr, durability = ?shared.config.storage.durability, data_dir = %shared.config.data_dir.display(), "broker started");
         Ok(BrokerHandle {
             tcp_addr,
             tls_addr,
             quic_addr,
+            websocket_addr,
+            websocket_tls_addr,
             metrics_addr,
             ready,
             quic_endpoint,
@@ -383,6 +410,8 @@ struct Listeners {
     tcp_addr: SocketAddr,
     tls: Option<(TcpListener, SocketAddr, tokio_rustls::TlsAcceptor)>,
     quic: Option<(quinn::Endpoint, SocketAddr)>,
+    websocket: Option<(TcpListener, SocketAddr)>,
+    websocket_tls: Option<(TcpListener, SocketAddr, tokio_rustls::TlsAcceptor)>,
     identity: Option<transport::tls::Identity>,
 }
 
@@ -394,12 +423,23 @@ async fn bind(config: &Config) -> Result<Listeners, BrokerError> {
         .await
         .map_err(bind_err(config.listen.tcp))?;
     let tcp_addr = tcp.local_addr().map_err(bind_err(config.listen.tcp))?;
-    if config.listen.tls.is_none() && config.listen.quic.is_none() {
+    let websocket = match config.listen.websocket {
+        None => None,
+        Some(addr) => {
+            let listener = TcpListener::bind(addr).await.map_err(bind_err(addr))?;
+            let bound = listener.local_addr().map_err(bind_err(addr))?;
+            Some((listener, bound))
+        }
+    };
+    let l = &config.listen;
+    if l.tls.is_none() && l.quic.is_none() && l.websocket_tls.is_none() {
         return Ok(Listeners {
             tcp,
             tcp_addr,
             tls: None,
             quic: None,
+            websocket,
+            websocket_tls: None,
             identity: None,
         });
     }
@@ -409,15 +449,27 @@ async fn bind(config: &Config) -> Result<Listeners, BrokerError> {
         .map_err(|e| BrokerError::Tls(e.to_string()))?
         .map_err(BrokerError::Tls)?;
     info!(fingerprint = %identity.fingerprint, cert = %identity.cert_path.display(), "TLS certificate (SHA-256 fingerprint, for clients to pin)");
-    let tls = match config.listen.tls {
-        None => None,
-        Some(addr) => {
-            let server = transport::tls::tcp_server_config(&identity).map_err(BrokerError::Tls)?;
-            let listener = TcpListener::bind(addr).await.map_err(bind_err(addr))?;
-            let bound = listener.local_addr().map_err(bind_err(addr))?;
-            Some((listener, bound, tokio_rustls::TlsAcceptor::from(server)))
-        }
-    };
+    let mut tls_listeners = Vec::new();
+    let kinds: [(_, fn(&_) -> _); 2] = [
+        (config.listen.tls, transport::tls::tcp_server_config),
+        (
+            config.listen.websocket_tls,
+            transport::tls::websocket_server_config,
+        ),
+    ];
+    for (addr, server_config) in kinds {
+        tls_listeners.push(match addr {
+            None => None,
+            Some(addr) => {
+                let server = server_config(&identity).map_err(BrokerError::Tls)?;
+                let listener = TcpListener::bind(addr).await.map_err(bind_err(addr))?;
+                let bound = listener.local_addr().map_err(bind_err(addr))?;
+                Some((listener, bound, tokio_rustls::TlsAcceptor::from(server)))
+            }
+        });
+    }
+    let websocket_tls = tls_listeners.pop().flatten();
+    let tls = tls_listeners.pop().flatten();
     let quic = match config.listen.quic {
         None => None,
         Some(addr) => {
@@ -438,6 +490,8 @@ async fn bind(config: &Config) -> Result<Listeners, BrokerError> {
         tcp_addr,
         tls,
         quic,
+        websocket,
+        websocket_tls,
         identity: Some(identity),
     })
 }
@@ -447,6 +501,8 @@ pub struct BrokerHandle {
     tcp_addr: SocketAddr,
     tls_addr: Option<SocketAddr>,
     quic_addr: Option<SocketAddr>,
+    websocket_addr: Option<SocketAddr>,
+    websocket_tls_addr: Option<SocketAddr>,
     metrics_addr: Option<SocketAddr>,
     /// Cleared when shutdown starts (`/readyz`).
     ready: Arc<AtomicBool>,
@@ -464,6 +520,8 @@ impl std::fmt::Debug for BrokerHandle {
         f.debug_struct("BrokerHandle")
             .field("tcp_addr", &self.tcp_addr)
             .field("tls_addr", &self.tls_addr)
+            .field("websocket_addr", &self.websocket_addr)
+            .field("websocket_tls_addr", &self.websocket_tls_addr)
             .field("quic_addr", &self.quic_addr)
             .finish_non_exhaustive()
     }
@@ -478,6 +536,18 @@ impl BrokerHandle {
     /// The address the TLS-over-TCP listener is bound to, if it is on.
     pub fn tls_addr(&self) -> Option<SocketAddr> {
         self.tls_addr
+    }
+
+    /// The address the WebSocket listener (`ws://ADDR/ws`) is bound to, if
+    /// it is on.
+    pub fn websocket_addr(&self) -> Option<SocketAddr> {
+        self.websocket_addr
+    }
+
+    /// The address the WebSocket-over-TLS listener (`wss://ADDR/ws`) is
+    /// bound to, if it is on.
+    pub fn websocket_tls_addr(&self) -> Option<SocketAddr> {
+        self.websocket_tls_addr
     }
 
     /// The UDP address the QUIC endpoint is bound to, if it is on.

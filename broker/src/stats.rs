@@ -20,7 +20,7 @@ pub(crate) struct Stats {
     /// Events handed to device outboxes (live and from catch-up).
     pub(crate) delivered: AtomicU64,
     /// Open sockets per transport, indexed by [`Transport`].
-    pub(crate) sockets: [AtomicI64; 3],
+    pub(crate) sockets: [AtomicI64; 5],
     /// Histograms, registered with the metrics recorder at start.
     pub(crate) hist: Histograms,
 }
@@ -31,11 +31,19 @@ pub(crate) enum Transport {
     Tcp = 0,
     Tls = 1,
     Quic = 2,
+    WebSocket = 3,
+    WebSocketTls = 4,
 }
 
 impl Transport {
     /// Every transport, in index order.
-    pub(crate) const ALL: [Transport; 3] = [Transport::Tcp, Transport::Tls, Transport::Quic];
+    pub(crate) const ALL: [Transport; 5] = [
+        Transport::Tcp,
+        Transport::Tls,
+        Transport::Quic,
+        Transport::WebSocket,
+        Transport::WebSocketTls,
+    ];
 
     /// The label value in metrics.
     pub(crate) fn label(self) -> &'static str {
@@ -43,6 +51,8 @@ impl Transport {
             Transport::Tcp => "tcp",
             Transport::Tls => "tls",
             Transport::Quic => "quic",
+            Transport::WebSocket => "ws",
+            Transport::WebSocketTls => "wss",
         }
     }
 }

@@ -121,6 +121,7 @@ impl Spawned {
             Transport::Tcp => self.tcp,
             Transport::Tls => self.tls,
             Transport::Quic => self.quic,
+            Transport::Ws | Transport::Wss => panic!("this broker has no WebSocket listener"),
         };
         Dial {
             transport: t,

@@ -9,6 +9,7 @@ use common::*;
 use confab_codec::*;
 
 over_transports!(
+    with_websocket:
     two_devices_see_each_others_messages_in_order,
     many_rooms_on_one_connection,
     history_pages_both_directions,

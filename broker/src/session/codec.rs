@@ -1,7 +1,7 @@
 //! The tokio-util adapter around the sans-IO codec.
 
 use bytes::BytesMut;
-use confab_codec::{CodecError, Frame, HEADER_LEN};
+use confab_codec::{CodecError, ErrorCode, Frame, HEADER_LEN};
 use tokio_util::codec::{Decoder, Encoder};
 
 /// Frames in, frames out. Reserves buffer space for a frame only after its
@@ -30,9 +30,42 @@ pub enum WireError {
     /// The peer sent something that is not a valid frame.
     #[error(transparent)]
     Codec(#[from] CodecError),
+    /// The peer broke a rule of its transport's framing (on WebSocket: a
+    /// message that is not exactly one frame, or a text message).
+    #[error("{message}")]
+    Transport {
+        /// The protocol's code for it.
+        code: ErrorCode,
+        /// What was wrong.
+        message: String,
+    },
     /// The socket failed.
     #[error(transparent)]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
+}
+
+impl From<std::io::Error> for WireError {
+    fn from(e: std::io::Error) -> Self {
+        match confab_ws::violation(&e) {
+            Some(v) => WireError::Transport {
+                code: v.code,
+                message: v.message.clone(),
+            },
+            None => WireError::Io(e),
+        }
+    }
+}
+
+impl WireError {
+    /// The `Error` the peer gets for it (code and message), unless the
+    /// socket itself failed and nobody would read one.
+    pub fn refusal(&self) -> Option<(ErrorCode, String)> {
+        match self {
+            WireError::Codec(e) => Some((e.code(), e.to_string())),
+            WireError::Transport { code, message } => Some((*code, message.clone())),
+            WireError::Io(_) => None,
+        }
+    }
 }
 
 impl Decoder for FrameCodec {

@@ -20,7 +20,7 @@ use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::codec::{FrameCodec, WireError};
+use super::codec::FrameCodec;
 use super::grant::Grant;
 use super::handshake::{handshake, Handshaken};
 use super::quic_writer::QuicEgress;
@@ -365,10 +365,11 @@ impl Session {
             };
             match next {
                 Err(_) => return Some((ErrorCode::Timeout, "idle timeout".into())),
-                Ok(None) | Ok(Some(Err(WireError::Io(_)))) => return None,
-                Ok(Some(Err(WireError::Codec(e)))) => {
-                    push(&self.conn.outbox, error_frame(0, e.code(), e.to_string()));
-                    return Some((e.code(), e.to_string()));
+                Ok(None) => return None,
+                Ok(Some(Err(e))) => {
+                    let (code, message) = e.refusal()?;
+                    push(&self.conn.outbox, error_frame(0, code, message.clone()));
+                    return Some((code, message));
                 }
                 Ok(Some(Ok(frame))) => {
                     if let Some(reason) = self.handle(frame).await {

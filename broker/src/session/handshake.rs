@@ -16,7 +16,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::codec::FramedRead;
 use tracing::{debug, info};
 
-use super::codec::{FrameCodec, WireError};
+use super::codec::FrameCodec;
 use super::writer::Egress;
 use crate::admission::{count_refusal, Refusal, Ticket};
 use crate::auth::Identity;
@@ -95,10 +95,11 @@ where
                 .await;
             return None;
         }
-        Ok(None) | Ok(Some(Err(WireError::Io(_)))) => return None,
-        Ok(Some(Err(WireError::Codec(e)))) => {
+        Ok(None) => return None,
+        Ok(Some(Err(e))) => {
+            let (code, message) = e.refusal()?;
             debug!(%peer, error = %e, "bad first frame");
-            egress.reject(0, e.code(), &e.to_string()).await;
+            egress.reject(0, code, &message).await;
             return None;
         }
         Ok(Some(Ok(frame))) => frame,

@@ -1,37 +1,56 @@
-//! TCP, plain or with TLS: the accept loop, with admission control.
+//! TCP, plain or with TLS, carrying the protocol directly or WebSocket
+//! (`websocket.rs`): the accept loop, with admission control.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use confab_codec::ErrorCode;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
+use super::websocket;
+use crate::admission::Ticket;
 use crate::session::{refuse, serve_connection, tune_tcp};
 use crate::shared::Shared;
 use crate::stats::Transport;
 
+/// What a TCP listener's connections speak once accepted (and through TLS
+/// if the listener has it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Carrier {
+    /// Confab frames on the byte stream.
+    Frames,
+    /// An HTTP upgrade to WebSocket, then one frame per binary message.
+    WebSocket,
+}
+
 /// Accepts until shutdown. Each connection is admitted (or refused) as it
-/// is accepted, before any TLS work (see `crate::admission`). A refused
-/// plain TCP connection gets `Error` and `Goodbye` with `ServerBusy`, which
-/// cost a write; a refused TLS connection is closed at once, without a
-/// handshake, since a TLS refusal would cost the handshake it avoids.
+/// is accepted, before any TLS or HTTP work (see `crate::admission`). A
+/// refused plain TCP connection gets `Error` and `Goodbye` with
+/// `ServerBusy`, which cost a write; a refused TLS or WebSocket connection
+/// is closed at once, without a handshake, since a refusal in its protocol
+/// would cost the handshake it avoids.
 /// Accept errors (such as running out of file descriptors) back off
 /// instead of spinning. With `tls`, the TLS handshake runs in the
 /// connection's task; it and the `Hello` must both arrive within the
-/// handshake timeout from accept, and an evicted handshake ends at once.
+/// handshake timeout from accept (with the WebSocket upgrade in between),
+/// and an evicted handshake ends at once.
 pub(crate) async fn accept_loop(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
+    carrier: Carrier,
     shared: Arc<Shared>,
     tasks: TaskTracker,
 ) {
-    let transport = if tls.is_some() {
-        Transport::Tls
-    } else {
-        Transport::Tcp
+    let transport = match (carrier, tls.is_some()) {
+        (Carrier::Frames, false) => Transport::Tcp,
+        (Carrier::Frames, true) => Transport::Tls,
+        (Carrier::WebSocket, false) => Transport::WebSocket,
+        (Carrier::WebSocket, true) => Transport::WebSocketTls,
     };
     let mut backoff = Duration::from_millis(5);
     loop {
@@ -55,7 +74,7 @@ pub(crate) async fn accept_loop(
             Ok(ticket) => ticket,
             Err(refusal) => {
                 debug!(%peer, reason = refusal.label(), "connection refused");
-                if tls.is_none() {
+                if transport == Transport::Tcp {
                     tasks.spawn(refuse(stream, ErrorCode::ServerBusy, refusal.message()));
                 }
                 continue;
@@ -68,7 +87,7 @@ pub(crate) async fn accept_loop(
         tasks.spawn(async move {
             let _socket = shared.stats.socket(transport);
             let Some(acceptor) = tls else {
-                serve_connection(stream, peer, shared, ticket).await;
+                serve_stream(carrier, stream, peer, shared, ticket).await;
                 return;
             };
             let handshake = tokio::select! {
@@ -80,10 +99,25 @@ pub(crate) async fn accept_loop(
                 _ = shared.shutdown.cancelled() => return,
             };
             match handshake {
-                Ok(Ok(stream)) => serve_connection(stream, peer, shared, ticket).await,
+                Ok(Ok(stream)) => serve_stream(carrier, stream, peer, shared, ticket).await,
                 Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
                 Err(_) => debug!(%peer, "TLS handshake timeout"),
             }
         });
+    }
+}
+
+async fn serve_stream<S>(
+    carrier: Carrier,
+    stream: S,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    ticket: Ticket,
+) where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    match carrier {
+        Carrier::Frames => serve_connection(stream, peer, shared, ticket).await,
+        Carrier::WebSocket => websocket::serve(stream, peer, shared, ticket).await,
     }
 }

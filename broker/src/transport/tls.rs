@@ -102,11 +102,15 @@ fn names(config: &Config) -> Vec<String> {
         "127.0.0.1".to_owned(),
         "::1".to_owned(),
     ];
-    let ips = [config.listen.tls, config.listen.quic]
-        .into_iter()
-        .flatten()
-        .map(|a: SocketAddr| a.ip())
-        .filter(|ip: &IpAddr| !ip.is_unspecified() && !ip.is_loopback());
+    let ips = [
+        config.listen.tls,
+        config.listen.quic,
+        config.listen.websocket_tls,
+    ]
+    .into_iter()
+    .flatten()
+    .map(|a: SocketAddr| a.ip())
+    .filter(|ip: &IpAddr| !ip.is_unspecified() && !ip.is_loopback());
     for ip in ips {
         let ip = ip.to_string();
         if !names.contains(&ip) {
@@ -159,13 +163,26 @@ fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), String> {
 /// # Errors
 /// If the key does not match the certificate or is of an unsupported type.
 pub(crate) fn tcp_server_config(id: &Identity) -> Result<Arc<rustls::ServerConfig>, String> {
+    server_config(id, ALPN)
+}
+
+/// The rustls configuration of the WebSocket-over-TLS listener: ALPN
+/// `http/1.1`, the protocol of the WebSocket upgrade, which browsers offer.
+///
+/// # Errors
+/// As [`tcp_server_config`].
+pub(crate) fn websocket_server_config(id: &Identity) -> Result<Arc<rustls::ServerConfig>, String> {
+    server_config(id, b"http/1.1")
+}
+
+fn server_config(id: &Identity, alpn: &[u8]) -> Result<Arc<rustls::ServerConfig>, String> {
     let mut config = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
         .with_no_client_auth()
         .with_single_cert(id.chain.clone(), id.key.clone_key())
         .map_err(|e| format!("certificate {}: {e}", id.cert_path.display()))?;
-    config.alpn_protocols = vec![ALPN.to_vec()];
+    config.alpn_protocols = vec![alpn.to_vec()];
     Ok(Arc::new(config))
 }
 

@@ -22,6 +22,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
+pub mod ws;
+
 /// Upper bound for any single wait in the tests.
 pub const WAIT: Duration = Duration::from_secs(20);
 
@@ -31,6 +33,10 @@ pub enum Transport {
     Tcp,
     Tls,
     Quic,
+    /// WebSocket (`ws://`).
+    Ws,
+    /// WebSocket over TLS (`wss://`).
+    Wss,
 }
 
 /// Runs `async fn name(t: Transport)` as one test per transport:
@@ -50,6 +56,31 @@ macro_rules! over_transports {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn quic() {
                 super::$name(super::Transport::Quic).await
+            }
+        }
+    )+};
+    // The same, plus `name::ws` and `name::wss`.
+    (with_websocket: $($name:ident),+ $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn tcp() {
+                super::$name(super::Transport::Tcp).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn tls() {
+                super::$name(super::Transport::Tls).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn quic() {
+                super::$name(super::Transport::Quic).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn ws() {
+                super::$name(super::Transport::Ws).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn wss() {
+                super::$name(super::Transport::Wss).await
             }
         }
     )+};
@@ -89,6 +120,10 @@ pub fn dial(broker: &BrokerHandle, t: Transport) -> Dial {
         Transport::Tcp => broker.tcp_addr(),
         Transport::Tls => broker.tls_addr().expect("TLS listener on"),
         Transport::Quic => broker.quic_addr().expect("QUIC listener on"),
+        Transport::Ws => broker.websocket_addr().expect("WebSocket listener on"),
+        Transport::Wss => broker
+            .websocket_tls_addr()
+            .expect("WebSocket TLS listener on"),
     };
     Dial {
         transport: t,
@@ -113,6 +148,13 @@ pub fn tls_client(cert: &CertificateDer<'static>, tls13_only: bool) -> rustls::C
         .with_root_certificates(roots)
         .with_no_client_auth();
     config.alpn_protocols = vec![confab_broker::transport::tls::ALPN.to_vec()];
+    config
+}
+
+/// [`tls_client`] for `wss://`: ALPN `http/1.1`, as browsers offer.
+pub fn wss_client(cert: &CertificateDer<'static>) -> rustls::ClientConfig {
+    let mut config = tls_client(cert, false);
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
     config
 }
 
@@ -162,6 +204,28 @@ pub async fn handshake_refused(dial: &Dial) -> bool {
                 .expect("an answer in time")
                 .is_err()
         }
+        Transport::Ws => {
+            let stream = TcpStream::connect(dial.addr).await.expect("connect");
+            let host = dial.addr.to_string();
+            tokio::time::timeout(WAIT, ws::upgrade(stream, &host, &Default::default()))
+                .await
+                .expect("an answer in time")
+                .is_err()
+        }
+        Transport::Wss => {
+            let stream = TcpStream::connect(dial.addr).await.expect("connect");
+            let connector = tokio_rustls::TlsConnector::from(Arc::new(wss_client(cert)));
+            let name = ServerName::IpAddress(dial.addr.ip().into());
+            let Ok(Ok(stream)) = tokio::time::timeout(WAIT, connector.connect(name, stream)).await
+            else {
+                return true;
+            };
+            let host = dial.addr.to_string();
+            tokio::time::timeout(WAIT, ws::upgrade(stream, &host, &Default::default()))
+                .await
+                .expect("an answer in time")
+                .is_err()
+        }
         Transport::Quic => {
             let endpoint =
                 quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).expect("endpoint");
@@ -199,6 +263,8 @@ pub fn test_config(dir: &Path) -> Config {
     c.listen.tcp = "127.0.0.1:0".parse().unwrap();
     c.listen.tls = Some("127.0.0.1:0".parse().unwrap());
     c.listen.quic = Some("127.0.0.1:0".parse().unwrap());
+    c.listen.websocket = Some("127.0.0.1:0".parse().unwrap());
+    c.listen.websocket_tls = Some("127.0.0.1:0".parse().unwrap());
     c.storage.durability = Durability::Wal;
     c.log.level = "warn".into();
     // Tests publish far faster than people; the limit tests turn it on.
@@ -334,6 +400,31 @@ impl Conn {
                 };
                 (Box::new(send), Inbound::Frames(rx), Some(side))
             }
+            Transport::Ws => {
+                let stream = TcpStream::connect(dial.addr).await.expect("connect");
+                stream.set_nodelay(true).unwrap();
+                let ws = ws::upgrade(stream, &dial.addr.to_string(), &Default::default())
+                    .await
+                    .expect("WebSocket upgrade");
+                let (wr, rx) = ws::split(ws);
+                (Box::new(wr), Inbound::Frames(rx), None)
+            }
+            Transport::Wss => {
+                let stream = TcpStream::connect(dial.addr).await.expect("connect");
+                stream.set_nodelay(true).unwrap();
+                let cert = dial.cert.as_ref().expect("a certificate to trust");
+                let connector = tokio_rustls::TlsConnector::from(Arc::new(wss_client(cert)));
+                let name = ServerName::IpAddress(dial.addr.ip().into());
+                let stream = tokio::time::timeout(WAIT, connector.connect(name, stream))
+                    .await
+                    .expect("TLS handshake in time")
+                    .expect("TLS handshake");
+                let ws = ws::upgrade(stream, &dial.addr.to_string(), &Default::default())
+                    .await
+                    .expect("WebSocket upgrade");
+                let (wr, rx) = ws::split(ws);
+                (Box::new(wr), Inbound::Frames(rx), None)
+            }
         };
         Conn {
             wr,
@@ -359,6 +450,22 @@ impl Conn {
         let mut c = Conn::connect(dial).await;
         c.handshake(user, device, resume).await;
         c
+    }
+
+    /// A connection whose frames go to `wr` and come from `rx` (for
+    /// example a WebSocket a test upgraded itself), no handshake.
+    pub fn over_parts(
+        wr: Box<dyn AsyncWrite + Send + Unpin>,
+        rx: mpsc::UnboundedReceiver<Frame>,
+    ) -> Conn {
+        Conn {
+            wr,
+            rd: Inbound::Frames(rx),
+            quic: None,
+            next_request: 1,
+            welcome: None,
+            pending: Default::default(),
+        }
     }
 
     /// A plain TCP connection over `stream`, no handshake.
