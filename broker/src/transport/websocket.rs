@@ -44,6 +44,8 @@ const WS_HEADER_MAX: usize = 14;
 
 /// Answers the upgrade of an admitted (and, for `wss://`, TLS-wrapped)
 /// connection, then serves its session.
+// The callback's error type is tungstenite's HTTP response.
+#[allow(clippy::result_large_err)]
 pub(crate) async fn serve<S>(stream: S, peer: SocketAddr, shared: Arc<Shared>, ticket: Ticket)
 where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
@@ -85,6 +87,8 @@ where
 }
 
 /// The checks before the upgrade: path, origin, subprotocol.
+// The error type is tungstenite's HTTP response (its `Callback` trait).
+#[allow(clippy::result_large_err)]
 fn check_upgrade(
     cfg: &WebSocketConfig,
     req: &Request,
