@@ -128,6 +128,20 @@ async fn messages_that_are_not_one_frame_get_an_error_and_a_close() {
     c.send_raw(&ping[..ping.len() - 3]).await.unwrap();
     expect_error_and_close(&mut c, ErrorCode::MalformedFrame).await;
 
+    // A header alone, declaring more than the frame limit: the declared
+    // length is judged first, as on TCP (protocol 3.5).
+    let mut c = Conn::open(&addr, "e", "d").await;
+    let mut huge = Vec::new();
+    Header {
+        len: u32::MAX,
+        frame_type: frame_type::Publish,
+        flags: 0,
+        request_id: 1,
+    }
+    .put(&mut huge);
+    c.send_raw(&huge).await.unwrap();
+    expect_error_and_close(&mut c, ErrorCode::FrameTooLarge).await;
+
     // Fewer bytes than a header.
     let mut c = Conn::open(&addr, "c", "d").await;
     c.send_raw(&[0, 0, 1]).await.unwrap();

@@ -1,7 +1,7 @@
 //! Confab frames over WebSocket, seen as a byte stream.
 //!
 //! On a WebSocket, one binary message carries exactly one Confab frame, in
-//! the same encoding as on TCP (protocol section 2.2). [`WsStream`] turns a
+//! the same encoding as on TCP (protocol section 2.3). [`WsStream`] turns a
 //! [`WebSocketStream`] into an ordered byte stream ([`AsyncRead`] +
 //! [`AsyncWrite`]), so the broker's session layer and the SDK's connection
 //! code serve WebSocket exactly as they serve TCP:
@@ -111,11 +111,24 @@ pub fn violation(err: &io::Error) -> Option<&Violation> {
     err.get_ref().and_then(|e| e.downcast_ref::<Violation>())
 }
 
+/// How a binary message measures up against the one-frame rule.
+enum Shape {
+    /// Exactly one frame.
+    OneFrame,
+    /// A header that declares more than the message holds: its bytes are
+    /// passed on, so that the frame decoder judges the declared length
+    /// against its limit first (`FrameTooLarge`, as on TCP), and the
+    /// violation follows.
+    Short(Violation),
+    /// Anything else: refused at once.
+    Bad(Violation),
+}
+
 /// Checks that `msg` is exactly one frame: a whole header whose length
 /// field accounts for every other byte.
-fn check_one_frame(msg: &[u8]) -> Result<(), Violation> {
+fn shape(msg: &[u8]) -> Shape {
     let Some(header) = Header::peek(msg) else {
-        return Err(Violation::new(
+        return Shape::Bad(Violation::new(
             ErrorCode::MalformedFrame,
             format!(
                 "a WebSocket message of {} bytes is shorter than a frame header",
@@ -124,17 +137,22 @@ fn check_one_frame(msg: &[u8]) -> Result<(), Violation> {
         ));
     };
     let frame_len = HEADER_LEN as u64 + u64::from(header.len);
-    if frame_len != msg.len() as u64 {
-        return Err(Violation::new(
-            ErrorCode::MalformedFrame,
-            format!(
-                "a WebSocket message must carry exactly one frame: the message has {} bytes, its frame {}",
-                msg.len(),
-                frame_len
-            ),
-        ));
+    if frame_len == msg.len() as u64 {
+        return Shape::OneFrame;
     }
-    Ok(())
+    let violation = Violation::new(
+        ErrorCode::MalformedFrame,
+        format!(
+            "a WebSocket message must carry exactly one frame: the message has {} bytes, its frame {}",
+            msg.len(),
+            frame_len
+        ),
+    );
+    if frame_len > msg.len() as u64 {
+        Shape::Short(violation)
+    } else {
+        Shape::Bad(violation)
+    }
 }
 
 fn ws_to_io(e: WsError) -> io::Error {
@@ -277,6 +295,8 @@ pub struct WsStream<S> {
     keepalive: Option<Keepalive>,
     /// Set once the first binary message has been read whole.
     lift: Option<Arc<AtomicBool>>,
+    /// A violation to report once `reading` has been read.
+    violation: Option<Violation>,
     /// The peer's close or the end of the stream was seen.
     eof: bool,
 }
@@ -293,6 +313,7 @@ where
             pending: BytesMut::new(),
             keepalive: None,
             lift: None,
+            violation: None,
             eof: false,
         }
     }
@@ -403,6 +424,9 @@ where
                 this.reading.advance(n);
                 return Poll::Ready(Ok(()));
             }
+            if let Some(v) = this.violation.take() {
+                return Poll::Ready(Err(v.into_io()));
+            }
             if this.eof {
                 return Poll::Ready(Ok(()));
             }
@@ -420,9 +444,14 @@ where
                 None | Some(Ok(Message::Close(_))) => this.eof = true,
                 Some(Err(e)) => return Poll::Ready(Err(ws_to_io(e))),
                 Some(Ok(Message::Binary(msg))) => {
-                    check_one_frame(&msg).map_err(Violation::into_io)?;
-                    if let Some(switch) = this.lift.take() {
-                        switch.store(true, Ordering::Relaxed);
+                    match shape(&msg) {
+                        Shape::OneFrame => {
+                            if let Some(switch) = this.lift.take() {
+                                switch.store(true, Ordering::Relaxed);
+                            }
+                        }
+                        Shape::Short(v) => this.violation = Some(v),
+                        Shape::Bad(v) => return Poll::Ready(Err(v.into_io())),
                     }
                     this.reading = msg;
                 }
@@ -532,6 +561,21 @@ mod tests {
         let mut two = encoded(1);
         two.extend(encoded(2));
         peer.send(Message::Binary(two.into())).await.unwrap();
+        let err = ws.read_u8().await.unwrap_err();
+        assert_eq!(violation(&err).unwrap().code, ErrorCode::MalformedFrame);
+    }
+
+    #[tokio::test]
+    async fn a_short_message_is_passed_on_then_refused() {
+        let (mut ws, mut peer) = pair().await;
+        let ping = encoded(3);
+        peer.send(Message::Binary(ping[..HEADER_LEN + 2].to_vec().into()))
+            .await
+            .unwrap();
+        // The decoder sees the header (and judges its length) first.
+        let mut got = vec![0; HEADER_LEN + 2];
+        ws.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, ping[..HEADER_LEN + 2]);
         let err = ws.read_u8().await.unwrap_err();
         assert_eq!(violation(&err).unwrap().code, ErrorCode::MalformedFrame);
     }

@@ -4,7 +4,7 @@
 //! The TCP accept loop (`tcp.rs`) admits the connection and, for `wss://`,
 //! runs the TLS handshake; this module then answers the HTTP upgrade
 //! (tungstenite) and serves the session over a [`WsStream`], which carries
-//! one frame per binary message (protocol section 2.2). Before the upgrade
+//! one frame per binary message (protocol section 2.3). Before the upgrade
 //! the request must be `GET /ws`, offer the `confab.v1` subprotocol and,
 //! when it has an `Origin` (every browser sends one), come from an allowed
 //! origin; otherwise it gets an HTTP error (403 for the origin) and no
