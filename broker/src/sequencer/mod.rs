@@ -35,6 +35,8 @@ mod user_rooms;
 
 pub(crate) use driver::{Readers, Sequencer};
 pub(crate) use queue::{queue, SeqRx, SeqTx};
+#[cfg(test)]
+pub(crate) use reads::{read, Loaded, Need};
 pub(crate) use room_ops::{ReceiptReq, RoomOp, RoomOpReq};
 
 use std::sync::Arc;
