@@ -282,6 +282,14 @@ impl Sequencer {
                     }
                     self.fan_out(FanoutMsg::Subscribe(cmd))?;
                 }
+                Outcome::Recovered { room, seq, frame } => {
+                    committed.push(Committed {
+                        room,
+                        seq,
+                        frame,
+                        received: std::time::Instant::now(),
+                    });
+                }
                 Outcome::Internal {
                     room,
                     seq,
