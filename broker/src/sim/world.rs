@@ -20,7 +20,7 @@ use crate::storage::{CommitFault, FaultyLog, MemoryLog, RoomLog};
 const TICK_US: u64 = 1_000;
 
 /// Most ticks the calm phase may take to settle.
-const SETTLE_TICKS: u64 = 60_000;
+const SETTLE_TICKS: u64 = 300_000;
 
 /// How often faults happen, per tick (in 1/65536), and per commit.
 #[derive(Debug, Clone, Copy)]
@@ -130,7 +130,7 @@ impl World {
             let cfg = ClientCfg {
                 max_out_of_order: pick(&mut rng, &[1, 4, 64, 4_096]),
                 page: pick(&mut rng, &[1, 5, 500]),
-                app_capacity: pick(&mut rng, &[1, 3, 16, 1_024]),
+                app_capacity: pick(&mut rng, &[2, 16, 1_024]),
                 window: pick(&mut rng, &[1, 4, 64]),
                 live: rng.gen_ratio(1, 5),
             };
@@ -372,7 +372,7 @@ impl World {
             let n = if chaos {
                 pick(&mut self.rng, &[0, 0, 1, 2, 8])
             } else {
-                pick(&mut self.rng, &[1, 4, 64])
+                pick(&mut self.rng, &[4, 64])
             };
             self.clients[i].app_take(n, &mut self.trace)?;
             self.clients[i].check_bounds()?;
