@@ -71,6 +71,8 @@ pub(super) struct World {
     /// The client of each connection.
     owner: BTreeMap<u64, usize>,
     next_conn: u64,
+    /// When the broker next drops its idle rooms.
+    next_sweep: u64,
     /// Counters for the summary.
     crashes: u64,
     cuts: u64,
@@ -178,6 +180,7 @@ impl World {
             conns: BTreeMap::new(),
             owner: BTreeMap::new(),
             next_conn: 1,
+            next_sweep: 0,
             crashes: 0,
             cuts: 0,
             restarts: 0,
@@ -356,7 +359,8 @@ impl World {
                 catchup: !chaos || self.rng.gen_ratio(3, 4),
             };
             broker.tick(now, dice, &mut self.rng, &mut self.conns)?;
-            if now % (50 * TICK_US) == 0 {
+            if now >= self.next_sweep {
+                self.next_sweep = now + 50 * TICK_US;
                 broker.sweep(now);
             }
             self.trace.add(&[21, broker.steps]);
@@ -501,7 +505,7 @@ impl World {
         }) {
             detail = c.dump();
             if let (Some(b), Some(id)) = (&self.broker, c.conn) {
-                detail.push_str("\n");
+                detail.push('\n');
                 detail.push_str(&b.dump(id));
                 if let Some(conn) = self.conns.get(&id) {
                     detail.push_str(&format!("\n{conn:?}"));
