@@ -48,6 +48,8 @@ mod sequencer;
 mod server;
 mod session;
 mod shared;
+#[cfg(test)]
+mod sim;
 mod stats;
 pub mod storage;
 mod supervise;

@@ -72,7 +72,7 @@ pub enum BrokerError {
 }
 
 /// Group commits the fan-out may lag behind the sequencer.
-const FANOUT_QUEUE: usize = 256;
+pub(crate) const FANOUT_QUEUE: usize = 256;
 
 /// How long shutdown waits for closed QUIC connections to drain.
 const QUIC_IDLE_GRACE: Duration = Duration::from_secs(2);

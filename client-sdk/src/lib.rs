@@ -128,6 +128,10 @@ mod publish;
 mod push;
 mod rooms;
 mod subscription;
+#[cfg(feature = "sim")]
+#[doc(hidden)]
+pub mod sync;
+#[cfg(not(feature = "sim"))]
 mod sync;
 mod transport;
 mod view;

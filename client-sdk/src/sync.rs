@@ -16,13 +16,18 @@
 //!
 //! No IO, no clock, no channels: inputs are method calls, outputs are
 //! [`Action`]s pushed to a vector. The connection task performs them.
+//!
+//! With the `sim` feature the module is public (hidden from the docs), so
+//! that the broker's deterministic simulation runs this very code.
+#![cfg_attr(not(feature = "sim"), allow(unreachable_pub))]
+#![cfg_attr(feature = "sim", allow(missing_docs))]
 
 use std::collections::BTreeMap;
 
 use confab_codec::{EventRecord, Seq, StartAt};
 
 /// Anything with a room sequence number.
-pub(crate) trait Sequenced {
+pub trait Sequenced {
     fn seq(&self) -> Seq;
 }
 
@@ -34,7 +39,7 @@ impl Sequenced for EventRecord {
 
 /// What the connection task must do after an input.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Action<E> {
+pub enum Action<E> {
     /// Hand this event to the application; it is the next one in order.
     Deliver(E),
     /// This sequence was already delivered; it was dropped.
@@ -64,7 +69,7 @@ enum Mode {
 
 /// The sync state of one room.
 #[derive(Debug, Clone)]
-pub(crate) struct RoomSync<E> {
+pub struct RoomSync<E> {
     /// Last sequence delivered; `None` for a live subscription whose head is
     /// not known yet.
     last: Option<Seq>,
@@ -81,7 +86,7 @@ impl<E: Sequenced> RoomSync<E> {
     /// A room whose last delivered sequence is `last` (`None`: start live).
     /// At most `max_buffer` out-of-order events are held; history is read
     /// `page` events at a time.
-    pub(crate) fn new(last: Option<Seq>, max_buffer: usize, page: u16) -> Self {
+    pub fn new(last: Option<Seq>, max_buffer: usize, page: u16) -> Self {
         Self {
             last,
             buffer: BTreeMap::new(),
@@ -93,31 +98,31 @@ impl<E: Sequenced> RoomSync<E> {
     }
 
     /// The last delivered sequence.
-    #[cfg(test)]
-    pub(crate) fn last_delivered(&self) -> Option<Seq> {
+    #[cfg(any(test, feature = "sim"))]
+    pub fn last_delivered(&self) -> Option<Seq> {
         self.last
     }
 
     /// Where a (re)subscription must start so that nothing is missed.
-    pub(crate) fn start_at(&self) -> StartAt {
+    pub fn start_at(&self) -> StartAt {
         match self.last {
             Some(last) => StartAt::From(last.next()),
             None => StartAt::Live,
         }
     }
 
-    pub(crate) fn is_paused(&self) -> bool {
+    pub fn is_paused(&self) -> bool {
         self.mode == Mode::Paused
     }
 
     /// Events held after a gap.
-    #[cfg(test)]
-    pub(crate) fn buffered(&self) -> usize {
+    #[cfg(any(test, feature = "sim"))]
+    pub fn buffered(&self) -> usize {
         self.buffer.len()
     }
 
     /// A room event arrived (live or replayed).
-    pub(crate) fn on_event(&mut self, event: E, out: &mut Vec<Action<E>>) {
+    pub fn on_event(&mut self, event: E, out: &mut Vec<Action<E>>) {
         if self.mode == Mode::Paused {
             return;
         }
@@ -150,7 +155,7 @@ impl<E: Sequenced> RoomSync<E> {
     /// While a gap remains, the next page is requested as long as each page
     /// moves delivery forward; a page that does not falls back to a
     /// resubscription, so a disagreeing broker cannot cause a request loop.
-    pub(crate) fn on_history(&mut self, first: Seq, events: Vec<E>, out: &mut Vec<Action<E>>) {
+    pub fn on_history(&mut self, first: Seq, events: Vec<E>, out: &mut Vec<Action<E>>) {
         let Some(anchor) = self.fill.take() else {
             return;
         };
@@ -185,7 +190,7 @@ impl<E: Sequenced> RoomSync<E> {
 
     /// The outstanding history request failed (error reply or lost
     /// connection). Falls back to a resubscription if a gap remains.
-    pub(crate) fn on_fill_failed(&mut self, out: &mut Vec<Action<E>>) {
+    pub fn on_fill_failed(&mut self, out: &mut Vec<Action<E>>) {
         if self.fill.take().is_some() && !self.buffer.is_empty() && self.mode == Mode::Normal {
             self.resync(out);
         }
@@ -194,7 +199,7 @@ impl<E: Sequenced> RoomSync<E> {
     /// The broker accepted a (re)subscription: `head` is the room's last
     /// sequence, `first` its oldest retained one, `truncated` whether the
     /// requested start was older than `first`.
-    pub(crate) fn on_subscribed(
+    pub fn on_subscribed(
         &mut self,
         head: Seq,
         first: Seq,
@@ -220,7 +225,7 @@ impl<E: Sequenced> RoomSync<E> {
     /// The connection was lost. The next connection resubscribes from
     /// `last + 1`, which replays everything buffered here, so the buffer and
     /// any history request are dropped.
-    pub(crate) fn on_disconnected(&mut self) {
+    pub fn on_disconnected(&mut self) {
         self.buffer.clear();
         self.fill = None;
         if self.mode == Mode::Resyncing {
@@ -231,7 +236,7 @@ impl<E: Sequenced> RoomSync<E> {
     /// The application stopped reading: delivery of the event with sequence
     /// `blocked` failed. Everything from `blocked` on is forgotten and will
     /// be replayed after [`RoomSync::resume`].
-    pub(crate) fn pause(&mut self, blocked: Seq) {
+    pub fn pause(&mut self, blocked: Seq) {
         self.last = Some(Seq(blocked.0.saturating_sub(1)));
         self.buffer.clear();
         self.fill = None;
@@ -240,7 +245,7 @@ impl<E: Sequenced> RoomSync<E> {
 
     /// The application drained its buffer: resubscribe from where delivery
     /// stopped.
-    pub(crate) fn resume(&mut self, out: &mut Vec<Action<E>>) {
+    pub fn resume(&mut self, out: &mut Vec<Action<E>>) {
         if self.mode == Mode::Paused {
             self.mode = Mode::Resyncing;
             if let Some(last) = self.last {

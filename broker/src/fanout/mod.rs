@@ -27,6 +27,8 @@ pub(crate) use conn::{ConnCtx, DirectReply, Held};
 pub(crate) use outbox::{Drained, Outbox, Source};
 pub(crate) use room::{Room, RoomRegistry};
 pub(crate) use split::{presence_events, receipt_events, subscribe_acks};
+#[cfg(test)]
+pub(crate) use subscription::{read_batch, CatchupStep};
 pub(crate) use subscription::{CatchupCtx, Offer, Subscription};
 
 use crate::storage::LogBounds;
@@ -101,6 +103,9 @@ pub(crate) fn run(
     tasks: TaskTracker,
 ) {
     let mut to_wake: Vec<Arc<Outbox>> = Vec::new();
+    let mut catch_up = |sub: Arc<Subscription>, lagged: bool| {
+        tasks.spawn_on(sub.catch_up(ctx.clone(), lagged), &runtime);
+    };
     while let Ok(msg) = rx.recv() {
         if matches!(msg, FanoutMsg::Stop) {
             break;
@@ -108,18 +113,21 @@ pub(crate) fn run(
         // One message is one group commit (or a subscription change), so
         // waking the touched writers after each gives one wake-up per
         // device per commit, however many events the commit holds.
-        handle(msg, &ctx, &runtime, &tasks, &mut to_wake);
+        handle(msg, &ctx, &mut catch_up, &mut to_wake);
         for outbox in to_wake.drain(..) {
             outbox.wake();
         }
     }
 }
 
-fn handle(
+/// Carries out one message. A subscription that must read from the log
+/// (a backlog, or a lag) is handed to `catch_up` with whether it lagged:
+/// the thread above starts a catch-up task, the deterministic simulation
+/// (`crate::sim`) steps it itself.
+pub(crate) fn handle(
     msg: FanoutMsg,
     ctx: &Arc<CatchupCtx>,
-    runtime: &Handle,
-    tasks: &TaskTracker,
+    catch_up: &mut dyn FnMut(Arc<Subscription>, bool),
     to_wake: &mut Vec<Arc<Outbox>>,
 ) {
     match msg {
@@ -140,7 +148,7 @@ fn handle(
                             ctx.stats
                                 .lag_switches
                                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                            tasks.spawn_on(sub.clone().catch_up(ctx.clone(), true), runtime);
+                            catch_up(sub.clone(), true);
                         }
                     }
                 }
@@ -154,7 +162,7 @@ fn handle(
                 .delivered
                 .fetch_add(delivered, std::sync::atomic::Ordering::Relaxed);
         }
-        FanoutMsg::Subscribe(cmd) => subscribe(cmd, ctx, runtime, tasks),
+        FanoutMsg::Subscribe(cmd) => subscribe(cmd, ctx, catch_up),
         FanoutMsg::Unsubscribe(subs) => {
             for sub in subs {
                 sub.close();
@@ -179,7 +187,11 @@ fn handle(
     }
 }
 
-fn subscribe(mut cmd: SubscribeCmd, ctx: &Arc<CatchupCtx>, runtime: &Handle, tasks: &TaskTracker) {
+fn subscribe(
+    mut cmd: SubscribeCmd,
+    ctx: &Arc<CatchupCtx>,
+    catch_up: &mut dyn FnMut(Arc<Subscription>, bool),
+) {
     let mut catchups = Vec::new();
     for item in &cmd.items {
         if let Some(code) = item.refused {
@@ -225,6 +237,6 @@ fn subscribe(mut cmd: SubscribeCmd, ctx: &Arc<CatchupCtx>, runtime: &Handle, tas
         }
     }
     for sub in catchups {
-        tasks.spawn_on(sub.catch_up(ctx.clone(), false), runtime);
+        catch_up(sub, false);
     }
 }

@@ -286,14 +286,17 @@ impl Outbox {
             let notified = self.space.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            {
-                let l = self.lock();
-                if l.closed || l.events.get(lane).is_none_or(|q| q.len() < self.capacity) {
-                    return;
-                }
+            if self.has_event_space(lane) {
+                return;
             }
             notified.await;
         }
+    }
+
+    /// Whether event lane `lane` is below capacity (or the outbox closed).
+    pub(crate) fn has_event_space(&self, lane: usize) -> bool {
+        let l = self.lock();
+        l.closed || l.events.get(lane).is_none_or(|q| q.len() < self.capacity)
     }
 
     /// Waits until event lane `lane` is below capacity and holds fewer than
@@ -307,18 +310,39 @@ impl Outbox {
             let notified = self.space.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            {
-                let l = self.lock();
-                let room = |i: usize| {
-                    l.events.get(i).is_none_or(|q| q.len() < self.capacity)
-                        && l.event_bytes.get(i).is_none_or(|b| *b < max_bytes)
-                };
-                if l.closed || room(lane) {
-                    return;
-                }
+            if self.has_catchup_space(lane, max_bytes) {
+                return;
             }
             notified.await;
         }
+    }
+
+    /// Whether event lane `lane` is below capacity and holds fewer than
+    /// `max_bytes` bytes (or the outbox closed).
+    pub(crate) fn has_catchup_space(&self, lane: usize, max_bytes: usize) -> bool {
+        let l = self.lock();
+        let room = |i: usize| {
+            l.events.get(i).is_none_or(|q| q.len() < self.capacity)
+                && l.event_bytes.get(i).is_none_or(|b| *b < max_bytes)
+        };
+        l.closed || room(lane)
+    }
+
+    /// Frames and bytes queued in event lane `lane` (the simulation checks
+    /// them against the bounds).
+    #[cfg(test)]
+    pub(crate) fn event_lane(&self, lane: usize) -> (usize, usize) {
+        let l = self.lock();
+        (
+            l.events.get(lane).map_or(0, VecDeque::len),
+            l.event_bytes.get(lane).copied().unwrap_or(0),
+        )
+    }
+
+    /// Frames queued in the control lane.
+    #[cfg(test)]
+    pub(crate) fn control_len(&self) -> usize {
+        self.lock().control.len()
     }
 
     /// Waits until the control lane holds fewer than `max` frames.

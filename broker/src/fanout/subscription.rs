@@ -12,12 +12,12 @@
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use confab_codec::{flags, raw, CaughtUp, Frame, Lagging, Seq};
+use confab_codec::{flags, raw, CaughtUp, Frame, Lagging, RoomId, Seq};
 use tracing::{debug, warn};
 
 use super::outbox::Outbox;
 use super::Room;
-use crate::storage::RoomLog;
+use crate::storage::{LogBounds, RoomLog, StorageError, StoredRecord};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
@@ -193,45 +193,13 @@ impl Subscription {
     ) -> Result<(), String> {
         if lagged {
             self.outbox.wait_event_space(self.lane).await;
-            let (next, seen) = {
-                let st = self.lock();
-                if st.mode == Mode::Closed {
-                    return Ok(());
-                }
-                (st.next, st.seen)
-            };
-            debug!(room = %self.room.id, next, seen, "device lagging, switching to catch-up");
-            let notice = Frame::new(Lagging {
-                room: self.room.id.clone(),
-                resume_from: Seq(next),
-                head: Seq(seen),
-            })
-            .to_bytes()
-            .map_err(|e| e.to_string())?;
-            self.outbox.push_event_forced(self.lane, notice);
+            if !self.lag_notice()? {
+                return Ok(());
+            }
         }
         loop {
-            let (next, seen) = {
-                let mut st = self.lock();
-                match st.mode {
-                    Mode::Closed => return Ok(()),
-                    Mode::CatchingUp if st.next > st.seen => {
-                        if lagged {
-                            let frame = Frame::new(CaughtUp {
-                                room: self.room.id.clone(),
-                                seq: Seq(st.seen),
-                            })
-                            .to_bytes()
-                            .map_err(|e| e.to_string())?;
-                            self.outbox.push_event_forced(self.lane, frame);
-                        }
-                        st.mode = Mode::Live;
-                        return Ok(());
-                    }
-                    Mode::CatchingUp => (st.next, st.seen),
-                    // Re-registered or otherwise taken over.
-                    _ => return Ok(()),
-                }
+            let CatchupStep::Read { next, seen } = self.catchup_next(lagged)? else {
+                return Ok(());
             };
             // At most about one batch ahead of what the device has taken:
             // a slow reader costs a bounded amount, not its whole backlog.
@@ -241,65 +209,159 @@ impl Subscription {
             if self.outbox.is_closed() {
                 return Ok(());
             }
-            let log = ctx.log.clone();
+            let read_ctx = ctx.clone();
             let room = self.room.id.clone();
-            let (batch, max_bytes) = (ctx.batch, ctx.max_bytes);
-            let (records, bounds) = tokio::task::spawn_blocking(move || {
-                let records = log.read_range(&room, Seq(next), Seq(seen), batch, max_bytes)?;
-                let bounds = if records.first().map(|r| r.seq.0) == Some(next) {
-                    None
-                } else {
-                    Some(log.bounds(&room)?)
-                };
-                Ok::<_, crate::storage::StorageError>((records, bounds))
-            })
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())?;
-
-            let first_seq = records.first().map(|r| r.seq.0);
-            if first_seq != Some(next) {
-                // The log no longer holds `next`: it was trimmed by retention.
-                // Skip to what is retained (the device learns the gap from
-                // the sequence numbers); anything else is corruption.
-                let first_retained = bounds.map(|b| b.first.0).unwrap_or(0);
-                if first_retained > next {
-                    let mut st = self.lock();
-                    if st.mode == Mode::CatchingUp && st.next == next {
-                        st.next = first_retained;
-                    }
-                    continue;
-                }
-                return Err(format!(
-                    "log of room {} is missing seq {next} (have {first_seq:?})",
-                    self.room.id
-                ));
-            }
-            // Records must be contiguous from `next`.
-            let mut expected = next;
-            let mut contiguous = Vec::with_capacity(records.len());
-            for r in &records {
-                if r.seq.0 != expected {
-                    break;
-                }
-                contiguous.push(r.bytes.clone());
-                expected += 1;
-            }
-            let last = expected - 1;
-            let frame = raw::event_batch_frame(0, flags::REPLAY, &self.room.id, &contiguous)
-                .map_err(|e| e.to_string())?;
-            let mut st = self.lock();
-            if st.mode != Mode::CatchingUp || st.next != next {
+            let read =
+                tokio::task::spawn_blocking(move || read_batch(&read_ctx, &room, next, seen))
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map_err(|e| e.to_string())?;
+            if !self.catchup_apply(&ctx, next, read)? {
                 return Ok(());
             }
-            self.outbox.push_event_forced(self.lane, frame);
-            st.next = last + 1;
-            ctx.stats.delivered.fetch_add(
-                contiguous.len() as u64,
-                std::sync::atomic::Ordering::Relaxed,
-            );
         }
     }
+
+    /// The start of a catch-up after a lag, once the lane has room: queues
+    /// the `Lagging` notice. False if the subscription was closed.
+    pub(crate) fn lag_notice(&self) -> Result<bool, String> {
+        let (next, seen) = {
+            let st = self.lock();
+            if st.mode == Mode::Closed {
+                return Ok(false);
+            }
+            (st.next, st.seen)
+        };
+        debug!(room = %self.room.id, next, seen, "device lagging, switching to catch-up");
+        let notice = Frame::new(Lagging {
+            room: self.room.id.clone(),
+            resume_from: Seq(next),
+            head: Seq(seen),
+        })
+        .to_bytes()
+        .map_err(|e| e.to_string())?;
+        self.outbox.push_event_forced(self.lane, notice);
+        Ok(true)
+    }
+
+    /// What the catch-up does next: read `next..=seen`, or nothing more
+    /// (caught up, and live again with a `CaughtUp` notice after a lag; or
+    /// closed, or taken over by a new registration).
+    pub(crate) fn catchup_next(&self, lagged: bool) -> Result<CatchupStep, String> {
+        let mut st = self.lock();
+        match st.mode {
+            Mode::CatchingUp if st.next > st.seen => {
+                if lagged {
+                    let frame = Frame::new(CaughtUp {
+                        room: self.room.id.clone(),
+                        seq: Seq(st.seen),
+                    })
+                    .to_bytes()
+                    .map_err(|e| e.to_string())?;
+                    self.outbox.push_event_forced(self.lane, frame);
+                }
+                st.mode = Mode::Live;
+                Ok(CatchupStep::Done)
+            }
+            Mode::CatchingUp => Ok(CatchupStep::Read {
+                next: st.next,
+                seen: st.seen,
+            }),
+            // Closed, or re-registered or otherwise taken over.
+            _ => Ok(CatchupStep::Done),
+        }
+    }
+
+    /// Queues a batch read from `next` by [`read_batch`]. Returns whether
+    /// the catch-up goes on (false: the subscription changed meanwhile).
+    ///
+    /// # Errors
+    /// The log is missing `next` without having trimmed it (corruption),
+    /// or the batch cannot be framed.
+    pub(crate) fn catchup_apply(
+        &self,
+        ctx: &CatchupCtx,
+        next: u64,
+        (records, bounds): CatchupRead,
+    ) -> Result<bool, String> {
+        let first_seq = records.first().map(|r| r.seq.0);
+        if first_seq != Some(next) {
+            // The log no longer holds `next`: it was trimmed by retention.
+            // Skip to what is retained (the device learns the gap from
+            // the sequence numbers); anything else is corruption.
+            let first_retained = bounds.map(|b| b.first.0).unwrap_or(0);
+            if first_retained > next {
+                let mut st = self.lock();
+                if st.mode == Mode::CatchingUp && st.next == next {
+                    st.next = first_retained;
+                }
+                return Ok(true);
+            }
+            return Err(format!(
+                "log of room {} is missing seq {next} (have {first_seq:?})",
+                self.room.id
+            ));
+        }
+        // Records must be contiguous from `next`.
+        let mut expected = next;
+        let mut contiguous = Vec::with_capacity(records.len());
+        for r in &records {
+            if r.seq.0 != expected {
+                break;
+            }
+            contiguous.push(r.bytes.clone());
+            expected += 1;
+        }
+        let last = expected - 1;
+        let frame = raw::event_batch_frame(0, flags::REPLAY, &self.room.id, &contiguous)
+            .map_err(|e| e.to_string())?;
+        let mut st = self.lock();
+        if st.mode != Mode::CatchingUp || st.next != next {
+            return Ok(false);
+        }
+        self.outbox.push_event_forced(self.lane, frame);
+        st.next = last + 1;
+        ctx.stats.delivered.fetch_add(
+            contiguous.len() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        Ok(true)
+    }
+}
+
+/// What a catch-up does next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CatchupStep {
+    /// Nothing more: live again, closed, or taken over.
+    Done,
+    /// Read `next..=seen` from the log.
+    Read { next: u64, seen: u64 },
+}
+
+/// One catch-up read: the records from `next` on, and the room's bounds
+/// when the log no longer starts at `next`.
+pub(crate) type CatchupRead = (Vec<StoredRecord>, Option<LogBounds>);
+
+/// Reads one catch-up batch, `next..=seen` (at most `ctx.batch` records
+/// and about `ctx.max_bytes`), blocking: run it off the reactor.
+///
+/// # Errors
+/// What storage says.
+pub(crate) fn read_batch(
+    ctx: &CatchupCtx,
+    room: &RoomId,
+    next: u64,
+    seen: u64,
+) -> Result<CatchupRead, StorageError> {
+    let records = ctx
+        .log
+        .read_range(room, Seq(next), Seq(seen), ctx.batch, ctx.max_bytes)?;
+    let bounds = if records.first().map(|r| r.seq.0) == Some(next) {
+        None
+    } else {
+        Some(ctx.log.bounds(room)?)
+    };
+    Ok((records, bounds))
 }
 
 #[cfg(test)]

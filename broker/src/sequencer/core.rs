@@ -89,6 +89,13 @@ pub(crate) enum Outcome {
         room: Arc<Room>,
         entry: confab_codec::ReceiptEntry,
     },
+    /// An entry of a failed commit that storage holds after all: fan it
+    /// out (it is not written again).
+    Recovered {
+        room: Arc<Room>,
+        seq: Seq,
+        frame: Bytes,
+    },
     /// A server-written log entry (membership change).
     Internal {
         room: Arc<Room>,
@@ -444,6 +451,36 @@ impl Core {
         for (room, _) in old_heads {
             self.rooms.remove(room);
         }
+        // What storage holds of the group must still reach the devices
+        // (a retry of it is acknowledged as a duplicate): each room waits
+        // for its read, then fans out the entries up to the head it finds,
+        // before anything newer of the room (found by the simulation).
+        let mut recover: Vec<Parked> = Vec::new();
+        for (id, _) in old_heads {
+            let mut events = Vec::new();
+            let mut arc = None;
+            for o in &outcomes {
+                if let Outcome::Stored {
+                    room, seq, frame, ..
+                }
+                | Outcome::Internal {
+                    room, seq, frame, ..
+                } = o
+                {
+                    if room.id == *id {
+                        events.push((*seq, frame.clone()));
+                        arc = Some(room.clone());
+                    }
+                }
+            }
+            if let Some(room) = arc {
+                self.reads.take(Need::Room(id.clone()));
+                recover.push(Parked {
+                    msg: SeqMsg::Recover { room, events },
+                    rooms: vec![id.clone()],
+                });
+            }
+        }
         for room in std::mem::take(&mut self.touched) {
             self.rooms.remove(&room);
         }
@@ -454,7 +491,10 @@ impl Core {
         // for a room to be read again; they go first in the queue: nothing
         // parked before them shares their rooms.
         let mut again: Vec<Parked> = Vec::new();
-        let mut blocked: FxHashSet<RoomId> = FxHashSet::default();
+        let mut blocked: FxHashSet<RoomId> = recover
+            .iter()
+            .flat_map(|p| p.rooms.iter().cloned())
+            .collect();
         let mut kept = Vec::with_capacity(outcomes.len());
         for o in outcomes {
             match o {
@@ -519,7 +559,7 @@ impl Core {
                 other => kept.push(other),
             }
         }
-        for p in again.into_iter().rev() {
+        for p in recover.into_iter().chain(again).rev() {
             self.parked.push_front(p);
         }
         kept
@@ -565,6 +605,7 @@ impl Core {
             SeqMsg::Receipt(req) => vec![req.receipt.room.clone()],
             SeqMsg::Trim { room, .. } => vec![room.clone()],
             // Keys no request reads: nothing to keep in order with.
+            SeqMsg::Recover { room, .. } => vec![room.id.clone()],
             SeqMsg::Meta(_) | SeqMsg::Stop => Vec::new(),
         };
         Parked { msg, rooms }
@@ -607,6 +648,26 @@ impl Core {
                     done: req.done,
                     result: Ok(()),
                 });
+            }
+            SeqMsg::Recover { room, events } => {
+                let head = match self.room(&room.id) {
+                    Ok(r) => r.head,
+                    Err(Halt::Wait) => return Some(SeqMsg::Recover { room, events }),
+                    // The read failed: read again, the room waits.
+                    Err(Halt::Refuse(..)) => {
+                        self.reads.take(Need::Room(room.id.clone()));
+                        return Some(SeqMsg::Recover { room, events });
+                    }
+                };
+                for (seq, frame) in events {
+                    if seq.0 <= head {
+                        outcomes.push(Outcome::Recovered {
+                            room: room.clone(),
+                            seq,
+                            frame,
+                        });
+                    }
+                }
             }
             SeqMsg::Stop => {}
         }

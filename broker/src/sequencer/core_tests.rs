@@ -271,6 +271,22 @@ impl Harness {
                 ),
                 Outcome::Duplicate { req, original } => (req, original, false),
                 Outcome::Rejected { .. } => continue,
+                // An entry of a failed commit that was stored after all:
+                // fanned out as the log holds it.
+                Outcome::Recovered { room, seq, frame } => {
+                    let held = self
+                        .log
+                        .read_range(&room.id, seq, seq, 1, usize::MAX)
+                        .expect("read");
+                    let record =
+                        &frame[confab_codec::raw::event_record_range(&room.id, frame.len())];
+                    assert_eq!(
+                        held.first().map(|r| &r.bytes[..]),
+                        Some(record),
+                        "recovered {seq}"
+                    );
+                    continue;
+                }
                 other => panic!("unexpected outcome {other:?}"),
             };
             // A duplicate of an earlier commit may be acknowledged whatever

@@ -145,7 +145,7 @@ impl Sequencer {
             let mut next = None;
             if stopping {
                 let loaded = readers.loaded.recv().map_err(|_| Fatal::ReadersGone)?;
-                self.core.supply(loaded);
+                self.supply(loaded);
             } else {
                 crossbeam_channel::select! {
                     recv(rx) -> msg => match msg {
@@ -153,13 +153,13 @@ impl Sequencer {
                         Err(_) => stopping = true,
                     },
                     recv(readers.loaded) -> loaded => {
-                        self.core.supply(loaded.map_err(|_| Fatal::ReadersGone)?);
+                        self.supply(loaded.map_err(|_| Fatal::ReadersGone)?);
                     }
                     recv(sweeps) -> _ => {}
                 }
             }
             while let Ok(loaded) = readers.loaded.try_recv() {
-                self.core.supply(loaded);
+                self.supply(loaded);
             }
             let mut taken = usize::from(next.is_some());
             while let Some(msg) = next {
@@ -177,18 +177,15 @@ impl Sequencer {
             }
             queue.release(taken);
             let now = now_us();
-            let outcomes = self.core.step(&mut batch, now);
-            self.deliver(outcomes, now)?;
             // Reads go out after the commit, so that they see it.
-            for need in self.core.take_needs() {
+            for need in self.step(&mut batch, now)? {
                 readers.needs.send(need).map_err(|_| Fatal::ReadersGone)?;
             }
             metrics::gauge!("confab_sequencer_parked").set(self.core.parked() as f64);
             if last_sweep.elapsed() >= SWEEP_EVERY {
                 last_sweep = std::time::Instant::now();
                 metrics::gauge!("confab_sequencer_queue").set(queue.len() as f64);
-                let idle_us = self.core.rooms_cfg.evict_idle_ms.saturating_mul(1000);
-                let dropped = self.core.evict_idle(now, idle_us);
+                let dropped = self.sweep(now);
                 // Rooms dropped from the sequencer's memory when idle.
                 metrics::counter!("confab_rooms_evicted_total").increment(dropped as u64);
                 metrics::gauge!("confab_sequencer_rooms").set(self.core.rooms.len() as f64);
@@ -200,6 +197,37 @@ impl Sequencer {
         // The fan-out may already be gone at shutdown.
         let _ = self.fanout.send(FanoutMsg::Stop);
         Ok(())
+    }
+
+    /// One group: steps the core and carries out its outcomes (replies,
+    /// fan-out, push). Returns the reads the core asked for, to be made
+    /// now that the group is committed. The thread above calls it; the
+    /// deterministic simulation (`crate::sim`) calls it without a thread.
+    ///
+    /// # Errors
+    /// [`Fatal::FanoutGone`] if the fan-out is gone.
+    pub(crate) fn step(&mut self, batch: &mut Vec<SeqMsg>, now: u64) -> Result<Vec<Need>, Fatal> {
+        let outcomes = self.core.step(batch, now);
+        self.deliver(outcomes, now)?;
+        Ok(self.core.take_needs())
+    }
+
+    /// Gives the core the answer to a read it asked for.
+    pub(crate) fn supply(&mut self, loaded: Loaded) {
+        self.core.supply(loaded);
+    }
+
+    /// Drops the rooms idle for `rooms.evict_idle_ms` (between steps).
+    /// Returns how many were dropped.
+    pub(crate) fn sweep(&mut self, now: u64) -> usize {
+        let idle_us = self.core.rooms_cfg.evict_idle_ms.saturating_mul(1000);
+        self.core.evict_idle(now, idle_us)
+    }
+
+    /// Requests waiting for a read, or behind one.
+    #[cfg(test)]
+    pub(crate) fn parked(&self) -> usize {
+        self.core.parked()
     }
 
     fn fan_out(&self, msg: FanoutMsg) -> Result<(), Fatal> {
@@ -253,6 +281,14 @@ impl Sequencer {
                         self.fan_out(FanoutMsg::Committed(std::mem::take(&mut committed)))?;
                     }
                     self.fan_out(FanoutMsg::Subscribe(cmd))?;
+                }
+                Outcome::Recovered { room, seq, frame } => {
+                    committed.push(Committed {
+                        room,
+                        seq,
+                        frame,
+                        received: std::time::Instant::now(),
+                    });
                 }
                 Outcome::Internal {
                     room,

@@ -35,6 +35,8 @@ mod user_rooms;
 
 pub(crate) use driver::{Readers, Sequencer};
 pub(crate) use queue::{queue, SeqRx, SeqTx};
+#[cfg(test)]
+pub(crate) use reads::{read, Loaded, Need};
 pub(crate) use room_ops::{ReceiptReq, RoomOp, RoomOpReq};
 
 use std::sync::Arc;
@@ -93,6 +95,14 @@ pub(crate) enum SeqMsg {
     Meta(MetaReq),
     /// Commit what came before, flush, stop the fan-out, and exit.
     Stop,
+    /// Never sent: the core parks it after a failed commit that wrote to
+    /// `room`. Once the room is read again, the entries of `events` that
+    /// storage holds after all (the engine wrote them before it failed)
+    /// are handed to the fan-out, before anything newer of the room.
+    Recover {
+        room: Arc<crate::rooms::Room>,
+        events: Vec<(Seq, Bytes)>,
+    },
 }
 
 /// Metadata writes and where to say how their commit went.
