@@ -24,3 +24,4 @@ export type {
   RoomEvent,
   SubscribeOptions,
 } from './types.js';
+export { type MessageView, RoomView } from './view.js';
