@@ -17,6 +17,7 @@ import {
   type RoomEvent,
   decodeMessage,
   encodeFrame,
+  frameToJson,
 } from '../../src/index.js';
 import { Broker } from '../support/broker.js';
 import { Proxy } from '../support/proxy.js';
@@ -270,7 +271,7 @@ const hello = (rid = 1): Uint8Array =>
 function errorThenGoodbye(frames: Frame[], codes: number[], what: string): void {
   const err = frames.find((f) => f.body.type === 'Error');
   const bye = frames[frames.length - 1];
-  assert.ok(err?.body.type === 'Error' && codes.includes(err.body.code), `${what}: Error with ${codes.join('/')}, got ${JSON.stringify(frames.map((f) => f.body))}`);
+  assert.ok(err?.body.type === 'Error' && codes.includes(err.body.code), `${what}: Error with ${codes.join('/')}, got ${JSON.stringify(frames.map((f) => frameToJson(f)))}`);
   assert.equal(err.requestId, 0, `${what}: a connection-level Error has request id 0`);
   assert.ok(bye?.body.type === 'Goodbye' && bye.body.code === err.body.code, `${what}: then Goodbye with the same code`);
 }
@@ -295,6 +296,15 @@ test('a text message, or a message that is not one whole frame, gets Error then 
     const partial = await raw(b.url, (ws) => ws.send(hello().slice(0, 20)));
     errorThenGoodbye(partial.frames, [ErrorCode.MalformedFrame, ErrorCode.ProtocolViolation], 'a partial frame');
 
+    const whole = new Uint8Array(10 + (2 << 20));
+    new DataView(whole.buffer).setUint32(0, 2 << 20);
+    whole[4] = 0x04;
+    const wholeBig = await raw(b.url, (ws) => ws.send(whole));
+    errorThenGoodbye(wholeBig.frames, [ErrorCode.FrameTooLarge], 'a whole 2 MiB frame');
+
+    // 3.4/3.5: the length is checked against the limit as soon as the
+    // header is read, before anything else: FrameTooLarge, also when the
+    // message holds nothing but that header.
     const tooLarge = new Uint8Array(10);
     new DataView(tooLarge.buffer).setUint32(0, 0x7fffffff);
     tooLarge[4] = 0x01;

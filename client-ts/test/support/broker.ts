@@ -90,7 +90,10 @@ export class Broker {
       `websocket.allowed_origins=[${origins.map((x) => JSON.stringify(x)).join(',')}]`,
       ...(this.o.settings ?? []).flatMap((s) => ['--set', s]),
     ];
-    const child = spawn(CONFAB_BIN, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    // The broker reads CONFAB_* variables as settings (CONFAB_BIN would be
+    // an unknown key `bin`): the child gets none of the test's.
+    const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('CONFAB_')));
+    const child = spawn(CONFAB_BIN, args, { stdio: ['ignore', 'pipe', 'pipe'], env });
     this.child = child;
     child.stdout?.on('data', (d: Buffer) => (this.log += d.toString()));
     child.stderr?.on('data', (d: Buffer) => (this.log += d.toString()));
