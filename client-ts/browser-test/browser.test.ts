@@ -177,11 +177,21 @@ test('the broker is killed and restarted mid-stream: each page ends with every m
       const pub = Client.start(options(env.broker.url, 'erin', 'node', { backoff: { initialMs: 50, maxMs: 300 } }));
       env.clients.push(pub);
       const acks: Promise<unknown>[] = [];
-      const total = 150;
+      const total = 240;
+      const delivered = async (p: Page): Promise<number> => (await received(p)).length;
+      let inFlightAtKill = 0;
       for (let i = 0; i < total; i++) {
         acks.push(pub.enqueue({ room: 'busy', payload: `erin ${i}` }).ack);
-        if (i === 50 || i === 100) {
-          await until(() => pub.outboxSize < 10, 30_000, 'the stream flowing');
+        if (i === 80 || i === 160) {
+          // Mid-stream: the pages have part of it...
+          const deadline = Date.now() + 30_000;
+          while ((await delivered(alice)) < i - 40 || (await delivered(bob)) < i - 40) {
+            if (Date.now() > deadline) throw new Error('the stream does not flow');
+            await sleep(10);
+          }
+          // ...and a burst of publishes is on its way when the broker dies.
+          for (let k = 0; k < 20; k++) acks.push(pub.enqueue({ room: 'busy', payload: `erin ${i} burst ${k}` }).ack);
+          inFlightAtKill += pub.outboxSize;
           await env.broker.kill9();
           // Written in the pages while the broker is down: queued, sent after.
           await say(alice, `alice while down ${i}`);
@@ -189,10 +199,11 @@ test('the broker is killed and restarted mid-stream: each page ends with every m
           await sleep(300);
           await env.broker.restart();
         }
-        if (i % 10 === 0) await sleep(10);
+        if (i % 5 === 0) await sleep(5);
       }
       await within(Promise.all(acks), 60_000, 'every publish acknowledged');
-      const n = total + 4;
+      assert.ok(inFlightAtKill > 0, 'publishes were in flight when the broker died');
+      const n = total + 40 + 4;
       for (const p of [alice, bob]) {
         await p.waitForFunction((k: number) => (window as unknown as { __demo: { received: string[] } }).__demo.received.length >= k, n, { timeout: 60_000 });
       }
