@@ -183,6 +183,34 @@ test('an application restart resumes from the cursor store', { timeout: 30_000 }
   });
 });
 
+test('retention: a device whose position was trimmed gets historyTruncated, then the rest', { timeout: 30_000 }, async () => {
+  await withBroker({ settings: ['retention.max_count=3', 'retention.sweep_interval_ms=50'] }, async (b, clients) => {
+    const { MemoryCursorStore } = await import('../../src/index.js');
+    const w = await Client.connect(options(b.url, 'alice', 'laptop'));
+    clients.push(w);
+    for (let i = 1; i <= 10; i++) await w.publish('old', `m${i}`);
+    // Wait for the sweep: the oldest retained entry moves to 8.
+    const deadline = Date.now() + 10_000;
+    for (;;) {
+      const page = await w.historyPage('old', 'After', 0n, 0);
+      if (page.first >= 8n) break;
+      if (Date.now() > deadline) throw new Error(`retention did not run (first ${page.first})`);
+      await sleep(50);
+    }
+    const store = new MemoryCursorStore();
+    store.set('old', 2n); // this device had read up to 2
+    const r = await Client.connect(options(b.url, 'bob', 'phone', { cursorStore: store }));
+    clients.push(r);
+    const truncated: ConnectionEvent[] = [];
+    r.on('connection', (e) => e.type === 'historyTruncated' && truncated.push(e));
+    const got = await collect(r, 'old');
+    await until(() => got.length === 3, 10_000, 'the retained entries');
+    assert.deepEqual(seqs(got), [8n, 9n, 10n]);
+    assert.deepEqual(truncated, [{ type: 'historyTruncated', room: 'old', from: 3n, to: 7n }]);
+    assert.equal(store.get('old'), 10n);
+  });
+});
+
 test('rooms, typing, receipts, presence and message status', { timeout: 60_000 }, async () => {
   await withBroker({}, async (b, clients) => {
     const alice = await Client.connect(options(b.url, 'alice', 'laptop'));
