@@ -73,6 +73,7 @@ export class Session {
   private lastRecv: number;
   private lastSent: number;
   private pingOutstanding = false;
+  private pingSentAt = 0;
   private nonce = 0n;
   /**
    * Receipts sent on this connection that the broker may not have read,
@@ -82,6 +83,7 @@ export class Session {
   private readonly receipts = new Map<string, { room: string; kind: ReceiptKind; seq: Seq; nonce: bigint }>();
   private barrierDue = false;
   private tick: ReturnType<typeof setInterval> | undefined;
+  private readonly every: number;
 
   constructor(
     readonly link: Link,
@@ -98,6 +100,7 @@ export class Session {
       const reason = this.onTimer();
       if (reason !== null) onDead(reason);
     }, every);
+    this.every = every;
   }
 
   /**
@@ -171,15 +174,23 @@ export class Session {
   /**
    * Heartbeat duty (protocol 6.4): a `Ping` when nothing was sent or
    * received for the heartbeat interval, and a dead link when nothing was
-   * received for the dead-link timeout.
+   * received for the dead-link timeout while a `Ping` has been waiting for
+   * its answer for the rest of that timeout. The second condition matters
+   * in browsers, which run the timers of a hidden tab as rarely as once a
+   * minute: a late timer sends its `Ping` and gives the broker time to
+   * answer it, instead of declaring a live link dead. Exposed for tests.
    */
-  private onTimer(): DisconnectReason | null {
+  onTimer(): DisconnectReason | null {
     const now = this.now();
-    if (now - this.lastRecv >= this.deadAfterMs) return { kind: 'heartbeatTimeout' };
+    const grace = Math.max(this.deadAfterMs - this.heartbeatMs, 2 * this.every);
+    if (this.pingOutstanding && now - this.lastRecv >= this.deadAfterMs && now - this.pingSentAt >= grace) {
+      return { kind: 'heartbeatTimeout' };
+    }
     const idleSince = Math.min(this.lastSent, this.lastRecv);
     if (!this.pingOutstanding && now - idleSince >= this.heartbeatMs) {
       this.nonce += 1n;
       this.pingOutstanding = true;
+      this.pingSentAt = now;
       try {
         this.send({ requestId: 0, flags: 0, body: { type: 'Ping', nonce: this.nonce } });
       } catch {
