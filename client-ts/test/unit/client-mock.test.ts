@@ -274,3 +274,65 @@ test('bad options are refused up front', () => {
   assert.throws(() => Client.start(options(broker.url, 'a', '')), (e: unknown) => e instanceof ClientError && e.kind === 'InvalidConfig');
   assert.throws(() => Client.start(options(broker.url, 'a', 'b', { heartbeatMs: 100, deadLinkTimeoutMs: 50 })), ClientError);
 });
+
+test('a session ended with TokenExpired reconnects with a token from getToken', async () => {
+  let n = 0;
+  const a = start('alice', 'a1', {
+    getToken: () => {
+      n++;
+      return 'alice:a1';
+    },
+  });
+  await within(a.waitConnected(), 5000, 'connect');
+  const got = await collect(a, 'general', 1n);
+  const conn = [...broker.conns][0];
+  assert.ok(conn);
+  broker.send(conn, { requestId: 0, flags: 0, body: { type: 'Goodbye', code: ErrorCode.TokenExpired, message: 'expired' } });
+  conn.ws.close();
+  await until(() => broker.hellos.length === 2 && broker.conns.size === 1, 5000, 'reconnected');
+  assert.equal(n, 1, 'getToken asked once');
+  broker.append('general', 'after refresh');
+  await until(() => got.length === 1, 5000, 'delivery after the refresh');
+});
+
+test('a Hello refused with RateLimited waits retry_after_ms before the next attempt', async () => {
+  let refusals = 0;
+  broker.faults.refuseHello = () => (refusals++ < 2 ? ErrorCode.RateLimited : undefined);
+  const a = start('alice', 'a1', { backoff: { initialMs: 1, maxMs: 2 } });
+  const t0 = Date.now();
+  await within(a.waitConnected(), 5000, 'connect after the refusals');
+  // Two refusals, each asking for 50 ms (the mock's retry_after_ms).
+  assert.ok(Date.now() - t0 >= 100, `reconnected after ${Date.now() - t0} ms`);
+});
+
+test('rooms that do not fit in a 64 KiB Hello are subscribed right after Welcome', async () => {
+  const a = start('alice', 'a1');
+  const rooms = Array.from({ length: 600 }, (_, i) => `${String(i).padStart(4, '0')}${'r'.repeat(124)}`);
+  const got = await Promise.all(rooms.map((r) => collect(a, r)));
+  await within(a.waitConnected(), 5000, 'connect');
+  const resumed = broker.hellos[0]?.resume.length ?? 0;
+  assert.ok(resumed > 400 && resumed < 600, `${resumed} rooms in the Hello`);
+  const conn = [...broker.conns][0];
+  assert.ok(conn);
+  await until(() => conn.subs.size === 600, 5000, 'every room subscribed');
+  for (const r of [rooms[0], rooms[599]]) if (r !== undefined) broker.append(r, 'x');
+  await until(() => got[0]?.length === 1 && got[599]?.length === 1, 5000, 'first and last room deliver');
+});
+
+test('an unsubscribed room delivers nothing more', async () => {
+  const a = start('alice', 'a1');
+  await within(a.waitConnected(), 5000, 'connect');
+  const got: number[] = [];
+  let ended: unknown = 'not yet';
+  const sub = await a.subscribe('general', { from: 1n, onEvent: (e) => got.push(Number(e.seq)), onEnd: (e) => (ended = e) });
+  broker.append('general', 'one');
+  await until(() => got.length === 1, 5000, 'first');
+  await sub.unsubscribe();
+  assert.equal(ended, null);
+  broker.append('general', 'two');
+  await new Promise((r) => setTimeout(r, 200));
+  assert.deepEqual(got, [1]);
+  // The room can be followed again.
+  const again = await collect(a, 'general', 1n);
+  await until(() => again.length === 2, 5000, 'both after resubscribing');
+});
