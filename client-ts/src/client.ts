@@ -6,7 +6,8 @@
  *
  * Everything here runs on the event loop: frames, timers and calls are
  * handled one at a time, so there are no locks. Per-room ordering is the
- * pure {@link RoomSync}'s; this module only performs its actions.
+ * pure `RoomSync`'s (`rooms.ts` performs its actions); publishes are the
+ * `Outbox`'s (`outbox.ts`).
  *
  * @module
  */
@@ -15,30 +16,27 @@ import {
   type Body,
   type BodyOf,
   type Direction,
-  type EventRecord,
   ErrorCode,
   Flags,
   type Frame,
   HELLO_LEN_FLOOR,
   HEADER_LEN,
-  MessageKind,
   PROTOCOL_VERSION,
-  type ReceiptKind,
   type Seq,
-  type SubscribeItem,
-  type SubscribeResult,
-  CodecError,
   encodeFrame,
   errorCodeName,
   isValidId,
 } from './codec/index.js';
-import { Backoff, type BackoffConfig, backoffConfig } from './backoff.js';
-import { type CursorStore, MemoryCursorStore } from './cursor.js';
+import { Backoff } from './backoff.js';
 import { Emitter, type Unlisten } from './emitter.js';
 import { ClientError, type DisconnectReason, describeReason } from './errors.js';
+import type { Host } from './host.js';
+import { type Resolved, resolveOptions } from './options.js';
+import { Outbox } from './outbox.js';
+import { Requests } from './requests.js';
+import { Rooms } from './rooms.js';
 import { type Inflight, type Reply, Session, reply } from './session.js';
-import { RoomSync, type SyncAction } from './sync.js';
-import { Link, SUBPROTOCOL, type WebSocketConstructor } from './transport.js';
+import { Link, SUBPROTOCOL } from './transport.js';
 import type {
   ClientEvents,
   ClientOptions,
@@ -51,68 +49,10 @@ import type {
   SubscribeOptions,
 } from './types.js';
 
-/** The SDK's version, sent in `Hello.client_name` by default. */
-export const VERSION = '0.1.0';
-
-/** Most rooms per `Subscribe` frame (so every ack fits one frame, 7.3.2). */
-const SUBSCRIBE_CHUNK = 1000;
 /** History page size of `history()`. */
 const HISTORY_PAGE = 500;
 /** Token refusals in a row, each after a `getToken`, before the client gives up. */
 const MAX_TOKEN_REFRESHES = 3;
-
-const UTF8 = new TextEncoder();
-
-interface Resolved {
-  url: string;
-  device: string;
-  clientName: string;
-  webSocket: WebSocketConstructor;
-  cursorStore: CursorStore;
-  backoff: BackoffConfig;
-  heartbeatMs: number;
-  deadLinkTimeoutMs: number;
-  connectTimeoutMs: number;
-  requestTimeoutMs: number;
-  outboundQueueCapacity: number;
-  maxOutOfOrder: number;
-  historyPageSize: number;
-  rateLimitRetries: number;
-  getToken: ((error: ClientError) => string | Promise<string>) | undefined;
-  random: () => number;
-}
-
-type Wire = 'idle' | 'pending' | 'active';
-
-/** A followed room. */
-interface Room {
-  /** Tells successive subscriptions of one room apart. */
-  id: number;
-  sync: RoomSync<EventRecord>;
-  opts: SubscribeOptions;
-  wire: Wire;
-  /** The `subscribe` call waiting for the broker's first answer. */
-  ack: Reply<void> | null;
-}
-
-/** A publish not yet acknowledged. */
-interface PendingPub {
-  publish: BodyOf<'Publish'>;
-  reply: Reply<PublishAck>;
-  /** Sent on the current connection and not answered yet. */
-  onWire: boolean;
-  /** Refusals with `RateLimited` while it was alone on the wire. */
-  rateLimited: number;
-  sentAlone: boolean;
-  sends: number;
-}
-
-/** A request waiting for a connection. */
-interface Deferred {
-  body: Body;
-  mode: 'reply' | 'noReply';
-  reply: Reply<Body>;
-}
 
 /** The handshake in progress. */
 interface Attempt {
@@ -156,22 +96,9 @@ export class Client {
   private readonly emitter = new Emitter<ClientEvents>();
   private current: ConnectionState = { kind: 'connecting' };
   private token: string;
-  private readonly rooms = new Map<string, Room>();
-  private nextRoomId = 1;
-  /** Unacknowledged publishes, in the order they were queued. */
-  private readonly publishes = new Map<number, PendingPub>();
-  private nextOrder = 0;
-  private nextMsgId: bigint;
-  private deferred: Deferred[] = [];
-  /** Receipts for the next connection: the furthest per room and marker. */
-  private readonly receipts = new Map<string, { room: string; kind: ReceiptKind; seq: Seq }>();
-  private flushWaiters: (() => void)[] = [];
-  private spaceWaiters: (() => void)[] = [];
-  private publishPausedUntil: number | null = null;
-  private pauseTimer: ReturnType<typeof setTimeout> | undefined;
-  private readonly storageFull: Backoff;
-  /** Most publishes on the wire: unlimited, or a window growing after a rate limit. */
-  private publishWindow = Number.POSITIVE_INFINITY;
+  private readonly rooms: Rooms;
+  private readonly outbox: Outbox;
+  private readonly requests: Requests;
   private presence: BodyOf<'SetPresence'>['status'] | null = null;
   private watchingPresence = false;
   private session: Session | null = null;
@@ -183,20 +110,28 @@ export class Client {
   private nextRidValue = 0;
   private stoppedWith: ClientError | null = null;
   private closed = false;
-  private barrierQueued = false;
   private firstConnect: Reply<void> | null = null;
   private connectedWaiters: Reply<void>[] = [];
 
   private constructor(options: ClientOptions, firstConnect: Reply<void> | null) {
-    this.o = resolve(options);
+    this.o = resolveOptions(options);
     this.token = options.token;
     this.firstConnect = firstConnect;
     this.backoff = new Backoff(this.o.backoff, this.o.random);
-    this.storageFull = new Backoff({ ...this.o.backoff, maxAttempts: null }, this.o.random);
-    // Ids increase over the device's lifetime: the clock in nanoseconds,
-    // then one per publish (protocol 12.2); a random offset within the
-    // millisecond keeps two instances started together apart.
-    this.nextMsgId = BigInt(Date.now()) * 1_000_000n + BigInt(Math.floor(this.o.random() * 1_000_000));
+    const host: Host = {
+      session: () => this.session,
+      nextRid: () => this.nextRid(),
+      emit: (e) => this.emit(e),
+      send: (s, f) => this.sendOn(s, f),
+    };
+    this.rooms = new Rooms(host, this.o);
+    this.requests = new Requests(host, this.o.outboundQueueCapacity);
+    this.outbox = new Outbox(host, {
+      capacity: this.o.outboundQueueCapacity,
+      rateLimitRetries: this.o.rateLimitRetries,
+      backoff: this.o.backoff,
+      random: this.o.random,
+    });
     queueMicrotask(() => this.connectNow());
   }
 
@@ -283,32 +218,17 @@ export class Client {
     if (closed !== null) return Promise.reject(closed);
     if (!isValidId(room, 128)) return Promise.reject(new ClientError('InvalidConfig', `not a room id: ${JSON.stringify(room)}`));
     if (this.rooms.has(room)) return Promise.reject(new ClientError('AlreadySubscribed', `already subscribed to ${room}`));
-    const from = options.from;
-    const last = from !== undefined ? (from > 1n ? from : 1n) - 1n : (this.o.cursorStore.get(room) ?? null);
-    const id = this.nextRoomId++;
-    const r: Room = { id, sync: new RoomSync(last, this.o.maxOutOfOrder, this.o.historyPageSize), opts: options, wire: 'idle', ack: null };
-    this.rooms.set(room, r);
-    const sub = new Subscription(room, this, id);
-    if (this.session === null) return Promise.resolve(sub);
+    if (this.session === null) return Promise.resolve(new Subscription(room, this, this.rooms.add(room, options, null)));
     const [ack, done] = reply<void>();
-    r.ack = ack;
-    this.sendSubscribe([room]);
+    const sub = new Subscription(room, this, this.rooms.add(room, options, ack));
     return done.then(() => sub);
   }
 
   /** @internal Used by {@link Subscription.unsubscribe}. */
   unsubscribeRoom(room: string, id: number): Promise<void> {
-    const r = this.rooms.get(room);
-    if (r === undefined || r.id !== id) return Promise.resolve();
-    this.rooms.delete(room);
-    this.safe(() => r.opts.onEnd?.(null));
-    const s = this.session;
-    if (s === null || r.wire === 'idle') return Promise.resolve();
-    const [rep, done] = reply<void>();
-    const rid = this.nextRid();
-    s.inflight.set(rid, { kind: 'unsubscribe', reply: rep });
-    this.sendOn(s, { requestId: rid, flags: 0, body: { type: 'Unsubscribe', rooms: [room] } });
-    return this.withTimeout(done, rep);
+    const done = this.rooms.remove(room, id);
+    if (done === null) return Promise.resolve();
+    return within(done, this.o.requestTimeoutMs);
   }
 
   // ----- publishing ------------------------------------------------------
@@ -325,9 +245,9 @@ export class Client {
   enqueue(message: Message): PendingPublish {
     const closed = this.closedError();
     if (closed !== null) throw closed;
-    const publish = this.toPublish(message);
-    if (this.publishes.size >= this.o.outboundQueueCapacity) throw new ClientError('QueueFull', 'the outbound queue is full');
-    return this.queuePublish(publish);
+    const publish = Outbox.toPublish(message);
+    if (!this.outbox.hasRoom()) throw new ClientError('QueueFull', 'the outbound queue is full');
+    return this.outbox.queue(publish);
   }
 
   /**
@@ -339,26 +259,23 @@ export class Client {
    */
   async publish(room: string, payload: Uint8Array | string, options: Omit<Message, 'room' | 'payload'> = {}): Promise<PublishAck> {
     const message: Message = { ...options, room, payload };
-    const publish = this.toPublish(message);
-    while (this.publishes.size >= this.o.outboundQueueCapacity) {
+    const publish = Outbox.toPublish(message);
+    for (;;) {
       const closed = this.closedError();
       if (closed !== null) throw closed;
-      await new Promise<void>((r) => this.spaceWaiters.push(r));
+      if (this.outbox.hasRoom()) return this.outbox.queue(publish).ack;
+      await this.outbox.waitForRoom();
     }
-    const closed = this.closedError();
-    if (closed !== null) throw closed;
-    return this.queuePublish(publish).ack;
   }
 
   /** Waits until every publish queued so far is acknowledged or refused. */
   flush(): Promise<void> {
-    if (this.publishes.size === 0) return Promise.resolve();
-    return new Promise((r) => this.flushWaiters.push(r));
+    return this.outbox.flush();
   }
 
   /** Unacknowledged publishes in the outbox. */
   get outboxSize(): number {
-    return this.publishes.size;
+    return this.outbox.size;
   }
 
   // ----- history ---------------------------------------------------------
@@ -542,15 +459,6 @@ export class Client {
     this.emitter.emit('state', state);
   }
 
-  /** Runs application code; what it throws never reaches the SDK. */
-  private safe(f: () => void): void {
-    try {
-      f();
-    } catch (e) {
-      console.error('confab-client: an application callback threw', e);
-    }
-  }
-
   private expect<K extends Body['type']>(type: K, body: Body): Extract<Body, { type: K }> {
     if (body.type !== type) throw new ClientError('UnexpectedReply', `expected ${type}, got ${body.type}`);
     return body as Extract<Body, { type: K }>;
@@ -631,22 +539,15 @@ export class Client {
       clientName: this.o.clientName,
       resume: [],
     };
-    const resumed: [string, number][] = [];
     let base: number;
     try {
       base = encodeFrame({ requestId: 1, flags: 0, body: hello }).length - HEADER_LEN;
     } catch {
-      return { hello, resumed }; // fails to encode on its own, reported when sent
+      return { hello, resumed: [] }; // fails to encode on its own, reported when sent
     }
-    let left = HELLO_LEN_FLOOR - base;
-    for (const [room, r] of this.rooms) {
-      const len = 1 + UTF8.encode(room).length + 9;
-      if (len > left) continue;
-      left -= len;
-      hello.resume.push({ room, start: r.sync.startAt() });
-      resumed.push([room, r.id]);
-    }
-    return { hello, resumed };
+    const { items, ids } = this.rooms.resumeItems(HELLO_LEN_FLOOR - base);
+    hello.resume = items;
+    return { hello, resumed: ids };
   }
 
   private onHandshakeFrame(link: Link, f: Frame): void {
@@ -772,29 +673,13 @@ export class Client {
     this.session = s;
     this.backoff.reset();
     this.tokenRefusals = 0;
-    const resumedRooms: string[] = [];
-    const items: [string, number][] = [];
-    for (const [room, id] of a.resumed) {
-      const r = this.rooms.get(room);
-      if (r !== undefined && r.id === id) {
-        r.wire = 'pending';
-        resumedRooms.push(room);
-      }
-      items.push([room, id]);
-    }
-    if (items.length > 0) s.inflight.set(a.helloRid, { kind: 'subscribe', items });
-    // Rooms that did not fit in the Hello, or were added meanwhile.
-    const rest = [...this.rooms].filter(([, r]) => r.wire === 'idle').map(([room]) => room);
-    this.sendSubscribe(rest);
-    if (this.presence !== null) this.sendInternal({ type: 'SetPresence', status: this.presence }, 'SetPresence');
-    if (this.watchingPresence) this.sendInternal({ type: 'WatchPresence', enabled: true }, 'WatchPresence');
-    for (const order of [...this.publishes.keys()]) this.sendPublish(order);
-    const deferred = this.deferred;
-    this.deferred = [];
-    for (const d of deferred) if (!d.reply.settled()) this.sendRequest(d.body, d.mode, d.reply);
-    const receipts = [...this.receipts.values()];
-    this.receipts.clear();
-    for (const r of receipts) this.sendReceipt(r.room, r.kind, r.seq);
+    // Rooms that did not fit in the Hello, or were added meanwhile, are
+    // subscribed now.
+    const resumedRooms = this.rooms.connected(s, a.helloRid, a.resumed);
+    if (this.presence !== null) this.requests.sendInternal({ type: 'SetPresence', status: this.presence }, 'SetPresence');
+    if (this.watchingPresence) this.requests.sendInternal({ type: 'WatchPresence', enabled: true }, 'WatchPresence');
+    this.outbox.sendWaiting();
+    this.requests.onConnected();
     this.setState({ kind: 'connected', user: welcome.user, sessionId: welcome.sessionId });
     if (this.everConnected) {
       this.emit({ type: 'reconnected', sessionId: welcome.sessionId, resumed: resumedRooms });
@@ -814,28 +699,9 @@ export class Client {
     if (s === null) return;
     s.stop();
     this.session = null;
-    for (const p of this.publishes.values()) p.onWire = false;
-    for (const r of s.takeReceipts()) this.keepReceipt(r.room, r.kind, r.seq);
-    // Read-only requests go again, in their original order, on the next
-    // connection; the others may have been carried out.
-    const retried: [number, Body, Reply<Body>][] = [];
-    for (const [rid, inf] of s.inflight) {
-      if (inf.kind === 'request') {
-        if (inf.retry !== null && !inf.reply.settled()) retried.push([rid, inf.retry, inf.reply]);
-        else inf.reply.reject(new ClientError('ConnectionLost', 'the connection was lost before the reply; the request may have been carried out'));
-      } else if (inf.kind === 'unsubscribe') {
-        inf.reply?.resolve(); // the connection's subscriptions ended with it
-      }
-    }
-    s.inflight.clear();
-    retried.sort((x, y) => x[0] - y[0]);
-    this.deferred = [...retried.map(([, body, rep]): Deferred => ({ body, mode: 'reply', reply: rep })), ...this.deferred];
-    for (const r of this.rooms.values()) {
-      r.wire = 'idle';
-      r.sync.onDisconnected();
-      r.ack?.resolve(); // registered; resumed on the next connection
-      r.ack = null;
-    }
+    this.outbox.onConnectionLost();
+    this.requests.onConnectionLost(s);
+    this.rooms.onConnectionLost();
     this.setState({ kind: 'reconnecting' });
     this.emit({ type: 'disconnected', reason });
     if (reason.kind === 'goodbye' && isFatal(reason.code)) {
@@ -852,7 +718,6 @@ export class Client {
     if (error !== null) this.stoppedWith = error;
     const err = error ?? new ClientError('Closed', 'the client is closed');
     if (this.retryTimer !== undefined) clearTimeout(this.retryTimer);
-    if (this.pauseTimer !== undefined) clearTimeout(this.pauseTimer);
     const a = this.attempt;
     if (a !== null) {
       clearTimeout(a.timer);
@@ -863,29 +728,15 @@ export class Client {
     if (s !== null) {
       s.stop();
       s.link.close({ requestId: 0, flags: 0, body: { type: 'Goodbye', code: ErrorCode.Normal, message: 'client stopping' } });
-      for (const inf of s.inflight.values()) {
-        if (inf.kind === 'request') inf.reply.reject(err);
-        else if (inf.kind === 'unsubscribe') inf.reply?.resolve();
-      }
       this.session = null;
     }
     this.firstConnect?.reject(err);
     this.firstConnect = null;
     for (const w of this.connectedWaiters) w.reject(err);
     this.connectedWaiters = [];
-    for (const p of this.publishes.values()) p.reply.reject(err);
-    this.publishes.clear();
-    for (const d of this.deferred) d.reply.reject(err);
-    this.deferred = [];
-    for (const r of this.rooms.values()) {
-      r.ack?.reject(err);
-      this.safe(() => r.opts.onEnd?.(error));
-    }
-    this.rooms.clear();
-    for (const w of this.flushWaiters) w();
-    this.flushWaiters = [];
-    for (const w of this.spaceWaiters) w();
-    this.spaceWaiters = [];
+    this.outbox.failAll(err);
+    this.requests.failAll(err, s);
+    this.rooms.endAll(error, err);
     try {
       await this.o.cursorStore.flush?.();
     } catch (e) {
@@ -922,357 +773,17 @@ export class Client {
         break;
       case 'Receipt':
         if (!isValidId(body.room, 128) || body.seq < 1n) return Promise.reject(new ClientError('InvalidConfig', 'bad receipt'));
-        if (this.session !== null) this.sendReceipt(body.room, body.kind, body.seq);
-        else this.keepReceipt(body.room, body.kind, body.seq);
+        this.requests.receipt(body.room, body.kind, body.seq);
         return Promise.resolve(ack);
       default:
         break;
     }
-    const s = this.session;
-    if (s !== null) {
-      this.sendRequest(body, mode === 'ephemeral' ? 'noReply' : 'reply', rep);
-    } else if (mode === 'ephemeral') {
-      rep.reject(new ClientError('NotConnected', 'not connected'));
-    } else if (body.type === 'SetPresence' || body.type === 'WatchPresence' || body.type === 'RefreshToken') {
+    if (this.session === null && (body.type === 'SetPresence' || body.type === 'WatchPresence' || body.type === 'RefreshToken')) {
       rep.resolve(ack); // applied on the next connection
     } else {
-      this.deferred = this.deferred.filter((d) => !d.reply.settled());
-      if (this.deferred.length >= this.o.outboundQueueCapacity) {
-        rep.reject(new ClientError('QueueFull', 'too many requests wait for a connection'));
-      } else {
-        this.deferred.push({ body, mode: 'reply', reply: rep });
-      }
+      this.requests.send(body, mode === 'ephemeral' ? 'noReply' : 'reply', rep);
     }
     return this.withTimeout(done, rep);
-  }
-
-  private sendRequest(body: Body, mode: 'reply' | 'noReply', rep: Reply<Body>): void {
-    const s = this.session;
-    if (s === null) {
-      rep.reject(new ClientError('NotConnected', 'not connected'));
-      return;
-    }
-    const rid = this.nextRid();
-    const frame: Frame = { requestId: rid, flags: 0, body };
-    let len: number;
-    try {
-      len = encodeFrame(frame).length - HEADER_LEN;
-    } catch (e) {
-      rep.reject(new ClientError('Codec', e instanceof CodecError ? e.message : String(e)));
-      return;
-    }
-    if (len > s.welcome.maxFrameLen) {
-      rep.reject(new ClientError('Codec', `a ${body.type} of ${len} bytes is over the broker's frame limit of ${s.welcome.maxFrameLen}`));
-      return;
-    }
-    if (mode === 'reply') {
-      s.inflight.set(rid, { kind: 'request', reply: rep, retry: isReadOnly(body) ? body : null });
-    } else {
-      s.rememberNoReply(rid, body.type);
-      rep.resolve({ type: 'Ack' });
-    }
-    const err = this.sendOn(s, frame);
-    if (err !== null) {
-      s.inflight.delete(rid);
-      rep.reject(err);
-    }
-  }
-
-  private sendInternal(body: Body, name: string): void {
-    const s = this.session;
-    if (s === null) return;
-    const rid = this.nextRid();
-    s.inflight.set(rid, { kind: 'internal', name });
-    this.sendOn(s, { requestId: rid, flags: 0, body });
-  }
-
-  private sendReceipt(room: string, kind: ReceiptKind, seq: Seq): void {
-    const s = this.session;
-    if (s === null) {
-      this.keepReceipt(room, kind, seq);
-      return;
-    }
-    s.sendReceipt(this.nextRid(), room, kind, seq);
-    // One Ping after the receipts of this turn confirms them all.
-    if (!this.barrierQueued) {
-      this.barrierQueued = true;
-      queueMicrotask(() => {
-        this.barrierQueued = false;
-        this.session?.sendBarrier();
-      });
-    }
-  }
-
-  private keepReceipt(room: string, kind: ReceiptKind, seq: Seq): void {
-    const key = `${kind}\u0000${room}`;
-    const old = this.receipts.get(key);
-    if (old === undefined || seq > old.seq) this.receipts.set(key, { room, kind, seq });
-  }
-
-  // ----- publishing internals ------------------------------------------------
-
-  private toPublish(m: Message): BodyOf<'Publish'> {
-    const kind = m.kind ?? MessageKind.MESSAGE;
-    if (!isValidId(m.room, 128)) throw new ClientError('InvalidConfig', `not a room id: ${JSON.stringify(m.room)}`);
-    if (!Number.isInteger(kind) || !((kind >= 1 && kind <= 4) || (kind >= 128 && kind <= 255))) {
-      throw new ClientError('InvalidConfig', `kind ${kind} is not publishable by a client (1-4, 128-255)`);
-    }
-    const refersTo = m.refersTo ?? null;
-    if (kind >= 2 && kind <= 4 && refersTo === null) throw new ClientError('InvalidConfig', 'edits, deletes and reactions need refersTo');
-    const payload = typeof m.payload === 'string' ? UTF8.encode(m.payload) : m.payload;
-    if (!(payload instanceof Uint8Array)) throw new ClientError('InvalidConfig', 'payload must be a Uint8Array or a string');
-    const publish: BodyOf<'Publish'> = { type: 'Publish', room: m.room, clientMsgId: 0n, kind, refersTo, thread: m.thread ?? null, payload };
-    try {
-      encodeFrame({ requestId: 1, flags: 0, body: publish });
-    } catch (e) {
-      throw new ClientError('Codec', e instanceof Error ? e.message : String(e));
-    }
-    return publish;
-  }
-
-  private queuePublish(publish: BodyOf<'Publish'>): PendingPublish {
-    const clientMsgId = this.nextMsgId;
-    this.nextMsgId += 1n;
-    const [rep, ack] = reply<PublishAck>();
-    // A caller that never looks at `ack` learns of refusals from
-    // `publishFailed`; an unobserved rejection must not crash a page.
-    ack.catch(() => undefined);
-    const order = this.nextOrder++;
-    this.publishes.set(order, { publish: { ...publish, clientMsgId }, reply: rep, onWire: false, rateLimited: 0, sentAlone: false, sends: 0 });
-    this.sendPublish(order);
-    return { clientMsgId, ack };
-  }
-
-  /**
-   * Sends a pending publish on the current connection, if any, unless
-   * publishing is paused (a rate limit, a full broker storage) or the
-   * window is full; it goes when the pause ends, in order.
-   */
-  private sendPublish(order: number): void {
-    if (this.publishPausedUntil !== null && this.publishPausedUntil > Date.now()) return;
-    let onWire = 0;
-    for (const p of this.publishes.values()) if (p.onWire) onWire++;
-    if (onWire >= this.publishWindow) return;
-    const s = this.session;
-    const p = this.publishes.get(order);
-    if (s === null || p === undefined || p.onWire) return;
-    const max = s.welcome.maxPayloadLen;
-    if (p.publish.payload.length > max) {
-      // Sending it would only earn a refusal, after every reconnection.
-      this.completePublish(order, new ClientError('PayloadTooLarge', `payload of ${p.publish.payload.length} bytes; the broker takes ${max}`));
-      return;
-    }
-    const rid = this.nextRid();
-    p.onWire = true;
-    p.sentAlone = onWire === 0;
-    p.sends += 1;
-    s.inflight.set(rid, { kind: 'publish', order });
-    const err = this.sendOn(s, { requestId: rid, flags: 0, body: p.publish });
-    if (err !== null) {
-      s.inflight.delete(rid);
-      this.completePublish(order, err);
-    }
-  }
-
-  private sendWaitingPublishes(): void {
-    for (const [order, p] of this.publishes) if (!p.onWire) this.sendPublish(order);
-  }
-
-  private pausePublishing(ms: number): void {
-    this.publishPausedUntil = Date.now() + ms;
-    if (this.pauseTimer !== undefined) clearTimeout(this.pauseTimer);
-    this.pauseTimer = setTimeout(() => {
-      this.pauseTimer = undefined;
-      this.publishPausedUntil = null;
-      this.sendWaitingPublishes();
-    }, ms);
-  }
-
-  private completePublish(order: number, result: PublishAck | ClientError): void {
-    const p = this.publishes.get(order);
-    if (p === undefined) return;
-    this.publishes.delete(order);
-    if (result instanceof ClientError) {
-      p.reply.reject(result);
-      this.emit({ type: 'publishFailed', room: p.publish.room, clientMsgId: p.publish.clientMsgId, error: result });
-    } else {
-      p.reply.resolve(result);
-    }
-    const w = this.spaceWaiters.shift();
-    if (w !== undefined) w();
-    if (this.publishes.size === 0) {
-      for (const f of this.flushWaiters) f();
-      this.flushWaiters = [];
-    }
-  }
-
-  private onPublishReply(order: number, body: Body): void {
-    const p = this.publishes.get(order);
-    if (p === undefined) return;
-    if (body.type === 'Error' && body.code === ErrorCode.RateLimited) {
-      // Refusals of a publish sent alone count against the retries; those
-      // of a burst (a queue resent after a reconnection) are of the SDK's
-      // own making and are retried, paced by a window that starts at one.
-      p.onWire = false;
-      if (p.sentAlone) p.rateLimited += 1;
-      if (this.o.rateLimitRetries > 0 && p.rateLimited <= this.o.rateLimitRetries) {
-        this.publishWindow = 1;
-        this.pausePublishing(Math.max(1, body.retryAfterMs));
-        return;
-      }
-    }
-    if (body.type === 'Error' && body.code === ErrorCode.StorageFull) {
-      // Nothing was stored: resend with the same id after a backoff delay,
-      // one at a time, later publishes waiting behind it in order.
-      p.onWire = false;
-      this.publishWindow = 1;
-      const d = this.storageFull.nextDelay() ?? this.o.backoff.maxMs;
-      if (this.storageFull.failureCount() === 1) console.warn('confab-client: the broker storage is full; publishes wait and are sent again with back-off');
-      this.pausePublishing(Math.max(1, d));
-      return;
-    }
-    if (body.type === 'PublishAck') {
-      if (body.duplicate && p.sends === 1) {
-        console.warn(`confab-client: first send of a publish acknowledged as a duplicate (client message id ${body.clientMsgId} reused)`);
-      }
-      this.completePublish(order, { room: body.room, clientMsgId: body.clientMsgId, seq: body.seq, timestampUs: body.timestampUs, duplicate: body.duplicate });
-      this.storageFull.reset();
-      if (this.publishWindow !== Number.POSITIVE_INFINITY) {
-        this.publishWindow *= 2;
-        if (this.publishWindow >= this.o.outboundQueueCapacity) this.publishWindow = Number.POSITIVE_INFINITY;
-      }
-      this.sendWaitingPublishes();
-      return;
-    }
-    const err = body.type === 'Error' ? ClientError.server(body.code, body.message, body.retryAfterMs) : new ClientError('UnexpectedReply', `${body.type} to a Publish`);
-    this.completePublish(order, err);
-    this.sendWaitingPublishes();
-  }
-
-  // ----- subscriptions internals ----------------------------------------------
-
-  /** Subscribes rooms on the current connection from their positions. */
-  private sendSubscribe(rooms: string[]): void {
-    const s = this.session;
-    if (s === null) return;
-    for (let i = 0; i < rooms.length; i += SUBSCRIBE_CHUNK) {
-      const items: SubscribeItem[] = [];
-      const ids: [string, number][] = [];
-      for (const room of rooms.slice(i, i + SUBSCRIBE_CHUNK)) {
-        const r = this.rooms.get(room);
-        if (r === undefined) continue;
-        items.push({ room, start: r.sync.startAt() });
-        ids.push([room, r.id]);
-        r.wire = 'pending';
-      }
-      if (items.length === 0) continue;
-      const rid = this.nextRid();
-      s.inflight.set(rid, { kind: 'subscribe', items: ids });
-      this.sendOn(s, { requestId: rid, flags: 0, body: { type: 'Subscribe', items } });
-    }
-  }
-
-  private onSubscribeAck(s: Session, rid: number, items: [string, number][], results: SubscribeResult[]): void {
-    // An ack too large for one frame comes in several, with the same
-    // request id, in request order (protocol 7.3.2): the rooms past this
-    // frame's results wait for the next one.
-    if (results.length > 0 && results.length < items.length) {
-      s.inflight.set(rid, { kind: 'subscribe', items: items.slice(results.length) });
-      items = items.slice(0, results.length);
-    }
-    items.forEach(([room, id], i) => {
-      const result = results[i];
-      if (result === undefined) {
-        this.endRoom(room, id, new ClientError('UnexpectedReply', 'a SubscribeAck without a result for this room'));
-        return;
-      }
-      const accepted = result.code === ErrorCode.Normal || result.code === ErrorCode.HistoryTruncated;
-      const r = this.rooms.get(room);
-      if (r === undefined || r.id !== id) {
-        if (accepted && r === undefined) {
-          // Unsubscribed while the subscribe was in flight.
-          const urid = this.nextRid();
-          s.inflight.set(urid, { kind: 'unsubscribe', reply: null });
-          this.sendOn(s, { requestId: urid, flags: 0, body: { type: 'Unsubscribe', rooms: [room] } });
-        }
-        return;
-      }
-      if (!accepted) {
-        this.endRoom(room, id, ClientError.server(result.code, `subscription to room ${room} refused`, 0));
-        return;
-      }
-      const start = r.sync.startAt();
-      if (start !== 'live' && result.head + 1n < start.from) {
-        // The broker lost entries this client already delivered (its data
-        // restored from an old backup): new entries reuse delivered
-        // sequences and are dropped as duplicates.
-        console.warn(`confab-client: room ${room}: head ${result.head} is behind this client's cursor ${start.from - 1n}`);
-      }
-      r.wire = 'active';
-      r.ack?.resolve();
-      r.ack = null;
-      const out: SyncAction<EventRecord>[] = [];
-      r.sync.onSubscribed(result.head, result.first, result.code === ErrorCode.HistoryTruncated, out);
-      this.apply(room, out, true);
-    });
-  }
-
-  /** The subscription ended for good. */
-  private endRoom(room: string, id: number, err: ClientError): void {
-    const r = this.rooms.get(room);
-    if (r === undefined || r.id !== id) return;
-    this.rooms.delete(room);
-    r.ack?.reject(err);
-    this.safe(() => r.opts.onEnd?.(err));
-  }
-
-  private onEvents(room: string, records: EventRecord[], replayed: boolean): void {
-    for (const rec of records) {
-      const r = this.rooms.get(room);
-      if (r === undefined) return;
-      const out: SyncAction<EventRecord>[] = [];
-      r.sync.onEvent(rec, out);
-      this.apply(room, out, replayed);
-    }
-  }
-
-  /** Performs a room's sync actions. */
-  private apply(room: string, actions: SyncAction<EventRecord>[], replayed: boolean): void {
-    for (const a of actions) {
-      const r = this.rooms.get(room);
-      if (r === undefined) return;
-      switch (a.kind) {
-        case 'deliver': {
-          const event: RoomEvent = { ...a.event, room, replayed };
-          this.safe(() => r.opts.onEvent(event));
-          this.o.cursorStore.set(room, a.event.seq);
-          break;
-        }
-        case 'duplicate':
-          break;
-        case 'fetchHistory':
-          this.sendFill(room, r.id, a.after, a.limit);
-          break;
-        case 'resubscribe':
-          this.sendSubscribe([room]);
-          break;
-        case 'truncated':
-          this.emit({ type: 'historyTruncated', room, from: a.from, to: a.to });
-          break;
-      }
-    }
-  }
-
-  private sendFill(room: string, id: number, after: Seq, limit: number): void {
-    const s = this.session;
-    if (s === null) {
-      // Offline: the resumption on reconnect fills the gap.
-      this.rooms.get(room)?.sync.onFillFailed([]);
-      return;
-    }
-    const rid = this.nextRid();
-    s.inflight.set(rid, { kind: 'fill', room, id });
-    this.sendOn(s, { requestId: rid, flags: 0, body: { type: 'HistoryRequest', room, direction: 'After', anchor: after, limit } });
   }
 
   // ----- frames ---------------------------------------------------------------
@@ -1284,10 +795,10 @@ export class Client {
     const b = f.body;
     switch (b.type) {
       case 'Event':
-        this.onEvents(b.room, [b.event], replayed);
+        this.rooms.onEvents(b.room, [b.event], replayed);
         return;
       case 'EventBatch':
-        this.onEvents(b.room, b.events, replayed);
+        this.rooms.onEvents(b.room, b.events, replayed);
         return;
       case 'Ping':
         this.sendOn(s, { requestId: 0, flags: 0, body: { type: 'Pong', nonce: b.nonce } });
@@ -1355,29 +866,18 @@ export class Client {
     s.inflight.delete(rid);
     switch (inf.kind) {
       case 'publish':
-        this.onPublishReply(inf.order, body);
+        this.outbox.onReply(inf.order, body);
         return;
       case 'subscribe':
-        if (body.type === 'SubscribeAck') {
-          this.onSubscribeAck(s, rid, inf.items, body.results);
-        } else {
-          const err = body.type === 'Error' ? ClientError.server(body.code, body.message, body.retryAfterMs) : new ClientError('UnexpectedReply', `${body.type} to a Subscribe`);
-          for (const [room, id] of inf.items) this.endRoom(room, id, err);
-        }
+        this.rooms.onSubscribeReply(s, rid, inf.items, body);
         return;
       case 'unsubscribe':
         if (body.type === 'Error') inf.reply?.reject(ClientError.server(body.code, body.message, body.retryAfterMs));
         else inf.reply?.resolve();
         return;
-      case 'fill': {
-        const r = this.rooms.get(inf.room);
-        if (r === undefined || r.id !== inf.id) return;
-        const out: SyncAction<EventRecord>[] = [];
-        if (body.type === 'HistoryPage') r.sync.onHistory(body.first, body.events, out);
-        else r.sync.onFillFailed(out);
-        this.apply(inf.room, out, true);
+      case 'fill':
+        this.rooms.onFillReply(inf.room, inf.id, body);
         return;
-      }
       case 'request':
         if (body.type === 'Error') inf.reply.reject(ClientError.server(body.code, body.message, body.retryAfterMs));
         else inf.reply.resolve(body);
@@ -1394,45 +894,11 @@ function isFatal(code: number): boolean {
   return code === ErrorCode.Unauthenticated || code === ErrorCode.TokenExpired || code === ErrorCode.UnsupportedVersion || code === ErrorCode.SessionReplaced;
 }
 
-/** Whether a request only reads, so that sending it again cannot do anything twice. */
-function isReadOnly(body: Body): boolean {
-  return body.type === 'HistoryRequest' || body.type === 'GetRoomInfo' || body.type === 'ListRooms' || body.type === 'GetPresence' || body.type === 'GetMessageStatus';
-}
-
-function resolve(o: ClientOptions): Resolved {
-  const bad = (m: string): never => {
-    throw new ClientError('InvalidConfig', m);
-  };
-  if (typeof o.url !== 'string' || !/^wss?:\/\//.test(o.url)) bad('url must start with ws:// or wss://');
-  if (typeof o.token !== 'string') bad('token must be a string');
-  if (!isValidId(o.device, 64)) bad('device must be 1-64 bytes of UTF-8 without control characters');
-  const backoff = backoffConfig(o.backoff);
-  if (typeof backoff === 'string') bad(backoff);
-  const ws = o.webSocket ?? (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket;
-  if (ws === undefined) bad('no WebSocket here: pass options.webSocket (on Node 20, the `ws` package\'s WebSocket)');
-  const positive = (v: number | undefined, d: number, name: string): number => {
-    const x = v ?? d;
-    if (!(Number.isFinite(x) && x > 0)) bad(`${name} must be a positive number`);
-    return x;
-  };
-  const r: Resolved = {
-    url: o.url,
-    device: o.device,
-    clientName: o.clientName ?? `confab-client-ts/${VERSION}`,
-    webSocket: ws as WebSocketConstructor,
-    cursorStore: o.cursorStore ?? new MemoryCursorStore(),
-    backoff: backoff as BackoffConfig,
-    heartbeatMs: positive(o.heartbeatMs, 15_000, 'heartbeatMs'),
-    deadLinkTimeoutMs: positive(o.deadLinkTimeoutMs, 35_000, 'deadLinkTimeoutMs'),
-    connectTimeoutMs: positive(o.connectTimeoutMs, 10_000, 'connectTimeoutMs'),
-    requestTimeoutMs: positive(o.requestTimeoutMs, 30_000, 'requestTimeoutMs'),
-    outboundQueueCapacity: positive(o.outboundQueueCapacity, 1024, 'outboundQueueCapacity'),
-    maxOutOfOrder: positive(o.maxOutOfOrder, 4096, 'maxOutOfOrder'),
-    historyPageSize: Math.min(0xffff, positive(o.historyPageSize, 500, 'historyPageSize')),
-    rateLimitRetries: o.rateLimitRetries ?? 5,
-    getToken: o.getToken,
-    random: o.random ?? Math.random,
-  };
-  if (r.deadLinkTimeoutMs <= r.heartbeatMs) bad('deadLinkTimeoutMs must be above heartbeatMs');
-  return r;
+/** `p`, or a `Timeout` error after `ms`. */
+function within<T>(p: Promise<T>, ms: number): Promise<T> {
+  let t: ReturnType<typeof setTimeout> | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    t = setTimeout(() => reject(new ClientError('Timeout', `no reply within ${ms} ms`)), ms);
+  });
+  return Promise.race([p, timeout]).finally(() => clearTimeout(t));
 }

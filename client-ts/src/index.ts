@@ -7,7 +7,8 @@
 
 export * from './codec/index.js';
 export { Backoff, type BackoffConfig, type BackoffOptions, backoffConfig } from './backoff.js';
-export { Client, Subscription, VERSION } from './client.js';
+export { Client, Subscription } from './client.js';
+export { VERSION } from './options.js';
 export { type CursorStore, IndexedDbCursorStore, LocalStorageCursorStore, MemoryCursorStore, type StorageLike } from './cursor.js';
 export { Emitter, type Unlisten } from './emitter.js';
 export { ClientError, type ClientErrorKind, type DisconnectReason, describeReason } from './errors.js';
