@@ -211,6 +211,32 @@ test('retention: a device whose position was trimmed gets historyTruncated, then
   });
 });
 
+test('a reader too slow for its queue goes through Lagging and catch-up without a gap', { timeout: 90_000 }, async () => {
+  await withBroker({ settings: [...NO_RATE_LIMITS, 'delivery.queue_capacity=16', 'delivery.catchup_batch=16'] }, async (b, clients) => {
+    const reader = await Client.connect(options(b.url, 'bob', 'phone', { deadLinkTimeoutMs: 60_000 }));
+    const writer = await Client.connect(options(b.url, 'alice', 'laptop'));
+    clients.push(reader, writer);
+    const lag: ConnectionEvent[] = [];
+    reader.on('connection', (e) => (e.type === 'lagging' || e.type === 'caughtUp') && lag.push(e));
+    const got: RoomEvent[] = [];
+    await reader.subscribe('firehose', {
+      onEvent: (e) => {
+        got.push(e);
+        // A reader that hogs the event loop: it takes its socket's bytes late.
+        const until = Date.now() + 2;
+        while (Date.now() < until);
+      },
+    });
+    const payload = new Uint8Array(16 * 1024).fill(7);
+    const n = 400;
+    await within(Promise.all(Array.from({ length: n }, () => writer.publish('firehose', payload))), 60_000, 'publishes');
+    await until(() => got.length >= n, 60_000, `all ${n} at the slow reader (have ${got.length})`);
+    await sleep(300);
+    assert.deepEqual(seqs(got), range(n), 'every entry once, in order, through catch-up');
+    assert.ok(lag.some((e) => e.type === 'lagging'), `the broker switched the reader to catch-up (${lag.length} events)`);
+  });
+});
+
 test('rooms, typing, receipts, presence and message status', { timeout: 60_000 }, async () => {
   await withBroker({}, async (b, clients) => {
     const alice = await Client.connect(options(b.url, 'alice', 'laptop'));
