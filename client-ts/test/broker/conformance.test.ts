@@ -1,10 +1,10 @@
 // The broker's WebSocket listener against docs/protocol.md, frame by
 // frame, with a raw WebSocket (no SDK): the handshake rules (6.1), the
 // connection-level errors (6.3), extension frames (3.3), forward
-// compatibility (5) and a few request rules. One broker for the file.
+// compatibility (5) and a few request rules. Each test has its own broker.
 
 import assert from 'node:assert/strict';
-import { after, before, test } from 'node:test';
+import { test } from 'node:test';
 
 import { WebSocket } from 'ws';
 
@@ -13,13 +13,17 @@ import { Broker } from '../support/broker.js';
 
 let broker: Broker;
 
-before(async () => {
-  broker = await Broker.start();
-});
-
-after(async () => {
-  await broker.stop();
-});
+/** A test with a broker of its own. */
+function brokerTest(name: string, body: () => Promise<void>): void {
+  test(name, { timeout: 30_000 }, async () => {
+    broker = await Broker.start();
+    try {
+      await body();
+    } finally {
+      await broker.stop();
+    }
+  });
+}
 
 /** A raw connection: send bytes, read frames. */
 class Raw {
@@ -87,19 +91,19 @@ const hello = (rid: number, min = 1, max = 1): Frame => ({
   body: { type: 'Hello', minVersion: min, maxVersion: max, token: 'alice:raw', device: 'raw', clientName: 'conformance', resume: [] },
 });
 
-test('6.1: a Hello with request id 0 is a ProtocolViolation (request id 0)', { timeout: 20_000 }, async () => {
+brokerTest('6.1: a Hello with request id 0 is a ProtocolViolation (request id 0)', async () => {
   const c = await Raw.open();
   c.send(hello(0));
   await fatal(c, ErrorCode.ProtocolViolation, 0, 'Hello rid 0');
 });
 
-test('6.1: anything but Hello first is a ProtocolViolation', { timeout: 20_000 }, async () => {
+brokerTest('6.1: anything but Hello first is a ProtocolViolation', async () => {
   const c = await Raw.open();
   c.send({ requestId: 0, flags: 0, body: { type: 'Ping', nonce: 1n } });
   await fatal(c, ErrorCode.ProtocolViolation, 0, 'Ping before Hello');
 });
 
-test('6.1: no common version is UnsupportedVersion with the Hello request id', { timeout: 20_000 }, async () => {
+brokerTest('6.1: no common version is UnsupportedVersion with the Hello request id', async () => {
   const c = await Raw.open();
   c.send(hello(9, 2, 3));
   await fatal(c, ErrorCode.UnsupportedVersion, 9, 'versions 2..3');
@@ -108,13 +112,13 @@ test('6.1: no common version is UnsupportedVersion with the Hello request id', {
   await fatal(d, ErrorCode.UnsupportedVersion, 9, 'min above max');
 });
 
-test('6.1: a dev token whose device part differs from Hello.device is Unauthenticated', { timeout: 20_000 }, async () => {
+brokerTest('6.1: a dev token whose device part differs from Hello.device is Unauthenticated', async () => {
   const c = await Raw.open();
   c.send({ requestId: 4, flags: 0, body: { type: 'Hello', minVersion: 1, maxVersion: 1, token: 'alice:other', device: 'raw', clientName: '', resume: [] } });
   await fatal(c, ErrorCode.Unauthenticated, 4, 'token device mismatch');
 });
 
-test('6.1 and 6.6: a second Hello, or a server-to-client frame, is a ProtocolViolation', { timeout: 20_000 }, async () => {
+brokerTest('6.1 and 6.6: a second Hello, or a server-to-client frame, is a ProtocolViolation', async () => {
   const c = await Raw.open();
   await c.hello();
   c.send(hello(2));
@@ -125,7 +129,7 @@ test('6.1 and 6.6: a second Hello, or a server-to-client frame, is a ProtocolVio
   await fatal(d, ErrorCode.ProtocolViolation, 0, 'Ack from a client');
 });
 
-test('3.3: an unknown mandatory type is UnknownFrameType; an unknown extension is skipped', { timeout: 20_000 }, async () => {
+brokerTest('3.3: an unknown mandatory type is UnknownFrameType; an unknown extension is skipped', async () => {
   const c = await Raw.open();
   await c.hello();
   c.send({ requestId: 5, flags: 0, body: { type: 'Extension', frameType: 0x9a, body: new Uint8Array([1, 2, 3]) } });
@@ -136,7 +140,7 @@ test('3.3: an unknown mandatory type is UnknownFrameType; an unknown extension i
   await fatal(c, ErrorCode.UnknownFrameType, 0, 'type 0x7e');
 });
 
-test('4.3: a malformed body is MalformedFrame', { timeout: 20_000 }, async () => {
+brokerTest('4.3: a malformed body is MalformedFrame', async () => {
   const c = await Raw.open();
   await c.hello();
   // Typing{room "r", active 2}
@@ -144,7 +148,7 @@ test('4.3: a malformed body is MalformedFrame', { timeout: 20_000 }, async () =>
   await fatal(c, ErrorCode.MalformedFrame, 0, 'bool 2');
 });
 
-test('5: appended fields and unknown flag bits are accepted', { timeout: 20_000 }, async () => {
+brokerTest('5: appended fields and unknown flag bits are accepted', async () => {
   const c = await Raw.open();
   await c.hello();
   // Ping with 3 extra bytes and flags 0xf0.
@@ -154,7 +158,7 @@ test('5: appended fields and unknown flag bits are accepted', { timeout: 20_000 
   assert.equal(c.closed, false);
 });
 
-test('7.3.1 and 7.4.5: an empty Subscribe, and a history probe with limit 0', { timeout: 20_000 }, async () => {
+brokerTest('7.3.1 and 7.4.5: an empty Subscribe, and a history probe with limit 0', async () => {
   const c = await Raw.open();
   await c.hello();
   c.send({ requestId: 6, flags: 0, body: { type: 'Subscribe', items: [] } });
@@ -167,7 +171,7 @@ test('7.3.1 and 7.4.5: an empty Subscribe, and a history probe with limit 0', { 
   assert.ok(page.body.type === 'HistoryPage' && page.body.events.length === 0 && page.body.hasMore && page.body.first === 1n, JSON.stringify(frameToJson(page)));
 });
 
-test('12.2 over WebSocket: a publish repeated with its client_msg_id is acknowledged as a duplicate', { timeout: 20_000 }, async () => {
+brokerTest('12.2 over WebSocket: a publish repeated with its client_msg_id is acknowledged as a duplicate', async () => {
   const c = await Raw.open();
   await c.hello('carol');
   const publish = (rid: number): Frame => ({ requestId: rid, flags: 0, body: { type: 'Publish', room: 'dedup', clientMsgId: 1_765_000_000_000_000_001n, kind: 1, refersTo: null, thread: null, payload: new Uint8Array([7]) } });
