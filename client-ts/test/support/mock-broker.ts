@@ -33,6 +33,8 @@ export interface MockConn {
 export interface Faults {
   /** Skip the live delivery of this entry to this connection. */
   dropLive?: (room: string, seq: bigint, conn: MockConn) => boolean;
+  /** Send this live entry twice to this connection. */
+  repeatLive?: (room: string, seq: bigint, conn: MockConn) => boolean;
   /** Results per SubscribeAck frame (split acks, 7.3.2). */
   ackChunk?: number;
   /** What to do with a publish: store it but lose the ack and cut the connection, refuse it, or normal. */
@@ -261,6 +263,9 @@ export class MockBroker {
         for (const other of this.conns) {
           if (other.subs.has(b.room) && !(this.faults.dropLive?.(b.room, rec.seq, other) ?? false)) {
             this.send(other, { requestId: 0, flags: 0, body: { type: 'Event', room: b.room, event: rec } });
+            if (this.faults.repeatLive?.(b.room, rec.seq, other) ?? false) {
+              this.send(other, { requestId: 0, flags: 0, body: { type: 'Event', room: b.room, event: rec } });
+            }
           }
         }
         if (fault !== 'cut-after-store') {
