@@ -168,6 +168,39 @@ test('all 256 byte values round-trip from a page; cursor stores work in the brow
   });
 });
 
+test('a page reload resumes from its IndexedDB cursors: only what was missed', { timeout: 60_000 }, async () => {
+  await withEnv(async (env) => {
+    const writer = Client.start(options(env.broker.url, 'hank', 'node'));
+    env.clients.push(writer);
+    for (const m of ['a', 'b', 'c']) await writer.publish('resume', m);
+    const page = await openPage(env, 'ivy', 'resume');
+    await waitJoined(page);
+    const read = (url: string): Promise<string[]> =>
+      page.evaluate(async (u: string) => {
+        const sdk = (await import('/src/index.js' as string)) as typeof import('../src/index.js');
+        const store = await sdk.IndexedDbCursorStore.open('confab-resume');
+        const client = await sdk.Client.connect({ url: u, token: 'ivy:tab', device: 'tab', cursorStore: store });
+        const got: string[] = [];
+        // From the cursor + 1 when there is one, else the whole room.
+        await client.subscribe('resume', { ...(store.get('resume') === undefined ? { from: 1n } : {}), onEvent: (e) => got.push(`${e.seq}:${new TextDecoder().decode(e.payload)}`) });
+        const deadline = Date.now() + 5000;
+        let last = -1;
+        // Until nothing new for 300 ms.
+        while (Date.now() < deadline && got.length !== last) {
+          last = got.length;
+          await new Promise((r) => setTimeout(r, 300));
+        }
+        await client.close(); // flushes the store
+        await store.close();
+        return got;
+      }, url);
+    assert.deepEqual(await read(env.broker.url), ['1:a', '2:b', '3:c']);
+    for (const m of ['d', 'e']) await writer.publish('resume', m);
+    await page.reload();
+    assert.deepEqual(await read(env.broker.url), ['4:d', '5:e'], 'after the reload: exactly what was missed');
+  });
+});
+
 test('the broker is killed and restarted mid-stream: each page ends with every message once, in order', { timeout: 180_000 }, async () => {
   await withEnv(
     async (env) => {
