@@ -56,7 +56,12 @@ export class Broker {
   static async start(o: BrokerOptions = {}): Promise<Broker> {
     if (!existsSync(CONFAB_BIN)) throw new Error(`no broker binary at ${CONFAB_BIN} (set CONFAB_BIN)`);
     const b = new Broker(await freePort(), o);
-    await b.spawn();
+    try {
+      await b.spawn();
+    } catch (e) {
+      rmSync(b.dataDir, { recursive: true, force: true });
+      throw e;
+    }
     return b;
   }
 
