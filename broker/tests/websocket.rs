@@ -15,6 +15,8 @@ use common::*;
 use confab_codec::*;
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::Frame as WsFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 /// Asserts the server sends an Error with `code` (and maybe a Goodbye), then closes.
@@ -26,6 +28,52 @@ async fn expect_error_and_close(c: &mut Conn, code: ErrorCode) {
             .any(|f| matches!(&f.body, Body::Error(e) if e.code == code)),
         "expected an Error {code:?}, got {frames:?}"
     );
+}
+
+/// An upgraded WebSocket that has sent its `Hello` as `user:d`.
+async fn raw_session(
+    addr: std::net::SocketAddr,
+    user: &str,
+) -> tokio_tungstenite::WebSocketStream<TcpStream> {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let mut ws = upgrade(stream, &addr.to_string(), &Upgrade::default())
+        .await
+        .unwrap();
+    let hello = Frame::request(
+        1,
+        Hello {
+            min_version: 1,
+            max_version: 1,
+            token: format!("{user}:d"),
+            device: DeviceId::new("d").unwrap(),
+            client_name: "test".into(),
+            resume: Vec::new(),
+        },
+    );
+    ws.send(Message::Binary(hello.to_bytes().unwrap()))
+        .await
+        .unwrap();
+    ws
+}
+
+/// The codes of the `Error` frames the broker sends until it closes.
+async fn error_codes_until_closed(
+    ws: &mut tokio_tungstenite::WebSocketStream<TcpStream>,
+) -> Vec<ErrorCode> {
+    let mut codes = Vec::new();
+    while let Ok(Some(Ok(msg))) = tokio::time::timeout(WAIT, ws.next()).await {
+        if let Message::Binary(b) = msg {
+            let mut buf = bytes::BytesMut::from(&b[..]);
+            if let Some(Frame {
+                body: Body::Error(e),
+                ..
+            }) = Frame::decode(&mut buf, 1 << 20).unwrap()
+            {
+                codes.push(e.code);
+            }
+        }
+    }
+    codes
 }
 
 /// The HTTP status of a refused upgrade.
@@ -166,19 +214,7 @@ async fn messages_that_are_not_one_frame_get_an_error_and_a_close() {
         .await
         .unwrap();
     ws.send(Message::text("hello")).await.unwrap();
-    let mut codes = Vec::new();
-    while let Ok(Some(Ok(msg))) = tokio::time::timeout(WAIT, ws.next()).await {
-        if let Message::Binary(b) = msg {
-            let mut buf = bytes::BytesMut::from(&b[..]);
-            if let Some(Frame {
-                body: Body::Error(e),
-                ..
-            }) = Frame::decode(&mut buf, 1 << 20).unwrap()
-            {
-                codes.push(e.code);
-            }
-        }
-    }
+    let codes = error_codes_until_closed(&mut ws).await;
     assert_eq!(codes, vec![ErrorCode::ProtocolViolation]);
 
     // Nobody else noticed.
@@ -219,6 +255,22 @@ async fn message_sizes_are_bounded_before_and_after_the_hello() {
     let _ = c.send_raw(&frame_of(max + 1)).await;
     expect_error_and_close(&mut c, ErrorCode::FrameTooLarge).await;
 
+    // A message in WebSocket fragments, past the limit in total: four of
+    // 256 KiB (1 MiB, under 10 + max_frame_len), then 16 bytes more. The
+    // last is small, so that the broker has read everything when it
+    // closes (a close with unread bytes would reset the connection).
+    let mut ws = raw_session(addr.addr, "fragments").await;
+    let quarter = 256 << 10;
+    for i in 0..4 {
+        let opcode = if i == 0 { Data::Binary } else { Data::Continue };
+        let frame = WsFrame::message(vec![0u8; quarter], OpCode::Data(opcode), false);
+        ws.send(Message::Frame(frame)).await.unwrap();
+    }
+    let last = WsFrame::message(vec![0u8; 16], OpCode::Data(Data::Continue), true);
+    let _ = ws.send(Message::Frame(last)).await;
+    let codes = error_codes_until_closed(&mut ws).await;
+    assert!(codes.contains(&ErrorCode::FrameTooLarge), "{codes:?}");
+
     // A publish of the largest payload fits.
     let mut c = Conn::open(&addr, "fits", "d").await;
     let payload = vec![7u8; c.welcome.as_ref().unwrap().max_payload_len as usize];
@@ -238,24 +290,7 @@ async fn the_broker_pings_and_drops_a_peer_that_never_answers() {
     let broker = start(config).await;
     let addr = broker.websocket_addr().unwrap();
 
-    let stream = TcpStream::connect(addr).await.unwrap();
-    let mut ws = upgrade(stream, &addr.to_string(), &Upgrade::default())
-        .await
-        .unwrap();
-    let hello = Frame::request(
-        1,
-        Hello {
-            min_version: 1,
-            max_version: 1,
-            token: "quiet:d".into(),
-            device: DeviceId::new("d").unwrap(),
-            client_name: "test".into(),
-            resume: Vec::new(),
-        },
-    );
-    ws.send(Message::Binary(hello.to_bytes().unwrap()))
-        .await
-        .unwrap();
+    let mut ws = raw_session(addr, "quiet").await;
     // Welcome, then a ping after a second of silence (tungstenite queues
     // the pong; it leaves only with the next read or write).
     let mut pinged = false;

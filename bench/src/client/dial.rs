@@ -1,4 +1,5 @@
-//! How the load generator reaches a broker: TCP, TLS or QUIC. QUIC's
+//! How the load generator reaches a broker: TCP, TLS, QUIC or WebSocket
+//! (through `confab-ws`, the broker's own frame-per-message adapter). QUIC's
 //! control and event streams are merged by helper tasks into one source of
 //! whole frames, so the reader above is the same for every transport.
 
@@ -20,6 +21,8 @@ pub enum Dial {
     Tls(SocketAddr, tokio_rustls::TlsConnector),
     /// QUIC: a control stream, and the broker's event streams.
     Quic(SocketAddr, quinn::ClientConfig),
+    /// WebSocket (`ws://ADDR/ws`, subprotocol `confab.v1`).
+    Ws(SocketAddr),
 }
 
 impl From<SocketAddr> for Dial {
@@ -34,6 +37,7 @@ impl std::fmt::Debug for Dial {
             Dial::Tcp(a) => write!(f, "tcp {a}"),
             Dial::Tls(a, _) => write!(f, "tls {a}"),
             Dial::Quic(a, _) => write!(f, "quic {a}"),
+            Dial::Ws(a) => write!(f, "ws {a}"),
         }
     }
 }
@@ -106,6 +110,21 @@ pub(super) async fn open(
                 acceptor,
             };
             (Source::Chunks { rx, _conn: conn }, Box::new(send))
+        }
+        Dial::Ws(addr) => {
+            use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+            use tokio_tungstenite::tungstenite::http::HeaderValue;
+            let mut req = format!("ws://{addr}{}", confab_ws::PATH).into_client_request()?;
+            req.headers_mut().insert(
+                "sec-websocket-protocol",
+                HeaderValue::from_static(confab_ws::SUBPROTOCOL),
+            );
+            let config = confab_ws::config(1 << 24, 64 << 10);
+            let (ws, _) =
+                tokio_tungstenite::client_async_with_config(req, tcp(*addr).await?, Some(config))
+                    .await?;
+            let (rd, wr) = tokio::io::split(confab_ws::WsStream::new(ws));
+            (Source::Stream(Box::new(rd)), Box::new(wr))
         }
     })
 }

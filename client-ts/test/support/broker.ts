@@ -1,15 +1,17 @@
 // Starts the real broker binary for a test: its own temporary data
 // directory, free loopback ports, WebSocket on; kill -9 and restart on the
 // same directory and port. The binary comes from CONFAB_BIN (default: the
-// shared release build).
+// release build in $CARGO_TARGET_DIR, else ~/.cache/confab/target).
 
 import { type ChildProcess, spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { createServer, connect } from 'node:net';
-import { tmpdir } from 'node:os';
+import { homedir, tmpdir } from 'node:os';
 import { join } from 'node:path';
 
-export const CONFAB_BIN = process.env['CONFAB_BIN'] ?? '/root/.cache/confab/target/release/confab';
+export const CONFAB_BIN =
+  process.env['CONFAB_BIN'] ??
+  join(process.env['CARGO_TARGET_DIR'] ?? join(homedir(), '.cache', 'confab', 'target'), 'release', 'confab');
 
 /** A free TCP port on 127.0.0.1 (bound and released; the OS does not hand it out again at once). */
 export async function freePort(): Promise<number> {

@@ -1,4 +1,4 @@
-//! TCP against TLS against QUIC, in the same run, on the same broker
+//! TCP against TLS against QUIC against WebSocket, in the same run, on the same broker
 //! build: durable publish throughput (closed loop, pipelined) and
 //! end-to-end latency (open loop, from the intended send time) per
 //! transport. Every connection of a measurement, publishers and
@@ -29,11 +29,18 @@ pub enum Transport {
     Tls,
     /// QUIC.
     Quic,
+    /// WebSocket (`ws://`), one frame per binary message.
+    Ws,
 }
 
 impl Transport {
-    /// All three, in report order.
-    pub const ALL: [Transport; 3] = [Transport::Tcp, Transport::Tls, Transport::Quic];
+    /// All four, in report order.
+    pub const ALL: [Transport; 4] = [
+        Transport::Tcp,
+        Transport::Tls,
+        Transport::Quic,
+        Transport::Ws,
+    ];
 
     /// Its name in reports.
     pub fn name(self) -> &'static str {
@@ -41,6 +48,7 @@ impl Transport {
             Transport::Tcp => "tcp",
             Transport::Tls => "tls",
             Transport::Quic => "quic",
+            Transport::Ws => "ws",
         }
     }
 }
@@ -54,6 +62,7 @@ pub struct Setup {
     cert: CertificateDer<'static>,
     tls_port: u16,
     quic_port: u16,
+    ws_port: u16,
 }
 
 impl Setup {
@@ -77,6 +86,9 @@ impl Setup {
         let quic_port = std::net::UdpSocket::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
+        let ws_port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
         Ok(Setup {
             _dir: dir,
             cert_path,
@@ -84,15 +96,17 @@ impl Setup {
             cert,
             tls_port,
             quic_port,
+            ws_port,
         })
     }
 
-    /// `--set` settings that turn on the TLS and QUIC listeners with this
-    /// certificate.
+    /// `--set` settings that turn on the TLS, QUIC and WebSocket listeners
+    /// (the first two with this certificate).
     pub fn broker_settings(&self) -> Vec<String> {
         vec![
             format!("listen.tls=127.0.0.1:{}", self.tls_port),
             format!("listen.quic=127.0.0.1:{}", self.quic_port),
+            format!("listen.websocket=127.0.0.1:{}", self.ws_port),
             format!("tls.cert_path={}", self.cert_path.display()),
             format!("tls.key_path={}", self.key_path.display()),
         ]
@@ -118,17 +132,18 @@ impl Setup {
                     quinn::ClientConfig::new(Arc::new(crypto)),
                 )
             }
+            Transport::Ws => Dial::Ws(at(self.ws_port)),
         })
     }
 
-    /// Waits until the QUIC listener answers (the TCP one is already up
-    /// when the broker process is considered started).
+    /// Waits until the TLS, QUIC and WebSocket listeners answer (the TCP
+    /// one is already up when the broker process is considered started).
     ///
     /// # Errors
     /// If no handshake succeeds within `limit`.
     pub async fn wait_ready(&self, tcp: SocketAddr, limit: Duration) -> anyhow::Result<()> {
         let start = Instant::now();
-        for t in [Transport::Tls, Transport::Quic] {
+        for t in [Transport::Tls, Transport::Quic, Transport::Ws] {
             let dial = self.dial(t, tcp)?;
             loop {
                 match connect_via(&dial, "probe", "bench").await {
