@@ -350,3 +350,30 @@ async fn the_binary_serves_websocket_with_listen_ws() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+/// Admission control holds for WebSocket as for the other listeners: an
+/// address over its connection limit is closed before the upgrade, and
+/// others still get in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admission_refuses_before_the_upgrade() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.admission.max_connections_per_ip = 2;
+    let broker = start(config).await;
+    let web = dial(&broker, Transport::Ws);
+    let _a = Conn::open(&web, "a", "d").await;
+    let _b = Conn::open(&web, "b", "d").await;
+    assert!(handshake_refused(&web).await, "a third connection got in");
+
+    // Another address is admitted.
+    let stream = tcp_from("127.0.0.2".parse().unwrap(), web.addr)
+        .await
+        .unwrap();
+    let ws = upgrade(stream, &web.addr.to_string(), &Upgrade::default())
+        .await
+        .unwrap();
+    let (wr, rx) = ws::split(ws);
+    let mut c = Conn::over_parts(Box::new(wr), rx);
+    c.handshake("c", "d", Vec::new()).await;
+    broker.shutdown().await;
+}
