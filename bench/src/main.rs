@@ -176,7 +176,7 @@ enum Scenario {
     },
     /// Every scenario: the ones above, then `transports`.
     Suite,
-    /// TCP against TLS against QUIC: durable publish throughput, then
+    /// TCP against TLS against QUIC against WebSocket: durable publish throughput, then
     /// open-loop latency at each rate, on each transport.
     Transports(scenarios::transports::Args),
 }
@@ -957,7 +957,7 @@ async fn run(cli: Cli) -> anyhow::Result<(Out, Ctx)> {
     Ok((out, ctx))
 }
 
-/// TCP against TLS against QUIC: every run of `a`'s plan, one broker each.
+/// TCP against TLS against QUIC against WebSocket: every run of `a`'s plan, one broker each.
 async fn transports(ctx: &Ctx, out: &mut Out, a: &scenarios::transports::Args) {
     use scenarios::transports::measure;
     let size = ctx.size();
