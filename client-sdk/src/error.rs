@@ -239,6 +239,17 @@ pub(crate) fn is_fatal_code(code: ErrorCode) -> bool {
     )
 }
 
+/// Whether a subscription refused with this code is subscribed again
+/// (after a back-off delay) instead of ended: a passing failure at the
+/// broker that the protocol says may be retried (section 10): `Internal`
+/// (for example a storage read error), `StorageFull`, `RateLimited`.
+pub(crate) fn is_passing_refusal(code: ErrorCode) -> bool {
+    matches!(
+        code,
+        ErrorCode::Internal | ErrorCode::StorageFull | ErrorCode::RateLimited
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

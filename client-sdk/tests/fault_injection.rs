@@ -57,6 +57,7 @@ over_transports!(
     unsupported_requests_are_server_errors,
     read_requests_are_resent_after_a_lost_connection,
     receipts_wait_offline_and_are_resent_after_a_lost_connection,
+    subscriptions_refused_with_internal_are_retried,
 );
 
 fn config(mock: &Mock, user: &str, device: &str) -> ClientConfig {
@@ -572,4 +573,45 @@ async fn receipts_wait_offline_and_are_resent_after_a_lost_connection(t: Transpo
         got,
         vec![("r/Delivered".to_owned(), 5), ("r/Read".to_owned(), 5)]
     );
+}
+
+/// A resumption after a reconnect, and a first subscribe, refused with
+/// `Internal` (a storage read that failed at the broker) are retried from
+/// the room's position: the stream neither ends nor loses anything.
+async fn subscriptions_refused_with_internal_are_retried(t: Transport) {
+    let mock = Mock::start_over(t).await;
+    let alice = Client::connect(config(&mock, "alice", "phone"))
+        .await
+        .unwrap();
+    let bob = Client::connect(config(&mock, "bob", "laptop"))
+        .await
+        .unwrap();
+    let mut r1 = bob.subscribe_from("one", Seq(1)).await.unwrap();
+    for i in 1..=5 {
+        alice.publish("one", format!("a{i}")).await.unwrap();
+    }
+    assert_eq!(seqs(&take(&mut r1, 5).await), (1..=5).collect::<Vec<_>>());
+
+    // A first subscribe refused twice: `subscribe` succeeds, the room
+    // comes once the broker accepts it.
+    mock.refuse_subscribes(2);
+    let mut r2 = within(bob.subscribe_from("two", Seq(1))).await.unwrap();
+    alice.publish("two", "b1").await.unwrap();
+    assert_eq!(seqs(&take(&mut r2, 1).await), vec![1]);
+    assert_eq!(mock.subscribes_refused(), 2);
+
+    // Both resumptions refused, three times in all, after a cut.
+    mock.refuse_subscribes(3);
+    mock.kill_all();
+    for i in 6..=15 {
+        alice.publish_nowait("one", format!("a{i}")).await.unwrap();
+    }
+    alice.publish_nowait("two", "b2").await.unwrap();
+    within(alice.flush()).await.unwrap();
+    assert_eq!(seqs(&take(&mut r1, 10).await), (6..=15).collect::<Vec<_>>());
+    assert_eq!(seqs(&take(&mut r2, 1).await), vec![2]);
+    assert_eq!(mock.subscribes_refused(), 5);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(r1.buffered(), 0, "nothing twice");
+    assert_eq!(r2.buffered(), 0, "nothing twice");
 }

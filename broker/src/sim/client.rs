@@ -6,7 +6,8 @@
 //! sequence + 1 after a reconnect, send unacknowledged publishes again with
 //! the same client message id, pause a room whose application buffer is
 //! full (unsubscribing it) and resubscribe it once half drained, read
-//! history to fill a gap.
+//! history to fill a gap, subscribe a room again after a back-off delay
+//! when the broker refuses it with a passing error (`Internal`).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -87,9 +88,12 @@ pub(super) struct SimClient {
     pub(super) app: BTreeMap<RoomId, AppRoom>,
     /// Client message ids only grow (the SDK takes them from the clock).
     next_id: u64,
-    /// Rooms whose subscription the SDK ended (a refused resume), until
-    /// the application subscribes again.
-    ended: BTreeSet<RoomId>,
+    /// Rooms whose (re)subscription the broker refused with `Internal`,
+    /// subscribed again at `resubscribe_at` (the SDK's `subscribe_later`).
+    refused: BTreeSet<RoomId>,
+    resubscribe_at: Option<u64>,
+    /// The SDK's delay before the next of those retries.
+    resubscribe_backoff: u64,
     /// Subscriptions refused with `Internal` (for the summary).
     pub(super) subscribes_refused: u64,
 }
@@ -118,7 +122,9 @@ impl SimClient {
             cursors: MemoryCursorStore::new(),
             app: BTreeMap::new(),
             next_id: 1,
-            ended: BTreeSet::new(),
+            refused: BTreeSet::new(),
+            resubscribe_at: None,
+            resubscribe_backoff: BACKOFF_MIN_US,
             subscribes_refused: 0,
         };
         c.restart(0);
@@ -130,7 +136,9 @@ impl SimClient {
     pub(super) fn restart(&mut self, now: u64) {
         self.syncs.clear();
         self.app_queue.clear();
-        self.ended.clear();
+        self.refused.clear();
+        self.resubscribe_at = None;
+        self.resubscribe_backoff = BACKOFF_MIN_US;
         for room in self.rooms.clone() {
             let sync = RoomSync::new(self.start(&room), self.cfg.max_out_of_order, self.cfg.page);
             self.syncs.insert(room.clone(), sync);
@@ -162,7 +170,7 @@ impl SimClient {
         let rooms: Vec<RoomId> = self
             .syncs
             .iter()
-            .filter(|(r, s)| !s.is_paused() && !self.ended.contains(*r))
+            .filter(|(_, s)| !s.is_paused())
             .map(|(r, _)| r.clone())
             .collect();
         self.subscribe(rooms);
@@ -174,6 +182,9 @@ impl SimClient {
         self.rbuf.clear();
         self.out.clear();
         self.inflight.clear();
+        // The next connection resumes every room.
+        self.refused.clear();
+        self.resubscribe_at = None;
         for sync in self.syncs.values_mut() {
             sync.on_disconnected();
         }
@@ -207,6 +218,20 @@ impl SimClient {
     /// Unacknowledged publishes.
     pub(super) fn unacknowledged(&self) -> usize {
         self.pending.len()
+    }
+
+    /// Subscribes again, once their delay is over, the rooms the broker
+    /// refused with a passing error and that are not paused.
+    fn retry_subscribes(&mut self, now: u64) {
+        if self.conn.is_none() || self.resubscribe_at.is_none_or(|at| at > now) {
+            return;
+        }
+        self.resubscribe_at = None;
+        let rooms: Vec<RoomId> = std::mem::take(&mut self.refused)
+            .into_iter()
+            .filter(|r| self.syncs.get(r).is_some_and(|s| !s.is_paused()))
+            .collect();
+        self.subscribe(rooms);
     }
 
     /// Sends publishes waiting, within the window, in order.
@@ -249,6 +274,9 @@ impl SimClient {
         if self.conn.is_none() || rooms.is_empty() {
             return;
         }
+        for room in &rooms {
+            self.refused.remove(room);
+        }
         let items = rooms
             .into_iter()
             .map(|room| {
@@ -264,6 +292,7 @@ impl SimClient {
 
     /// Writes what the client has to send, as far as the pipe takes it.
     pub(super) fn flush(&mut self, now: u64, conn: &mut Conn) -> Result<(), Failure> {
+        self.retry_subscribes(now);
         self.pump(now);
         if !conn.is_open() {
             return Ok(());
@@ -353,21 +382,22 @@ impl SimClient {
             }
             (Body::SubscribeAck(ack), Some(Req::Subscribe)) => {
                 for r in ack.results {
-                    if self.ended.contains(&r.room) {
-                        continue;
-                    }
                     let truncated = match r.code {
                         ErrorCode::Normal => false,
                         ErrorCode::HistoryTruncated => true,
-                        // A storage read failed at the broker. The SDK ends
-                        // the subscription for good (the stream yields the
-                        // error after what it holds); the application
-                        // subscribes again once it has taken what was
-                        // delivered, from its cursor.
+                        // A storage read failed at the broker. The SDK keeps
+                        // the room and subscribes it again from its position
+                        // after a back-off delay (rooms refused meanwhile
+                        // go with it).
                         ErrorCode::Internal => {
                             trace.add(&[7, self.index as u64]);
-                            self.ended.insert(r.room.clone());
                             self.subscribes_refused += 1;
+                            self.refused.insert(r.room.clone());
+                            if self.resubscribe_at.is_none_or(|at| at <= now) {
+                                self.resubscribe_at = Some(now + self.resubscribe_backoff);
+                                self.resubscribe_backoff =
+                                    (self.resubscribe_backoff * 2).min(BACKOFF_MAX_US);
+                            }
                             continue;
                         }
                         code => {
@@ -377,6 +407,7 @@ impl SimClient {
                             )))
                         }
                     };
+                    self.resubscribe_backoff = BACKOFF_MIN_US;
                     let mut out = Vec::new();
                     if let Some(sync) = self.syncs.get_mut(&r.room) {
                         sync.on_subscribed(r.head, r.first, truncated, &mut out);
@@ -420,9 +451,6 @@ impl SimClient {
         trace: &mut Trace,
     ) -> Result<(), Failure> {
         for event in events {
-            if self.ended.contains(&room) {
-                return Ok(());
-            }
             let Some(sync) = self.syncs.get_mut(&room) else {
                 return Err(Failure::new(format!(
                     "{}: event of unknown room",
@@ -522,13 +550,6 @@ impl SimClient {
                 self.cursors.set(&room, ev.seq);
                 app.taken.push(ev);
             }
-            let empty = self.app_queue.get(&room).is_none_or(VecDeque::is_empty);
-            if empty && self.ended.remove(&room) {
-                let sync =
-                    RoomSync::new(self.start(&room), self.cfg.max_out_of_order, self.cfg.page);
-                self.syncs.insert(room.clone(), sync);
-                self.subscribe(vec![room.clone()]);
-            }
             let half = self.cfg.app_capacity.div_ceil(2);
             let drained = self.app_queue.get(&room).map_or(0, VecDeque::len) <= half;
             let Some(sync) = self.syncs.get_mut(&room) else {
@@ -577,13 +598,14 @@ impl SimClient {
     /// The client's state, for a failure's report.
     pub(super) fn dump(&self) -> String {
         format!(
-            "{}: conn {:?}, reconnect at {}, syncs {:?}, app queues {:?}, ended {:?}, pending {}, inflight {:?}, out {}",
+            "{}: conn {:?}, reconnect at {}, syncs {:?}, app queues {:?}, refused {:?} (again at {:?}), pending {}, inflight {:?}, out {}",
             self.user,
             self.conn,
             self.reconnect_at,
             self.syncs,
             self.app_queue.iter().map(|(r, q)| (r, q.len())).collect::<Vec<_>>(),
-            self.ended,
+            self.refused,
+            self.resubscribe_at,
             self.pending.len(),
             self.inflight,
             self.out.len()

@@ -731,7 +731,20 @@ pub fn spawn_confab_with(
     durability: &str,
     extra: &[&str],
 ) -> std::process::Child {
-    std::process::Command::new(env!("CARGO_BIN_EXE_confab"))
+    confab_command(dir, port, durability, extra)
+        .spawn()
+        .expect("the confab binary starts")
+}
+
+/// The command [`spawn_confab_with`] runs (to add environment variables).
+pub fn confab_command(
+    dir: &Path,
+    port: u16,
+    durability: &str,
+    extra: &[&str],
+) -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_confab"));
+    command
         .args([
             "serve",
             "--data-dir",
@@ -754,9 +767,8 @@ pub fn spawn_confab_with(
         .env_clear()
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::inherit())
-        .spawn()
-        .expect("the confab binary starts")
+        .stderr(std::process::Stdio::inherit());
+    command
 }
 
 /// A TCP connection to `addr` from the loopback address `src` (Linux

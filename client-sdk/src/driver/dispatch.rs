@@ -14,7 +14,7 @@ use super::{
     Command, Deferred, Driver, Flow, PendingPub, ReqMode, Room, SessionEnd, SubCtl, SubscribeCmd,
     Wire,
 };
-use crate::error::{ClientError, DisconnectReason};
+use crate::error::{is_passing_refusal, ClientError, DisconnectReason};
 use crate::events::{ConnectionEvent, RoomEvent, Signal};
 use crate::sync::{Action, RoomSync};
 
@@ -611,6 +611,11 @@ impl Driver {
             }
             Inflight::Subscribe(items) => match body {
                 Body::SubscribeAck(ack) => self.on_subscribe_ack(rid, items, ack.results),
+                Body::Error(e) if is_passing_refusal(e.code) => {
+                    for (room, id) in items {
+                        self.subscribe_later(&room, id, e.code, e.retry_after_ms);
+                    }
+                }
                 other => {
                     let err = match &other {
                         Body::Error(e) => ClientError::server(e),
@@ -686,6 +691,10 @@ impl Driver {
                 }
                 continue;
             };
+            if !accepted && is_passing_refusal(result.code) {
+                self.subscribe_later(&room, id, result.code, 0);
+                continue;
+            }
             if !accepted {
                 let err = ClientError::Server {
                     code: result.code,
@@ -709,6 +718,7 @@ impl Driver {
                 }
             }
             r.wire = Wire::Active;
+            self.resubscribe.reset();
             if let Some(ack) = r.ack.take() {
                 let _ = ack.send(Ok(()));
             }
@@ -723,6 +733,58 @@ impl Driver {
                 }
             }
         }
+    }
+
+    /// The broker refused to (re)subscribe a room with a passing error (a
+    /// storage read that failed, ...; protocol section 10): the room stays
+    /// subscribed on the client's side and is subscribed again, from its
+    /// position, after a back-off delay (`backoff` without its attempt
+    /// limit, at least `retry_after_ms`), as after a lost connection. A
+    /// `subscribe` call waiting for this answer succeeds: the room is
+    /// registered, as when it is subscribed offline.
+    fn subscribe_later(&mut self, room: &RoomId, id: u64, code: ErrorCode, retry_after_ms: u32) {
+        let Some(r) = self.rooms.get_mut(room).filter(|r| r.id == id) else {
+            return;
+        };
+        if r.wire == Wire::Pending {
+            r.wire = Wire::Idle;
+        }
+        r.held.clear();
+        if let Some(ack) = r.ack.take() {
+            let _ = ack.send(Ok(()));
+        }
+        let now = tokio::time::Instant::now();
+        if self.resubscribe_at.is_some_and(|at| at > now) {
+            // Already waiting: this room goes with the others.
+            return;
+        }
+        let delay = self
+            .resubscribe
+            .next_delay(&mut self.rng)
+            .unwrap_or(self.config.backoff.max)
+            .max(std::time::Duration::from_millis(
+                u64::from(retry_after_ms).max(1),
+            ));
+        warn!(%room, code = code.as_str(), delay_ms = delay.as_millis(), "subscription refused by the broker; subscribing again later");
+        self.resubscribe_at = Some(now + delay);
+    }
+
+    /// Subscribes again, once their delay is over, the rooms a passing
+    /// error refused (every room not on the wire and not paused).
+    pub(super) fn retry_subscribes(&mut self) {
+        match self.resubscribe_at {
+            Some(at) if at <= tokio::time::Instant::now() => {}
+            _ => return,
+        }
+        self.resubscribe_at = None;
+        let rooms: Vec<RoomId> = self
+            .rooms
+            .iter()
+            .filter(|(_, r)| r.wire == Wire::Idle && !r.sync.is_paused())
+            .map(|(room, _)| room.clone())
+            .collect();
+        debug!(rooms = rooms.len(), "subscribing refused rooms again");
+        self.send_subscribe(rooms);
     }
 
     /// The subscription ended for good: its stream yields `err`, then ends.

@@ -164,6 +164,12 @@ struct Driver {
     /// Delays between resends of publishes refused with `StorageFull`:
     /// `backoff` without its attempt limit, reset by an acknowledgement.
     storage_full: Backoff,
+    /// After a subscription refused with a passing error (`Internal`, ...):
+    /// when the rooms waiting for it are subscribed again.
+    resubscribe_at: Option<Instant>,
+    /// Delays between those attempts: `backoff` without its attempt limit,
+    /// reset when the broker accepts a subscription.
+    resubscribe: Backoff,
     /// Most publishes on the wire at once: unlimited normally; after a
     /// `RateLimited` refusal 1, doubling with every acknowledgement (a slow
     /// start, so that a long queue does not meet the limit all at once and
@@ -190,6 +196,11 @@ impl Driver {
             publish_paused_until: None,
             publish_window: usize::MAX,
             storage_full: Backoff::new(crate::backoff::BackoffConfig {
+                max_attempts: None,
+                ..p.config.backoff.clone()
+            }),
+            resubscribe_at: None,
+            resubscribe: Backoff::new(crate::backoff::BackoffConfig {
                 max_attempts: None,
                 ..p.config.backoff.clone()
             }),
@@ -499,10 +510,10 @@ impl Driver {
                 // One Ping after the receipts of the last round confirms
                 // them all.
                 conn.send_barrier();
-                let timer = match self.publish_paused_until {
-                    Some(until) => conn.next_timer().min(until),
-                    None => conn.next_timer(),
-                };
+                let timer = [self.publish_paused_until, self.resubscribe_at]
+                    .into_iter()
+                    .flatten()
+                    .fold(conn.next_timer(), Instant::min);
                 let has_out = conn.out.has_pending();
                 let has_events = conn.events.is_some();
                 tokio::select! {
@@ -552,6 +563,7 @@ impl Driver {
                         return SessionEnd::Lost(reason);
                     }
                     self.resume_publishes();
+                    self.retry_subscribes();
                 }
                 Input::Command(Some(cmd)) => {
                     if self.on_command(cmd) == Flow::Stop {
@@ -579,6 +591,8 @@ impl Driver {
     /// Cleans up after a lost connection; everything that must survive
     /// (rooms, publishes) is kept for the next one.
     fn connection_lost(&mut self, reason: DisconnectReason) {
+        // Every room is resumed by the next connection.
+        self.resubscribe_at = None;
         for p in self.publishes.values_mut() {
             p.on_wire = false;
         }

@@ -85,6 +85,11 @@ pub(crate) struct State {
     /// The next this-many publishes are refused with `StorageFull` and not
     /// stored (a broker whose disk is full).
     storage_full: usize,
+    /// The next this-many subscribe items (in `Subscribe`s and `Hello`
+    /// resumes) are refused with `Internal` (a storage read that failed).
+    refuse_subscribes: usize,
+    /// Subscribe items refused so far.
+    subscribes_refused: usize,
     /// The next this-many application requests (history, rooms, ...) are
     /// read, left unanswered, and their connection cut.
     cut_on_requests: usize,
@@ -259,6 +264,16 @@ impl Mock {
     /// The next `n` publishes are refused with `StorageFull`, not stored.
     pub(crate) fn storage_full(&self, n: usize) {
         self.state.lock().unwrap().storage_full = n;
+    }
+
+    /// The next `n` subscribe items are refused with `Internal`.
+    pub(crate) fn refuse_subscribes(&self, n: usize) {
+        self.state.lock().unwrap().refuse_subscribes = n;
+    }
+
+    /// Subscribe items refused so far.
+    pub(crate) fn subscribes_refused(&self) -> usize {
+        self.state.lock().unwrap().subscribes_refused
     }
 
     /// The next `n` application requests (history, rooms, ...) are left
@@ -682,6 +697,17 @@ fn subscribe(
     let mut results = Vec::new();
     let mut batches = Vec::new();
     for item in items {
+        if st.refuse_subscribes > 0 {
+            st.refuse_subscribes -= 1;
+            st.subscribes_refused += 1;
+            results.push(SubscribeResult {
+                room: item.room.clone(),
+                code: ErrorCode::Internal,
+                head: Seq(0),
+                first: Seq(0),
+            });
+            continue;
+        }
         let head = st.rooms.get(&item.room).map_or(0, |l| l.len() as u64);
         results.push(SubscribeResult {
             room: item.room.clone(),
