@@ -43,6 +43,9 @@ pub enum AdminError {
     /// The command cannot run in this situation.
     #[error("{0}")]
     Usage(String),
+    /// `verify` found damage: the whole report.
+    #[error("{0}")]
+    Damaged(String),
 }
 
 /// The admin subcommands.
@@ -79,6 +82,10 @@ pub enum AdminCommand {
         #[command(flatten)]
         remote: Remote,
     },
+    /// Reads every WAL, MANIFEST and table file and every log record, and
+    /// says exactly what is damaged (exit status 1 if anything is). Run it
+    /// on a stopped broker for a complete answer.
+    Verify,
     /// Replaces the (stopped) broker's data directory with a backup. The
     /// old directory is kept beside it as `<data_dir>.before-restore-<time>`.
     Restore {
@@ -113,6 +120,21 @@ pub fn run(config: &Config, command: AdminCommand) -> Result<String, AdminError>
         AdminCommand::Compact(remote) => maintain::compact(config, &remote),
         AdminCommand::Backup { dest, remote } => maintain::backup(config, &dest, &remote),
         AdminCommand::Restore { backup } => maintain::restore(config, &backup),
+        AdminCommand::Verify => verify(dir),
+    }
+}
+
+/// `verify`: the report, or [`AdminError::Damaged`] with it.
+fn verify(dir: &std::path::Path) -> Result<String, AdminError> {
+    maintain::require_database(dir)?;
+    let report = crate::storage::verify(dir).map_err(|source| AdminError::Io {
+        what: format!("listing {}", dir.display()),
+        source,
+    })?;
+    if report.damage.is_empty() {
+        Ok(report.render())
+    } else {
+        Err(AdminError::Damaged(report.render()))
     }
 }
 

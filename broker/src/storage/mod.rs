@@ -10,6 +10,7 @@ mod memory;
 pub(crate) mod meta;
 mod rocks;
 mod space;
+mod verify;
 
 use bytes::Bytes;
 use confab_codec::{ErrorCode, RoomId, Seq};
@@ -19,6 +20,7 @@ pub(crate) use idem::idempotency_keys;
 pub use memory::MemoryLog;
 pub use rocks::RocksLog;
 pub use space::SpaceStatus;
+pub use verify::{verify, Damage, VerifyReport};
 pub(crate) use space::{watch as watch_space, SpaceState};
 
 use serde::{Deserialize, Serialize};

@@ -6,8 +6,8 @@ use std::path::Path;
 use bytes::Bytes;
 use confab_codec::{RoomId, Seq};
 use rocksdb::{
-    BlockBasedOptions, Cache, ColumnFamilyDescriptor, DBCompressionType, Options, ReadOptions,
-    WriteBatch, WriteOptions, DB,
+    BlockBasedOptions, Cache, ColumnFamilyDescriptor, DBCompressionType, DBRecoveryMode, Options,
+    ReadOptions, WriteBatch, WriteOptions, DB,
 };
 
 use super::idem;
@@ -85,9 +85,14 @@ impl RocksLog {
     ///
     /// # Errors
     /// If RocksDB cannot open it (permissions, another process holds its lock,
-    /// corruption).
+    /// corruption), or a WAL or the MANIFEST fails our own record checks.
     pub fn open(dir: &Path, block_cache_bytes: usize) -> Result<Self, StorageError> {
         let mut db_opts = Options::default();
+        checked(&mut db_opts);
+        // The sizes of closed, synced WALs go into the MANIFEST and are
+        // checked at recovery: a truncated or missing one is refused (the
+        // live WAL is not tracked; `admin verify` reads it record by record).
+        db_opts.set_track_and_verify_wals_in_manifest(true);
         db_opts.create_if_missing(true);
         db_opts.create_missing_column_families(true);
         db_opts.set_max_background_jobs(2);
@@ -96,45 +101,21 @@ impl RocksLog {
         db_opts.set_max_total_wal_size(512 << 20);
         db_opts.set_keep_log_file_num(4);
 
-        let cache = Cache::new_lru_cache(block_cache_bytes);
-        let mut table = BlockBasedOptions::default();
-        table.set_block_cache(&cache);
-        table.set_block_size(16 << 10);
-        table.set_cache_index_and_filter_blocks(true);
-
-        // Logs are written once, read mostly near the head, and compress
-        // well: LZ4 keeps compaction cheap on 2 cores.
-        let mut log_opts = Options::default();
-        log_opts.set_compression_type(DBCompressionType::Lz4);
-        log_opts.set_write_buffer_size(64 << 20);
-        log_opts.set_max_write_buffer_number(4);
-        log_opts.set_level_compaction_dynamic_level_bytes(true);
-        log_opts.set_block_based_table_factory(&table);
-
-        let mut meta_opts = Options::default();
-        meta_opts.set_compression_type(DBCompressionType::Lz4);
-        let mut meta_table = BlockBasedOptions::default();
-        meta_table.set_block_cache(&cache);
-        meta_table.set_bloom_filter(10.0, false);
-        meta_opts.set_block_based_table_factory(&meta_table);
-
-        // Point lookups of retries, marks and single entries: whole-key
-        // bloom filters answer "never seen" without reading a block.
-        // Entries are small and short-lived under retention.
-        let mut idem_opts = Options::default();
-        idem_opts.set_compression_type(DBCompressionType::Lz4);
-        idem_opts.set_write_buffer_size(32 << 20);
-        let mut idem_table = BlockBasedOptions::default();
-        idem_table.set_block_cache(&cache);
-        idem_table.set_bloom_filter(10.0, false);
-        idem_table.set_cache_index_and_filter_blocks(true);
-        idem_opts.set_block_based_table_factory(&idem_table);
-
-        let cfs = vec![
-            ColumnFamilyDescriptor::new(CF_LOG, log_opts),
-            ColumnFamilyDescriptor::new(CF_META, meta_opts),
-            ColumnFamilyDescriptor::new(CF_IDEM, idem_opts),
-        ];
+        let cfs = column_families(block_cache_bytes);
+        // Our own reading of the logs RocksDB is about to replay.
+        let pre = super::verify::pre_open(dir);
+        if !pre.damage.is_empty() {
+            return Err(StorageError::Engine(format!(
+                "refusing to open a damaged database: {} (run `confab admin verify`)",
+                pre.damage.join("; ")
+            )));
+        }
+        for tail in pre.torn {
+            tracing::warn!(
+                %tail,
+                "a log ends inside a record: RocksDB drops the record; after a crash or power cut this is a write that was never acknowledged, otherwise the file was damaged (run `confab admin verify`)"
+            );
+        }
         let db = DB::open_cf_descriptors(&db_opts, dir, cfs)?;
         Ok(Self {
             db,
@@ -164,6 +145,36 @@ impl RocksLog {
             db,
             space: SpaceState::default(),
         })
+    }
+
+    /// Opens the database in `dir` read-only, with every check on, to
+    /// verify it (`confab admin verify`): it replays the WALs in memory and
+    /// writes nothing, so it also works beside a running broker (seeing
+    /// what is on disk at that moment).
+    ///
+    /// # Errors
+    /// If RocksDB cannot open it: a missing or damaged MANIFEST, WAL or
+    /// table file is refused here, with a message naming it.
+    pub fn open_read_only(dir: &Path) -> Result<Self, StorageError> {
+        let mut opts = Options::default();
+        checked(&mut opts);
+        // The broker's own table options, so that the filter blocks are
+        // read (and checked) too: a reader without the filter policy the
+        // files were written with skips them.
+        let existing = DB::list_cf(&opts, dir)?;
+        let cfs = column_families(8 << 20)
+            .into_iter()
+            .filter(|d| existing.iter().any(|e| e == d.name()));
+        let db = DB::open_cf_descriptors_read_only(&opts, dir, cfs, false)?;
+        Ok(Self {
+            db,
+            space: SpaceState::default(),
+        })
+    }
+
+    /// The database, for `storage::verify`.
+    pub(super) fn db(&self) -> &DB {
+        &self.db
     }
 
     /// Brings a secondary instance up to date with its primary.
@@ -196,6 +207,64 @@ impl RocksLog {
             )
         })
     }
+}
+
+/// The column families and their tuning, with a block cache of
+/// `block_cache_bytes` shared by all three.
+fn column_families(block_cache_bytes: usize) -> Vec<ColumnFamilyDescriptor> {
+    let cache = Cache::new_lru_cache(block_cache_bytes);
+    let mut table = BlockBasedOptions::default();
+    table.set_block_cache(&cache);
+    table.set_block_size(16 << 10);
+    table.set_cache_index_and_filter_blocks(true);
+
+    // Logs are written once, read mostly near the head, and compress
+    // well: LZ4 keeps compaction cheap on 2 cores.
+    let mut log_opts = Options::default();
+    log_opts.set_compression_type(DBCompressionType::Lz4);
+    log_opts.set_write_buffer_size(64 << 20);
+    log_opts.set_max_write_buffer_number(4);
+    log_opts.set_level_compaction_dynamic_level_bytes(true);
+    log_opts.set_block_based_table_factory(&table);
+
+    let mut meta_opts = Options::default();
+    meta_opts.set_compression_type(DBCompressionType::Lz4);
+    let mut meta_table = BlockBasedOptions::default();
+    meta_table.set_block_cache(&cache);
+    meta_table.set_bloom_filter(10.0, false);
+    meta_opts.set_block_based_table_factory(&meta_table);
+
+    // Point lookups of retries, marks and single entries: whole-key
+    // bloom filters answer "never seen" without reading a block.
+    // Entries are small and short-lived under retention.
+    let mut idem_opts = Options::default();
+    idem_opts.set_compression_type(DBCompressionType::Lz4);
+    idem_opts.set_write_buffer_size(32 << 20);
+    let mut idem_table = BlockBasedOptions::default();
+    idem_table.set_block_cache(&cache);
+    idem_table.set_bloom_filter(10.0, false);
+    idem_table.set_cache_index_and_filter_blocks(true);
+    idem_opts.set_block_based_table_factory(&idem_table);
+
+    vec![
+        ColumnFamilyDescriptor::new(CF_LOG, log_opts),
+        ColumnFamilyDescriptor::new(CF_META, meta_opts),
+        ColumnFamilyDescriptor::new(CF_IDEM, idem_opts),
+    ]
+}
+
+/// The integrity checks every open runs with: RocksDB stops on any
+/// inconsistency it finds (`paranoid_checks`, its default, stated), and a
+/// WAL record that fails its checksum stops recovery with an error
+/// (`TolerateCorruptedTailRecords`: only a record left incomplete at the
+/// very end of the last WAL, a write a crash cut short, is dropped; the
+/// default, `PointInTime`, would silently drop everything after a damaged
+/// record, and the sequences with it). Table blocks are checked against
+/// their checksums on every read (`ReadOptions::verify_checksums`, on by
+/// default), so a damaged block is an error, never wrong bytes.
+fn checked(opts: &mut Options) {
+    opts.set_paranoid_checks(true);
+    opts.set_wal_recovery_mode(DBRecoveryMode::TolerateCorruptedTailRecords);
 }
 
 fn write_options(durability: Durability) -> WriteOptions {
