@@ -20,8 +20,8 @@ pub(crate) use idem::idempotency_keys;
 pub use memory::MemoryLog;
 pub use rocks::RocksLog;
 pub use space::SpaceStatus;
-pub use verify::{verify, Damage, VerifyReport};
 pub(crate) use space::{watch as watch_space, SpaceState};
+pub use verify::{verify, Damage, VerifyReport};
 
 use serde::{Deserialize, Serialize};
 
