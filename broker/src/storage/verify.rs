@@ -35,8 +35,6 @@ use super::RocksLog;
 const BLOCK: usize = 32 * 1024;
 /// A log record's header: CRC (4), length (2), type (1).
 const HEADER: usize = 7;
-/// With the log number (4) of recyclable record types.
-const RECYCLABLE_HEADER: usize = 11;
 
 /// What `verify` found.
 #[derive(Debug, Default)]
@@ -303,11 +301,17 @@ fn check_log_file(bytes: &[u8]) -> Result<(), String> {
             }
             return Ok(());
         }
-        let header_len = if matches!(kind, 5..=8 | 11 | 131) {
-            RECYCLABLE_HEADER
-        } else {
-            HEADER
-        };
+        if matches!(kind, 5..=8 | 11 | 131) {
+            // The broker never recycles log files (RocksDB's
+            // `recycle_log_file_num` is 0), so a recyclable record is a
+            // damaged type byte. Said before the length is looked at: read
+            // with the longer recyclable header, the record could seem to
+            // run past the end of the file and pass for a torn write.
+            return Err(format!(
+                "record at offset {at} has the recyclable type {kind}, which this database never writes"
+            ));
+        }
+        let header_len = HEADER;
         if header_len + len > block_left {
             return Err(format!(
                 "record at offset {at} declares {len} bytes, more than its block holds"
