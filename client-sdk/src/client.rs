@@ -13,6 +13,7 @@ use bytes::Bytes;
 use confab_codec::{
     Body, Direction, HistoryPage, HistoryRequest, Publish, PublishAck, RoomId, Seq,
 };
+use futures_util::FutureExt;
 use tokio::sync::{broadcast, mpsc, oneshot, watch, Semaphore};
 
 use crate::config::ClientConfig;
@@ -21,6 +22,7 @@ use crate::driver::{self, Command, Outgoing, ReqMode, SubCtl, SubscribeCmd};
 use crate::error::ClientError;
 use crate::events::{ConnectionEvent, ConnectionState, RoomEvent, Signal};
 use crate::ids::IntoRoomId;
+use crate::outbox::OutboxStore;
 use crate::publish::{Message, MsgIds, PendingPublish};
 use crate::subscription::Subscription;
 
@@ -89,6 +91,9 @@ struct Inner {
     /// Why the connection task stopped, if for a fatal error.
     stopped: Arc<OnceLock<ClientError>>,
     config: Arc<ClientConfig>,
+    /// The handles on the publishes restored from the outbox store, until
+    /// the application takes them.
+    restored: std::sync::Mutex<Vec<PendingPublish>>,
 }
 
 impl fmt::Debug for Client {
@@ -190,6 +195,27 @@ impl Client {
         let (state_tx, state_rx) = watch::channel(ConnectionState::Connecting);
         let permits = Arc::new(Semaphore::new(config.outbound_queue_capacity));
         let stopped = Arc::new(OnceLock::new());
+        // What an earlier run left unacknowledged in the outbox store: sent
+        // first, with the same ids, each in a queue slot while there are
+        // slots (the store may hold more than the queue if the capacity was
+        // lowered since).
+        let stored = config
+            .outbox_store
+            .as_ref()
+            .map(|s| s.restored())
+            .unwrap_or_default();
+        let msg_ids = MsgIds::from_clock_above(stored.iter().map(|p| p.client_msg_id).max());
+        let mut restored = Vec::with_capacity(stored.len());
+        let mut handles = Vec::with_capacity(stored.len());
+        for publish in stored {
+            let (reply, rx) = oneshot::channel();
+            handles.push(PendingPublish::new(publish.client_msg_id, rx));
+            restored.push(Outgoing {
+                publish,
+                reply,
+                permit: permits.clone().try_acquire_owned().ok(),
+            });
+        }
         let parts = driver::Parts {
             stopped: stopped.clone(),
             config: config.clone(),
@@ -202,6 +228,7 @@ impl Client {
             signals: signals.clone(),
             state: state_tx,
             first_connect: first,
+            restored,
         };
         runtime.spawn(driver::run(parts));
         Ok(Client {
@@ -209,13 +236,14 @@ impl Client {
                 cmds: cmd_tx,
                 ctl: ctl_tx,
                 permits,
-                msg_ids: MsgIds::from_clock(),
+                msg_ids,
                 sub_ids: AtomicU64::new(1),
                 events,
                 signals,
                 state: state_rx,
                 stopped,
                 config,
+                restored: std::sync::Mutex::new(handles),
             }),
         })
     }
@@ -403,11 +431,27 @@ impl Client {
             .await
             .map_err(|_| self.closed_error())?;
         let (cmd, pending) = self.outgoing(message, permit);
+        // With an outbox store: durable before it is queued, and taken out
+        // of the store again if this call ends (cancelled, or the client
+        // closed) before it is queued.
+        let mut unstore = None;
+        if let (Some(store), Command::Publish(o)) = (&self.inner.config.outbox_store, &cmd) {
+            let guard = Unstore {
+                store: store.as_ref(),
+                client_msg_id: o.publish.client_msg_id,
+                armed: true,
+            };
+            store.add(&o.publish).await?;
+            unstore = Some(guard);
+        }
         self.inner
             .cmds
             .send(cmd)
             .await
             .map_err(|_| self.closed_error())?;
+        if let Some(mut guard) = unstore {
+            guard.armed = false;
+        }
         Ok(pending)
     }
 
@@ -437,6 +481,26 @@ impl Client {
             Err(tokio::sync::TryAcquireError::Closed) => return Err(self.closed_error()),
         };
         let (cmd, pending) = self.outgoing(message, permit);
+        if let (Some(store), Command::Publish(o)) = (&self.inner.config.outbox_store, &cmd) {
+            // Registered now, durable shortly after (this call cannot wait
+            // for the write): a refusal (the store full) is reported here.
+            let guard = Unstore {
+                store: store.as_ref(),
+                client_msg_id: o.publish.client_msg_id,
+                armed: true,
+            };
+            if let Some(Err(e)) = store.add(&o.publish).now_or_never() {
+                return Err(e);
+            }
+            let sent = self.inner.cmds.try_send(cmd);
+            let mut guard = guard;
+            guard.armed = sent.is_err();
+            sent.map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => ClientError::QueueFull,
+                mpsc::error::TrySendError::Closed(_) => self.closed_error(),
+            })?;
+            return Ok(pending);
+        }
         self.inner.cmds.try_send(cmd).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => ClientError::QueueFull,
             mpsc::error::TrySendError::Closed(_) => self.closed_error(),
@@ -470,6 +534,34 @@ impl Client {
             .enqueue(Message::new(room.into_room_id()?, payload))
             .await?;
         Ok(pending.client_msg_id())
+    }
+
+    /// The publishes an earlier run of this application left unacknowledged
+    /// in the [`OutboxStore`] (see [`ClientConfig::outbox_store`]): the
+    /// client sends them first, with their original client message ids, and
+    /// the broker stores each once (one stored before the earlier run died
+    /// is acknowledged as a duplicate with its original sequence). Await the
+    /// handles for their acknowledgements, or ignore them: refusals are then
+    /// reported as [`ConnectionEvent::PublishFailed`]. Returns them once;
+    /// later calls return nothing.
+    ///
+    /// ```no_run
+    /// # async fn run(client: confab_client::Client) -> Result<(), confab_client::ClientError> {
+    /// for pending in client.restored_publishes() {
+    ///     let id = pending.client_msg_id();
+    ///     let ack = pending.await?;
+    ///     println!("left by the last run: {id} stored as #{}", ack.seq);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn restored_publishes(&self) -> Vec<PendingPublish> {
+        std::mem::take(
+            &mut *self
+                .inner
+                .restored
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        )
     }
 
     /// Waits until every publish queued so far has been acknowledged or
@@ -513,7 +605,7 @@ impl Client {
         let cmd = Command::Publish(Outgoing {
             publish,
             reply,
-            permit,
+            permit: Some(permit),
         });
         (cmd, PendingPublish::new(client_msg_id, rx))
     }
@@ -810,4 +902,20 @@ impl Client {
 
 pub(crate) fn unexpected(body: &Body) -> ClientError {
     ClientError::UnexpectedReply(body.name())
+}
+
+/// Takes a publish out of the outbox store when dropped armed: the call
+/// that stored it ended before the publish was queued.
+struct Unstore<'a> {
+    store: &'a dyn OutboxStore,
+    client_msg_id: u64,
+    armed: bool,
+}
+
+impl Drop for Unstore<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.store.remove(self.client_msg_id);
+        }
+    }
 }

@@ -9,6 +9,7 @@ use confab_codec::DeviceId;
 use crate::backoff::BackoffConfig;
 use crate::cursor::{CursorStore, MemoryCursorStore};
 use crate::error::ClientError;
+use crate::outbox::OutboxStore;
 use crate::transport::{no_trust, Endpoint, Trust};
 
 /// Everything a [`Client`](crate::Client) needs. Build it with
@@ -93,6 +94,11 @@ pub struct ClientConfig {
     /// Where the last delivered sequence of each room is kept. Default: in
     /// memory ([`MemoryCursorStore`]).
     pub cursor_store: Arc<dyn CursorStore>,
+    /// Where unacknowledged publishes are kept so that they survive the
+    /// application being killed. Default: none (in memory: they survive
+    /// reconnections, not the application's death). See
+    /// [`FileOutboxStore`](crate::FileOutboxStore).
+    pub outbox_store: Option<Arc<dyn OutboxStore>>,
 }
 
 impl ClientConfig {
@@ -146,6 +152,7 @@ impl ClientConfig {
             history_page_size: 500,
             rate_limit_retries: 5,
             cursor_store: Arc::new(MemoryCursorStore::new()),
+            outbox_store: None,
         }
     }
 
@@ -169,6 +176,25 @@ impl ClientConfig {
     /// ```
     pub fn cursor_store(mut self, store: impl CursorStore) -> Self {
         self.cursor_store = Arc::new(store);
+        self
+    }
+
+    /// Keeps unacknowledged publishes in `store`, so that they survive the
+    /// application being killed: every publishing call returns once its
+    /// message is durable there, and a client started on the same store
+    /// sends what an earlier run left before anything new.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), confab_client::ClientError> {
+    /// use confab_client::{ClientConfig, FileOutboxStore};
+    ///
+    /// let config = ClientConfig::new("confab://127.0.0.1:7400", "alice:phone", "phone")?
+    ///     .outbox_store(FileOutboxStore::open("/var/lib/myapp/outbox").await?);
+    /// # let _ = config;
+    /// # Ok(()) }
+    /// ```
+    pub fn outbox_store(mut self, store: impl OutboxStore) -> Self {
+        self.outbox_store = Some(Arc::new(store));
         self
     }
 
@@ -261,6 +287,7 @@ impl fmt::Debug for ClientConfig {
             .field("max_out_of_order", &self.max_out_of_order)
             .field("history_page_size", &self.history_page_size)
             .field("cursor_store", &self.cursor_store)
+            .field("outbox_store", &self.outbox_store.is_some())
             .finish()
     }
 }

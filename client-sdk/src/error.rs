@@ -120,6 +120,10 @@ pub enum ClientError {
     /// The cursor store failed to load or persist.
     #[error("cursor store: {0}")]
     CursorStore(String),
+    /// The outbox store failed to load or persist a publish, or is full
+    /// (see [`OutboxStore`](crate::OutboxStore)).
+    #[error("outbox store: {0}")]
+    Outbox(String),
 }
 
 impl From<std::io::Error> for ClientError {

@@ -124,6 +124,7 @@ mod driver;
 mod error;
 mod events;
 mod ids;
+mod outbox;
 mod publish;
 mod push;
 mod rooms;
@@ -143,6 +144,7 @@ pub use cursor::{CursorStore, FileCursorStore, MemoryCursorStore, FILE_FLUSH_DEL
 pub use error::{ClientError, DisconnectReason};
 pub use events::{ConnectionEvent, ConnectionState, RoomEvent, Signal};
 pub use ids::{IntoRoomId, IntoUserId};
+pub use outbox::{FileOutboxStore, OutboxStore, DEFAULT_OUTBOX_MAX_BYTES};
 pub use publish::{Message, PendingPublish};
 pub use subscription::Subscription;
 pub use transport::{

@@ -205,6 +205,16 @@ impl MsgIds {
         Self::new(now.unwrap_or_else(rand::random))
     }
 
+    /// Ids from the clock, but above `floor` (the highest id an earlier
+    /// run left in the outbox store), should the clock have gone back.
+    pub(crate) fn from_clock_above(floor: Option<u64>) -> Self {
+        let ids = Self::from_clock();
+        match floor {
+            Some(f) if f >= ids.seed => Self::new(f.wrapping_add(1)),
+            _ => ids,
+        }
+    }
+
     pub(crate) fn new(seed: u64) -> Self {
         Self {
             seed,

@@ -28,11 +28,12 @@ pub(crate) enum Command {
     Close(oneshot::Sender<()>),
 }
 
-/// A publish entering the outbound queue, with its queue slot.
+/// A publish entering the outbound queue, with its queue slot (none for a
+/// publish restored from the outbox store beyond the queue's capacity).
 pub(crate) struct Outgoing {
     pub(crate) publish: Publish,
     pub(crate) reply: oneshot::Sender<Result<PublishAck, ClientError>>,
-    pub(crate) permit: OwnedSemaphorePermit,
+    pub(crate) permit: Option<OwnedSemaphorePermit>,
 }
 
 pub(crate) struct SubscribeCmd {
@@ -79,6 +80,8 @@ pub(crate) struct Parts {
     pub(crate) signals: broadcast::Sender<Signal>,
     pub(crate) state: watch::Sender<ConnectionState>,
     pub(crate) first_connect: Option<oneshot::Sender<Result<(), ClientError>>>,
+    /// Publishes an earlier run left in the outbox store.
+    pub(crate) restored: Vec<Outgoing>,
     /// Set to the fatal error when the task stops for one, before any
     /// waiting call is answered.
     pub(crate) stopped: Arc<std::sync::OnceLock<ClientError>>,

@@ -471,6 +471,10 @@ impl Driver {
         let Some(p) = self.publishes.remove(&order) else {
             return;
         };
+        // Acknowledged or refused for good: nothing to send after a restart.
+        if let Some(store) = &self.config.outbox_store {
+            store.remove(p.publish.client_msg_id);
+        }
         match result {
             Ok(ack) => {
                 let _ = p.reply.send(Ok(ack));

@@ -86,7 +86,7 @@ struct Room {
 struct PendingPub {
     publish: Publish,
     reply: oneshot::Sender<Result<PublishAck, ClientError>>,
-    _permit: OwnedSemaphorePermit,
+    _permit: Option<OwnedSemaphorePermit>,
     /// Sent on the current connection and not answered yet.
     on_wire: bool,
     /// Times the broker refused it with `RateLimited` when it was the only
@@ -213,8 +213,29 @@ impl Driver {
             permits: p.permits,
             conn: None,
             rooms: HashMap::new(),
-            publishes: BTreeMap::new(),
-            next_order: 0,
+            // What an earlier run left in the outbox store goes first. It
+            // was probably sent before: a duplicate acknowledgement of its
+            // first send here is no surprise (`sends` 1).
+            next_order: p.restored.len() as u64,
+            publishes: p
+                .restored
+                .into_iter()
+                .enumerate()
+                .map(|(order, o)| {
+                    (
+                        order as u64,
+                        PendingPub {
+                            publish: o.publish,
+                            reply: o.reply,
+                            _permit: o.permit,
+                            on_wire: false,
+                            rate_limited: 0,
+                            sent_alone: false,
+                            sends: 1,
+                        },
+                    )
+                })
+                .collect(),
             deferred: VecDeque::new(),
             receipts: HashMap::new(),
             flush_waiters: Vec::new(),
@@ -693,6 +714,13 @@ impl Driver {
         }
         if let Err(e) = self.config.cursor_store.flush().await {
             warn!(error = %e, "cannot flush the cursor store");
+        }
+        // Unacknowledged publishes stay in the outbox store for the next
+        // run; the removals of the acknowledged ones are written.
+        if let Some(store) = &self.config.outbox_store {
+            if let Err(e) = store.flush().await {
+                warn!(error = %e, "cannot flush the outbox store");
+            }
         }
         if let Some(e) = &fatal {
             warn!(error = %e, "client stopped");
