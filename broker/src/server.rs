@@ -643,6 +643,25 @@ impl BrokerHandle {
         LocalSubscription::start(&self.shared, room, start).await
     }
 
+    /// Serves one connection that the application accepted itself (a Unix
+    /// socket, an in-memory pipe, a transport of its own) exactly as a
+    /// connection to the TCP listener: admission control for `peer`'s
+    /// address (a refused stream gets `Error` and `Goodbye` with
+    /// `ServerBusy`), the handshake within its timeout, then the session.
+    /// It runs in a task of the broker's, so [`BrokerHandle::shutdown`]
+    /// says Goodbye to it and waits for it; after shutdown began the
+    /// stream is dropped unserved. `peer` is the address that admission
+    /// limits and logs use; give a stable one per client origin.
+    ///
+    /// Returns at once; the connection is served in the background on the
+    /// caller's tokio runtime.
+    pub fn serve_stream<S>(&self, stream: S, peer: SocketAddr)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+    {
+        transport::tcp::serve_accepted(stream, peer, self.shared.clone(), &self.tasks);
+    }
+
     /// The effective configuration.
     pub fn config(&self) -> &Config {
         &self.shared.config
