@@ -160,10 +160,7 @@ enum Served {
     /// It would not start.
     Refused,
     /// It started; reads that failed, and rooms whose head went back.
-    Started {
-        read_errors: usize,
-        heads_back: usize,
-    },
+    Started { read_errors: usize, heads_back: usize },
 }
 
 /// Starts the broker on `dir` and checks what it serves against
@@ -327,10 +324,7 @@ async fn every_injected_corruption_is_detected() {
 
     let kinds = [Kind::Wal, Kind::Table, Kind::Manifest];
     for k in kinds {
-        assert!(
-            !files_of(&pristine, k).is_empty(),
-            "no {k:?} file to damage"
-        );
+        assert!(!files_of(&pristine, k).is_empty(), "no {k:?} file to damage");
     }
     let mut rng = Rng(seed);
     let mut detected = 0;
@@ -353,17 +347,11 @@ async fn every_injected_corruption_is_detected() {
             let at = rng.below(bytes.len() as u64) as usize;
             let bit = rng.below(8);
             bytes[at] ^= 1 << bit;
-            format!(
-                "injection {i}: bit {bit} of byte {at} of {name} ({kind:?}, {} bytes)",
-                bytes.len()
-            )
+            format!("injection {i}: bit {bit} of byte {at} of {name} ({kind:?}, {} bytes)", bytes.len())
         } else {
             let len = rng.below(bytes.len() as u64) as usize;
             at_record_end = kind != Kind::Table && record_ends(&bytes).contains(&len);
-            let what = format!(
-                "injection {i}: {name} ({kind:?}) cut from {} to {len} bytes",
-                bytes.len()
-            );
+            let what = format!("injection {i}: {name} ({kind:?}) cut from {} to {len} bytes", bytes.len());
             bytes.truncate(len);
             what
         };

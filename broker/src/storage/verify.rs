@@ -184,9 +184,7 @@ pub fn verify(dir: &Path) -> std::io::Result<VerifyReport> {
             for t in tables {
                 report.damaged(
                     Some(t),
-                    format!(
-                        "table file unreadable; RocksDB refuses to open the database: {message}"
-                    ),
+                    format!("table file unreadable; RocksDB refuses to open the database: {message}"),
                 );
             }
         }
@@ -205,15 +203,11 @@ fn damaged_tables(dir: &Path) -> Vec<String> {
         std::env::temp_dir().join(format!("confab-verify-{}-{nanos}", std::process::id()));
     let mut lost = Vec::new();
     if std::fs::create_dir_all(&scratch).is_ok() {
-        let copied = std::fs::read_dir(dir)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .all(|e| {
-                let name = e.file_name();
-                !name.to_string_lossy().ends_with(".sst")
-                    || std::fs::copy(e.path(), scratch.join(&name)).is_ok()
-            });
+        let copied = std::fs::read_dir(dir).into_iter().flatten().flatten().all(|e| {
+            let name = e.file_name();
+            !name.to_string_lossy().ends_with(".sst")
+                || std::fs::copy(e.path(), scratch.join(&name)).is_ok()
+        });
         if copied && rocksdb::DB::repair(&rocksdb::Options::default(), &scratch).is_ok() {
             lost = std::fs::read_dir(scratch.join("lost"))
                 .into_iter()
@@ -265,9 +259,7 @@ pub(crate) fn pre_open(dir: &Path) -> PreOpen {
         };
         match check_log_file(&bytes) {
             Ok(()) => {}
-            Err(what) if what.starts_with("ends inside") => {
-                out.torn.push(format!("{name}: {what}"))
-            }
+            Err(what) if what.starts_with("ends inside") => out.torn.push(format!("{name}: {what}")),
             Err(what) => out.damage.push(format!("{name}: {what}")),
         }
     }
@@ -345,9 +337,7 @@ fn check_table_file(bytes: &[u8]) -> Result<(), String> {
     let Some(footer) = n.checked_sub(FOOTER).map(|at| &bytes[at..]) else {
         return Err(format!("{n} bytes, shorter than a table footer"));
     };
-    let fixed32 = |at: usize| {
-        u32::from_le_bytes([footer[at], footer[at + 1], footer[at + 2], footer[at + 3]])
-    };
+    let fixed32 = |at: usize| u32::from_le_bytes([footer[at], footer[at + 1], footer[at + 2], footer[at + 3]]);
     let mut magic = [0u8; 8];
     magic.copy_from_slice(&footer[FOOTER - 8..]);
     if u64::from_le_bytes(magic) != TABLE_MAGIC {
@@ -391,12 +381,7 @@ fn check_block(
         .filter(|e| *e <= bytes.len())
         .ok_or_else(|| format!("block at offset {at} ({size} bytes) overruns the file"))?;
     let with_type = &bytes[at..end - 4];
-    let stored = u32::from_le_bytes([
-        bytes[end - 4],
-        bytes[end - 3],
-        bytes[end - 2],
-        bytes[end - 1],
-    ]);
+    let stored = u32::from_le_bytes([bytes[end - 4], bytes[end - 3], bytes[end - 2], bytes[end - 1]]);
     let computed = match checksum_type {
         0 => return Ok(&bytes[at..at + size]),
         1 => mask(crc32c(0, with_type)),
@@ -417,9 +402,7 @@ fn check_block(
         base ^ (offset as u32).wrapping_add((offset >> 32) as u32)
     };
     if stored.wrapping_sub(modifier) != computed {
-        return Err(format!(
-            "block checksum mismatch at offset {at} ({size} bytes)"
-        ));
+        return Err(format!("block checksum mismatch at offset {at} ({size} bytes)"));
     }
     Ok(&bytes[at..at + size])
 }
@@ -607,10 +590,7 @@ fn check_records(log: &RocksLog, report: &mut VerifyReport) {
                 None,
                 format!("room {id} seq {seq}: the record says seq {}", ev.seq.0),
             ),
-            Err(e) => report.damaged(
-                None,
-                format!("room {id} seq {seq}: record does not decode: {e}"),
-            ),
+            Err(e) => report.damaged(None, format!("room {id} seq {seq}: record does not decode: {e}")),
         }
         match &mut room {
             Some((r, last)) if *r == id => {
