@@ -181,11 +181,11 @@ async fn serve<R, W>(
             code: *code,
             message: message.clone(),
         });
-        // The Error (if this close has one) and the Goodbye in one push,
-        // so that no reply finishing meanwhile comes between them
-        // (protocol 6.3); the outbox takes nothing after them.
+        // The Error (if this close has one) and the Goodbye in one push
+        // that also closes the outbox, so that no reply finishing
+        // meanwhile comes between them or after them (protocol 6.3, 6.5).
         let farewell: Vec<Frame> = session.fatal.take().into_iter().chain([goodbye]).collect();
-        push_all(&outbox, &farewell);
+        push_last(&outbox, &farewell);
     }
     outbox.close();
     let end = writer::join(writer, &outbox, &writer_done, CLOSE_GRACE).await;
@@ -232,18 +232,16 @@ pub(super) fn push(outbox: &Outbox, frame: Frame) {
     }
 }
 
-/// Queues `frames` as one control entry: nothing else is queued between
-/// them.
-fn push_all(outbox: &Outbox, frames: &[Frame]) {
+/// Queues `frames` as the connection's last control entry and closes the
+/// outbox (see [`Outbox::push_last`]).
+fn push_last(outbox: &Outbox, frames: &[Frame]) {
     let mut buf = bytes::BytesMut::new();
     for frame in frames {
         if let Err(e) = frame.encode(&mut buf) {
             warn!(error = %e, frame = frame.body.name(), "cannot encode reply");
         }
     }
-    if !buf.is_empty() {
-        outbox.push_control(buf.freeze());
-    }
+    outbox.push_last(buf.freeze());
 }
 
 pub(super) fn error_frame(request_id: u32, code: ErrorCode, message: impl Into<String>) -> Frame {

@@ -23,9 +23,9 @@ pub use memory::MemoryLog;
 #[cfg(feature = "rocksdb")]
 pub use rocks::RocksLog;
 pub use space::SpaceStatus;
+pub(crate) use space::{watch as watch_space, SpaceState};
 #[cfg(feature = "rocksdb")]
 pub use verify::{verify, Damage, VerifyReport};
-pub(crate) use space::{watch as watch_space, SpaceState};
 
 use serde::{Deserialize, Serialize};
 
