@@ -2,6 +2,8 @@
 //! itself (here an in-memory pipe) is served like a TCP connection, with
 //! admission control, the handshake and the session. Runs without RocksDB.
 
+#![allow(clippy::unwrap_used)]
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
