@@ -46,7 +46,7 @@ if ((jobs > 1)); then
 fi
 cargo fuzz run session --sanitizer none corpus/session seeds/session -- \
     -max_total_time="$seconds" -rss_limit_mb="$rss" -timeout=30 \
-    -print_final_stats=1 "${extra[@]}" || status=$?
+    -max_len=2048 -print_final_stats=1 "${extra[@]}" || status=$?
 
 if ((status != 0)); then
     echo "session.sh: the target failed (status $status); inputs are in $(pwd)/artifacts/session/" >&2
