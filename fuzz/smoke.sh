@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs every fuzz target of the codec for a short while; fails if any of
+# Runs every fuzz target (the codec's and the broker's session) for a short while; fails if any of
 # them finds a crash (a panic, a failed assertion, a timeout or an OOM).
 #
 # Environment:
@@ -32,7 +32,13 @@ fi
 failed=()
 for target in "${targets[@]}"; do
     echo "smoke.sh: fuzzing '$target' for ${seconds}s" >&2
-    if ! cargo fuzz run "$target" --sanitizer none -- \
+    # A target with committed seeds (session) starts from them.
+    corpora=()
+    if [[ -d "seeds/$target" ]]; then
+        mkdir -p "corpus/$target"
+        corpora=("corpus/$target" "seeds/$target")
+    fi
+    if ! cargo fuzz run "$target" --sanitizer none "${corpora[@]}" -- \
         -max_total_time="$seconds" -print_final_stats=1; then
         failed+=("$target")
     fi

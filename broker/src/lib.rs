@@ -31,6 +31,7 @@
 
 #![warn(missing_docs)]
 
+#[cfg(feature = "rocksdb")]
 pub mod admin;
 mod admission;
 pub mod auth;

@@ -29,7 +29,9 @@ use crate::rooms::RoomRegistry;
 use crate::sequencer::{Readers, SeqMsg, Sequencer};
 use crate::shared::{DeviceRegistry, Shared};
 use crate::stats::{BrokerStats, Stats};
-use crate::storage::{RocksLog, RoomLog, StorageError};
+#[cfg(feature = "rocksdb")]
+use crate::storage::RocksLog;
+use crate::storage::{RoomLog, StorageError};
 use crate::supervise::Supervisor;
 use crate::transport;
 use crate::transport::tcp::Carrier;
@@ -69,6 +71,11 @@ pub enum BrokerError {
     /// The certificate for TLS and QUIC could not be loaded or generated.
     #[error("TLS: {0}")]
     Tls(String),
+    /// No storage was given ([`BrokerBuilder::storage`]) and this build of
+    /// confab-broker has no RocksDB to open in `data_dir` (the `rocksdb`
+    /// feature is off).
+    #[error("built without RocksDB (the `rocksdb` feature of confab-broker): give the broker a log with `BrokerBuilder::storage`")]
+    NoStorage,
 }
 
 /// Group commits the fan-out may lag behind the sequencer.
@@ -105,7 +112,9 @@ impl Broker {
 }
 
 impl BrokerBuilder {
-    /// Uses this storage instead of opening RocksDB in `data_dir`.
+    /// Uses this storage instead of opening RocksDB in `data_dir`. Without
+    /// the `rocksdb` feature a broker needs one: [`BrokerBuilder::start`]
+    /// fails with [`BrokerError::NoStorage`] otherwise.
     pub fn storage(mut self, log: Arc<dyn RoomLog>) -> Self {
         self.log = Some(log);
         self
@@ -137,12 +146,16 @@ impl BrokerBuilder {
     ///
     /// # Errors
     /// If the configuration is invalid, the storage cannot be opened or a
-    /// listener cannot be bound.
+    /// listener cannot be bound; [`BrokerError::NoStorage`] without a log
+    /// when built without the `rocksdb` feature.
     pub async fn start(self) -> Result<BrokerHandle, BrokerError> {
         let config = self.config;
         config.validate()?;
         let log: Arc<dyn RoomLog> = match self.log {
             Some(log) => log,
+            #[cfg(not(feature = "rocksdb"))]
+            None => return Err(BrokerError::NoStorage),
+            #[cfg(feature = "rocksdb")]
             None => {
                 let dir = config.data_dir.clone();
                 let cache = config.storage.block_cache_mb << 20;
@@ -628,6 +641,25 @@ impl BrokerHandle {
         start: StartAt,
     ) -> Result<LocalSubscription, EmbedError> {
         LocalSubscription::start(&self.shared, room, start).await
+    }
+
+    /// Serves one connection that the application accepted itself (a Unix
+    /// socket, an in-memory pipe, a transport of its own) exactly as a
+    /// connection to the TCP listener: admission control for `peer`'s
+    /// address (a refused stream gets `Error` and `Goodbye` with
+    /// `ServerBusy`), the handshake within its timeout, then the session.
+    /// It runs in a task of the broker's, so [`BrokerHandle::shutdown`]
+    /// says Goodbye to it and waits for it; after shutdown began the
+    /// stream is dropped unserved. `peer` is the address that admission
+    /// limits and logs use; give a stable one per client origin.
+    ///
+    /// Returns at once; the connection is served in the background on the
+    /// caller's tokio runtime.
+    pub fn serve_stream<S>(&self, stream: S, peer: SocketAddr)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+    {
+        transport::tcp::serve_accepted(stream, peer, self.shared.clone(), &self.tasks);
     }
 
     /// The effective configuration.

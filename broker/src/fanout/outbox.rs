@@ -32,6 +32,9 @@ struct Lanes {
     events: Vec<VecDeque<Bytes>>,
     /// Bytes queued in each event lane, to pace catch-up by bytes.
     event_bytes: Vec<usize>,
+    /// The connection's last frames (its `Error` and `Goodbye`): sent once
+    /// every lane is empty.
+    last: Option<Bytes>,
     closed: bool,
 }
 
@@ -120,6 +123,7 @@ impl Outbox {
                 control: VecDeque::new(),
                 events: (0..event_lanes).map(|_| VecDeque::new()).collect(),
                 event_bytes: vec![0; event_lanes],
+                last: None,
                 closed: false,
             }),
             ready: (0..writers).map(|_| Notify::new()).collect(),
@@ -379,9 +383,12 @@ impl Outbox {
                 let next = match source {
                     Source::All => match l.control.pop_front() {
                         Some(frame) => Some(frame),
-                        None => (0..l.events.len()).find_map(|i| l.pop_event(i)),
+                        None => (0..l.events.len())
+                            .find_map(|i| l.pop_event(i))
+                            .or_else(|| l.last.take()),
                     },
-                    Source::Control => l.control.pop_front(),
+                    // Split (QUIC): the last frames end the control stream.
+                    Source::Control => l.control.pop_front().or_else(|| l.last.take()),
                     Source::Events(i) => l.pop_event(i),
                 };
                 let Some(frame) = next else {
@@ -423,6 +430,25 @@ impl Outbox {
         }
     }
 
+    /// Queues the connection's last frames (its `Error` and `Goodbye`) and
+    /// closes, under one lock. They are sent after everything queued, the
+    /// event lane's frames included (on a byte stream a `SubscribeAck` and
+    /// the events behind it wait there), and a reply that another thread
+    /// finishes at the same moment is either queued before them or
+    /// dropped: nothing is sent after the `Goodbye` (protocol 6.5).
+    pub(crate) fn push_last(&self, frames: Bytes) {
+        {
+            let mut l = self.lock();
+            if !l.closed && !frames.is_empty() {
+                self.stats.queued(1, frames.len() as i64);
+                l.last = Some(frames);
+            }
+            l.closed = true;
+        }
+        self.notify_all();
+        self.space.notify_waiters();
+    }
+
     /// Stops accepting frames; the writers send what is queued and finish.
     pub(crate) fn close(&self) {
         self.lock().closed = true;
@@ -441,6 +467,10 @@ impl Outbox {
                 frames += q.len() as i64;
                 bytes += q.iter().map(Bytes::len).sum::<usize>();
             }
+            if let Some(last) = l.last.take() {
+                frames += 1;
+                bytes += last.len();
+            }
             self.stats.queued(-frames, -(bytes as i64));
             l.control.clear();
             for q in &mut l.events {
@@ -455,7 +485,9 @@ impl Outbox {
     /// Frames queued in every lane now (for the metrics scrape).
     pub(crate) fn depth(&self) -> usize {
         let l = self.lock();
-        l.control.len() + l.events.iter().map(VecDeque::len).sum::<usize>()
+        l.control.len()
+            + l.events.iter().map(VecDeque::len).sum::<usize>()
+            + usize::from(l.last.is_some())
     }
 
     /// Whether the outbox was closed.

@@ -22,8 +22,10 @@ use crate::fanout::ConnCtx;
 use crate::fanout::Outbox;
 use crate::rooms::RoomRegistry;
 use crate::stats::Stats;
+#[cfg(feature = "rocksdb")]
+use crate::storage::RocksLog;
 use crate::storage::{
-    idempotency_keys, CommitFault as Fate, FaultyLog, MemoryLog, Original, RocksLog, RoomLog,
+    idempotency_keys, CommitFault as Fate, FaultyLog, MemoryLog, Original, RoomLog,
 };
 
 const ROOMS: [&str; 3] = ["a", "b", "c"];
@@ -394,6 +396,7 @@ proptest! {
     }
 }
 
+#[cfg(feature = "rocksdb")]
 proptest! {
     #![proptest_config(ProptestConfig {
         cases: 200,

@@ -156,6 +156,7 @@ async fn serve<R, W>(
         limits: shared.user_limits.connection(),
         peer: ip,
         watching_presence: false,
+        fatal: None,
     };
     let reason = session
         .run(hello, request_id, &mut frames, &writer_done, &replaced)
@@ -176,13 +177,15 @@ async fn serve<R, W>(
         if *code != ErrorCode::Normal {
             debug!(session_id, code = code.as_str(), %message, "closing connection");
         }
-        push(
-            &outbox,
-            Frame::new(Goodbye {
-                code: *code,
-                message: message.clone(),
-            }),
-        );
+        let goodbye = Frame::new(Goodbye {
+            code: *code,
+            message: message.clone(),
+        });
+        // The Error (if this close has one) and the Goodbye in one push
+        // that also closes the outbox, so that no reply finishing
+        // meanwhile comes between them or after them (protocol 6.3, 6.5).
+        let farewell: Vec<Frame> = session.fatal.take().into_iter().chain([goodbye]).collect();
+        push_last(&outbox, &farewell);
     }
     outbox.close();
     let end = writer::join(writer, &outbox, &writer_done, CLOSE_GRACE).await;
@@ -227,6 +230,18 @@ pub(super) fn push(outbox: &Outbox, frame: Frame) {
         Ok(bytes) => outbox.push_control(bytes),
         Err(e) => warn!(error = %e, frame = frame.body.name(), "cannot encode reply"),
     }
+}
+
+/// Queues `frames` as the connection's last control entry and closes the
+/// outbox (see [`Outbox::push_last`]).
+fn push_last(outbox: &Outbox, frames: &[Frame]) {
+    let mut buf = bytes::BytesMut::new();
+    for frame in frames {
+        if let Err(e) = frame.encode(&mut buf) {
+            warn!(error = %e, frame = frame.body.name(), "cannot encode reply");
+        }
+    }
+    outbox.push_last(buf.freeze());
 }
 
 pub(super) fn error_frame(request_id: u32, code: ErrorCode, message: impl Into<String>) -> Frame {
@@ -286,9 +301,22 @@ pub(super) struct Session {
     /// Whether `WatchPresence` is on (re-registered when a refreshed token
     /// changes the rooms claim).
     pub(super) watching_presence: bool,
+    /// The `Error` that a connection-level failure sends right before its
+    /// `Goodbye` (see [`Session::fail`]).
+    pub(super) fatal: Option<Frame>,
 }
 
 impl Session {
+    /// Ends the session for a connection-level failure that the client is
+    /// told about with `error` (protocol 6.3). The `Error` is sent with the
+    /// `Goodbye`, after the replies already on their way (a `PublishAck`
+    /// of a message that was stored still reaches the client), so that the
+    /// client sees `Error`, `Goodbye`, then the end of the stream.
+    pub(super) fn fail(&mut self, error: Frame, reason: CloseReason) -> Option<CloseReason> {
+        self.fatal = Some(error);
+        Some(reason)
+    }
+
     async fn run<R>(
         &mut self,
         hello: Hello,
@@ -368,8 +396,7 @@ impl Session {
                 Ok(None) => return None,
                 Ok(Some(Err(e))) => {
                     let (code, message) = e.refusal()?;
-                    push(&self.conn.outbox, error_frame(0, code, message.clone()));
-                    return Some((code, message));
+                    return self.fail(error_frame(0, code, message.clone()), (code, message));
                 }
                 Ok(Some(Ok(frame))) => {
                     if let Some(reason) = self.handle(frame).await {

@@ -41,8 +41,8 @@ impl Session {
                     info!(session_id = self.session_id, user = %self.conn.user, %why, "closing a flooding connection");
                     // The refusal of this request, with its id and a real
                     // wait (protocol 15.2), then the close.
-                    push(&outbox, rate_limited(rid, retry_after_ms, Some(&why)));
-                    return Some((ErrorCode::RateLimited, format!("flooding: {why}")));
+                    let error = rate_limited(rid, retry_after_ms, Some(&why));
+                    return self.fail(error, (ErrorCode::RateLimited, format!("flooding: {why}")));
                 }
             }
         }
@@ -138,11 +138,8 @@ impl Session {
             }
             Body::Hello(_) => {
                 let msg = "Hello after the handshake".to_owned();
-                push(
-                    &outbox,
-                    error_frame(0, ErrorCode::ProtocolViolation, msg.clone()),
-                );
-                return Some((ErrorCode::ProtocolViolation, msg));
+                let error = error_frame(0, ErrorCode::ProtocolViolation, msg.clone());
+                return self.fail(error, (ErrorCode::ProtocolViolation, msg));
             }
             Body::Welcome(_)
             | Body::Error(_)
@@ -163,11 +160,8 @@ impl Session {
             | Body::MessageStatus(_) => {
                 // A connection-level failure: request id 0 (protocol 6.3).
                 let msg = format!("{} is a server-to-client frame", frame.body.name());
-                push(
-                    &outbox,
-                    error_frame(0, ErrorCode::ProtocolViolation, msg.clone()),
-                );
-                return Some((ErrorCode::ProtocolViolation, msg));
+                let error = error_frame(0, ErrorCode::ProtocolViolation, msg.clone());
+                return self.fail(error, (ErrorCode::ProtocolViolation, msg));
             }
             other => {
                 let msg = format!("{} is not available on this server", other.name());

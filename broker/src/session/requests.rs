@@ -211,10 +211,8 @@ impl Session {
     /// narrower `rooms` claim ends the subscriptions it no longer allows.
     pub(super) fn refresh(&mut self, rid: u32, t: RefreshToken) -> Option<CloseReason> {
         let outbox = self.conn.outbox.clone();
-        let refused = |code: ErrorCode, msg: String| {
-            push(&outbox, error_frame(rid, code, msg.clone()));
-            Some((code, msg))
-        };
+        let refused =
+            |code: ErrorCode, msg: String| (error_frame(rid, code, msg.clone()), (code, msg));
         let id = match self.shared.auth.authenticate(&t.token, &self.conn.device) {
             Ok(id) => id,
             Err(e) => {
@@ -222,20 +220,23 @@ impl Session {
                 self.shared
                     .login_backoff
                     .failed(self.peer, std::time::Instant::now());
-                return refused(e.code, e.message);
+                let (error, reason) = refused(e.code, e.message);
+                return self.fail(error, reason);
             }
         };
         if id.user != self.conn.user {
-            return refused(
+            let (error, reason) = refused(
                 ErrorCode::Unauthenticated,
                 "the new token is for another user".into(),
             );
+            return self.fail(error, reason);
         }
         if id.expires_at_us.is_some_and(|exp| exp <= now_us()) {
-            return refused(
+            let (error, reason) = refused(
                 ErrorCode::TokenExpired,
                 "the new token has already expired".into(),
             );
+            return self.fail(error, reason);
         }
         self.grant = Grant::of(&id);
         let ended: Vec<RoomId> = self

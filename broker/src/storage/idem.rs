@@ -25,6 +25,9 @@
 //! the cut stays until a later trim; lookups ignore originals below the
 //! room's first retained sequence.
 
+// Only RocksDB stores this layout; without it only `idempotency_keys` is used.
+#![cfg_attr(not(feature = "rocksdb"), allow(dead_code))]
+
 use std::sync::Arc;
 
 use confab_codec::{EventRecord, RoomId, Seq};

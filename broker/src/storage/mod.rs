@@ -8,8 +8,10 @@ mod faulty;
 mod idem;
 mod memory;
 pub(crate) mod meta;
+#[cfg(feature = "rocksdb")]
 mod rocks;
 mod space;
+#[cfg(feature = "rocksdb")]
 mod verify;
 
 use bytes::Bytes;
@@ -18,9 +20,11 @@ use confab_codec::{ErrorCode, RoomId, Seq};
 pub use faulty::{CommitFault, FaultyLog, ReadHook, ReadSeen};
 pub(crate) use idem::idempotency_keys;
 pub use memory::MemoryLog;
+#[cfg(feature = "rocksdb")]
 pub use rocks::RocksLog;
 pub use space::SpaceStatus;
 pub(crate) use space::{watch as watch_space, SpaceState};
+#[cfg(feature = "rocksdb")]
 pub use verify::{verify, Damage, VerifyReport};
 
 use serde::{Deserialize, Serialize};
@@ -341,6 +345,7 @@ pub trait RoomLog: Send + Sync + 'static {
 /// Storage key of a record: the room id with a one-byte length prefix, then
 /// the sequence as a big-endian u64, so that a room's records are contiguous
 /// and ordered by sequence.
+#[cfg_attr(not(feature = "rocksdb"), allow(dead_code))] // RocksDB's key layout
 pub(crate) fn record_key(room: &RoomId, seq: Seq) -> Vec<u8> {
     let id = room.as_bytes();
     let mut key = Vec::with_capacity(1 + id.len() + 8);
@@ -436,6 +441,7 @@ mod tests {
         idempotency_index(&MemoryLog::new());
     }
 
+    #[cfg(feature = "rocksdb")]
     #[test]
     fn idempotency_index_in_rocksdb() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -462,6 +468,7 @@ mod tests {
     /// `confab admin` opens a data directory as a secondary instance; one
     /// written before the idempotency index existed has no `idem` column
     /// family, and the secondary (which cannot create it) still opens.
+    #[cfg(feature = "rocksdb")]
     #[test]
     fn a_secondary_opens_a_directory_without_the_index() {
         let dir = tempfile::tempdir().expect("tempdir");

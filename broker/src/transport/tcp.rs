@@ -107,6 +107,37 @@ pub(crate) async fn accept_loop(
     }
 }
 
+/// Serves a byte stream that the embedder accepted (see
+/// `BrokerHandle::serve_stream`) exactly as an accepted plain TCP
+/// connection: admitted or refused with `Error` and `Goodbye`, then the
+/// handshake and the session, in a task of `tasks`. After shutdown began
+/// the stream is dropped, as the accept loop no longer accepts.
+pub(crate) fn serve_accepted<S>(
+    stream: S,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    tasks: &TaskTracker,
+) where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    if shared.shutdown.is_cancelled() {
+        return;
+    }
+    let transport = Transport::Tcp;
+    let ticket = match shared.admission.admit(peer.ip(), transport) {
+        Ok(ticket) => ticket,
+        Err(refusal) => {
+            debug!(%peer, reason = refusal.label(), "connection refused");
+            tasks.spawn(refuse(stream, ErrorCode::ServerBusy, refusal.message()));
+            return;
+        }
+    };
+    tasks.spawn(async move {
+        let _socket = shared.stats.socket(transport);
+        serve_stream(Carrier::Frames, stream, peer, shared, ticket).await;
+    });
+}
+
 async fn serve_stream<S>(
     carrier: Carrier,
     stream: S,

@@ -89,6 +89,7 @@ pub(crate) fn reached(
 }
 
 /// Splits `len · bytes` off the front of `key`.
+#[cfg_attr(not(feature = "rocksdb"), allow(dead_code))] // for `of_device`
 fn take_prefixed(key: &[u8]) -> Option<(&[u8], &[u8])> {
     let (&len, rest) = key.split_first()?;
     let len = usize::from(len);
@@ -100,6 +101,7 @@ fn take_prefixed(key: &[u8]) -> Option<(&[u8], &[u8])> {
 ///
 /// # Errors
 /// If the storage fails.
+#[cfg_attr(not(feature = "rocksdb"), allow(dead_code))] // `confab admin cursors`
 pub(crate) fn of_device(
     log: &dyn RoomLog,
     user: &[u8],
