@@ -481,9 +481,11 @@ impl Client {
             Err(tokio::sync::TryAcquireError::Closed) => return Err(self.closed_error()),
         };
         let (cmd, pending) = self.outgoing(message, permit);
+        // With an outbox store: registered now, durable shortly after (this
+        // call cannot wait for the write); a refusal (the store full) is
+        // reported here, and a message that is not queued leaves the store.
+        let mut unstore = None;
         if let (Some(store), Command::Publish(o)) = (&self.inner.config.outbox_store, &cmd) {
-            // Registered now, durable shortly after (this call cannot wait
-            // for the write): a refusal (the store full) is reported here.
             let guard = Unstore {
                 store: store.as_ref(),
                 client_msg_id: o.publish.client_msg_id,
@@ -492,19 +494,15 @@ impl Client {
             if let Some(Err(e)) = store.add(&o.publish).now_or_never() {
                 return Err(e);
             }
-            let sent = self.inner.cmds.try_send(cmd);
-            let mut guard = guard;
-            guard.armed = sent.is_err();
-            sent.map_err(|e| match e {
-                mpsc::error::TrySendError::Full(_) => ClientError::QueueFull,
-                mpsc::error::TrySendError::Closed(_) => self.closed_error(),
-            })?;
-            return Ok(pending);
+            unstore = Some(guard);
         }
         self.inner.cmds.try_send(cmd).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => ClientError::QueueFull,
             mpsc::error::TrySendError::Closed(_) => self.closed_error(),
         })?;
+        if let Some(mut guard) = unstore {
+            guard.armed = false;
+        }
         Ok(pending)
     }
 

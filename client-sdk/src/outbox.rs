@@ -413,46 +413,9 @@ async fn writer(
             }
         }
         let result = match (&failed, file.take()) {
-            (None, Some(f)) => {
-                let data = data.freeze();
-                match tokio::task::spawn_blocking(move || append(f, &data)).await {
-                    Ok(Ok((f, len))) => {
-                        file = Some(f);
-                        // Compaction, when the journal holds mostly what was
-                        // removed: a snapshot of what is held now (records
-                        // still on their way are appended after it).
-                        let snapshot = inner.upgrade().and_then(|i| {
-                            let held = lock(&i.state);
-                            (len > COMPACT_MIN && len > 4 * (held.live_bytes + 64))
-                                .then(|| held.live.clone())
-                        });
-                        match (snapshot, file.take()) {
-                            (Some(live), Some(old)) => {
-                                let p = path.clone();
-                                match tokio::task::spawn_blocking(move || {
-                                    drop(old);
-                                    compact(&p, &live)
-                                })
-                                .await
-                                {
-                                    Ok(Ok(f)) => {
-                                        file = Some(f);
-                                        Ok(())
-                                    }
-                                    Ok(Err(e)) => Err(e.to_string()),
-                                    Err(e) => Err(format!("writer task failed: {e}")),
-                                }
-                            }
-                            (_, old) => {
-                                file = old;
-                                Ok(())
-                            }
-                        }
-                    }
-                    Ok(Err(e)) => Err(e.to_string()),
-                    Err(e) => Err(format!("writer task failed: {e}")),
-                }
-            }
+            (None, Some(f)) => write_batch(f, data.freeze(), &path, &inner)
+                .await
+                .map(|f| file = Some(f)),
             (Some(e), _) => Err(e.clone()),
             (None, None) => Err("no file".into()),
         };
@@ -468,6 +431,37 @@ async fn writer(
             );
         }
     }
+}
+
+/// Appends one batch and syncs it; then, if the journal holds mostly what
+/// was removed, rewrites it from a snapshot of what is held now (records
+/// still on their way are appended after it).
+async fn write_batch(
+    file: File,
+    data: Bytes,
+    path: &Path,
+    inner: &std::sync::Weak<FileInner>,
+) -> Result<File, String> {
+    let failed = |e: tokio::task::JoinError| format!("writer task failed: {e}");
+    let (file, len) = tokio::task::spawn_blocking(move || append(file, &data))
+        .await
+        .map_err(failed)?
+        .map_err(|e| e.to_string())?;
+    let snapshot = inner.upgrade().and_then(|i| {
+        let held = lock(&i.state);
+        (len > COMPACT_MIN && len > 4 * (held.live_bytes + 64)).then(|| held.live.clone())
+    });
+    let Some(live) = snapshot else {
+        return Ok(file);
+    };
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        drop(file);
+        compact(&path, &live)
+    })
+    .await
+    .map_err(failed)?
+    .map_err(|e| e.to_string())
 }
 
 /// Appends `data` and syncs it; returns the file and its length.
