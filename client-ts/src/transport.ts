@@ -41,6 +41,8 @@ export interface LinkHandlers {
   fail(reason: DisconnectReason): void;
 }
 
+function ignoreError(): void {}
+
 /** One WebSocket connection carrying frames. */
 export class Link {
   private done = false;
@@ -165,6 +167,9 @@ export class Link {
     this.ws.onopen = null;
     this.ws.onmessage = null;
     this.ws.onclose = null;
-    this.ws.onerror = null;
+    // Not null: closing a socket that is still connecting makes Node's `ws`
+    // emit an error event afterwards, and an EventEmitter error with no
+    // listener is an uncaught exception. A no-op keeps it quiet.
+    this.ws.onerror = ignoreError;
   }
 }

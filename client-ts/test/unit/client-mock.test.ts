@@ -4,11 +4,12 @@
 // silent connections, hostile bytes. Every wait is bounded.
 
 import assert from 'node:assert/strict';
+import net from 'node:net';
 import { after, before, beforeEach, test } from 'node:test';
 
 import { Client, ClientError, type ConnectionEvent, ErrorCode, type RoomEvent, encodeFrame } from '../../src/index.js';
 import { MockBroker } from '../support/mock-broker.js';
-import { options, text, until, within } from '../support/util.js';
+import { options, sleep, text, until, within } from '../support/util.js';
 
 let broker: MockBroker;
 const clients: Client[] = [];
@@ -335,4 +336,32 @@ test('an unsubscribed room delivers nothing more', async () => {
   // The room can be followed again.
   const again = await collect(a, 'general', 1n);
   await until(() => again.length === 2, 5000, 'both after resubscribing');
+});
+
+test('closing a client whose WebSocket is still connecting raises nothing afterwards', async () => {
+  // A listener that accepts TCP and never answers the upgrade: the socket
+  // stays CONNECTING. Node's `ws` emits an error event after `close()` on
+  // such a socket; with no listener that would be an uncaught exception and
+  // fail this file.
+  const held: net.Socket[] = [];
+  const silent = net.createServer((s) => held.push(s));
+  await new Promise<void>((r) => silent.listen(0, '127.0.0.1', r));
+  const port = (silent.address() as net.AddressInfo).port;
+  const uncaught: unknown[] = [];
+  const onUncaught = (e: unknown): void => {
+    uncaught.push(e);
+  };
+  process.on('uncaughtException', onUncaught);
+  try {
+    const c = Client.start(options(`ws://127.0.0.1:${port}/ws`, 'alice', 'a1'));
+    await sleep(100);
+    assert.notEqual(c.state, 'connected');
+    await c.close();
+    await sleep(200);
+    assert.deepEqual(uncaught.map(String), []);
+  } finally {
+    process.off('uncaughtException', onUncaught);
+    for (const s of held) s.destroy();
+    await new Promise<void>((r) => silent.close(() => r()));
+  }
 });
