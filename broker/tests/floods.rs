@@ -6,7 +6,8 @@
 //!   attack and comes back near its baseline after it;
 //! - the rooms the attack touched leave memory (the broker's own gauges);
 //! - a well-behaved publisher and subscriber keep their publish-to-deliver
-//!   p99 under 5x its baseline;
+//!   median under 3x its baseline and their p99 under 5x its baseline
+//!   (each with a floor for the scheduler noise of a shared 2-core machine);
 //! - a new client connects and publishes during the attack;
 //! - the flooding connections are refused and then closed.
 #![allow(clippy::unwrap_used, unreachable_pub)]
@@ -161,9 +162,11 @@ async fn victim_latencies(addr: SocketAddr, tag: &str) -> Vec<Duration> {
         .unwrap()
 }
 
-fn p99(mut v: Vec<Duration>) -> Duration {
+/// The median and the p99 of `v` (not empty).
+fn quantiles(mut v: Vec<Duration>) -> (Duration, Duration) {
     v.sort();
-    v[(v.len() * 99 / 100).min(v.len() - 1)]
+    let at = |q: usize| v[(v.len() * q / 100).min(v.len() - 1)];
+    (at(50), at(99))
 }
 
 /// What an attacker saw.
@@ -303,7 +306,7 @@ async fn attack(
     victim_latencies(addr, "warm").await;
     let baseline_rss = broker.rss_kib();
     let baseline_total = broker.status_kib("VmRSS:");
-    let baseline_p99 = p99(victim_latencies(addr, "base").await);
+    let (baseline_p50, baseline_p99) = quantiles(victim_latencies(addr, "base").await);
     let rooms_before = broker.metric("confab_sequencer_rooms").await;
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -340,7 +343,7 @@ async fn attack(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     stop.store(true, Ordering::Relaxed);
-    let during_p99 = p99(during.await.unwrap());
+    let (during_p50, during_p99) = quantiles(during.await.unwrap());
     for a in attackers {
         let _ = tokio::time::timeout(WAIT, a).await;
     }
@@ -359,10 +362,12 @@ async fn attack(
     let after_total = broker.status_kib("VmRSS:");
     let sent = seen.bytes.load(Ordering::Relaxed);
     eprintln!(
-        "{name}: {} MiB sent, {} refused, {} closes; anonymous RSS baseline {baseline_rss} KiB, peak {peak_rss} KiB, after {after_rss} KiB (all RSS {baseline_total} -> {after_total} KiB); rooms {rooms_before} -> {rooms_after} (registry {registry_after}); victim p99 {:?} -> {:?}",
+        "{name}: {} MiB sent, {} refused, {} closes; anonymous RSS baseline {baseline_rss} KiB, peak {peak_rss} KiB, after {after_rss} KiB (all RSS {baseline_total} -> {after_total} KiB); rooms {rooms_before} -> {rooms_after} (registry {registry_after}); victim p50 {:?} -> {:?}, p99 {:?} -> {:?}",
         sent >> 20,
         seen.refusals.load(Ordering::Relaxed),
         seen.closes.load(Ordering::Relaxed),
+        baseline_p50,
+        during_p50,
         baseline_p99,
         during_p99,
     );
@@ -388,11 +393,21 @@ async fn attack(
         after_rss <= baseline_rss + slack,
         "RSS {after_rss} KiB after the attack, baseline {baseline_rss} KiB"
     );
-    // 5x the baseline; a floor of 5 ms absorbs scheduler noise when the
-    // baseline is tens of microseconds on a shared 2-core machine.
-    let bound = (baseline_p99 * 5).max(Duration::from_millis(5));
+    // The typical message: 3x the baseline median, with a floor of 2 ms
+    // (the baseline is tens of microseconds to a millisecond here).
+    let bound_p50 = (baseline_p50 * 3).max(Duration::from_millis(2));
     assert!(
-        during_p99 <= bound,
+        during_p50 <= bound_p50,
+        "victim median {during_p50:?} during the attack, baseline {baseline_p50:?}"
+    );
+    // The tail: 5x the baseline p99, with a floor of 20 ms. The p99 of 150
+    // samples is the second slowest, so one descheduling of the test's own
+    // threads on a shared 2-core machine sets it (6 ms has been seen with
+    // no attack-related cause); a broker stalled by a flood shows hundreds
+    // of milliseconds, or every delivery slow, which the median catches.
+    let bound_p99 = (baseline_p99 * 5).max(Duration::from_millis(20));
+    assert!(
+        during_p99 <= bound_p99,
         "victim p99 {during_p99:?} during the attack, baseline {baseline_p99:?}"
     );
 }
