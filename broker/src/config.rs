@@ -485,6 +485,11 @@ pub struct RoomsConfig {
     /// long is dropped from memory (its log stays; it is read again on its
     /// next use), in milliseconds.
     pub evict_idle_ms: u64,
+    /// The inbox index's epoch, in milliseconds: a room written to marks
+    /// its members' inboxes once per epoch (its member count in writes), and
+    /// a `SyncInbox` reads the user's rooms that changed since the start of
+    /// its cursor's epoch. At least 1000.
+    pub inbox_epoch_ms: u64,
 }
 
 impl Default for RoomsConfig {
@@ -496,6 +501,7 @@ impl Default for RoomsConfig {
             typing_ttl_ms: 5_000,
             max_rooms_per_user: 10_000,
             evict_idle_ms: 30_000,
+            inbox_epoch_ms: 60_000,
         }
     }
 }
@@ -987,6 +993,11 @@ impl Config {
         if l.max_pending_requests < 1 || l.sequencer_queue < s.max_batch {
             return Err(ConfigError::Invalid(
                 "limits.max_pending_requests must be at least 1 and limits.sequencer_queue at least storage.max_batch".into(),
+            ));
+        }
+        if self.rooms.inbox_epoch_ms < 1000 {
+            return Err(ConfigError::Invalid(
+                "rooms.inbox_epoch_ms must be at least 1000".into(),
             ));
         }
         if self.rooms.evict_idle_ms < 100 {

@@ -17,6 +17,10 @@ pub(crate) struct Stats {
     pub(crate) slow_consumer_disconnects: AtomicU64,
     pub(crate) published: AtomicU64,
     pub(crate) commits: AtomicU64,
+    /// The time of the sequencer's last completed step (µs since the
+    /// epoch): every commit stamped at or before it is visible in storage.
+    /// The cursor an inbox sync hands out.
+    pub(crate) committed_us: AtomicU64,
     /// Events handed to device outboxes (live and from catch-up).
     pub(crate) delivered: AtomicU64,
     /// Open sockets per transport, indexed by [`Transport`].

@@ -50,6 +50,7 @@ async fn connect(addr: std::net::SocketAddr, token: String, device: &str) -> (Co
         device: DeviceId::new(device).unwrap(),
         client_name: "authz-test".into(),
         resume: vec![],
+        features: Default::default(),
     })
     .await;
     let f = c.recv().await.unwrap();

@@ -230,6 +230,7 @@ async fn flood(
                 device: DeviceId::new("d").unwrap(),
                 client_name: "flood".into(),
                 resume: Vec::new(),
+                features: Default::default(),
             },
         )
         .encode(&mut buf)

@@ -161,6 +161,7 @@ async fn handshake_rules(t: Transport) {
         device: DeviceId::new("d").unwrap(),
         client_name: "future".into(),
         resume: vec![],
+        features: Default::default(),
     })
     .await;
     expect_error_and_close(&mut c, ErrorCode::UnsupportedVersion).await;
@@ -174,6 +175,7 @@ async fn handshake_rules(t: Transport) {
         device: DeviceId::new("laptop").unwrap(),
         client_name: "t".into(),
         resume: vec![],
+        features: Default::default(),
     })
     .await;
     expect_error_and_close(&mut c, ErrorCode::Unauthenticated).await;
@@ -200,6 +202,7 @@ async fn auth_disabled_refuses_everyone(t: Transport) {
         device: DeviceId::new("d").unwrap(),
         client_name: "t".into(),
         resume: vec![],
+        features: Default::default(),
     })
     .await;
     expect_error_and_close(&mut c, ErrorCode::Unauthenticated).await;
@@ -271,6 +274,7 @@ async fn connection_limit_answers_server_busy(t: Transport) {
             device: DeviceId::new("d").unwrap(),
             client_name: "t".into(),
             resume: vec![],
+            features: Default::default(),
         })
         .await;
         if let Some(f) = c.recv().await {
@@ -373,6 +377,7 @@ async fn the_hello_has_its_own_size_limit(t: Transport) {
             device: DeviceId::new("d").unwrap(),
             client_name: "test".into(),
             resume: resume.clone(),
+            features: Default::default(),
         },
     )
     .body_len()

@@ -47,6 +47,7 @@ async fn hello(c: &mut Conn, token: String, device: &str) -> Frame {
         device: DeviceId::new(device).unwrap(),
         client_name: "jwt-test".into(),
         resume: vec![],
+        features: Default::default(),
     })
     .await;
     c.recv().await.unwrap()

@@ -66,6 +66,7 @@ async fn hello(addr: SocketAddr, device: &str) -> Vec<Frame> {
         device: DeviceId::new(device).unwrap(),
         client_name: "backoff-test".into(),
         resume: vec![],
+        features: Default::default(),
     })
     .await;
     let first = c.recv().await.unwrap();

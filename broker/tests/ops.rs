@@ -84,6 +84,7 @@ async fn metrics_are_scraped_and_move_with_traffic() {
         device: DeviceId::new("phone").unwrap(),
         client_name: "test".into(),
         resume: vec![],
+        features: Default::default(),
     })
     .await;
     bad.until_closed().await;

@@ -72,6 +72,7 @@ async fn publisher(
             device: DeviceId::new("d").unwrap(),
             client_name: "power-loss".into(),
             resume: Vec::new(),
+            features: Default::default(),
         },
     );
     let welcomed = c.send_raw(&hello.to_bytes().unwrap()).await.is_ok()

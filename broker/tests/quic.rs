@@ -100,6 +100,7 @@ async fn a_stalled_room_stream_does_not_block_other_rooms() {
                 start: StartAt::Live,
             },
         ],
+        features: Default::default(),
     };
     send.write_all(&write(Frame::request(1, hello)))
         .await

@@ -82,6 +82,7 @@ impl Pipe {
                 device: DeviceId::new(device).unwrap(),
                 client_name: "test".into(),
                 resume: Vec::new(),
+                features: Default::default(),
             },
         ))
         .await;

@@ -426,6 +426,7 @@ impl RawClient {
             device: DeviceId::new(device).unwrap(),
             client_name: "slow".into(),
             resume: vec![],
+            features: Default::default(),
         })
         .await;
         let welcome = c.frame().await.unwrap();
@@ -758,6 +759,7 @@ impl QuicDevice {
                 room: r.clone(),
                 start: StartAt::Live,
             }],
+            features: Default::default(),
         };
         send.write_all(&Frame::request(1, hello).to_bytes().unwrap())
             .await

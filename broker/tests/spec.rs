@@ -21,6 +21,7 @@ fn hello(token: &str, device: &str) -> Hello {
         device: DeviceId::new(device).unwrap(),
         client_name: "spec-test".into(),
         resume: vec![],
+        features: Default::default(),
     }
 }
 

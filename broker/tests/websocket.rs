@@ -48,6 +48,7 @@ async fn raw_session(
             device: DeviceId::new("d").unwrap(),
             client_name: "test".into(),
             resume: Vec::new(),
+            features: Default::default(),
         },
     );
     ws.send(Message::Binary(hello.to_bytes().unwrap()))

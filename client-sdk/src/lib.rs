@@ -146,6 +146,7 @@ pub use events::{ConnectionEvent, ConnectionState, RoomEvent, Signal};
 pub use ids::{IntoRoomId, IntoUserId};
 pub use outbox::{FileOutboxStore, OutboxStore, DEFAULT_OUTBOX_MAX_BYTES};
 pub use publish::{Message, PendingPublish};
+pub use rooms::InboxSync;
 pub use subscription::Subscription;
 pub use transport::{
     BoxByteStream, ByteStream, Connector, Endpoint, Fingerprint, Trust, ALPN, DEFAULT_PORT,

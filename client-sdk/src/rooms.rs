@@ -18,8 +18,9 @@ use confab_codec::{
     Ack, Body, CreateRoom, GetMessageStatus, GetPresence, GetRoomInfo, InviteMember, JoinPolicy,
     JoinRoom, LeaveRoom, ListRooms, MessageStatus, PresenceEntry, PresenceStatus, Receipt,
     ReceiptKind, RefreshToken, RemoveMember, Role, RoomId, RoomInfo, RoomKind, RoomList, RoomMeta,
-    Seq, SetPresence, SetRole, Typing, UpdateRoom, WatchPresence,
+    Seq, SetPresence, SetRole, SyncInbox, Typing, UpdateRoom, WatchPresence,
 };
+use confab_codec::{InboxPage, InboxRoom};
 use futures_util::Stream;
 use tokio::sync::broadcast::error::RecvError;
 
@@ -344,6 +345,75 @@ impl Client {
         }
     }
 
+    /// One page of an inbox sync (protocol 7.8.1): the user's rooms that
+    /// changed since `since` (a cursor from an earlier sync, or 0 for every
+    /// room), in id order after `after`. Most callers want
+    /// [`Client::sync_inbox`], which reads every page.
+    ///
+    /// # Errors
+    /// The common ones; [`ClientError::Server`] with `Unsupported` when
+    /// the broker speaks only protocol version 1 (the request is not sent).
+    pub async fn sync_inbox_page(
+        &self,
+        since: u64,
+        after: Option<RoomId>,
+        limit: u16,
+    ) -> Result<InboxPage, ClientError> {
+        let body = SyncInbox {
+            since,
+            after,
+            limit,
+        };
+        match self.request(body, ReqMode::Reply).await? {
+            Body::InboxPage(page) => Ok(page),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Which of the user's rooms changed since `since`, with each one's
+    /// head, read marker, unread count, first unread sequence and last
+    /// entry, in one round trip per page of up to 500 rooms. Pass 0 the
+    /// first time; keep the returned [`InboxSync::cursor`] (for example
+    /// beside the room cursors) and pass it next time. The broker's work
+    /// is proportional to the rooms that changed, not to all the user's
+    /// rooms (except for `since` 0).
+    ///
+    /// A room can be reported in two consecutive syncs (a change right at
+    /// the cursor); its fields then describe its latest state.
+    ///
+    /// ```no_run
+    /// # async fn run(client: confab_client::Client) -> Result<(), confab_client::ClientError> {
+    /// let sync = client.sync_inbox(0).await?;
+    /// for room in &sync.rooms {
+    ///     println!("{}: {} unread", room.room, room.unread);
+    /// }
+    /// let later = client.sync_inbox(sync.cursor).await?; // only what changed since
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// As [`Client::sync_inbox_page`].
+    pub async fn sync_inbox(&self, since: u64) -> Result<InboxSync, ClientError> {
+        let mut rooms: Vec<InboxRoom> = Vec::new();
+        let mut cursor = None;
+        let mut after = None;
+        loop {
+            let page = self.sync_inbox_page(since, after, INBOX_PAGE).await?;
+            // The first page's cursor: a change while the later pages are
+            // read is after it, and found by the next sync.
+            cursor.get_or_insert(page.cursor);
+            after = page.rooms.last().map(|r| r.room.clone());
+            rooms.extend(page.rooms);
+            if !page.has_more || after.is_none() {
+                break;
+            }
+        }
+        Ok(InboxSync {
+            rooms,
+            cursor: cursor.unwrap_or(since),
+        })
+    }
+
     /// Tells the room the user started (`true`) or stopped typing. Returns
     /// once handed to the connection; the broker does not answer.
     ///
@@ -595,4 +665,18 @@ impl Client {
             other => Err(unexpected(&other)),
         }
     }
+}
+
+/// Rooms asked for per inbox sync page.
+const INBOX_PAGE: u16 = 500;
+
+/// The answer of [`Client::sync_inbox`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InboxSync {
+    /// The rooms that changed, in id order: `code` `Normal` for a room the
+    /// user is in (`role` `Invited` for an invitation), `NotMember` for one
+    /// the user left or was removed from.
+    pub rooms: Vec<InboxRoom>,
+    /// Pass it as `since` to the next sync.
+    pub cursor: u64,
 }

@@ -58,6 +58,7 @@ async fn handshake(addr: SocketAddr, token: &str, device: &str) -> Framed<TcpStr
         device: DeviceId::new(device).unwrap(),
         client_name: "conformance".into(),
         resume: Vec::new(),
+        features: Default::default(),
     };
     conn.send(Frame::request(1, hello)).await.unwrap();
     loop {

@@ -393,6 +393,7 @@ async fn a_login_back_off_refusal_is_waited_out() {
                 device: DeviceId::new("laptop").unwrap(),
                 client_name: "t".into(),
                 resume: vec![],
+                features: Default::default(),
             },
         );
         s.write_all(&hello.to_bytes().unwrap()).await.unwrap();

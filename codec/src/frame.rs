@@ -8,13 +8,25 @@ use crate::frames::ephemeral::*;
 use crate::frames::messaging::*;
 use crate::frames::rooms::*;
 use crate::frames::session::*;
+use crate::frames::sync::*;
 use crate::wire::{Counter, Field, Reader, Writer};
 
 /// Bytes in the fixed frame header.
 pub const HEADER_LEN: usize = 10;
 
-/// The protocol version this crate implements.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// The newest protocol version this crate implements. Version 2 adds
+/// `SyncInbox`, `InboxPage` and `Gap`; everything else is version 1's.
+pub const PROTOCOL_VERSION: u16 = 2;
+
+/// The oldest protocol version this crate implements.
+pub const MIN_PROTOCOL_VERSION: u16 = 1;
+
+/// Whether a frame type exists in protocol `version`: a type of a later
+/// version received on a connection of an earlier one is an unknown type
+/// there (protocol 3.3).
+pub fn type_in_version(frame_type: u8, version: u16) -> bool {
+    version >= 2 || !matches!(frame_type, 0x15..=0x17)
+}
 
 /// The default largest frame body, in bytes (1 MiB).
 pub const DEFAULT_MAX_FRAME_LEN: u32 = 1 << 20;
@@ -36,6 +48,9 @@ pub mod flags {
     /// On `Event` and `EventBatch`: the events come from the log (backlog
     /// or catch-up), not from live fan-out.
     pub const REPLAY: u8 = 0x02;
+    /// The body is zstd-compressed (only on connections that negotiated
+    /// `Features::ZSTD`); the header's length is the compressed length.
+    pub const COMPRESSED: u8 = 0x04;
 }
 
 /// The fixed 10-byte header that starts every frame.
@@ -202,6 +217,12 @@ frames! {
     Lagging(Lagging) = 0x13,
     /// Back to live.
     CaughtUp(CaughtUp) = 0x14,
+    /// Which of my rooms changed (version 2).
+    SyncInbox(SyncInbox) = 0x15,
+    /// Changed rooms (version 2).
+    InboxPage(InboxPage) = 0x16,
+    /// Entries that will not be delivered (version 2).
+    Gap(Gap) = 0x17,
     /// Append a message.
     Publish(Publish) = 0x20,
     /// A publish was committed.

@@ -1,6 +1,6 @@
 //! # confab-codec
 //!
-//! The Confab wire protocol, version 1, as a sans-IO codec: it turns bytes
+//! The Confab wire protocol, versions 1 and 2, as a sans-IO codec: it turns bytes
 //! into typed [`Frame`]s and back, and does nothing else. No sockets, no
 //! async runtime, no `std::io`. The broker and the client SDK wrap it in a
 //! few lines of tokio-util glue.
@@ -42,11 +42,12 @@ mod wire;
 
 pub use error::{CodecError, ErrorCode};
 pub use frame::{
-    flags, frame_type, Body, Frame, Header, DEFAULT_MAX_FRAME_LEN, EXTENSION_TYPE_BASE, HEADER_LEN,
-    HELLO_LEN_FLOOR, PROTOCOL_VERSION,
+    flags, frame_type, type_in_version, Body, Frame, Header, DEFAULT_MAX_FRAME_LEN,
+    EXTENSION_TYPE_BASE, HEADER_LEN, HELLO_LEN_FLOOR, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
 };
 pub use frames::ephemeral::*;
 pub use frames::messaging::*;
 pub use frames::rooms::*;
 pub use frames::session::*;
+pub use frames::sync::*;
 pub use ids::{DeviceId, RoomId, Seq, UserId};

@@ -71,6 +71,7 @@ fn hello() {
                     room: room("general"),
                     start: StartAt::From(Seq(42)),
                 }],
+                features: Default::default(),
             },
         ),
         &[
@@ -102,6 +103,7 @@ fn welcome() {
                 max_rooms: 1_000,
                 heartbeat_ms: 15_000,
                 idle_timeout_ms: 45_000,
+                features: Default::default(),
             },
         ),
         &[
@@ -617,7 +619,8 @@ fn enum_values_are_stable() {
 
 #[test]
 fn protocol_constants() {
-    assert_eq!(PROTOCOL_VERSION, 1);
+    assert_eq!(PROTOCOL_VERSION, 2);
+    assert_eq!(MIN_PROTOCOL_VERSION, 1);
     assert_eq!(DEFAULT_MAX_FRAME_LEN, 1_048_576);
     assert_eq!(EXTENSION_TYPE_BASE, 0x80);
     assert_eq!(flags::NO_REPLY, 0x01);

@@ -121,7 +121,7 @@ fn a_huge_declared_length_below_the_maximum_just_waits() {
 
 #[test]
 fn unknown_mandatory_type() {
-    for t in [0x00, 0x0B, 0x0F, 0x15, 0x26, 0x54, 0x7F] {
+    for t in [0x00, 0x0B, 0x0F, 0x18, 0x26, 0x54, 0x7F] {
         let err = reject(t, b"whatever");
         assert_eq!(err, CodecError::UnknownFrameType { frame_type: t });
         assert_eq!(err.code(), ErrorCode::UnknownFrameType);
@@ -581,12 +581,55 @@ fn message_kind_helpers() {
 // ---------------------------------------------------------------------------
 // Forward compatibility
 
+/// `Hello` and `Welcome` end with an appended field (`features`), written
+/// only when not empty: give it a value so that the bytes appended below
+/// come after it.
+fn with_features(mut f: Frame) -> Frame {
+    match &mut f.body {
+        Body::Hello(h) => h.features = Features::ZSTD,
+        Body::Welcome(w) => w.features = Features::ZSTD,
+        _ => {}
+    }
+    f
+}
+
+#[test]
+fn an_absent_or_short_features_field_reads_as_none() {
+    for frame in samples() {
+        if !matches!(frame.body, Body::Hello(_) | Body::Welcome(_)) {
+            continue;
+        }
+        let bytes = encode(&frame);
+        for extra in [&b""[..], b"\x01", b"\x01\x02\x03"] {
+            let mut body = bytes[HEADER_LEN..].to_vec();
+            body.extend_from_slice(extra);
+            let mut buf = BytesMut::new();
+            Header {
+                len: u32::try_from(body.len()).unwrap(),
+                ..Header::peek(&bytes).unwrap()
+            }
+            .put(&mut buf);
+            buf.extend_from_slice(&body);
+            let got = Frame::decode(&mut buf, DEFAULT_MAX_FRAME_LEN)
+                .unwrap()
+                .unwrap();
+            let features = match got.body {
+                Body::Hello(h) => h.features,
+                Body::Welcome(w) => w.features,
+                _ => unreachable!(),
+            };
+            assert_eq!(features, Features::NONE);
+        }
+    }
+}
+
 #[test]
 fn trailing_bytes_are_ignored() {
     for frame in samples() {
         if matches!(frame.body, Body::Extension { .. }) {
             continue;
         }
+        let frame = with_features(frame);
         let bytes = encode(&frame);
         let mut body = bytes[HEADER_LEN..].to_vec();
         body.extend_from_slice(b"\x00\x01future fields\xff");

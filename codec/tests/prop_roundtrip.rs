@@ -163,6 +163,7 @@ fn session_bodies() -> Vec<BoxedStrategy<Body>> {
                     device,
                     client_name,
                     resume,
+                    features: Default::default(),
                 },
             )
             .prop_map(Body::from)
@@ -185,6 +186,7 @@ fn session_bodies() -> Vec<BoxedStrategy<Body>> {
                     max_rooms: limits[2],
                     heartbeat_ms: limits[3],
                     idle_timeout_ms: limits[4],
+                    features: Default::default(),
                 },
             )
             .prop_map(Body::from)
@@ -249,6 +251,67 @@ fn messaging_bodies() -> Vec<BoxedStrategy<Body>> {
             .boxed(),
         (room(), seq())
             .prop_map(|(room, seq)| CaughtUp { room, seq }.into())
+            .boxed(),
+        (any::<u64>(), proptest::option::of(room()), any::<u16>())
+            .prop_map(|(since, after, limit)| {
+                SyncInbox {
+                    since,
+                    after,
+                    limit,
+                }
+                .into()
+            })
+            .boxed(),
+        (
+            list(
+                (
+                    (room(), error_code(), select(Role::ALL), any::<u64>()),
+                    (seq(), seq(), seq(), any::<u64>(), seq()),
+                    vec(event_record(), 0..2),
+                )
+                    .prop_map(
+                        |(
+                            (room, code, role, stamp),
+                            (head, first, read, unread, first_unread),
+                            last,
+                        )| {
+                            InboxRoom {
+                                room,
+                                code,
+                                role,
+                                stamp,
+                                head,
+                                first,
+                                read,
+                                unread,
+                                first_unread,
+                                last,
+                            }
+                        },
+                    ),
+            ),
+            any::<bool>(),
+            any::<u64>(),
+        )
+            .prop_map(|(rooms, has_more, cursor)| {
+                InboxPage {
+                    rooms,
+                    has_more,
+                    cursor,
+                }
+                .into()
+            })
+            .boxed(),
+        (room(), seq(), seq(), select(GapReason::ALL))
+            .prop_map(|(room, from, to, reason)| {
+                Gap {
+                    room,
+                    from,
+                    to,
+                    reason,
+                }
+                .into()
+            })
             .boxed(),
         (
             room(),
@@ -547,7 +610,7 @@ fn strategies_cover_every_frame_type() {
     assert_eq!(ext.len(), 1);
     let expected: Vec<u8> = [
         0x01..=0x0A,
-        0x10..=0x14,
+        0x10..=0x17,
         0x20..=0x25,
         0x30..=0x3A,
         0x40..=0x45,

@@ -154,6 +154,7 @@ fn body(ty: &str, b: &Value) -> Body {
             device: device_id(b, "device"),
             client_name: s(b, "client_name"),
             resume: list(b, "resume", item),
+            features: Default::default(),
         }
         .into(),
         "Welcome" => Welcome {
@@ -166,6 +167,7 @@ fn body(ty: &str, b: &Value) -> Body {
             max_rooms: n(b, "max_rooms"),
             heartbeat_ms: n(b, "heartbeat_ms"),
             idle_timeout_ms: n(b, "idle_timeout_ms"),
+            features: Default::default(),
         }
         .into(),
         "Goodbye" => Goodbye {
@@ -218,6 +220,36 @@ fn body(ty: &str, b: &Value) -> Body {
         .into(),
         "Unsubscribe" => Unsubscribe {
             rooms: list(b, "rooms", |r| RoomId::new(r.as_str().unwrap()).unwrap()),
+        }
+        .into(),
+        "SyncInbox" => SyncInbox {
+            since: big(b, "since"),
+            after: opt_room(b, "after"),
+            limit: n(b, "limit"),
+        }
+        .into(),
+        "InboxPage" => InboxPage {
+            rooms: list(b, "rooms", |r| InboxRoom {
+                room: room_id(r, "room"),
+                code: code(r, "code"),
+                role: named(Role::ALL, r, "role"),
+                stamp: big(r, "stamp"),
+                head: seq(r, "head"),
+                first: seq(r, "first"),
+                read: seq(r, "read"),
+                unread: big(r, "unread"),
+                first_unread: seq(r, "first_unread"),
+                last: list(r, "last", record),
+            }),
+            has_more: boolean(b, "has_more"),
+            cursor: big(b, "cursor"),
+        }
+        .into(),
+        "Gap" => Gap {
+            room: room_id(b, "room"),
+            from: seq(b, "from"),
+            to: seq(b, "to"),
+            reason: named(GapReason::ALL, b, "reason"),
         }
         .into(),
         "Lagging" => Lagging {

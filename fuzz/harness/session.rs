@@ -496,6 +496,7 @@ async fn hello(c: &mut Conn, input: &mut Input<'_>, valid: bool) {
             device,
             client_name: "fuzz".into(),
             resume,
+            features: Default::default(),
         },
     ))
     .await;
@@ -868,6 +869,7 @@ async fn canary(h: &Harness) {
             device,
             client_name: "canary".into(),
             resume: Vec::new(),
+            features: Default::default(),
         },
     ))
     .await;

@@ -120,6 +120,7 @@ async fn start(
         device: DeviceId::new(device)?,
         client_name: "confab-bench".into(),
         resume: vec![],
+        features: Default::default(),
     })?;
     writer.flush().await?;
     match reader.next().await? {

@@ -325,6 +325,7 @@ fn paced_publisher(
             device: DeviceId::new("bench")?,
             client_name: "confab-bench".into(),
             resume: vec![],
+            features: Default::default(),
         },
     )
     .encode(&mut out)?;

@@ -162,6 +162,7 @@ fn system_ctx(shared: &Shared, user: UserId) -> (Arc<ConnCtx>, oneshot::Receiver
         requests: Arc::new(Semaphore::new(1)),
         system: true,
         direct: Some(direct),
+        version: confab_codec::PROTOCOL_VERSION,
     });
     (conn, reply)
 }

@@ -34,6 +34,9 @@ pub(crate) struct ConnCtx {
     /// For a caller without a socket (the embedding API): the reply to its
     /// one request, as a frame, instead of bytes in the outbox.
     pub(crate) direct: Option<DirectReply>,
+    /// The protocol version of the connection (1 or 2): frames of a later
+    /// version are not sent to it.
+    pub(crate) version: u16,
 }
 
 /// The reply slot of a request made without a socket: the sequencer hands

@@ -13,6 +13,9 @@ use crate::storage::{MetaWrite, RoomLog, StorageError};
 pub(crate) struct RoomState {
     pub(crate) record: RoomRecord,
     pub(crate) members: FxHashMap<UserId, Role>,
+    /// The inbox epoch its members were last marked in (0: never; see
+    /// [`crate::storage::meta::inbox`]).
+    pub(crate) inbox_epoch: u64,
 }
 
 impl RoomState {
@@ -25,7 +28,12 @@ impl RoomState {
             return Ok(None);
         };
         let members = meta::rooms::members(log, room)?;
-        Ok(Some(RoomState { record, members }))
+        let inbox_epoch = meta::inbox::room_epoch(log, room)?;
+        Ok(Some(RoomState {
+            record,
+            members,
+            inbox_epoch,
+        }))
     }
 
     /// Whether `user` is a member (invitees are not).

@@ -2,6 +2,7 @@
 //! (The running broker's per-room subscriber snapshots are the fan-out's:
 //! [`crate::fanout::Room`].)
 
+pub(crate) mod inbox;
 pub(crate) mod membership;
 mod queries;
 pub(crate) mod receipts;

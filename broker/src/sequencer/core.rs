@@ -340,6 +340,9 @@ impl Core {
     /// commit fails, nothing of the group is acknowledged or fanned out, and
     /// the rooms it wrote to are loaded again before their next use.
     pub(crate) fn step(&mut self, batch: &mut Vec<SeqMsg>, now: u64) -> Vec<Outcome> {
+        // Commit times only go forward, even if the clock steps back: the
+        // inbox cursor (a commit time) relies on it.
+        let now = now.max(self.now.saturating_add(1));
         self.now = now;
         let mut outcomes = Vec::with_capacity(batch.len());
         // Rooms this group writes to, with their heads before it.
@@ -368,6 +371,8 @@ impl Core {
                 }
             }
         }
+
+        self.mark_inboxes(&old_heads);
 
         let appends: Vec<Append<'_>> = outcomes
             .iter()
@@ -415,8 +420,9 @@ impl Core {
         };
         drop(appends);
 
-        if let Err(e) = committed {
-            outcomes = self.commit_failed(&e, outcomes, &old_heads);
+        match committed {
+            Err(e) => outcomes = self.commit_failed(&e, outcomes, &old_heads),
+            Ok(()) => self.stats.committed_us.store(now, Ordering::Release),
         }
         self.touched.clear();
         self.markers.clear();
@@ -426,6 +432,46 @@ impl Core {
             self.reads.clear_answers();
         }
         outcomes
+    }
+
+    /// The inbox epoch of the step being taken.
+    pub(super) fn inbox_epoch(&self) -> u64 {
+        self.now / self.rooms_cfg.inbox_epoch_ms.max(1).saturating_mul(1000)
+    }
+
+    /// The time of the step being taken (µs since the epoch).
+    pub(super) fn now(&self) -> u64 {
+        self.now
+    }
+
+    /// Marks the managed rooms this group writes to as changed for their
+    /// members, once per room per inbox epoch (see
+    /// [`crate::storage::meta::inbox`]), in the group's own commit.
+    fn mark_inboxes(&mut self, written: &[(RoomId, u64)]) {
+        let epoch = self.inbox_epoch();
+        for (id, _) in written {
+            let Some(st) = self.rooms.get_mut(id).and_then(|r| r.state.as_mut()) else {
+                continue;
+            };
+            if st.inbox_epoch >= epoch {
+                continue;
+            }
+            let old = st.inbox_epoch;
+            st.inbox_epoch = epoch;
+            for user in st.members.keys() {
+                if old != 0 {
+                    self.meta
+                        .push(crate::storage::meta::inbox::delete(user, old, id));
+                }
+                self.meta
+                    .push(crate::storage::meta::inbox::put(user, epoch, id, self.now));
+            }
+            self.meta
+                .push(crate::storage::meta::inbox::put_room_epoch(id, epoch));
+            if !self.touched.contains(id) {
+                self.touched.push(id.clone());
+            }
+        }
     }
 
     /// After a failed commit: nothing of the group is acknowledged, fanned

@@ -125,6 +125,7 @@ impl Harness {
                     requests: Arc::new(Semaphore::new(0)),
                     system: false,
                     direct: None,
+                    version: confab_codec::PROTOCOL_VERSION,
                 })
             })
             .collect();

@@ -492,6 +492,7 @@ impl Core {
         r.state = Some(RoomState {
             record: record.clone(),
             members: FxHashMap::default(),
+            inbox_epoch: 0,
         });
         self.meta.push(meta::rooms::put_record(&room, &record));
         for (user, role) in &members {
@@ -549,6 +550,12 @@ impl Core {
             None => st.remove(room, user),
         };
         self.meta.extend(writes);
+        // The user's inbox learns of the change now: a member who joins
+        // after the room was marked in this epoch, and a member who leaves
+        // (the room is not marked for former members any more).
+        let epoch = self.inbox_epoch();
+        self.meta
+            .push(meta::inbox::put(user, epoch, room, self.now()));
     }
 
     fn put_record(&mut self, room: &RoomId, record: RoomRecord) {

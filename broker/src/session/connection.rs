@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use confab_codec::{
     ErrorCode, ErrorFrame, Frame, Goodbye, Hello, RoomId, Seq, SubscribeResult, Welcome,
-    PROTOCOL_VERSION,
+    MIN_PROTOCOL_VERSION,
 };
 use futures_util::StreamExt;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
@@ -113,6 +113,7 @@ async fn serve<R, W>(
         requests: Arc::new(Semaphore::new(cfg.limits.max_pending_requests as usize)),
         system: false,
         direct: None,
+        version: super::handshake::chosen_version(&hello).unwrap_or(MIN_PROTOCOL_VERSION),
     });
     info!(session_id, %peer, user = %conn.user, device = %conn.device, client = %hello.client_name, "connected");
     shared.stats.connections.fetch_add(1, Ordering::Relaxed);
@@ -134,7 +135,7 @@ async fn serve<R, W>(
     let welcome = Frame::request(
         request_id,
         Welcome {
-            version: PROTOCOL_VERSION,
+            version: conn.version,
             session_id,
             user: conn.user.clone(),
             server_time_us: now_us(),
@@ -143,6 +144,7 @@ async fn serve<R, W>(
             max_rooms: cfg.limits.max_rooms_per_connection,
             heartbeat_ms: cfg.limits.heartbeat_ms as u32,
             idle_timeout_ms: cfg.limits.idle_timeout_ms as u32,
+            features: Default::default(),
         },
     );
     push(&outbox, welcome);

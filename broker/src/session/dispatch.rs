@@ -19,6 +19,17 @@ impl Session {
     pub(super) async fn handle(&mut self, frame: Frame) -> Option<CloseReason> {
         let rid = frame.request_id;
         let outbox = self.conn.outbox.clone();
+        let frame_type = frame.body.frame_type();
+        if !confab_codec::type_in_version(frame_type, self.conn.version) {
+            // A later version's frame on this connection is an unknown
+            // type here (protocol 3.3): fatal.
+            let msg = format!(
+                "frame type {frame_type:#04x} is not in protocol version {}",
+                self.conn.version
+            );
+            let error = error_frame(0, ErrorCode::UnknownFrameType, msg.clone());
+            return self.fail(error, (ErrorCode::UnknownFrameType, msg));
+        }
         if let Some((kind, n)) = limited_kind(&frame.body) {
             match self.limits.check_n(
                 &self.shared.user_limits,
@@ -125,6 +136,7 @@ impl Session {
             Body::GetPresence(g) => self.get_presence(rid, g).await,
             Body::Typing(t) => self.typing(rid, t).await,
             Body::ListRooms(l) => self.list_rooms(rid, l).await,
+            Body::SyncInbox(s) => self.sync_inbox(rid, s).await,
             Body::HistoryRequest(h) => {
                 if let Err(denied) = self.authorize(&h.room, Action::History).await {
                     push(&outbox, error_frame(rid, denied.code, denied.message));
@@ -157,7 +169,9 @@ impl Session {
             | Body::TypingEvent(_)
             | Body::PresenceEvent(_)
             | Body::ReceiptEvent(_)
-            | Body::MessageStatus(_) => {
+            | Body::MessageStatus(_)
+            | Body::InboxPage(_)
+            | Body::Gap(_) => {
                 // A connection-level failure: request id 0 (protocol 6.3).
                 let msg = format!("{} is a server-to-client frame", frame.body.name());
                 let error = error_frame(0, ErrorCode::ProtocolViolation, msg.clone());
@@ -203,6 +217,7 @@ fn limited_kind(body: &Body) -> Option<(Kind, u32)> {
         | Body::GetRoomInfo(_)
         | Body::GetMessageStatus(_)
         | Body::ListRooms(_)
+        | Body::SyncInbox(_)
         | Body::RefreshToken(_)
         | Body::RegisterPush(_) => one(Kind::Query),
         Body::CreateRoom(_)

@@ -9,7 +9,7 @@
 use std::net::SocketAddr;
 
 use bytes::BytesMut;
-use confab_codec::{Body, ErrorCode, ErrorFrame, Hello, PROTOCOL_VERSION};
+use confab_codec::{Body, ErrorCode, ErrorFrame, Hello, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION};
 use futures_util::StreamExt;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::OwnedSemaphorePermit;
@@ -127,9 +127,9 @@ where
             .await;
         return None;
     }
-    if hello.min_version > PROTOCOL_VERSION || hello.max_version < PROTOCOL_VERSION {
+    if chosen_version(&hello).is_none() {
         let msg = format!(
-            "server speaks version {PROTOCOL_VERSION}, client {}..={}",
+            "server speaks versions {MIN_PROTOCOL_VERSION}..={PROTOCOL_VERSION}, client {}..={}",
             hello.min_version, hello.max_version
         );
         egress
@@ -228,6 +228,12 @@ fn login_failed(shared: &Shared, peer: SocketAddr, hello: &Hello, reason: &str) 
         .login_backoff
         .failed(peer.ip(), std::time::Instant::now());
     info!(%peer, device = %hello.device, %reason, "authentication refused");
+}
+
+/// The newest version both sides speak, if any.
+pub(crate) fn chosen_version(hello: &Hello) -> Option<u16> {
+    let v = hello.max_version.min(PROTOCOL_VERSION);
+    (v >= hello.min_version.max(MIN_PROTOCOL_VERSION)).then_some(v)
 }
 
 #[cfg(test)]

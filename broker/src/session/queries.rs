@@ -163,6 +163,42 @@ impl Session {
         push(&self.conn.outbox, frame);
     }
 
+    /// `SyncInbox`: one page of the user's rooms that changed since the
+    /// cursor, narrowed to the token's rooms claim if it has one.
+    pub(super) async fn sync_inbox(&mut self, rid: u32, s: confab_codec::SyncInbox) {
+        let log = self.shared.log.clone();
+        let user = self.conn.user.clone();
+        let limit = usize::from(s.limit).clamp(1, MAX_LIST_LIMIT);
+        let only = self.grant.sorted_rooms();
+        let max_body = (self.shared.config.limits.max_frame_len as usize).saturating_sub(16);
+        let epoch_us = self.shared.config.rooms.inbox_epoch_ms.saturating_mul(1000);
+        // Read before the index: every commit stamped at or before it is
+        // already visible to the reads below.
+        let watermark = self
+            .shared
+            .stats
+            .committed_us
+            .load(std::sync::atomic::Ordering::Acquire);
+        let frame = answer(rid, move || {
+            rooms::inbox::sync(
+                log.as_ref(),
+                &rooms::inbox::SyncQuery {
+                    user: &user,
+                    since: s.since,
+                    after: s.after.as_ref(),
+                    limit,
+                    epoch_us,
+                    watermark,
+                    only: only.as_deref(),
+                    max_body,
+                },
+            )
+            .map(Ok)
+        })
+        .await;
+        push(&self.conn.outbox, frame);
+    }
+
     /// Stores this device's push registration (an empty token removes it).
     pub(super) async fn register_push(&mut self, rid: u32, r: RegisterPush) {
         if let Err(message) = crate::push::validate_registration(&r.provider, &r.token) {

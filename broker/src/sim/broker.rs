@@ -152,6 +152,7 @@ impl SimBroker {
             requests: Arc::new(Semaphore::new(0)),
             system: false,
             direct: None,
+            version: confab_codec::PROTOCOL_VERSION,
         });
         let session = Session {
             ctx,

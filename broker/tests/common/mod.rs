@@ -493,6 +493,7 @@ impl Conn {
                 device: DeviceId::new(device).unwrap(),
                 client_name: "test".into(),
                 resume,
+                features: Default::default(),
             })
             .await;
         let f = c.recv().await.expect("welcome");

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use confab_codec::{
     Body, ErrorCode, Frame, Hello, Ping, Receipt, ReceiptKind, RoomId, Seq, Welcome,
-    DEFAULT_MAX_FRAME_LEN, PROTOCOL_VERSION,
+    DEFAULT_MAX_FRAME_LEN, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
 };
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{ReadHalf, WriteHalf};
@@ -200,7 +200,7 @@ pub(super) async fn open(
             };
             match frame.body {
                 Body::Welcome(w) if frame.request_id == hello_rid => {
-                    if w.version != PROTOCOL_VERSION {
+                    if !(MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&w.version) {
                         return Err(OpenError::Refused {
                             code: ErrorCode::UnsupportedVersion,
                             message: format!("broker chose version {}", w.version),

@@ -208,6 +208,20 @@ impl Driver {
             let _ = reply.send(Err(ClientError::NotConnected));
             return;
         };
+        if !confab_codec::type_in_version(body.frame_type(), conn.welcome.version) {
+            // The broker would close the connection for a frame of a later
+            // protocol version than it chose.
+            let _ = reply.send(Err(ClientError::Server {
+                code: ErrorCode::Unsupported,
+                message: format!(
+                    "{} needs protocol version 2; the broker chose version {}",
+                    body.name(),
+                    conn.welcome.version
+                ),
+                retry_after_ms: 0,
+            }));
+            return;
+        }
         let frame = Frame::request(rid, body);
         let max = conn.welcome.max_frame_len;
         match frame.body_len() {
@@ -558,6 +572,7 @@ impl Driver {
             | Body::HistoryPage(_)
             | Body::RoomInfo(_)
             | Body::RoomList(_)
+            | Body::InboxPage(_)
             | Body::PresenceEvent(_)
             | Body::MessageStatus(_)) => self.on_reply(rid, body),
             other => debug!(frame = other.name(), "ignoring an unexpected frame"),
@@ -939,6 +954,7 @@ fn is_read_only(body: &Body) -> bool {
         Body::HistoryRequest(_)
             | Body::GetRoomInfo(_)
             | Body::ListRooms(_)
+            | Body::SyncInbox(_)
             | Body::GetPresence(_)
             | Body::GetMessageStatus(_)
     )

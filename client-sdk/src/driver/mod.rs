@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use confab_codec::{
     Body, ErrorCode, EventRecord, Frame, Goodbye, Hello, Publish, PublishAck, Receipt, ReceiptKind,
-    RoomId, Seq, SubscribeItem, PROTOCOL_VERSION,
+    RoomId, Seq, SubscribeItem, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
 };
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -426,12 +426,13 @@ impl Driver {
     /// far as they fit in [`HELLO_BUDGET`].
     fn hello(&self) -> (Hello, Vec<(RoomId, u64)>) {
         let mut hello = Hello {
-            min_version: PROTOCOL_VERSION,
+            min_version: MIN_PROTOCOL_VERSION,
             max_version: PROTOCOL_VERSION,
             token: self.token.clone(),
             device: self.config.device.clone(),
             client_name: self.config.client_name.clone(),
             resume: Vec::new(),
+            features: Default::default(),
         };
         let candidates = self
             .rooms
@@ -821,6 +822,7 @@ mod tests {
             device: DeviceId::new("phone").expect("device id"),
             client_name: "test/1".into(),
             resume: Vec::new(),
+            features: Default::default(),
         }
     }
 

@@ -519,6 +519,7 @@ async fn serve(
             max_rooms: 1000,
             heartbeat_ms: 10_000,
             idle_timeout_ms: 60_000,
+            features: Default::default(),
         },
     ))
     .unwrap();

@@ -81,6 +81,9 @@ const receiptKind = enumField<ReceiptKind>({ Delivered: 1, Read: 2 });
 const direction = enumField<Direction>({ Before: 1, After: 2 });
 const noticeLevel = enumField<NoticeLevel>({ Info: 1, Warning: 2 });
 const deliveryState = enumField<DeliveryState>({ Sent: 1, Delivered: 2, Read: 3 });
+/** Why entries of a room will not be delivered (protocol version 2, 7.8.3). */
+export type GapReason = 'Trimmed' | 'Deleted' | 'AccessLost';
+const gapReason = enumField<GapReason>({ Trimmed: 1, Deleted: 2, AccessLost: 3 });
 
 /**
  * Message kinds (9.9): an open `u8` set. 1-127 are the protocol's, 128-255
@@ -217,12 +220,40 @@ const roomSummary = struct<RoomSummary>({
   lastActivityUs: u64,
 });
 
+/** 8.9 One changed room of an `InboxPage` (protocol version 2). */
+export interface InboxRoom {
+  room: string;
+  /** `Normal`, or `NotMember` for a room the user left. */
+  code: number;
+  role: Role;
+  stamp: bigint;
+  head: Seq;
+  first: Seq;
+  read: Seq;
+  unread: bigint;
+  firstUnread: Seq;
+  last: EventRecord[];
+}
+
 /** 8.7 */
 export interface PresenceEntry {
   user: string;
   status: PresenceStatus;
   lastSeenUs: bigint;
 }
+const inboxRoom =
+  struct<InboxRoom>({
+    room: roomId,
+    code: errorCode,
+    role,
+    stamp: u64,
+    head: u64,
+    first: u64,
+    read: u64,
+    unread: u64,
+    firstUnread: u64,
+    last: list(eventRecord),
+  });
 const presenceEntry = struct<PresenceEntry>({ user: userId, status: presenceStatus, lastSeenUs: u64 });
 
 /** 8.8 */
@@ -262,6 +293,9 @@ export interface BodyFields {
   SubscribeAck: { results: SubscribeResult[] };
   Unsubscribe: { rooms: string[] };
   Lagging: { room: string; resumeFrom: Seq; head: Seq };
+  SyncInbox: { since: bigint; after: string | null; limit: number };
+  InboxPage: { rooms: InboxRoom[]; hasMore: boolean; cursor: bigint };
+  Gap: { room: string; from: Seq; to: Seq; reason: GapReason };
   CaughtUp: { room: string; seq: Seq };
   Publish: { room: string; clientMsgId: bigint; kind: number; refersTo: Seq | null; thread: Seq | null; payload: Uint8Array };
   PublishAck: { room: string; clientMsgId: bigint; seq: Seq; timestampUs: bigint; duplicate: boolean };
@@ -368,6 +402,9 @@ export const FRAMES: Schemas = {
   Unsubscribe: s(0x12, { rooms: list(roomId) }),
   Lagging: s(0x13, { room: roomId, resumeFrom: u64, head: u64 }),
   CaughtUp: s(0x14, { room: roomId, seq: u64 }),
+  SyncInbox: s(0x15, { since: u64, after: optRoomId, limit: u16 }),
+  InboxPage: s(0x16, { rooms: list(inboxRoom), hasMore: bool, cursor: u64 }),
+  Gap: s(0x17, { room: roomId, from: u64, to: u64, reason: gapReason }),
   Publish: s(0x20, { room: roomId, clientMsgId: u64, kind: u8, refersTo: seqOpt, thread: seqOpt, payload: bytes }),
   PublishAck: s(0x21, { room: roomId, clientMsgId: u64, seq: u64, timestampUs: u64, duplicate: bool }),
   Event: s(0x22, { room: roomId, event: eventRecord }),

@@ -48,6 +48,8 @@ export {
   type RoomKind,
   type RoomMeta,
   type RoomSummary,
+  type InboxRoom,
+  type GapReason,
   type Seq,
   type StartAt,
   type SubscribeItem,

@@ -4,3 +4,4 @@ pub mod ephemeral;
 pub mod messaging;
 pub mod rooms;
 pub mod session;
+pub mod sync;

@@ -2,6 +2,7 @@
 
 use crate::error::{CodecError, ErrorCode};
 use crate::frames::messaging::SubscribeItem;
+use crate::frames::sync::Features;
 use crate::ids::{DeviceId, UserId};
 use crate::wire::{wire_enum, wire_struct, Field, Out, Reader};
 
@@ -33,6 +34,8 @@ wire_struct! {
         /// sequence the device has seen plus one. Answered by a
         /// `SubscribeAck` carrying the Hello's request id, after `Welcome`.
         pub resume: Vec<SubscribeItem>,
+        /// Optional behaviours the client offers (appended; absent = none).
+        pub features: Features,
     }
 }
 
@@ -57,6 +60,8 @@ wire_struct! {
         pub heartbeat_ms: u32,
         /// The server closes a connection it has heard nothing from for this long.
         pub idle_timeout_ms: u32,
+        /// The offered behaviours the server accepted (appended; absent = none).
+        pub features: Features,
     }
 }
 

@@ -26,6 +26,9 @@ pub(crate) const ALL_TYPES: &[(u8, &str)] = &[
     (0x12, "Unsubscribe"),
     (0x13, "Lagging"),
     (0x14, "CaughtUp"),
+    (0x15, "SyncInbox"),
+    (0x16, "InboxPage"),
+    (0x17, "Gap"),
     (0x20, "Publish"),
     (0x21, "PublishAck"),
     (0x22, "Event"),
@@ -115,12 +118,13 @@ pub(crate) fn samples() -> Vec<Frame> {
                         start: StartAt::Live,
                     },
                 ],
+                features: Default::default(),
             },
         ),
         Frame::request(
             1,
             Welcome {
-                version: PROTOCOL_VERSION,
+                version: 1,
                 session_id: 0x0123_4567_89ab_cdef,
                 user: user("alice"),
                 server_time_us: T0,
@@ -129,6 +133,7 @@ pub(crate) fn samples() -> Vec<Frame> {
                 max_rooms: 1_000,
                 heartbeat_ms: 15_000,
                 idle_timeout_ms: 45_000,
+                features: Default::default(),
             },
         ),
         Frame::new(Goodbye {
@@ -216,6 +221,53 @@ pub(crate) fn samples() -> Vec<Frame> {
         Frame::new(CaughtUp {
             room: general.clone(),
             seq: Seq(9_876),
+        }),
+        Frame::request(
+            30,
+            SyncInbox {
+                since: T0,
+                after: Some(room("dm:alice:bob")),
+                limit: 500,
+            },
+        ),
+        Frame::request(
+            30,
+            InboxPage {
+                rooms: vec![
+                    InboxRoom {
+                        room: general.clone(),
+                        code: ErrorCode::Normal,
+                        role: Role::Member,
+                        stamp: T0 + 5,
+                        head: Seq(1_043),
+                        first: Seq(1),
+                        read: Seq(1_040),
+                        unread: 3,
+                        first_unread: Seq(1_041),
+                        last: vec![record(1_043, "bob", "laptop", b"see you")],
+                    },
+                    InboxRoom {
+                        room: room("random"),
+                        code: ErrorCode::NotMember,
+                        role: Role::Member,
+                        stamp: T0 + 9,
+                        head: Seq(0),
+                        first: Seq(0),
+                        read: Seq(0),
+                        unread: 0,
+                        first_unread: Seq(0),
+                        last: Vec::new(),
+                    },
+                ],
+                has_more: true,
+                cursor: T0 + 10,
+            },
+        ),
+        Frame::new(Gap {
+            room: general.clone(),
+            from: Seq(5),
+            to: Seq(9),
+            reason: GapReason::Deleted,
         }),
         Frame::request(
             23,

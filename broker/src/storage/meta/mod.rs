@@ -12,9 +12,12 @@
 //! | `e` | `e` · len(room) · room · user | read marker of a user (u64) | [`markers`] |
 //! | `p` | `p` · len(user) · user · device | a device's push registration (JSON) | [`push`] |
 //! | `S` | `S` · len(user) · user | a user's last-seen time (u64 µs) | [`presence`] |
+//! | `i` | `i` · len(user) · user · epoch (u64) · room | the room changed for the user in that epoch: the stamp (u64 µs) | [`inbox`] |
+//! | `I` | `I` · len(room) · room | the epoch the room's members were last marked in (u64) | [`inbox`] |
 //!
 //! Numbers are big-endian; lengths are one byte (ids are at most 128 bytes).
 
+pub(crate) mod inbox;
 pub(crate) mod markers;
 pub(crate) mod presence;
 pub(crate) mod push;
