@@ -340,9 +340,6 @@ impl Core {
     /// commit fails, nothing of the group is acknowledged or fanned out, and
     /// the rooms it wrote to are loaded again before their next use.
     pub(crate) fn step(&mut self, batch: &mut Vec<SeqMsg>, now: u64) -> Vec<Outcome> {
-        // Commit times only go forward, even if the clock steps back: the
-        // inbox cursor (a commit time) relies on it.
-        let now = now.max(self.now.saturating_add(1));
         self.now = now;
         let mut outcomes = Vec::with_capacity(batch.len());
         // Rooms this group writes to, with their heads before it.

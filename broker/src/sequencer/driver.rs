@@ -207,6 +207,10 @@ impl Sequencer {
     /// # Errors
     /// [`Fatal::FanoutGone`] if the fan-out is gone.
     pub(crate) fn step(&mut self, batch: &mut Vec<SeqMsg>, now: u64) -> Result<Vec<Need>, Fatal> {
+        // Commit times only go forward, even if the clock steps back: the
+        // inbox cursor (a commit time) relies on it. The same time stamps
+        // the records and their acknowledgements.
+        let now = now.max(self.core.now().saturating_add(1));
         let outcomes = self.core.step(batch, now);
         self.deliver(outcomes, now)?;
         Ok(self.core.take_needs())
