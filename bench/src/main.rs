@@ -179,6 +179,9 @@ enum Scenario {
     /// TCP against TLS against QUIC against WebSocket: durable publish throughput, then
     /// open-loop latency at each rate, on each transport.
     Transports(scenarios::transports::Args),
+    /// A device in many rooms comes back after some changed: one inbox
+    /// sync against subscribing to every room again (time and bytes).
+    Inbox(scenarios::inbox::Args),
 }
 
 /// A peer configuration measured in some scenario.
@@ -892,6 +895,7 @@ async fn run(cli: Cli) -> anyhow::Result<(Out, Ctx)> {
         drivers::SlowArgs::suite(quick),
     );
     let suite_transports = scenarios::transports::Args::suite(quick);
+    let suite_inbox = scenarios::inbox::Args::suite(quick);
     let suite_fractions: &[f64] = if quick {
         &[0.5]
     } else {
@@ -915,8 +919,10 @@ async fn run(cli: Cli) -> anyhow::Result<(Out, Ctx)> {
                 + drivers::plan_connections(&ctx, &suite_conns)
                 + drivers::plan_slow(&ctx, &suite_slow)
                 + suite_transports.plan().len()
+                + suite_inbox.plan(&ctx)
         }
         Scenario::Transports(a) => a.plan().len(),
+        Scenario::Inbox(a) => a.plan(&ctx),
     };
     if total == 0 && !matches!(cli.scenario, Scenario::Replot { .. }) {
         println!("nothing to run: check --peers and --systems");
@@ -950,8 +956,10 @@ async fn run(cli: Cli) -> anyhow::Result<(Out, Ctx)> {
             drivers::connections(&ctx, &mut out, &suite_conns).await;
             drivers::slow(&ctx, &mut out, &suite_slow).await;
             transports(&ctx, &mut out, &suite_transports).await;
+            scenarios::inbox::run(&ctx, &mut out, &suite_inbox).await;
         }
         Scenario::Transports(a) => transports(&ctx, &mut out, &a).await,
+        Scenario::Inbox(a) => scenarios::inbox::run(&ctx, &mut out, &a).await,
     }
     ctx.progress.bar.finish_and_clear();
     Ok((out, ctx))

@@ -99,6 +99,13 @@ pub struct ClientConfig {
     /// reconnections, not the application's death). See
     /// [`FileOutboxStore`](crate::FileOutboxStore).
     pub outbox_store: Option<Arc<dyn OutboxStore>>,
+    /// Run an inbox sync (protocol version 2) on every connection, before
+    /// the followed rooms are subscribed, from the cursor kept in the
+    /// cursor store, and hand its result to the application as
+    /// [`Signal::Inbox`](crate::Signal::Inbox). The rooms are then
+    /// subscribed after the handshake instead of in the `Hello`. Nothing
+    /// happens against a broker that speaks only version 1. Default: off.
+    pub inbox_sync: bool,
 }
 
 impl ClientConfig {
@@ -153,6 +160,7 @@ impl ClientConfig {
             rate_limit_retries: 5,
             cursor_store: Arc::new(MemoryCursorStore::new()),
             outbox_store: None,
+            inbox_sync: false,
         }
     }
 

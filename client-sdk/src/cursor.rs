@@ -77,6 +77,18 @@ pub trait CursorStore: Send + Sync + fmt::Debug + 'static {
     /// Forgets `room`.
     fn remove(&self, room: &RoomId);
 
+    /// The cursor of the last inbox sync the SDK ran by itself
+    /// ([`ClientConfig::inbox_sync`](crate::ClientConfig::inbox_sync)), or
+    /// 0. The default keeps none, so every automatic sync reports every
+    /// room.
+    fn inbox_cursor(&self) -> u64 {
+        0
+    }
+
+    /// Records the cursor of an inbox sync the SDK ran by itself. Must not
+    /// block, as [`CursorStore::set`]. The default forgets it.
+    fn set_inbox_cursor(&self, _cursor: u64) {}
+
     /// Persists every change made so far. The default does nothing, for
     /// stores without persistence. Implementations should be cancel-safe
     /// (the provided ones are: an interrupted flush is redone by the next).
@@ -105,6 +117,7 @@ pub trait CursorStore: Send + Sync + fmt::Debug + 'static {
 #[derive(Debug, Default)]
 pub struct MemoryCursorStore {
     map: Mutex<HashMap<RoomId, Seq>>,
+    inbox: AtomicU64,
 }
 
 impl MemoryCursorStore {
@@ -131,6 +144,14 @@ impl CursorStore for MemoryCursorStore {
     fn remove(&self, room: &RoomId) {
         lock(&self.map).remove(room);
     }
+
+    fn inbox_cursor(&self) -> u64 {
+        self.inbox.load(Ordering::Acquire)
+    }
+
+    fn set_inbox_cursor(&self, cursor: u64) {
+        self.inbox.store(cursor, Ordering::Release);
+    }
 }
 
 /// How long the background writer of a [`FileCursorStore`] waits after a
@@ -149,7 +170,8 @@ const HEADER: &str = "confab-cursors v1";
 /// [`Client::close`](crate::Client::close) flushes.
 ///
 /// The format is text: a header line, then one `seq<TAB>room` line per room
-/// (room ids cannot contain control characters).
+/// (room ids cannot contain control characters), and an `inbox<TAB>cursor`
+/// line for the inbox cursor once there is one.
 ///
 /// ```no_run
 /// # async fn run() -> Result<(), confab_client::ClientError> {
@@ -166,6 +188,8 @@ pub struct FileCursorStore {
 struct FileInner {
     path: PathBuf,
     map: Mutex<HashMap<RoomId, Seq>>,
+    /// The inbox cursor (0: none).
+    inbox: AtomicU64,
     /// Bumped by every change.
     version: AtomicU64,
     /// The version on disk; the lock serializes writers.
@@ -192,10 +216,10 @@ impl FileCursorStore {
     /// would restart rooms live and skip messages.
     pub async fn open(path: impl Into<PathBuf>) -> Result<Self, ClientError> {
         let path = path.into();
-        let map = match tokio::fs::read_to_string(&path).await {
+        let (map, inbox) = match tokio::fs::read_to_string(&path).await {
             Ok(text) => parse(&text)
                 .map_err(|e| ClientError::CursorStore(format!("{}: {e}", path.display())))?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => HashMap::new(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (HashMap::new(), 0),
             Err(e) => {
                 return Err(ClientError::CursorStore(format!(
                     "cannot read {}: {e}",
@@ -207,6 +231,7 @@ impl FileCursorStore {
         let inner = Arc::new(FileInner {
             path,
             map: Mutex::new(map),
+            inbox: AtomicU64::new(inbox),
             version: AtomicU64::new(0),
             written: tokio::sync::Mutex::new(0),
             wake: wake.clone(),
@@ -251,6 +276,16 @@ impl CursorStore for FileCursorStore {
         }
     }
 
+    fn inbox_cursor(&self) -> u64 {
+        self.inner.inbox.load(Ordering::Acquire)
+    }
+
+    fn set_inbox_cursor(&self, cursor: u64) {
+        if self.inner.inbox.swap(cursor, Ordering::AcqRel) != cursor {
+            self.changed();
+        }
+    }
+
     fn flush(&self) -> BoxFuture<'_, Result<(), ClientError>> {
         Box::pin(write_if_changed(&self.inner))
     }
@@ -282,7 +317,7 @@ async fn write_if_changed(inner: &FileInner) -> Result<(), ClientError> {
     if version == *written {
         return Ok(());
     }
-    let text = render(&lock(&inner.map));
+    let text = render(&lock(&inner.map), inner.inbox.load(Ordering::Acquire));
     let path = inner.path.clone();
     tokio::task::spawn_blocking(move || write_atomic(&path, text.as_bytes()))
         .await
@@ -294,7 +329,7 @@ async fn write_if_changed(inner: &FileInner) -> Result<(), ClientError> {
     Ok(())
 }
 
-fn render(map: &HashMap<RoomId, Seq>) -> String {
+fn render(map: &HashMap<RoomId, Seq>, inbox: u64) -> String {
     let mut rooms: Vec<_> = map.iter().collect();
     rooms.sort();
     let mut text = String::with_capacity(32 + rooms.len() * 24);
@@ -303,10 +338,16 @@ fn render(map: &HashMap<RoomId, Seq>) -> String {
     for (room, seq) in rooms {
         text.push_str(&format!("{}\t{room}\n", seq.0));
     }
+    if inbox != 0 {
+        text.push_str(&format!("{INBOX}\t{inbox}\n"));
+    }
     text
 }
 
-fn parse(text: &str) -> Result<HashMap<RoomId, Seq>, String> {
+/// The first field of the inbox cursor's line (never a number).
+const INBOX: &str = "inbox";
+
+fn parse(text: &str) -> Result<(HashMap<RoomId, Seq>, u64), String> {
     let mut lines = text.lines();
     if lines.next() != Some(HEADER) {
         return Err(format!(
@@ -314,17 +355,22 @@ fn parse(text: &str) -> Result<HashMap<RoomId, Seq>, String> {
         ));
     }
     let mut map = HashMap::new();
+    let mut inbox = 0;
     for (n, line) in lines.enumerate() {
         if line.is_empty() {
             continue;
         }
         let bad = || format!("line {} is malformed", n + 2);
         let (seq, room) = line.split_once('\t').ok_or_else(bad)?;
+        if seq == INBOX {
+            inbox = room.parse().map_err(|_| bad())?;
+            continue;
+        }
         let seq: u64 = seq.parse().map_err(|_| bad())?;
         let room = RoomId::new(room).map_err(|_| bad())?;
         map.insert(room, Seq(seq));
     }
-    Ok(map)
+    Ok((map, inbox))
 }
 
 /// Replaces `path` with `data` so that a crash leaves either the old or the
@@ -382,12 +428,16 @@ mod tests {
         let mut map = HashMap::new();
         map.insert(room("general"), Seq(42));
         map.insert(room("with space and ünïcode"), Seq(u64::MAX));
-        assert_eq!(parse(&render(&map)).unwrap(), map);
+        assert_eq!(parse(&render(&map, 0)).unwrap(), (map.clone(), 0));
+        // A room may be called `inbox`: its line starts with a number.
+        map.insert(room("inbox"), Seq(5));
+        assert_eq!(parse(&render(&map, 77)).unwrap(), (map, 77));
+        assert!(parse(&format!("{HEADER}\ninbox\tx\n")).is_err());
         assert!(parse("").is_err());
         assert!(parse("something else\n1\tx\n").is_err());
         assert!(parse(&format!("{HEADER}\nnot-a-number\tx\n")).is_err());
         assert!(parse(&format!("{HEADER}\n12\n")).is_err());
-        assert_eq!(parse(&format!("{HEADER}\n")).unwrap().len(), 0);
+        assert_eq!(parse(&format!("{HEADER}\n")).unwrap().0.len(), 0);
     }
 
     #[tokio::test]
@@ -401,10 +451,13 @@ mod tests {
         s.flush().await.unwrap();
         s.set(&room("a"), Seq(11));
         s.remove(&room("b c"));
+        assert_eq!(s.inbox_cursor(), 0);
+        s.set_inbox_cursor(1_796_650_000_000_123);
         s.flush().await.unwrap();
         drop(s);
 
         let s = FileCursorStore::open(&path).await.unwrap();
+        assert_eq!(s.inbox_cursor(), 1_796_650_000_000_123);
         assert_eq!(s.get(&room("a")), Some(Seq(11)));
         assert_eq!(s.get(&room("b c")), None);
         let leftovers: Vec<_> = std::fs::read_dir(dir.path())

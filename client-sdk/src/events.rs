@@ -280,4 +280,10 @@ pub enum Signal {
     },
     /// An informational notice from the broker.
     Notice(Notice),
+    /// The inbox sync the SDK ran when a connection came up (with
+    /// [`ClientConfig::inbox_sync`](crate::ClientConfig::inbox_sync)): the
+    /// rooms that changed since the previous one (every room the first
+    /// time), before the followed rooms' backlogs arrive. Its cursor is
+    /// already stored in the cursor store.
+    Inbox(crate::InboxSync),
 }

@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -16,7 +17,10 @@ use confab_client::confab_codec::{
     Body, DeviceId, ErrorCode, Frame, Hello, InboxRoom, JoinPolicy, Role, RoomId, Seq, SyncInbox,
     UserId, DEFAULT_MAX_FRAME_LEN,
 };
-use confab_client::{BackoffConfig, Client, ClientConfig, Endpoint, InboxSync};
+use confab_client::{
+    BackoffConfig, Client, ClientConfig, CursorStore, Endpoint, InboxSync, MemoryCursorStore,
+    Signal,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Short epochs, so that a test crosses a few.
@@ -46,6 +50,10 @@ async fn start(config: Config) -> BrokerHandle {
 }
 
 async fn client(broker: &BrokerHandle, user: &str) -> Client {
+    Client::connect(client_config(broker, user)).await.unwrap()
+}
+
+fn client_config(broker: &BrokerHandle, user: &str) -> ClientConfig {
     let mut c = ClientConfig::with_endpoint(
         Endpoint::tcp(broker.tcp_addr()),
         format!("{user}:d"),
@@ -58,7 +66,7 @@ async fn client(broker: &BrokerHandle, user: &str) -> Client {
         max_attempts: None,
     };
     c.request_timeout = Duration::from_secs(20);
-    Client::connect(c).await.unwrap()
+    c
 }
 
 fn room(i: usize) -> RoomId {
@@ -342,5 +350,87 @@ async fn version_1_connections_do_not_have_it() {
         read(&mut s, &mut buf).await.body,
         Body::Goodbye(_)
     ));
+    broker.shutdown().await;
+}
+
+/// Waits (bounded) for the next `Signal::Inbox`.
+async fn next_inbox(signals: &mut tokio::sync::broadcast::Receiver<Signal>) -> InboxSync {
+    tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            if let Signal::Inbox(sync) = signals.recv().await.unwrap() {
+                return sync;
+            }
+        }
+    })
+    .await
+    .expect("an inbox signal")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sdk_syncs_the_inbox_on_each_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(config(dir.path())).await;
+    let alice = client(&broker, "alice").await;
+    for i in 0..5 {
+        alice
+            .create_group(Some(room(i)), "g", JoinPolicy::Open, vec![])
+            .await
+            .unwrap();
+    }
+    let store = Arc::new(MemoryCursorStore::new());
+    let dave_config = || {
+        let mut c = client_config(&broker, "dave");
+        c.inbox_sync = true;
+        c.cursor_store = store.clone();
+        c
+    };
+    // The first run: Dave joins the five rooms and follows room 0.
+    let dave = Client::start(dave_config()).unwrap();
+    let mut signals = dave.signals();
+    let first = next_inbox(&mut signals).await;
+    assert!(first.rooms.is_empty(), "not a member of anything yet");
+    for i in 0..5 {
+        dave.join(room(i)).await.unwrap();
+    }
+    dave.close().await;
+    assert_eq!(store.inbox_cursor(), first.cursor);
+
+    // While Dave is away, Alice writes in rooms 0 and 3.
+    alice.publish(room(0), "while you were away").await.unwrap();
+    alice.publish(room(3), "in three").await.unwrap();
+
+    // The next run reports the rooms that changed since the first run's
+    // cursor: the five he joined (after that cursor), with 0 and 3 holding
+    // Alice's messages as their last entries.
+    let dave = Client::start(dave_config()).unwrap();
+    let mut signals = dave.signals();
+    let second = next_inbox(&mut signals).await;
+    let names: Vec<_> = second.rooms.iter().map(|r| r.room.clone()).collect();
+    assert_eq!(names, (0..5).map(room).collect::<Vec<_>>());
+    assert_eq!(
+        second.rooms[0].last[0].payload.as_ref(),
+        b"while you were away"
+    );
+    assert_eq!(second.rooms[3].last[0].payload.as_ref(), b"in three");
+    assert_eq!(store.inbox_cursor(), second.cursor);
+    // Followed rooms still deliver everything from where they start.
+    let mut followed = dave.subscribe_from(room(0), Seq(1)).await.unwrap();
+    let ev = tokio::time::timeout(Duration::from_secs(20), followed.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(ev.seq, Seq(1));
+    dave.close().await;
+
+    // One more change: the third run reports just that room.
+    alice.publish(room(4), "four").await.unwrap();
+    let dave = Client::start(dave_config()).unwrap();
+    let mut signals = dave.signals();
+    let third = next_inbox(&mut signals).await;
+    let names: Vec<_> = third.rooms.iter().map(|r| r.room.clone()).collect();
+    assert_eq!(names, vec![room(4)]);
+    dave.close().await;
+    alice.close().await;
     broker.shutdown().await;
 }

@@ -1,6 +1,7 @@
 //! Scenarios. Each measures one thing against one system and returns rows.
 
 pub mod confab;
+pub mod inbox;
 pub mod shape;
 pub mod transports;
 

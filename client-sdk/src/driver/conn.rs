@@ -60,6 +60,8 @@ pub(super) enum Inflight {
     /// A request the SDK made for itself (presence after reconnect); errors
     /// are logged.
     Internal(&'static str),
+    /// A page of the automatic inbox sync.
+    InboxSync,
 }
 
 /// The sending side of a connection.

@@ -675,6 +675,20 @@ impl Driver {
                     warn!(request = name, code = e.code.as_str(), message = %e.message, "request failed");
                 }
             }
+            Inflight::InboxSync => match body {
+                Body::InboxPage(page) => self.on_inbox_page(page),
+                other => {
+                    // The rooms' own subscriptions still deliver everything;
+                    // the next connection syncs again from the same cursor.
+                    self.inbox = None;
+                    match other {
+                        Body::Error(e) => {
+                            warn!(code = e.code.as_str(), message = %e.message, "inbox sync failed")
+                        }
+                        other => warn!(frame = other.name(), "unexpected reply to an inbox sync"),
+                    }
+                }
+            },
         }
     }
 

@@ -187,7 +187,13 @@ struct Driver {
     ever_connected: bool,
     next_rid: u32,
     rng: StdRng,
+    /// The automatic inbox sync of the current connection, while its pages
+    /// come in.
+    inbox: Option<crate::InboxSync>,
 }
+
+/// Rooms asked for per page of the automatic inbox sync.
+const INBOX_SYNC_PAGE: u16 = 500;
 
 impl Driver {
     fn new(p: Parts) -> Self {
@@ -237,6 +243,7 @@ impl Driver {
                 })
                 .collect(),
             deferred: VecDeque::new(),
+            inbox: None,
             receipts: HashMap::new(),
             flush_waiters: Vec::new(),
             presence: None,
@@ -422,6 +429,44 @@ impl Driver {
         }
     }
 
+    /// Asks for one page of the automatic inbox sync, from the stored
+    /// cursor.
+    fn send_inbox_page(&mut self, after: Option<RoomId>) {
+        let since = self.config.cursor_store.inbox_cursor();
+        let rid = self.next_rid();
+        if let Some(conn) = self.conn.as_mut() {
+            conn.inflight.insert(rid, conn::Inflight::InboxSync);
+            let body = confab_codec::SyncInbox {
+                since,
+                after,
+                limit: INBOX_SYNC_PAGE,
+            };
+            conn.send(Frame::request(rid, body));
+        }
+    }
+
+    /// A page of the automatic inbox sync came in: asks for the next one,
+    /// or stores the cursor and hands the rooms to the application.
+    fn on_inbox_page(&mut self, page: confab_codec::InboxPage) {
+        let Some(acc) = self.inbox.as_mut() else {
+            return;
+        };
+        // The first page's cursor (protocol 7.8.2).
+        if acc.rooms.is_empty() && acc.cursor == 0 {
+            acc.cursor = page.cursor.max(1);
+        }
+        let last = page.rooms.last().map(|r| r.room.clone());
+        acc.rooms.extend(page.rooms);
+        if page.has_more && last.is_some() {
+            self.send_inbox_page(last);
+            return;
+        }
+        if let Some(done) = self.inbox.take() {
+            self.config.cursor_store.set_inbox_cursor(done.cursor);
+            self.signal(Signal::Inbox(done));
+        }
+    }
+
     /// The `Hello`, resuming every room not paused from its position, as
     /// far as they fit in [`HELLO_BUDGET`].
     fn hello(&self) -> (Hello, Vec<(RoomId, u64)>) {
@@ -434,6 +479,11 @@ impl Driver {
             resume: Vec::new(),
             features: Default::default(),
         };
+        if self.config.inbox_sync {
+            // The rooms are subscribed after the handshake, behind the
+            // inbox sync (see `establish`).
+            return (hello, Vec::new());
+        }
         let candidates = self
             .rooms
             .iter()
@@ -466,6 +516,16 @@ impl Driver {
         }
         self.conn = Some(conn);
 
+        // The inbox sync goes first: its reply arrives before the
+        // subscriptions' acknowledgements and backlogs.
+        self.inbox = None;
+        if self.config.inbox_sync && welcome.version >= 2 {
+            self.inbox = Some(crate::InboxSync {
+                rooms: Vec::new(),
+                cursor: 0,
+            });
+            self.send_inbox_page(None);
+        }
         let idle: Vec<RoomId> = self
             .rooms
             .iter()
