@@ -182,6 +182,9 @@ enum Scenario {
     /// A device in many rooms comes back after some changed: one inbox
     /// sync against subscribing to every room again (time and bytes).
     Inbox(scenarios::inbox::Args),
+    /// N devices come back after M messages per room: time to caught up
+    /// and bytes per message, Confab against JetStream durable consumers.
+    Resume(scenarios::resume::Args),
 }
 
 /// A peer configuration measured in some scenario.
@@ -896,6 +899,7 @@ async fn run(cli: Cli) -> anyhow::Result<(Out, Ctx)> {
     );
     let suite_transports = scenarios::transports::Args::suite(quick);
     let suite_inbox = scenarios::inbox::Args::suite(quick);
+    let suite_resume = scenarios::resume::Args::suite(quick);
     let suite_fractions: &[f64] = if quick {
         &[0.5]
     } else {
@@ -920,9 +924,11 @@ async fn run(cli: Cli) -> anyhow::Result<(Out, Ctx)> {
                 + drivers::plan_slow(&ctx, &suite_slow)
                 + suite_transports.plan().len()
                 + suite_inbox.plan(&ctx)
+                + suite_resume.plan(&ctx)
         }
         Scenario::Transports(a) => a.plan().len(),
         Scenario::Inbox(a) => a.plan(&ctx),
+        Scenario::Resume(a) => a.plan(&ctx),
     };
     if total == 0 && !matches!(cli.scenario, Scenario::Replot { .. }) {
         println!("nothing to run: check --peers and --systems");
@@ -957,9 +963,11 @@ async fn run(cli: Cli) -> anyhow::Result<(Out, Ctx)> {
             drivers::slow(&ctx, &mut out, &suite_slow).await;
             transports(&ctx, &mut out, &suite_transports).await;
             scenarios::inbox::run(&ctx, &mut out, &suite_inbox).await;
+            scenarios::resume::run(&ctx, &mut out, &suite_resume).await;
         }
         Scenario::Transports(a) => transports(&ctx, &mut out, &a).await,
         Scenario::Inbox(a) => scenarios::inbox::run(&ctx, &mut out, &a).await,
+        Scenario::Resume(a) => scenarios::resume::run(&ctx, &mut out, &a).await,
     }
     ctx.progress.bar.finish_and_clear();
     Ok((out, ctx))

@@ -138,7 +138,7 @@ impl NatsServer {
         (!parts.is_empty()).then(|| format!("LOSSY: {}", parts.join(", ")))
     }
 
-    async fn connect(&self) -> anyhow::Result<async_nats::Client> {
+    pub(crate) async fn connect(&self) -> anyhow::Result<async_nats::Client> {
         let events = self.events.clone();
         async_nats::ConnectOptions::new()
             .event_callback(move |event| {

@@ -7,7 +7,6 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,9 +15,8 @@ use anyhow::{bail, Context};
 use confab_client::confab_codec::{DeviceId, JoinPolicy, RoomId, Seq, UserId};
 use confab_client::{Client, ClientConfig, CursorStore, MemoryCursorStore};
 use futures_util::stream::{self, StreamExt, TryStreamExt};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
 
+use super::proxy::Proxy;
 use crate::report::Row;
 use crate::target::BrokerProc;
 use crate::{Ctx, Out};
@@ -51,86 +49,6 @@ impl Args {
     pub(crate) fn plan(&self, ctx: &Ctx) -> usize {
         2 * usize::from(ctx.confab())
     }
-}
-
-/// Bytes through a proxy, each way.
-#[derive(Debug, Default)]
-struct Counted {
-    up: AtomicU64,
-    down: AtomicU64,
-}
-
-/// A TCP proxy on loopback in front of `to`, counting bytes; it serves
-/// connections until dropped (its task is aborted).
-struct Proxy {
-    addr: SocketAddr,
-    counted: Arc<Counted>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Proxy {
-    async fn start(to: SocketAddr) -> anyhow::Result<Proxy> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        let counted = Arc::new(Counted::default());
-        let c = counted.clone();
-        let task = tokio::spawn(async move {
-            while let Ok((client, _)) = listener.accept().await {
-                let c = c.clone();
-                tokio::spawn(async move {
-                    let Ok(server) = TcpStream::connect(to).await else {
-                        return;
-                    };
-                    let _ = client.set_nodelay(true);
-                    let _ = server.set_nodelay(true);
-                    let (cr, cw) = client.into_split();
-                    let (sr, sw) = server.into_split();
-                    let up = pump(cr, sw, c.clone(), true);
-                    let down = pump(sr, cw, c, false);
-                    let _ = tokio::join!(up, down);
-                });
-            }
-        });
-        Ok(Proxy {
-            addr,
-            counted,
-            task,
-        })
-    }
-
-    fn bytes(&self) -> (u64, u64) {
-        (
-            self.counted.up.load(Ordering::Relaxed),
-            self.counted.down.load(Ordering::Relaxed),
-        )
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-async fn pump(
-    mut from: tokio::net::tcp::OwnedReadHalf,
-    mut to: tokio::net::tcp::OwnedWriteHalf,
-    counted: Arc<Counted>,
-    up: bool,
-) {
-    let mut buf = vec![0u8; 64 << 10];
-    loop {
-        let n = match from.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
-        };
-        let counter = if up { &counted.up } else { &counted.down };
-        counter.fetch_add(n as u64, Ordering::Relaxed);
-        if to.write_all(&buf[..n]).await.is_err() {
-            break;
-        }
-    }
-    let _ = to.shutdown().await;
 }
 
 fn config(addr: SocketAddr, user: &str, store: Option<Arc<MemoryCursorStore>>) -> ClientConfig {

@@ -2,6 +2,8 @@
 
 pub mod confab;
 pub mod inbox;
+pub(crate) mod proxy;
+pub mod resume;
 pub mod shape;
 pub mod transports;
 
