@@ -174,6 +174,16 @@ enum Scenario {
         /// Results files written with --json.
         files: Vec<PathBuf>,
     },
+    /// Compare two results files (--json) of the same scenarios, for
+    /// example the quick suite on two commits: each row of `after` beside
+    /// the row of `before` with the same scenario, system and parameters,
+    /// and their ratio. Runs nothing.
+    Compare {
+        /// The results before the change.
+        before: PathBuf,
+        /// The results after it.
+        after: PathBuf,
+    },
     /// Every scenario: the ones above, then `transports`.
     Suite,
     /// TCP against TLS against QUIC against WebSocket: durable publish throughput, then
@@ -913,7 +923,7 @@ async fn run(cli: Cli) -> anyhow::Result<(Out, Ctx)> {
         Scenario::Rooms(a) => drivers::plan_rooms(&ctx, a),
         Scenario::Connections(a) => drivers::plan_connections(&ctx, a),
         Scenario::Slow(a) => drivers::plan_slow(&ctx, a),
-        Scenario::Replot { .. } => 0,
+        Scenario::Replot { .. } | Scenario::Compare { .. } => 0,
         Scenario::Suite => {
             plan_durable(&ctx, suite_replay)
                 + drivers::plan_pubsub(&ctx, suite_sizes)
@@ -953,6 +963,7 @@ async fn run(cli: Cli) -> anyhow::Result<(Out, Ctx)> {
                 out.rows.extend(drivers::load_rows(&f)?);
             }
         }
+        Scenario::Compare { .. } => {}
         Scenario::Suite => {
             durable(&ctx, &mut out, 4, 1024, 16, suite_replay).await;
             drivers::pubsub(&ctx, &mut out, suite_sizes, 256).await;
@@ -1015,6 +1026,11 @@ fn raise_fd_limit() {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Scenario::Compare { before, after } = &cli.scenario {
+        let (before, after) = (drivers::load_rows(before)?, drivers::load_rows(after)?);
+        report::print_comparison(&report::compare(&before, &after));
+        return Ok(());
+    }
     raise_fd_limit();
     if let Some(cpus) = &cli.common.load_cpus {
         let status = std::process::Command::new("taskset")

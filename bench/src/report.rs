@@ -287,6 +287,94 @@ pub fn print_ratios(ratios: &[Ratio]) {
     }
 }
 
+/// One row of a before/after comparison.
+#[derive(Debug, Clone)]
+pub struct Change {
+    /// Scenario, system and parameters of the row.
+    pub key: String,
+    /// What the rate counts.
+    pub unit: String,
+    /// The rate before, if that run has the row.
+    pub before: Option<f64>,
+    /// The rate after, if that run has the row.
+    pub after: Option<f64>,
+    /// p99 latency before and after (us), for latency rows.
+    pub p99: (Option<f64>, Option<f64>),
+}
+
+/// Pairs the rows of two runs by scenario, system and parameters, in the
+/// order of `after` (rows only in `before` last).
+pub fn compare(before: &[Row], after: &[Row]) -> Vec<Change> {
+    let key = |r: &Row| format!("{} {} {}", r.scenario, r.system, r.params);
+    let mut out: Vec<Change> = after
+        .iter()
+        .map(|a| {
+            let b = before.iter().find(|b| key(b) == key(a));
+            Change {
+                key: key(a),
+                unit: a.unit.clone(),
+                before: b.map(|b| b.rate),
+                after: Some(a.rate),
+                p99: (
+                    b.and_then(|b| b.latency.as_ref().map(|l| l.p99_us)),
+                    a.latency.as_ref().map(|l| l.p99_us),
+                ),
+            }
+        })
+        .collect();
+    for b in before {
+        if !after.iter().any(|a| key(a) == key(b)) {
+            out.push(Change {
+                key: key(b),
+                unit: b.unit.clone(),
+                before: Some(b.rate),
+                after: None,
+                p99: (b.latency.as_ref().map(|l| l.p99_us), None),
+            });
+        }
+    }
+    out
+}
+
+/// Prints a comparison: each row's rate before and after, after / before
+/// (for `ms` rows, where lower is better, before / after, so that above 1
+/// is always better), and the p99 ratio for latency rows.
+pub fn print_comparison(changes: &[Change]) {
+    println!("after vs before (speed-up: above 1 = after is better; p99: below 1 = after is lower)");
+    println!(
+        "{:<78} {:>12} {:>12} {:>9} {:>10} {:>10} {:>8}",
+        "row", "before", "after", "speed-up", "p99 before", "p99 after", "p99"
+    );
+    for c in changes {
+        let rate = |v: Option<f64>| {
+            v.map(|v| format!("{} {}", fmt_rate(v), c.unit))
+                .unwrap_or_else(|| "-".into())
+        };
+        let speedup = match (c.before, c.after) {
+            (Some(b), Some(a)) if a > 0.0 && b > 0.0 => {
+                let x = if c.unit == "ms" { b / a } else { a / b };
+                format!("{x:.2}x")
+            }
+            _ => "-".into(),
+        };
+        let us = |v: Option<f64>| v.map(|v| format!("{v:.0} us")).unwrap_or_default();
+        let p99 = match c.p99 {
+            (Some(b), Some(a)) if b > 0.0 => format!("{:.2}x", a / b),
+            _ => String::new(),
+        };
+        println!(
+            "{:<78} {:>12} {:>12} {:>9} {:>10} {:>10} {:>8}",
+            c.key,
+            rate(c.before),
+            rate(c.after),
+            speedup,
+            us(c.p99.0),
+            us(c.p99.1),
+            p99
+        );
+    }
+}
+
 /// A histogram for latencies from 1 ns to 60 s at 3 significant digits.
 pub fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("static histogram bounds are valid")
