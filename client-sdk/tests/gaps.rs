@@ -17,7 +17,7 @@ use bytes::BytesMut;
 use confab_broker::config::Config;
 use confab_broker::{Broker, BrokerHandle};
 use confab_client::confab_codec::{
-    Body, DeviceId, Direction, Frame, GapReason, JoinPolicy, MessageKind, RoomId, Seq,
+    Body, DeviceId, Direction, ErrorCode, Frame, GapReason, JoinPolicy, MessageKind, RoomId, Seq,
     DEFAULT_MAX_FRAME_LEN,
 };
 use confab_client::{
@@ -331,7 +331,7 @@ async fn removal_from_a_room_ends_the_subscription_with_access_lost() {
     alice.publish(&room, "after").await.unwrap();
     match bob.subscribe(&room).await {
         Err(ClientError::Server { code, .. }) => {
-            assert_eq!(code, confab_client::confab_codec::ErrorCode::NotMember)
+            assert_eq!(code, ErrorCode::NotMember)
         }
         Ok(_) => panic!("subscribed after removal"),
         Err(e) => panic!("unexpected {e}"),
