@@ -124,6 +124,25 @@ pub enum ClientError {
     /// (see [`OutboxStore`](crate::OutboxStore)).
     #[error("outbox store: {0}")]
     Outbox(String),
+    /// The user lost access to the room (left it on any device, was
+    /// removed, or a refreshed token no longer allows it): the broker ended
+    /// the subscription, which yields this error, then ends. Entries
+    /// `from..=to` (`to` is the room's last entry when access ended,
+    /// usually the membership entry that ended it) were not delivered; the
+    /// range is empty (`from == to + 1`) when nothing was missing. The
+    /// room's cursor stays at the last event taken, so a subscription made
+    /// after access is given back starts with what was missed. Protocol
+    /// version 2; with a broker of version 1 the subscription stays silent
+    /// until the next reconnection ends it with `NotMember`.
+    #[error("access to room {room} lost; entries {from}..={to} not delivered")]
+    AccessLost {
+        /// The room.
+        room: confab_codec::RoomId,
+        /// The first entry not delivered.
+        from: confab_codec::Seq,
+        /// The room's last entry when access ended.
+        to: confab_codec::Seq,
+    },
 }
 
 impl From<std::io::Error> for ClientError {

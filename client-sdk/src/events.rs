@@ -3,7 +3,8 @@
 
 use bytes::Bytes;
 use confab_codec::{
-    DeviceId, EventRecord, MessageKind, Notice, PresenceEntry, ReceiptEntry, RoomId, Seq, UserId,
+    DeviceId, EventRecord, GapReason, MessageKind, Notice, PresenceEntry, ReceiptEntry, RoomId,
+    Seq, UserId,
 };
 
 use crate::error::{ClientError, DisconnectReason};
@@ -54,6 +55,48 @@ pub struct RoomEvent {
     /// catch-up, gap fill, history) rather than live fan-out. Useful to
     /// avoid notifying the user about old messages.
     pub replayed: bool,
+    /// The entries of the room right before this one that will never be
+    /// delivered to this device, with the reason (usually none). Each
+    /// range is reported once, on the first event after it, and taking
+    /// this event moves the room's cursor past it, so that no resumption
+    /// reports it again. The ranges are in order and end at `seq - 1`;
+    /// see [`Gap`].
+    pub gaps: Vec<Gap>,
+}
+
+/// Entries `from..=to` of a room that will never be delivered to this
+/// device, and why.
+///
+/// The broker says so (protocol version 2's `Gap` frame), or, with a
+/// broker of version 1, the SDK derives the range from the oldest entry
+/// the broker still keeps: either way the SDK never tries to read it from
+/// history. A `Trimmed` or `Deleted` range comes in
+/// [`RoomEvent::gaps`] of the next event; losing access to the room ends
+/// the subscription with [`ClientError::AccessLost`].
+///
+/// ```no_run
+/// # async fn run(client: confab_client::Client) -> Result<(), confab_client::ClientError> {
+/// let mut sub = client.subscribe("general").await?;
+/// while let Some(event) = sub.next().await {
+///     let event = event?;
+///     for gap in &event.gaps {
+///         println!("-- messages {}..={} are unavailable ({:?}) --", gap.from, gap.to, gap.reason);
+///     }
+///     println!("#{} {}", event.seq, event.sender);
+/// }
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Gap {
+    /// The room.
+    pub room: RoomId,
+    /// The first sequence not delivered.
+    pub from: Seq,
+    /// The last sequence not delivered (inclusive).
+    pub to: Seq,
+    /// Why: `Trimmed` (retention removed them before this device read
+    /// them), `Deleted`, or `AccessLost`.
+    pub reason: GapReason,
 }
 
 impl RoomEvent {
@@ -87,6 +130,7 @@ impl RoomEvent {
             thread: record.thread,
             payload: record.payload,
             replayed,
+            gaps: Vec::new(),
         }
     }
 }
@@ -177,7 +221,11 @@ pub enum ConnectionEvent {
         room: RoomId,
     },
     /// Retention removed these messages before this client could read them;
-    /// they will never be delivered.
+    /// they will never be delivered. Sent when the SDK learns it; the same
+    /// range comes, in order and once, in [`RoomEvent::gaps`] of the room's
+    /// next event (after an application restart, an event the application
+    /// had not taken is delivered again with its gap, and this notification
+    /// is sent again).
     HistoryTruncated {
         /// The room.
         room: RoomId,

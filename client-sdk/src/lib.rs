@@ -142,7 +142,7 @@ pub use client::Client;
 pub use config::ClientConfig;
 pub use cursor::{CursorStore, FileCursorStore, MemoryCursorStore, FILE_FLUSH_DELAY};
 pub use error::{ClientError, DisconnectReason};
-pub use events::{ConnectionEvent, ConnectionState, RoomEvent, Signal};
+pub use events::{ConnectionEvent, ConnectionState, Gap, RoomEvent, Signal};
 pub use ids::{IntoRoomId, IntoUserId};
 pub use outbox::{FileOutboxStore, OutboxStore, DEFAULT_OUTBOX_MAX_BYTES};
 pub use publish::{Message, PendingPublish};

@@ -14,6 +14,12 @@
 //!   room is resubscribed from `last + 1`, which makes the broker replay
 //!   everything in order.
 //!
+//! Entries the broker will never deliver are skipped, never fetched: those
+//! before the `first` it reports (retention), and the ranges of its `Gap`
+//! frames (protocol version 2), which say the range and the reason. Each
+//! range is reported once, as an [`Action::Gap`], and `last` moves past it,
+//! so that no resubscription asks for it again.
+//!
 //! No IO, no clock, no channels: inputs are method calls, outputs are
 //! [`Action`]s pushed to a vector. The connection task performs them.
 //!
@@ -24,7 +30,7 @@
 
 use std::collections::BTreeMap;
 
-use confab_codec::{EventRecord, Seq, StartAt};
+use confab_codec::{EventRecord, GapReason, Seq, StartAt};
 
 /// Anything with a room sequence number.
 pub trait Sequenced {
@@ -50,9 +56,16 @@ pub enum Action<E> {
     /// Subscribe again from this sequence (the broker restarts delivery
     /// there), then report the result to [`RoomSync::on_subscribed`].
     Resubscribe { from: Seq },
-    /// These sequences are no longer retained by the broker and will never
-    /// be delivered.
-    Truncated { from: Seq, to: Seq },
+    /// These sequences will never be delivered, and why: retention removed
+    /// them (`Trimmed`: reported by the broker's `Gap`, or derived from its
+    /// `first`), they were deleted, or the user lost access to the room
+    /// (`AccessLost`: the subscription is over; nothing more is delivered
+    /// and `from` may be `to + 1` when nothing was missing).
+    Gap {
+        from: Seq,
+        to: Seq,
+        reason: GapReason,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,6 +78,8 @@ enum Mode {
     /// The application is not reading: nothing is delivered until
     /// [`RoomSync::resume`].
     Paused,
+    /// The user lost access to the room: nothing is delivered any more.
+    Ended,
 }
 
 /// The sync state of one room.
@@ -123,7 +138,7 @@ impl<E: Sequenced> RoomSync<E> {
 
     /// A room event arrived (live or replayed).
     pub fn on_event(&mut self, event: E, out: &mut Vec<Action<E>>) {
-        if self.mode == Mode::Paused {
+        if matches!(self.mode, Mode::Paused | Mode::Ended) {
             return;
         }
         let Some(last) = self.last else {
@@ -159,7 +174,7 @@ impl<E: Sequenced> RoomSync<E> {
         let Some(anchor) = self.fill.take() else {
             return;
         };
-        if self.mode == Mode::Paused || self.last.is_none() {
+        if matches!(self.mode, Mode::Paused | Mode::Ended) || self.last.is_none() {
             return;
         }
         self.skip_truncated(first, out);
@@ -206,7 +221,7 @@ impl<E: Sequenced> RoomSync<E> {
         truncated: bool,
         out: &mut Vec<Action<E>>,
     ) {
-        if self.mode == Mode::Paused {
+        if matches!(self.mode, Mode::Paused | Mode::Ended) {
             return;
         }
         self.mode = Mode::Normal;
@@ -218,6 +233,57 @@ impl<E: Sequenced> RoomSync<E> {
         }
         self.drain_buffer(out);
         if !self.buffer.is_empty() {
+            self.request_fill(out);
+        }
+    }
+
+    /// The broker will not deliver `from..=to` on this subscription
+    /// (protocol 7.8.3, version 2). It is sent in delivery order, so the
+    /// next entry is `to + 1`; the range is skipped for good, never read
+    /// from history. A range already behind `last` (it was derived from a
+    /// `first` before) is ignored; one that starts after `last + 1` means
+    /// entries before it were lost on the way here, and the room is
+    /// resubscribed (the broker then reports the range again).
+    ///
+    /// `AccessLost` ends the room whatever its state: everything after
+    /// `last` up to `to` is reported as not delivered (an empty range,
+    /// `from == to + 1`, when nothing was missing), and nothing more is.
+    pub fn on_gap(&mut self, from: Seq, to: Seq, reason: GapReason, out: &mut Vec<Action<E>>) {
+        if self.mode == Mode::Ended {
+            return;
+        }
+        if reason == GapReason::AccessLost {
+            let from = self.last.map_or(from, |last| last.next());
+            let to = Seq(to.0.max(from.0.saturating_sub(1)));
+            self.buffer.clear();
+            self.fill = None;
+            self.mode = Mode::Ended;
+            out.push(Action::Gap { from, to, reason });
+            return;
+        }
+        if self.mode == Mode::Paused {
+            // Delivery restarts after `last` on resume; a range still
+            // missing then is reported by the new subscription.
+            return;
+        }
+        let Some(last) = self.last else { return };
+        if to <= last {
+            return;
+        }
+        if from > last.next() {
+            if self.mode == Mode::Normal {
+                self.resync(out);
+            }
+            return;
+        }
+        out.push(Action::Gap {
+            from: last.next(),
+            to,
+            reason,
+        });
+        self.last = Some(to);
+        self.drain_buffer(out);
+        if !self.buffer.is_empty() && self.mode == Mode::Normal {
             self.request_fill(out);
         }
     }
@@ -282,9 +348,10 @@ impl<E: Sequenced> RoomSync<E> {
     fn skip_truncated(&mut self, first: Seq, out: &mut Vec<Action<E>>) {
         let Some(last) = self.last else { return };
         if first.0 > last.0.saturating_add(1) {
-            out.push(Action::Truncated {
+            out.push(Action::Gap {
                 from: last.next(),
                 to: Seq(first.0 - 1),
+                reason: GapReason::Trimmed,
             });
             self.last = Some(Seq(first.0 - 1));
             self.drain_buffer(out);

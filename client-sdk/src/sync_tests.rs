@@ -208,9 +208,10 @@ fn truncated_history_is_reported_and_skipped() {
     s.on_subscribed(Seq(100), Seq(50), true, &mut out);
     assert_eq!(
         out,
-        vec![Action::Truncated {
+        vec![Action::Gap {
             from: Seq(4),
-            to: Seq(49)
+            to: Seq(49),
+            reason: GapReason::Trimmed,
         }]
     );
     let out = feed(&mut s, &[50]);
@@ -223,12 +224,102 @@ fn truncated_history_is_reported_and_skipped() {
     s.on_history(Seq(58), page(58, 59), &mut out);
     assert_eq!(
         out[0],
-        Action::Truncated {
+        Action::Gap {
             from: Seq(4),
-            to: Seq(57)
+            to: Seq(57),
+            reason: GapReason::Trimmed,
         }
     );
     assert_eq!(delivered(&out), vec![58, 59, 60]);
+}
+
+fn gap(from: u64, to: u64, reason: GapReason) -> Action<Ev> {
+    Action::Gap {
+        from: Seq(from),
+        to: Seq(to),
+        reason,
+    }
+}
+
+#[test]
+fn a_broker_gap_is_skipped_once_and_never_fetched() {
+    let mut s = sync(Some(3));
+    let mut out = Vec::new();
+    s.on_gap(Seq(4), Seq(9), GapReason::Trimmed, &mut out);
+    assert_eq!(out, vec![gap(4, 9, GapReason::Trimmed)]);
+    assert_eq!(s.start_at(), StartAt::From(Seq(10)));
+    let out = feed(&mut s, &[10, 11]);
+    assert_eq!(out, vec![Action::Deliver(Ev(10)), Action::Deliver(Ev(11))]);
+    // The same range again (a replay after a reconnect) is not reported.
+    let mut out = Vec::new();
+    s.on_gap(Seq(4), Seq(9), GapReason::Trimmed, &mut out);
+    assert!(out.is_empty());
+
+    // A start truncated in the SubscribeAck, then the broker's Gap for the
+    // same range (version 2 sends both): reported once.
+    let mut s = sync(Some(3));
+    let mut out = Vec::new();
+    s.on_subscribed(Seq(20), Seq(10), true, &mut out);
+    s.on_gap(Seq(4), Seq(9), GapReason::Trimmed, &mut out);
+    assert_eq!(out, vec![gap(4, 9, GapReason::Trimmed)]);
+
+    // Buffered events after the gap are delivered once it is skipped.
+    let mut s = sync(Some(3));
+    let out = feed(&mut s, &[12, 13]);
+    assert_eq!(
+        out,
+        vec![Action::FetchHistory {
+            after: Seq(3),
+            limit: 8
+        }]
+    );
+    let mut out = Vec::new();
+    s.on_gap(Seq(4), Seq(11), GapReason::Deleted, &mut out);
+    assert_eq!(
+        out,
+        vec![
+            gap(4, 11, GapReason::Deleted),
+            Action::Deliver(Ev(12)),
+            Action::Deliver(Ev(13))
+        ]
+    );
+}
+
+#[test]
+fn a_gap_after_missing_entries_resubscribes() {
+    let mut s = sync(Some(3));
+    let mut out = Vec::new();
+    s.on_gap(Seq(6), Seq(9), GapReason::Trimmed, &mut out);
+    assert_eq!(out, vec![Action::Resubscribe { from: Seq(4) }]);
+}
+
+#[test]
+fn access_lost_ends_the_room() {
+    // Everything up to the removal was delivered: an empty range.
+    let mut s = sync(Some(7));
+    let mut out = Vec::new();
+    s.on_gap(Seq(8), Seq(7), GapReason::AccessLost, &mut out);
+    assert_eq!(out, vec![gap(8, 7, GapReason::AccessLost)]);
+    assert!(feed(&mut s, &[8]).is_empty());
+
+    // With entries still missing (and buffered), they are reported from
+    // the last delivered one on, and nothing more is delivered.
+    let mut s = sync(Some(3));
+    feed(&mut s, &[6]);
+    let mut out = Vec::new();
+    s.on_gap(Seq(7), Seq(9), GapReason::AccessLost, &mut out);
+    assert_eq!(out, vec![gap(4, 9, GapReason::AccessLost)]);
+    let mut out = Vec::new();
+    s.on_history(Seq(1), page(4, 9), &mut out);
+    s.on_subscribed(Seq(9), Seq(1), false, &mut out);
+    assert!(out.is_empty());
+
+    // Even while paused.
+    let mut s = sync(Some(3));
+    s.pause(Seq(5));
+    let mut out = Vec::new();
+    s.on_gap(Seq(6), Seq(6), GapReason::AccessLost, &mut out);
+    assert_eq!(out, vec![gap(5, 6, GapReason::AccessLost)]);
 }
 
 #[test]
@@ -314,7 +405,7 @@ fn simulate(n: u64, script: &[Net], max_buffer: usize, page_size: u16) -> Vec<u6
             for action in std::mem::take(out) {
                 match action {
                     Action::Deliver(e) => delivered_seqs.push(e.0),
-                    Action::Duplicate(_) | Action::Truncated { .. } => {}
+                    Action::Duplicate(_) | Action::Gap { .. } => {}
                     Action::FetchHistory { after, limit } => *fill = Some((after.0, limit)),
                     Action::Resubscribe { from } => {
                         *fill = None;

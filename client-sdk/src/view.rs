@@ -104,7 +104,7 @@ impl MessageView {
 /// #     RoomEvent { room: RoomId::new("r").unwrap(), seq: Seq(seq), timestamp_us: seq,
 /// #         sender: UserId::new(who).unwrap(), device: DeviceId::new("d").unwrap(),
 /// #         client_msg_id: 0, kind, refers_to: target.map(Seq), thread: None,
-/// #         payload: bytes::Bytes::from_static(p.as_bytes()), replayed: false }
+/// #         payload: bytes::Bytes::from_static(p.as_bytes()), replayed: false, gaps: Vec::new() }
 /// # }
 /// let mut view = RoomView::new();
 /// view.apply(&ev(1, MessageKind::MESSAGE, None, "alice", "helo"));

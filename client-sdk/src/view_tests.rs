@@ -17,6 +17,7 @@ fn ev(seq: u64, kind: MessageKind, target: Option<u64>, who: &str, payload: &str
         thread: None,
         payload: Bytes::copy_from_slice(payload.as_bytes()),
         replayed: false,
+        gaps: Vec::new(),
     }
 }
 

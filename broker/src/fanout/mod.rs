@@ -17,7 +17,7 @@ mod subscription;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use confab_codec::{ErrorCode, Seq, StartAt, SubscribeResult};
+use confab_codec::{ErrorCode, GapReason, Seq, StartAt, SubscribeResult};
 use crossbeam_channel::Receiver;
 use tokio::runtime::Handle;
 use tokio_util::task::TaskTracker;
@@ -27,9 +27,9 @@ pub(crate) use conn::{ConnCtx, DirectReply, Held};
 pub(crate) use outbox::{Drained, Outbox, Source};
 pub(crate) use room::{Room, RoomRegistry};
 pub(crate) use split::{presence_events, receipt_events, subscribe_acks};
+pub(crate) use subscription::{gap_frame, CatchupCtx, Offer, Subscription};
 #[cfg(test)]
 pub(crate) use subscription::{read_batch, CatchupStep};
-pub(crate) use subscription::{CatchupCtx, Offer, Subscription};
 
 use crate::storage::LogBounds;
 
@@ -177,9 +177,12 @@ pub(crate) fn handle(
             }
         }
         FanoutMsg::Evict { room, user } => {
+            // After the entry that ended the membership went through this
+            // thread (the sequencer sends it first): a version 2 device is
+            // told what it was not sent, up to that entry.
             let subs = room.subscribers();
             for sub in subs.iter().filter(|s| s.user.as_ref() == Some(&user)) {
-                sub.close();
+                sub.end_access_lost();
                 room.remove_subscriber(sub);
             }
         }
@@ -193,6 +196,7 @@ fn subscribe(
     catch_up: &mut dyn FnMut(Arc<Subscription>, bool),
 ) {
     let mut catchups = Vec::new();
+    let mut gaps = Vec::new();
     for item in &cmd.items {
         if let Some(code) = item.refused {
             item.sub.close();
@@ -220,6 +224,11 @@ fn subscribe(
         if item.sub.register(next, head) {
             catchups.push(item.sub.clone());
         }
+        if let (StartAt::From(n), ErrorCode::HistoryTruncated) = (item.start, code) {
+            if item.sub.reports_gaps() {
+                gaps.push((item.sub.clone(), n.0.max(1), first.0 - 1));
+            }
+        }
         item.sub
             .room
             .add_subscriber(&item.sub, item.replaces.as_ref());
@@ -234,6 +243,16 @@ fn subscribe(
         match ack.to_bytes() {
             Ok(bytes) => cmd.outbox.push_subscribe_ack(bytes),
             Err(e) => warn!(error = %e, "cannot encode SubscribeAck"),
+        }
+    }
+    // The entries a start below `first` asked for and retention removed:
+    // after the ack (on a byte stream the ack is queued in the same lane),
+    // before the backlog, which the catch-up tasks started below queue
+    // behind it, and before any live entry, which only this thread offers.
+    for (sub, from, to) in gaps {
+        match gap_frame(&sub.room.id, from, to, GapReason::Trimmed) {
+            Ok(frame) => sub.outbox.push_event_forced(sub.lane, frame),
+            Err(e) => warn!(error = %e, "cannot encode Gap"),
         }
     }
     for sub in catchups {

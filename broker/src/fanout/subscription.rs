@@ -8,11 +8,16 @@
 //! readable from the log. Live delivery happens only when `next == seq`;
 //! catch-up reads `next..=seen` from the log and turns live again, under
 //! the same lock the fan-out takes, once `next == seen + 1`.
+//!
+//! On a connection of protocol version 2 the subscription also says what
+//! it will not deliver, with a `Gap` frame in the room's delivery order:
+//! entries retention trimmed before catch-up read them, and, when the
+//! user loses access, everything from `next` on (protocol 7.8.3).
 
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use confab_codec::{flags, raw, CaughtUp, Frame, Lagging, RoomId, Seq};
+use confab_codec::{flags, raw, CaughtUp, Frame, Gap, GapReason, Lagging, RoomId, Seq};
 use tracing::{debug, warn};
 
 use super::outbox::Outbox;
@@ -59,6 +64,10 @@ pub(crate) struct Subscription {
     pub(crate) user: Option<confab_codec::UserId>,
     /// The outbox's event lane of this room.
     pub(crate) lane: usize,
+    /// Whether the device is told about entries it will not get with `Gap`
+    /// frames (connections of protocol version 2); on version 1 they are
+    /// skipped silently, as that version specifies.
+    gaps: bool,
     state: Mutex<State>,
 }
 
@@ -93,12 +102,27 @@ impl Subscription {
             room,
             outbox,
             user,
+            gaps: false,
             state: Mutex::new(State {
                 next: 1,
                 seen: 0,
                 mode: Mode::Pending,
             }),
         }
+    }
+
+    /// Reports entries that will not be delivered with `Gap` frames (a
+    /// connection of protocol version 2), or not (version 1, the embedding
+    /// API).
+    #[must_use]
+    pub(crate) fn with_gaps(mut self, gaps: bool) -> Self {
+        self.gaps = gaps;
+        self
+    }
+
+    /// Whether entries that will not be delivered are reported with `Gap`.
+    pub(crate) fn reports_gaps(&self) -> bool {
+        self.gaps
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -167,6 +191,38 @@ impl Subscription {
     /// Stops delivery; a running catch-up task ends at its next step.
     pub(crate) fn close(&self) {
         self.lock().mode = Mode::Closed;
+    }
+
+    /// Stops delivery because the user lost access to the room (left, was
+    /// removed, or a refreshed token no longer allows the room). On a
+    /// version 2 connection the device is told with
+    /// `Gap{from: next, to: seen, AccessLost}`: `next` is the first entry
+    /// it was not sent, `seen` the last entry committed before access ended
+    /// that the fan-out had handed to this subscription (for a leave or a
+    /// removal, the `MEMBER_LEFT` or `MEMBER_REMOVED` entry itself, which
+    /// is committed before the eviction). When everything up to `seen` was
+    /// sent, the range is empty (`from == to + 1`) and the frame only says
+    /// that nothing more comes. A subscription not yet registered (its
+    /// `SubscribeAck` not sent) or already closed is just closed.
+    pub(crate) fn end_access_lost(&self) {
+        let mut st = self.lock();
+        let was = st.mode;
+        st.mode = Mode::Closed;
+        if !self.gaps || !matches!(was, Mode::Live | Mode::CatchingUp) {
+            return;
+        }
+        let (next, seen) = (st.next, st.seen);
+        self.push_gap(next, seen, GapReason::AccessLost);
+    }
+
+    /// Queues a `Gap` frame in the room's lane (forced: it is part of the
+    /// delivery order, like a catch-up batch). Called with the state lock
+    /// held, so that it lands between the right entries.
+    fn push_gap(&self, from: u64, to: u64, reason: GapReason) {
+        match gap_frame(&self.room.id, from, to, reason) {
+            Ok(frame) => self.outbox.push_event_forced(self.lane, frame),
+            Err(e) => warn!(room = %self.room.id, error = %e, "cannot encode Gap"),
+        }
     }
 
     /// Next sequence this subscription will deliver.
@@ -287,12 +343,16 @@ impl Subscription {
         let first_seq = records.first().map(|r| r.seq.0);
         if first_seq != Some(next) {
             // The log no longer holds `next`: it was trimmed by retention.
-            // Skip to what is retained (the device learns the gap from
-            // the sequence numbers); anything else is corruption.
+            // Skip to what is retained; a version 2 device is told the
+            // exact range with a `Gap`, a version 1 device learns it from
+            // the jump in sequence numbers. Anything else is corruption.
             let first_retained = bounds.map(|b| b.first.0).unwrap_or(0);
             if first_retained > next {
                 let mut st = self.lock();
                 if st.mode == Mode::CatchingUp && st.next == next {
+                    if self.gaps {
+                        self.push_gap(next, first_retained - 1, GapReason::Trimmed);
+                    }
                     st.next = first_retained;
                 }
                 return Ok(true);
@@ -327,6 +387,26 @@ impl Subscription {
         );
         Ok(true)
     }
+}
+
+/// The `Gap` frame telling that `from..=to` of `room` will not be
+/// delivered, and why.
+///
+/// # Errors
+/// The frame cannot be encoded (it always can: its size is bounded).
+pub(crate) fn gap_frame(
+    room: &RoomId,
+    from: u64,
+    to: u64,
+    reason: GapReason,
+) -> Result<Bytes, confab_codec::CodecError> {
+    Frame::new(Gap {
+        room: room.clone(),
+        from: Seq(from),
+        to: Seq(to),
+        reason,
+    })
+    .to_bytes()
 }
 
 /// What a catch-up does next.
@@ -394,6 +474,120 @@ mod tests {
         Frame::new(rec.in_room(room.clone()))
             .to_bytes()
             .expect("encode")
+    }
+
+    fn append(log: &MemoryLog, room_id: &RoomId, seqs: std::ops::RangeInclusive<u64>) {
+        for seq in seqs {
+            let rec = record(seq);
+            log.append_batch(
+                &[Append {
+                    room: room_id,
+                    seq: Seq(seq),
+                    record: &rec,
+                    idem: None,
+                    timestamp_us: 0,
+                }],
+                Durability::Wal,
+            )
+            .expect("append");
+        }
+    }
+
+    fn catchup_ctx(log: Arc<MemoryLog>) -> Arc<CatchupCtx> {
+        Arc::new(CatchupCtx {
+            log,
+            batch: 4,
+            max_bytes: 1 << 20,
+            max_frame_len: 1 << 20,
+            ahead_bytes: 64 << 10,
+            stats: Arc::default(),
+        })
+    }
+
+    /// What the device gets for the room, in order: `Ok(seq)` for an
+    /// entry, `Err((from, to, reason))` for a gap.
+    fn received(outbox: &Outbox) -> Vec<Result<u64, (u64, u64, GapReason)>> {
+        let mut buf = BytesMut::new();
+        outbox.drain_into(&mut buf, usize::MAX);
+        let mut out = Vec::new();
+        while let Some(f) = Frame::decode(&mut buf, 1 << 24).expect("valid") {
+            match f.body {
+                Body::Event(e) => out.push(Ok(e.event.seq.0)),
+                Body::EventBatch(b) => out.extend(b.events.iter().map(|e| Ok(e.seq.0))),
+                Body::Gap(g) => out.push(Err((g.from.0, g.to.0, g.reason))),
+                _ => {}
+            }
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn catchup_over_a_trimmed_range_reports_the_exact_gap_on_version_2() {
+        for gaps in [true, false] {
+            let room_id = RoomId::new("r").expect("id");
+            let log = Arc::new(MemoryLog::new());
+            append(&log, &room_id, 1..=10);
+            let outbox = Arc::new(Outbox::new(64, Arc::default()));
+            let sub = Arc::new(
+                Subscription::new(Arc::new(Room::new(room_id.clone())), outbox.clone())
+                    .with_gaps(gaps),
+            );
+            assert!(sub.register(Seq(2), Seq(10)));
+            // Retention trims 1..=6 before catch-up reads anything.
+            log.trim(&room_id, Seq(7), &[], Durability::Wal)
+                .expect("trim");
+            sub.clone().catch_up(catchup_ctx(log), false).await;
+            let mut expected = vec![Ok(7), Ok(8), Ok(9), Ok(10)];
+            if gaps {
+                expected.insert(0, Err((2, 6, GapReason::Trimmed)));
+            }
+            assert_eq!(received(&outbox), expected, "gaps {gaps}");
+            assert_eq!(sub.next_seq(), Seq(11));
+        }
+    }
+
+    #[test]
+    fn access_lost_reports_from_next_to_the_last_entry_seen() {
+        let room_id = RoomId::new("r").expect("id");
+        let new_sub = |gaps: bool| {
+            let outbox = Arc::new(Outbox::new(64, Arc::default()));
+            let sub = Subscription::new(Arc::new(Room::new(room_id.clone())), outbox.clone())
+                .with_gaps(gaps);
+            (sub, outbox)
+        };
+        // Live and up to date: an empty range, only "nothing more comes".
+        let (sub, outbox) = new_sub(true);
+        assert!(!sub.register(Seq(1), Seq(0)));
+        for seq in 1..=3 {
+            assert_eq!(
+                sub.offer(Seq(seq), &live_frame(&room_id, seq)),
+                Offer::Delivered
+            );
+        }
+        sub.end_access_lost();
+        assert!(sub.is_closed());
+        assert_eq!(
+            received(&outbox),
+            [Ok(1), Ok(2), Ok(3), Err((4, 3, GapReason::AccessLost))]
+        );
+        assert_eq!(sub.offer(Seq(4), &live_frame(&room_id, 4)), Offer::Skipped);
+
+        // Catching up from 2 with 8 committed: 2..=8 will not come.
+        let (sub, outbox) = new_sub(true);
+        assert!(sub.register(Seq(2), Seq(8)));
+        sub.end_access_lost();
+        assert_eq!(received(&outbox), [Err((2, 8, GapReason::AccessLost))]);
+
+        // Version 1, or not registered yet (no SubscribeAck sent): nothing.
+        let (sub, outbox) = new_sub(false);
+        assert!(sub.register(Seq(2), Seq(8)));
+        sub.end_access_lost();
+        assert!(sub.is_closed());
+        assert_eq!(received(&outbox), []);
+        let (sub, outbox) = new_sub(true);
+        sub.end_access_lost();
+        assert!(sub.is_closed());
+        assert_eq!(received(&outbox), []);
     }
 
     /// Every delivered sequence of the room, in the order the device gets them.

@@ -124,11 +124,15 @@ impl Session {
             }
             results.push(result);
             let room = self.shared.rooms.get_or_create(&item.room);
-            let sub = Arc::new(Subscription::for_user(
-                room,
-                self.conn.outbox.clone(),
-                Some(self.conn.user.clone()),
-            ));
+            let sub = Arc::new(
+                Subscription::for_user(
+                    room,
+                    self.conn.outbox.clone(),
+                    Some(self.conn.user.clone()),
+                )
+                // `Gap` is a version 2 frame.
+                .with_gaps(self.conn.version >= 2),
+            );
             self.subs.insert(item.room, sub.clone());
             stamped.push(SubscribeItem {
                 index,
@@ -246,7 +250,11 @@ impl Session {
             .cloned()
             .collect();
         if !ended.is_empty() {
-            let subs = ended.iter().filter_map(|r| self.subs.remove(r)).collect();
+            let subs: Vec<_> = ended.iter().filter_map(|r| self.subs.remove(r)).collect();
+            // Access lost: a version 2 device gets a `Gap` per room.
+            for s in &subs {
+                s.end_access_lost();
+            }
             self.end_subscriptions(subs);
             let mut text = format!(
                 "the refreshed token does not allow {} subscribed room(s); their subscriptions ended:",

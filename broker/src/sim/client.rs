@@ -512,9 +512,9 @@ impl SimClient {
                     }
                 }
                 Action::Resubscribe { .. } => self.subscribe(vec![room.clone()]),
-                Action::Truncated { from, to } => {
+                Action::Gap { from, to, reason } => {
                     return Err(Failure::new(format!(
-                        "{}: {room} truncated {from}..={to} without retention",
+                        "{}: {room} gap {from}..={to} ({reason:?}) without retention",
                         self.user
                     )))
                 }

@@ -2,8 +2,8 @@
 //! subscription messages, and frames from the broker.
 
 use confab_codec::{
-    flags, Ack, Body, Direction, ErrorCode, EventRecord, Frame, HistoryRequest, Pong, Receipt,
-    RoomId, Seq, StartAt, Subscribe, SubscribeItem, SubscribeResult, Unsubscribe,
+    flags, Ack, Body, Direction, ErrorCode, EventRecord, Frame, GapReason, HistoryRequest, Pong,
+    Receipt, RoomId, Seq, StartAt, Subscribe, SubscribeItem, SubscribeResult, Unsubscribe,
 };
 use tokio::sync::mpsc::error::TrySendError;
 use tokio_util::sync::CancellationToken;
@@ -15,11 +15,21 @@ use super::{
     Wire,
 };
 use crate::error::{is_passing_refusal, ClientError, DisconnectReason};
-use crate::events::{ConnectionEvent, RoomEvent, Signal};
+use crate::events::{ConnectionEvent, Gap, RoomEvent, Signal};
 use crate::sync::{Action, RoomSync};
 
 /// Most rooms per `Subscribe` frame.
 const SUBSCRIBE_CHUNK: usize = 1000;
+
+/// What a room's event stream carried, held on QUIC until the
+/// `SubscribeAck` it follows arrives.
+#[derive(Debug)]
+pub(super) enum Held {
+    /// An entry, and whether it was replayed from the log.
+    Event(EventRecord, bool),
+    /// A range the broker will not deliver (version 2).
+    Gap(confab_codec::Gap),
+}
 
 impl Driver {
     // ----- commands ------------------------------------------------------
@@ -103,6 +113,7 @@ impl Driver {
             end: s.end,
             wire: Wire::Idle,
             held: Vec::new(),
+            gaps: Vec::new(),
             ack: None,
             _drain_watch: None,
         };
@@ -523,6 +534,7 @@ impl Driver {
         match frame.body {
             Body::Event(e) => self.on_events(e.room, vec![e.event], replayed),
             Body::EventBatch(b) => self.on_events(b.room, b.events, replayed),
+            Body::Gap(g) => self.on_gap(g),
             Body::Ping(p) => {
                 if let Some(conn) = self.conn.as_mut() {
                     conn.send(Frame::new(Pong { nonce: p.nonce }));
@@ -761,8 +773,13 @@ impl Driver {
                 .on_subscribed(result.head, result.first, truncated, &mut out);
             let held = std::mem::take(&mut r.held);
             if self.apply(&room, out, true) {
-                for (record, replayed) in held {
-                    self.on_events(room.clone(), vec![record], replayed);
+                for item in held {
+                    match item {
+                        Held::Event(record, replayed) => {
+                            self.on_events(room.clone(), vec![record], replayed)
+                        }
+                        Held::Gap(gap) => self.on_gap(gap),
+                    }
                 }
             }
         }
@@ -849,8 +866,12 @@ impl Driver {
             // beyond the bound they are dropped, and the gap they leave is
             // filled from history like any other.
             let room_left = self.config.max_out_of_order.saturating_sub(r.held.len());
-            r.held
-                .extend(records.into_iter().take(room_left).map(|e| (e, replayed)));
+            r.held.extend(
+                records
+                    .into_iter()
+                    .take(room_left)
+                    .map(|e| Held::Event(e, replayed)),
+            );
             return;
         }
         for record in records {
@@ -868,6 +889,28 @@ impl Driver {
         }
     }
 
+    /// A `Gap` from the broker (version 2): entries it will not deliver on
+    /// the room's subscription, in the room's delivery order.
+    fn on_gap(&mut self, gap: confab_codec::Gap) {
+        let split = self.conn.as_ref().is_some_and(|c| c.split_events());
+        let Some(r) = self.rooms.get_mut(&gap.room) else {
+            return;
+        };
+        if split && r.wire == Wire::Pending {
+            // QUIC: it follows a SubscribeAck still on its way, like the
+            // events around it. Beyond the bound it is dropped; the
+            // entries after it then look missing, and the resubscription
+            // that follows reports the range again.
+            if r.held.len() < self.config.max_out_of_order {
+                r.held.push(Held::Gap(gap));
+            }
+            return;
+        }
+        let mut out = Vec::new();
+        r.sync.on_gap(gap.from, gap.to, gap.reason, &mut out);
+        self.apply(&gap.room, out, true);
+    }
+
     /// Performs a room's sync actions. Returns false if the room stopped
     /// taking events (paused or gone).
     fn apply(&mut self, room: &RoomId, actions: Vec<Action<EventRecord>>, replayed: bool) -> bool {
@@ -878,12 +921,13 @@ impl Driver {
                         return false;
                     };
                     let seq = record.seq;
-                    match r
-                        .tx
-                        .try_send(RoomEvent::from_record(room.clone(), record, replayed))
-                    {
+                    let mut event = RoomEvent::from_record(room.clone(), record, replayed);
+                    event.gaps = std::mem::take(&mut r.gaps);
+                    match r.tx.try_send(event) {
                         Ok(()) => {}
-                        Err(TrySendError::Full(_)) => {
+                        Err(TrySendError::Full(event)) => {
+                            // The gaps go with the event after the pause.
+                            r.gaps = event.gaps;
                             self.pause_room(room, seq);
                             return false;
                         }
@@ -903,13 +947,50 @@ impl Driver {
                     debug!(%room, %from, "resubscribing");
                     self.send_subscribe(vec![room.clone()]);
                 }
-                Action::Truncated { from, to } => {
-                    warn!(%room, %from, %to, "messages lost to retention");
-                    self.emit(ConnectionEvent::HistoryTruncated {
+                Action::Gap {
+                    from,
+                    to,
+                    reason: GapReason::AccessLost,
+                } => {
+                    let Some(r) = self.rooms.get(room) else {
+                        return false;
+                    };
+                    // Ranges still waiting for an event are part of what
+                    // was not delivered.
+                    let from = r.gaps.first().map_or(from, |g| g.from.min(from));
+                    let id = r.id;
+                    let err = ClientError::AccessLost {
                         room: room.clone(),
                         from,
                         to,
-                    });
+                    };
+                    self.end_room(room, id, err);
+                    return false;
+                }
+                Action::Gap { from, to, reason } => {
+                    let Some(r) = self.rooms.get_mut(room) else {
+                        return false;
+                    };
+                    warn!(%room, %from, %to, ?reason, "messages that will not be delivered");
+                    match r.gaps.last_mut() {
+                        // Adjacent ranges of one reason are one range.
+                        Some(last) if last.reason == reason && last.to.next() == from => {
+                            last.to = to;
+                        }
+                        _ => r.gaps.push(Gap {
+                            room: room.clone(),
+                            from,
+                            to,
+                            reason,
+                        }),
+                    }
+                    if reason == GapReason::Trimmed {
+                        self.emit(ConnectionEvent::HistoryTruncated {
+                            room: room.clone(),
+                            from,
+                            to,
+                        });
+                    }
                 }
             }
         }

@@ -72,10 +72,13 @@ struct Room {
     tx: mpsc::Sender<RoomEvent>,
     end: Arc<EndSlot>,
     wire: Wire,
-    /// QUIC: events that arrived, on their event stream, before the
-    /// `SubscribeAck` of the subscription in flight (protocol section 2.1);
-    /// applied right after it. At most `max_out_of_order`.
-    held: Vec<(EventRecord, bool)>,
+    /// QUIC: events (and gaps) that arrived, on their event stream, before
+    /// the `SubscribeAck` of the subscription in flight (protocol section
+    /// 2.1); applied right after it. At most `max_out_of_order`.
+    held: Vec<dispatch::Held>,
+    /// Ranges that will never be delivered, reported with the next event
+    /// handed to the application (`RoomEvent::gaps`).
+    gaps: Vec<crate::events::Gap>,
     /// The `subscribe` call waiting for the broker's first answer.
     ack: Option<oneshot::Sender<Result<(), ClientError>>>,
     /// Stops the task waiting for a paused subscription to drain.
