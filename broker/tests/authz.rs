@@ -358,6 +358,69 @@ async fn a_refreshed_token_with_fewer_rooms_ends_their_subscriptions() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refreshed_token_with_fewer_rooms_tells_a_version_2_device_access_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(jwt_config(dir.path())).await;
+    let addr = broker.tcp_addr();
+    let exp = now() + 600;
+    let (a, b) = (room("a"), room("b"));
+    let mut writer = open(addr, json!({"sub": "wendy", "exp": exp}), "w").await;
+    writer.publish(&b, 1, b"one").await;
+    let mut c = Conn::raw(addr).await;
+    c.send(Hello {
+        min_version: 1,
+        max_version: 2,
+        token: token(json!({"sub": "rita", "exp": exp, "rooms": ["a", "b"]})),
+        device: DeviceId::new("r").unwrap(),
+        client_name: "authz-test".into(),
+        resume: vec![],
+        features: Default::default(),
+    })
+    .await;
+    let f = c.recv().await.unwrap();
+    assert!(
+        matches!(&f.body, Body::Welcome(w) if w.version == 2),
+        "{f:?}"
+    );
+    let ack = c
+        .subscribe(vec![
+            (a.clone(), StartAt::Live),
+            (b.clone(), StartAt::From(Seq(1))),
+        ])
+        .await;
+    assert!(ack.results.iter().all(|r| r.code == ErrorCode::Normal));
+    let (events, _) = c.events(1).await;
+    assert_eq!((&events[0].0, events[0].1), (&b, 1));
+
+    let rid = c
+        .send(RefreshToken {
+            token: token(json!({"sub": "rita", "exp": exp, "rooms": ["a"]})),
+        })
+        .await;
+    let reply = c.wait_reply(rid, |f| matches!(f.body, Body::Ack(_))).await;
+    assert!(matches!(reply.body, Body::Ack(_)));
+    // Room b ends with a Gap: everything up to its head (1) was sent, so
+    // the range is empty; nothing more of it comes.
+    let gap = loop {
+        let f = c.recv().await.expect("open");
+        match f.body {
+            Body::Gap(g) => break g,
+            Body::Event(_) | Body::EventBatch(_) => panic!("{f:?}"),
+            _ => {}
+        }
+    };
+    assert_eq!(
+        (gap.room, gap.from, gap.to, gap.reason),
+        (b.clone(), Seq(2), Seq(1), GapReason::AccessLost)
+    );
+    writer.publish(&b, 2, b"hidden").await;
+    writer.publish(&a, 3, b"visible").await;
+    let (events, _) = c.events(1).await;
+    assert_eq!((&events[0].0, &events[0].2[..]), (&a, &b"visible"[..]));
+    broker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_configured_issuer_and_audience_are_required() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = jwt_config(dir.path());

@@ -152,11 +152,11 @@ async fn handshake_rules(t: Transport) {
     c.send(Ping { nonce: 1 }).await;
     expect_error_and_close(&mut c, ErrorCode::ProtocolViolation).await;
 
-    // No common version.
+    // No common version (the broker speaks 1 and 2).
     let mut c = Conn::connect(&addr).await;
     c.send(Hello {
-        min_version: 2,
-        max_version: 3,
+        min_version: 3,
+        max_version: 4,
         token: "alice".into(),
         device: DeviceId::new("d").unwrap(),
         client_name: "future".into(),
