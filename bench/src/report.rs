@@ -340,7 +340,9 @@ pub fn compare(before: &[Row], after: &[Row]) -> Vec<Change> {
 /// (for `ms` rows, where lower is better, before / after, so that above 1
 /// is always better), and the p99 ratio for latency rows.
 pub fn print_comparison(changes: &[Change]) {
-    println!("after vs before (speed-up: above 1 = after is better; p99: below 1 = after is lower)");
+    println!(
+        "after vs before (speed-up: above 1 = after is better; p99: below 1 = after is lower)"
+    );
     println!(
         "{:<78} {:>12} {:>12} {:>9} {:>10} {:>10} {:>8}",
         "row", "before", "after", "speed-up", "p99 before", "p99 after", "p99"
