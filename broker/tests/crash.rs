@@ -14,8 +14,14 @@ use confab_codec::*;
 
 /// One publisher: pipelines publishes with cmid-derived payloads and
 /// records every ack until the connection dies.
-async fn publisher(addr: SocketAddr, id: usize, rooms: Vec<RoomId>) -> Vec<(RoomId, u64, u64)> {
+async fn publisher(
+    addr: SocketAddr,
+    id: usize,
+    rooms: Vec<RoomId>,
+    connected: tokio::sync::mpsc::Sender<()>,
+) -> Vec<(RoomId, u64, u64)> {
     let mut c = Conn::open(addr, &format!("p{id}"), "d").await;
+    let _ = connected.send(()).await;
     let mut acked = Vec::new();
     let mut inflight: HashMap<u32, (RoomId, u64)> = HashMap::new();
     let mut cmid = 0u64;
@@ -53,9 +59,18 @@ async fn kill_during_load(durability: &str) {
 
     let mut child = spawn_confab(dir.path(), port, durability);
     wait_listening(addr).await;
+    let (connected, mut handshakes) = tokio::sync::mpsc::channel(4);
     let tasks: Vec<_> = (0..4)
-        .map(|i| tokio::spawn(publisher(addr, i, rooms.clone())))
+        .map(|i| tokio::spawn(publisher(addr, i, rooms.clone(), connected.clone())))
         .collect();
+    // The load runs for 1.5 s once every publisher is connected (on a busy
+    // machine the handshakes alone can take a while).
+    for _ in 0..4 {
+        tokio::time::timeout(WAIT, handshakes.recv())
+            .await
+            .expect("every publisher connects")
+            .expect("a publisher connected");
+    }
     tokio::time::sleep(Duration::from_millis(1500)).await;
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
