@@ -16,7 +16,7 @@
 
 use confab_codec::{RoomId, UserId};
 
-use super::{decode_u64, prefixed};
+use super::{decode_u64, prefixed, scan_after};
 use crate::storage::{MetaWrite, RoomLog, StorageError};
 
 const INDEX: u8 = b'i';
@@ -87,7 +87,7 @@ pub(crate) fn changed_since(
     // first key of `from_epoch`.
     let mut start = prefix.clone();
     start.extend_from_slice(&from_epoch.to_be_bytes());
-    scan_from(log, &prefix, &start, |rest, value| {
+    scan_after(log, &prefix, Some(start), |rest, value| {
         let Some(room) = rest
             .get(8..)
             .and_then(|r| std::str::from_utf8(r).ok())
@@ -100,27 +100,4 @@ pub(crate) fn changed_since(
         *e = (*e).max(stamp);
     })?;
     Ok(found.into_iter().collect())
-}
-
-/// As [`scan`], from the first key at or after `start` (which begins with
-/// `prefix` and is not itself a stored key).
-fn scan_from(
-    log: &dyn RoomLog,
-    prefix: &[u8],
-    start: &[u8],
-    mut f: impl FnMut(&[u8], &[u8]),
-) -> Result<(), StorageError> {
-    let mut after = start.to_vec();
-    loop {
-        let page = log.meta_scan(prefix, Some(&after), super::PAGE)?;
-        for (k, v) in &page {
-            if let Some(rest) = k.get(prefix.len()..) {
-                f(rest, v);
-            }
-        }
-        match page.last() {
-            Some((last, _)) if page.len() == super::PAGE => after = last.clone(),
-            _ => return Ok(()),
-        }
-    }
 }

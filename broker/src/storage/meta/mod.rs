@@ -47,12 +47,18 @@ fn decode_u64(v: &[u8]) -> u64 {
 
 /// Calls `f` with the part of each key after `prefix`, and its value, for
 /// every entry under `prefix`, page by page.
-fn scan(
+fn scan(log: &dyn RoomLog, prefix: &[u8], f: impl FnMut(&[u8], &[u8])) -> Result<(), StorageError> {
+    scan_after(log, prefix, None, f)
+}
+
+/// As [`scan`], for the entries after the key `after` (which begins with
+/// `prefix`; it need not be a stored key).
+fn scan_after(
     log: &dyn RoomLog,
     prefix: &[u8],
+    mut after: Option<Vec<u8>>,
     mut f: impl FnMut(&[u8], &[u8]),
 ) -> Result<(), StorageError> {
-    let mut after: Option<Vec<u8>> = None;
     loop {
         let page: Vec<MetaEntry> = log.meta_scan(prefix, after.as_deref(), PAGE)?;
         for (k, v) in &page {
