@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use confab_codec::{
-    ErrorCode, ErrorFrame, Frame, Goodbye, Hello, RoomId, Seq, SubscribeResult, Welcome,
+    ErrorCode, ErrorFrame, Features, Frame, Goodbye, Hello, RoomId, Seq, SubscribeResult, Welcome,
     MIN_PROTOCOL_VERSION,
 };
 use futures_util::StreamExt;
@@ -24,7 +24,7 @@ use super::codec::FrameCodec;
 use super::grant::Grant;
 use super::handshake::{handshake, Handshaken};
 use super::quic_writer::QuicEgress;
-use super::writer::{self, Egress, WriterCtx, WriterEnd};
+use super::writer::{self, Compression, Egress, WriterCtx, WriterEnd};
 use super::ConnCtx;
 use crate::admission::Ticket;
 use crate::base::{now_us, sender_key};
@@ -123,6 +123,17 @@ async fn serve<R, W>(
     }
     shared.presence.connect(session_id, &conn.user);
 
+    // Compression (protocol 3.6) when the client offered it and it is on:
+    // frames after the Welcome may come compressed from now on, and the
+    // writer may compress what follows the Welcome.
+    let features = if cfg.compression.enabled && hello.features.contains(Features::ZSTD) {
+        frames
+            .decoder_mut()
+            .enable_decompression(shared.stats.clone());
+        Features::ZSTD
+    } else {
+        Features::NONE
+    };
     let writer_done = CancellationToken::new();
     let writer = egress.spawn_writer(WriterCtx {
         outbox: outbox.clone(),
@@ -130,6 +141,11 @@ async fn serve<R, W>(
         slow_timeout: cfg.slow_consumer_timeout(),
         session_id,
         done: writer_done.clone(),
+        compression: features.contains(Features::ZSTD).then(|| Compression {
+            level: cfg.compression.level,
+            min_bytes: cfg.compression.min_bytes as usize,
+            max_frame_len: cfg.limits.max_frame_len,
+        }),
     });
 
     let welcome = Frame::request(
@@ -144,7 +160,7 @@ async fn serve<R, W>(
             max_rooms: cfg.limits.max_rooms_per_connection,
             heartbeat_ms: cfg.limits.heartbeat_ms as u32,
             idle_timeout_ms: cfg.limits.idle_timeout_ms as u32,
-            features: Default::default(),
+            features,
         },
     );
     push(&outbox, welcome);

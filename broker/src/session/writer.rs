@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use confab_codec::{ErrorCode, ErrorFrame, Frame, Goodbye, Header, HEADER_LEN};
+use confab_compress::Compressor;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -30,7 +31,7 @@ use tracing::{debug, info};
 
 use super::connection::reject;
 use super::quic_writer::{self, QuicEgress};
-use crate::fanout::{Drained, Outbox};
+use crate::fanout::{Drained, Outbox, Source};
 
 /// Why the writer stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,6 +63,78 @@ pub(crate) struct WriterCtx {
     pub(crate) session_id: u64,
     /// Cancelled when the writer stops, whatever the reason.
     pub(crate) done: CancellationToken,
+    /// Set when the connection agreed on compression (protocol 3.6).
+    pub(crate) compression: Option<Compression>,
+}
+
+/// How a connection that agreed on compression compresses what it sends.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Compression {
+    /// zstd level.
+    pub(crate) level: i32,
+    /// Bodies shorter than this are sent as they are.
+    pub(crate) min_bytes: usize,
+    /// No compressed body may be longer.
+    pub(crate) max_frame_len: u32,
+}
+
+/// The sending side of one stream: drains its share of the outbox into the
+/// buffer the writer writes, compressing frame by frame when the
+/// connection agreed on it. The zstd context is made on the first frame
+/// worth compressing and lives as long as the stream: each frame is
+/// compressed against the ones before it (protocol 3.6). Compression runs
+/// here, per connection and outside the outbox's lock, on frames that the
+/// fan-out encoded once for every subscriber.
+pub(super) struct Deflate {
+    settings: Option<Compression>,
+    zstd: Option<Compressor>,
+    raw: BytesMut,
+}
+
+impl Deflate {
+    pub(super) fn new(settings: Option<Compression>) -> Self {
+        Self {
+            settings,
+            zstd: None,
+            raw: BytesMut::new(),
+        }
+    }
+
+    /// Moves frames of `source` into `buf` (see [`Outbox::drain`]),
+    /// compressed when the connection agreed on it.
+    ///
+    /// # Errors
+    /// If zstd fails: the stream cannot go on.
+    pub(super) fn drain(
+        &mut self,
+        outbox: &Outbox,
+        source: Source,
+        buf: &mut BytesMut,
+        max_bytes: usize,
+    ) -> std::io::Result<Drained> {
+        let Some(c) = self.settings else {
+            return Ok(outbox.drain(source, buf, max_bytes));
+        };
+        self.raw.clear();
+        let drained = outbox.drain(source, &mut self.raw, max_bytes);
+        if drained != Drained::Frames {
+            return Ok(drained);
+        }
+        let zstd = match &mut self.zstd {
+            Some(z) => z,
+            None => self
+                .zstd
+                .insert(Compressor::new(c.level, c.min_bytes, c.max_frame_len)?),
+        };
+        zstd.push_frames(&self.raw, buf)?;
+        let t = zstd.take_totals();
+        if t.frames > 0 {
+            let stats = outbox.stats();
+            stats.compressed_in.fetch_add(t.plain, Ordering::Relaxed);
+            stats.compressed_out.fetch_add(t.compressed, Ordering::Relaxed);
+        }
+        Ok(Drained::Frames)
+    }
 }
 
 impl<W: AsyncWrite + Send + Unpin + 'static> Egress<W> {
@@ -107,8 +180,16 @@ async fn write_loop<W: AsyncWrite + Unpin>(mut wr: W, ctx: WriterCtx) -> WriterE
     // write: TLS sends what the socket takes on every write already, and a
     // flush shows no progress until it is complete.
     let mut unflushed = false;
+    let mut deflate = Deflate::new(ctx.compression);
     let end = loop {
-        match ctx.outbox.drain_into(&mut buf, ctx.batch_bytes) {
+        let drained = match deflate.drain(&ctx.outbox, Source::All, &mut buf, ctx.batch_bytes) {
+            Ok(d) => d,
+            Err(e) => {
+                debug!(session_id = ctx.session_id, error = %e, "compression failed");
+                break WriterEnd::SocketError;
+            }
+        };
+        match drained {
             Drained::Frames => {
                 let mut written = 0;
                 match write_progress(&mut wr, &buf, &mut written, ctx.slow_timeout, None).await {
@@ -368,6 +449,7 @@ mod tests {
             slow_timeout,
             session_id: 1,
             done: CancellationToken::new(),
+            compression: None,
         }
     }
 
