@@ -432,7 +432,7 @@ impl Driver {
             device: self.config.device.clone(),
             client_name: self.config.client_name.clone(),
             resume: Vec::new(),
-            features: Default::default(),
+            features: self.config.features(),
         };
         let candidates = self
             .rooms
