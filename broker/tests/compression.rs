@@ -327,8 +327,12 @@ async fn hostile_compressed_frames_close_only_their_connection() {
 
     // Garbage with the flag.
     let mut evil = Raw::open(&broker, Via::Tcp, "mallory", Features::ZSTD).await;
-    evil.send_raw(&compressed(frame_type::Publish, 5, b"definitely not zstd data"))
-        .await;
+    evil.send_raw(&compressed(
+        frame_type::Publish,
+        5,
+        b"definitely not zstd data",
+    ))
+    .await;
     assert_refused(&evil.until_closed().await, ErrorCode::MalformedFrame);
 
     // The flag without having agreed on ZSTD (a valid compressed body).

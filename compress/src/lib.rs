@@ -125,7 +125,8 @@ impl Compressor {
     }
 
     /// Appends one whole encoded frame (header and body) to `dst`, its body
-    /// compressed if [`Compressor::wants`] it. Bytes that are not a whole
+    /// compressed if it is worth it: at least `min_bytes` long, sure to fit
+    /// the frame size limit compressed, and neither `Hello` nor `Welcome`. Bytes that are not a whole
     /// frame are appended as they are.
     ///
     /// # Errors

@@ -2,8 +2,8 @@
 
 use bytes::{Bytes, BytesMut};
 use confab_codec::{
-    flags, Ack, Body, DeviceId, ErrorCode, Event, EventRecord, Frame, Goodbye, Header, MessageKind, Ping,
-    RoomId, Seq, UserId, Welcome, HEADER_LEN,
+    flags, Ack, Body, DeviceId, ErrorCode, Event, EventRecord, Frame, Goodbye, Header, MessageKind,
+    Ping, RoomId, Seq, UserId, Welcome, HEADER_LEN,
 };
 
 use super::*;
@@ -214,7 +214,10 @@ fn a_zip_bomb_is_too_large_and_never_inflated_past_the_limit() {
         }
         other => panic!("expected FrameTooLarge, got {other:?}"),
     }
-    assert_eq!(err_code(&mut raw(0x04, &bomb), max), ErrorCode::FrameTooLarge);
+    assert_eq!(
+        err_code(&mut raw(0x04, &bomb), max),
+        ErrorCode::FrameTooLarge
+    );
     // A window over the limit is refused before anything is inflated.
     let big_window = zstd::bulk::compress(&vec![0u8; 16 << 20], 19).unwrap();
     assert_eq!(
@@ -222,7 +225,6 @@ fn a_zip_bomb_is_too_large_and_never_inflated_past_the_limit() {
         ErrorCode::MalformedFrame
     );
 }
-
 
 fn err_code(wire: &mut BytesMut, max: u32) -> ErrorCode {
     decode(wire, max, Some(&mut Decompressor::new()))
@@ -238,7 +240,10 @@ fn garbage_and_unnegotiated_flags_are_malformed() {
     assert_eq!(err.code(), ErrorCode::MalformedFrame);
     // A valid zstd stream whose body is not a valid Ping.
     let short = zstd::bulk::compress(b"abc", 1).unwrap();
-    assert_eq!(err_code(&mut raw(0x04, &short), MAX), ErrorCode::MalformedFrame);
+    assert_eq!(
+        err_code(&mut raw(0x04, &short), MAX),
+        ErrorCode::MalformedFrame
+    );
     // The flag where compression was not agreed on.
     let mut tx = Compressor::new(1, 8, MAX).unwrap();
     let mut wire = BytesMut::new();
@@ -269,8 +274,10 @@ fn a_window_larger_than_allowed_is_refused() {
     let mut ob = OutBuffer::around(&mut out);
     big.run(&mut input, &mut ob).unwrap();
     big.flush(&mut ob).unwrap();
-    drop(ob);
-    assert_eq!(err_code(&mut raw(0x04, &out), MAX), ErrorCode::MalformedFrame);
+    assert_eq!(
+        err_code(&mut raw(0x04, &out), MAX),
+        ErrorCode::MalformedFrame
+    );
 }
 
 /// The memory of one context each way, as zstd accounts it, after a few

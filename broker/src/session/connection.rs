@@ -141,7 +141,7 @@ async fn serve<R, W>(
         slow_timeout: cfg.slow_consumer_timeout(),
         session_id,
         done: writer_done.clone(),
-        compression: features.contains(Features::ZSTD).then(|| Compression {
+        compression: features.contains(Features::ZSTD).then_some(Compression {
             level: cfg.compression.level,
             min_bytes: cfg.compression.min_bytes as usize,
             max_frame_len: cfg.limits.max_frame_len,

@@ -131,7 +131,9 @@ impl Deflate {
         if t.frames > 0 {
             let stats = outbox.stats();
             stats.compressed_in.fetch_add(t.plain, Ordering::Relaxed);
-            stats.compressed_out.fetch_add(t.compressed, Ordering::Relaxed);
+            stats
+                .compressed_out
+                .fetch_add(t.compressed, Ordering::Relaxed);
         }
         Ok(Drained::Frames)
     }
