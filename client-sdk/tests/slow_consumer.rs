@@ -108,6 +108,9 @@ fn config(addr: SocketAddr, user: &str) -> ClientConfig {
     c.dead_link_timeout = Duration::from_secs(15);
     c.connect_timeout = Duration::from_secs(5);
     c.request_timeout = Duration::from_secs(15);
+    // The frozen path must fill the broker's socket: 400 KiB of repeated
+    // bytes compress to a few KiB, which a socket buffer swallows whole.
+    c.compression = false;
     c
 }
 
