@@ -227,6 +227,10 @@ fn rooms_row(system: &str, params: String, o: RoomsOutcome, rate: f64, base: Str
     if let Some(us) = o.bench_us {
         row.metrics.insert("bench_cpu_us_per_delivery".into(), us);
     }
+    if let Some(b) = o.wire_bytes {
+        row.notes = format!("wire {b:.0} B/delivery; {}", row.notes);
+        row.metrics.insert("wire_bytes_per_delivery".into(), b);
+    }
     row.latency = Some(o.latency);
     row
 }
@@ -258,7 +262,7 @@ pub(crate) async fn rooms(ctx: &Ctx, out: &mut Out, a: &RoomsArgs) {
         let title = format!("rooms: {layout}, {rate:.0} msgs/s, {size} B");
         let mut confab_row = None;
         if ctx.confab() {
-            let params = format!("{rate:.0} msgs/s, {size} B, wal");
+            let params = format!("{rate:.0} msgs/s, {size} B, wal{}", ctx.zstd_tag());
             confab_row = ctx
                 .run_one(out, "rooms", "confab", params.clone(), budget, async {
                     let broker = BrokerProc::start(&ctx.opts("wal")).await?;

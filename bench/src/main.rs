@@ -64,6 +64,14 @@ struct Common {
     /// The confab binary (default: next to this executable).
     #[arg(long, global = true)]
     confab_bin: Option<PathBuf>,
+    /// Confab connections over TCP, TLS and WebSocket offer zstd
+    /// compression (protocol 3.6); the rows say `zstd`.
+    #[arg(long, global = true)]
+    zstd: bool,
+    /// Payloads of words (chat-like text) instead of one repeated byte,
+    /// which compresses unrealistically well.
+    #[arg(long, global = true)]
+    text_payload: bool,
     /// Pin the broker (and the peer servers) to these CPUs (taskset list, e.g. `0`).
     #[arg(long, global = true)]
     broker_cpus: Option<String>,
@@ -296,6 +304,15 @@ impl Ctx {
 
     fn size(&self) -> usize {
         self.common.payload
+    }
+
+    /// What Confab rows append to their parameters when compression is on.
+    fn zstd_tag(&self) -> &'static str {
+        if self.common.zstd {
+            ", zstd"
+        } else {
+            ""
+        }
     }
 
     /// Whether `system` passes the `--systems` filter.
@@ -555,12 +572,20 @@ async fn durable(ctx: &Ctx, out: &mut Out, conns: usize, window: usize, rooms: u
         let budget = ctx.budget(Duration::from_secs(if ctx.common.quick { 60 } else { 540 }));
         let mut confab_row = None;
         if ctx.confab() {
-            let params = format!("subscribe from 1, {count} msgs");
+            let params = format!("subscribe from 1, {count} msgs{}", ctx.zstd_tag());
             confab_row = ctx
                 .run_one(out, "replay", "confab", params.clone(), budget, async {
                     let broker = BrokerProc::start(&ctx.opts("none")).await?;
-                    let rate = confab::replay(broker.addr, count, size).await?;
-                    Ok(confab::row("replay", params.clone(), rate, "msgs/s"))
+                    let o = confab::replay(broker.addr, count, size, &|| broker.cpu_secs()).await?;
+                    let mut row = confab::row("replay", params.clone(), o.rate, "msgs/s");
+                    row.metrics
+                        .insert("wire_bytes_per_message".into(), o.wire_bytes_per_msg);
+                    row.notes = format!("wire {:.0} B/msg", o.wire_bytes_per_msg);
+                    if let Some(us) = o.server_us {
+                        row.metrics.insert("server_cpu_us_per_message".into(), us);
+                        row.notes = format!("{}; server cpu {us:.2} us/msg", row.notes);
+                    }
+                    Ok(row)
                 })
                 .await;
         }
@@ -866,6 +891,8 @@ struct PeerInfo {
 
 async fn run(cli: Cli) -> anyhow::Result<(Out, Ctx)> {
     let quick = cli.common.quick;
+    client::set_compression(cli.common.zstd);
+    scenarios::set_text_payloads(cli.common.text_payload);
     let knobs = if quick {
         Knobs {
             duration: Duration::from_secs_f64(cli.common.duration.min(1.0)),

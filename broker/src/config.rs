@@ -74,6 +74,56 @@ pub struct Config {
     pub presence: PresenceConfig,
     /// The WebSocket listeners' origins and keepalive.
     pub websocket: WebSocketConfig,
+    /// zstd compression of frame bodies, for clients that offer it.
+    pub compression: CompressionConfig,
+}
+
+/// zstd compression of frame bodies (protocol 3.6), per connection, for
+/// clients that offer `Features::ZSTD` in their `Hello`.
+///
+/// Memory is bounded by `max_contexts`: a connection granted compression
+/// holds one decompressor (at most 256 KiB), and each stream that sends
+/// compressed frames one compressor (at most 192 KiB; a byte stream has
+/// one, QUIC one per stream used), each taking a slot. With no slot free
+/// a client is not granted compression, and a stream sends uncompressed
+/// until one is. CPU: compression runs in each connection's writer, per
+/// device (the fan-out shares one encoded frame among subscribers; each
+/// connection compresses it in its own stream).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CompressionConfig {
+    /// Whether the broker accepts `ZSTD` when a client offers it.
+    pub enabled: bool,
+    /// Frame bodies shorter than this many bytes are sent uncompressed
+    /// (the context is not touched): below it zstd saves less than it costs.
+    pub min_bytes: u32,
+    /// zstd compression level, -7 (fastest) to 9; 1 to 3 suit chat.
+    pub level: i32,
+    /// zstd contexts (compressors and decompressors) the broker holds at
+    /// most, over all connections: at most 256 KiB each.
+    pub max_contexts: usize,
+}
+
+impl Default for CompressionConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            min_bytes: 128,
+            level: 1,
+            max_contexts: 1024,
+        }
+    }
+}
+
+impl CompressionConfig {
+    fn validate(&self, limits: &LimitsConfig) -> Result<(), ConfigError> {
+        if !confab_compress::LEVELS.contains(&self.level) || self.min_bytes > limits.max_frame_len {
+            return Err(ConfigError::Invalid(
+                "compression.level must be between -7 and 9 and compression.min_bytes at most limits.max_frame_len".into(),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// The operations HTTP endpoint (`/metrics`, `/healthz`, `/readyz`, and the
@@ -536,6 +586,7 @@ impl Default for Config {
             rate_limits: RateLimitsConfig::default(),
             presence: PresenceConfig::default(),
             websocket: WebSocketConfig::default(),
+            compression: CompressionConfig::default(),
         }
     }
 }
@@ -1009,6 +1060,7 @@ impl Config {
         self.presence.validate()?;
         self.auth.login_backoff.validate()?;
         self.admission.validate(&self.limits)?;
+        self.compression.validate(&self.limits)?;
         let jwt = &self.auth.jwt;
         if self.auth.mode == AuthMode::Jwt
             && jwt.hs256_secret_file.as_os_str().is_empty()

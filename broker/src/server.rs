@@ -27,6 +27,7 @@ use crate::ratelimit::UserLimits;
 use crate::rooms::typing::TypingHub;
 use crate::rooms::RoomRegistry;
 use crate::sequencer::{Readers, SeqMsg, Sequencer};
+use crate::session::ContextBudget;
 use crate::shared::{DeviceRegistry, Shared};
 use crate::stats::{BrokerStats, Stats};
 #[cfg(feature = "rocksdb")]
@@ -271,7 +272,9 @@ impl BrokerBuilder {
         );
         let user_limits = Arc::new(UserLimits::new(&config.rate_limits));
         let login_backoff = Arc::new(LoginBackoff::new(&config.auth.login_backoff));
+        let compression = Arc::new(ContextBudget::new(config.compression.max_contexts));
         let shared = Arc::new(Shared {
+            compression,
             config,
             log,
             rooms,
@@ -669,7 +672,11 @@ impl BrokerHandle {
 
     /// The broker's counters now.
     pub fn stats(&self) -> BrokerStats {
-        self.shared.stats.snapshot()
+        BrokerStats {
+            compression_contexts: self.shared.compression.live() as u64,
+            compression_contexts_refused: self.shared.compression.refused() as u64,
+            ..self.shared.stats.snapshot()
+        }
     }
 
     /// A token cancelled when shutdown starts: by [`BrokerHandle::shutdown`],

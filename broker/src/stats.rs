@@ -23,6 +23,14 @@ pub(crate) struct Stats {
     pub(crate) committed_us: AtomicU64,
     /// Events handed to device outboxes (live and from catch-up).
     pub(crate) delivered: AtomicU64,
+    /// Frame bodies the writers compressed (protocol 3.6): bytes before.
+    pub(crate) compressed_in: AtomicU64,
+    /// ... and after compression.
+    pub(crate) compressed_out: AtomicU64,
+    /// Compressed frame bodies received from clients: bytes as received.
+    pub(crate) inflated_in: AtomicU64,
+    /// ... and after decompression.
+    pub(crate) inflated_out: AtomicU64,
     /// Open sockets per transport, indexed by [`Transport`].
     pub(crate) sockets: [AtomicI64; 5],
     /// Histograms, registered with the metrics recorder at start.
@@ -122,6 +130,19 @@ pub struct BrokerStats {
     pub commits: u64,
     /// Events handed to device outboxes, live or replayed by catch-up.
     pub delivered: u64,
+    /// Bytes of frame bodies compressed for clients, before compression.
+    pub compressed_in: u64,
+    /// The same bodies after compression (what went on the wire).
+    pub compressed_out: u64,
+    /// Bytes of compressed frame bodies received from clients.
+    pub inflated_in: u64,
+    /// The same bodies after decompression.
+    pub inflated_out: u64,
+    /// zstd contexts held now for compressed connections (at most
+    /// `compression.max_contexts`).
+    pub compression_contexts: u64,
+    /// zstd contexts asked for while none was free, since the start.
+    pub compression_contexts_refused: u64,
 }
 
 impl Stats {
@@ -143,6 +164,12 @@ impl Stats {
             published: self.published.load(Ordering::Relaxed),
             commits: self.commits.load(Ordering::Relaxed),
             delivered: self.delivered.load(Ordering::Relaxed),
+            compressed_in: self.compressed_in.load(Ordering::Relaxed),
+            compressed_out: self.compressed_out.load(Ordering::Relaxed),
+            inflated_in: self.inflated_in.load(Ordering::Relaxed),
+            inflated_out: self.inflated_out.load(Ordering::Relaxed),
+            compression_contexts: 0,
+            compression_contexts_refused: 0,
         }
     }
 

@@ -4,7 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use confab_codec::DeviceId;
+use confab_codec::{DeviceId, Features};
 
 use crate::backoff::BackoffConfig;
 use crate::cursor::{CursorStore, MemoryCursorStore};
@@ -106,6 +106,18 @@ pub struct ClientConfig {
     /// subscribed after the handshake instead of in the `Hello`. Nothing
     /// happens against a broker that speaks only version 1. Default: off.
     pub inbox_sync: bool,
+    /// Whether to offer zstd compression of frame bodies (protocol 3.6) in
+    /// the `Hello`. The broker decides; when it accepts, the SDK reads the
+    /// compressed frames it sends and compresses, at zstd level 1, the
+    /// frames it sends whose bodies have at least
+    /// [`ClientConfig::compression_min_bytes`] bytes. Costs at most
+    /// 256 KiB per stream that carries compressed frames to the SDK, and
+    /// 192 KiB more for the one it sends on (zstd contexts; see
+    /// `confab_compress::DECOMPRESSOR_MAX_BYTES` and `COMPRESSOR_MAX_BYTES`).
+    /// Default: off (opt in where bytes cost more than CPU and memory).
+    pub compression: bool,
+    /// Frame bodies shorter than this are sent uncompressed. Default 128.
+    pub compression_min_bytes: usize,
 }
 
 impl ClientConfig {
@@ -161,6 +173,23 @@ impl ClientConfig {
             cursor_store: Arc::new(MemoryCursorStore::new()),
             outbox_store: None,
             inbox_sync: false,
+            compression: false,
+            compression_min_bytes: 128,
+        }
+    }
+
+    /// Turns the offer of compression (protocol 3.6) on or off.
+    pub fn compression(mut self, on: bool) -> Self {
+        self.compression = on;
+        self
+    }
+
+    /// The optional behaviours the `Hello` offers.
+    pub(crate) fn features(&self) -> Features {
+        if self.compression {
+            Features::ZSTD
+        } else {
+            Features::NONE
         }
     }
 
@@ -296,6 +325,8 @@ impl fmt::Debug for ClientConfig {
             .field("history_page_size", &self.history_page_size)
             .field("cursor_store", &self.cursor_store)
             .field("outbox_store", &self.outbox_store.is_some())
+            .field("compression", &self.compression)
+            .field("compression_min_bytes", &self.compression_min_bytes)
             .finish()
     }
 }
@@ -313,6 +344,9 @@ mod tests {
     #[test]
     fn defaults_are_valid() {
         assert!(config().validate().is_ok());
+        // Compression is opt-in.
+        assert_eq!(config().features(), Features::NONE);
+        assert_eq!(config().compression(true).features(), Features::ZSTD);
     }
 
     #[test]

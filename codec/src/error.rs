@@ -64,6 +64,15 @@ pub enum CodecError {
         /// The largest length its prefix can carry.
         max: usize,
     },
+    /// A body sent with the `COMPRESSED` flag (protocol 3.6) that does not
+    /// decompress, or that flag on a connection that did not agree on
+    /// compression. (A body that decompresses to more than the frame size
+    /// limit is [`CodecError::FrameTooLarge`].)
+    #[error("compressed body: {reason}")]
+    BadCompression {
+        /// What was wrong.
+        reason: &'static str,
+    },
 }
 
 impl CodecError {

@@ -2,27 +2,65 @@
 //! ([`Dial`]): pipelined writes, and a reader that counts events without
 //! decoding them fully, so the load generator spends its CPU on load, not
 //! on allocations.
+//!
+//! With [`set_compression`] on, connections over a byte stream (TCP, TLS,
+//! WebSocket) offer `ZSTD` (protocol 3.6) and, when the broker grants it,
+//! compress what they send and inflate what they receive. Every reader
+//! counts the bytes it takes off the wire ([`wire_bytes_read`]).
 
 mod dial;
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use anyhow::{bail, Context};
 use bytes::{Bytes, BytesMut};
 use confab_codec::{
-    frame_type, Body, DeviceId, Frame, Header, Hello, MessageKind, Publish, RoomId, Seq, StartAt,
-    Subscribe, SubscribeItem, HEADER_LEN,
+    flags, frame_type, Body, DeviceId, Features, Frame, Header, Hello, MessageKind, Publish,
+    RoomId, Seq, StartAt, Subscribe, SubscribeItem, HEADER_LEN,
 };
+use confab_compress::{Compressor, Decompressor};
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use self::dial::{open, Source};
 pub use self::dial::{tls_client, Dial};
 
+/// Whether new connections offer compression.
+static COMPRESSION: AtomicBool = AtomicBool::new(false);
+
+/// Bytes every reader took off the wire (frames as sent, compressed or not).
+static WIRE_BYTES: AtomicU64 = AtomicU64::new(0);
+
+/// Makes the connections opened from now on offer `ZSTD` (byte-stream
+/// transports only: the QUIC source merges streams, which are compressed
+/// each on its own).
+pub fn set_compression(on: bool) {
+    COMPRESSION.store(on, Ordering::Relaxed);
+}
+
+/// Whether connections offer compression.
+pub fn compression() -> bool {
+    COMPRESSION.load(Ordering::Relaxed)
+}
+
+/// Bytes all readers have read from their transports so far.
+pub fn wire_bytes_read() -> u64 {
+    WIRE_BYTES.load(Ordering::Relaxed)
+}
+
+/// zstd level and threshold of what the bench sends compressed: the SDK's.
+const LEVEL: i32 = 1;
+const MIN_BYTES: usize = 128;
+
+/// Largest body a compressed frame may inflate to.
+const MAX_INFLATED: u32 = 16 << 20;
+
 /// Read side of a connection.
 pub struct Reader {
     src: Source,
     buf: BytesMut,
+    inflate: Option<Decompressor>,
 }
 
 /// Write side of a connection.
@@ -30,6 +68,7 @@ pub struct Writer {
     wr: Box<dyn AsyncWrite + Send + Unpin>,
     out: BytesMut,
     next_request: u32,
+    deflate: Option<Compressor>,
 }
 
 /// What the light parser extracts from a server frame.
@@ -104,14 +143,17 @@ async fn start(
     device: &str,
     read_buf: usize,
 ) -> anyhow::Result<(Reader, Writer)> {
+    let offer = compression() && matches!(src, Source::Stream(_));
     let mut reader = Reader {
         src,
         buf: BytesMut::with_capacity(read_buf),
+        inflate: None,
     };
     let mut writer = Writer {
         wr,
         out: BytesMut::with_capacity(read_buf.min(64 << 10)),
         next_request: 1,
+        deflate: None,
     };
     writer.queue(Hello {
         min_version: 1,
@@ -120,14 +162,24 @@ async fn start(
         device: DeviceId::new(device)?,
         client_name: "confab-bench".into(),
         resume: vec![],
-        features: Default::default(),
+        features: if offer {
+            Features::ZSTD
+        } else {
+            Features::NONE
+        },
     })?;
     writer.flush().await?;
     match reader.next().await? {
         Some(Incoming::Other(Frame {
-            body: Body::Welcome(_),
+            body: Body::Welcome(w),
             ..
-        })) => Ok((reader, writer)),
+        })) => {
+            if w.features.contains(Features::ZSTD) {
+                reader.inflate = Some(Decompressor::new());
+                writer.deflate = Some(Compressor::new(LEVEL, MIN_BYTES, w.max_frame_len)?);
+            }
+            Ok((reader, writer))
+        }
         other => bail!("handshake failed: {other:?}"),
     }
 }
@@ -137,7 +189,11 @@ impl Writer {
     pub fn queue(&mut self, body: impl Into<Body>) -> anyhow::Result<u32> {
         let rid = self.next_request;
         self.next_request = self.next_request.wrapping_add(1).max(1);
-        Frame::request(rid, body).encode(&mut self.out)?;
+        let frame = Frame::request(rid, body);
+        match &mut self.deflate {
+            Some(z) => z.encode(&frame, &mut self.out)?,
+            None => frame.encode(&mut self.out)?,
+        }
         Ok(rid)
     }
 
@@ -187,9 +243,14 @@ impl Writer {
         Ok(())
     }
 
-    /// Queues already-encoded frames (sent on the next flush).
-    pub fn queue_raw(&mut self, frames: &[u8]) {
-        self.out.extend_from_slice(frames);
+    /// Queues already-encoded frames (sent on the next flush), compressed
+    /// if the connection compresses.
+    pub fn queue_raw(&mut self, frames: &[u8]) -> anyhow::Result<()> {
+        match &mut self.deflate {
+            Some(z) => z.push_frames(frames, &mut self.out)?,
+            None => self.out.extend_from_slice(frames),
+        }
+        Ok(())
     }
 }
 
@@ -219,7 +280,23 @@ impl Reader {
             if let Some(h) = Header::peek(&self.buf) {
                 let total = HEADER_LEN + h.len as usize;
                 if self.buf.len() >= total {
-                    let frame = self.buf.split_to(total).freeze();
+                    let mut frame = self.buf.split_to(total).freeze();
+                    if h.flags & flags::COMPRESSED != 0 {
+                        let inflate = self
+                            .inflate
+                            .as_mut()
+                            .context("a compressed frame without ZSTD")?;
+                        let body = inflate.decompress(&frame[HEADER_LEN..], MAX_INFLATED)?;
+                        let mut plain = BytesMut::with_capacity(HEADER_LEN + body.len());
+                        Header {
+                            len: u32::try_from(body.len())?,
+                            flags: h.flags & !flags::COMPRESSED,
+                            ..h
+                        }
+                        .put(&mut plain);
+                        plain.extend_from_slice(&body);
+                        frame = plain.freeze();
+                    }
                     let body = &frame[HEADER_LEN..];
                     return Ok(Some(match h.frame_type {
                         frame_type::PublishAck => Incoming::PublishAck,
@@ -262,12 +339,17 @@ impl Reader {
             }
             match &mut self.src {
                 Source::Stream(rd) => {
-                    if rd.read_buf(&mut self.buf).await? == 0 {
+                    let n = rd.read_buf(&mut self.buf).await?;
+                    if n == 0 {
                         return Ok(None);
                     }
+                    WIRE_BYTES.fetch_add(n as u64, Ordering::Relaxed);
                 }
                 Source::Chunks { rx, .. } => match rx.recv().await {
-                    Some(chunk) => self.buf.extend_from_slice(&chunk),
+                    Some(chunk) => {
+                        WIRE_BYTES.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                        self.buf.extend_from_slice(&chunk);
+                    }
                     None => return Ok(None),
                 },
             }

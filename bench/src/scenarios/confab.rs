@@ -347,9 +347,26 @@ fn paced_publisher(
     Ok(sent)
 }
 
+/// What a replay measured.
+#[derive(Debug)]
+pub struct ReplayOutcome {
+    /// Messages per second.
+    pub rate: f64,
+    /// Bytes the reader took off the wire per message replayed.
+    pub wire_bytes_per_msg: f64,
+    /// Broker CPU time per message replayed, us.
+    pub server_us: Option<f64>,
+}
+
 /// Catch-up replay speed: fills a room with `count` messages, then times a
-/// new subscriber reading them all from sequence 1.
-pub async fn replay(addr: SocketAddr, count: u64, size: usize) -> anyhow::Result<f64> {
+/// new subscriber reading them all from sequence 1, and counts the bytes it
+/// read and the broker's CPU time (`cpu`) meanwhile.
+pub async fn replay(
+    addr: SocketAddr,
+    count: u64,
+    size: usize,
+    cpu: &(dyn Fn() -> Option<f64> + Sync),
+) -> anyhow::Result<ReplayOutcome> {
     let r = room(&format!("replay-{}", now_ns()))?;
     let (mut rd, mut wr) = connect(addr, "replay-writer", "bench").await?;
     let mut outstanding = 0u64;
@@ -366,6 +383,7 @@ pub async fn replay(addr: SocketAddr, count: u64, size: usize) -> anyhow::Result
         }
     }
     let (mut rd, mut wr) = connect(addr, "replay-reader", "bench").await?;
+    let (w0, c0) = (crate::client::wire_bytes_read(), cpu());
     let t0 = Instant::now();
     wr.queue_subscribe(std::slice::from_ref(&r), StartAt::From(Seq(1)))?;
     wr.flush().await?;
@@ -377,7 +395,13 @@ pub async fn replay(addr: SocketAddr, count: u64, size: usize) -> anyhow::Result
             None => anyhow::bail!("closed during replay"),
         }
     }
-    Ok(count as f64 / t0.elapsed().as_secs_f64())
+    let rate = count as f64 / t0.elapsed().as_secs_f64();
+    let (w1, c1) = (crate::client::wire_bytes_read(), cpu());
+    Ok(ReplayOutcome {
+        rate,
+        wire_bytes_per_msg: (w1 - w0) as f64 / count.max(1) as f64,
+        server_us: c0.zip(c1).map(|(a, b)| (b - a) * 1e6 / count.max(1) as f64),
+    })
 }
 
 /// Connects `n` devices, `parallel` at a time; device `i` is user
@@ -478,7 +502,20 @@ pub async fn rooms(
         dispatch: Dispatch::new(shape.clone(), collector.clone()),
         outs,
     };
-    let out = rooms_open_loop(rate, k, &collector, &mut sender, setup_s, cpu).await;
+    let (w0, d0) = (
+        crate::client::wire_bytes_read(),
+        collector.delivered.load(Ordering::Relaxed),
+    );
+    let mut out = rooms_open_loop(rate, k, &collector, &mut sender, setup_s, cpu).await;
+    let (w1, d1) = (
+        crate::client::wire_bytes_read(),
+        collector.delivered.load(Ordering::Relaxed),
+    );
+    if let Ok(o) = &mut out {
+        // Everything the devices read (events, and the publishers' acks)
+        // per event delivered, over the same span.
+        o.wire_bytes = (d1 > d0).then(|| (w1 - w0) as f64 / (d1 - d0) as f64);
+    }
     let early = crate::peers::reap("device tasks", tasks).await;
     drop((sender, idle));
     let mut out = out?;

@@ -7,8 +7,48 @@ pub mod resume;
 pub mod shape;
 pub mod transports;
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
+
+/// Whether payloads are chat-like text (see [`set_text_payloads`]).
+static TEXT_PAYLOADS: AtomicBool = AtomicBool::new(false);
+
+/// Makes [`payload`] fill payloads with words instead of one repeated
+/// byte: compression then meets something like chat text (a repeated byte
+/// compresses far better than any real message).
+pub fn set_text_payloads(on: bool) {
+    TEXT_PAYLOADS.store(on, Ordering::Relaxed);
+}
+
+/// Words for text payloads: common English words, so that zstd finds
+/// about what it finds in chat.
+const WORDS: [&str; 64] = [
+    "the", "be", "to", "of", "and", "a", "in", "that", "have", "I", "it", "for", "not", "on",
+    "with", "he", "as", "you", "do", "at", "this", "but", "his", "by", "from", "they", "we", "say",
+    "her", "she", "or", "an", "will", "my", "one", "all", "would", "there", "their", "what", "so",
+    "up", "out", "if", "about", "who", "get", "which", "go", "me", "when", "make", "can", "like",
+    "time", "no", "just", "him", "know", "take", "people", "into", "year", "see",
+];
+
+/// `size` bytes of words chosen by a generator seeded with `seed` and a
+/// process-wide counter, so that no two payloads are alike even when their
+/// stamps are (the replay publishes with stamp 0).
+fn text(size: usize, seed: u64) -> Vec<u8> {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let mut x = (seed ^ n.wrapping_mul(0x9e37_79b9_7f4a_7c15)) | 1;
+    let mut p = Vec::with_capacity(size + 8);
+    while p.len() < size {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        p.extend_from_slice(WORDS[(x % 64) as usize].as_bytes());
+        p.push(b' ');
+    }
+    p.truncate(size);
+    p
+}
 
 /// Monotonic nanoseconds since the first call in this process: the clock
 /// that publishers stamp into payloads and subscribers read back.
@@ -17,9 +57,14 @@ pub fn now_ns() -> u64 {
     BASE.get_or_init(Instant::now).elapsed().as_nanos() as u64
 }
 
-/// A payload of `size` bytes (at least 8) starting with `stamp`.
+/// A payload of `size` bytes (at least 8) starting with `stamp`: one
+/// repeated byte, or words (see [`set_text_payloads`]).
 pub fn payload(size: usize, stamp: u64) -> bytes::Bytes {
-    let mut p = vec![0x61u8; size.max(8)];
+    let mut p = if TEXT_PAYLOADS.load(Ordering::Relaxed) {
+        text(size.max(8), stamp)
+    } else {
+        vec![0x61u8; size.max(8)]
+    };
     p[..8].copy_from_slice(&stamp.to_be_bytes());
     bytes::Bytes::from(p)
 }

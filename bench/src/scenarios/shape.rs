@@ -271,6 +271,8 @@ pub struct RoomsOutcome {
     pub server_us: Option<f64>,
     /// The load generator's CPU time per delivery, over the same time, us.
     pub bench_us: Option<f64>,
+    /// Bytes the devices read off the wire per delivery (Confab only).
+    pub wire_bytes: Option<f64>,
     /// Loss or lateness, if any.
     pub notes: Option<String>,
 }
@@ -319,6 +321,7 @@ pub async fn rooms_open_loop<S: Sender>(
         setup_s,
         server_us: per(cpu0.0, cpu1.0),
         bench_us: per(cpu0.1, cpu1.1),
+        wire_bytes: None,
         notes,
     })
 }

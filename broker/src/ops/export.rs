@@ -29,6 +29,15 @@ pub(crate) fn export(shared: &Shared) {
     counter!("confab_lag_switches_total").absolute(s.lag_switches.load(Ordering::Relaxed));
     counter!("confab_slow_consumer_disconnects_total")
         .absolute(s.slow_consumer_disconnects.load(Ordering::Relaxed));
+    counter!("confab_compression_bytes_in_total").absolute(s.compressed_in.load(Ordering::Relaxed));
+    counter!("confab_compression_bytes_out_total")
+        .absolute(s.compressed_out.load(Ordering::Relaxed));
+    counter!("confab_decompression_bytes_in_total").absolute(s.inflated_in.load(Ordering::Relaxed));
+    counter!("confab_decompression_bytes_out_total")
+        .absolute(s.inflated_out.load(Ordering::Relaxed));
+    gauge!("confab_compression_contexts").set(shared.compression.live() as f64);
+    counter!("confab_compression_contexts_refused_total")
+        .absolute(shared.compression.refused() as u64);
     gauge!("confab_queued_frames").set(s.queued_frames.load(Ordering::Relaxed) as f64);
     gauge!("confab_queued_bytes").set(s.queued_bytes.load(Ordering::Relaxed) as f64);
     let space = shared.log.space();

@@ -153,6 +153,30 @@ fn describe() {
         "confab_slow_consumer_disconnects_total",
         "Devices cut because their connection accepted no byte for delivery.slow_consumer_timeout_ms (counted at the cut, before the Goodbye)."
     );
+    describe_counter!(
+        "confab_compression_bytes_in_total",
+        "Bytes of frame bodies the broker compressed for clients (protocol 3.6), before compression."
+    );
+    describe_counter!(
+        "confab_compression_bytes_out_total",
+        "The same frame bodies after compression: what they took on the wire."
+    );
+    describe_counter!(
+        "confab_decompression_bytes_in_total",
+        "Bytes of compressed frame bodies received from clients."
+    );
+    describe_counter!(
+        "confab_decompression_bytes_out_total",
+        "The same frame bodies after decompression."
+    );
+    describe_gauge!(
+        "confab_compression_contexts",
+        "zstd contexts held for compressed connections (at most compression.max_contexts)."
+    );
+    describe_counter!(
+        "confab_compression_contexts_refused_total",
+        "zstd contexts asked for when compression.max_contexts were taken: a client not granted compression, or a stream's batch sent uncompressed."
+    );
     describe_gauge!(
         "confab_queued_frames",
         "Frames waiting in all device outboxes."

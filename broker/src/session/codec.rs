@@ -1,20 +1,41 @@
-//! The tokio-util adapter around the sans-IO codec.
+//! The tokio-util adapter around the sans-IO codec, and the receiving side
+//! of compression (protocol 3.6).
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use bytes::BytesMut;
 use confab_codec::{CodecError, ErrorCode, Frame, HEADER_LEN};
+use confab_compress::Decompressor;
 use tokio_util::codec::{Decoder, Encoder};
 
+use super::compression::ContextSlot;
+use crate::stats::Stats;
+
 /// Frames in, frames out. Reserves buffer space for a frame only after its
-/// declared length passed the limit.
-#[derive(Debug, Clone, Copy)]
+/// declared length passed the limit. Once compression was agreed on in
+/// the handshake, bodies sent with the `COMPRESSED` flag are inflated,
+/// within the same limit; before, that flag is a malformed frame.
+#[derive(Debug)]
 pub struct FrameCodec {
     max_frame_len: u32,
+    inflate: Option<(Decompressor, Arc<Stats>, ContextSlot)>,
 }
 
 impl FrameCodec {
     /// A codec that refuses frames with bodies over `max_frame_len` bytes.
     pub fn new(max_frame_len: u32) -> Self {
-        Self { max_frame_len }
+        Self {
+            max_frame_len,
+            inflate: None,
+        }
+    }
+
+    /// Accepts compressed frames from now on (after `Welcome` granted
+    /// `ZSTD`), counting their bytes in `stats`; the decompressor's
+    /// `slot` in the broker's budget is held as long as the codec.
+    pub(crate) fn enable_decompression(&mut self, stats: Arc<Stats>, slot: ContextSlot) {
+        self.inflate = Some((Decompressor::new(), stats, slot));
     }
 
     /// Changes the limit for the frames still to come (the session raises
@@ -73,7 +94,19 @@ impl Decoder for FrameCodec {
     type Error = WireError;
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, WireError> {
-        match Frame::decode(src, self.max_frame_len)? {
+        let decoded = match &mut self.inflate {
+            Some((d, stats, _)) => {
+                let frame = confab_compress::decode(src, self.max_frame_len, Some(d))?;
+                let t = d.take_totals();
+                if t.frames > 0 {
+                    stats.inflated_in.fetch_add(t.compressed, Ordering::Relaxed);
+                    stats.inflated_out.fetch_add(t.plain, Ordering::Relaxed);
+                }
+                frame
+            }
+            None => confab_compress::decode(src, self.max_frame_len, None)?,
+        };
+        match decoded {
             Some(frame) => Ok(Some(frame)),
             None => {
                 if let Some(h) = confab_codec::Header::peek(src) {

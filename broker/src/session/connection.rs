@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use confab_codec::{
-    ErrorCode, ErrorFrame, Frame, Goodbye, Hello, RoomId, Seq, SubscribeResult, Welcome,
+    ErrorCode, ErrorFrame, Features, Frame, Goodbye, Hello, RoomId, Seq, SubscribeResult, Welcome,
     MIN_PROTOCOL_VERSION,
 };
 use futures_util::StreamExt;
@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::codec::FrameCodec;
+use super::compression::Compression;
 use super::grant::Grant;
 use super::handshake::{handshake, Handshaken};
 use super::quic_writer::QuicEgress;
@@ -123,6 +124,22 @@ async fn serve<R, W>(
     }
     shared.presence.connect(session_id, &conn.user);
 
+    // Compression (protocol 3.6) when the client offered it, it is on, and
+    // the broker-wide budget of zstd contexts has a slot for this
+    // connection's decompressor: frames after the Welcome may come
+    // compressed from now on, and the writer may compress what follows the
+    // Welcome (each of its compressors takes a slot of its own, or sends
+    // uncompressed while none is free).
+    let offered = cfg.compression.enabled && hello.features.contains(Features::ZSTD);
+    let features = match offered.then(|| shared.compression.try_take()).flatten() {
+        Some(slot) => {
+            frames
+                .decoder_mut()
+                .enable_decompression(shared.stats.clone(), slot);
+            Features::ZSTD
+        }
+        None => Features::NONE,
+    };
     let writer_done = CancellationToken::new();
     let writer = egress.spawn_writer(WriterCtx {
         outbox: outbox.clone(),
@@ -130,6 +147,12 @@ async fn serve<R, W>(
         slow_timeout: cfg.slow_consumer_timeout(),
         session_id,
         done: writer_done.clone(),
+        compression: features.contains(Features::ZSTD).then(|| Compression {
+            level: cfg.compression.level,
+            min_bytes: cfg.compression.min_bytes as usize,
+            max_frame_len: cfg.limits.max_frame_len,
+            budget: shared.compression.clone(),
+        }),
     });
 
     let welcome = Frame::request(
@@ -144,7 +167,7 @@ async fn serve<R, W>(
             max_rooms: cfg.limits.max_rooms_per_connection,
             heartbeat_ms: cfg.limits.heartbeat_ms as u32,
             idle_timeout_ms: cfg.limits.idle_timeout_ms as u32,
-            features: Default::default(),
+            features,
         },
     );
     push(&outbox, welcome);

@@ -35,6 +35,7 @@ use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
+use super::compression::Deflate;
 use super::writer::{
     cancelled, rest_of_frame, slow_consumer, with_goodbye, write_progress, Progress, WriterCtx,
     WriterEnd,
@@ -168,6 +169,9 @@ async fn drain_lane(
 ) -> LaneEnd {
     let outbox: &Arc<Outbox> = &ctx.outbox;
     let mut buf = BytesMut::with_capacity(ctx.batch_bytes * 2);
+    // One compression context per stream (protocol 3.6): the client
+    // decodes each stream on its own.
+    let mut deflate = Deflate::new(ctx.compression.clone());
     let ended = |end, stream, tail| LaneEnd {
         source,
         end,
@@ -178,7 +182,14 @@ async fn drain_lane(
         if stop.is_cancelled() {
             return ended(WriterEnd::Finished, stream, Bytes::new());
         }
-        match outbox.drain(source, &mut buf, ctx.batch_bytes) {
+        let drained = match deflate.drain(outbox, source, &mut buf, ctx.batch_bytes) {
+            Ok(d) => d,
+            Err(e) => {
+                debug!(session_id = ctx.session_id, ?source, error = %e, "compression failed");
+                return ended(WriterEnd::SocketError, stream, Bytes::new());
+            }
+        };
+        match drained {
             Drained::Frames => {
                 let s = match stream.as_mut() {
                     Some(s) => s,

@@ -28,9 +28,10 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
+use super::compression::{Compression, Deflate};
 use super::connection::reject;
 use super::quic_writer::{self, QuicEgress};
-use crate::fanout::{Drained, Outbox};
+use crate::fanout::{Drained, Outbox, Source};
 
 /// Why the writer stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,6 +63,8 @@ pub(crate) struct WriterCtx {
     pub(crate) session_id: u64,
     /// Cancelled when the writer stops, whatever the reason.
     pub(crate) done: CancellationToken,
+    /// Set when the connection agreed on compression (protocol 3.6).
+    pub(crate) compression: Option<Compression>,
 }
 
 impl<W: AsyncWrite + Send + Unpin + 'static> Egress<W> {
@@ -107,8 +110,16 @@ async fn write_loop<W: AsyncWrite + Unpin>(mut wr: W, ctx: WriterCtx) -> WriterE
     // write: TLS sends what the socket takes on every write already, and a
     // flush shows no progress until it is complete.
     let mut unflushed = false;
+    let mut deflate = Deflate::new(ctx.compression.clone());
     let end = loop {
-        match ctx.outbox.drain_into(&mut buf, ctx.batch_bytes) {
+        let drained = match deflate.drain(&ctx.outbox, Source::All, &mut buf, ctx.batch_bytes) {
+            Ok(d) => d,
+            Err(e) => {
+                debug!(session_id = ctx.session_id, error = %e, "compression failed");
+                break WriterEnd::SocketError;
+            }
+        };
+        match drained {
             Drained::Frames => {
                 let mut written = 0;
                 match write_progress(&mut wr, &buf, &mut written, ctx.slow_timeout, None).await {
@@ -368,6 +379,7 @@ mod tests {
             slow_timeout,
             session_id: 1,
             done: CancellationToken::new(),
+            compression: None,
         }
     }
 

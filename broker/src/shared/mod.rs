@@ -23,6 +23,7 @@ use crate::push::PushHub;
 use crate::ratelimit::UserLimits;
 use crate::rooms::typing::TypingHub;
 use crate::sequencer::SeqTx;
+use crate::session::ContextBudget;
 use crate::stats::Stats;
 use crate::storage::RoomLog;
 
@@ -50,4 +51,7 @@ pub(crate) struct Shared {
     pub(crate) authorizer: Option<Arc<dyn Authorizer>>,
     /// Offline push, when `push.enabled`.
     pub(crate) push: Option<Arc<PushHub>>,
+    /// The zstd contexts of compressed connections, at most
+    /// `compression.max_contexts`.
+    pub(crate) compression: Arc<ContextBudget>,
 }

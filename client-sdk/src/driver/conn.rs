@@ -5,7 +5,7 @@ use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
 use confab_codec::{
-    Body, ErrorCode, Frame, Hello, Ping, Receipt, ReceiptKind, RoomId, Seq, Welcome,
+    Body, ErrorCode, Features, Frame, Hello, Ping, Receipt, ReceiptKind, RoomId, Seq, Welcome,
     DEFAULT_MAX_FRAME_LEN, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
 };
 use futures_util::{SinkExt, StreamExt};
@@ -253,16 +253,29 @@ impl Conn {
     pub(super) fn start(config: &ClientConfig, opened: Opened) -> Self {
         let Opened {
             mut reader,
-            writer,
+            mut writer,
             welcome,
             quic,
         } = opened;
         // Accept what the broker may send us; never less than the default.
         let max_frame_len = welcome.max_frame_len.max(DEFAULT_MAX_FRAME_LEN);
         reader.decoder_mut().set_max_frame_len(max_frame_len);
+        // Compression (protocol 3.6), only once the Welcome granted it.
+        let zstd = config.compression && welcome.features.contains(Features::ZSTD);
+        if zstd {
+            reader.decoder_mut().enable_decompression();
+            let limit = welcome.max_frame_len;
+            if let Err(e) = writer
+                .encoder_mut()
+                .enable_compression(config.compression_min_bytes, limit)
+            {
+                // Sending compressed frames is optional.
+                debug!(error = %e, "cannot compress; sending uncompressed frames");
+            }
+        }
         let events = quic
             .as_ref()
-            .map(|q| EventStreams::start(q.conn.clone(), max_frame_len));
+            .map(|q| EventStreams::start(q.conn.clone(), max_frame_len, zstd));
         let (tx, rx) = mpsc::channel(WRITER_QUEUE);
         let writer_task = tokio::spawn(write_loop(writer, rx));
         let mut heartbeat = config.heartbeat_interval;

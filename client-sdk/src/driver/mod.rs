@@ -480,7 +480,7 @@ impl Driver {
             device: self.config.device.clone(),
             client_name: self.config.client_name.clone(),
             resume: Vec::new(),
-            features: Default::default(),
+            features: self.config.features(),
         };
         if self.config.inbox_sync {
             // The rooms are subscribed after the handshake, behind the

@@ -100,7 +100,9 @@ pub(crate) struct EventStreams {
 
 impl EventStreams {
     /// Starts accepting the connection's event streams.
-    pub(crate) fn start(conn: quinn::Connection, max_frame_len: u32) -> Self {
+    /// With `zstd`, each stream is read through its own decompressor
+    /// (protocol 3.6).
+    pub(crate) fn start(conn: quinn::Connection, max_frame_len: u32, zstd: bool) -> Self {
         let (tx, rx) = mpsc::channel(EVENT_QUEUE);
         let task = tokio::spawn(async move {
             // Owned here, so that aborting this task stops every reader.
@@ -109,7 +111,7 @@ impl EventStreams {
                 tokio::select! {
                     accepted = conn.accept_uni() => match accepted {
                         Ok(stream) => {
-                            readers.spawn(read_stream(stream, tx.clone(), max_frame_len));
+                            readers.spawn(read_stream(stream, tx.clone(), max_frame_len, zstd));
                         }
                         Err(_) => break,
                     },
@@ -138,8 +140,13 @@ async fn read_stream(
     stream: quinn::RecvStream,
     tx: mpsc::Sender<Result<Frame, ClientError>>,
     max_frame_len: u32,
+    zstd: bool,
 ) {
-    let mut frames = FramedRead::new(stream, FrameCodec::new(max_frame_len));
+    let mut codec = FrameCodec::new(max_frame_len);
+    if zstd {
+        codec.enable_decompression();
+    }
+    let mut frames = FramedRead::new(stream, codec);
     while let Some(item) = frames.next().await {
         let failed = item.is_err();
         if tx.send(item).await.is_err() || failed {

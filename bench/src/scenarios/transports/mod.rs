@@ -206,9 +206,9 @@ pub async fn latency(
             })?
     };
     while let Some(frames) = rx.recv().await {
-        pwr.queue_raw(&frames);
+        pwr.queue_raw(&frames)?;
         while let Ok(more) = rx.try_recv() {
-            pwr.queue_raw(&more);
+            pwr.queue_raw(&more)?;
         }
         pwr.flush().await?;
     }
