@@ -27,8 +27,7 @@ use crate::ratelimit::UserLimits;
 use crate::rooms::typing::TypingHub;
 use crate::rooms::RoomRegistry;
 use crate::sequencer::{Readers, SeqMsg, Sequencer};
-use crate::session::ContextBudget;
-use crate::shared::{DeviceRegistry, Shared};
+use crate::shared::{ContextBudget, DeviceRegistry, Shared};
 use crate::stats::{BrokerStats, Stats};
 #[cfg(feature = "rocksdb")]
 use crate::storage::RocksLog;

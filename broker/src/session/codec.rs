@@ -9,7 +9,7 @@ use confab_codec::{CodecError, ErrorCode, Frame, HEADER_LEN};
 use confab_compress::Decompressor;
 use tokio_util::codec::{Decoder, Encoder};
 
-use super::compression::ContextSlot;
+use crate::shared::ContextSlot;
 use crate::stats::Stats;
 
 /// Frames in, frames out. Reserves buffer space for a frame only after its

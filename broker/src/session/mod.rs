@@ -8,8 +8,7 @@
 //!   room operations, typing, token refresh);
 //! - `queries.rs`: the read side, answered from storage on blocking threads;
 //! - `writer.rs`, `quic_writer.rs`: drain the device's outbox;
-//! - `compression.rs`: zstd compression of frame bodies (protocol 3.6)
-//!   and the broker-wide budget of its contexts.
+//! - `compression.rs`: zstd compression of frame bodies (protocol 3.6).
 
 mod codec;
 mod compression;
@@ -23,7 +22,6 @@ mod requests;
 mod writer;
 
 pub use codec::{FrameCodec, WireError};
-pub(crate) use compression::ContextBudget;
 pub(crate) use connection::{refuse, serve_connection, serve_quic};
 pub(crate) use writer::tune_tcp;
 

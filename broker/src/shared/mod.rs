@@ -3,6 +3,7 @@
 //! features, and the registry of connected devices. The server builds it;
 //! sessions, transports, the embedding API and the ops endpoints use it.
 
+mod compression;
 mod devices;
 
 use std::sync::atomic::AtomicU64;
@@ -10,6 +11,7 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
+pub(crate) use compression::{ContextBudget, ContextSlot};
 pub(crate) use devices::DeviceRegistry;
 
 use crate::admission::Admission;
@@ -23,7 +25,6 @@ use crate::push::PushHub;
 use crate::ratelimit::UserLimits;
 use crate::rooms::typing::TypingHub;
 use crate::sequencer::SeqTx;
-use crate::session::ContextBudget;
 use crate::stats::Stats;
 use crate::storage::RoomLog;
 
