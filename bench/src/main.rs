@@ -28,7 +28,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
-use peers::nats::{JsSync, NatsServer};
+use peers::nats::{JsSync, NatsServer, StreamLayout};
 use peers::redis::{Persist, RedisServer};
 use peers::Binary;
 use report::{Ratio, Row};
@@ -494,38 +494,56 @@ async fn durable(ctx: &Ctx, out: &mut Out, conns: usize, window: usize, rooms: u
         for kind in ctx.durable_peers(mode) {
             let idx = match kind {
                 PeerKind::NatsJs(sync) => {
-                    let params =
-                        format!("file, {conns}x{window} inflight, {size} B, {rooms} subjects");
-                    let system = kind.system();
-                    ctx.run_one(
-                        out,
-                        "durable",
-                        system,
-                        params.clone(),
-                        ctx.budget(Duration::ZERO),
-                        async {
-                            let server =
-                                NatsServer::start(ctx.nats_bin()?, ctx.cpus(), Some(sync)).await?;
-                            let (rate, notes) = peers::nats::publish(
-                                &server, conns, window, size, rooms, &ctx.knobs,
+                    // Both layouts: one shared stream, and one stream per
+                    // room as Confab keeps one log per room, so that the
+                    // comparison is not a matter of layout.
+                    for layout in [StreamLayout::Shared, StreamLayout::PerRoom] {
+                        let params = format!(
+                            "file, {conns}x{window} inflight, {size} B, {}",
+                            layout.describe(rooms)
+                        );
+                        let system = kind.system();
+                        let idx = ctx
+                            .run_one(
+                                out,
+                                "durable",
+                                system,
+                                params.clone(),
+                                ctx.budget(Duration::ZERO),
+                                async {
+                                    let server =
+                                        NatsServer::start(ctx.nats_bin()?, ctx.cpus(), Some(sync))
+                                            .await?;
+                                    let (rate, notes) = peers::nats::publish(
+                                        &server, conns, window, size, rooms, layout, &ctx.knobs,
+                                    )
+                                    .await?;
+                                    let mut row = peers::row(
+                                        "durable",
+                                        system,
+                                        params.clone(),
+                                        rate,
+                                        "msgs/s",
+                                    );
+                                    let sync_note = match sync {
+                                        JsSync::Default => {
+                                            "acks before fsync (sync_interval 2m): vs wal"
+                                        }
+                                        JsSync::Always => {
+                                            "sync_interval: always (fsync per write): vs fsync"
+                                        }
+                                    };
+                                    row.notes = join_notes(
+                                        format!("{sync_note}; rss {} MiB", server.rss_mib()),
+                                        notes,
+                                    );
+                                    Ok(row)
+                                },
                             )
-                            .await?;
-                            let mut row =
-                                peers::row("durable", system, params.clone(), rate, "msgs/s");
-                            let sync_note = match sync {
-                                JsSync::Default => "acks before fsync (sync_interval 2m): vs wal",
-                                JsSync::Always => {
-                                    "sync_interval: always (fsync per write): vs fsync"
-                                }
-                            };
-                            row.notes = join_notes(
-                                format!("{sync_note}; rss {} MiB", server.rss_mib()),
-                                notes,
-                            );
-                            Ok(row)
-                        },
-                    )
-                    .await
+                            .await;
+                        out.pair(confab_row, idx);
+                    }
+                    None
                 }
                 PeerKind::Redis(persist) => {
                     let params =
@@ -786,11 +804,12 @@ async fn latency(ctx: &Ctx, out: &mut Out, fractions: &[f64], subs: usize) {
             confab_row = ctx
                 .run_one(out, "latency", "confab", params.clone(), budget, async {
                     let broker = BrokerProc::start(&ctx.opts("wal")).await?;
-                    let (achieved, lat) =
+                    let (achieved, lat, short) =
                         confab::latency(broker.addr, rate, subs, size, &ctx.knobs).await?;
                     let mut row = confab::row("latency", params.clone(), achieved, "msgs/s");
                     row.offered = Some(rate);
                     row.latency = Some(lat);
+                    row.notes = short.unwrap_or_default();
                     row.plot_in(plot_file.clone(), plot_title.clone());
                     Ok(row)
                 })

@@ -487,8 +487,9 @@ pub async fn pace<S: Sender>(
 
 /// Open-loop publishing at `rate` msgs/s on a fixed schedule (see
 /// [`pace`]); then waits for the tail, stops the subscribers (which must
-/// hold recorders of `sink`) and returns the achieved rate and the latency
-/// of the measured part. Same schedule as the Confab scenario.
+/// hold recorders of `sink`) and returns the achieved rate (deliveries per
+/// subscriber per second, as for Confab), the latency of the measured part
+/// and notes (any delivery missing). Same schedule as the Confab scenario.
 pub async fn open_loop<S: Sender>(
     rate: f64,
     k: &Knobs,
@@ -509,6 +510,7 @@ pub async fn open_loop<S: Sender>(
         }
     }
     sink.stop_tx.send_replace(true);
+    let subs = subscribers.len() as u64;
     for s in subscribers {
         match tokio::time::timeout(Duration::from_secs(5), s).await {
             Ok(Ok(Err(e))) => early = Some(format!("subscriber failed: {e:#}")),
@@ -517,10 +519,10 @@ pub async fn open_loop<S: Sender>(
         }
     }
     let measured = sched.measured();
-    let achieved = measured as f64 / k.duration.as_secs_f64();
     let lat = sink.latency()?;
-    if lat.count < measured / 2 {
-        let note = format!("only {} of {measured} measured messages arrived", lat.count);
+    // Counted as for Confab: the delivery rate, and any shortfall noted.
+    let (achieved, lat, short) = crate::scenarios::confab::delivered(measured, subs, lat, k);
+    if let Some(note) = short {
         early = Some(match early {
             Some(e) => format!("{e}; {note}"),
             None => note,

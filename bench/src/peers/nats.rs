@@ -323,21 +323,52 @@ async fn create_stream(
     .map_err(|e| anyhow::anyhow!("creating stream {name}: {e}"))
 }
 
+/// How the durable publishes' subjects map to JetStream streams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamLayout {
+    /// One file stream holds every room's subject.
+    Shared,
+    /// One file stream per room subject, as Confab has one log per room
+    /// (each JetStream stream is its own Raft group and file store).
+    PerRoom,
+}
+
+impl StreamLayout {
+    /// How the row's parameters describe it.
+    pub fn describe(self, subjects: usize) -> String {
+        match self {
+            StreamLayout::Shared => format!("{subjects} subjects in 1 stream"),
+            StreamLayout::PerRoom => format!("{subjects} streams of 1 subject"),
+        }
+    }
+}
+
 /// JetStream publish throughput: `conns` connections, each with `window`
 /// async publishes in flight (refilled at half, like the Confab client),
-/// over `subjects` subjects of one file stream. Counts acks per second.
+/// over `subjects` subjects of file streams laid out as `layout`. Counts
+/// acks per second.
 pub async fn publish(
     server: &NatsServer,
     conns: usize,
     window: usize,
     size: usize,
     subjects: usize,
+    layout: StreamLayout,
     k: &Knobs,
 ) -> anyhow::Result<(f64, Option<String>)> {
     let admin = NatsServer::js(server.connect().await?, 16);
-    create_stream(&admin, "BENCH", "bench.>").await?;
-    let acked = Arc::new(AtomicU64::new(0));
     let subjects = subjects.max(1);
+    match layout {
+        StreamLayout::Shared => {
+            create_stream(&admin, "BENCH", "bench.>").await?;
+        }
+        StreamLayout::PerRoom => {
+            for r in 0..subjects {
+                create_stream(&admin, &format!("BENCH{r}"), &format!("bench.room{r}")).await?;
+            }
+        }
+    }
+    let acked = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     for c in 0..conns {
         let js = NatsServer::js(server.connect().await?, window);

@@ -176,7 +176,7 @@ pub async fn latency(
     subs: usize,
     size: usize,
     k: &Knobs,
-) -> anyhow::Result<(f64, Latency)> {
+) -> anyhow::Result<(f64, Latency, Option<String>)> {
     let r = room(&format!("lat-{}", now_ns()))?;
     let hist = Arc::new(Mutex::new(histogram()));
     let measure_from = Arc::new(AtomicU64::new(u64::MAX));
@@ -252,12 +252,13 @@ pub(crate) async fn finish_latency(
     warmup_ns: u64,
     interval_ns: f64,
     k: &Knobs,
-) -> anyhow::Result<(f64, Latency)> {
+) -> anyhow::Result<(f64, Latency, Option<String>)> {
     let sent = tokio::task::spawn_blocking(move || pacer.join())
         .await?
         .map_err(|_| anyhow::anyhow!("publisher thread panicked"))??;
     // Let the tail arrive.
     tokio::time::sleep(Duration::from_millis(500)).await;
+    let subs = readers.len().max(1) as u64;
     for r in &readers {
         r.abort();
     }
@@ -265,11 +266,33 @@ pub(crate) async fn finish_latency(
         let _ = r.await;
     }
     let measured = sent.saturating_sub((warmup_ns as f64 / interval_ns) as u64);
-    let achieved = measured as f64 / k.duration.as_secs_f64();
     let h = hist
         .lock()
         .map_err(|_| anyhow::anyhow!("histogram lock poisoned"))?;
-    Ok((achieved, Latency::from_ns(&h)))
+    let lat = Latency::from_ns(&h);
+    Ok(delivered(measured, subs, lat, k))
+}
+
+/// What an open-loop latency run achieved, counted the same way for every
+/// system: `measured` messages sent after the warm-up to `subs`
+/// subscribers each, of which `lat.count` deliveries arrived. The rate is
+/// the delivery rate per subscriber (not the send rate), and any shortfall
+/// is a note on the row.
+pub(crate) fn delivered(
+    measured: u64,
+    subs: u64,
+    lat: Latency,
+    k: &Knobs,
+) -> (f64, Latency, Option<String>) {
+    let expected = measured * subs.max(1);
+    let achieved = lat.count as f64 / subs.max(1) as f64 / k.duration.as_secs_f64();
+    let note = (lat.count < expected).then(|| {
+        format!(
+            "SHORT: {} of {expected} deliveries missing 0.5 s after the last send",
+            expected - lat.count
+        )
+    });
+    (achieved, lat, note)
 }
 
 /// A subscriber's own histogram, added to the shared one now and then and

@@ -171,7 +171,7 @@ pub async fn latency(
     subs: usize,
     size: usize,
     k: &Knobs,
-) -> anyhow::Result<(f64, Latency)> {
+) -> anyhow::Result<(f64, Latency, Option<String>)> {
     let r = RoomId::new(format!("tlat-{}", now_ns()))?;
     let hist = Arc::new(Mutex::new(histogram()));
     let measure_from = Arc::new(AtomicU64::new(u64::MAX));
@@ -347,14 +347,20 @@ pub async fn measure(
             super::confab::row("transport", params, rate, "msgs/s")
         }
         Measure::Latency { rate, subs } => {
-            let (achieved, lat) = latency(&dial, rate, subs, size, k).await?;
+            let (achieved, lat, short) = latency(&dial, rate, subs, size, k).await?;
             let mut row = super::confab::row("transport", params, achieved, "msgs/s");
             row.offered = Some(rate);
             row.latency = Some(lat);
+            row.notes = short.unwrap_or_default();
             row
         }
     };
     row.system = format!("confab {}", t.name());
-    row.notes = format!("rss {} MiB", broker.rss_kib().unwrap_or(0) / 1024);
+    let rss = format!("rss {} MiB", broker.rss_kib().unwrap_or(0) / 1024);
+    row.notes = if row.notes.is_empty() {
+        rss
+    } else {
+        format!("{}; {rss}", row.notes)
+    };
     Ok(row)
 }
