@@ -1,0 +1,678 @@
+//! Cluster mode's building blocks against real `nats-server` processes on
+//! 127.0.0.1: the JetStream room log, fenced appends and step-down,
+//! takeover, and node membership with rendezvous ownership.
+//!
+//! The server binary comes from `CONFAB_NATS_SERVER`, else
+//! `$HOME/.cache/confab/peers-venv/bin/nats-server` (what
+//! `bench/peers/install.sh` installs), else `PATH`. Without one, each test
+//! prints why and passes without running (CI installs it).
+#![allow(clippy::unwrap_used)]
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use confab_broker::cluster::{
+    owner, ClusterError, JetStreamLog, LiveNodes, LogConfig, Membership, MembershipConfig, NodeId,
+    RoomWriter,
+};
+use confab_broker::storage::{Append, IdemKey, IdemWrite, StoredRecord};
+use confab_codec::{DeviceId, EventRecord, MessageKind, RoomId, Seq, UserId};
+
+// ---------------------------------------------------------------------------
+// nats-server processes
+
+fn nats_server_binary() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("CONFAB_NATS_SERVER") {
+        return Some(PathBuf::from(p));
+    }
+    if let Some(home) = std::env::var_os("HOME") {
+        let p = PathBuf::from(home).join(".cache/confab/peers-venv/bin/nats-server");
+        if p.is_file() {
+            return Some(p);
+        }
+    }
+    std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|d| d.join("nats-server"))
+            .find(|p| p.is_file())
+    })
+}
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// A nats-server with JetStream in a temporary directory, killed on drop.
+struct Nats {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Nats {
+    /// Starts one, or says why not and returns `None` (the test passes
+    /// without running).
+    fn start() -> Option<Self> {
+        let Some(bin) = nats_server_binary() else {
+            eprintln!(
+                "SKIPPED: no nats-server (set CONFAB_NATS_SERVER or run bench/peers/install.sh)"
+            );
+            return None;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let child = Command::new(&bin)
+            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {}: {e}", bin.display()));
+        let n = Self {
+            child,
+            port,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "nats-server did not listen");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Some(n)
+    }
+
+    async fn client(&self) -> async_nats::Client {
+        async_nats::connect(format!("nats://127.0.0.1:{}", self.port))
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs a test body under a time bound.
+async fn bounded<F: Future<Output = ()>>(secs: u64, body: F) {
+    tokio::time::timeout(Duration::from_secs(secs), body)
+        .await
+        .expect("the test took too long");
+}
+
+// ---------------------------------------------------------------------------
+// records
+
+fn room(id: &str) -> RoomId {
+    RoomId::new(id).unwrap()
+}
+
+/// The encoded record of `seq` in a room, with a payload naming it.
+fn record(seq: u64, client_msg_id: u64, payload: &str) -> Vec<u8> {
+    let ev = EventRecord {
+        seq: Seq(seq),
+        timestamp_us: 1_000_000 + seq,
+        sender: UserId::new("u").unwrap(),
+        device: DeviceId::new("d").unwrap(),
+        client_msg_id,
+        kind: MessageKind::MESSAGE,
+        refers_to: None,
+        thread: None,
+        payload: Bytes::from(payload.to_owned()),
+    };
+    let mut out = BytesMut::new();
+    ev.encode(&mut out).unwrap();
+    out.to_vec()
+}
+
+const SENDER: &str = "u\0d";
+
+/// Appends for `records` (seq, client message id, bytes) of `room`.
+fn appends<'a>(room: &'a RoomId, records: &'a [(u64, u64, Vec<u8>)]) -> Vec<Append<'a>> {
+    records
+        .iter()
+        .map(|(seq, id, bytes)| Append {
+            room,
+            seq: Seq(*seq),
+            record: bytes,
+            idem: (*id != 0).then_some(IdemWrite {
+                key: IdemKey {
+                    sender: SENDER,
+                    client_msg_id: *id,
+                },
+                fresh: true,
+                mark: *id,
+            }),
+            timestamp_us: 1_000_000 + seq,
+        })
+        .collect()
+}
+
+fn payload_of(r: &StoredRecord) -> String {
+    let ev = EventRecord::decode(r.bytes.clone()).unwrap();
+    assert_eq!(ev.seq, r.seq, "a record's own sequence is its place");
+    String::from_utf8(ev.payload.to_vec()).unwrap()
+}
+
+fn test_log_config(stream: &str) -> LogConfig {
+    LogConfig {
+        stream: stream.into(),
+        subject_prefix: format!("t.{}", stream.to_lowercase()),
+        // Small chunks, so that a commit of 40 records takes several.
+        max_chunk_bytes: 1024,
+        ..LogConfig::default()
+    }
+}
+
+async fn open_log(nats: &Nats, stream: &str) -> Arc<JetStreamLog> {
+    Arc::new(
+        JetStreamLog::open(nats.client().await, test_log_config(stream))
+            .await
+            .unwrap(),
+    )
+}
+
+// ---------------------------------------------------------------------------
+// the room log
+
+#[tokio::test]
+async fn append_and_read_round_trip_with_contiguous_sequences() {
+    let Some(nats) = Nats::start() else { return };
+    bounded(60, async {
+        let log = open_log(&nats, "ROUNDTRIP").await;
+        let rooms = [room("general"), room("a.b *>c"), room("x")];
+        let mut writers = Vec::new();
+        for r in &rooms {
+            writers.push(
+                RoomWriter::take_over(log.clone(), r.clone(), "w1", 64)
+                    .await
+                    .unwrap(),
+            );
+        }
+        // Commits of varied sizes, interleaved between the rooms; 40
+        // records of ~60 bytes exceed a 1 KiB chunk.
+        let mut expected: Vec<BTreeMap<u64, String>> = vec![BTreeMap::new(); rooms.len()];
+        for (round, size) in [1usize, 3, 10, 40, 1, 7].into_iter().enumerate() {
+            for (i, w) in writers.iter_mut().enumerate() {
+                let head = w.head().0;
+                let recs: Vec<(u64, u64, Vec<u8>)> = (head + 1..=head + size as u64)
+                    .map(|s| {
+                        let p = format!("room{i}-round{round}-seq{s}-{}", "x".repeat(30));
+                        expected[i].insert(s, p.clone());
+                        (s, 0, record(s, 0, &p))
+                    })
+                    .collect();
+                let done = w.append(&appends(&rooms[i], &recs)).await.unwrap();
+                assert_eq!(done.head, Seq(head + size as u64));
+                if size == 40 {
+                    assert!(done.chunks.len() > 1, "split into chunks: {done:?}");
+                    for pair in done.chunks.windows(2) {
+                        assert_eq!(pair[1].first.0, pair[0].last.0 + 1);
+                        assert!(pair[1].stream_seq > pair[0].stream_seq);
+                    }
+                }
+            }
+        }
+        let n = 62u64;
+        for (i, r) in rooms.iter().enumerate() {
+            assert_eq!(writers[i].head(), Seq(n));
+            let b = log.bounds(r).await.unwrap();
+            assert_eq!((b.head, b.first), (Seq(n), Seq(1)));
+            let all = log
+                .read_range(r, Seq(1), Seq(n), 1000, usize::MAX)
+                .await
+                .unwrap();
+            let seqs: Vec<u64> = all.iter().map(|x| x.seq.0).collect();
+            assert_eq!(
+                seqs,
+                (1..=n).collect::<Vec<_>>(),
+                "room {r}: 1..={n}, no gap"
+            );
+            for rec in &all {
+                assert_eq!(payload_of(rec), expected[i][&rec.seq.0]);
+            }
+            // Windows, limits, and reads past the head.
+            let mid = log
+                .read_range(r, Seq(13), Seq(17), 100, usize::MAX)
+                .await
+                .unwrap();
+            assert_eq!(
+                mid.iter().map(|x| x.seq.0).collect::<Vec<_>>(),
+                vec![13, 14, 15, 16, 17]
+            );
+            let counted = log
+                .read_range(r, Seq(5), Seq(n), 4, usize::MAX)
+                .await
+                .unwrap();
+            assert_eq!(
+                counted.iter().map(|x| x.seq.0).collect::<Vec<_>>(),
+                vec![5, 6, 7, 8]
+            );
+            let one = log.read_range(r, Seq(5), Seq(n), 100, 1).await.unwrap();
+            assert_eq!(one.len(), 1, "at least one record within any byte limit");
+            assert!(log
+                .read_range(r, Seq(n + 1), Seq(n + 10), 10, usize::MAX)
+                .await
+                .unwrap()
+                .is_empty());
+            let before = log.read_before(r, Seq(n + 1), 5, usize::MAX).await.unwrap();
+            assert_eq!(
+                before.iter().map(|x| x.seq.0).collect::<Vec<_>>(),
+                (n - 4..=n).collect::<Vec<_>>()
+            );
+            let start = log.read_before(r, Seq(3), 10, usize::MAX).await.unwrap();
+            assert_eq!(
+                start.iter().map(|x| x.seq.0).collect::<Vec<_>>(),
+                vec![1, 2]
+            );
+            let newest = log.read_before(r, Seq(n + 1), 10, 1).await.unwrap();
+            assert_eq!(newest.iter().map(|x| x.seq.0).collect::<Vec<_>>(), vec![n]);
+        }
+        // Another node (a fresh log, nothing remembered) finds any
+        // sequence by searching the stream, and reads the same records.
+        let other = open_log(&nats, "ROUNDTRIP").await;
+        for (i, r) in rooms.iter().enumerate() {
+            for (from, to) in [(1, 1), (30, 35), (n, n), (14, 60)] {
+                let got = other
+                    .read_range(r, Seq(from), Seq(to), 1000, usize::MAX)
+                    .await
+                    .unwrap();
+                assert_eq!(
+                    got.iter().map(|x| x.seq.0).collect::<Vec<_>>(),
+                    (from..=to).collect::<Vec<_>>()
+                );
+                for rec in &got {
+                    assert_eq!(payload_of(rec), expected[i][&rec.seq.0]);
+                }
+            }
+        }
+        let empty = room("never-written");
+        let b = log.bounds(&empty).await.unwrap();
+        assert_eq!((b.head, b.first), (Seq(0), Seq(1)));
+        assert!(log
+            .read_range(&empty, Seq(1), Seq(10), 10, usize::MAX)
+            .await
+            .unwrap()
+            .is_empty());
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn appends_must_continue_the_head() {
+    let Some(nats) = Nats::start() else { return };
+    bounded(30, async {
+        let log = open_log(&nats, "INVALID").await;
+        let r = room("r");
+        let mut w = RoomWriter::take_over(log.clone(), r.clone(), "w", 8)
+            .await
+            .unwrap();
+        let gap = vec![(2, 0, record(2, 0, "two"))];
+        let err = w.append(&appends(&r, &gap)).await.unwrap_err();
+        assert!(matches!(err, ClusterError::InvalidAppend(_)), "{err}");
+        let other = room("other");
+        let wrong_room = vec![(1, 0, record(1, 0, "one"))];
+        let err = w.append(&appends(&other, &wrong_room)).await.unwrap_err();
+        assert!(matches!(err, ClusterError::InvalidAppend(_)), "{err}");
+        assert!(w.is_writer(), "a refused precondition is not a step-down");
+        assert_eq!(
+            log.bounds(&r).await.unwrap().head,
+            Seq(0),
+            "nothing written"
+        );
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------------------
+// fencing
+
+#[tokio::test]
+async fn a_stale_writer_is_refused_and_steps_down() {
+    let Some(nats) = Nats::start() else { return };
+    bounded(60, async {
+        let log = open_log(&nats, "FENCE").await;
+        let r = room("contested");
+        let mut a = RoomWriter::take_over(log.clone(), r.clone(), "A", 16)
+            .await
+            .unwrap();
+        let first: Vec<_> = (1..=5)
+            .map(|s| (s, 0, record(s, 0, &format!("A{s}"))))
+            .collect();
+        a.append(&appends(&r, &first)).await.unwrap();
+
+        // B takes the room over (A is paused, say) and writes 6..=8.
+        let mut b = RoomWriter::take_over(log.clone(), r.clone(), "B", 16)
+            .await
+            .unwrap();
+        assert_eq!(b.head(), Seq(5));
+        let bs: Vec<_> = (6..=8)
+            .map(|s| (s, 0, record(s, 0, &format!("B{s}"))))
+            .collect();
+        b.append(&appends(&r, &bs)).await.unwrap();
+
+        // A wakes up and appends what it believes is 6: refused.
+        let stale = vec![(6, 0, record(6, 0, "A6"))];
+        let err = a.append(&appends(&r, &stale)).await.unwrap_err();
+        assert!(
+            matches!(err, ClusterError::Fenced { expected, .. } if expected > 0),
+            "{err}"
+        );
+        assert!(!a.is_writer(), "A stepped down");
+        assert_eq!(a.head(), Seq(5), "A stored nothing more");
+        // And it stays down, without asking JetStream.
+        let err = a.append(&appends(&r, &stale)).await.unwrap_err();
+        assert!(
+            matches!(err, ClusterError::SteppedDown(_)) && err.is_fenced(),
+            "{err}"
+        );
+
+        let all = log
+            .read_range(&r, Seq(1), Seq(100), 100, usize::MAX)
+            .await
+            .unwrap();
+        let got: Vec<String> = all.iter().map(payload_of).collect();
+        assert_eq!(got, ["A1", "A2", "A3", "A4", "A5", "B6", "B7", "B8"]);
+    })
+    .await;
+}
+
+/// Two nodes fight over a room: each takes it over, appends until refused,
+/// and takes it over again. Every acknowledged sequence is in the log,
+/// written by the writer it was acknowledged to, and no sequence was
+/// acknowledged twice.
+#[tokio::test]
+async fn racing_writers_never_use_a_sequence_twice() {
+    let Some(nats) = Nats::start() else { return };
+    bounded(120, async {
+        let r = room("race");
+        const TARGET: u64 = 300;
+        let mut tasks = Vec::new();
+        for name in ["A", "B"] {
+            let log = open_log(&nats, "RACE").await;
+            let r = r.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut acked: Vec<(u64, String)> = Vec::new();
+                let (mut takeovers, mut refusals) = (0u32, 0u32);
+                'outer: loop {
+                    takeovers += 1;
+                    let token = format!("{name}{takeovers}");
+                    let Ok(mut w) =
+                        RoomWriter::take_over(log.clone(), r.clone(), token.clone(), 4).await
+                    else {
+                        continue;
+                    };
+                    loop {
+                        let seq = w.head().0 + 1;
+                        if seq > TARGET {
+                            break 'outer;
+                        }
+                        let p = format!("{token}-{seq}");
+                        let recs = vec![(seq, 0, record(seq, 0, &p))];
+                        match w.append(&appends(&r, &recs)).await {
+                            Ok(done) => {
+                                assert_eq!(done.head, Seq(seq));
+                                acked.push((seq, p));
+                            }
+                            Err(e) if e.is_fenced() => {
+                                refusals += 1;
+                                continue 'outer;
+                            }
+                            Err(e) => panic!("{e}"),
+                        }
+                    }
+                }
+                (acked, takeovers, refusals)
+            }));
+        }
+        let mut by_seq: HashMap<u64, String> = HashMap::new();
+        let mut refusals = 0;
+        for t in tasks {
+            let (acked, _, refused) = t.await.unwrap();
+            refusals += refused;
+            for (seq, p) in acked {
+                if let Some(prev) = by_seq.insert(seq, p.clone()) {
+                    panic!("sequence {seq} acknowledged twice: {prev} and {p}");
+                }
+            }
+        }
+        let log = open_log(&nats, "RACE").await;
+        let all = log
+            .read_range(&r, Seq(1), Seq(TARGET), 1000, usize::MAX)
+            .await
+            .unwrap();
+        assert_eq!(
+            all.iter().map(|x| x.seq.0).collect::<Vec<_>>(),
+            (1..=TARGET).collect::<Vec<_>>()
+        );
+        for rec in &all {
+            let p = payload_of(rec);
+            if let Some(acked) = by_seq.get(&rec.seq.0) {
+                assert_eq!(&p, acked, "seq {} holds what was acknowledged", rec.seq.0);
+            }
+        }
+        assert_eq!(
+            by_seq.len() as u64,
+            TARGET,
+            "every stored chunk was acknowledged to its writer"
+        );
+        eprintln!("racing writers: {TARGET} sequences, {refusals} refused appends");
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------------------
+// takeover
+
+#[tokio::test]
+async fn takeover_learns_the_head_and_recent_originals() {
+    let Some(nats) = Nats::start() else { return };
+    bounded(60, async {
+        let log = open_log(&nats, "TAKEOVER").await;
+        let r = room("handover");
+        let mut old = RoomWriter::take_over(log.clone(), r.clone(), "old", 64)
+            .await
+            .unwrap();
+        // 20 publishes with client message ids 1000..=1019, in two commits.
+        let recs: Vec<_> = (1..=20)
+            .map(|s| (s, 999 + s, record(s, 999 + s, &format!("m{s}"))))
+            .collect();
+        old.append(&appends(&r, &recs[..12])).await.unwrap();
+        old.append(&appends(&r, &recs[12..])).await.unwrap();
+        assert_eq!(old.original(SENDER, 1005).map(|o| o.seq), Some(Seq(6)));
+
+        // The old owner stops (paused, or dead); a new one takes over,
+        // remembering the last 10 sequences' originals.
+        let log2 = open_log(&nats, "TAKEOVER").await;
+        let mut new = RoomWriter::take_over(log2.clone(), r.clone(), "new", 10)
+            .await
+            .unwrap();
+        assert_eq!(new.head(), Seq(20));
+        assert_eq!(new.originals_known(), 10);
+        let o = new.original(SENDER, 1019).unwrap();
+        assert_eq!((o.seq, o.timestamp_us), (Seq(20), 1_000_020));
+        assert_eq!(new.original(SENDER, 1010).map(|o| o.seq), Some(Seq(11)));
+        assert_eq!(new.original(SENDER, 1009), None, "outside the window");
+        assert_eq!(new.original("u\0other", 1019), None, "per sender");
+
+        // A client retries 1015 through the new owner: it gets seq 16, and
+        // nothing is appended. A new publish gets 21.
+        assert_eq!(new.original(SENDER, 1015).map(|o| o.seq), Some(Seq(16)));
+        let fresh = vec![(21, 1020, record(21, 1020, "m21"))];
+        new.append(&appends(&r, &fresh)).await.unwrap();
+        assert_eq!(new.original(SENDER, 1020).map(|o| o.seq), Some(Seq(21)));
+        let all = log2
+            .read_range(&r, Seq(1), Seq(100), 100, usize::MAX)
+            .await
+            .unwrap();
+        assert_eq!(all.len(), 21, "the retry stored nothing");
+
+        // The old owner comes back and tries to go on: refused.
+        let stale = vec![(21, 2000, record(21, 2000, "stale"))];
+        let err = old.append(&appends(&r, &stale)).await.unwrap_err();
+        assert!(err.is_fenced(), "{err}");
+        assert_eq!(
+            payload_of(
+                &log.read_range(&r, Seq(21), Seq(21), 1, usize::MAX)
+                    .await
+                    .unwrap()[0]
+            ),
+            "m21"
+        );
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------------------
+// membership
+
+fn node(id: &str) -> NodeId {
+    NodeId::new(id).unwrap()
+}
+
+fn ids(live: &LiveNodes) -> Vec<String> {
+    live.ids().map(|n| n.as_str().to_owned()).collect()
+}
+
+async fn wait_live(m: &Membership, want: &[&str], within: Duration) {
+    let mut changes = m.changes();
+    let want: Vec<String> = want.iter().map(|s| s.to_string()).collect();
+    tokio::time::timeout(within, changes.wait_for(|l| ids(l) == want))
+        .await
+        .unwrap_or_else(|_| panic!("{} sees {:?}, not {want:?}", m.me(), ids(&m.live())))
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_silent_node_expires_after_the_ttl_and_its_rooms_move() {
+    let Some(nats) = Nats::start() else { return };
+    bounded(90, async {
+        let cfg = MembershipConfig {
+            bucket: "members_test".into(),
+            ttl: Duration::from_secs(3),
+            heartbeat: Duration::from_secs(1),
+            replicas: 1,
+        };
+        let join = |id: &'static str| {
+            let cfg = cfg.clone();
+            let nats = &nats;
+            async move {
+                Membership::join(
+                    nats.client().await,
+                    cfg,
+                    node(id),
+                    format!("{id}.local:7400"),
+                )
+                .await
+                .unwrap()
+            }
+        };
+        let n1 = join("n1").await;
+        let mut n2 = join("n2").await;
+        let n3 = join("n3").await;
+        let all = ["n1", "n2", "n3"];
+        for m in [&n1, &n2, &n3] {
+            wait_live(m, &all, Duration::from_secs(5)).await;
+        }
+        assert_eq!(n1.live().address(&node("n2")), Some("n2.local:7400"));
+
+        let rooms: Vec<RoomId> = (0..300).map(|i| room(&format!("room-{i}"))).collect();
+        let before: Vec<NodeId> = rooms.iter().map(|r| n1.owner(r).unwrap()).collect();
+        for m in [&n2, &n3] {
+            for (r, o) in rooms.iter().zip(&before) {
+                assert_eq!(&m.owner(r).unwrap(), o, "every node names the same owner");
+            }
+        }
+        let of_n2 = before.iter().filter(|o| o.as_str() == "n2").count();
+        assert!((50..150).contains(&of_n2), "n2 owns {of_n2} of 300");
+
+        // n2 stops heartbeating (a crash or SIGSTOP): its key stays until
+        // the TTL runs out.
+        n2.halt().await;
+        let stopped = Instant::now();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(n1.live().contains(&node("n2")), "still live within its TTL");
+        wait_live(&n1, &["n1", "n3"], Duration::from_secs(7)).await;
+        wait_live(&n3, &["n1", "n3"], Duration::from_secs(2)).await;
+        let gone_after = stopped.elapsed();
+        eprintln!("n2 disappeared {gone_after:?} after its heartbeats stopped (ttl 3 s)");
+        assert!(
+            gone_after >= Duration::from_secs(1),
+            "not before its TTL: {gone_after:?}"
+        );
+
+        // Its rooms moved, each to the rendezvous winner among n1 and n3;
+        // the others stayed where they were; n1 and n3 agree.
+        let rest = [node("n1"), node("n3")];
+        for (r, was) in rooms.iter().zip(&before) {
+            let now = n1.owner(r).unwrap();
+            assert_eq!(n3.owner(r).unwrap(), now);
+            assert_eq!(Some(&now), owner(r, &rest));
+            if was.as_str() != "n2" {
+                assert_eq!(&now, was, "{r} did not belong to n2 and stays");
+            }
+        }
+
+        // n2 comes back: every room returns to its first owner.
+        let n2 = join("n2").await;
+        wait_live(&n1, &all, Duration::from_secs(5)).await;
+        for (r, was) in rooms.iter().zip(&before) {
+            assert_eq!(&n1.owner(r).unwrap(), was);
+        }
+        assert!(n2.owns(&rooms[before.iter().position(|o| o.as_str() == "n2").unwrap()]));
+
+        // A node that leaves in order is gone at once, not after the TTL.
+        let left = Instant::now();
+        n3.leave().await.unwrap();
+        wait_live(&n1, &["n1", "n2"], Duration::from_millis(1500)).await;
+        eprintln!("n3 left; seen gone after {:?}", left.elapsed());
+    })
+    .await;
+}
+
+#[test]
+fn settings_are_checked() {
+    let bad_ttl = MembershipConfig {
+        ttl: Duration::from_millis(1500),
+        ..MembershipConfig::default()
+    };
+    assert!(bad_ttl.validate().is_err());
+    let slow_heartbeat = MembershipConfig {
+        heartbeat: Duration::from_secs(2),
+        ..MembershipConfig::default()
+    };
+    assert!(slow_heartbeat.validate().is_err());
+    assert!(MembershipConfig::default().validate().is_ok());
+    assert!(LogConfig::default().validate().is_ok());
+    for bad in [
+        LogConfig {
+            stream: "a.b".into(),
+            ..LogConfig::default()
+        },
+        LogConfig {
+            subject_prefix: "a.*".into(),
+            ..LogConfig::default()
+        },
+        LogConfig {
+            replicas: 0,
+            ..LogConfig::default()
+        },
+        LogConfig {
+            max_chunk_bytes: 10,
+            ..LogConfig::default()
+        },
+    ] {
+        assert!(bad.validate().is_err(), "{bad:?}");
+    }
+    assert!(NodeId::new("node.1").is_err());
+    assert!(NodeId::new("").is_err());
+}
