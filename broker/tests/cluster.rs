@@ -676,3 +676,412 @@ fn settings_are_checked() {
     assert!(NodeId::new("node.1").is_err());
     assert!(NodeId::new("").is_err());
 }
+
+// ---------------------------------------------------------------------------
+// a three-server NATS cluster, R3 stream, leader changes under racing writers
+
+/// Three nats-servers routed into one JetStream cluster on loopback.
+struct NatsCluster {
+    bin: PathBuf,
+    ports: Vec<u16>,
+    routes: Vec<u16>,
+    dirs: Vec<tempfile::TempDir>,
+    servers: Vec<Option<Child>>,
+}
+
+impl NatsCluster {
+    fn start(n: usize) -> Option<Self> {
+        let Some(bin) = nats_server_binary() else {
+            eprintln!(
+                "SKIPPED: no nats-server (set CONFAB_NATS_SERVER or run bench/peers/install.sh)"
+            );
+            return None;
+        };
+        let mut c = Self {
+            bin,
+            ports: (0..n).map(|_| free_port()).collect(),
+            routes: (0..n).map(|_| free_port()).collect(),
+            dirs: (0..n).map(|_| tempfile::tempdir().unwrap()).collect(),
+            servers: (0..n).map(|_| None).collect(),
+        };
+        for i in 0..n {
+            c.spawn(i);
+        }
+        for i in 0..n {
+            c.wait_listening(i);
+        }
+        Some(c)
+    }
+
+    fn spawn(&mut self, i: usize) {
+        let routes: Vec<String> = self
+            .routes
+            .iter()
+            .map(|p| format!("nats://127.0.0.1:{p}"))
+            .collect();
+        let child = Command::new(&self.bin)
+            .args(["-a", "127.0.0.1", "-p", &self.ports[i].to_string(), "-js"])
+            .args([
+                "--server_name",
+                &format!("s{i}"),
+                "--cluster_name",
+                "confabtest",
+            ])
+            .args(["--cluster", &format!("nats://127.0.0.1:{}", self.routes[i])])
+            .args(["--routes", &routes.join(",")])
+            .arg("-sd")
+            .arg(self.dirs[i].path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.servers[i] = Some(child);
+    }
+
+    fn wait_listening(&self, i: usize) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", self.ports[i])).is_err() {
+            assert!(Instant::now() < deadline, "s{i} did not listen");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `kill -9` of server `i`.
+    fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.servers[i].take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Every server's URL, `first` first.
+    fn urls(&self, first: usize) -> Vec<String> {
+        let n = self.ports.len();
+        (0..n)
+            .map(|k| format!("nats://127.0.0.1:{}", self.ports[(first + k) % n]))
+            .collect()
+    }
+}
+
+/// A client that knows every server and tries them in order.
+async fn connect_all(urls: Vec<String>) -> async_nats::Client {
+    async_nats::ConnectOptions::new()
+        .retain_servers_order()
+        .connect(urls)
+        .await
+        .unwrap()
+}
+
+impl Drop for NatsCluster {
+    fn drop(&mut self) {
+        for i in 0..self.servers.len() {
+            self.kill(i);
+        }
+    }
+}
+
+/// Opens the R3 room stream once the JetStream cluster has a meta leader.
+async fn open_r3_log(client: async_nats::Client, stream: &str) -> Arc<JetStreamLog> {
+    let cfg = LogConfig {
+        replicas: 3,
+        ..test_log_config(stream)
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match JetStreamLog::open(client.clone(), cfg.clone()).await {
+            Ok(log) => return Arc::new(log),
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("waiting for the JetStream cluster: {e}");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => panic!("no JetStream cluster: {e}"),
+        }
+    }
+}
+
+/// The #4320 / #8469 case: two writers race on one room of an R3 stream
+/// while its leader is stepped down again and again and once killed with
+/// `kill -9` (and restarted). The fence must hold across every leader
+/// change: no sequence acknowledged to two writers, the log 1..=head with
+/// no gap or fork, every acknowledged record as acknowledged.
+#[tokio::test]
+async fn the_fence_holds_across_r3_leader_changes() {
+    let Some(cluster) = NatsCluster::start(3) else {
+        return;
+    };
+    let cluster = Arc::new(std::sync::Mutex::new(cluster));
+    bounded(240, async {
+        const STREAM: &str = "R3RACE";
+        let r = room("r3-race");
+        let urls = cluster.lock().unwrap().urls(0);
+        let admin = connect_all(urls).await;
+        open_r3_log(admin.clone(), STREAM).await;
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+
+        let mut writers = Vec::new();
+        for (k, name) in ["A", "B"].into_iter().enumerate() {
+            let urls = cluster.lock().unwrap().urls(k + 1);
+            let client = connect_all(urls).await;
+            let log = open_r3_log(client, STREAM).await;
+            let (r, done) = (r.clone(), done.clone());
+            writers.push(tokio::spawn(async move {
+                let mut acked: Vec<(u64, String)> = Vec::new();
+                let (mut takeovers, mut refusals, mut errors) = (0u32, 0u32, 0u32);
+                'outer: loop {
+                    takeovers += 1;
+                    let token = format!("{name}{takeovers}");
+                    let mut w = match RoomWriter::take_over(log.clone(), r.clone(), token.clone(), 4).await {
+                        Ok(w) => w,
+                        Err(_) => {
+                            errors += 1;
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    };
+                    loop {
+                        let seq = w.head().0 + 1;
+                        if done.load(std::sync::atomic::Ordering::Relaxed) {
+                            break 'outer;
+                        }
+                        let p = format!("{token}-{seq}");
+                        let recs = vec![(seq, 0, record(seq, 0, &p))];
+                        match w.append(&appends(&r, &recs)).await {
+                            Ok(_) => acked.push((seq, p)),
+                            Err(e) if e.is_fenced() => {
+                                refusals += 1;
+                                continue 'outer;
+                            }
+                            // An election in progress, a lost ack that
+                            // could not be looked up: the same append
+                            // again (fenced on the same chunk).
+                            Err(_) => {
+                                errors += 1;
+                                tokio::time::sleep(Duration::from_millis(20)).await;
+                            }
+                        }
+                    }
+                }
+                (acked, takeovers, refusals, errors)
+            }));
+        }
+
+        // Leader changes for 12 s: a step-down request every 400 ms, and a
+        // kill -9 of the leader's server after 2 s, restarted 3 s later.
+        // Then the writers stop.
+        let chaos = {
+            let (cluster, done, admin) = (cluster.clone(), done.clone(), admin.clone());
+            tokio::spawn(async move {
+                let js = async_nats::jetstream::new(admin.clone());
+                let (mut stepdowns, mut killed, mut leaders) = (0u32, None, Vec::new());
+                let started = Instant::now();
+                while started.elapsed() < Duration::from_secs(12) {
+                    tokio::time::sleep(Duration::from_millis(400)).await;
+                    let leader = match js.get_stream(STREAM).await {
+                        Ok(mut s) => s
+                            .info()
+                            .await
+                            .ok()
+                            .and_then(|i| i.cluster.clone())
+                            .and_then(|c| c.leader),
+                        Err(_) => None,
+                    };
+                    if let Some(l) = &leader {
+                        if leaders.last() != Some(l) {
+                            leaders.push(l.clone());
+                        }
+                    }
+                    if killed.is_none() && started.elapsed() > Duration::from_secs(2) {
+                        let index = leader
+                            .as_deref()
+                            .and_then(|l| l.strip_prefix('s'))
+                            .and_then(|i| i.parse::<usize>().ok());
+                        if let Some(i) = index {
+                            cluster.lock().unwrap().kill(i);
+                            killed = Some((i, Instant::now()));
+                            continue;
+                        }
+                    }
+                    if let Some((i, at)) = killed {
+                        let down = cluster.lock().unwrap().servers[i].is_none();
+                        if down && at.elapsed() > Duration::from_secs(3) {
+                            let c = cluster.clone();
+                            tokio::task::spawn_blocking(move || {
+                                let mut c = c.lock().unwrap();
+                                c.spawn(i);
+                                c.wait_listening(i);
+                            })
+                            .await
+                            .unwrap();
+                        }
+                    }
+                    let subject = format!("$JS.API.STREAM.LEADER.STEPDOWN.{STREAM}");
+                    if admin.request(subject, Bytes::new()).await.is_ok() {
+                        stepdowns += 1;
+                    }
+                }
+                done.store(true, std::sync::atomic::Ordering::Relaxed);
+                (stepdowns, killed.map(|(i, _)| i), leaders)
+            })
+        };
+
+        let mut by_seq: HashMap<u64, String> = HashMap::new();
+        let (mut refusals, mut errors, mut takeovers) = (0, 0, 0);
+        for w in writers {
+            let (acked, took, refused, errs) = w.await.unwrap();
+            takeovers += took;
+            refusals += refused;
+            errors += errs;
+            for (seq, p) in acked {
+                if let Some(prev) = by_seq.insert(seq, p.clone()) {
+                    panic!("sequence {seq} acknowledged twice: {prev} and {p}");
+                }
+            }
+        }
+        let (stepdowns, killed, leaders) = chaos.await.unwrap();
+
+        // Every server back, replicas caught up: read the log whole.
+        let log = open_r3_log(admin.clone(), STREAM).await;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let all = loop {
+            let all = log.read_range(&r, Seq(1), Seq(u64::MAX), 10_000, usize::MAX).await;
+            match all {
+                Ok(all) if all.len() >= by_seq.len() && !all.is_empty() => break all,
+                _ if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(200)).await,
+                other => panic!("the log did not settle: {:?}", other.map(|a| a.len())),
+            }
+        };
+        let head = all.last().unwrap().seq.0;
+        assert_eq!(
+            all.iter().map(|x| x.seq.0).collect::<Vec<_>>(),
+            (1..=head).collect::<Vec<_>>(),
+            "no gap, no fork"
+        );
+        for rec in &all {
+            if let Some(acked) = by_seq.get(&rec.seq.0) {
+                assert_eq!(&payload_of(rec), acked, "seq {} holds what was acknowledged", rec.seq.0);
+            }
+        }
+        let acked = by_seq.len() as u64;
+        let unacked = head - acked;
+        eprintln!(
+            "R3: {head} sequences, {acked} acknowledged, {unacked} stored without an ack reaching the writer; \
+             {takeovers} takeovers, {refusals} refused appends, {errors} errors; \
+             {stepdowns} step-downs, killed s{killed:?}, leaders {leaders:?}"
+        );
+        assert!(stepdowns >= 3 && killed.is_some(), "the leader did change");
+        assert!(leaders.len() >= 3, "leaders seen: {leaders:?}");
+        assert!(acked >= 50, "the writers made progress: {acked}");
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------------------
+// figures (not run by default: `cargo test --test cluster -- --ignored --nocapture`)
+
+/// Fenced appends beside JetStream's own async publish on the same R1 file
+/// stream, 128-byte records. Prints; asserts nothing about time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, run by hand"]
+async fn measure_fenced_appends() {
+    let Some(nats) = Nats::start() else { return };
+    let payload = "x".repeat(80);
+    let rec = |seq: u64| record(seq, 0, &payload);
+    assert!((120..=136).contains(&rec(1).len()), "{}", rec(1).len());
+
+    // One room, one record per append: one round trip each.
+    let cfg = LogConfig {
+        stream: "MEASURE".into(),
+        subject_prefix: "t.measure_rooms".into(),
+        ..LogConfig::default()
+    };
+    let log = Arc::new(JetStreamLog::open(nats.client().await, cfg).await.unwrap());
+    let r = room("one");
+    let mut w = RoomWriter::take_over(log.clone(), r.clone(), "m", 0)
+        .await
+        .unwrap();
+    let n = 3000u64;
+    let mut lat = Vec::with_capacity(n as usize);
+    let t = Instant::now();
+    for s in 1..=n {
+        let recs = vec![(s, 0, rec(s))];
+        let t0 = Instant::now();
+        w.append(&appends(&r, &recs)).await.unwrap();
+        lat.push(t0.elapsed());
+    }
+    let el = t.elapsed();
+    lat.sort();
+    eprintln!(
+        "1 room, 1 record per append: {:.0} appends/s, p50 {:?}, p99 {:?}",
+        n as f64 / el.as_secs_f64(),
+        lat[lat.len() / 2],
+        lat[lat.len() * 99 / 100]
+    );
+
+    // One room, a group of records per append (a group commit under load).
+    for size in [64u64, 512] {
+        let r = room(&format!("grouped-{size}"));
+        let mut w = RoomWriter::take_over(log.clone(), r.clone(), "m", 0)
+            .await
+            .unwrap();
+        let t = Instant::now();
+        let groups = 64_000 / size;
+        for g in 0..groups {
+            let recs: Vec<_> = (g * size + 1..=g * size + size)
+                .map(|s| (s, 0, rec(s)))
+                .collect();
+            w.append(&appends(&r, &recs)).await.unwrap();
+        }
+        eprintln!(
+            "1 room, {size} records per append: {:.0} records/s",
+            (groups * size) as f64 / t.elapsed().as_secs_f64()
+        );
+    }
+
+    // 64 rooms at once, one record per append each.
+    let t = Instant::now();
+    let per_room = 300u64;
+    let mut tasks = Vec::new();
+    for i in 0..64 {
+        let log = log.clone();
+        let recs: Vec<Vec<u8>> = (1..=per_room).map(rec).collect();
+        tasks.push(tokio::spawn(async move {
+            let r = room(&format!("many-{i}"));
+            let mut w = RoomWriter::take_over(log, r.clone(), "m", 0).await.unwrap();
+            for s in 1..=per_room {
+                let one = vec![(s, 0, recs[(s - 1) as usize].clone())];
+                w.append(&appends(&r, &one)).await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    eprintln!(
+        "64 rooms, 1 record per append: {:.0} appends/s",
+        (64 * per_room) as f64 / t.elapsed().as_secs_f64()
+    );
+
+    // The ceiling: JetStream async publish, 1,024 acks in flight, no fence.
+    let js = async_nats::jetstream::new(nats.client().await);
+    let body = Bytes::from(rec(1));
+    let total = 100_000u32;
+    let t = Instant::now();
+    let mut inflight = std::collections::VecDeque::new();
+    for i in 0..total {
+        let ack = js
+            .publish(format!("t.measure_rooms.{:x}", i % 64), body.clone())
+            .await
+            .unwrap();
+        inflight.push_back(ack);
+        if inflight.len() >= 1024 {
+            inflight.pop_front().unwrap().await.unwrap();
+        }
+    }
+    for a in inflight {
+        a.await.unwrap();
+    }
+    eprintln!(
+        "JetStream async publish, 1,024 in flight: {:.0} msgs/s",
+        f64::from(total) / t.elapsed().as_secs_f64()
+    );
+}
