@@ -123,6 +123,25 @@ pub(crate) enum PublishFailure {
     Unknown(ClusterError),
 }
 
+/// JetStream's "wrong last sequence" without the sequence: what a
+/// replicated stream answers when the condition fails against a publish
+/// still in flight on the subject (async-nats maps only 10071).
+const WRONG_LAST_SEQUENCE_IN_FLIGHT: jetstream::ErrorCode = jetstream::ErrorCode(10164);
+
+/// Whether JetStream refused an append because the subject's last message
+/// is not the expected one (nothing of it stored): error 10071, or 10164
+/// on a replicated stream when another conditional publish on the subject
+/// is in flight (which, one writer having one append in flight per room,
+/// is another writer's).
+fn is_refusal(e: &jetstream::context::PublishError) -> bool {
+    if e.kind() == jetstream::context::PublishErrorKind::WrongLastSequence {
+        return true;
+    }
+    std::error::Error::source(e)
+        .and_then(|s| s.downcast_ref::<jetstream::Error>())
+        .is_some_and(|j| j.error_code() == WRONG_LAST_SEQUENCE_IN_FLIGHT)
+}
+
 /// Every room's log in one JetStream stream.
 pub struct JetStreamLog {
     js: jetstream::Context,
@@ -231,9 +250,7 @@ impl JetStreamLog {
                 self.remember(room, at);
                 Ok(at)
             }
-            Err(e) if e.kind() == jetstream::context::PublishErrorKind::WrongLastSequence => {
-                Err(PublishFailure::Refused)
-            }
+            Err(e) if is_refusal(&e) => Err(PublishFailure::Refused),
             Err(e) => Err(PublishFailure::Unknown(nats("append", e))),
         }
     }
