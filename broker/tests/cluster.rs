@@ -58,7 +58,8 @@ struct Nats {
 
 impl Nats {
     /// Starts one, or says why not and returns `None` (the test passes
-    /// without running).
+    /// without running). The server picks its own port and writes it to a
+    /// ports file: no race with other tests for a free port.
     fn start() -> Option<Self> {
         let Some(bin) = nats_server_binary() else {
             eprintln!(
@@ -67,25 +68,37 @@ impl Nats {
             return None;
         };
         let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let child = Command::new(&bin)
-            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+        let mut child = Command::new(&bin)
+            .args(["-a", "127.0.0.1", "-p", "-1", "-js", "-sd"])
+            .arg(dir.path().join("store"))
+            .arg("--ports_file_dir")
             .arg(dir.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("start {}: {e}", bin.display()));
-        let n = Self {
+        let ports = dir.path().join(format!("nats-server_{}.ports", child.id()));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let port = loop {
+            if let Some(port) = std::fs::read(&ports)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                .and_then(|v| v["nats"][0].as_str().map(str::to_owned))
+                .and_then(|url| url.rsplit(':').next()?.parse::<u16>().ok())
+            {
+                break port;
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("nats-server exited: {status}");
+            }
+            assert!(Instant::now() < deadline, "nats-server wrote no ports file");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        Some(Self {
             child,
             port,
             _dir: dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "nats-server did not listen");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Some(n)
+        })
     }
 
     async fn client(&self) -> async_nats::Client {
@@ -697,20 +710,26 @@ impl NatsCluster {
             );
             return None;
         };
-        let mut c = Self {
-            bin,
-            ports: (0..n).map(|_| free_port()).collect(),
-            routes: (0..n).map(|_| free_port()).collect(),
-            dirs: (0..n).map(|_| tempfile::tempdir().unwrap()).collect(),
-            servers: (0..n).map(|_| None).collect(),
-        };
-        for i in 0..n {
-            c.spawn(i);
+        // Routes need every port up front: picked free, then bound by the
+        // servers; a port taken in between (another socket of this
+        // machine) makes a server exit, and the cluster starts again on
+        // other ports.
+        for _attempt in 0..5 {
+            let mut c = Self {
+                bin: bin.clone(),
+                ports: (0..n).map(|_| free_port()).collect(),
+                routes: (0..n).map(|_| free_port()).collect(),
+                dirs: (0..n).map(|_| tempfile::tempdir().unwrap()).collect(),
+                servers: (0..n).map(|_| None).collect(),
+            };
+            for i in 0..n {
+                c.spawn(i);
+            }
+            if (0..n).all(|i| c.wait_listening(i)) {
+                return Some(c);
+            }
         }
-        for i in 0..n {
-            c.wait_listening(i);
-        }
-        Some(c)
+        panic!("the NATS cluster did not start in 5 attempts");
     }
 
     fn spawn(&mut self, i: usize) {
@@ -738,12 +757,20 @@ impl NatsCluster {
         self.servers[i] = Some(child);
     }
 
-    fn wait_listening(&self, i: usize) {
+    /// Whether server `i` listens (false if it exited or took too long).
+    fn wait_listening(&mut self, i: usize) -> bool {
         let deadline = Instant::now() + Duration::from_secs(10);
         while TcpStream::connect(("127.0.0.1", self.ports[i])).is_err() {
-            assert!(Instant::now() < deadline, "s{i} did not listen");
+            let exited = match self.servers[i].as_mut() {
+                Some(c) => !matches!(c.try_wait(), Ok(None)),
+                None => true,
+            };
+            if exited || Instant::now() > deadline {
+                return false;
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
+        true
     }
 
     /// `kill -9` of server `i`.
@@ -777,6 +804,21 @@ impl Drop for NatsCluster {
         for i in 0..self.servers.len() {
             self.kill(i);
         }
+    }
+}
+
+/// Every record of a room, page by page.
+async fn read_all(log: &JetStreamLog, r: &RoomId) -> Result<Vec<StoredRecord>, ClusterError> {
+    let mut all: Vec<StoredRecord> = Vec::new();
+    loop {
+        let from = all.last().map_or(Seq(1), |x| x.seq.next());
+        let page = log
+            .read_range(r, from, Seq(u64::MAX), 4096, usize::MAX)
+            .await?;
+        if page.is_empty() {
+            return Ok(all);
+        }
+        all.extend(page);
     }
 }
 
@@ -908,7 +950,11 @@ async fn the_fence_holds_across_r3_leader_changes() {
                             tokio::task::spawn_blocking(move || {
                                 let mut c = c.lock().unwrap();
                                 c.spawn(i);
-                                c.wait_listening(i);
+                                // Its ports were just freed; if another
+                                // socket took one, the stream runs on two.
+                                if !c.wait_listening(i) {
+                                    eprintln!("s{i} did not come back");
+                                }
                             })
                             .await
                             .unwrap();
@@ -943,7 +989,7 @@ async fn the_fence_holds_across_r3_leader_changes() {
         let log = open_r3_log(admin.clone(), STREAM).await;
         let deadline = Instant::now() + Duration::from_secs(30);
         let all = loop {
-            let all = log.read_range(&r, Seq(1), Seq(u64::MAX), 10_000, usize::MAX).await;
+            let all = read_all(&log, &r).await;
             match all {
                 Ok(all) if all.len() >= by_seq.len() && !all.is_empty() => break all,
                 _ if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(200)).await,
