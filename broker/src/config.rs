@@ -11,7 +11,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+mod cluster;
+
 pub use crate::storage::Durability;
+pub use cluster::ClusterConfig;
 
 /// How clients authenticate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -74,6 +77,8 @@ pub struct Config {
     pub presence: PresenceConfig,
     /// The WebSocket listeners' origins and keepalive.
     pub websocket: WebSocketConfig,
+    /// Cluster mode on NATS JetStream (default: off, single node).
+    pub cluster: ClusterConfig,
 }
 
 /// The operations HTTP endpoint (`/metrics`, `/healthz`, `/readyz`, and the
@@ -536,6 +541,7 @@ impl Default for Config {
             rate_limits: RateLimitsConfig::default(),
             presence: PresenceConfig::default(),
             websocket: WebSocketConfig::default(),
+            cluster: ClusterConfig::default(),
         }
     }
 }
@@ -1009,6 +1015,7 @@ impl Config {
         self.presence.validate()?;
         self.auth.login_backoff.validate()?;
         self.admission.validate(&self.limits)?;
+        self.cluster.validate()?;
         let jwt = &self.auth.jwt;
         if self.auth.mode == AuthMode::Jwt
             && jwt.hs256_secret_file.as_os_str().is_empty()

@@ -61,6 +61,11 @@ impl Nats {
     /// without running). The server picks its own port and writes it to a
     /// ports file: no race with other tests for a free port.
     fn start() -> Option<Self> {
+        Self::start_with(&[])
+    }
+
+    /// [`Self::start`] with more server arguments.
+    fn start_with(extra: &[&str]) -> Option<Self> {
         let Some(bin) = nats_server_binary() else {
             eprintln!(
                 "SKIPPED: no nats-server (set CONFAB_NATS_SERVER or run bench/peers/install.sh)"
@@ -73,6 +78,7 @@ impl Nats {
             .arg(dir.path().join("store"))
             .arg("--ports_file_dir")
             .arg(dir.path())
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -1130,4 +1136,70 @@ async fn measure_fenced_appends() {
         "JetStream async publish, 1,024 in flight: {:.0} msgs/s",
         f64::from(total) / t.elapsed().as_secs_f64()
     );
+}
+
+// ---------------------------------------------------------------------------
+// the [cluster] section
+
+#[tokio::test]
+async fn the_cluster_section_connects_with_its_token_and_builds_the_parts() {
+    let Some(nats) = Nats::start_with(&["--auth", "s3cret"]) else {
+        return;
+    };
+    bounded(30, async {
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("token");
+        std::fs::write(&token, "s3cret\n").unwrap();
+        let mut config = confab_broker::config::Config::default();
+        config.data_dir = dir.path().join("data");
+        config.cluster = confab_broker::config::ClusterConfig {
+            nats_urls: vec![format!("nats://127.0.0.1:{}", nats.port)],
+            node_id: "n1".into(),
+            advertised_address: "n1.local:7400".into(),
+            token_file: token.clone(),
+            stream: "FROMCONFIG".into(),
+            subject_prefix: "t.fromconfig".into(),
+            ..Default::default()
+        };
+        config.validate().unwrap();
+        let c = &config.cluster;
+        let client = c.connect().await.unwrap();
+        let log = Arc::new(
+            JetStreamLog::open(client.clone(), c.log_config())
+                .await
+                .unwrap(),
+        );
+        let r = room("configured");
+        let mut w = RoomWriter::take_over(log.clone(), r.clone(), "n1", 8)
+            .await
+            .unwrap();
+        let recs = vec![(1, 0, record(1, 0, "hello"))];
+        w.append(&appends(&r, &recs)).await.unwrap();
+        assert_eq!(log.bounds(&r).await.unwrap().head, Seq(1));
+        let m = Membership::join(
+            client,
+            c.membership_config(),
+            c.node().unwrap(),
+            c.advertised_address.clone(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(m.live().address(&node("n1")), Some("n1.local:7400"));
+
+        // A wrong token is refused.
+        std::fs::write(&token, "wrong").unwrap();
+        assert!(
+            c.connect().await.is_err(),
+            "the server refuses a wrong token"
+        );
+
+        // And `confab serve` does not run cluster mode yet: it says so
+        // rather than start a single node.
+        let err = match confab_broker::Broker::builder(config.clone()).start().await {
+            Ok(_) => panic!("a broker started with [cluster] set"),
+            Err(e) => e,
+        };
+        assert!(err.to_string().contains("cluster"), "{err}");
+    })
+    .await;
 }

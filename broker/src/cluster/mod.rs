@@ -26,6 +26,7 @@ mod log;
 mod membership;
 mod names;
 mod rendezvous;
+mod settings;
 mod writer;
 
 pub use error::ClusterError;

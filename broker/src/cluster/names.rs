@@ -10,6 +10,7 @@ use std::fmt::Write as _;
 use confab_codec::RoomId;
 
 use super::ClusterError;
+use crate::base::is_nats_token;
 
 /// The subject of `room`'s log: `<prefix>.<hex of the room id>`.
 pub(crate) fn room_subject(prefix: &str, room: &RoomId) -> String {
@@ -28,12 +29,7 @@ pub(crate) fn room_subject(prefix: &str, room: &RoomId) -> String {
 /// more `.`-separated tokens of ASCII letters, digits, `-` and `_`, when
 /// `dots` is true, or a single such token otherwise.
 pub(crate) fn check_name(what: &str, name: &str, dots: bool) -> Result<(), ClusterError> {
-    let token_ok = |t: &str| {
-        !t.is_empty()
-            && t.len() <= 64
-            && t.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-    };
+    let token_ok = |t: &str| t.len() <= 64 && is_nats_token(t);
     let ok = if dots {
         name.split('.').all(token_ok)
     } else {
