@@ -18,11 +18,12 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use confab_broker::cluster::{
-    owner, ClusterError, JetStreamLog, LiveNodes, LogConfig, Membership, MembershipConfig, NodeId,
-    RoomWriter,
+    owner, ClusterError, Follower, JetStreamLog, LiveNodes, LogConfig, Membership,
+    MembershipConfig, NodeId, RoomWriter,
 };
 use confab_broker::storage::{Append, IdemKey, IdemWrite, StoredRecord};
 use confab_codec::{DeviceId, EventRecord, MessageKind, RoomId, Seq, UserId};
+use futures_util::StreamExt;
 
 // ---------------------------------------------------------------------------
 // nats-server processes
@@ -186,6 +187,7 @@ fn test_log_config(stream: &str) -> LogConfig {
     LogConfig {
         stream: stream.into(),
         subject_prefix: format!("t.{}", stream.to_lowercase()),
+        fanout_prefix: format!("f.{}", stream.to_lowercase()),
         // Small chunks, so that a commit of 40 records takes several.
         max_chunk_bytes: 1024,
         ..LogConfig::default()
@@ -485,6 +487,97 @@ async fn racing_writers_never_use_a_sequence_twice() {
             "every stored chunk was acknowledged to its writer"
         );
         eprintln!("racing writers: {TARGET} sequences, {refusals} refused appends");
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------------------
+// following a room from another node
+
+/// A follower gets exactly the committed records, in order, never a
+/// refused append, and repairs what it missed from the stream; a core
+/// subscriber of the stream's own subject does see the refused append
+/// (which is why nodes follow the fan-out subject).
+#[tokio::test]
+async fn a_follower_gets_committed_records_only_and_repairs_gaps() {
+    let Some(nats) = Nats::start() else { return };
+    bounded(60, async {
+        let log = open_log(&nats, "FOLLOW").await;
+        let r = room("followed room");
+        let client = nats.client().await;
+        let mut raw = client.subscribe(log.subject(&r)).await.unwrap();
+        let mut a = RoomWriter::take_over(log.clone(), r.clone(), "A", 8)
+            .await
+            .unwrap();
+        let recs = |from: u64, to: u64, w: &str| -> Vec<(u64, u64, Vec<u8>)> {
+            (from..=to)
+                .map(|s| (s, 0, record(s, 0, &format!("{w}{s}"))))
+                .collect()
+        };
+        a.append(&appends(&r, &recs(1, 3, "A"))).await.unwrap();
+
+        // A node follows the room from now (head 3).
+        let follower_log = open_log(&nats, "FOLLOW").await;
+        let mut f = Follower::start(&nats.client().await, follower_log.clone(), r.clone())
+            .await
+            .unwrap();
+        assert_eq!(f.applied(), Seq(3));
+
+        a.append(&appends(&r, &recs(4, 5, "A"))).await.unwrap();
+        let mut b = RoomWriter::take_over(log.clone(), r.clone(), "B", 8)
+            .await
+            .unwrap();
+        b.append(&appends(&r, &recs(6, 6, "B"))).await.unwrap();
+        let refused = a.append(&appends(&r, &recs(6, 7, "A"))).await.unwrap_err();
+        assert!(refused.is_fenced(), "{refused}");
+        b.append(&appends(&r, &recs(7, 9, "B"))).await.unwrap();
+
+        let mut got = Vec::new();
+        while got.last().map(|x: &StoredRecord| x.seq) != Some(Seq(9)) {
+            got.extend(f.next().await.unwrap());
+        }
+
+        let seqs: Vec<u64> = got.iter().map(|x| x.seq.0).collect();
+        assert_eq!(seqs, (4..=9).collect::<Vec<_>>());
+        let payloads: Vec<String> = got.iter().map(payload_of).collect();
+        assert_eq!(
+            payloads,
+            ["A4", "A5", "B6", "B7", "B8", "B9"],
+            "never the refused A6"
+        );
+
+        // The stream's own subject carried the refused chunk too: every
+        // publish, stored or not (1-3, 4-5, 6, the refused 6-7, 7-9).
+        let mut saw_refused = false;
+        for _ in 0..5 {
+            let m = tokio::time::timeout(Duration::from_secs(5), raw.next())
+                .await
+                .unwrap()
+                .unwrap();
+            let c = String::from_utf8_lossy(&m.payload).into_owned();
+            saw_refused |= c.contains("A6") && c.contains("A7");
+        }
+        assert!(
+            saw_refused,
+            "a core subscriber of the stream subject saw the refused A6-A7"
+        );
+
+        // A node that had handed on up to 3 and lost its subscription
+        // comes back: what it missed is read from the stream first, then
+        // it follows live.
+        let mut late = Follower::resume(&nats.client().await, follower_log, r.clone(), Seq(3))
+            .await
+            .unwrap();
+        let caught = late.next().await.unwrap();
+        assert_eq!(
+            caught.iter().map(|x| x.seq.0).collect::<Vec<_>>(),
+            (4..=9).collect::<Vec<_>>()
+        );
+        assert_eq!(payload_of(&caught[2]), "B6");
+        b.append(&appends(&r, &recs(10, 10, "B"))).await.unwrap();
+        let live = late.next().await.unwrap();
+        assert_eq!(live.iter().map(|x| x.seq.0).collect::<Vec<_>>(), vec![10]);
+        assert_eq!(late.applied(), Seq(10));
     })
     .await;
 }
@@ -1044,6 +1137,7 @@ async fn measure_fenced_appends() {
     let cfg = LogConfig {
         stream: "MEASURE".into(),
         subject_prefix: "t.measure_rooms".into(),
+        fanout_prefix: "f.measure_rooms".into(),
         ..LogConfig::default()
     };
     let log = Arc::new(JetStreamLog::open(nats.client().await, cfg).await.unwrap());
@@ -1159,6 +1253,7 @@ async fn the_cluster_section_connects_with_its_token_and_builds_the_parts() {
             token_file: token.clone(),
             stream: "FROMCONFIG".into(),
             subject_prefix: "t.fromconfig".into(),
+            fanout_prefix: "f.fromconfig".into(),
             ..Default::default()
         };
         config.validate().unwrap();

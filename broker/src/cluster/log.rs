@@ -37,6 +37,10 @@ pub struct LogConfig {
     /// Room subjects are `<prefix>.<room id in hex>`; the stream captures
     /// `<prefix>.>` and nothing else.
     pub subject_prefix: String,
+    /// JetStream republishes every chunk it stores on
+    /// `<fanout_prefix>.<room id in hex>` (RePublish), for the nodes that
+    /// follow the room ([`crate::cluster::Follower`]).
+    pub fanout_prefix: String,
     /// Replicas of the stream: 1 on a single nats-server, 3 on a
     /// three-server NATS cluster.
     pub replicas: usize,
@@ -56,6 +60,7 @@ impl Default for LogConfig {
         Self {
             stream: "CONFAB_ROOMS".into(),
             subject_prefix: "confab.room".into(),
+            fanout_prefix: "confab.fan".into(),
             replicas: 1,
             in_memory: false,
             max_chunk_bytes: 256 * 1024,
@@ -72,6 +77,13 @@ impl LogConfig {
     pub fn validate(&self) -> Result<(), ClusterError> {
         check_name("stream", &self.stream, false)?;
         check_name("subject_prefix", &self.subject_prefix, true)?;
+        check_name("fanout_prefix", &self.fanout_prefix, true)?;
+        let (a, b) = (&self.subject_prefix, &self.fanout_prefix);
+        if a == b || a.starts_with(&format!("{b}.")) || b.starts_with(&format!("{a}.")) {
+            return Err(ClusterError::Config(format!(
+                "fanout_prefix {b:?} must not overlap subject_prefix {a:?}"
+            )));
+        }
         if !(1..=5).contains(&self.replicas) {
             return Err(ClusterError::Config(format!(
                 "replicas {}: JetStream allows 1 to 5",
@@ -189,15 +201,27 @@ impl JetStreamLog {
                 // Nobody deletes single records: the log has no holes.
                 // Retention purges a room's oldest chunks instead.
                 deny_delete: true,
+                // What it stores, and only that, goes out to the nodes
+                // that follow the room.
+                republish: Some(stream::Republish {
+                    source: wanted.clone(),
+                    destination: format!("{}.>", cfg.fanout_prefix),
+                    headers_only: false,
+                }),
                 ..Default::default()
             })
             .await
             .map_err(|e| nats("create or get the room stream", e))?;
         let have = &stream.cached_info().config;
-        if have.subjects != [wanted.clone()] || !have.allow_direct {
+        let fanout = format!("{}.>", cfg.fanout_prefix);
+        let republishes = have
+            .republish
+            .as_ref()
+            .is_some_and(|r| r.source == wanted && r.destination == fanout && !r.headers_only);
+        if have.subjects != [wanted.clone()] || !have.allow_direct || !republishes {
             return Err(ClusterError::Config(format!(
-                "stream {} exists with subjects {:?} (direct get {}); cluster mode needs exactly [{wanted:?}] with direct get",
-                cfg.stream, have.subjects, have.allow_direct
+                "stream {} exists with subjects {:?}, direct get {}, republish {:?}; cluster mode needs exactly [{wanted:?}], direct get, and republish to {fanout:?}",
+                cfg.stream, have.subjects, have.allow_direct, have.republish
             )));
         }
         Ok(Self {
@@ -216,6 +240,34 @@ impl JetStreamLog {
     /// The subject of `room`'s log.
     pub fn subject(&self, room: &RoomId) -> String {
         room_subject(&self.cfg.subject_prefix, room)
+    }
+
+    /// The subject JetStream republishes `room`'s stored chunks on.
+    pub fn fanout_subject(&self, room: &RoomId) -> String {
+        room_subject(&self.cfg.fanout_prefix, room)
+    }
+
+    /// Decodes a chunk received from the fan-out subject (or anywhere).
+    pub(crate) fn decode_chunk(
+        &self,
+        room: &RoomId,
+        stream_seq: u64,
+        payload: Bytes,
+    ) -> Result<Chunk, ClusterError> {
+        let chunk = chunk::decode(payload).map_err(|why| ClusterError::Corrupt {
+            room: room.to_string(),
+            stream_seq,
+            why,
+        })?;
+        self.remember(
+            room,
+            ChunkRef {
+                stream_seq,
+                first: chunk.first,
+                last: chunk.last(),
+            },
+        );
+        Ok(chunk)
     }
 
     /// Appends one chunk to `room`, on condition that the room's last chunk
@@ -320,19 +372,13 @@ impl JetStreamLog {
         headers: &HeaderMap,
         payload: Bytes,
     ) -> Result<Fetched, ClusterError> {
-        let chunk = chunk::decode(payload).map_err(|why| ClusterError::Corrupt {
-            room: room.to_string(),
-            stream_seq,
-            why,
-        })?;
-        let at = ChunkRef {
-            stream_seq,
-            first: chunk.first,
-            last: chunk.last(),
-        };
-        self.remember(room, at);
+        let chunk = self.decode_chunk(room, stream_seq, payload)?;
         Ok(Fetched {
-            at,
+            at: ChunkRef {
+                stream_seq,
+                first: chunk.first,
+                last: chunk.last(),
+            },
             chunk,
             writer: headers.get(WRITER_HEADER).map(|v| v.as_str().to_owned()),
         })

@@ -15,13 +15,16 @@
 //! - [`Membership`]: the live nodes, each heartbeating its key in a KV
 //!   bucket whose entries expire after a short TTL;
 //! - [`owner`]: rendezvous hashing of a room over the live nodes, so every
-//!   node that sees the same live set names the same owner.
+//!   node that sees the same live set names the same owner;
+//! - [`Follower`]: a room followed from another node, from the chunks
+//!   JetStream republishes once stored, gaps read from the stream.
 //!
 //! Nothing here is wired into `confab serve` yet; single-node mode does
 //! not use this module at all.
 
 mod chunk;
 mod error;
+mod follow;
 mod log;
 mod membership;
 mod names;
@@ -30,6 +33,7 @@ mod settings;
 mod writer;
 
 pub use error::ClusterError;
+pub use follow::{Follower, RoomFeed, Step};
 pub use log::{ChunkRef, JetStreamLog, LogConfig};
 pub use membership::{LiveNodes, Membership, MembershipConfig, NodeId};
 pub use rendezvous::{owner, score};

@@ -22,6 +22,7 @@ impl ClusterConfig {
         LogConfig {
             stream: self.stream.clone(),
             subject_prefix: self.subject_prefix.clone(),
+            fanout_prefix: self.fanout_prefix.clone(),
             replicas: self.replicas,
             max_chunk_bytes: self.max_chunk_bytes,
             ..LogConfig::default()

@@ -37,6 +37,11 @@ pub struct ClusterConfig {
     pub stream: String,
     /// Room subjects are `<subject_prefix>.<room id in hex>`.
     pub subject_prefix: String,
+    /// JetStream republishes each stored chunk on
+    /// `<fanout_prefix>.<room id in hex>` for the nodes that follow the
+    /// room. Must not overlap `subject_prefix`; two Confab clusters on one
+    /// NATS account need different prefixes (and streams).
+    pub fanout_prefix: String,
     /// Replicas of the stream and of the node bucket: 1 on one nats-server,
     /// 3 on a three-server NATS cluster (which must run 2.11 or newer).
     pub replicas: usize,
@@ -66,6 +71,7 @@ impl Default for ClusterConfig {
             tls_key_file: PathBuf::new(),
             stream: "CONFAB_ROOMS".into(),
             subject_prefix: "confab.room".into(),
+            fanout_prefix: "confab.fan".into(),
             replicas: 1,
             max_chunk_bytes: 256 * 1024,
             nodes_bucket: "confab_nodes".into(),
@@ -142,6 +148,16 @@ impl ClusterConfig {
             return bad(format!(
                 "cluster.subject_prefix {:?}: '.'-separated tokens of ASCII letters, digits, '-' or '_'",
                 self.subject_prefix
+            ));
+        }
+        let (a, b) = (&self.subject_prefix, &self.fanout_prefix);
+        if !b.split('.').all(|t| is_nats_token(t) && t.len() <= 64)
+            || a == b
+            || a.starts_with(&format!("{b}."))
+            || b.starts_with(&format!("{a}."))
+        {
+            return bad(format!(
+                "cluster.fanout_prefix {b:?}: '.'-separated tokens of ASCII letters, digits, '-' or '_', not overlapping cluster.subject_prefix"
             ));
         }
         if !is_nats_token(&self.nodes_bucket) || self.nodes_bucket.len() > 64 {
@@ -224,6 +240,14 @@ mod tests {
                 Box::new(|c| c.subject_prefix = "a.>".into()),
             ),
             ("nodes_bucket", Box::new(|c| c.nodes_bucket = "a b".into())),
+            (
+                "fanout_prefix",
+                Box::new(|c| c.fanout_prefix = "confab.room.x".into()),
+            ),
+            (
+                "fanout_prefix",
+                Box::new(|c| c.fanout_prefix = "confab".into()),
+            ),
             ("replicas", Box::new(|c| c.replicas = 0)),
             ("max_chunk_bytes", Box::new(|c| c.max_chunk_bytes = 100)),
             ("node_ttl_ms", Box::new(|c| c.node_ttl_ms = 2500)),
