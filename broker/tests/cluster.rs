@@ -1207,6 +1207,33 @@ async fn measure_fenced_appends() {
         (64 * per_room) as f64 / t.elapsed().as_secs_f64()
     );
 
+    // Append on one connection to delivery by a follower on another (two
+    // nodes' view), one record at a time, at a low rate (~1,000/s).
+    let r = room("followed");
+    let mut w = RoomWriter::take_over(log.clone(), r.clone(), "m", 0)
+        .await
+        .unwrap();
+    let mut f = Follower::start(&nats.client().await, log.clone(), r.clone())
+        .await
+        .unwrap();
+    let mut lat = Vec::new();
+    for s in 1..=2000u64 {
+        let recs = vec![(s, 0, rec(s))];
+        let t0 = Instant::now();
+        w.append(&appends(&r, &recs)).await.unwrap();
+        let got = f.next().await.unwrap();
+        lat.push(t0.elapsed());
+        assert_eq!(got.last().map(|x| x.seq), Some(Seq(s)));
+        tokio::time::sleep(Duration::from_micros(800)).await;
+    }
+    lat.sort();
+    eprintln!(
+        "append to delivery on another connection: p50 {:?}, p99 {:?}, max {:?}",
+        lat[lat.len() / 2],
+        lat[lat.len() * 99 / 100],
+        lat[lat.len() - 1]
+    );
+
     // The ceiling: JetStream async publish, 1,024 acks in flight, no fence.
     let js = async_nats::jetstream::new(nats.client().await);
     let body = Bytes::from(rec(1));
