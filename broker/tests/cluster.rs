@@ -742,6 +742,20 @@ async fn a_silent_node_expires_after_the_ttl_and_its_rooms_move() {
         }
         assert!(n2.owns(&rooms[before.iter().position(|o| o.as_str() == "n2").unwrap()]));
 
+        // A node configured with another TTL is refused: the nodes would
+        // disagree on when a node is dead.
+        let other_ttl = MembershipConfig {
+            ttl: Duration::from_secs(6),
+            heartbeat: Duration::from_secs(2),
+            ..cfg.clone()
+        };
+        let refused =
+            Membership::join(nats.client().await, other_ttl, node("n9"), "x".into()).await;
+        assert!(
+            matches!(refused, Err(ClusterError::Config(_))),
+            "{refused:?}"
+        );
+
         // A node that leaves in order is gone at once, not after the TTL.
         let left = Instant::now();
         n3.leave().await.unwrap();

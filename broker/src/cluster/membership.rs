@@ -287,7 +287,29 @@ impl Drop for Membership {
     }
 }
 
+/// Opens the bucket, creating it if it does not exist; one created with
+/// another TTL is refused (the nodes would disagree on when a node is dead).
 async fn open_bucket(
+    js: &jetstream::Context,
+    cfg: &MembershipConfig,
+) -> Result<kv::Store, ClusterError> {
+    let kv = create_or_get(js, cfg).await?;
+    let status = kv
+        .status()
+        .await
+        .map_err(|e| nats("read the node bucket's settings", e))?;
+    if status.max_age() != cfg.ttl {
+        return Err(ClusterError::Config(format!(
+            "bucket {} exists with a TTL of {:?}, not {:?}: every node must use the same TTL",
+            cfg.bucket,
+            status.max_age(),
+            cfg.ttl
+        )));
+    }
+    Ok(kv)
+}
+
+async fn create_or_get(
     js: &jetstream::Context,
     cfg: &MembershipConfig,
 ) -> Result<kv::Store, ClusterError> {
