@@ -765,6 +765,78 @@ async fn a_silent_node_expires_after_the_ttl_and_its_rooms_move() {
     .await;
 }
 
+/// The SIGSTOP case, in one process: the owner of a room stops
+/// heartbeating (paused) past the TTL; the next owner by rendezvous takes
+/// the room over and writes; the first resumes and appends what it had
+/// sequenced: refused, it steps down, and no sequence is used twice.
+#[tokio::test]
+async fn a_paused_owner_is_fenced_when_it_resumes_after_a_takeover() {
+    let Some(nats) = Nats::start() else { return };
+    bounded(60, async {
+        let cfg = MembershipConfig {
+            bucket: "paused_test".into(),
+            ttl: Duration::from_secs(2),
+            heartbeat: Duration::from_millis(500),
+            replicas: 1,
+        };
+        let mut n1 = Membership::join(nats.client().await, cfg.clone(), node("n1"), "a".into())
+            .await
+            .unwrap();
+        let n2 = Membership::join(nats.client().await, cfg.clone(), node("n2"), "b".into())
+            .await
+            .unwrap();
+        wait_live(&n1, &["n1", "n2"], Duration::from_secs(5)).await;
+        // A room n1 owns.
+        let r = (0..)
+            .map(|i| room(&format!("paused-{i}")))
+            .find(|r| n1.owns(r))
+            .unwrap();
+        assert!(!n2.owns(&r));
+        let log = open_log(&nats, "PAUSED").await;
+        let mut w1 = RoomWriter::take_over(log.clone(), r.clone(), "n1-1", 16)
+            .await
+            .unwrap();
+        let recs = |from: u64, to: u64, w: &str| -> Vec<(u64, u64, Vec<u8>)> {
+            (from..=to)
+                .map(|s| (s, 0, record(s, 0, &format!("{w}{s}"))))
+                .collect()
+        };
+        w1.append(&appends(&r, &recs(1, 4, "n1-"))).await.unwrap();
+
+        // n1 pauses: no heartbeat. After the TTL n2 owns the room.
+        n1.halt().await;
+        let mut changes = n2.changes();
+        tokio::time::timeout(
+            Duration::from_secs(6),
+            changes.wait_for(|l| l.owner(&r) == Some(&node("n2"))),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        let log2 = open_log(&nats, "PAUSED").await;
+        let mut w2 = RoomWriter::take_over(log2.clone(), r.clone(), "n2-1", 16)
+            .await
+            .unwrap();
+        assert_eq!(w2.head(), Seq(4));
+        w2.append(&appends(&r, &recs(5, 6, "n2-"))).await.unwrap();
+
+        // n1 resumes with the commit it had in hand.
+        let err = w1
+            .append(&appends(&r, &recs(5, 7, "n1-")))
+            .await
+            .unwrap_err();
+        assert!(err.is_fenced(), "{err}");
+        assert!(!w1.is_writer());
+        let all = log2
+            .read_range(&r, Seq(1), Seq(100), 100, usize::MAX)
+            .await
+            .unwrap();
+        let got: Vec<String> = all.iter().map(payload_of).collect();
+        assert_eq!(got, ["n1-1", "n1-2", "n1-3", "n1-4", "n2-5", "n2-6"]);
+    })
+    .await;
+}
+
 #[test]
 fn settings_are_checked() {
     let bad_ttl = MembershipConfig {

@@ -267,4 +267,63 @@ mod tests {
             Step::Deliver { skip: 0 }
         );
     }
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Chunks of a log arrive lost, repeated (also late, after newer
+        /// ones) or in order; following the feed's steps, with gaps read
+        /// from the log, hands on every sequence exactly once, in order,
+        /// up to the newest chunk that arrived.
+        #[test]
+        fn every_sequence_once_in_order(
+            sizes in proptest::collection::vec(1u64..5, 1..40),
+            fates in proptest::collection::vec(0u8..4, 40),
+            start in 0usize..3,
+        ) {
+            // The chunks: consecutive (first, last) ranges.
+            let mut chunks = Vec::new();
+            let mut next = 1;
+            for n in &sizes {
+                chunks.push((next, next + n - 1));
+                next += n;
+            }
+            let start = start.min(chunks.len() - 1);
+            let applied0 = if start == 0 { 0 } else { chunks[start - 1].1 };
+            let mut feed = RoomFeed::new(Seq(applied0));
+            let mut out: Vec<u64> = Vec::new();
+            let mut newest = applied0;
+            let offer = |(first, last): (u64, u64), feed: &mut RoomFeed, out: &mut Vec<u64>| {
+                if let Step::Gap { from, to } = feed.offer(Seq(first), Seq(last)) {
+                    out.extend(from.0..=to.0);
+                    feed.advance(to);
+                }
+                if let Step::Deliver { skip } = feed.offer(Seq(first), Seq(last)) {
+                    out.extend(first + skip as u64..=last);
+                    feed.advance(Seq(last));
+                }
+            };
+            for (i, c) in chunks.iter().enumerate().skip(start) {
+                match fates[i % fates.len()] {
+                    0 => {} // lost
+                    1 => {
+                        offer(*c, &mut feed, &mut out);
+                        offer(*c, &mut feed, &mut out);
+                        newest = c.1;
+                    }
+                    2 if i > 0 => {
+                        offer(*c, &mut feed, &mut out);
+                        offer(chunks[i - 1], &mut feed, &mut out); // a late repeat
+                        newest = c.1;
+                    }
+                    _ => {
+                        offer(*c, &mut feed, &mut out);
+                        newest = c.1;
+                    }
+                }
+            }
+            let want: Vec<u64> = (applied0 + 1..=newest).collect();
+            prop_assert_eq!(out, want);
+            prop_assert_eq!(feed.applied(), Seq(newest));
+        }
+    }
 }
