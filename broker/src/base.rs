@@ -22,6 +22,15 @@ pub(crate) fn sender_key(user: &str, device: &str) -> Arc<str> {
     Arc::from(format!("{user}\0{device}"))
 }
 
+/// Whether `t` is one NATS subject token Confab allows in names it
+/// configures (streams, buckets, node ids, subject prefixes): ASCII
+/// letters, digits, `-` and `_`, at least one.
+pub(crate) fn is_nats_token(t: &str) -> bool {
+    !t.is_empty()
+        && t.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
 /// The key a client address is counted under by per-address limits:
 /// IPv4 as is (IPv4-mapped IPv6 too), IPv6 by its /64 network, which is
 /// what one subscriber usually gets.

@@ -11,7 +11,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+mod cluster;
+
 pub use crate::storage::Durability;
+pub use cluster::ClusterConfig;
 
 /// How clients authenticate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -76,6 +79,8 @@ pub struct Config {
     pub websocket: WebSocketConfig,
     /// zstd compression of frame bodies, for clients that offer it.
     pub compression: CompressionConfig,
+    /// Cluster mode on NATS JetStream (default: off, single node).
+    pub cluster: ClusterConfig,
 }
 
 /// zstd compression of frame bodies (protocol 3.6), per connection, for
@@ -587,6 +592,7 @@ impl Default for Config {
             presence: PresenceConfig::default(),
             websocket: WebSocketConfig::default(),
             compression: CompressionConfig::default(),
+            cluster: ClusterConfig::default(),
         }
     }
 }
@@ -1061,6 +1067,7 @@ impl Config {
         self.auth.login_backoff.validate()?;
         self.admission.validate(&self.limits)?;
         self.compression.validate(&self.limits)?;
+        self.cluster.validate()?;
         let jwt = &self.auth.jwt;
         if self.auth.mode == AuthMode::Jwt
             && jwt.hs256_secret_file.as_os_str().is_empty()

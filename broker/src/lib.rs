@@ -36,6 +36,8 @@ pub mod admin;
 mod admission;
 pub mod auth;
 mod base;
+#[cfg(feature = "cluster")]
+pub mod cluster;
 pub mod config;
 pub mod embed;
 mod fanout;

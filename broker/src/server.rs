@@ -76,6 +76,11 @@ pub enum BrokerError {
     /// feature is off).
     #[error("built without RocksDB (the `rocksdb` feature of confab-broker): give the broker a log with `BrokerBuilder::storage`")]
     NoStorage,
+    /// `[cluster]` turns cluster mode on, which this version of the broker
+    /// does not run yet: refused rather than started as a single node that
+    /// the operator believes is clustered.
+    #[error("cluster.nats_urls is set, but this version does not run cluster mode yet (docs/cluster.md, \"Status\"); remove [cluster] to run a single node")]
+    ClusterNotYet,
 }
 
 /// Group commits the fan-out may lag behind the sequencer.
@@ -151,6 +156,9 @@ impl BrokerBuilder {
     pub async fn start(self) -> Result<BrokerHandle, BrokerError> {
         let config = self.config;
         config.validate()?;
+        if config.cluster.enabled() {
+            return Err(BrokerError::ClusterNotYet);
+        }
         let log: Arc<dyn RoomLog> = match self.log {
             Some(log) => log,
             #[cfg(not(feature = "rocksdb"))]
