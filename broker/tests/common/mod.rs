@@ -712,6 +712,30 @@ pub fn assert_contiguous(seqs: &[u64], from: u64, to: u64) {
 /// A free TCP port on 127.0.0.1 (for a `confab` process that must come
 /// back on the same address).
 pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    // Below Linux's ephemeral range (32768-60999): a port handed to a
+    // broker process to bind later must not be taken in between as the
+    // local port of some client connection, which the floods' thousands of
+    // connections made likely ("Address already in use"). Pseudo-random,
+    // so that parallel test binaries rarely pick the same one.
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+        ^ (u64::from(std::process::id()) << 32)
+        ^ NEXT.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed);
+    let mut x = seed | 1;
+    for _ in 0..200 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let port = 20_000 + (x % 12_000) as u16;
+        let tcp = std::net::TcpListener::bind(("127.0.0.1", port));
+        let udp = std::net::UdpSocket::bind(("127.0.0.1", port));
+        if tcp.is_ok() && udp.is_ok() {
+            return port;
+        }
+    }
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
