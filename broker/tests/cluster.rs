@@ -328,12 +328,7 @@ async fn a_follower_gets_committed_records_only_and_repairs_gaps() {
         let mut a = RoomWriter::take_over(log.clone(), r.clone(), "A", 8)
             .await
             .unwrap();
-        let recs = |from: u64, to: u64, w: &str| -> Vec<(u64, u64, Vec<u8>)> {
-            (from..=to)
-                .map(|s| (s, 0, record(s, 0, &format!("{w}{s}"))))
-                .collect()
-        };
-        a.append(&appends(&r, &recs(1, 3, "A"))).await.unwrap();
+        a.append(&appends(&r, &records(1, 3, "A"))).await.unwrap();
 
         // A node follows the room from now (head 3).
         let follower_log = open_log(&nats, "FOLLOW").await;
@@ -342,14 +337,17 @@ async fn a_follower_gets_committed_records_only_and_repairs_gaps() {
             .unwrap();
         assert_eq!(f.applied(), Seq(3));
 
-        a.append(&appends(&r, &recs(4, 5, "A"))).await.unwrap();
+        a.append(&appends(&r, &records(4, 5, "A"))).await.unwrap();
         let mut b = RoomWriter::take_over(log.clone(), r.clone(), "B", 8)
             .await
             .unwrap();
-        b.append(&appends(&r, &recs(6, 6, "B"))).await.unwrap();
-        let refused = a.append(&appends(&r, &recs(6, 7, "A"))).await.unwrap_err();
+        b.append(&appends(&r, &records(6, 6, "B"))).await.unwrap();
+        let refused = a
+            .append(&appends(&r, &records(6, 7, "A")))
+            .await
+            .unwrap_err();
         assert!(refused.is_fenced(), "{refused}");
-        b.append(&appends(&r, &recs(7, 9, "B"))).await.unwrap();
+        b.append(&appends(&r, &records(7, 9, "B"))).await.unwrap();
 
         let mut got = Vec::new();
         while got.last().map(|x: &StoredRecord| x.seq) != Some(Seq(9)) {
@@ -393,7 +391,7 @@ async fn a_follower_gets_committed_records_only_and_repairs_gaps() {
             (4..=9).collect::<Vec<_>>()
         );
         assert_eq!(payload_of(&caught[2]), "B6");
-        b.append(&appends(&r, &recs(10, 10, "B"))).await.unwrap();
+        b.append(&appends(&r, &records(10, 10, "B"))).await.unwrap();
         let live = late.next().await.unwrap();
         assert_eq!(live.iter().map(|x| x.seq.0).collect::<Vec<_>>(), vec![10]);
         assert_eq!(late.applied(), Seq(10));

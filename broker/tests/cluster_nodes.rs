@@ -145,12 +145,9 @@ async fn a_paused_owner_is_fenced_when_it_resumes_after_a_takeover() {
         let mut w1 = RoomWriter::take_over(log.clone(), r.clone(), "n1-1", 16)
             .await
             .unwrap();
-        let recs = |from: u64, to: u64, w: &str| -> Vec<(u64, u64, Vec<u8>)> {
-            (from..=to)
-                .map(|s| (s, 0, record(s, 0, &format!("{w}{s}"))))
-                .collect()
-        };
-        w1.append(&appends(&r, &recs(1, 4, "n1-"))).await.unwrap();
+        w1.append(&appends(&r, &records(1, 4, "n1-")))
+            .await
+            .unwrap();
 
         // n1 pauses: no heartbeat. After the TTL n2 owns the room.
         n1.halt().await;
@@ -167,11 +164,13 @@ async fn a_paused_owner_is_fenced_when_it_resumes_after_a_takeover() {
             .await
             .unwrap();
         assert_eq!(w2.head(), Seq(4));
-        w2.append(&appends(&r, &recs(5, 6, "n2-"))).await.unwrap();
+        w2.append(&appends(&r, &records(5, 6, "n2-")))
+            .await
+            .unwrap();
 
         // n1 resumes with the commit it had in hand.
         let err = w1
-            .append(&appends(&r, &recs(5, 7, "n1-")))
+            .append(&appends(&r, &records(5, 7, "n1-")))
             .await
             .unwrap_err();
         assert!(err.is_fenced(), "{err}");

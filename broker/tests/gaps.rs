@@ -19,26 +19,8 @@ async fn open_version(
     resume: Vec<SubscribeItem>,
 ) -> Conn {
     let mut c = Conn::connect(addr).await;
-    let rid = c
-        .send(Hello {
-            min_version: 1,
-            max_version: max,
-            token: format!("{user}:{device}"),
-            device: DeviceId::new(device).unwrap(),
-            client_name: "gaps-test".into(),
-            resume,
-            features: Default::default(),
-        })
-        .await;
-    let f = c.recv().await.expect("welcome");
-    assert_eq!(f.request_id, rid);
-    match f.body {
-        Body::Welcome(w) => {
-            assert_eq!(w.version, max);
-            c.welcome = Some(w);
-        }
-        other => panic!("expected Welcome, got {other:?}"),
-    }
+    let welcome = c.handshake_up_to(max, user, device, resume).await;
+    assert_eq!(welcome.version, max);
     c
 }
 

@@ -108,18 +108,7 @@ impl Follower {
         log: Arc<JetStreamLog>,
         room: RoomId,
     ) -> Result<Self, ClusterError> {
-        let sub = client
-            .subscribe(log.fanout_subject(&room))
-            .await
-            .map_err(|e| nats("subscribe to the fan-out subject", e))?;
-        let head = log.last_chunk(&room).await?.map_or(Seq(0), |c| c.last);
-        Ok(Self {
-            log,
-            room,
-            sub,
-            feed: RoomFeed::new(head),
-            head,
-        })
+        Self::open(client, log, room, None).await
     }
 
     /// Follows `room` having handed on everything up to `applied` already
@@ -135,6 +124,17 @@ impl Follower {
         room: RoomId,
         applied: Seq,
     ) -> Result<Self, ClusterError> {
+        Self::open(client, log, room, Some(applied)).await
+    }
+
+    /// Subscribes, then reads the head; the feed starts after `applied`,
+    /// or at the head when there is nothing to hand on from before it.
+    async fn open(
+        client: &async_nats::Client,
+        log: Arc<JetStreamLog>,
+        room: RoomId,
+        applied: Option<Seq>,
+    ) -> Result<Self, ClusterError> {
         let sub = client
             .subscribe(log.fanout_subject(&room))
             .await
@@ -146,7 +146,7 @@ impl Follower {
             log,
             room,
             sub,
-            feed: RoomFeed::new(applied),
+            feed: RoomFeed::new(applied.unwrap_or(head)),
             head,
         })
     }

@@ -159,6 +159,13 @@ pub fn record(seq: u64, client_msg_id: u64, payload: &str) -> Vec<u8> {
 
 pub const SENDER: &str = "u\0d";
 
+/// Records `from..=to` without client message ids, each payload `<w><seq>`.
+pub fn records(from: u64, to: u64, w: &str) -> Vec<(u64, u64, Vec<u8>)> {
+    (from..=to)
+        .map(|s| (s, 0, record(s, 0, &format!("{w}{s}"))))
+        .collect()
+}
+
 /// Appends for `records` (seq, client message id, bytes) of `room`.
 pub fn appends<'a>(room: &'a RoomId, records: &'a [(u64, u64, Vec<u8>)]) -> Vec<Append<'a>> {
     records

@@ -484,11 +484,23 @@ impl Conn {
 
     /// Sends `Hello` as `user:device` and waits for `Welcome`.
     pub async fn handshake(&mut self, user: &str, device: &str, resume: Vec<SubscribeItem>) {
+        self.handshake_up_to(1, user, device, resume).await;
+    }
+
+    /// Sends `Hello` offering versions 1 to `max_version` and waits for
+    /// `Welcome`, which it returns.
+    pub async fn handshake_up_to(
+        &mut self,
+        max_version: u16,
+        user: &str,
+        device: &str,
+        resume: Vec<SubscribeItem>,
+    ) -> Welcome {
         let c = self;
         let rid = c
             .send(Hello {
                 min_version: 1,
-                max_version: 1,
+                max_version,
                 token: format!("{user}:{device}"),
                 device: DeviceId::new(device).unwrap(),
                 client_name: "test".into(),
@@ -499,7 +511,10 @@ impl Conn {
         let f = c.recv().await.expect("welcome");
         assert_eq!(f.request_id, rid);
         match f.body {
-            Body::Welcome(w) => c.welcome = Some(w),
+            Body::Welcome(w) => {
+                c.welcome = Some(w.clone());
+                w
+            }
             other => panic!("expected Welcome, got {other:?}"),
         }
     }
