@@ -75,6 +75,12 @@ struct Common {
     /// Pin the broker (and the peer servers) to these CPUs (taskset list, e.g. `0`).
     #[arg(long, global = true)]
     broker_cpus: Option<String>,
+    /// A setting for every Confab broker the run starts, as `confab serve
+    /// --set` takes it (`section.key=value`, repeatable), for example
+    /// `--broker-set metrics.listen=127.0.0.1:9100` to scrape its metrics, or a
+    /// tuning to compare. Rows are not marked: say it beside the figures.
+    #[arg(long = "broker-set", global = true)]
+    broker_set: Vec<String>,
     /// Pin the load generator to these CPUs (e.g. `1`).
     #[arg(long, global = true)]
     load_cpus: Option<String>,
@@ -294,7 +300,7 @@ impl Ctx {
                 .unwrap_or_else(target::default_bin),
             durability: durability.into(),
             cpus: self.common.broker_cpus.clone(),
-            set: vec![],
+            set: self.common.broker_set.clone(),
         }
     }
 
