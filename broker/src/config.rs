@@ -491,6 +491,10 @@ pub struct LimitsConfig {
     /// reading from their sockets). Memory: up to this many requests, each
     /// with its payload.
     pub sequencer_queue: usize,
+    /// Most storage reads made for clients at once, broker-wide: history
+    /// pages, room queries and access checks, and catch-up of lagging
+    /// devices. Others wait their turn (first come, first served).
+    pub max_concurrent_reads: usize,
 }
 
 /// Per-device outbound queues.
@@ -643,6 +647,7 @@ impl Default for LimitsConfig {
             max_inflight_publishes: 4096,
             max_pending_requests: 64,
             sequencer_queue: 16_384,
+            max_concurrent_reads: 16,
         }
     }
 }
@@ -1045,6 +1050,11 @@ impl Config {
         if self.rooms.max_rooms_per_user < 1 {
             return Err(ConfigError::Invalid(
                 "rooms.max_rooms_per_user must be at least 1".into(),
+            ));
+        }
+        if !(1..=1024).contains(&l.max_concurrent_reads) {
+            return Err(ConfigError::Invalid(
+                "limits.max_concurrent_reads must be between 1 and 1024".into(),
             ));
         }
         if l.max_pending_requests < 1 || l.sequencer_queue < s.max_batch {

@@ -29,6 +29,7 @@ use crate::rooms::RoomRegistry;
 use crate::sequencer::{Readers, SeqMsg, Sequencer};
 use crate::shared::{ContextBudget, DeviceRegistry, Shared};
 use crate::stats::{BrokerStats, Stats};
+use crate::storage::ReadPool;
 #[cfg(feature = "rocksdb")]
 use crate::storage::RocksLog;
 use crate::storage::{RoomLog, StorageError};
@@ -251,8 +252,10 @@ impl BrokerBuilder {
         let sequencer_thread = supervisor
             .spawn("confab-sequencer", move || sequencer.run(seq_rx, readers))
             .map_err(BrokerError::Thread)?;
+        let reads = Arc::new(ReadPool::new(config.limits.max_concurrent_reads));
         let ctx = Arc::new(CatchupCtx {
             log: log.clone(),
+            reads: reads.clone(),
             batch: config.delivery.catchup_batch,
             max_bytes: (config.limits.max_frame_len as usize).saturating_sub(1024),
             max_frame_len: config.limits.max_frame_len as usize,
@@ -282,6 +285,7 @@ impl BrokerBuilder {
         let compression = Arc::new(ContextBudget::new(config.compression.max_contexts));
         let shared = Arc::new(Shared {
             compression,
+            reads,
             config,
             log,
             rooms,

@@ -23,6 +23,10 @@ pub(crate) struct Stats {
     pub(crate) committed_us: AtomicU64,
     /// Events handed to device outboxes (live and from catch-up).
     pub(crate) delivered: AtomicU64,
+    /// Catch-up batches read from the log.
+    pub(crate) catchup_read: AtomicU64,
+    /// Catch-up batches handed over from another device of the room.
+    pub(crate) catchup_shared: AtomicU64,
     /// Frame bodies the writers compressed (protocol 3.6): bytes before.
     pub(crate) compressed_in: AtomicU64,
     /// ... and after compression.
@@ -130,6 +134,11 @@ pub struct BrokerStats {
     pub commits: u64,
     /// Events handed to device outboxes, live or replayed by catch-up.
     pub delivered: u64,
+    /// Catch-up batches read from the log.
+    pub catchup_batches_read: u64,
+    /// Catch-up batches that a device got from another device of the same
+    /// room that had just read them, instead of reading the log.
+    pub catchup_batches_shared: u64,
     /// Bytes of frame bodies compressed for clients, before compression.
     pub compressed_in: u64,
     /// The same bodies after compression (what went on the wire).
@@ -164,6 +173,8 @@ impl Stats {
             published: self.published.load(Ordering::Relaxed),
             commits: self.commits.load(Ordering::Relaxed),
             delivered: self.delivered.load(Ordering::Relaxed),
+            catchup_batches_read: self.catchup_read.load(Ordering::Relaxed),
+            catchup_batches_shared: self.catchup_shared.load(Ordering::Relaxed),
             compressed_in: self.compressed_in.load(Ordering::Relaxed),
             compressed_out: self.compressed_out.load(Ordering::Relaxed),
             inflated_in: self.inflated_in.load(Ordering::Relaxed),

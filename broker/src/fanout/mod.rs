@@ -10,6 +10,7 @@
 
 mod conn;
 mod outbox;
+mod replay;
 mod room;
 mod split;
 mod subscription;

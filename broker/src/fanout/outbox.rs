@@ -26,6 +26,10 @@ use crate::stats::Stats;
 /// Most event lanes an outbox can have (the wake mask is a `u64`).
 pub(crate) const MAX_EVENT_LANES: usize = 64;
 
+/// Frame handles an empty queue keeps room for when its writer goes idle
+/// (larger capacity that a burst left behind is given back).
+const IDLE_QUEUE_CAPACITY: usize = 32;
+
 #[derive(Debug, Default)]
 struct Lanes {
     control: VecDeque<Bytes>,
@@ -374,12 +378,42 @@ impl Outbox {
     /// Moves frames queued in `source` into `buf` until `buf` holds at least
     /// `max_bytes` or the source is empty.
     pub(crate) fn drain(&self, source: Source, buf: &mut BytesMut, max_bytes: usize) -> Drained {
+        let room = max_bytes.saturating_sub(buf.len());
+        self.drain_with(source, room, usize::MAX, |frame| {
+            buf.extend_from_slice(&frame)
+        })
+    }
+
+    /// Moves the handles of up to `max_frames` frames queued in `source`
+    /// onto `frames`, without copying them, until they hold at least
+    /// `max_bytes` or the source is empty (for vectored writes: the frames
+    /// the fan-out encoded once stay shared by every recipient until they
+    /// are written).
+    pub(crate) fn drain_frames(
+        &self,
+        source: Source,
+        frames: &mut Vec<Bytes>,
+        max_bytes: usize,
+        max_frames: usize,
+    ) -> Drained {
+        self.drain_with(source, max_bytes, max_frames, |frame| frames.push(frame))
+    }
+
+    /// Pops frames of `source` into `sink` until `max_bytes` or more went,
+    /// or `max_frames` did.
+    fn drain_with(
+        &self,
+        source: Source,
+        max_bytes: usize,
+        max_frames: usize,
+        mut sink: impl FnMut(Bytes),
+    ) -> Drained {
         let mut moved = false;
         {
             let mut guard = self.lock();
             let l = &mut *guard;
-            let (mut frames, mut bytes) = (0i64, 0i64);
-            while buf.len() < max_bytes {
+            let (mut frames, mut bytes) = (0i64, 0usize);
+            while bytes < max_bytes && (frames as usize) < max_frames {
                 let next = match source {
                     Source::All => match l.control.pop_front() {
                         Some(frame) => Some(frame),
@@ -394,12 +428,12 @@ impl Outbox {
                 let Some(frame) = next else {
                     break;
                 };
-                buf.extend_from_slice(&frame);
                 frames += 1;
-                bytes += frame.len() as i64;
+                bytes += frame.len();
+                sink(frame);
                 moved = true;
             }
-            self.stats.queued(-frames, -bytes);
+            self.stats.queued(-frames, -(bytes as i64));
             if !moved {
                 return if l.closed {
                     Drained::Finished
@@ -410,6 +444,20 @@ impl Outbox {
         }
         self.space.notify_waiters();
         Drained::Frames
+    }
+
+    /// Gives back the memory of queues that a burst grew and that are empty
+    /// now (called by a writer that found nothing to send), so that a
+    /// device's memory returns to its idle size after a backlog.
+    pub(crate) fn release_idle(&self) {
+        let mut l = self.lock();
+        let shrink = |q: &mut VecDeque<Bytes>| {
+            if q.is_empty() && q.capacity() > IDLE_QUEUE_CAPACITY {
+                q.shrink_to(IDLE_QUEUE_CAPACITY);
+            }
+        };
+        shrink(&mut l.control);
+        l.events.iter_mut().for_each(shrink);
     }
 
     /// Waits for frames to arrive (the single writer of a byte stream).
@@ -521,6 +569,38 @@ mod tests {
         buf.clear();
         assert_eq!(o.drain_into(&mut buf, 1 << 20), Drained::Frames);
         assert_eq!(o.drain_into(&mut buf, 1 << 20), Drained::Finished);
+    }
+
+    /// A burst's queue capacity goes back once drained, and handles are
+    /// drained without copying, up to the byte budget.
+    #[test]
+    fn drained_queues_give_back_what_a_burst_grew() {
+        let o = Outbox::new(4096, Arc::default());
+        let e = Bytes::from_static(&[0u8; 100]);
+        for _ in 0..2000 {
+            assert!(o.try_push_event(0, &e));
+        }
+        let mut frames = Vec::new();
+        assert_eq!(
+            o.drain_frames(Source::All, &mut frames, 250, 10),
+            Drained::Frames
+        );
+        assert_eq!(frames.len(), 3, "stops once the byte budget is reached");
+        frames.clear();
+        assert_eq!(
+            o.drain_frames(Source::All, &mut frames, 1 << 20, 2),
+            Drained::Frames
+        );
+        assert_eq!(frames.len(), 2, "stops at the frame count");
+        frames.clear();
+        assert_eq!(frames[0].as_ptr(), e.as_ptr(), "a handle, not a copy");
+        o.release_idle();
+        assert!(o.lock().events[0].capacity() >= 1997, "not empty: kept");
+        while o.drain_frames(Source::All, &mut frames, 1 << 20, 1 << 20) == Drained::Frames {}
+        assert_eq!(frames.len(), 1995);
+        o.release_idle();
+        assert!(o.lock().events[0].capacity() <= IDLE_QUEUE_CAPACITY);
+        assert_eq!(o.depth(), 0);
     }
 
     #[tokio::test]

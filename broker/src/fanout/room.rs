@@ -7,6 +7,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use confab_codec::RoomId;
 
+use super::replay::SharedBatches;
 use super::Subscription;
 
 /// One room as the running broker knows it.
@@ -18,6 +19,8 @@ use super::Subscription;
 pub(crate) struct Room {
     pub(crate) id: RoomId,
     subscribers: ArcSwap<Vec<Arc<Subscription>>>,
+    /// Catch-up batches that lagging devices share.
+    pub(crate) replay: SharedBatches,
 }
 
 impl Room {
@@ -25,6 +28,7 @@ impl Room {
         Self {
             id,
             subscribers: ArcSwap::from_pointee(Vec::new()),
+            replay: SharedBatches::default(),
         }
     }
 

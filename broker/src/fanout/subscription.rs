@@ -21,8 +21,9 @@ use confab_codec::{flags, raw, CaughtUp, Frame, Gap, GapReason, Lagging, RoomId,
 use tracing::{debug, warn};
 
 use super::outbox::Outbox;
+use super::replay::aligned_end;
 use super::Room;
-use crate::storage::{LogBounds, RoomLog, StorageError, StoredRecord};
+use crate::storage::{LogBounds, ReadPool, RoomLog, StorageError, StoredRecord};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
@@ -74,6 +75,9 @@ pub(crate) struct Subscription {
 /// What a catch-up task needs.
 pub(crate) struct CatchupCtx {
     pub(crate) log: Arc<dyn RoomLog>,
+    /// The broker-wide bound on client reads (a burst of lagging devices
+    /// waits its turn here).
+    pub(crate) reads: Arc<ReadPool>,
     /// Most events per batch frame.
     pub(crate) batch: usize,
     /// Most record bytes per batch frame.
@@ -265,6 +269,19 @@ impl Subscription {
             if self.outbox.is_closed() {
                 return Ok(());
             }
+            // Another device of the room may hold this very batch.
+            match self.catchup_shared(&ctx, next, seen)? {
+                Some(true) => continue,
+                Some(false) => return Ok(()),
+                None => {}
+            }
+            let turn = ctx.reads.turn().await.map_err(|e| e.to_string())?;
+            // While it waited, another device may have read it.
+            match self.catchup_shared(&ctx, next, seen)? {
+                Some(true) => continue,
+                Some(false) => return Ok(()),
+                None => {}
+            }
             let read_ctx = ctx.clone();
             let room = self.room.id.clone();
             let read =
@@ -272,6 +289,7 @@ impl Subscription {
                     .await
                     .map_err(|e| e.to_string())?
                     .map_err(|e| e.to_string())?;
+            drop(turn);
             if !self.catchup_apply(&ctx, next, read)? {
                 return Ok(());
             }
@@ -375,17 +393,49 @@ impl Subscription {
         let last = expected - 1;
         let frame = raw::event_batch_frame(0, flags::REPLAY, &self.room.id, &contiguous)
             .map_err(|e| e.to_string())?;
+        let frame = self.room.replay.share(next, last, frame);
+        ctx.stats
+            .catchup_read
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(self.queue_batch(ctx, next, last, frame))
+    }
+
+    /// Queues a batch `next..=seen` or shorter that another device of the
+    /// room read and still holds, if there is one (see `replay.rs`).
+    /// `None`: there is none, read it; `Some(b)`: queued, and whether the
+    /// catch-up goes on.
+    ///
+    /// # Errors
+    /// None today; it returns the same error type as
+    /// [`Subscription::catchup_apply`] so that callers treat both alike.
+    pub(crate) fn catchup_shared(
+        &self,
+        ctx: &CatchupCtx,
+        next: u64,
+        seen: u64,
+    ) -> Result<Option<bool>, String> {
+        let Some((last, frame)) = self.room.replay.get(next, seen) else {
+            return Ok(None);
+        };
+        ctx.stats
+            .catchup_shared
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(Some(self.queue_batch(ctx, next, last, frame)))
+    }
+
+    /// Queues the batch frame of `next..=last` if the subscription is still
+    /// catching up from `next`. Returns whether the catch-up goes on.
+    fn queue_batch(&self, ctx: &CatchupCtx, next: u64, last: u64, frame: Bytes) -> bool {
         let mut st = self.lock();
         if st.mode != Mode::CatchingUp || st.next != next {
-            return Ok(false);
+            return false;
         }
         self.outbox.push_event_forced(self.lane, frame);
         st.next = last + 1;
-        ctx.stats.delivered.fetch_add(
-            contiguous.len() as u64,
-            std::sync::atomic::Ordering::Relaxed,
-        );
-        Ok(true)
+        ctx.stats
+            .delivered
+            .fetch_add(last + 1 - next, std::sync::atomic::Ordering::Relaxed);
+        true
     }
 }
 
@@ -422,8 +472,10 @@ pub(crate) enum CatchupStep {
 /// when the log no longer starts at `next`.
 pub(crate) type CatchupRead = (Vec<StoredRecord>, Option<LogBounds>);
 
-/// Reads one catch-up batch, `next..=seen` (at most `ctx.batch` records
-/// and about `ctx.max_bytes`), blocking: run it off the reactor.
+/// Reads one catch-up batch from `next`, up to `seen` and to the end of
+/// `next`'s `ctx.batch`-aligned range (so that devices lagging together
+/// read the same batches and share them; at most `ctx.batch` records and
+/// about `ctx.max_bytes`), blocking: run it off the reactor.
 ///
 /// # Errors
 /// What storage says.
@@ -433,9 +485,13 @@ pub(crate) fn read_batch(
     next: u64,
     seen: u64,
 ) -> Result<CatchupRead, StorageError> {
-    let records = ctx
-        .log
-        .read_range(room, Seq(next), Seq(seen), ctx.batch, ctx.max_bytes)?;
+    let records = ctx.log.read_range(
+        room,
+        Seq(next),
+        Seq(seen.min(aligned_end(next, ctx.batch))),
+        ctx.batch,
+        ctx.max_bytes,
+    )?;
     let bounds = if records.first().map(|r| r.seq.0) == Some(next) {
         None
     } else {
@@ -496,6 +552,7 @@ mod tests {
     fn catchup_ctx(log: Arc<MemoryLog>) -> Arc<CatchupCtx> {
         Arc::new(CatchupCtx {
             log,
+            reads: Arc::new(ReadPool::new(4)),
             batch: 4,
             max_bytes: 1 << 20,
             max_frame_len: 1 << 20,
@@ -615,6 +672,7 @@ mod tests {
         assert!(!sub.register(Seq(1), Seq(0)));
         let ctx = Arc::new(CatchupCtx {
             log: log.clone(),
+            reads: Arc::new(ReadPool::new(4)),
             batch: 3,
             max_bytes: 1 << 20,
             max_frame_len: 1 << 20,
@@ -688,6 +746,7 @@ mod tests {
         assert!(sub.register(Seq(4), Seq(10)));
         let ctx = Arc::new(CatchupCtx {
             log: log.clone(),
+            reads: Arc::new(ReadPool::new(4)),
             batch: 4,
             max_bytes: 1 << 20,
             max_frame_len: 1 << 20,

@@ -25,6 +25,10 @@ pub(crate) fn export(shared: &Shared) {
     gauge!("confab_admission_addresses").set(shared.admission.addresses() as f64);
     counter!("confab_messages_in_total").absolute(s.published.load(Ordering::Relaxed));
     counter!("confab_messages_out_total").absolute(s.delivered.load(Ordering::Relaxed));
+    counter!("confab_catchup_batches_total", "source" => "log")
+        .absolute(s.catchup_read.load(Ordering::Relaxed));
+    counter!("confab_catchup_batches_total", "source" => "shared")
+        .absolute(s.catchup_shared.load(Ordering::Relaxed));
     counter!("confab_commits_total").absolute(s.commits.load(Ordering::Relaxed));
     counter!("confab_lag_switches_total").absolute(s.lag_switches.load(Ordering::Relaxed));
     counter!("confab_slow_consumer_disconnects_total")
@@ -38,6 +42,7 @@ pub(crate) fn export(shared: &Shared) {
     gauge!("confab_compression_contexts").set(shared.compression.live() as f64);
     counter!("confab_compression_contexts_refused_total")
         .absolute(shared.compression.refused() as u64);
+    gauge!("confab_client_reads").set(shared.reads.busy() as f64);
     gauge!("confab_queued_frames").set(s.queued_frames.load(Ordering::Relaxed) as f64);
     gauge!("confab_queued_bytes").set(s.queued_bytes.load(Ordering::Relaxed) as f64);
     let space = shared.log.space();

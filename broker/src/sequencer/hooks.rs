@@ -44,6 +44,10 @@ impl Core {
                         });
                     }
                 }
+                // Catch-up batches of trimmed entries are not shared again.
+                if let Some(r) = self.registry.get(room) {
+                    r.replay.forget_below(before.0);
+                }
                 if let Some(r) = self.rooms.get_mut(room) {
                     r.first = r.first.max(before.0);
                 }

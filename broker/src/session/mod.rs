@@ -10,6 +10,7 @@
 //! - `writer.rs`, `quic_writer.rs`: drain the device's outbox;
 //! - `compression.rs`: zstd compression of frame bodies (protocol 3.6).
 
+mod batch;
 mod codec;
 mod compression;
 mod connection;

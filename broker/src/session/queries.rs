@@ -13,7 +13,7 @@ use super::connection::{error_frame, push, Session};
 use crate::base::now_us;
 use crate::presence;
 use crate::rooms;
-use crate::storage::{LogBounds, StorageError};
+use crate::storage::{LogBounds, ReadError, ReadPool, StorageError};
 
 /// Most events in one history page.
 const MAX_HISTORY_LIMIT: usize = 1000;
@@ -24,17 +24,19 @@ const MAX_LIST_LIMIT: usize = 1000;
 /// A refusal for the client: its code and message.
 type Refusal = (ErrorCode, String);
 
-/// Runs `query` on a blocking thread and builds the reply to `rid`: the
-/// answer, the refusal as an `Error`, or `Internal` for a storage failure.
-async fn answer<T, F>(rid: u32, query: F) -> Frame
+/// Runs `query` on a blocking thread, in its turn of the broker's read
+/// pool, and builds the reply to `rid`: the answer, the refusal as an
+/// `Error`, or `Internal` for a storage failure.
+async fn answer<T, F>(reads: &ReadPool, rid: u32, query: F) -> Frame
 where
     T: Into<Body> + Send + 'static,
     F: FnOnce() -> Result<Result<T, Refusal>, StorageError> + Send + 'static,
 {
-    match tokio::task::spawn_blocking(query).await {
+    match reads.run(query).await {
         Ok(Ok(Ok(reply))) => Frame::request(rid, reply),
         Ok(Ok(Err((code, message)))) => error_frame(rid, code, message),
         Ok(Err(e)) => error_frame(rid, ErrorCode::Internal, e.to_string()),
+        Err(ReadError::Closed) => error_frame(rid, ErrorCode::ShuttingDown, "server shutting down"),
         Err(e) => error_frame(rid, ErrorCode::Internal, e.to_string()),
     }
 }
@@ -68,39 +70,42 @@ impl Session {
         let auto_create = self.shared.config.rooms.auto_create;
         // With an authorization hook, it already decided.
         let check_membership = self.shared.authorizer.is_none();
-        let read = tokio::task::spawn_blocking(move || {
-            if check_membership {
-                if let Err(refusal) = rooms::access(log.as_ref(), &room, &user, auto_create)? {
-                    return Ok(Err(refusal));
+        let read = self
+            .shared
+            .reads
+            .run(move || {
+                if check_membership {
+                    if let Err(refusal) = rooms::access(log.as_ref(), &room, &user, auto_create)? {
+                        return Ok(Err(refusal));
+                    }
                 }
-            }
-            let bounds = log.bounds(&room)?;
-            if limit == 0 {
-                // Protocol 12.4: an empty page that says whether there is
-                // anything in that direction.
-                let more = any_entry(h.direction, h.anchor, bounds);
-                return Ok(Ok((bounds, Vec::new(), more)));
-            }
-            let records = match h.direction {
-                Direction::Before => {
-                    let before = if h.anchor.0 == 0 {
-                        Seq(u64::MAX)
-                    } else {
-                        h.anchor
-                    };
-                    log.read_before(&room, before, limit, max_bytes)?
+                let bounds = log.bounds(&room)?;
+                if limit == 0 {
+                    // Protocol 12.4: an empty page that says whether there is
+                    // anything in that direction.
+                    let more = any_entry(h.direction, h.anchor, bounds);
+                    return Ok(Ok((bounds, Vec::new(), more)));
                 }
-                Direction::After => {
-                    log.read_range(&room, h.anchor.next(), bounds.head, limit, max_bytes)?
-                }
-            };
-            let has_more = match h.direction {
-                Direction::Before => records.first().is_some_and(|r| r.seq > bounds.first),
-                Direction::After => records.last().is_some_and(|r| r.seq < bounds.head),
-            };
-            Ok::<_, StorageError>(Ok((bounds, records, has_more)))
-        })
-        .await;
+                let records = match h.direction {
+                    Direction::Before => {
+                        let before = if h.anchor.0 == 0 {
+                            Seq(u64::MAX)
+                        } else {
+                            h.anchor
+                        };
+                        log.read_before(&room, before, limit, max_bytes)?
+                    }
+                    Direction::After => {
+                        log.read_range(&room, h.anchor.next(), bounds.head, limit, max_bytes)?
+                    }
+                };
+                let has_more = match h.direction {
+                    Direction::Before => records.first().is_some_and(|r| r.seq > bounds.first),
+                    Direction::After => records.last().is_some_and(|r| r.seq < bounds.head),
+                };
+                Ok::<_, StorageError>(Ok((bounds, records, has_more)))
+            })
+            .await;
         let frame = match read {
             Ok(Ok(Err((code, message)))) => {
                 push(&self.conn.outbox, error_frame(rid, code, message));
@@ -129,14 +134,20 @@ impl Session {
     pub(super) async fn room_info(&mut self, rid: u32, room: RoomId) {
         let log = self.shared.log.clone();
         let user = self.conn.user.clone();
-        let frame = answer(rid, move || rooms::info(log.as_ref(), &room, &user)).await;
+        let frame = answer(&self.shared.reads, rid, move || {
+            rooms::info(log.as_ref(), &room, &user)
+        })
+        .await;
         push(&self.conn.outbox, frame);
     }
 
     pub(super) async fn message_status(&mut self, rid: u32, room: RoomId, seq: Seq) {
         let log = self.shared.log.clone();
         let user = self.conn.user.clone();
-        let frame = answer(rid, move || rooms::status(log.as_ref(), &room, &user, seq)).await;
+        let frame = answer(&self.shared.reads, rid, move || {
+            rooms::status(log.as_ref(), &room, &user, seq)
+        })
+        .await;
         push(&self.conn.outbox, frame);
     }
 
@@ -148,7 +159,7 @@ impl Session {
         let only = self.grant.sorted_rooms();
         // Room for the request id besides the list.
         let max_body = (self.shared.config.limits.max_frame_len as usize).saturating_sub(16);
-        let frame = answer(rid, move || {
+        let frame = answer(&self.shared.reads, rid, move || {
             rooms::list(
                 log.as_ref(),
                 &user,
@@ -179,7 +190,7 @@ impl Session {
             .stats
             .committed_us
             .load(std::sync::atomic::Ordering::Acquire);
-        let frame = answer(rid, move || {
+        let frame = answer(&self.shared.reads, rid, move || {
             rooms::inbox::sync(
                 log.as_ref(),
                 &rooms::inbox::SyncQuery {
@@ -232,7 +243,7 @@ impl Session {
         }
         let (shared, user) = (self.shared.clone(), self.conn.user.clone());
         let only = self.grant.rooms.clone();
-        let frame = answer(rid, move || {
+        let frame = answer(&self.shared.reads, rid, move || {
             let visible =
                 presence::visible_to(shared.log.as_ref(), &user, &g.users, only.as_deref())?;
             let entries = shared.presence.entries(visible, now_us())?;

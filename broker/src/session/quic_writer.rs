@@ -29,16 +29,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use confab_codec::ErrorCode;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use super::compression::Deflate;
+use super::batch::{Batch, Cursor};
 use super::writer::{
-    cancelled, rest_of_frame, slow_consumer, with_goodbye, write_progress, Progress, WriterCtx,
-    WriterEnd,
+    cancelled, slow_consumer, with_goodbye, write_progress, Progress, WriterCtx, WriterEnd,
 };
 use crate::fanout::{Drained, Outbox, Source};
 
@@ -168,10 +167,11 @@ async fn drain_lane(
     stop: &CancellationToken,
 ) -> LaneEnd {
     let outbox: &Arc<Outbox> = &ctx.outbox;
-    let mut buf = BytesMut::with_capacity(ctx.batch_bytes * 2);
     // One compression context per stream (protocol 3.6): the client
-    // decodes each stream on its own.
-    let mut deflate = Deflate::new(ctx.compression.clone());
+    // decodes each stream on its own. QUIC streams copy what they are
+    // given, so the batch is copied once, into a buffer given back when
+    // the lane goes idle.
+    let mut batch = Batch::new(ctx.compression.clone(), false);
     let ended = |end, stream, tail| LaneEnd {
         source,
         end,
@@ -182,7 +182,7 @@ async fn drain_lane(
         if stop.is_cancelled() {
             return ended(WriterEnd::Finished, stream, Bytes::new());
         }
-        let drained = match deflate.drain(outbox, source, &mut buf, ctx.batch_bytes) {
+        let drained = match batch.fill(outbox, source, ctx.batch_bytes) {
             Ok(d) => d,
             Err(e) => {
                 debug!(session_id = ctx.session_id, ?source, error = %e, "compression failed");
@@ -216,25 +216,27 @@ async fn drain_lane(
                         }
                     }
                 };
-                let mut written = 0;
-                match write_progress(s, &buf, &mut written, ctx.slow_timeout, Some(stop)).await {
-                    Progress::Done => buf.clear(),
+                let mut at = Cursor::default();
+                match batch.write(s, &mut at, ctx.slow_timeout, Some(stop)).await {
+                    Progress::Done => batch.clear(),
                     Progress::Failed(e) => {
                         debug!(session_id = ctx.session_id, ?source, error = %e, "write failed");
                         return ended(WriterEnd::SocketError, stream, Bytes::new());
                     }
                     Progress::Stalled => {
                         debug!(session_id = ctx.session_id, ?source, "stream stalled");
-                        let tail = rest_of_frame(&buf, written);
+                        let tail = batch.rest_of_frame(at);
                         return ended(WriterEnd::SlowConsumer, stream, tail);
                     }
                     Progress::Stopped => {
-                        let tail = rest_of_frame(&buf, written);
+                        let tail = batch.rest_of_frame(at);
                         return ended(WriterEnd::Finished, stream, tail);
                     }
                 }
             }
             Drained::Empty => {
+                batch.release();
+                outbox.release_idle();
                 tokio::select! {
                     biased;
                     _ = stop.cancelled() => {}

@@ -186,10 +186,10 @@ impl Session {
             let decided = self.authorize(&t.room, Action::Publish).await;
             Ok(Ok(decided.map_err(|d| (d.code, d.message))))
         } else {
-            tokio::task::spawn_blocking(move || {
-                rooms::access(log.as_ref(), &room, &user, auto_create)
-            })
-            .await
+            self.shared
+                .reads
+                .run(move || rooms::access(log.as_ref(), &room, &user, auto_create))
+                .await
         };
         match allowed {
             Ok(Ok(Ok(()))) => {

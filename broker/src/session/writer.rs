@@ -28,7 +28,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
-use super::compression::{Compression, Deflate};
+use super::batch::{Batch, Cursor};
+use super::compression::Compression;
 use super::connection::reject;
 use super::quic_writer::{self, QuicEgress};
 use crate::fanout::{Drained, Outbox, Source};
@@ -103,16 +104,15 @@ impl<W: AsyncWrite + Send + Unpin + 'static> Egress<W> {
 
 /// Drains the whole outbox, control first, into one byte stream.
 async fn write_loop<W: AsyncWrite + Unpin>(mut wr: W, ctx: WriterCtx) -> WriterEnd {
-    let mut buf = BytesMut::with_capacity(ctx.batch_bytes * 2);
+    let mut batch = Batch::new(ctx.compression.clone(), wr.is_write_vectored());
     // Whether bytes went in since the last flush. The flush matters for TLS,
     // which may hold the tail of a write in its session buffer; on plain TCP
     // it does nothing. It is done when the outbox runs dry, not after every
     // write: TLS sends what the socket takes on every write already, and a
     // flush shows no progress until it is complete.
     let mut unflushed = false;
-    let mut deflate = Deflate::new(ctx.compression.clone());
     let end = loop {
-        let drained = match deflate.drain(&ctx.outbox, Source::All, &mut buf, ctx.batch_bytes) {
+        let drained = match batch.fill(&ctx.outbox, Source::All, ctx.batch_bytes) {
             Ok(d) => d,
             Err(e) => {
                 debug!(session_id = ctx.session_id, error = %e, "compression failed");
@@ -121,10 +121,10 @@ async fn write_loop<W: AsyncWrite + Unpin>(mut wr: W, ctx: WriterCtx) -> WriterE
         };
         match drained {
             Drained::Frames => {
-                let mut written = 0;
-                match write_progress(&mut wr, &buf, &mut written, ctx.slow_timeout, None).await {
+                let mut at = Cursor::default();
+                match batch.write(&mut wr, &mut at, ctx.slow_timeout, None).await {
                     Progress::Done => {
-                        buf.clear();
+                        batch.clear();
                         unflushed = true;
                     }
                     Progress::Failed(e) => {
@@ -133,9 +133,9 @@ async fn write_loop<W: AsyncWrite + Unpin>(mut wr: W, ctx: WriterCtx) -> WriterE
                     }
                     // (There is no stop token here: `Stopped` does not happen.)
                     Progress::Stalled | Progress::Stopped => {
-                        let tail = rest_of_frame(&buf, written);
+                        let tail = batch.rest_of_frame(at);
                         // Only the tail is kept through the goodbye.
-                        drop(buf);
+                        drop(batch);
                         return cut_stream(wr, &ctx, tail).await;
                     }
                 }
@@ -150,11 +150,14 @@ async fn write_loop<W: AsyncWrite + Unpin>(mut wr: W, ctx: WriterCtx) -> WriterE
                         }
                         // Every frame was handed over whole: nothing to complete.
                         Err(_) => {
-                            drop(buf);
+                            drop(batch);
                             return cut_stream(wr, &ctx, Bytes::new()).await;
                         }
                     }
                 }
+                // Idle: what a burst grew goes back before waiting.
+                batch.release();
+                ctx.outbox.release_idle();
                 ctx.outbox.ready().await;
             }
             Drained::Finished => {

@@ -26,7 +26,7 @@ use crate::ratelimit::UserLimits;
 use crate::rooms::typing::TypingHub;
 use crate::sequencer::SeqTx;
 use crate::stats::Stats;
-use crate::storage::RoomLog;
+use crate::storage::{ReadPool, RoomLog};
 
 /// State shared by every task of a running broker.
 pub(crate) struct Shared {
@@ -55,4 +55,7 @@ pub(crate) struct Shared {
     /// The zstd contexts of compressed connections, at most
     /// `compression.max_contexts`.
     pub(crate) compression: Arc<ContextBudget>,
+    /// Storage reads made for clients (queries, history, catch-up), at
+    /// most `limits.max_concurrent_reads` at a time.
+    pub(crate) reads: Arc<ReadPool>,
 }

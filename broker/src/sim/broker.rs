@@ -117,6 +117,7 @@ impl SimBroker {
         let max_frame_len = confab_codec::DEFAULT_MAX_FRAME_LEN as usize;
         let ctx = Arc::new(CatchupCtx {
             log: store,
+            reads: Arc::new(crate::storage::ReadPool::new(1)),
             batch: cfg.catchup_batch,
             max_bytes: max_frame_len.saturating_sub(1024),
             max_frame_len,
@@ -420,6 +421,11 @@ fn advance(c: &mut Catchup, ctx: &CatchupCtx) -> Result<bool, String> {
         c.read = None;
         if outbox.is_closed() {
             return Ok(false);
+        }
+        match c.sub.catchup_shared(ctx, next, seen)? {
+            Some(true) => continue,
+            Some(false) => return Ok(false),
+            None => {}
         }
         let read = read_batch(ctx, &c.sub.room.id, next, seen).map_err(|e| e.to_string())?;
         if !c.sub.catchup_apply(ctx, next, read)? {

@@ -8,6 +8,7 @@ mod faulty;
 mod idem;
 mod memory;
 pub(crate) mod meta;
+mod read_pool;
 #[cfg(feature = "rocksdb")]
 mod rocks;
 mod space;
@@ -20,6 +21,7 @@ use confab_codec::{ErrorCode, RoomId, Seq};
 pub use faulty::{CommitFault, FaultyLog, ReadHook, ReadSeen};
 pub(crate) use idem::idempotency_keys;
 pub use memory::MemoryLog;
+pub(crate) use read_pool::{ReadError, ReadPool};
 #[cfg(feature = "rocksdb")]
 pub use rocks::RocksLog;
 pub use space::SpaceStatus;
