@@ -312,3 +312,73 @@ async fn shutdown_says_goodbye_then_closes(t: Transport) {
         "{frames:?}"
     );
 }
+
+/// Many devices that subscribe from the start of a long backlog at once
+/// read it in aligned batches and share them: each gets every entry once,
+/// in order, and fewer batches are read from the log than were delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn devices_replaying_together_share_catch_up_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.delivery.catchup_batch = 64;
+    // One read at a time: the devices queue behind it and find its batch.
+    config.limits.max_concurrent_reads = 1;
+    let broker = start(config).await;
+    let addr = broker.tcp_addr();
+    let r = room("backlog");
+    const TOTAL: u64 = 1000;
+    const DEVICES: usize = 20;
+    let mut writer = Conn::open(addr, "writer", "w").await;
+    for i in 1..=TOTAL {
+        let rid = writer.request_id();
+        writer
+            .send_frame(Conn::publish_frame(rid, &r, i, b"entry"))
+            .await;
+    }
+    let mut acked = 0;
+    while acked < TOTAL {
+        if let Body::PublishAck(_) = writer.recv().await.unwrap().body {
+            acked += 1;
+        }
+    }
+    let mut devices = Vec::new();
+    for d in 0..DEVICES {
+        let mut c = Conn::open(addr, &format!("reader{d}"), "d").await;
+        let rid = c.request_id();
+        c.send_frame(Frame::request(
+            rid,
+            Subscribe {
+                items: vec![SubscribeItem {
+                    room: r.clone(),
+                    start: StartAt::From(Seq(1)),
+                }],
+            },
+        ))
+        .await;
+        devices.push(c);
+    }
+    let readers: Vec<_> = devices
+        .into_iter()
+        .map(|mut c| {
+            tokio::spawn(async move {
+                let (events, _) = c.events(TOTAL as usize).await;
+                events.iter().map(|e| e.1).collect::<Vec<u64>>()
+            })
+        })
+        .collect();
+    for reader in readers {
+        assert_contiguous(&reader.await.unwrap(), 1, TOTAL);
+    }
+    let stats = broker.stats();
+    let batches = TOTAL.div_ceil(64) * DEVICES as u64;
+    assert_eq!(
+        stats.catchup_batches_read + stats.catchup_batches_shared,
+        batches,
+        "every device got the backlog in aligned batches"
+    );
+    assert!(
+        stats.catchup_batches_shared > 0,
+        "no batch was shared: {stats:?}"
+    );
+    broker.shutdown().await;
+}
