@@ -351,7 +351,9 @@ pub(crate) async fn linger<R: AsyncRead + Unpin>(
     max: Duration,
     shutdown: &CancellationToken,
 ) {
-    let mut sink = [0u8; 4096];
+    // On the heap, and only now: a buffer in the future itself would make
+    // every connection's task 4 KiB larger for its whole life.
+    let mut sink = vec![0u8; 4096];
     let drain = async {
         while let Ok(n) = rd.read(&mut sink).await {
             if n == 0 {

@@ -84,12 +84,19 @@ pub(crate) async fn accept_loop(
         tune_tcp(&stream);
         let shared = shared.clone();
         let tls = tls.clone();
+        // Plain and TLS connections are separate task types, and each
+        // session future is boxed once it starts, so a connection's task
+        // holds only the state it is in (a future is as large as its
+        // largest state: one task for both kinds took 16 KiB each).
+        let Some(acceptor) = tls else {
+            tasks.spawn(async move {
+                let _socket = shared.stats.socket(transport);
+                serve_stream(carrier, stream, peer, shared, ticket).await;
+            });
+            continue;
+        };
         tasks.spawn(async move {
             let _socket = shared.stats.socket(transport);
-            let Some(acceptor) = tls else {
-                serve_stream(carrier, stream, peer, shared, ticket).await;
-                return;
-            };
             let handshake = tokio::select! {
                 r = tokio::time::timeout_at(ticket.deadline(), acceptor.accept(stream)) => r,
                 _ = ticket.evicted() => {
@@ -148,7 +155,7 @@ async fn serve_stream<S>(
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
     match carrier {
-        Carrier::Frames => serve_connection(stream, peer, shared, ticket).await,
-        Carrier::WebSocket => websocket::serve(stream, peer, shared, ticket).await,
+        Carrier::Frames => Box::pin(serve_connection(stream, peer, shared, ticket)).await,
+        Carrier::WebSocket => Box::pin(websocket::serve(stream, peer, shared, ticket)).await,
     }
 }
