@@ -501,8 +501,9 @@ pub struct LimitsConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DeliveryConfig {
-    /// Frames a device's live queue holds before its rooms switch to
-    /// catch-up from the log.
+    /// Room events a device's live queue holds (per event lane) before its
+    /// rooms switch to catch-up from the log; a live batch counts each of
+    /// its events.
     pub queue_capacity: usize,
     /// A device whose connection accepts no byte for this long, while the
     /// broker has bytes for it, is cut with `Goodbye(SlowConsumer)`, in

@@ -382,3 +382,45 @@ async fn devices_replaying_together_share_catch_up_batches() {
     );
     broker.shutdown().await;
 }
+
+/// A live device gets a commit's consecutive entries of a room as one
+/// `EventBatch` without `REPLAY` (protocol 7.4.4), and every entry once,
+/// in order, across single events and batches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_runs_of_a_commit_arrive_as_one_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(test_config(dir.path())).await;
+    let addr = broker.tcp_addr();
+    let r = room("runs");
+    const TOTAL: u64 = 2000;
+    let mut reader = Conn::open(addr, "reader", "d").await;
+    let ack = reader.subscribe(vec![(r.clone(), StartAt::Live)]).await;
+    assert_eq!(ack.results[0].code, ErrorCode::Normal);
+    let mut writer = Conn::open(addr, "writer", "w").await;
+    // Pipelined: the sequencer commits many of them at a time.
+    for i in 1..=TOTAL {
+        let rid = writer.request_id();
+        writer
+            .send_frame(Conn::publish_frame(rid, &r, i, b"x"))
+            .await;
+    }
+    let mut seqs = Vec::new();
+    let mut live_batches = 0;
+    while (seqs.len() as u64) < TOTAL {
+        let f = reader.recv().await.expect("open");
+        match f.body {
+            Body::Event(e) => seqs.push(e.event.seq.0),
+            Body::EventBatch(b) => {
+                assert_eq!(f.flags & flags::REPLAY, 0, "live, not replayed");
+                assert!(b.events.len() > 1, "a run of one goes as an Event");
+                live_batches += 1;
+                seqs.extend(b.events.iter().map(|e| e.seq.0));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_contiguous(&seqs, 1, TOTAL);
+    assert!(live_batches > 0, "no commit carried a run");
+    assert_eq!(broker.stats().lag_switches, 0);
+    broker.shutdown().await;
+}

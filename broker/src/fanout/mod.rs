@@ -134,29 +134,17 @@ pub(crate) fn handle(
     match msg {
         FanoutMsg::Committed(events) => {
             let mut delivered = 0u64;
-            for ev in &events {
-                let subs = ev.room.subscribers();
-                for sub in subs.iter() {
-                    match sub.offer(ev.seq, &ev.frame) {
-                        Offer::Delivered => {
-                            delivered += 1;
-                            if sub.outbox.mark_wake(sub.lane) {
-                                to_wake.push(sub.outbox.clone());
-                            }
-                        }
-                        Offer::Skipped => {}
-                        Offer::Lagged => {
-                            ctx.stats
-                                .lag_switches
-                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                            catch_up(sub.clone(), true);
-                        }
-                    }
+            let mut rest = &events[..];
+            while !rest.is_empty() {
+                let (run, tail) = rest.split_at(run_len(rest, ctx));
+                rest = tail;
+                delivered += deliver_run(run, ctx, catch_up, to_wake);
+                for ev in run {
+                    ctx.stats
+                        .hist
+                        .publish_deliver
+                        .record(ev.received.elapsed().as_secs_f64());
                 }
-                ctx.stats
-                    .hist
-                    .publish_deliver
-                    .record(ev.received.elapsed().as_secs_f64());
             }
             // One atomic add per group commit, not per delivery.
             ctx.stats
@@ -189,6 +177,94 @@ pub(crate) fn handle(
         }
         FanoutMsg::Stop => {}
     }
+}
+
+/// How many of `events`, from the first, form one *run*: consecutive
+/// sequences of one room, at most `catchup_batch` of them and about
+/// `max_bytes` of records, which a live device gets as one `EventBatch`.
+fn run_len(events: &[Committed], ctx: &CatchupCtx) -> usize {
+    let Some((first, rest)) = events.split_first() else {
+        return 0;
+    };
+    let mut bytes = first.frame.len();
+    let mut n = 1;
+    for ev in rest {
+        bytes += ev.frame.len();
+        let next = first.seq.0.saturating_add(n as u64);
+        if n >= ctx.batch
+            || bytes > ctx.max_bytes
+            || ev.seq.0 != next
+            || !Arc::ptr_eq(&ev.room, &first.room)
+        {
+            break;
+        }
+        n += 1;
+    }
+    n
+}
+
+/// Hands one run of a room's committed events to its subscribers. A device
+/// that is live at the run's first sequence gets the whole run as one
+/// `EventBatch` (protocol 7.4.4: a server MAY batch live events), shared
+/// by every such device: one queue entry and one wake-up per device per
+/// commit, however many events the commit holds for the room. Any other
+/// device (registered in the middle of the run, catching up) is offered
+/// the events one by one. Returns the deliveries made.
+fn deliver_run(
+    run: &[Committed],
+    ctx: &Arc<CatchupCtx>,
+    catch_up: &mut dyn FnMut(Arc<Subscription>, bool),
+    to_wake: &mut Vec<Arc<Outbox>>,
+) -> u64 {
+    let (Some(first), Some(last)) = (run.first(), run.last()) else {
+        return 0;
+    };
+    let subs = first.room.subscribers();
+    if subs.is_empty() {
+        return 0;
+    }
+    let batch = if run.len() > 1 {
+        let records: Vec<Bytes> = run
+            .iter()
+            .map(|ev| {
+                ev.frame.slice(confab_codec::raw::event_record_range(
+                    &first.room.id,
+                    ev.frame.len(),
+                ))
+            })
+            .collect();
+        confab_codec::raw::event_batch_frame(0, 0, &first.room.id, &records).ok()
+    } else {
+        None
+    };
+    let mut delivered = 0u64;
+    let mut outcome = |sub: &Arc<Subscription>, offer: Offer, count: u64| match offer {
+        Offer::Delivered => {
+            delivered += count;
+            if sub.outbox.mark_wake(sub.lane) {
+                to_wake.push(sub.outbox.clone());
+            }
+        }
+        Offer::Skipped => {}
+        Offer::Lagged => {
+            ctx.stats
+                .lag_switches
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            catch_up(sub.clone(), true);
+        }
+    };
+    for sub in subs.iter() {
+        if let Some(batch) = &batch {
+            if let Some(offer) = sub.offer_run(first.seq, last.seq, batch) {
+                outcome(sub, offer, run.len() as u64);
+                continue;
+            }
+        }
+        for ev in run {
+            outcome(sub, sub.offer(ev.seq, &ev.frame), 1);
+        }
+    }
+    delivered
 }
 
 fn subscribe(

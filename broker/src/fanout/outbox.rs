@@ -33,7 +33,11 @@ const IDLE_QUEUE_CAPACITY: usize = 32;
 #[derive(Debug, Default)]
 struct Lanes {
     control: VecDeque<Bytes>,
-    events: Vec<VecDeque<Bytes>>,
+    /// Each event lane's frames, with how many room events each carries
+    /// (a live `EventBatch` carries several; other frames count one).
+    events: Vec<VecDeque<(Bytes, u32)>>,
+    /// Events queued in each event lane: what `capacity` bounds.
+    event_count: Vec<usize>,
     /// Bytes queued in each event lane, to pace catch-up by bytes.
     event_bytes: Vec<usize>,
     /// The connection's last frames (its `Error` and `Goodbye`): sent once
@@ -43,22 +47,35 @@ struct Lanes {
 }
 
 impl Lanes {
-    fn push_event(&mut self, lane: usize, frame: Bytes) -> bool {
-        let (Some(q), Some(bytes)) = (self.events.get_mut(lane), self.event_bytes.get_mut(lane))
-        else {
+    fn push_event(&mut self, lane: usize, frame: Bytes, weight: u32) -> bool {
+        let (Some(q), Some(bytes), Some(count)) = (
+            self.events.get_mut(lane),
+            self.event_bytes.get_mut(lane),
+            self.event_count.get_mut(lane),
+        ) else {
             return false;
         };
         *bytes += frame.len();
-        q.push_back(frame);
+        *count += weight as usize;
+        q.push_back((frame, weight));
         true
     }
 
     fn pop_event(&mut self, lane: usize) -> Option<Bytes> {
-        let frame = self.events.get_mut(lane)?.pop_front()?;
+        let (frame, weight) = self.events.get_mut(lane)?.pop_front()?;
         if let Some(bytes) = self.event_bytes.get_mut(lane) {
             *bytes = bytes.saturating_sub(frame.len());
         }
+        if let Some(count) = self.event_count.get_mut(lane) {
+            *count = count.saturating_sub(weight as usize);
+        }
         Some(frame)
+    }
+
+    /// Whether event lane `lane` holds fewer than `capacity` events (a
+    /// lane that does not exist has room).
+    fn below(&self, lane: usize, capacity: usize) -> bool {
+        self.event_count.get(lane).is_none_or(|n| *n < capacity)
     }
 }
 
@@ -126,6 +143,7 @@ impl Outbox {
             lanes: Mutex::new(Lanes {
                 control: VecDeque::new(),
                 events: (0..event_lanes).map(|_| VecDeque::new()).collect(),
+                event_count: vec![0; event_lanes],
                 event_bytes: vec![0; event_lanes],
                 last: None,
                 closed: false,
@@ -214,14 +232,21 @@ impl Outbox {
     /// writer (call [`Outbox::wake`] or [`Outbox::mark_wake`]). Returns false
     /// if the lane is full; closed outboxes accept and drop.
     pub(crate) fn try_push_event(&self, lane: usize, frame: &Bytes) -> bool {
+        self.try_push_events(lane, frame, 1)
+    }
+
+    /// Like [`Outbox::try_push_event`] for a frame that carries `events`
+    /// room events (a live `EventBatch`): the lane's capacity counts events,
+    /// so batching changes nothing about when a device lags.
+    pub(crate) fn try_push_events(&self, lane: usize, frame: &Bytes, events: u32) -> bool {
         let mut l = self.lock();
         if l.closed {
             return true;
         }
-        if l.events.get(lane).is_some_and(|q| q.len() >= self.capacity) {
+        if !l.below(lane, self.capacity) {
             return false;
         }
-        if l.push_event(lane, frame.clone()) {
+        if l.push_event(lane, frame.clone(), events) {
             self.stats.queued(1, frame.len() as i64);
         }
         true
@@ -247,7 +272,7 @@ impl Outbox {
                 return;
             }
             let len = frame.len() as i64;
-            if !l.push_event(lane, frame) {
+            if !l.push_event(lane, frame, 1) {
                 return;
             }
             self.stats.queued(1, len);
@@ -304,7 +329,7 @@ impl Outbox {
     /// Whether event lane `lane` is below capacity (or the outbox closed).
     pub(crate) fn has_event_space(&self, lane: usize) -> bool {
         let l = self.lock();
-        l.closed || l.events.get(lane).is_none_or(|q| q.len() < self.capacity)
+        l.closed || l.below(lane, self.capacity)
     }
 
     /// Waits until event lane `lane` is below capacity and holds fewer than
@@ -330,8 +355,7 @@ impl Outbox {
     pub(crate) fn has_catchup_space(&self, lane: usize, max_bytes: usize) -> bool {
         let l = self.lock();
         let room = |i: usize| {
-            l.events.get(i).is_none_or(|q| q.len() < self.capacity)
-                && l.event_bytes.get(i).is_none_or(|b| *b < max_bytes)
+            l.below(i, self.capacity) && l.event_bytes.get(i).is_none_or(|b| *b < max_bytes)
         };
         l.closed || room(lane)
     }
@@ -451,11 +475,11 @@ impl Outbox {
     /// device's memory returns to its idle size after a backlog.
     pub(crate) fn release_idle(&self) {
         let mut l = self.lock();
-        let shrink = |q: &mut VecDeque<Bytes>| {
+        fn shrink<T>(q: &mut VecDeque<T>) {
             if q.is_empty() && q.capacity() > IDLE_QUEUE_CAPACITY {
                 q.shrink_to(IDLE_QUEUE_CAPACITY);
             }
-        };
+        }
         shrink(&mut l.control);
         l.events.iter_mut().for_each(shrink);
     }
@@ -513,7 +537,7 @@ impl Outbox {
             let mut bytes: usize = l.control.iter().map(Bytes::len).sum();
             for q in &l.events {
                 frames += q.len() as i64;
-                bytes += q.iter().map(Bytes::len).sum::<usize>();
+                bytes += q.iter().map(|(f, _)| f.len()).sum::<usize>();
             }
             if let Some(last) = l.last.take() {
                 frames += 1;
@@ -525,6 +549,7 @@ impl Outbox {
                 q.clear();
             }
             l.event_bytes.iter_mut().for_each(|b| *b = 0);
+            l.event_count.iter_mut().for_each(|n| *n = 0);
         }
         self.notify_all();
         self.space.notify_waiters();
@@ -592,8 +617,8 @@ mod tests {
             Drained::Frames
         );
         assert_eq!(frames.len(), 2, "stops at the frame count");
-        frames.clear();
         assert_eq!(frames[0].as_ptr(), e.as_ptr(), "a handle, not a copy");
+        frames.clear();
         o.release_idle();
         assert!(o.lock().events[0].capacity() >= 1997, "not empty: kept");
         while o.drain_frames(Source::All, &mut frames, 1 << 20, 1 << 20) == Drained::Frames {}

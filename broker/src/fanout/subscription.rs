@@ -181,6 +181,34 @@ impl Subscription {
         }
     }
 
+    /// Called by the fan-out thread for a run of committed events
+    /// `first..=last` of the room, encoded as one `frame`. `None` when the
+    /// subscription is live but not at `first` (registered within the
+    /// run): offer the events one by one instead.
+    pub(crate) fn offer_run(&self, first: Seq, last: Seq, frame: &Bytes) -> Option<Offer> {
+        let mut st = self.lock();
+        match st.mode {
+            Mode::Live if first.0 != st.next => return None,
+            _ => {}
+        }
+        if last.0 > st.seen {
+            st.seen = last.0;
+        }
+        Some(match st.mode {
+            Mode::Live => {
+                let events = u32::try_from(last.0.saturating_sub(first.0) + 1).unwrap_or(u32::MAX);
+                if self.outbox.try_push_events(self.lane, frame, events) {
+                    st.next = last.0 + 1;
+                    Offer::Delivered
+                } else {
+                    st.mode = Mode::CatchingUp;
+                    Offer::Lagged
+                }
+            }
+            _ => Offer::Skipped,
+        })
+    }
+
     /// Whether events are being read from the log rather than delivered
     /// live (the device lags, or replays its backlog).
     pub(crate) fn is_catching_up(&self) -> bool {
