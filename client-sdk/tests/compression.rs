@@ -8,42 +8,16 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::future::Future;
+#[macro_use]
+mod support;
+
 use std::path::Path;
-use std::time::Duration;
 
 use confab_broker::config::Config;
 use confab_broker::{Broker, BrokerHandle};
-use confab_client::confab_codec::{DeviceId, Seq};
-use confab_client::{Client, ClientConfig, Endpoint, RoomEvent, Subscription, Trust};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Transport {
-    Tcp,
-    Tls,
-    Quic,
-}
-
-/// Runs `async fn name(t: Transport)` as `name::tcp`, `name::tls` and
-/// `name::quic`.
-macro_rules! over_transports {
-    ($($name:ident),+ $(,)?) => {$(
-        mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn tcp() {
-                super::$name(super::Transport::Tcp).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn tls() {
-                super::$name(super::Transport::Tls).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn quic() {
-                super::$name(super::Transport::Quic).await
-            }
-        }
-    )+};
-}
+use confab_client::confab_codec::Seq;
+use confab_client::{Client, ClientConfig, RoomEvent};
+use support::in_process::{client_config, take, within, Transport};
 
 over_transports!(
     compressed_chat_round_trips_and_takes_fewer_bytes,
@@ -64,40 +38,8 @@ async fn start_broker(dir: &Path, compression: bool) -> BrokerHandle {
 }
 
 fn config(broker: &BrokerHandle, t: Transport, user: &str, device: &str) -> ClientConfig {
-    let endpoint = match t {
-        Transport::Tcp => Endpoint::tcp(broker.tcp_addr()),
-        Transport::Tls => Endpoint::tls(broker.tls_addr().unwrap()),
-        Transport::Quic => Endpoint::quic(broker.quic_addr().unwrap()),
-    };
-    let mut c = ClientConfig::with_endpoint(
-        endpoint,
-        format!("{user}:{device}"),
-        DeviceId::new(device).unwrap(),
-    );
-    c.trust = match t {
-        Transport::Tcp => None,
-        Transport::Tls => Some(Trust::CaFile(broker.cert_path().unwrap().to_path_buf())),
-        Transport::Quic => Some(Trust::Fingerprint(
-            broker.cert_fingerprint().unwrap().parse().unwrap(),
-        )),
-    };
-    c.request_timeout = Duration::from_secs(10);
     // Off by default: these tests offer it.
-    c.compression(true)
-}
-
-async fn within<F: Future>(f: F) -> F::Output {
-    tokio::time::timeout(Duration::from_secs(30), f)
-        .await
-        .expect("timed out")
-}
-
-async fn take(sub: &mut Subscription, n: usize) -> Vec<RoomEvent> {
-    let mut events = Vec::new();
-    while events.len() < n {
-        events.push(within(sub.next()).await.unwrap().unwrap());
-    }
-    events
+    client_config(broker, t, user, device).compression(true)
 }
 
 /// A chat message as an app would send it: JSON, a few hundred bytes, much

@@ -7,8 +7,10 @@
 
 #![allow(clippy::unwrap_used)]
 
+#[macro_use]
+mod support;
+
 use std::collections::HashSet;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
@@ -18,37 +20,10 @@ use confab_broker::{Broker, BrokerError, BrokerHandle};
 use confab_client::confab_codec::{DeviceId, RoomId, Seq};
 use confab_client::{
     BackoffConfig, Client, ClientConfig, ConnectionEvent, Endpoint, Message, RoomEvent,
-    Subscription, Trust,
+    Subscription,
 };
+use support::in_process::{client_config, take, within, Transport};
 use tokio::sync::broadcast;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Transport {
-    Tcp,
-    Tls,
-    Quic,
-}
-
-/// Runs `async fn name(t: Transport)` as `name::tcp`, `name::tls` and
-/// `name::quic`.
-macro_rules! over_transports {
-    ($($name:ident),+ $(,)?) => {$(
-        mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn tcp() {
-                super::$name(super::Transport::Tcp).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn tls() {
-                super::$name(super::Transport::Tls).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn quic() {
-                super::$name(super::Transport::Quic).await
-            }
-        }
-    )+};
-}
 
 over_transports!(
     publish_and_subscribe_between_two_clients,
@@ -103,26 +78,10 @@ async fn start_broker(dir: &Path, addrs: Addrs) -> BrokerHandle {
     panic!("could not bind {addrs:?} again");
 }
 
-/// A client of `broker` over `t`: TLS trusts the broker's certificate file
-/// as a CA, QUIC pins its fingerprint.
+/// A client of `broker` over `t` that reconnects quickly and notices a
+/// dead link within seconds.
 fn config(broker: &BrokerHandle, t: Transport, user: &str, device: &str) -> ClientConfig {
-    let endpoint = match t {
-        Transport::Tcp => Endpoint::tcp(broker.tcp_addr()),
-        Transport::Tls => Endpoint::tls(broker.tls_addr().unwrap()),
-        Transport::Quic => Endpoint::quic(broker.quic_addr().unwrap()),
-    };
-    let mut c = ClientConfig::with_endpoint(
-        endpoint,
-        format!("{user}:{device}"),
-        DeviceId::new(device).unwrap(),
-    );
-    c.trust = match t {
-        Transport::Tcp => None,
-        Transport::Tls => Some(Trust::CaFile(broker.cert_path().unwrap().to_path_buf())),
-        Transport::Quic => Some(Trust::Fingerprint(
-            broker.cert_fingerprint().unwrap().parse().unwrap(),
-        )),
-    };
+    let mut c = client_config(broker, t, user, device);
     c.backoff = BackoffConfig {
         initial: Duration::from_millis(50),
         max: Duration::from_millis(500),
@@ -131,23 +90,7 @@ fn config(broker: &BrokerHandle, t: Transport, user: &str, device: &str) -> Clie
     };
     c.heartbeat_interval = Duration::from_secs(1);
     c.dead_link_timeout = Duration::from_secs(3);
-    c.request_timeout = Duration::from_secs(10);
     c
-}
-
-async fn within<F: Future>(f: F) -> F::Output {
-    tokio::time::timeout(Duration::from_secs(30), f)
-        .await
-        .expect("timed out")
-}
-
-async fn take(sub: &mut Subscription, n: usize) -> Vec<RoomEvent> {
-    let mut events = Vec::new();
-    while events.len() < n {
-        let next = within(sub.next()).await;
-        events.push(next.expect("stream ended").expect("stream error"));
-    }
-    events
 }
 
 fn seqs(events: &[RoomEvent]) -> Vec<u64> {

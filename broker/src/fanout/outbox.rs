@@ -72,6 +72,19 @@ impl Lanes {
         Some(frame)
     }
 
+    /// Gives back the memory of queues that a burst grew and that are empty
+    /// now, so that a device's memory returns to its idle size after a
+    /// backlog.
+    fn release_idle(&mut self) {
+        fn shrink<T>(q: &mut VecDeque<T>) {
+            if q.is_empty() && q.capacity() > IDLE_QUEUE_CAPACITY {
+                q.shrink_to(IDLE_QUEUE_CAPACITY);
+            }
+        }
+        shrink(&mut self.control);
+        self.events.iter_mut().for_each(shrink);
+    }
+
     /// Whether event lane `lane` holds fewer than `capacity` events (a
     /// lane that does not exist has room).
     fn below(&self, lane: usize, capacity: usize) -> bool {
@@ -459,6 +472,8 @@ impl Outbox {
             }
             self.stats.queued(-frames, -(bytes as i64));
             if !moved {
+                // The writer goes idle: what a burst grew goes back.
+                l.release_idle();
                 return if l.closed {
                     Drained::Finished
                 } else {
@@ -470,18 +485,11 @@ impl Outbox {
         Drained::Frames
     }
 
-    /// Gives back the memory of queues that a burst grew and that are empty
-    /// now (called by a writer that found nothing to send), so that a
-    /// device's memory returns to its idle size after a backlog.
+    /// Gives back the memory of empty queues that a burst grew (a drain
+    /// that finds nothing to send does it too).
+    #[cfg(test)]
     pub(crate) fn release_idle(&self) {
-        let mut l = self.lock();
-        fn shrink<T>(q: &mut VecDeque<T>) {
-            if q.is_empty() && q.capacity() > IDLE_QUEUE_CAPACITY {
-                q.shrink_to(IDLE_QUEUE_CAPACITY);
-            }
-        }
-        shrink(&mut l.control);
-        l.events.iter_mut().for_each(shrink);
+        self.lock().release_idle();
     }
 
     /// Waits for frames to arrive (the single writer of a byte stream).

@@ -187,25 +187,21 @@ impl Subscription {
     /// run): offer the events one by one instead.
     pub(crate) fn offer_run(&self, first: Seq, last: Seq, frame: &Bytes) -> Option<Offer> {
         let mut st = self.lock();
-        match st.mode {
-            Mode::Live if first.0 != st.next => return None,
-            _ => {}
+        let live = st.mode == Mode::Live;
+        if live && first.0 != st.next {
+            return None;
         }
-        if last.0 > st.seen {
-            st.seen = last.0;
+        st.seen = st.seen.max(last.0);
+        if !live {
+            return Some(Offer::Skipped);
         }
-        Some(match st.mode {
-            Mode::Live => {
-                let events = u32::try_from(last.0.saturating_sub(first.0) + 1).unwrap_or(u32::MAX);
-                if self.outbox.try_push_events(self.lane, frame, events) {
-                    st.next = last.0 + 1;
-                    Offer::Delivered
-                } else {
-                    st.mode = Mode::CatchingUp;
-                    Offer::Lagged
-                }
-            }
-            _ => Offer::Skipped,
+        let events = u32::try_from(last.0.saturating_sub(first.0) + 1).unwrap_or(u32::MAX);
+        Some(if self.outbox.try_push_events(self.lane, frame, events) {
+            st.next = last.0 + 1;
+            Offer::Delivered
+        } else {
+            st.mode = Mode::CatchingUp;
+            Offer::Lagged
         })
     }
 

@@ -36,6 +36,8 @@ impl Core {
                 // A retry of a trimmed message is a new message: the window
                 // in memory forgets them too.
                 if let Some(r) = self.registry.get(room) {
+                    // Catch-up batches of trimmed entries are not shared again.
+                    r.replay.forget_below(before.0);
                     for (sender, id) in forget {
                         self.idem.forget(&DedupKey {
                             room: r.clone(),
@@ -43,10 +45,6 @@ impl Core {
                             client_msg_id: *id,
                         });
                     }
-                }
-                // Catch-up batches of trimmed entries are not shared again.
-                if let Some(r) = self.registry.get(room) {
-                    r.replay.forget_below(before.0);
                 }
                 if let Some(r) = self.rooms.get_mut(room) {
                     r.first = r.first.max(before.0);

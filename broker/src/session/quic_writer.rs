@@ -236,7 +236,6 @@ async fn drain_lane(
             }
             Drained::Empty => {
                 batch.release();
-                outbox.release_idle();
                 tokio::select! {
                     biased;
                     _ = stop.cancelled() => {}

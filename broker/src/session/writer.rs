@@ -155,9 +155,9 @@ async fn write_loop<W: AsyncWrite + Unpin>(mut wr: W, ctx: WriterCtx) -> WriterE
                         }
                     }
                 }
-                // Idle: what a burst grew goes back before waiting.
+                // Idle: what a burst grew goes back before waiting (the
+                // outbox's queues did so in the drain that found nothing).
                 batch.release();
-                ctx.outbox.release_idle();
                 ctx.outbox.ready().await;
             }
             Drained::Finished => {
