@@ -418,7 +418,12 @@ impl Core {
         drop(appends);
 
         match committed {
-            Err(e) => outcomes = self.commit_failed(&e, outcomes, &old_heads),
+            Err(StorageError::Rooms { failed, message }) => {
+                let e = StorageError::Rooms { failed, message };
+                outcomes = self.rooms_failed(&e, outcomes, &old_heads);
+                self.stats.committed_us.store(now, Ordering::Release);
+            }
+            Err(e) => outcomes = self.commit_failed(&e, outcomes, &old_heads, true),
             Ok(()) => self.stats.committed_us.store(now, Ordering::Release),
         }
         self.touched.clear();
@@ -474,11 +479,17 @@ impl Core {
     /// After a failed commit: nothing of the group is acknowledged, fanned
     /// out or acted on; subscriptions are stamped again with the bounds
     /// read back from storage (parked if that needs a read).
+    ///
+    /// `recover`: whether what storage may hold of the group is this
+    /// group's (one engine, one writer). Cluster mode passes false for a
+    /// room another writer may have written: the room's stored entries
+    /// reach the fan-out from the shared log instead.
     fn commit_failed(
         &mut self,
         e: &StorageError,
         outcomes: Vec<Outcome>,
         old_heads: &[(RoomId, u64)],
+        recover: bool,
     ) -> Vec<Outcome> {
         if e.is_no_space() {
             debug!(error = %e, "group commit refused: storage full");
@@ -498,8 +509,8 @@ impl Core {
         // (a retry of it is acknowledged as a duplicate): each room waits
         // for its read, then fans out the entries up to the head it finds,
         // before anything newer of the room (found by the simulation).
-        let mut recover: Vec<Parked> = Vec::new();
-        for (id, _) in old_heads {
+        let mut recovered: Vec<Parked> = Vec::new();
+        for (id, _) in old_heads.iter().filter(|_| recover) {
             let mut events = Vec::new();
             let mut arc = None;
             for o in &outcomes {
@@ -518,7 +529,7 @@ impl Core {
             }
             if let Some(room) = arc {
                 self.reads.take(Need::Room(id.clone()));
-                recover.push(Parked {
+                recovered.push(Parked {
                     msg: SeqMsg::Recover { room, events },
                     rooms: vec![id.clone()],
                 });
@@ -534,7 +545,7 @@ impl Core {
         // for a room to be read again; they go first in the queue: nothing
         // parked before them shares their rooms.
         let mut again: Vec<Parked> = Vec::new();
-        let mut blocked: FxHashSet<RoomId> = recover
+        let mut blocked: FxHashSet<RoomId> = recovered
             .iter()
             .flat_map(|p| p.rooms.iter().cloned())
             .collect();
@@ -602,9 +613,52 @@ impl Core {
                 other => kept.push(other),
             }
         }
-        for p in recover.into_iter().chain(again).rev() {
+        for p in recovered.into_iter().chain(again).rev() {
             self.parked.push_front(p);
         }
+        kept
+    }
+
+    /// After a commit that stored every room but `failed` (cluster mode,
+    /// [`StorageError::Rooms`]): the outcomes of the failed rooms go through
+    /// [`Self::commit_failed`] (refused, those rooms read again, their
+    /// subscriptions stamped again), without recovery (another writer may
+    /// have written them); every other outcome stands. The failed rooms'
+    /// outcomes come last: nothing of theirs reaches the fan-out before a
+    /// re-read.
+    fn rooms_failed(
+        &mut self,
+        e: &StorageError,
+        outcomes: Vec<Outcome>,
+        old_heads: &[(RoomId, u64)],
+    ) -> Vec<Outcome> {
+        let StorageError::Rooms { failed, .. } = e else {
+            return self.commit_failed(e, outcomes, old_heads, true);
+        };
+        let hit = |id: &RoomId| failed.contains(id);
+        let (mut kept, mine): (Vec<Outcome>, Vec<Outcome>) =
+            outcomes.into_iter().partition(|o| match o {
+                Outcome::Stored { req, .. }
+                | Outcome::Duplicate { req, .. }
+                | Outcome::Rejected { req, .. } => !hit(&req.room),
+                Outcome::Internal { room, .. }
+                | Outcome::Receipt { room, .. }
+                | Outcome::Recovered { room, .. }
+                | Outcome::Evict { room, .. } => !hit(&room.id),
+                Outcome::Subscribe(cmd) => !cmd.items.iter().any(|i| hit(&i.sub.room.id)),
+                Outcome::Unsubscribe(subs) => !subs.iter().any(|s| hit(&s.room.id)),
+                Outcome::RoomReply { .. } | Outcome::Meta { .. } => true,
+            });
+        let heads: Vec<(RoomId, u64)> = old_heads
+            .iter()
+            .filter(|(id, _)| hit(id))
+            .cloned()
+            .collect();
+        // The rooms of the failed part only: the others' staged state
+        // (touched managed rooms, markers) is committed.
+        let touched = std::mem::take(&mut self.touched);
+        self.touched = touched.iter().filter(|id| hit(id)).cloned().collect();
+        kept.extend(self.commit_failed(e, mine, &heads, false));
         kept
     }
 
@@ -649,6 +703,7 @@ impl Core {
             SeqMsg::Trim { room, .. } => vec![room.clone()],
             // Keys no request reads: nothing to keep in order with.
             SeqMsg::Recover { room, .. } => vec![room.id.clone()],
+            SeqMsg::Followed { room, .. } => vec![room.clone()],
             SeqMsg::Meta(_) | SeqMsg::Stop => Vec::new(),
         };
         Parked { msg, rooms }
@@ -706,6 +761,28 @@ impl Core {
                     if seq.0 <= head {
                         outcomes.push(Outcome::Recovered {
                             room: room.clone(),
+                            seq,
+                            frame,
+                        });
+                    }
+                }
+            }
+            SeqMsg::Followed { room, events } => {
+                let r = match self.room(&room) {
+                    Ok(r) => r,
+                    Err(Halt::Wait) => return Some(SeqMsg::Followed { room, events }),
+                    // The read failed: read again, the room waits.
+                    Err(Halt::Refuse(..)) => {
+                        self.reads.take(Need::Room(room.clone()));
+                        return Some(SeqMsg::Followed { room, events });
+                    }
+                };
+                let arc = r.room.clone();
+                for (seq, frame) in events {
+                    if seq.0 > r.head {
+                        r.head = seq.0;
+                        outcomes.push(Outcome::Recovered {
+                            room: arc.clone(),
                             seq,
                             frame,
                         });

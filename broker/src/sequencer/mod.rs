@@ -103,6 +103,15 @@ pub(crate) enum SeqMsg {
         room: Arc<crate::rooms::Room>,
         events: Vec<(Seq, Bytes)>,
     },
+    /// Cluster mode: committed entries of a room, as another node's writer
+    /// stored them in the shared log (in order, each an `Event` frame).
+    /// Those above the room's head here are handed to the fan-out and move
+    /// the head; the others are already known and dropped. A gap after the
+    /// head is fine: subscriptions that see one read it from the log.
+    Followed {
+        room: RoomId,
+        events: Vec<(Seq, Bytes)>,
+    },
 }
 
 /// Metadata writes and where to say how their commit went.

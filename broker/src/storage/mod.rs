@@ -57,6 +57,17 @@ pub enum StorageError {
     /// space is freed (see [`RoomLog::space`]); reads keep working.
     #[error("storage full: {0}")]
     NoSpace(String),
+    /// A commit that writes each room on its own (cluster mode: one
+    /// fenced chunk per room) stored every room of it except `failed`:
+    /// nothing of those rooms' entries may be acknowledged, the other
+    /// rooms' entries and the metadata are stored.
+    #[error("commit failed for {} room(s): {message}", failed.len())]
+    Rooms {
+        /// The rooms whose entries are not (all) stored.
+        failed: Vec<RoomId>,
+        /// Why (the first failure).
+        message: String,
+    },
     /// Stored bytes could not be decoded.
     #[error("corrupt record in room {room} at seq {seq}")]
     Corrupt {
@@ -192,7 +203,10 @@ pub trait RoomLog: Send + Sync + 'static {
     /// write, as durable as `durability` promises.
     ///
     /// # Errors
-    /// If the engine fails; then none of it may be acknowledged.
+    /// If the engine fails; then none of it may be acknowledged. An engine
+    /// that writes each room on its own (cluster mode) returns
+    /// [`StorageError::Rooms`] when only some rooms failed: the others and
+    /// the metadata are stored.
     fn commit(
         &self,
         batch: &[Append<'_>],
