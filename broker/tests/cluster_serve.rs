@@ -109,16 +109,16 @@ fn room_owned_by(prefix: &str, want: &str, live: &[&str]) -> RoomId {
 
 /// Publishes until acknowledged, retrying with the same client message id
 /// after an error (the owner gone, a takeover under way). Returns the
-/// acknowledged sequence.
-async fn publish_until_acked(c: &mut Conn, room: &RoomId, cmid: u64, payload: &[u8]) -> u64 {
-    for _attempt in 0..100 {
+/// acknowledged sequence and how many attempts were refused.
+async fn publish_until_acked(c: &mut Conn, room: &RoomId, cmid: u64, payload: &[u8]) -> (u64, u32) {
+    for attempt in 0..100 {
         let rid = c.request_id();
         c.send_frame(Conn::publish_frame(rid, room, cmid, payload))
             .await;
         match c.wait_reply(rid, |_| true).await.body {
             Body::PublishAck(a) => {
                 assert_eq!(a.client_msg_id, cmid);
-                return a.seq.0;
+                return (a.seq.0, attempt);
             }
             Body::Error(e) => {
                 assert!(
@@ -131,6 +131,29 @@ async fn publish_until_acked(c: &mut Conn, room: &RoomId, cmid: u64, payload: &[
         }
     }
     panic!("publish {cmid} not acknowledged after 100 attempts");
+}
+
+/// The node that wrote each chunk of `room`, in stream order (the node id
+/// that starts each chunk's writer token).
+async fn writers(nats: &Nats, log: &JetStreamLog, room: &RoomId) -> Vec<String> {
+    let js = async_nats::jetstream::new(nats.client().await);
+    let mut stream = js.get_stream("CONFAB_ROOMS").await.unwrap();
+    let last = stream.info().await.unwrap().state.last_sequence;
+    let subject = log.subject(room);
+    let mut out = Vec::new();
+    for seq in 1..=last {
+        let msg = stream.direct_get(seq).await.unwrap();
+        if msg.subject.as_str() != subject {
+            continue;
+        }
+        let token = msg
+            .headers
+            .get("Confab-Writer")
+            .map(|v| v.as_str().to_owned())
+            .unwrap_or_default();
+        out.push(token.split('-').next().unwrap_or_default().to_owned());
+    }
+    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -194,6 +217,16 @@ async fn devices_on_two_nodes_share_a_room_owned_by_a_third() {
             }
         }
 
+        // Every chunk of the room was written by its owner, B: A's and C's
+        // publishes were forwarded.
+        let log = JetStreamLog::open(nats.client().await, LogConfig::default())
+            .await
+            .unwrap();
+        let by = writers(&nats, &log, &r).await;
+        assert!(!by.is_empty());
+        assert!(by.iter().all(|w| w == "b"), "chunk writers {by:?}");
+        eprintln!("{total} messages in {} chunks, all written by b", by.len());
+
         // A retry through another node gets the original sequence.
         let first = acked
             .iter()
@@ -211,6 +244,24 @@ async fn devices_on_two_nodes_share_a_room_owned_by_a_third() {
             Body::Error(e) => assert_eq!(e.code, ErrorCode::Unsupported),
             other => panic!("room operations refused in cluster mode, got {other:?}"),
         }
+
+        // SIGTERM: a node leaves in order and exits 0.
+        drop((on_a, on_c, again));
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &nodes[0].child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let mut nodes = nodes;
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let exit = loop {
+            if let Some(exit) = nodes[0].child.try_wait().unwrap() {
+                break exit;
+            }
+            assert!(std::time::Instant::now() < deadline, "node a did not stop");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert!(exit.success(), "node a exited with {exit}");
     })
     .await;
 }
@@ -220,94 +271,167 @@ struct Publisher {
     user: String,
     room: RoomId,
     acked: HashMap<u64, u64>,
+    /// Attempts refused (and retried).
+    refused: u32,
 }
 
+/// Cycles of [`kill_cycle`], each with its own nats-server and nodes;
+/// `CONFAB_CLUSTER_CYCLES` (default 3) and `CONFAB_CLUSTER_SEED` (default:
+/// from the clock, printed) to repeat or replay.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn killing_the_owner_under_load_loses_and_doubles_nothing() {
-    let Some(nats) = Nats::start() else { return };
-    bounded(240, async {
-        let mut nodes = three_nodes(&nats).await;
-        let rooms = [
-            room_owned_by("load-x", "b", &["a", "b", "c"]),
-            room_owned_by("load-y", "b", &["a", "b", "c"]),
-        ];
-        const PER_DEVICE: u64 = 150;
-        const KILL_AFTER: u64 = 40;
-        let (progress_tx, mut progress_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
-        let mut tasks = Vec::new();
-        // Two devices on A and two on C, one of each per room.
-        for (i, node) in [0usize, 0, 2, 2].into_iter().enumerate() {
-            let addr = nodes[node].addr;
-            let room = rooms[i % 2].clone();
-            let user = format!("user{i}");
-            let progress = progress_tx.clone();
-            tasks.push(tokio::spawn(async move {
-                let mut c = Conn::open(addr, &user, "dev").await;
-                let mut p = Publisher {
-                    user,
-                    room,
-                    acked: HashMap::new(),
-                };
-                for cmid in 1..=PER_DEVICE {
-                    let payload = format!("{}-{cmid}", p.user);
-                    let seq = publish_until_acked(&mut c, &p.room, cmid, payload.as_bytes()).await;
-                    p.acked.insert(cmid, seq);
-                    let _ = progress.send(());
-                }
-                p
-            }));
-        }
-        drop(progress_tx);
-        // Kill the owner once the load is under way.
-        let mut seen = 0;
-        while seen < KILL_AFTER {
-            progress_rx.recv().await.expect("publishers running");
-            seen += 1;
-        }
-        nodes[1].kill();
-        let mut publishers = Vec::new();
-        for t in tasks {
-            publishers.push(t.await.unwrap());
-        }
+    let cycles: u64 = std::env::var("CONFAB_CLUSTER_CYCLES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    let seed: u64 = std::env::var("CONFAB_CLUSTER_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_secs())
+        });
+    for cycle in 0..cycles {
+        let Some(nats) = Nats::start() else { return };
+        let seed = seed.wrapping_add(cycle);
+        eprintln!("cycle {cycle}: CONFAB_CLUSTER_SEED={seed} CONFAB_CLUSTER_CYCLES=1");
+        bounded(120, kill_cycle(&nats, seed)).await;
+    }
+}
 
-        // The checker: the whole stream, as JetStream holds it.
-        let log = JetStreamLog::open(nats.client().await, LogConfig::default())
-            .await
-            .unwrap();
-        for room in &rooms {
-            let stored = cluster_support::read_all(&log, room).await.unwrap();
-            let seqs: Vec<u64> = stored.iter().map(|r| r.seq.0).collect();
-            let mine: Vec<&Publisher> = publishers.iter().filter(|p| p.room == *room).collect();
-            let total: u64 = mine.iter().map(|p| p.acked.len() as u64).sum();
-            // Exactly 1..=M: no gap, no fork, and (every publish stored
-            // once) M is the number of distinct publishes.
-            common::assert_contiguous(&seqs, 1, total);
-            let mut by_id: HashMap<(String, u64), u64> = HashMap::new();
-            for r in &stored {
-                let ev = EventRecord::decode(r.bytes.clone()).unwrap();
-                assert_eq!(ev.seq, r.seq);
-                let key = (ev.sender.as_str().to_owned(), ev.client_msg_id);
-                assert!(
-                    by_id.insert(key.clone(), ev.seq.0).is_none(),
-                    "{key:?} stored twice in {room}"
-                );
-                assert_eq!(
-                    ev.payload.as_ref(),
-                    format!("{}-{}", key.0, key.1).as_bytes()
-                );
+/// Four devices on the two other nodes publish into two rooms owned by
+/// one node, which is killed with `kill -9` after a seeded number of
+/// acknowledgements; then the checker.
+async fn kill_cycle(nats: &Nats, seed: u64) {
+    let mut rng = common::Rng(seed);
+    let mut nodes = three_nodes(nats).await;
+    let victim = rng.below(3) as usize;
+    let others: Vec<usize> = (0..3).filter(|i| *i != victim).collect();
+    let owner_id = nodes[victim].id;
+    let rooms = [
+        room_owned_by(&format!("load-x{seed}"), owner_id, &["a", "b", "c"]),
+        room_owned_by(&format!("load-y{seed}"), owner_id, &["a", "b", "c"]),
+    ];
+    const PER_DEVICE: u64 = 150;
+    let kill_after = 10 + rng.below(200);
+    // A device on another node follows the first room throughout.
+    let mut follower = Conn::open(nodes[others[1]].addr, "watcher", "tv").await;
+    let ack = follower
+        .subscribe(vec![(rooms[0].clone(), StartAt::From(Seq(1)))])
+        .await;
+    assert_eq!(ack.results[0].code, ErrorCode::Normal, "{ack:?}");
+    let (progress_tx, mut progress_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let mut tasks = Vec::new();
+    // Two devices on each of the other nodes, one of each per room.
+    for (i, node) in [others[0], others[0], others[1], others[1]]
+        .into_iter()
+        .enumerate()
+    {
+        let addr = nodes[node].addr;
+        let room = rooms[i % 2].clone();
+        let user = format!("user{i}");
+        let progress = progress_tx.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut c = Conn::open(addr, &user, "dev").await;
+            let mut p = Publisher {
+                user,
+                room,
+                acked: HashMap::new(),
+                refused: 0,
+            };
+            for cmid in 1..=PER_DEVICE {
+                let payload = format!("{}-{cmid}", p.user);
+                let (seq, refused) =
+                    publish_until_acked(&mut c, &p.room, cmid, payload.as_bytes()).await;
+                p.acked.insert(cmid, seq);
+                p.refused += refused;
+                let _ = progress.send(());
             }
-            for p in mine {
-                for (cmid, seq) in &p.acked {
-                    assert_eq!(
-                        by_id.get(&(p.user.clone(), *cmid)),
-                        Some(seq),
-                        "{}'s {cmid} stored with its acknowledged sequence",
-                        p.user
-                    );
-                }
-            }
-            eprintln!("{room}: 1..={total} intact after kill -9 of its owner");
+            p
+        }));
+    }
+    drop(progress_tx);
+    // Kill the owner once the load is under way.
+    for _ in 0..kill_after {
+        progress_rx.recv().await.expect("publishers running");
+    }
+    nodes[victim].kill();
+    let mut publishers = Vec::new();
+    for t in tasks {
+        publishers.push(t.await.unwrap());
+    }
+
+    // The checker: the whole stream, as JetStream holds it.
+    let log = JetStreamLog::open(nats.client().await, LogConfig::default())
+        .await
+        .unwrap();
+    for room in &rooms {
+        let stored = cluster_support::read_all(&log, room).await.unwrap();
+        let seqs: Vec<u64> = stored.iter().map(|r| r.seq.0).collect();
+        let mine: Vec<&Publisher> = publishers.iter().filter(|p| p.room == *room).collect();
+        let total: u64 = mine.iter().map(|p| p.acked.len() as u64).sum();
+        // Exactly 1..=M: no gap, no fork, and (every publish stored
+        // once) M is the number of distinct publishes.
+        common::assert_contiguous(&seqs, 1, total);
+        let mut by_id: HashMap<(String, u64), u64> = HashMap::new();
+        for r in &stored {
+            let ev = EventRecord::decode(r.bytes.clone()).unwrap();
+            assert_eq!(ev.seq, r.seq);
+            let key = (ev.sender.as_str().to_owned(), ev.client_msg_id);
+            assert!(
+                by_id.insert(key.clone(), ev.seq.0).is_none(),
+                "{key:?} stored twice in {room}"
+            );
+            assert_eq!(
+                ev.payload.as_ref(),
+                format!("{}-{}", key.0, key.1).as_bytes()
+            );
         }
-    })
-    .await;
+        for p in &mine {
+            for (cmid, seq) in &p.acked {
+                assert_eq!(
+                    by_id.get(&(p.user.clone(), *cmid)),
+                    Some(seq),
+                    "{}'s {cmid} stored with its acknowledged sequence",
+                    p.user
+                );
+            }
+        }
+        let by = writers(nats, &log, room).await;
+        assert_eq!(by.first().map(String::as_str), Some(owner_id), "{by:?}");
+        assert!(
+            by.iter().any(|w| w != owner_id),
+            "another node took {room} over after the kill: {by:?}"
+        );
+        let refused: u32 = mine.iter().map(|p| p.refused).sum();
+        eprintln!(
+            "{room}: 1..={total} intact after kill -9 of its owner {owner_id} after {kill_after} acks; {} chunks (writers {:?}), {refused} refused attempts retried",
+            by.len(),
+            dedup_runs(&by)
+        );
+    }
+
+    // The following device got the first room exactly once, in order,
+    // across the change of owner.
+    let total = publishers
+        .iter()
+        .filter(|p| p.room == rooms[0])
+        .map(|p| p.acked.len())
+        .sum::<usize>();
+    let (events, _) = follower.events(total).await;
+    let seqs: Vec<u64> = events.iter().map(|e| e.1).collect();
+    common::assert_contiguous(&seqs, 1, total as u64);
+}
+
+/// `a a b b b c` as `[(a, 2), (b, 3), (c, 1)]`.
+fn dedup_runs(v: &[String]) -> Vec<(String, usize)> {
+    let mut out: Vec<(String, usize)> = Vec::new();
+    for w in v {
+        match out.last_mut() {
+            Some((last, n)) if last == w => *n += 1,
+            _ => out.push((w.clone(), 1)),
+        }
+    }
+    out
 }

@@ -86,8 +86,15 @@ impl Forward for Forwarder {
     }
 }
 
+/// A publish in flight to another node.
+struct InFlight {
+    req: PublishReq,
+    to: NodeId,
+    sent: Instant,
+}
+
 /// Publishes in flight to other nodes, by reply id.
-type Pending = Mutex<FxHashMap<u64, (PublishReq, Instant)>>;
+type Pending = Mutex<FxHashMap<u64, InFlight>>;
 
 /// Starts the sending side: its task and the subscription to this node's
 /// replies.
@@ -121,7 +128,13 @@ pub(crate) async fn start_forwarder(
         pending.clone(),
         stop.clone(),
     ));
-    tasks.spawn(take_replies(replies, pending, max_frame_len, stop));
+    tasks.spawn(take_replies(
+        replies,
+        pending,
+        live.clone(),
+        max_frame_len,
+        stop,
+    ));
     Ok(Forwarder { me, live, tx })
 }
 
@@ -149,12 +162,19 @@ async fn send_requests(
         };
         let id = next_id.fetch_add(1, Ordering::Relaxed);
         let subject = format!("{}.req", node_subject(&stream, &owner));
-        lock(&pending).insert(id, (req, Instant::now()));
+        lock(&pending).insert(
+            id,
+            InFlight {
+                req,
+                to: owner.clone(),
+                sent: Instant::now(),
+            },
+        );
         if let Err(e) = client
             .publish_with_reply(subject, format!("{prefix}.rep.{id}"), payload)
             .await
         {
-            if let Some((req, _)) = lock(&pending).remove(&id) {
+            if let Some(InFlight { req, .. }) = lock(&pending).remove(&id) {
                 answer(
                     req,
                     error(
@@ -166,7 +186,7 @@ async fn send_requests(
         }
     }
     // Stopping: what is in flight is answered as the broker stops.
-    for (_, (req, _)) in lock(&pending).drain() {
+    for (_, InFlight { req, .. }) in lock(&pending).drain() {
         answer(
             req,
             error(ErrorCode::ShuttingDown, "server shutting down".into()),
@@ -174,11 +194,13 @@ async fn send_requests(
     }
 }
 
-/// Hands the owners' replies to the devices, and times out the requests
-/// that got none.
+/// Hands the owners' replies to the devices, and fails the requests that
+/// got none in time, or whose node left the live set (crashed: its key
+/// expired), so that the device's retry goes to the room's next owner.
 async fn take_replies(
     mut replies: async_nats::Subscriber,
     pending: Arc<Pending>,
+    mut live: watch::Receiver<Arc<LiveNodes>>,
     max_frame_len: u32,
     stop: CancellationToken,
 ) {
@@ -186,24 +208,23 @@ async fn take_replies(
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = sweep.tick() => {
-                let expired: Vec<PublishReq> = {
-                    let mut p = lock(&pending);
-                    let old: Vec<u64> = p
-                        .iter()
-                        .filter(|(_, (_, at))| at.elapsed() >= FORWARD_TIMEOUT)
-                        .map(|(id, _)| *id)
-                        .collect();
-                    old.into_iter().filter_map(|id| p.remove(&id)).map(|(r, _)| r).collect()
-                };
-                for req in expired {
-                    answer(req, error(ErrorCode::Internal, "the room's owner did not answer in time; retry".into()));
+            _ = sweep.tick() => fail_pending(&pending, |f| {
+                (f.sent.elapsed() >= FORWARD_TIMEOUT)
+                    .then_some("the room's owner did not answer in time; retry")
+            }),
+            changed = live.changed() => {
+                if changed.is_err() {
+                    return;
                 }
+                let now = live.borrow_and_update().clone();
+                fail_pending(&pending, |f| {
+                    (!now.contains(&f.to)).then_some("the room's owner left the cluster; retry")
+                });
             }
             msg = replies.next() => {
                 let Some(msg) = msg else { return };
                 let id = msg.subject.rsplit('.').next().and_then(|t| t.parse::<u64>().ok());
-                let Some((req, _)) = id.and_then(|id| lock(&pending).remove(&id)) else {
+                let Some(InFlight { req, .. }) = id.and_then(|id| lock(&pending).remove(&id)) else {
                     continue;
                 };
                 let frame = if msg.status == Some(async_nats::StatusCode::NO_RESPONDERS) {
@@ -217,6 +238,24 @@ async fn take_replies(
                 answer(req, frame);
             }
         }
+    }
+}
+
+/// Answers with an `Internal` error (retryable) every request in flight
+/// for which `why` gives a reason.
+fn fail_pending(pending: &Pending, why: impl Fn(&InFlight) -> Option<&'static str>) {
+    let failed: Vec<(PublishReq, &'static str)> = {
+        let mut p = lock(pending);
+        let ids: Vec<(u64, &'static str)> = p
+            .iter()
+            .filter_map(|(id, f)| why(f).map(|w| (*id, w)))
+            .collect();
+        ids.into_iter()
+            .filter_map(|(id, w)| p.remove(&id).map(|f| (f.req, w)))
+            .collect()
+    };
+    for (req, why) in failed {
+        answer(req, error(ErrorCode::Internal, why.into()));
     }
 }
 

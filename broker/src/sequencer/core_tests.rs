@@ -58,6 +58,7 @@ fn op() -> impl Strategy<Value = Op> {
             6 => Just(Fate::None),
             1 => Just(Fate::Refuse),
             1 => Just(Fate::WriteThenFail),
+            1 => Just(Fate::RefuseFirstRoom),
         ]
         .prop_map(|fate| Op::Step { fate }),
         3 => prop::bool::weighted(0.1).prop_map(|fail| Op::Answer { fail }),
@@ -258,6 +259,14 @@ impl Harness {
         self.clock += 10;
         let mut batch = std::mem::take(&mut self.queued);
         let outcomes = self.core.step(&mut batch, self.clock);
+        // The room a per-room refusal hit: the first one the group wrote,
+        // whose outcomes, all refusals, come last.
+        let refused = outcomes.iter().rev().find_map(|o| match o {
+            Outcome::Rejected { req, .. } if fate == Fate::RefuseFirstRoom => {
+                Some(req.room.clone())
+            }
+            _ => None,
+        });
         self.log.set_commit_fault(Fate::None);
         // Reads are made after the commit, as the driver does.
         self.needs.extend(self.core.take_needs());
@@ -293,8 +302,16 @@ impl Harness {
                 other => panic!("unexpected outcome {other:?}"),
             };
             // A duplicate of an earlier commit may be acknowledged whatever
-            // this group's fate; nothing of a failed group may.
-            if stored {
+            // this group's fate; nothing of a failed group may, and of a
+            // group that failed for one room (cluster mode's fenced room),
+            // nothing of that room.
+            if stored && fate == Fate::RefuseFirstRoom {
+                assert_ne!(
+                    Some(&req.room),
+                    refused.as_ref(),
+                    "acknowledged a publish of the refused room"
+                );
+            } else if stored {
                 assert_eq!(fate, Fate::None, "acknowledged a failed commit");
             }
             let room = ROOMS
