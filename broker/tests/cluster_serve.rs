@@ -8,7 +8,9 @@
 //!   nodes, each retrying with its client message id until acknowledged:
 //!   the whole stream, read afterwards, holds each room as exactly 1..=M,
 //!   every acknowledged message once with its acknowledged sequence, and
-//!   no client message id twice.
+//!   no client message id twice;
+//! - the same with the owner paused (SIGSTOP) past the membership TTL and
+//!   resumed while the next owner writes: fenced, nothing doubled.
 //!
 //! Without a nats-server the tests print `SKIPPED` and pass (except under
 //! `CI`, see cluster_support).
@@ -296,14 +298,46 @@ async fn killing_the_owner_under_load_loses_and_doubles_nothing() {
         let Some(nats) = Nats::start() else { return };
         let seed = seed.wrapping_add(cycle);
         eprintln!("cycle {cycle}: CONFAB_CLUSTER_SEED={seed} CONFAB_CLUSTER_CYCLES=1");
-        bounded(120, kill_cycle(&nats, seed)).await;
+        bounded(120, fault_cycle(&nats, seed, Fault::Kill)).await;
     }
 }
 
+/// The paused owner: SIGSTOP the owner under load for longer than
+/// the membership TTL, let the next owner write, SIGCONT. What the paused
+/// node had in flight is refused by the fence (it steps down); the
+/// checker finds every room 1..=M with every acknowledged publish once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_paused_owner_is_fenced_and_nothing_is_doubled() {
+    let Some(nats) = Nats::start() else { return };
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_secs());
+    eprintln!("seed {seed}");
+    bounded(150, fault_cycle(&nats, seed, Fault::Pause)).await;
+}
+
+/// What happens to the owner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    /// `kill -9`.
+    Kill,
+    /// SIGSTOP until the others acknowledged 60 more publishes (through
+    /// the next owner), then SIGCONT.
+    Pause,
+}
+
+fn signal(child: &Child, sig: &str) {
+    let status = std::process::Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill {sig}");
+}
+
 /// Four devices on the two other nodes publish into two rooms owned by
-/// one node, which is killed with `kill -9` after a seeded number of
-/// acknowledgements; then the checker.
-async fn kill_cycle(nats: &Nats, seed: u64) {
+/// one node, which is killed with `kill -9` (or paused) after a seeded
+/// number of acknowledgements; then the checker.
+async fn fault_cycle(nats: &Nats, seed: u64, fault: Fault) {
     let mut rng = common::Rng(seed);
     let mut nodes = three_nodes(nats).await;
     let victim = rng.below(3) as usize;
@@ -352,11 +386,22 @@ async fn kill_cycle(nats: &Nats, seed: u64) {
         }));
     }
     drop(progress_tx);
-    // Kill the owner once the load is under way.
+    // Kill (or pause) the owner once the load is under way.
     for _ in 0..kill_after {
         progress_rx.recv().await.expect("publishers running");
     }
-    nodes[victim].kill();
+    match fault {
+        Fault::Kill => nodes[victim].kill(),
+        Fault::Pause => {
+            signal(&nodes[victim].child, "-STOP");
+            // The next owner takes the rooms over after the TTL and
+            // writes (the devices keep publishing through it).
+            for _ in 0..60 {
+                progress_rx.recv().await.expect("publishers running");
+            }
+            signal(&nodes[victim].child, "-CONT");
+        }
+    }
     let mut publishers = Vec::new();
     for t in tasks {
         publishers.push(t.await.unwrap());
@@ -402,11 +447,11 @@ async fn kill_cycle(nats: &Nats, seed: u64) {
         assert_eq!(by.first().map(String::as_str), Some(owner_id), "{by:?}");
         assert!(
             by.iter().any(|w| w != owner_id),
-            "another node took {room} over after the kill: {by:?}"
+            "another node took {room} over after the fault: {by:?}"
         );
         let refused: u32 = mine.iter().map(|p| p.refused).sum();
         eprintln!(
-            "{room}: 1..={total} intact after kill -9 of its owner {owner_id} after {kill_after} acks; {} chunks (writers {:?}), {refused} refused attempts retried",
+            "{room}: 1..={total} intact after {fault:?} of its owner {owner_id} after {kill_after} acks; {} chunks (writers {:?}), {refused} refused attempts retried",
             by.len(),
             dedup_runs(&by)
         );
@@ -434,4 +479,125 @@ fn dedup_runs(v: &[String]) -> Vec<(String, usize)> {
         }
     }
     out
+}
+
+/// Publishes of a device on each of `from`, each keeping `window`
+/// publishes in flight for `secs` seconds, into `room` (with client
+/// message ids or without); a device on `to` follows the room. Returns (acknowledged publishes per second,
+/// publish-to-deliver p50 and p99 in microseconds at the follower).
+async fn measure(
+    from: &[SocketAddr],
+    to: SocketAddr,
+    room: &RoomId,
+    window: usize,
+    secs: u64,
+    with_ids: bool,
+) -> (f64, u64, u64) {
+    let epoch = std::time::Instant::now();
+    let mut follower = Conn::open(to, "measure", "follower").await;
+    let ack = follower
+        .subscribe(vec![(room.clone(), StartAt::Live)])
+        .await;
+    assert_eq!(ack.results[0].code, ErrorCode::Normal);
+    let stop = epoch + Duration::from_secs(secs);
+    // The follower reads as the events come (its latency is measured at
+    // arrival), until the publishers say how many there were.
+    let (count_tx, count_rx) = tokio::sync::oneshot::channel::<u64>();
+    let reader = tokio::spawn(async move {
+        let mut lat: Vec<u64> = Vec::new();
+        let mut count_rx = count_rx;
+        let mut total = None;
+        loop {
+            if total.is_some_and(|t| lat.len() as u64 >= t) {
+                return lat;
+            }
+            if total.is_none() {
+                if let Ok(t) = count_rx.try_recv() {
+                    total = Some(t);
+                    continue;
+                }
+            }
+            let Ok(f) = follower.recv_timeout(Duration::from_millis(50)).await else {
+                continue;
+            };
+            let f = f.expect("open");
+            let now = epoch.elapsed().as_micros() as u64;
+            let mut one = |p: &[u8]| {
+                if let Ok(b) = <[u8; 8]>::try_from(p) {
+                    lat.push(now.saturating_sub(u64::from_be_bytes(b)));
+                }
+            };
+            match f.body {
+                Body::Event(e) => one(&e.event.payload),
+                Body::EventBatch(b) => b.events.iter().for_each(|e| one(&e.payload)),
+                _ => {}
+            }
+        }
+    });
+    let mut tasks = Vec::new();
+    for (i, addr) in from.iter().enumerate() {
+        let (addr, room) = (*addr, room.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut c = Conn::open(addr, &format!("pub{i}"), "dev").await;
+            let (mut cmid, mut in_flight, mut acked) = (0u64, 0usize, 0u64);
+            loop {
+                while in_flight < window && std::time::Instant::now() < stop {
+                    cmid += 1;
+                    let sent = epoch.elapsed().as_micros() as u64;
+                    let rid = c.request_id();
+                    let id = if with_ids { cmid } else { 0 };
+                    c.send_frame(Conn::publish_frame(rid, &room, id, &sent.to_be_bytes()))
+                        .await;
+                    in_flight += 1;
+                }
+                if in_flight == 0 {
+                    return acked;
+                }
+                match c.recv().await.expect("open").body {
+                    Body::PublishAck(_) => {
+                        acked += 1;
+                        in_flight -= 1;
+                    }
+                    Body::Error(e) => panic!("refused: {e:?}"),
+                    _ => {}
+                }
+            }
+        }));
+    }
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.unwrap();
+    }
+    let elapsed = epoch.elapsed().as_secs_f64();
+    let _ = count_tx.send(total);
+    let mut lat = reader.await.unwrap();
+    lat.sort_unstable();
+    let q = |x: f64| lat[((lat.len() as f64 * x) as usize).min(lat.len() - 1)];
+    (total as f64 / elapsed, q(0.5), q(0.99))
+}
+
+/// By hand: `cargo test --release -p confab-broker --test cluster_serve --
+/// --ignored --nocapture`. Closed loop (a fixed number of publishes in
+/// flight per device), so read ratios within a run, not absolutes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore]
+async fn measure_publish_through_the_owner_and_forwarded() {
+    let Some(nats) = Nats::start() else { return };
+    bounded(120, async {
+        let nodes = three_nodes(&nats).await;
+        let (a, b, c) = (nodes[0].addr, nodes[1].addr, nodes[2].addr);
+        for (window, ids) in [(1usize, true), (16, true), (16, false)] {
+            let local = room_owned_by(&format!("m-local-{window}-{ids}"), "b", &["a", "b", "c"]);
+            let (rate, p50, p99) = measure(&[b, b], c, &local, window, 3, ids).await;
+            eprintln!(
+                "2 devices on the owner, {window} in flight each, ids {ids}: {rate:.0} publishes/s; deliver on another node p50 {p50} us, p99 {p99} us"
+            );
+            let remote = room_owned_by(&format!("m-fwd-{window}-{ids}"), "b", &["a", "b", "c"]);
+            let (rate, p50, p99) = measure(&[a, c], c, &remote, window, 3, ids).await;
+            eprintln!(
+                "2 devices on other nodes (forwarded), {window} in flight each, ids {ids}: {rate:.0} publishes/s; deliver on another node p50 {p50} us, p99 {p99} us"
+            );
+        }
+    })
+    .await;
 }

@@ -154,6 +154,12 @@ pub(super) fn storage_refusal(e: &StorageError) -> (ErrorCode, String) {
             ErrorCode::StorageFull,
             "storage full: not stored; retry later".into(),
         ),
+        // Cluster mode: the room's writer was refused or failed (logged by
+        // the storage, room by room).
+        code if matches!(e, StorageError::Rooms { .. }) => (
+            code,
+            "not stored (the room's writer changed or failed); retry".into(),
+        ),
         code => {
             error!(error = %e, "storage failure");
             (code, "storage failure; retry".into())
@@ -493,6 +499,8 @@ impl Core {
     ) -> Vec<Outcome> {
         if e.is_no_space() {
             debug!(error = %e, "group commit refused: storage full");
+        } else if matches!(e, StorageError::Rooms { .. }) {
+            debug!(error = %e, "rooms of the group refused; rejecting their requests");
         } else {
             error!(error = %e, "group commit failed; rejecting the batch");
         }
