@@ -39,7 +39,7 @@ struct Node {
 }
 
 impl Node {
-    fn spawn(id: &'static str, nats: &Nats) -> Self {
+    fn spawn_with(id: &'static str, nats: &Nats, extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let port = common::free_port();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
@@ -60,7 +60,10 @@ impl Node {
                 "cluster.node_ttl_ms=1000",
                 "--set",
                 "cluster.heartbeat_ms=300",
-            ],
+            ]
+            .into_iter()
+            .chain(extra.iter().copied())
+            .collect::<Vec<_>>(),
         )
         .spawn()
         .expect("the confab binary starts");
@@ -89,9 +92,14 @@ impl Drop for Node {
 /// others join (each joins before it listens; a node's view of the others
 /// follows within a heartbeat).
 async fn three_nodes(nats: &Nats) -> Vec<Node> {
+    three_nodes_with(nats, &[]).await
+}
+
+/// [`three_nodes`] with more `confab serve` arguments.
+async fn three_nodes_with(nats: &Nats, extra: &[&str]) -> Vec<Node> {
     let nodes: Vec<Node> = ["a", "b", "c"]
         .into_iter()
-        .map(|id| Node::spawn(id, nats))
+        .map(|id| Node::spawn_with(id, nats, extra))
         .collect();
     for n in &nodes {
         common::wait_listening(n.addr).await;
@@ -138,6 +146,15 @@ async fn publish_until_acked(c: &mut Conn, room: &RoomId, cmid: u64, payload: &[
 /// The node that wrote each chunk of `room`, in stream order (the node id
 /// that starts each chunk's writer token).
 async fn writers(nats: &Nats, log: &JetStreamLog, room: &RoomId) -> Vec<String> {
+    tokens(nats, log, room)
+        .await
+        .into_iter()
+        .map(|t| t.split('-').next().unwrap_or_default().to_owned())
+        .collect()
+}
+
+/// The writer token of each chunk of `room`, in stream order.
+async fn tokens(nats: &Nats, log: &JetStreamLog, room: &RoomId) -> Vec<String> {
     let js = async_nats::jetstream::new(nats.client().await);
     let mut stream = js.get_stream("CONFAB_ROOMS").await.unwrap();
     let last = stream.info().await.unwrap().state.last_sequence;
@@ -153,7 +170,7 @@ async fn writers(nats: &Nats, log: &JetStreamLog, room: &RoomId) -> Vec<String> 
             .get("Confab-Writer")
             .map(|v| v.as_str().to_owned())
             .unwrap_or_default();
-        out.push(token.split('-').next().unwrap_or_default().to_owned());
+        out.push(token);
     }
     out
 }
@@ -264,6 +281,69 @@ async fn devices_on_two_nodes_share_a_room_owned_by_a_third() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         };
         assert!(exit.success(), "node a exited with {exit}");
+    })
+    .await;
+}
+
+/// Rooms idle on a node are dropped from its sequencer (and its writer
+/// and follower with them) and taken up again on their next use: the
+/// owner continues the sequence, a node that stopped following delivers
+/// the backlog and then live again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn idle_rooms_are_dropped_and_taken_up_again() {
+    let Some(nats) = Nats::start() else { return };
+    bounded(120, async {
+        let nodes = three_nodes_with(&nats, &["--set", "rooms.evict_idle_ms=100"]).await;
+        let (a, c) = (nodes[0].addr, nodes[2].addr);
+        let r = room_owned_by("idle", "b", &["a", "b", "c"]);
+        let mut writer = Conn::open(a, "alice", "phone").await;
+        let mut reader = Conn::open(c, "carol", "laptop").await;
+        let ack = reader.subscribe(vec![(r.clone(), StartAt::Live)]).await;
+        assert_eq!(ack.results[0].code, ErrorCode::Normal);
+        reader
+            .send(confab_codec::Unsubscribe {
+                rooms: vec![r.clone()],
+            })
+            .await;
+        let mut cmid = 0;
+        let mut publish = async |writer: &mut Conn, n: u64| {
+            for _ in 0..n {
+                cmid += 1;
+                let ack = writer
+                    .publish(&r, cmid, format!("m{cmid}").as_bytes())
+                    .await;
+                assert_eq!(ack.seq.0, cmid, "the sequence continues");
+            }
+        };
+        publish(&mut writer, 10).await;
+        // Long enough for every node's sweep (about a second) to drop the
+        // room: nobody uses or follows it now.
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        publish(&mut writer, 10).await;
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        // C takes the room up again: the backlog, then live.
+        let ack = reader
+            .subscribe(vec![(r.clone(), StartAt::From(Seq(1)))])
+            .await;
+        assert_eq!(ack.results[0].code, ErrorCode::Normal);
+        let (events, _) = reader.events(20).await;
+        let seqs: Vec<u64> = events.iter().map(|e| e.1).collect();
+        common::assert_contiguous(&seqs, 1, 20);
+        publish(&mut writer, 5).await;
+        let (events, _) = reader.events(5).await;
+        let seqs: Vec<u64> = events.iter().map(|e| e.1).collect();
+        common::assert_contiguous(&seqs, 21, 25);
+        // B dropped its writer while the room was idle and took the room
+        // over afresh (a new writer token) for messages 11 and 21.
+        let log = JetStreamLog::open(nats.client().await, LogConfig::default())
+            .await
+            .unwrap();
+        let t = tokens(&nats, &log, &r).await;
+        assert_eq!(t.len(), 25, "one chunk per publish here");
+        assert!(t.iter().all(|t| t.starts_with("b-")), "{t:?}");
+        assert_eq!(t[0], t[9]);
+        assert_ne!(t[9], t[10], "taken over again after the drop");
+        assert_ne!(t[19], t[20], "taken over again after the drop");
     })
     .await;
 }

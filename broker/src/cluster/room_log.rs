@@ -244,7 +244,13 @@ fn frames(room: &RoomId, records: Vec<StoredRecord>) -> Vec<(Seq, Bytes)> {
         .into_iter()
         .filter_map(|r| {
             let seq = r.seq;
-            let event = EventRecord::decode(r.bytes).ok()?;
+            let event = match EventRecord::decode(r.bytes) {
+                Ok(e) => e,
+                Err(e) => {
+                    warn!(%room, seq = seq.0, error = %e, "a followed record does not decode");
+                    return None;
+                }
+            };
             match Frame::new(Event {
                 room: room.clone(),
                 event,
@@ -284,12 +290,15 @@ impl RoomLog for ClusterLog {
         durability: Durability,
     ) -> Result<(), StorageError> {
         let store = &self.store;
+        // Each room's entries, in the group's order.
         let mut rooms: Vec<(&RoomId, Vec<Append<'_>>)> = Vec::new();
+        let mut index: FxHashMap<&RoomId, usize> = FxHashMap::default();
         for a in batch {
-            match rooms.iter_mut().find(|(r, _)| *r == a.room) {
-                Some((_, v)) => v.push(a.clone()),
-                None => rooms.push((a.room, vec![a.clone()])),
-            }
+            let i = *index.entry(a.room).or_insert_with(|| {
+                rooms.push((a.room, Vec::new()));
+                rooms.len() - 1
+            });
+            rooms[i].1.push(a.clone());
         }
         let results = self.block_on(join_all(rooms.iter().map(|(room, appends)| async move {
             let w = store.writer(room).await?;
@@ -428,6 +437,20 @@ impl RoomLog for ClusterLog {
         _limit: usize,
     ) -> Result<Vec<RoomId>, StorageError> {
         Ok(Vec::new())
+    }
+
+    /// Forgets the room's writer (its originals window) and stops following
+    /// it: the sequencer dropped it, so nothing on this node delivers or
+    /// writes it until its next use, which takes it over or follows it
+    /// afresh (`bounds`).
+    fn room_dropped(&self, room: &RoomId) {
+        if !self.sequencer {
+            return;
+        }
+        lock(&self.store.writers).remove(room);
+        if let Some(stop) = lock(&self.store.followed).remove(room) {
+            stop.cancel();
+        }
     }
 
     /// Nothing to do: every acknowledged chunk is in JetStream.

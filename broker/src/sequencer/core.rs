@@ -295,11 +295,19 @@ impl Core {
         let before = self.rooms.len();
         let parked = &self.parked;
         let waits = |id: &RoomId| parked.iter().any(|p| p.rooms.contains(id));
+        let mut dropped = Vec::new();
         self.rooms.retain(|id, r| {
             let unused = now.saturating_sub(r.last_used);
             let idle = unused >= idle_us || (r.is_blank() && unused >= BLANK_IDLE_US);
-            !idle || !r.room.subscribers().is_empty() || waits(id)
+            let keep = !idle || !r.room.subscribers().is_empty() || waits(id);
+            if !keep {
+                dropped.push(id.clone());
+            }
+            keep
         });
+        for id in &dropped {
+            self.log.room_dropped(id);
+        }
         if self.rooms.capacity() > 1024 && self.rooms.len() < self.rooms.capacity() / 4 {
             self.rooms.shrink_to_fit();
         }
@@ -776,6 +784,9 @@ impl Core {
                 }
             }
             SeqMsg::Followed { room, events } => {
+                // Following is not a use: a room nobody here follows or
+                // writes is dropped when idle, and stops being followed.
+                let used = self.rooms.get(&room).map(|r| r.last_used);
                 let r = match self.room(&room) {
                     Ok(r) => r,
                     Err(Halt::Wait) => return Some(SeqMsg::Followed { room, events }),
@@ -785,6 +796,9 @@ impl Core {
                         return Some(SeqMsg::Followed { room, events });
                     }
                 };
+                if let Some(used) = used {
+                    r.last_used = used;
+                }
                 let arc = r.room.clone();
                 for (seq, frame) in events {
                     if seq.0 > r.head {

@@ -242,6 +242,10 @@ impl RoomLog for FaultyLog {
         self.inner.log_rooms(after, limit)
     }
 
+    fn room_dropped(&self, room: &RoomId) {
+        self.inner.room_dropped(room);
+    }
+
     fn flush(&self) -> Result<(), StorageError> {
         self.inner.flush()
     }

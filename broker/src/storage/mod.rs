@@ -306,6 +306,15 @@ pub trait RoomLog: Send + Sync + 'static {
     /// If the engine fails.
     fn log_rooms(&self, after: Option<&RoomId>, limit: usize) -> Result<Vec<RoomId>, StorageError>;
 
+    /// The sequencer dropped `room` from memory (idle, nobody follows it
+    /// on this broker): whatever the storage keeps in memory for writing or
+    /// following it may go. The next use of the room reads it again
+    /// (`bounds`). Called on the sequencer's thread between steps, with no
+    /// commit in flight. The default keeps nothing and does nothing.
+    fn room_dropped(&self, room: &RoomId) {
+        let _ = room;
+    }
+
     /// Makes everything appended so far durable (called at shutdown).
     ///
     /// # Errors
