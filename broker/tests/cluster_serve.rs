@@ -348,6 +348,69 @@ async fn idle_rooms_are_dropped_and_taken_up_again() {
     .await;
 }
 
+/// A retry that reaches a new owner whose sequencer holds the device's
+/// mark from before it took the room over (too low: the room's earlier
+/// ids were stored by the old owner) still gets its original: the new
+/// owner's writer knows the id, refuses the room's commit once, and the
+/// device's retry is then looked up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_retry_with_an_old_mark_on_the_new_owner_gets_its_original() {
+    let Some(nats) = Nats::start() else { return };
+    bounded(120, async {
+        let mut nodes = three_nodes(&nats).await;
+        let c = nodes[2].addr;
+        // Q is A's; R is B's, and A's once B is gone.
+        let q = room_owned_by("mark-q", "a", &["a", "b", "c"]);
+        let r = (0..1000)
+            .map(|i| room_owned_by(&format!("mark-r{i}"), "b", &["a", "b", "c"]))
+            .find(|r| {
+                let ids = [NodeId::new("a").unwrap(), NodeId::new("c").unwrap()];
+                owner(r, &ids).map(NodeId::as_str) == Some("a")
+            })
+            .unwrap();
+        let mut s = Conn::open(c, "sam", "phone").await;
+        // A's sequencer learns sam's mark: 1.
+        assert_eq!(s.publish(&q, 1, b"q1").await.seq.0, 1);
+        // B stores ids 2..=20 in R.
+        let mut originals = HashMap::new();
+        for id in 2..=20u64 {
+            let ack = s.publish(&r, id, format!("r{id}").as_bytes()).await;
+            originals.insert(id, ack.seq.0);
+        }
+        nodes[1].kill();
+        // The retry of 20 (its ack lost, say) goes to A once B has left;
+        // refusals meanwhile are retried.
+        let mut refused = 0;
+        let ack = loop {
+            let rid = s.request_id();
+            s.send_frame(Conn::publish_frame(rid, &r, 20, b"r20")).await;
+            match s.wait_reply(rid, |_| true).await.body {
+                Body::PublishAck(a) => break a,
+                Body::Error(e) => {
+                    assert_eq!(e.code, ErrorCode::Internal, "{e:?}");
+                    refused += 1;
+                    assert!(refused < 100, "never acknowledged");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        };
+        assert!(ack.duplicate, "{ack:?}");
+        assert_eq!(ack.seq.0, originals[&20]);
+        // And a new id continues the room.
+        let next = s.publish(&r, 21, b"r21").await;
+        assert_eq!(next.seq.0, originals[&20] + 1);
+        let log = JetStreamLog::open(nats.client().await, LogConfig::default())
+            .await
+            .unwrap();
+        let stored = cluster_support::read_all(&log, &r).await.unwrap();
+        let seqs: Vec<u64> = stored.iter().map(|x| x.seq.0).collect();
+        common::assert_contiguous(&seqs, 1, 20);
+        eprintln!("retry answered with its original after {refused} refusals");
+    })
+    .await;
+}
+
 /// One publishing device: its node, room and the sequences it was given.
 struct Publisher {
     user: String,
@@ -618,7 +681,8 @@ async fn measure(
     for (i, addr) in from.iter().enumerate() {
         let (addr, room) = (*addr, room.clone());
         tasks.push(tokio::spawn(async move {
-            let mut c = Conn::open(addr, &format!("pub{i}"), "dev").await;
+            // A device of its own per run: its ids start at 1.
+            let mut c = Conn::open(addr, &format!("pub{i}-{room}"), "dev").await;
             let (mut cmid, mut in_flight, mut acked) = (0u64, 0usize, 0u64);
             loop {
                 while in_flight < window && std::time::Instant::now() < stop {

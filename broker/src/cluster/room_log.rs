@@ -302,11 +302,27 @@ impl RoomLog for ClusterLog {
         }
         let results = self.block_on(join_all(rooms.iter().map(|(room, appends)| async move {
             let w = store.writer(room).await?;
-            let result = w.lock().await.append(appends).await;
+            let mut writer = w.lock().await;
+            // A publish the writer knows was stored is a retry the
+            // sequencer judged new (its device's mark predates this
+            // takeover; see `high_water`): refused, nothing written, and
+            // the sequencer reads the mark again for the retry.
+            if let Some(key) = appends
+                .iter()
+                .filter_map(|a| a.idem.map(|i| i.key))
+                .find(|k| writer.original(k.sender, k.client_msg_id).is_some())
+            {
+                return Err(ClusterError::InvalidAppend(format!(
+                    "client message id {} of this device is stored already; retry",
+                    key.client_msg_id
+                )));
+            }
+            let result = writer.append(appends).await;
+            drop(writer);
             if result.is_err() {
                 store.drop_writer(room, &w);
             }
-            result
+            result.map(|_| ())
         })));
         let mut failed = Vec::new();
         let mut message = String::new();
@@ -424,11 +440,21 @@ impl RoomLog for ClusterLog {
         .map_err(StorageError::from)
     }
 
-    /// Unknown across nodes (another node may have stored any id of the
-    /// sender): every id may be a retry, and is looked up in the room's
-    /// writer.
-    fn high_water(&self, _sender: &str) -> Result<u64, StorageError> {
-        Ok(u64::MAX)
+    /// The highest id of the sender among the originals of the rooms this
+    /// node writes (their takeover windows and what it stored since). It
+    /// can be too low: the sequencer caches it, and a room taken over
+    /// later may know higher ids of the device. `commit` refuses a room
+    /// whose group repeats an original its writer knows, and the sequencer
+    /// then reads the mark again, so the device's retry is looked up.
+    fn high_water(&self, sender: &str) -> Result<u64, StorageError> {
+        let writers: Vec<Writer> = lock(&self.store.writers).values().cloned().collect();
+        Ok(self.block_on(async {
+            let mut mark = 0;
+            for w in writers {
+                mark = mark.max(w.lock().await.highest(sender).unwrap_or(0));
+            }
+            mark
+        }))
     }
 
     fn log_rooms(

@@ -665,6 +665,18 @@ impl Core {
                 Outcome::Unsubscribe(subs) => !subs.iter().any(|s| hit(&s.room.id)),
                 Outcome::RoomReply { .. } | Outcome::Meta { .. } => true,
             });
+        // A cluster log refuses a room whose group repeats a publish its
+        // writer knows (a retry judged new with a mark from before the
+        // room was taken over): the devices' marks are read again, so that
+        // their retries are looked up.
+        for o in &mine {
+            if let Outcome::Stored {
+                dedup: Some(key), ..
+            } = o
+            {
+                self.idem.forget_mark(&key.sender);
+            }
+        }
         let heads: Vec<(RoomId, u64)> = old_heads
             .iter()
             .filter(|(id, _)| hit(id))
