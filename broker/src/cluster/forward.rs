@@ -14,7 +14,8 @@
 //! publishes: one task publishes every forwarded request, in the order the
 //! sessions handed them over, with a reply subject of its own per request
 //! on one subscription of the node. An owner that does not answer within
-//! [`FORWARD_TIMEOUT`] (or has no responder: it is gone) gets the device an
+//! [`FORWARD_TIMEOUT`], that leaves the live set meanwhile (it crashed: its
+//! key expired), or that has no responder (it is gone) gets the device an
 //! `Internal` error; the device retries with the same client message id,
 //! and once membership names a new owner the retry goes there and is
 //! answered with the original sequence if the first attempt was stored.

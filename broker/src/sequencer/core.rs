@@ -498,7 +498,7 @@ impl Core {
     /// group's (one engine, one writer). Cluster mode passes false for a
     /// room another writer may have written: the room's stored entries
     /// reach the fan-out from the shared log instead.
-    fn commit_failed(
+    pub(super) fn commit_failed(
         &mut self,
         e: &StorageError,
         outcomes: Vec<Outcome>,
@@ -635,61 +635,6 @@ impl Core {
         kept
     }
 
-    /// After a commit that stored every room but `failed` (cluster mode,
-    /// [`StorageError::Rooms`]): the outcomes of the failed rooms go through
-    /// [`Self::commit_failed`] (refused, those rooms read again, their
-    /// subscriptions stamped again), without recovery (another writer may
-    /// have written them); every other outcome stands. The failed rooms'
-    /// outcomes come last: nothing of theirs reaches the fan-out before a
-    /// re-read.
-    fn rooms_failed(
-        &mut self,
-        e: &StorageError,
-        outcomes: Vec<Outcome>,
-        old_heads: &[(RoomId, u64)],
-    ) -> Vec<Outcome> {
-        let StorageError::Rooms { failed, .. } = e else {
-            return self.commit_failed(e, outcomes, old_heads, true);
-        };
-        let hit = |id: &RoomId| failed.contains(id);
-        let (mut kept, mine): (Vec<Outcome>, Vec<Outcome>) =
-            outcomes.into_iter().partition(|o| match o {
-                Outcome::Stored { req, .. }
-                | Outcome::Duplicate { req, .. }
-                | Outcome::Rejected { req, .. } => !hit(&req.room),
-                Outcome::Internal { room, .. }
-                | Outcome::Receipt { room, .. }
-                | Outcome::Recovered { room, .. }
-                | Outcome::Evict { room, .. } => !hit(&room.id),
-                Outcome::Subscribe(cmd) => !cmd.items.iter().any(|i| hit(&i.sub.room.id)),
-                Outcome::Unsubscribe(subs) => !subs.iter().any(|s| hit(&s.room.id)),
-                Outcome::RoomReply { .. } | Outcome::Meta { .. } => true,
-            });
-        // A cluster log refuses a room whose group repeats a publish its
-        // writer knows (a retry judged new with a mark from before the
-        // room was taken over): the devices' marks are read again, so that
-        // their retries are looked up.
-        for o in &mine {
-            if let Outcome::Stored {
-                dedup: Some(key), ..
-            } = o
-            {
-                self.idem.forget_mark(&key.sender);
-            }
-        }
-        let heads: Vec<(RoomId, u64)> = old_heads
-            .iter()
-            .filter(|(id, _)| hit(id))
-            .cloned()
-            .collect();
-        // The rooms of the failed part only: the others' staged state
-        // (touched managed rooms, markers) is committed.
-        let touched = std::mem::take(&mut self.touched);
-        self.touched = touched.iter().filter(|id| hit(id)).cloned().collect();
-        kept.extend(self.commit_failed(e, mine, &heads, false));
-        kept
-    }
-
     /// Handles a request unless an earlier one waits in one of its rooms;
     /// parks it if it waits or must wait for a read.
     fn take_up(
@@ -796,32 +741,9 @@ impl Core {
                 }
             }
             SeqMsg::Followed { room, events } => {
-                // Following is not a use: a room nobody here follows or
-                // writes is dropped when idle, and stops being followed.
-                let used = self.rooms.get(&room).map(|r| r.last_used);
-                let r = match self.room(&room) {
-                    Ok(r) => r,
-                    Err(Halt::Wait) => return Some(SeqMsg::Followed { room, events }),
-                    // The read failed: read again, the room waits.
-                    Err(Halt::Refuse(..)) => {
-                        self.reads.take(Need::Room(room.clone()));
-                        return Some(SeqMsg::Followed { room, events });
-                    }
-                };
-                if let Some(used) = used {
-                    r.last_used = used;
-                }
-                let arc = r.room.clone();
-                for (seq, frame) in events {
-                    if seq.0 > r.head {
-                        r.head = seq.0;
-                        outcomes.push(Outcome::Recovered {
-                            room: arc.clone(),
-                            seq,
-                            frame,
-                        });
-                    }
-                }
+                return self
+                    .followed(room, events, outcomes)
+                    .map(|(room, events)| SeqMsg::Followed { room, events });
             }
             SeqMsg::Stop => {}
         }

@@ -27,6 +27,7 @@ mod core_tests;
 mod dedup;
 mod driver;
 mod hooks;
+mod per_room;
 mod queue;
 mod reads;
 mod references;
