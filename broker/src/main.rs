@@ -84,6 +84,17 @@ struct Settings {
     /// Operations endpoint (/metrics, /healthz, /readyz, /admin), or `off` (default off).
     #[arg(long)]
     metrics_listen: Option<String>,
+    /// Cluster mode: the NATS servers, comma-separated
+    /// (nats://HOST:PORT[,...]); sets cluster.nats_urls. Needs a node id and
+    /// an advertised address (--node-id, --advertise, or [cluster]).
+    #[arg(long, value_name = "URLS")]
+    cluster: Option<String>,
+    /// This node's id in the cluster (cluster.node_id).
+    #[arg(long)]
+    node_id: Option<String>,
+    /// The address devices reach this node at (cluster.advertised_address).
+    #[arg(long)]
+    advertise: Option<String>,
     /// Any other setting, as a dotted key: --set limits.max_connections=20000
     #[arg(long = "set", value_name = "KEY=VALUE")]
     set: Vec<String>,
@@ -103,11 +114,26 @@ impl Settings {
             ("log.level", &self.log_level),
             ("log.format", &self.log_format),
             ("metrics.listen", &self.metrics_listen),
+            ("cluster.node_id", &self.node_id),
+            ("cluster.advertised_address", &self.advertise),
         ];
         for (key, value) in named {
             if let Some(v) = value {
                 overrides.push((key.to_owned(), v.clone()));
             }
+        }
+        if let Some(urls) = &self.cluster {
+            // A TOML array of strings, each quoted by TOML itself.
+            let list: Vec<String> = urls
+                .split(',')
+                .map(str::trim)
+                .filter(|u| !u.is_empty())
+                .map(|u| toml::Value::String(u.to_owned()).to_string())
+                .collect();
+            overrides.push((
+                "cluster.nats_urls".to_owned(),
+                format!("[{}]", list.join(",")),
+            ));
         }
         for kv in &self.set {
             let (k, v) = kv

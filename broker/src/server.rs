@@ -77,11 +77,15 @@ pub enum BrokerError {
     /// feature is off).
     #[error("built without RocksDB (the `rocksdb` feature of confab-broker): give the broker a log with `BrokerBuilder::storage`")]
     NoStorage,
-    /// `[cluster]` turns cluster mode on, which this version of the broker
-    /// does not run yet: refused rather than started as a single node that
-    /// the operator believes is clustered.
-    #[error("cluster.nats_urls is set, but this version does not run cluster mode yet (docs/cluster.md, \"Status\"); remove [cluster] to run a single node")]
+    /// `[cluster]` turns cluster mode on, which this build of the broker
+    /// (without the `cluster` feature) does not run: refused rather than
+    /// started as a single node that the operator believes is clustered.
+    #[error("cluster.nats_urls is set, but this build has no cluster mode (the `cluster` feature of confab-broker); remove [cluster] to run a single node")]
     ClusterNotYet,
+    /// Cluster mode could not start (NATS, the stream, membership), or was
+    /// asked for with a setting it does not support yet.
+    #[error("cluster: {0}")]
+    Cluster(String),
 }
 
 /// Group commits the fan-out may lag behind the sequencer.
@@ -157,10 +161,30 @@ impl BrokerBuilder {
     pub async fn start(self) -> Result<BrokerHandle, BrokerError> {
         let config = self.config;
         config.validate()?;
+        let shutdown = CancellationToken::new();
+        #[cfg(not(feature = "cluster"))]
         if config.cluster.enabled() {
             return Err(BrokerError::ClusterNotYet);
         }
-        let log: Arc<dyn RoomLog> = match self.log {
+        #[cfg(feature = "cluster")]
+        let cluster = if config.cluster.enabled() {
+            cluster_supported(&config, self.log.is_some())?;
+            Some(
+                crate::cluster::node::ClusterNode::join(&config, shutdown.clone())
+                    .await
+                    .map_err(|e| BrokerError::Cluster(e.to_string()))?,
+            )
+        } else {
+            None
+        };
+        #[cfg(feature = "cluster")]
+        let (log, seq_log) = match &cluster {
+            Some(node) => (Some(node.reader_log()), Some(node.sequencer_log())),
+            None => (self.log, None),
+        };
+        #[cfg(not(feature = "cluster"))]
+        let (log, seq_log) = (self.log, None::<Arc<dyn RoomLog>>);
+        let log: Arc<dyn RoomLog> = match log {
             Some(log) => log,
             #[cfg(not(feature = "rocksdb"))]
             None => return Err(BrokerError::NoStorage),
@@ -232,12 +256,14 @@ impl BrokerBuilder {
         // publishers feel it through their in-flight limit.
         let (fan_tx, fan_rx) = crossbeam_channel::bounded(FANOUT_QUEUE);
         let tasks = TaskTracker::new();
-        let shutdown = CancellationToken::new();
         let ready = Arc::new(AtomicBool::new(false));
         let supervisor = Arc::new(Supervisor::new(shutdown.clone(), ready.clone()));
 
+        // Cluster mode: the sequencer's view of the log follows and takes
+        // rooms over; everyone else's only reads.
+        let seq_log = seq_log.unwrap_or_else(|| log.clone());
         let sequencer = Sequencer::new(
-            log.clone(),
+            seq_log.clone(),
             rooms.clone(),
             config.storage.clone(),
             config.rooms.clone(),
@@ -248,7 +274,7 @@ impl BrokerBuilder {
         .max_frame_len(config.limits.max_frame_len as usize)
         .with_push(push.clone());
         let (readers, reader_threads) =
-            Readers::spawn(&supervisor, &log).map_err(BrokerError::Thread)?;
+            Readers::spawn(&supervisor, &seq_log).map_err(BrokerError::Thread)?;
         let sequencer_thread = supervisor
             .spawn("confab-sequencer", move || sequencer.run(seq_rx, readers))
             .map_err(BrokerError::Thread)?;
@@ -283,7 +309,19 @@ impl BrokerBuilder {
         let user_limits = Arc::new(UserLimits::new(&config.rate_limits));
         let login_backoff = Arc::new(LoginBackoff::new(&config.auth.login_backoff));
         let compression = Arc::new(ContextBudget::new(config.compression.max_contexts));
+        #[cfg(feature = "cluster")]
+        let forward = match cluster {
+            Some(node) => Some(
+                node.start(seq_tx.clone(), stats.clone(), &tasks, shutdown.clone())
+                    .await
+                    .map_err(|e| BrokerError::Cluster(e.to_string()))?,
+            ),
+            None => None,
+        };
+        #[cfg(not(feature = "cluster"))]
+        let forward = None;
         let shared = Arc::new(Shared {
+            forward,
             compression,
             reads,
             config,
@@ -750,4 +788,25 @@ impl BrokerHandle {
         }
         info!("shutdown complete");
     }
+}
+
+/// Refuses settings that cluster mode does not run yet (docs/cluster.md,
+/// "Status"), rather than starting a node that silently ignores them.
+#[cfg(feature = "cluster")]
+fn cluster_supported(config: &Config, own_log: bool) -> Result<(), BrokerError> {
+    let refuse = |what: &str| {
+        Err(BrokerError::Cluster(format!(
+            "{what} is not available in cluster mode yet (docs/cluster.md, \"Status\")"
+        )))
+    };
+    if own_log {
+        return refuse("a storage given to the builder");
+    }
+    if config.retention.enabled() {
+        return refuse("retention");
+    }
+    if config.push.enabled {
+        return refuse("push");
+    }
+    Ok(())
 }

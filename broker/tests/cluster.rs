@@ -555,8 +555,8 @@ async fn the_cluster_section_connects_with_its_token_and_builds_the_parts() {
             "the server refuses a wrong token"
         );
 
-        // And `confab serve` does not run cluster mode yet: it says so
-        // rather than start a single node.
+        // And a broker in cluster mode with a token NATS refuses does not
+        // start (nor run as a single node): it says why.
         let err = match confab_broker::Broker::builder(config.clone()).start().await {
             Ok(_) => panic!("a broker started with [cluster] set"),
             Err(e) => e,

@@ -19,16 +19,22 @@
 //! - [`Follower`]: a room followed from another node, from the chunks
 //!   JetStream republishes once stored, gaps read from the stream.
 //!
-//! Nothing here is wired into `confab serve` yet; single-node mode does
-//! not use this module at all.
+//! `confab serve` with `[cluster]` runs a [`node::ClusterNode`]: the
+//! sequencer commits through [`room_log::ClusterLog`] (each room's part
+//! of a group as one fenced chunk), publishes for rooms another node owns
+//! are forwarded to it ([`forward`]), and rooms are followed into the
+//! local fan-out. Single-node mode does not use this module at all.
 
 mod chunk;
 mod error;
 mod follow;
+mod forward;
 mod log;
 mod membership;
 mod names;
+pub(crate) mod node;
 mod rendezvous;
+mod room_log;
 mod settings;
 mod writer;
 

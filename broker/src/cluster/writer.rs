@@ -156,6 +156,12 @@ impl RoomWriter {
         self.originals.get(sender)?.get(&client_msg_id).copied()
     }
 
+    /// The highest client message id of `sender` among the originals it
+    /// knows.
+    pub fn highest(&self, sender: &str) -> Option<u64> {
+        self.originals.get(sender)?.keys().max().copied()
+    }
+
     /// How many originals it knows.
     pub fn originals_known(&self) -> usize {
         self.order.len()

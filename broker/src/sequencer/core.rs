@@ -154,6 +154,12 @@ pub(super) fn storage_refusal(e: &StorageError) -> (ErrorCode, String) {
             ErrorCode::StorageFull,
             "storage full: not stored; retry later".into(),
         ),
+        // Cluster mode: the room's writer was refused or failed (logged by
+        // the storage, room by room).
+        code if matches!(e, StorageError::Rooms { .. }) => (
+            code,
+            "not stored (the room's writer changed or failed); retry".into(),
+        ),
         code => {
             error!(error = %e, "storage failure");
             (code, "storage failure; retry".into())
@@ -289,11 +295,19 @@ impl Core {
         let before = self.rooms.len();
         let parked = &self.parked;
         let waits = |id: &RoomId| parked.iter().any(|p| p.rooms.contains(id));
+        let mut dropped = Vec::new();
         self.rooms.retain(|id, r| {
             let unused = now.saturating_sub(r.last_used);
             let idle = unused >= idle_us || (r.is_blank() && unused >= BLANK_IDLE_US);
-            !idle || !r.room.subscribers().is_empty() || waits(id)
+            let keep = !idle || !r.room.subscribers().is_empty() || waits(id);
+            if !keep {
+                dropped.push(id.clone());
+            }
+            keep
         });
+        for id in &dropped {
+            self.log.room_dropped(id);
+        }
         if self.rooms.capacity() > 1024 && self.rooms.len() < self.rooms.capacity() / 4 {
             self.rooms.shrink_to_fit();
         }
@@ -418,7 +432,12 @@ impl Core {
         drop(appends);
 
         match committed {
-            Err(e) => outcomes = self.commit_failed(&e, outcomes, &old_heads),
+            Err(StorageError::Rooms { failed, message }) => {
+                let e = StorageError::Rooms { failed, message };
+                outcomes = self.rooms_failed(&e, outcomes, &old_heads);
+                self.stats.committed_us.store(now, Ordering::Release);
+            }
+            Err(e) => outcomes = self.commit_failed(&e, outcomes, &old_heads, true),
             Ok(()) => self.stats.committed_us.store(now, Ordering::Release),
         }
         self.touched.clear();
@@ -474,14 +493,22 @@ impl Core {
     /// After a failed commit: nothing of the group is acknowledged, fanned
     /// out or acted on; subscriptions are stamped again with the bounds
     /// read back from storage (parked if that needs a read).
-    fn commit_failed(
+    ///
+    /// `recover`: whether what storage may hold of the group is this
+    /// group's (one engine, one writer). Cluster mode passes false for a
+    /// room another writer may have written: the room's stored entries
+    /// reach the fan-out from the shared log instead.
+    pub(super) fn commit_failed(
         &mut self,
         e: &StorageError,
         outcomes: Vec<Outcome>,
         old_heads: &[(RoomId, u64)],
+        recover: bool,
     ) -> Vec<Outcome> {
         if e.is_no_space() {
             debug!(error = %e, "group commit refused: storage full");
+        } else if matches!(e, StorageError::Rooms { .. }) {
+            debug!(error = %e, "rooms of the group refused; rejecting their requests");
         } else {
             error!(error = %e, "group commit failed; rejecting the batch");
         }
@@ -498,8 +525,8 @@ impl Core {
         // (a retry of it is acknowledged as a duplicate): each room waits
         // for its read, then fans out the entries up to the head it finds,
         // before anything newer of the room (found by the simulation).
-        let mut recover: Vec<Parked> = Vec::new();
-        for (id, _) in old_heads {
+        let mut recovered: Vec<Parked> = Vec::new();
+        for (id, _) in old_heads.iter().filter(|_| recover) {
             let mut events = Vec::new();
             let mut arc = None;
             for o in &outcomes {
@@ -518,7 +545,7 @@ impl Core {
             }
             if let Some(room) = arc {
                 self.reads.take(Need::Room(id.clone()));
-                recover.push(Parked {
+                recovered.push(Parked {
                     msg: SeqMsg::Recover { room, events },
                     rooms: vec![id.clone()],
                 });
@@ -534,7 +561,7 @@ impl Core {
         // for a room to be read again; they go first in the queue: nothing
         // parked before them shares their rooms.
         let mut again: Vec<Parked> = Vec::new();
-        let mut blocked: FxHashSet<RoomId> = recover
+        let mut blocked: FxHashSet<RoomId> = recovered
             .iter()
             .flat_map(|p| p.rooms.iter().cloned())
             .collect();
@@ -602,7 +629,7 @@ impl Core {
                 other => kept.push(other),
             }
         }
-        for p in recover.into_iter().chain(again).rev() {
+        for p in recovered.into_iter().chain(again).rev() {
             self.parked.push_front(p);
         }
         kept
@@ -649,6 +676,7 @@ impl Core {
             SeqMsg::Trim { room, .. } => vec![room.clone()],
             // Keys no request reads: nothing to keep in order with.
             SeqMsg::Recover { room, .. } => vec![room.id.clone()],
+            SeqMsg::Followed { room, .. } => vec![room.clone()],
             SeqMsg::Meta(_) | SeqMsg::Stop => Vec::new(),
         };
         Parked { msg, rooms }
@@ -711,6 +739,11 @@ impl Core {
                         });
                     }
                 }
+            }
+            SeqMsg::Followed { room, events } => {
+                return self
+                    .followed(room, events, outcomes)
+                    .map(|(room, events)| SeqMsg::Followed { room, events });
             }
             SeqMsg::Stop => {}
         }
@@ -847,6 +880,8 @@ impl Core {
         );
         let mut mark = 0;
         if let Some(key) = &dedup {
+            self.reads
+                .publish_staged(&key.room.id, &key.sender, key.client_msg_id);
             mark = self.idem.record(
                 key.clone(),
                 Original {

@@ -167,6 +167,15 @@ impl Idempotency {
         self.recent.remove(key);
     }
 
+    /// Forgets a device's cached mark: it is read again (`high_water`)
+    /// before its next publish is judged. For a storage whose mark can be
+    /// too low (cluster mode: each node knows the ids of the rooms it
+    /// writes) and that refused a commit for it.
+    pub(crate) fn forget_mark(&mut self, sender: &Arc<str>) {
+        self.marks.current.remove(sender);
+        self.marks.previous.remove(sender);
+    }
+
     /// Called after each group: the window goes back to its size.
     pub(crate) fn end_group(&mut self) {
         self.recent.shrink();

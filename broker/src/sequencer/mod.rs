@@ -27,6 +27,7 @@ mod core_tests;
 mod dedup;
 mod driver;
 mod hooks;
+mod per_room;
 mod queue;
 mod reads;
 mod references;
@@ -101,6 +102,15 @@ pub(crate) enum SeqMsg {
     /// are handed to the fan-out, before anything newer of the room.
     Recover {
         room: Arc<crate::rooms::Room>,
+        events: Vec<(Seq, Bytes)>,
+    },
+    /// Cluster mode: committed entries of a room, as another node's writer
+    /// stored them in the shared log (in order, each an `Event` frame).
+    /// Those above the room's head here are handed to the fan-out and move
+    /// the head; the others are already known and dropped. A gap after the
+    /// head is fine: subscriptions that see one read it from the log.
+    Followed {
+        room: RoomId,
         events: Vec<(Seq, Bytes)>,
     },
 }

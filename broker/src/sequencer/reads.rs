@@ -9,11 +9,17 @@
 //!
 //! Why the answers stay true until they are used: a parked request blocks
 //! its rooms (later requests for them park behind it, in arrival order), so
-//! nothing writes a room while a read of that room is on its way. A
-//! device's mark is only written by that device's publishes, which all
-//! need the mark first. Only a user's room count can change elsewhere (a
-//! membership in another room): the core drops such an answer and reads it
-//! again (see `Reads::stale`).
+//! nothing writes a room while a read of that room is on its way. What a
+//! read keyed by something else may miss is dropped and read again (see
+//! `Reads::stale`):
+//! - a user's room count changes with a membership in another room;
+//! - a device's mark and its index entries change with any publish of the
+//!   device that is staged while the answer waits. That happens when the
+//!   request that asked goes another way than the one it asked for (its
+//!   mark read again after a per-room refusal in cluster mode, or dropped
+//!   from the cache, judges it fresh): the answer would stay behind and
+//!   answer a later retry with what storage held before the publish (found
+//!   by the property test with per-room refusals).
 
 use std::sync::Arc;
 
@@ -158,9 +164,10 @@ pub(crate) struct Reads {
     wanted: Vec<Need>,
     /// Answers waiting for the request that asked (taken once).
     answers: FxHashMap<Need, Result<Answer, StorageError>>,
-    /// Users whose room count is being read and whose membership changed
-    /// after the read was handed out: the answer may miss the change.
-    stale: FxHashSet<UserId>,
+    /// Reads handed out before a write they may miss (a user's
+    /// membership, a device's publish): their answers are dropped and
+    /// read again.
+    stale: FxHashSet<Need>,
 }
 
 impl Reads {
@@ -189,35 +196,52 @@ impl Reads {
     /// asked for again instead.
     pub(crate) fn supply(&mut self, loaded: Loaded) {
         self.inflight.remove(&loaded.need);
-        if let Need::Joined(user) = &loaded.need {
-            if self.stale.remove(user) {
-                let need = loaded.need.clone();
-                self.take(need);
-                return;
-            }
+        if !self.stale.is_empty() && self.stale.remove(&loaded.need) {
+            self.take(loaded.need);
+            return;
         }
         self.answers.insert(loaded.need, loaded.answer);
     }
 
-    /// A membership of `user` changed: a count of theirs already handed
-    /// to the readers may miss it.
-    pub(crate) fn membership_changed(&mut self, user: &UserId) {
-        let need = Need::Joined(user.clone());
+    /// Something `need` reads is about to change (staged in this step): an
+    /// answer here, or a read already handed out, may miss it. The answer
+    /// is dropped and read again (after this step's commit).
+    fn written(&mut self, need: Need) {
         if self.inflight.get(&need) == Some(&true) {
-            self.stale.insert(user.clone());
+            self.stale.insert(need.clone());
         }
-        // An answer that came before the change misses it: read again.
         if self.answers.remove(&need).is_some() {
             self.take(need);
         }
+    }
+
+    /// A membership of `user` changed: a count of theirs already handed
+    /// to the readers, or come back, may miss it.
+    pub(crate) fn membership_changed(&mut self, user: &UserId) {
+        self.written(Need::Joined(user.clone()));
+    }
+
+    /// A publish of `sender` with `client_msg_id` in `room` is staged: its
+    /// device's mark and its index entry change.
+    pub(crate) fn publish_staged(&mut self, room: &RoomId, sender: &Arc<str>, client_msg_id: u64) {
+        // The common case: nothing asked, nothing waiting.
+        if self.inflight.is_empty() && self.answers.is_empty() {
+            return;
+        }
+        self.written(Need::Mark(sender.clone()));
+        self.written(Need::Original {
+            room: room.clone(),
+            sender: sender.clone(),
+            client_msg_id,
+        });
     }
 
     /// A commit failed, perhaps after the engine wrote part of it: every
     /// room count being read may have seen it or not.
     pub(crate) fn commit_failed(&mut self) {
         for (need, handed) in &self.inflight {
-            if let (Need::Joined(user), true) = (need, handed) {
-                self.stale.insert(user.clone());
+            if let (Need::Joined(_), true) = (need, handed) {
+                self.stale.insert(need.clone());
             }
         }
         self.answers
@@ -236,5 +260,68 @@ impl Reads {
         self.wanted.shrink_to_fit();
         self.answers.shrink_to_fit();
         self.stale.shrink_to_fit();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn original(room: &RoomId, sender: &Arc<str>, id: u64) -> Need {
+        Need::Original {
+            room: room.clone(),
+            sender: sender.clone(),
+            client_msg_id: id,
+        }
+    }
+
+    #[test]
+    fn a_staged_publish_drops_what_was_read_before_it() {
+        let room = RoomId::new("r").expect("id");
+        let sender: Arc<str> = Arc::from("u\0d");
+        let mut reads = Reads::default();
+        // Asked, handed out, answered, then the publish is staged before
+        // anyone takes the answer.
+        assert!(reads.take(original(&room, &sender, 3)).is_none());
+        assert!(reads.take(Need::Mark(sender.clone())).is_none());
+        assert_eq!(reads.take_wanted().len(), 2);
+        reads.supply(Loaded {
+            need: original(&room, &sender, 3),
+            answer: Ok(Answer::Original(None)),
+        });
+        reads.publish_staged(&room, &sender, 3);
+        assert!(
+            reads.take(original(&room, &sender, 3)).is_none(),
+            "the old answer is dropped"
+        );
+        // The mark was being read when the publish was staged: its answer
+        // is dropped when it comes, and read again.
+        reads.supply(Loaded {
+            need: Need::Mark(sender.clone()),
+            answer: Ok(Answer::Mark(0)),
+        });
+        assert!(reads.take(Need::Mark(sender.clone())).is_none());
+        let again = reads.take_wanted();
+        assert!(again.contains(&Need::Mark(sender.clone())));
+        assert!(again.contains(&original(&room, &sender, 3)));
+        // Answers read after the commit stand.
+        reads.supply(Loaded {
+            need: Need::Mark(sender.clone()),
+            answer: Ok(Answer::Mark(3)),
+        });
+        assert!(matches!(
+            reads.take(Need::Mark(sender.clone())),
+            Some(Ok(Answer::Mark(3)))
+        ));
+        // Another id or room is untouched.
+        let other = original(&room, &sender, 4);
+        assert!(reads.take(other.clone()).is_none());
+        reads.take_wanted();
+        reads.supply(Loaded {
+            need: other.clone(),
+            answer: Ok(Answer::Original(None)),
+        });
+        reads.publish_staged(&room, &sender, 5);
+        assert!(reads.take(other).is_some());
     }
 }

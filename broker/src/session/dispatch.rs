@@ -103,6 +103,12 @@ impl Session {
                     .await
             }
             Body::GetRoomInfo(g) => self.room_info(rid, g.room).await,
+            Body::Receipt(_) if self.shared.forward.is_some() => {
+                push(
+                    &outbox,
+                    super::requests::cluster_unsupported(rid, "receipts"),
+                );
+            }
             Body::Receipt(r) => {
                 if let Err(denied) = self.authorize(&r.room, Action::Subscribe).await {
                     push(&outbox, error_frame(rid, denied.code, denied.message));

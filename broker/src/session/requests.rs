@@ -81,6 +81,15 @@ impl Session {
             payload: p.payload,
             received: received_at,
         };
+        // Cluster mode: a room another node owns is its business. The
+        // forwarder keeps the order of the calls, as the sequencer does.
+        let req = match &self.shared.forward {
+            None => req,
+            Some(f) => match f.forward(req) {
+                None => return None,
+                Some(req) => req,
+            },
+        };
         // The session hands publishes to the sequencer one at a time, in
         // the order they arrived, and the sequencer keeps that order: this
         // is what makes a connection's publishes to one room sequenced in
@@ -162,6 +171,13 @@ impl Session {
     }
 
     pub(super) async fn room_op(&mut self, rid: u32, op: RoomOp) {
+        if self.shared.forward.is_some() {
+            push(
+                &self.conn.outbox,
+                cluster_unsupported(rid, "room operations"),
+            );
+            return;
+        }
         let held = self.hold().await;
         let req = RoomOpReq {
             conn: self.conn.clone(),
@@ -339,4 +355,14 @@ impl Session {
         let subs: Vec<_> = self.subs.drain().map(|(_, s)| s).collect();
         self.end_subscriptions(subs);
     }
+}
+
+/// The reply to a request that cluster mode does not serve yet
+/// (docs/cluster.md, "Status"): refused, never half done.
+pub(super) fn cluster_unsupported(rid: u32, what: &str) -> Frame {
+    error_frame(
+        rid,
+        ErrorCode::Unsupported,
+        format!("{what} are not available in cluster mode yet"),
+    )
 }

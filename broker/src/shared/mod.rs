@@ -24,7 +24,7 @@ use crate::presence::PresenceHub;
 use crate::push::PushHub;
 use crate::ratelimit::UserLimits;
 use crate::rooms::typing::TypingHub;
-use crate::sequencer::SeqTx;
+use crate::sequencer::{PublishReq, SeqTx};
 use crate::stats::Stats;
 use crate::storage::{ReadPool, RoomLog};
 
@@ -58,4 +58,19 @@ pub(crate) struct Shared {
     /// Storage reads made for clients (queries, history, catch-up), at
     /// most `limits.max_concurrent_reads` at a time.
     pub(crate) reads: Arc<ReadPool>,
+    /// Cluster mode: sends publishes for rooms another node owns to that
+    /// node. `None` in single-node mode.
+    pub(crate) forward: Option<Arc<dyn Forward>>,
+}
+
+/// Cluster mode's routing of publishes (docs/cluster.md, "The seam in the
+/// broker"): a publish for a room this node owns goes to the local
+/// sequencer, any other to the room's owner.
+pub(crate) trait Forward: Send + Sync + std::fmt::Debug {
+    /// Takes `req` if another node owns its room (`None`): it is
+    /// forwarded, and the owner's reply (with the request id of `req`)
+    /// reaches the device's outbox and gives its publish permit back.
+    /// Gives `req` back if this node owns the room. Never blocks: it hands
+    /// the request to a task, in the order of the calls.
+    fn forward(&self, req: PublishReq) -> Option<PublishReq>;
 }

@@ -30,6 +30,11 @@ pub enum CommitFault {
     /// [`StorageError::NoSpace`], nothing is stored (and
     /// [`RoomLog::probe_space`] fails the same way while this is set).
     NoSpace,
+    /// The engine refuses the commit's first room only, as cluster mode
+    /// refuses a room whose writer was fenced: nothing of that room is
+    /// stored, the other rooms and the metadata are, and the commit
+    /// reports [`StorageError::Rooms`] naming the room.
+    RefuseFirstRoom,
 }
 
 impl CommitFault {
@@ -39,6 +44,7 @@ impl CommitFault {
             2 => Self::WriteThenFail,
             3 => Self::Panic,
             4 => Self::NoSpace,
+            5 => Self::RefuseFirstRoom,
             _ => Self::None,
         }
     }
@@ -50,6 +56,7 @@ impl CommitFault {
             Self::WriteThenFail => 2,
             Self::Panic => 3,
             Self::NoSpace => 4,
+            Self::RefuseFirstRoom => 5,
         }
     }
 }
@@ -145,6 +152,23 @@ impl RoomLog for FaultyLog {
                 .and(Err(StorageError::Engine("injected: fsync failed".into()))),
             CommitFault::Panic => panic!("injected: the storage engine fell over"),
             CommitFault::NoSpace => Err(injected_no_space()),
+            CommitFault::RefuseFirstRoom => match batch.first() {
+                None => self.inner.commit(batch, meta, durability),
+                Some(first) => {
+                    let refused = first.room.clone();
+                    let rest: Vec<Append<'_>> = batch
+                        .iter()
+                        .filter(|a| *a.room != refused)
+                        .cloned()
+                        .collect();
+                    self.inner
+                        .commit(&rest, meta, durability)
+                        .and(Err(StorageError::Rooms {
+                            failed: vec![refused],
+                            message: "injected: the room's append was refused".into(),
+                        }))
+                }
+            },
         };
         self.space.observe(&result);
         result
@@ -216,6 +240,10 @@ impl RoomLog for FaultyLog {
     fn log_rooms(&self, after: Option<&RoomId>, limit: usize) -> Result<Vec<RoomId>, StorageError> {
         self.read_fault("log_rooms", None)?;
         self.inner.log_rooms(after, limit)
+    }
+
+    fn room_dropped(&self, room: &RoomId) {
+        self.inner.room_dropped(room);
     }
 
     fn flush(&self) -> Result<(), StorageError> {

@@ -59,6 +59,17 @@ pub enum StorageError {
     /// space is freed (see [`RoomLog::space`]); reads keep working.
     #[error("storage full: {0}")]
     NoSpace(String),
+    /// A commit that writes each room on its own (cluster mode: one
+    /// fenced chunk per room) stored every room of it except `failed`:
+    /// nothing of those rooms' entries may be acknowledged, the other
+    /// rooms' entries and the metadata are stored.
+    #[error("commit failed for {} room(s): {message}", failed.len())]
+    Rooms {
+        /// The rooms whose entries are not (all) stored.
+        failed: Vec<RoomId>,
+        /// Why (the first failure).
+        message: String,
+    },
     /// Stored bytes could not be decoded.
     #[error("corrupt record in room {room} at seq {seq}")]
     Corrupt {
@@ -194,7 +205,10 @@ pub trait RoomLog: Send + Sync + 'static {
     /// write, as durable as `durability` promises.
     ///
     /// # Errors
-    /// If the engine fails; then none of it may be acknowledged.
+    /// If the engine fails; then none of it may be acknowledged. An engine
+    /// that writes each room on its own (cluster mode) returns
+    /// [`StorageError::Rooms`] when only some rooms failed: the others and
+    /// the metadata are stored.
     fn commit(
         &self,
         batch: &[Append<'_>],
@@ -293,6 +307,15 @@ pub trait RoomLog: Send + Sync + 'static {
     /// # Errors
     /// If the engine fails.
     fn log_rooms(&self, after: Option<&RoomId>, limit: usize) -> Result<Vec<RoomId>, StorageError>;
+
+    /// The sequencer dropped `room` from memory (idle, nobody follows it
+    /// on this broker): whatever the storage keeps in memory for writing or
+    /// following it may go. The next use of the room reads it again
+    /// (`bounds`). Called on the sequencer's thread between steps, with no
+    /// commit in flight. The default keeps nothing and does nothing.
+    fn room_dropped(&self, room: &RoomId) {
+        let _ = room;
+    }
 
     /// Makes everything appended so far durable (called at shutdown).
     ///

@@ -1,0 +1,109 @@
+//! A broker node in cluster mode: the parts `confab serve` builds when
+//! `[cluster]` is set, in two steps around the sequencer's queue.
+
+use std::sync::Arc;
+
+use tokio::runtime::Handle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use super::forward::{serve_requests, start_forwarder, NodeLink};
+use super::room_log::ClusterLog;
+use super::{ClusterError, JetStreamLog, Membership};
+use crate::config::Config;
+use crate::sequencer::SeqTx;
+use crate::shared::Forward;
+use crate::stats::Stats;
+use crate::storage::RoomLog;
+
+/// A node connected to NATS, joined, with its room log open; not yet
+/// serving requests of other nodes (that needs the sequencer's queue).
+#[derive(Debug)]
+pub(crate) struct ClusterNode {
+    link: NodeLink,
+    log: ClusterLog,
+    membership: Membership,
+}
+
+impl ClusterNode {
+    /// Connects to NATS, opens (or creates) the room stream, and joins the
+    /// node bucket.
+    ///
+    /// # Errors
+    /// If NATS cannot be reached, the stream or bucket exists with other
+    /// settings, or the settings are invalid.
+    pub(crate) async fn join(
+        config: &Config,
+        stop: CancellationToken,
+    ) -> Result<Self, ClusterError> {
+        let cfg = &config.cluster;
+        let me = cfg.node()?;
+        let client = cfg.connect().await?;
+        let log = Arc::new(JetStreamLog::open(client.clone(), cfg.log_config()).await?);
+        let membership = Membership::join(
+            client.clone(),
+            cfg.membership_config(),
+            me.clone(),
+            cfg.advertised_address.clone(),
+        )
+        .await?;
+        let room_log = ClusterLog::reader(
+            Handle::current(),
+            client.clone(),
+            log,
+            me.clone(),
+            membership.changes(),
+            config.storage.dedup_window,
+            stop,
+        );
+        info!(node = %me, nats = ?cfg.nats_urls, stream = %cfg.stream, "joined the cluster");
+        Ok(Self {
+            link: NodeLink {
+                client,
+                stream: cfg.stream.clone(),
+                me,
+                max_frame_len: config.limits.max_frame_len,
+            },
+            log: room_log,
+            membership,
+        })
+    }
+
+    /// The log sessions, catch-up and presence read.
+    pub(crate) fn reader_log(&self) -> Arc<dyn RoomLog> {
+        Arc::new(self.log.clone())
+    }
+
+    /// The log the sequencer and its readers use.
+    pub(crate) fn sequencer_log(&self) -> Arc<dyn RoomLog> {
+        Arc::new(self.log.sequencer())
+    }
+
+    /// Serves other nodes' requests into `sequencer`, feeds followed rooms
+    /// into it, and returns the router of this node's publishes. The node
+    /// leaves the cluster (deletes its key) when `stop` is cancelled.
+    ///
+    /// # Errors
+    /// If NATS refuses a subscription.
+    pub(crate) async fn start(
+        self,
+        sequencer: SeqTx,
+        stats: Arc<Stats>,
+        tasks: &TaskTracker,
+        stop: CancellationToken,
+    ) -> Result<Arc<dyn Forward>, ClusterError> {
+        self.log.feed_into(sequencer.clone());
+        serve_requests(&self.link, sequencer, stats, tasks.clone(), stop.clone()).await?;
+        let forwarder =
+            start_forwarder(&self.link, self.membership.changes(), tasks, stop.clone()).await?;
+        let membership = self.membership;
+        tasks.spawn(async move {
+            stop.cancelled().await;
+            if let Err(e) = membership.leave().await {
+                warn!(error = %e, "leaving the cluster failed; the node's key expires");
+            }
+        });
+        Ok(Arc::new(forwarder))
+    }
+}
