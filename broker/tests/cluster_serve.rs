@@ -18,104 +18,19 @@
 
 mod cluster_support;
 mod common;
+#[path = "cluster_support/nodes.rs"]
+mod nodes;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::process::Child;
 use std::time::Duration;
 
 use confab_broker::cluster::{owner, JetStreamLog, LogConfig, NodeId};
-use confab_codec::{Body, ErrorCode, EventRecord, RoomId, Seq, StartAt};
+use confab_codec::{Body, ErrorCode, RoomId, Seq, StartAt};
 
 use cluster_support::{bounded, Nats};
+use nodes::{room_owned_by, three_nodes, three_nodes_with, tokens, writers};
 use common::{read_all, Conn};
-
-/// A `confab serve --cluster` process, killed on drop.
-struct Node {
-    id: &'static str,
-    addr: SocketAddr,
-    child: Child,
-    _dir: tempfile::TempDir,
-}
-
-impl Node {
-    fn spawn_with(id: &'static str, nats: &Nats, extra: &[&str]) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let port = common::free_port();
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let urls = format!("nats://127.0.0.1:{}", nats.port);
-        let child = common::confab_command(
-            dir.path(),
-            port,
-            "wal",
-            &[
-                "--cluster",
-                &urls,
-                "--node-id",
-                id,
-                "--advertise",
-                &addr.to_string(),
-                // A dead node is noticed within a second.
-                "--set",
-                "cluster.node_ttl_ms=1000",
-                "--set",
-                "cluster.heartbeat_ms=300",
-            ]
-            .into_iter()
-            .chain(extra.iter().copied())
-            .collect::<Vec<_>>(),
-        )
-        .spawn()
-        .expect("the confab binary starts");
-        Self {
-            id,
-            addr,
-            child,
-            _dir: dir,
-        }
-    }
-
-    fn kill(&mut self) {
-        // SIGKILL: no goodbye, no leave; its key expires after the TTL.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// Starts nodes a, b and c and waits until each listens and has seen the
-/// others join (each joins before it listens; a node's view of the others
-/// follows within a heartbeat).
-async fn three_nodes(nats: &Nats) -> Vec<Node> {
-    three_nodes_with(nats, &[]).await
-}
-
-/// [`three_nodes`] with more `confab serve` arguments.
-async fn three_nodes_with(nats: &Nats, extra: &[&str]) -> Vec<Node> {
-    let nodes: Vec<Node> = ["a", "b", "c"]
-        .into_iter()
-        .map(|id| Node::spawn_with(id, nats, extra))
-        .collect();
-    for n in &nodes {
-        common::wait_listening(n.addr).await;
-    }
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    nodes
-}
-
-/// The first room `<prefix>-<i>` that `want` owns among `live`.
-fn room_owned_by(prefix: &str, want: &str, live: &[&str]) -> RoomId {
-    let ids: Vec<NodeId> = live.iter().map(|n| NodeId::new(*n).unwrap()).collect();
-    (0..1000)
-        .map(|i| RoomId::new(format!("{prefix}-{i}")).unwrap())
-        .find(|r| owner(r, &ids).map(NodeId::as_str) == Some(want))
-        .expect("some room is owned by each node")
-}
 
 /// Publishes until acknowledged, retrying with the same client message id
 /// after an error (the owner gone, a takeover under way). Returns the
@@ -141,38 +56,6 @@ async fn publish_until_acked(c: &mut Conn, room: &RoomId, cmid: u64, payload: &[
         }
     }
     panic!("publish {cmid} not acknowledged after 100 attempts");
-}
-
-/// The node that wrote each chunk of `room`, in stream order (the node id
-/// that starts each chunk's writer token).
-async fn writers(nats: &Nats, log: &JetStreamLog, room: &RoomId) -> Vec<String> {
-    tokens(nats, log, room)
-        .await
-        .into_iter()
-        .map(|t| t.split('-').next().unwrap_or_default().to_owned())
-        .collect()
-}
-
-/// The writer token of each chunk of `room`, in stream order.
-async fn tokens(nats: &Nats, log: &JetStreamLog, room: &RoomId) -> Vec<String> {
-    let js = async_nats::jetstream::new(nats.client().await);
-    let mut stream = js.get_stream("CONFAB_ROOMS").await.unwrap();
-    let last = stream.info().await.unwrap().state.last_sequence;
-    let subject = log.subject(room);
-    let mut out = Vec::new();
-    for seq in 1..=last {
-        let msg = stream.direct_get(seq).await.unwrap();
-        if msg.subject.as_str() != subject {
-            continue;
-        }
-        let token = msg
-            .headers
-            .get("Confab-Writer")
-            .map(|v| v.as_str().to_owned())
-            .unwrap_or_default();
-        out.push(token);
-    }
-    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -266,21 +149,9 @@ async fn devices_on_two_nodes_share_a_room_owned_by_a_third() {
 
         // SIGTERM: a node leaves in order and exits 0.
         drop((on_a, on_c, again));
-        let status = std::process::Command::new("kill")
-            .args(["-TERM", &nodes[0].child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
+        nodes::signal(&nodes[0].child, "-TERM");
         let mut nodes = nodes;
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        let exit = loop {
-            if let Some(exit) = nodes[0].child.try_wait().unwrap() {
-                break exit;
-            }
-            assert!(std::time::Instant::now() < deadline, "node a did not stop");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
-        assert!(exit.success(), "node a exited with {exit}");
+        assert!(nodes::wait_exit(&mut nodes[0].child).await, "node a exited 0");
     })
     .await;
 }
@@ -469,14 +340,6 @@ enum Fault {
     Pause,
 }
 
-fn signal(child: &Child, sig: &str) {
-    let status = std::process::Command::new("kill")
-        .args([sig, &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success(), "kill {sig}");
-}
-
 /// Four devices on the two other nodes publish into two rooms owned by
 /// one node, which is killed with `kill -9` (or paused) after a seeded
 /// number of acknowledgements; then the checker.
@@ -536,13 +399,13 @@ async fn fault_cycle(nats: &Nats, seed: u64, fault: Fault) {
     match fault {
         Fault::Kill => nodes[victim].kill(),
         Fault::Pause => {
-            signal(&nodes[victim].child, "-STOP");
+            nodes::signal(&nodes[victim].child, "-STOP");
             // The next owner takes the rooms over after the TTL and
             // writes (the devices keep publishing through it).
             for _ in 0..60 {
                 progress_rx.recv().await.expect("publishers running");
             }
-            signal(&nodes[victim].child, "-CONT");
+            nodes::signal(&nodes[victim].child, "-CONT");
         }
     }
     let mut publishers = Vec::new();
@@ -555,36 +418,17 @@ async fn fault_cycle(nats: &Nats, seed: u64, fault: Fault) {
         .await
         .unwrap();
     for room in &rooms {
-        let stored = cluster_support::read_all(&log, room).await.unwrap();
-        let seqs: Vec<u64> = stored.iter().map(|r| r.seq.0).collect();
         let mine: Vec<&Publisher> = publishers.iter().filter(|p| p.room == *room).collect();
         let total: u64 = mine.iter().map(|p| p.acked.len() as u64).sum();
-        // Exactly 1..=M: no gap, no fork, and (every publish stored
-        // once) M is the number of distinct publishes.
-        common::assert_contiguous(&seqs, 1, total);
-        let mut by_id: HashMap<(String, u64), u64> = HashMap::new();
-        for r in &stored {
-            let ev = EventRecord::decode(r.bytes.clone()).unwrap();
-            assert_eq!(ev.seq, r.seq);
-            let key = (ev.sender.as_str().to_owned(), ev.client_msg_id);
-            assert!(
-                by_id.insert(key.clone(), ev.seq.0).is_none(),
-                "{key:?} stored twice in {room}"
-            );
+        let acked: HashMap<(String, u64), u64> = mine
+            .iter()
+            .flat_map(|p| p.acked.iter().map(|(c, s)| ((p.user.clone(), *c), *s)))
+            .collect();
+        for ev in nodes::check_room(nats, room, total, &acked).await {
             assert_eq!(
                 ev.payload.as_ref(),
-                format!("{}-{}", key.0, key.1).as_bytes()
+                format!("{}-{}", ev.sender, ev.client_msg_id).as_bytes()
             );
-        }
-        for p in &mine {
-            for (cmid, seq) in &p.acked {
-                assert_eq!(
-                    by_id.get(&(p.user.clone(), *cmid)),
-                    Some(seq),
-                    "{}'s {cmid} stored with its acknowledged sequence",
-                    p.user
-                );
-            }
         }
         let by = writers(nats, &log, room).await;
         assert_eq!(by.first().map(String::as_str), Some(owner_id), "{by:?}");
@@ -596,7 +440,7 @@ async fn fault_cycle(nats: &Nats, seed: u64, fault: Fault) {
         eprintln!(
             "{room}: 1..={total} intact after {fault:?} of its owner {owner_id} after {kill_after} acks; {} chunks (writers {:?}), {refused} refused attempts retried",
             by.len(),
-            dedup_runs(&by)
+            nodes::dedup_runs(&by)
         );
     }
 
@@ -610,18 +454,6 @@ async fn fault_cycle(nats: &Nats, seed: u64, fault: Fault) {
     let (events, _) = follower.events(total).await;
     let seqs: Vec<u64> = events.iter().map(|e| e.1).collect();
     common::assert_contiguous(&seqs, 1, total as u64);
-}
-
-/// `a a b b b c` as `[(a, 2), (b, 3), (c, 1)]`.
-fn dedup_runs(v: &[String]) -> Vec<(String, usize)> {
-    let mut out: Vec<(String, usize)> = Vec::new();
-    for w in v {
-        match out.last_mut() {
-            Some((last, n)) if last == w => *n += 1,
-            _ => out.push((w.clone(), 1)),
-        }
-    }
-    out
 }
 
 /// Publishes of a device on each of `from`, each keeping `window`
@@ -744,4 +576,123 @@ async fn measure_publish_through_the_owner_and_forwarded() {
         }
     })
     .await;
+}
+
+/// `confab admin cluster` through the real binary: every node with its
+/// address, alive, and its view of the live set; the room's owner as its
+/// writer and every node that follows it, each with the stream's head and
+/// no lag once the devices have everything; a stopped node answers no
+/// more and leaves the others' view.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn admin_cluster_shows_nodes_rooms_and_lag() {
+    let Some(nats) = Nats::start() else { return };
+    bounded(120, async {
+        let nodes = three_nodes(&nats).await;
+        let r = room_owned_by("admin", "b", &["a", "b", "c"]);
+        let mut on_a = Conn::open(nodes[0].addr, "alice", "phone").await;
+        let mut on_c = Conn::open(nodes[2].addr, "carol", "laptop").await;
+        for conn in [&mut on_a, &mut on_c] {
+            let ack = conn
+                .subscribe(vec![(r.clone(), StartAt::From(Seq(1)))])
+                .await;
+            assert_eq!(ack.results[0].code, ErrorCode::Normal);
+        }
+        for i in 1..=10u64 {
+            on_a.publish(&r, i, format!("m{i}").as_bytes()).await;
+        }
+        for conn in [&mut on_a, &mut on_c] {
+            let (events, _) = conn.events(10).await;
+            assert_eq!(events.last().map(|e| e.1), Some(10));
+        }
+
+        let out = admin_cluster(&nats).await;
+        eprintln!("{out}");
+        let lines: Vec<Vec<&str>> = out.lines().map(|l| l.split('\t').collect()).collect();
+        for n in &nodes {
+            let row = lines
+                .iter()
+                .find(|l| l.len() == 7 && l[0] == n.id)
+                .unwrap_or_else(|| panic!("node {} listed:\n{out}", n.id));
+            assert_eq!(row[1], n.addr.to_string());
+            assert_eq!(row[3], "alive");
+            assert_eq!(row[4], "a,b,c");
+        }
+        let room_rows: Vec<&Vec<&str>> = lines.iter().filter(|l| l[0] == r.as_str()).collect();
+        let row = |node: &str| {
+            room_rows
+                .iter()
+                .find(|l| l[1] == node)
+                .unwrap_or_else(|| panic!("{r} on {node} listed:\n{out}"))
+        };
+        // room, node, role, writer_head, applied, stream_head, lag
+        assert_eq!(row("b")[2], "owner,writer");
+        assert_eq!(row("b")[3], "10");
+        for n in ["a", "c"] {
+            assert_eq!(row(n)[2], "follower");
+            assert_eq!(row(n)[3], "-");
+            assert_eq!(row(n)[4], "10", "{n} handed everything to its devices");
+        }
+        for n in ["a", "b", "c"] {
+            assert_eq!(row(n)[5], "10", "the stream's head");
+            assert_eq!(row(n)[6], "0", "no lag on {n}");
+        }
+
+        // C stops answering (SIGSTOP): it drops out of the others' view
+        // after the TTL, and while its key is listed it shows no answer.
+        nodes::signal(&nodes[2].child, "-STOP");
+        let mut tries = 0;
+        let out = loop {
+            let out = admin_cluster(&nats).await;
+            let gone = out
+                .lines()
+                .filter(|l| l.starts_with("a\t") || l.starts_with("b\t"))
+                .all(|l| l.split('\t').nth(4) == Some("a,b"));
+            if gone {
+                break out;
+            }
+            tries += 1;
+            assert!(tries < 20, "c never left the others' view:\n{out}");
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        };
+        eprintln!("{out}");
+        if let Some(c) = out.lines().find(|l| l.starts_with("c\t")) {
+            assert!(c.contains("no answer"), "{c}");
+        }
+        nodes::signal(&nodes[2].child, "-CONT");
+
+        // Not a cluster: refused with a message, exit status 1.
+        let plain = tokio::task::spawn_blocking(|| {
+            std::process::Command::new(env!("CARGO_BIN_EXE_confab"))
+                .args(["admin", "cluster"])
+                .env_clear()
+                .output()
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        assert!(!plain.status.success());
+        assert!(String::from_utf8_lossy(&plain.stderr).contains("not a cluster"));
+    })
+    .await;
+}
+
+/// Runs `confab admin --cluster <nats> cluster` (off the reactor) and
+/// returns what it printed.
+async fn admin_cluster(nats: &Nats) -> String {
+    let url = format!("nats://127.0.0.1:{}", nats.port);
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_confab"))
+            .args(["admin", "--cluster", &url, "cluster"])
+            .env_clear()
+            .output()
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "confab admin cluster: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
 }

@@ -32,6 +32,14 @@
 //!     --url confab+quic://127.0.0.1:7401 --trust sha256:<fingerprint> --user carol
 //! ```
 //!
+//! Against a cluster (`scripts/cluster.sh`), give several nodes; the chat
+//! connects to the first and moves to the next when it loses it:
+//!
+//! ```sh
+//! cargo run --release -p confab-client --example chat -- \
+//!     --url confab://127.0.0.1:7400,confab://127.0.0.1:7410 --user alice --room general
+//! ```
+//!
 //! With `--cursors FILE`, the chat remembers the last message it showed and,
 //! when started again, shows everything posted since instead of the last
 //! `--history` messages.
@@ -55,7 +63,8 @@ use tokio::sync::mpsc;
 #[derive(Debug, Parser)]
 struct Args {
     /// The broker: `confab://` (TCP), `confabs://` (TLS) or
-    /// `confab+quic://` (QUIC).
+    /// `confab+quic://` (QUIC); several nodes of a cluster separated by
+    /// commas (the next is tried when one fails).
     #[arg(long, default_value = "confab://127.0.0.1:7400")]
     url: String,
     /// For TLS and QUIC: `sha256:<fingerprint>` of the broker's
@@ -94,6 +103,7 @@ async fn run(args: Args) -> Result<(), ClientError> {
     // In development authentication the token is `user:device`.
     let token = format!("{}:{}", args.user, args.device);
     let mut config = ClientConfig::new(&args.url, token, &args.device)?;
+    let several = config.endpoints.len() > 1;
     config.trust = args.trust.clone();
     config.client_name = concat!("confab-chat-example/", env!("CARGO_PKG_VERSION")).into();
     let store = match &args.cursors {
@@ -139,6 +149,8 @@ async fn run(args: Args) -> Result<(), ClientError> {
     });
 
     let mut link = Link::Starting;
+    // The endpoint of the latest connection attempt.
+    let mut trying = None;
     let result = loop {
         tokio::select! {
             joined = &mut join, if sub.is_none() => match joined {
@@ -190,9 +202,13 @@ async fn run(args: Args) -> Result<(), ClientError> {
                     }
                     link = Link::Up;
                 }
+                Ok(ConnectionEvent::Connecting { endpoint, .. }) => trying = Some(endpoint),
                 Ok(ConnectionEvent::Reconnected { .. }) => {
                     link = Link::Up;
-                    eprintln!("* reconnected");
+                    match &trying {
+                        Some(endpoint) if several => eprintln!("* reconnected to {endpoint}"),
+                        _ => eprintln!("* reconnected"),
+                    }
                 }
                 Ok(ConnectionEvent::Closed { error: Some(e) }) => break Err(e),
                 Err(RecvError::Closed) => break Ok(()),

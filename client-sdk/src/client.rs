@@ -99,7 +99,7 @@ struct Inner {
 impl fmt::Debug for Client {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Client")
-            .field("endpoint", &self.inner.config.endpoint)
+            .field("endpoints", &self.inner.config.endpoints)
             .field("device", &self.inner.config.device)
             .field("state", &*self.inner.state.borrow())
             .finish_non_exhaustive()
@@ -868,7 +868,7 @@ impl Client {
     ///
     /// ```no_run
     /// # fn run(client: confab_client::Client) {
-    /// println!("talking to {}", client.config().endpoint);
+    /// println!("talking to {:?}", client.config().endpoints);
     /// # }
     /// ```
     pub fn config(&self) -> &ClientConfig {

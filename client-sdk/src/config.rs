@@ -12,6 +12,9 @@ use crate::error::ClientError;
 use crate::outbox::OutboxStore;
 use crate::transport::{no_trust, Endpoint, Trust};
 
+/// Most endpoints in [`ClientConfig::endpoints`].
+pub const MAX_ENDPOINTS: usize = 64;
+
 /// Everything a [`Client`](crate::Client) needs. Build it with
 /// [`ClientConfig::new`], then adjust the public fields.
 ///
@@ -32,8 +35,15 @@ use crate::transport::{no_trust, Endpoint, Trust};
 #[derive(Clone)]
 #[non_exhaustive]
 pub struct ClientConfig {
-    /// Where the broker is, and over which transport.
-    pub endpoint: Endpoint,
+    /// Where the broker is, and over which transport: one endpoint, or
+    /// several nodes of a cluster (at most [`MAX_ENDPOINTS`]). The client
+    /// connects to the first; whenever a connection attempt fails or an
+    /// established connection is lost, the next attempt goes to the next
+    /// endpoint of the list (after the last, the first again). Every node
+    /// of a cluster serves every room, so resuming rooms and resending
+    /// publishes on another node loses and doubles nothing. To spread
+    /// devices over the nodes, give each device the list in its own order.
+    pub endpoints: Vec<Endpoint>,
     /// How the broker's certificate is checked on `confabs://` and
     /// `confab+quic://`: required for them, ignored otherwise. There is no
     /// default (no system roots) and no way to skip the check.
@@ -122,22 +132,36 @@ pub struct ClientConfig {
 
 impl ClientConfig {
     /// A configuration with default settings and an in-memory cursor store.
+    /// `urls` is one URL, or several separated by commas (the nodes of a
+    /// cluster, tried in that order: see [`ClientConfig::endpoints`]).
     ///
     /// ```
-    /// use confab_client::{ClientConfig, FileCursorStore};
+    /// use confab_client::ClientConfig;
     ///
     /// let config = ClientConfig::new("confab://chat.example.com:7400", "alice:phone", "phone")?;
-    /// assert_eq!(config.endpoint.to_string(), "confab://chat.example.com:7400");
+    /// assert_eq!(config.endpoints[0].to_string(), "confab://chat.example.com:7400");
+    ///
+    /// // Two nodes of a cluster: the second is tried when the first fails.
+    /// let config = ClientConfig::new("confab://10.0.0.1:7400,confab://10.0.0.2:7400", "alice:phone", "phone")?;
+    /// assert_eq!(config.endpoints.len(), 2);
     /// # Ok::<(), confab_client::ClientError>(())
     /// ```
     ///
     /// # Errors
-    /// [`ClientError::InvalidConfig`] if `url` does not parse (see
-    /// [`Endpoint::parse`]) or `device` is not a valid device id.
-    pub fn new(url: &str, token: impl Into<String>, device: &str) -> Result<Self, ClientError> {
+    /// [`ClientError::InvalidConfig`] if a URL does not parse (see
+    /// [`Endpoint::parse`]), there are more than [`MAX_ENDPOINTS`], or
+    /// `device` is not a valid device id.
+    pub fn new(urls: &str, token: impl Into<String>, device: &str) -> Result<Self, ClientError> {
         let device = DeviceId::new(device)
             .map_err(|_| ClientError::InvalidConfig(format!("bad device id `{device}`")))?;
-        Ok(Self::with_endpoint(Endpoint::parse(url)?, token, device))
+        let endpoints = urls
+            .split(',')
+            .map(|url| Endpoint::parse(url.trim()))
+            .collect::<Result<Vec<_>, _>>()?;
+        if endpoints.len() > MAX_ENDPOINTS {
+            return Err(too_many_endpoints());
+        }
+        Ok(Self::with_endpoints(endpoints, token, device))
     }
 
     /// Like [`ClientConfig::new`] with an endpoint and device already parsed.
@@ -153,8 +177,32 @@ impl ClientConfig {
     /// # Ok::<(), confab_client::ClientError>(())
     /// ```
     pub fn with_endpoint(endpoint: Endpoint, token: impl Into<String>, device: DeviceId) -> Self {
+        Self::with_endpoints(vec![endpoint], token, device)
+    }
+
+    /// Like [`ClientConfig::with_endpoint`] with several endpoints, tried in
+    /// order (see [`ClientConfig::endpoints`]). An empty list is refused by
+    /// [`ClientConfig::validate`].
+    ///
+    /// ```
+    /// use confab_client::confab_codec::DeviceId;
+    /// use confab_client::{ClientConfig, Endpoint};
+    ///
+    /// let nodes = vec![
+    ///     Endpoint::tcp("127.0.0.1:7400".parse().unwrap()),
+    ///     Endpoint::tcp("127.0.0.1:7410".parse().unwrap()),
+    /// ];
+    /// let config = ClientConfig::with_endpoints(nodes, "bob", DeviceId::new("laptop")?);
+    /// assert!(config.validate().is_ok());
+    /// # Ok::<(), confab_client::ClientError>(())
+    /// ```
+    pub fn with_endpoints(
+        endpoints: Vec<Endpoint>,
+        token: impl Into<String>,
+        device: DeviceId,
+    ) -> Self {
         Self {
-            endpoint,
+            endpoints,
             trust: None,
             server_name: None,
             token: token.into(),
@@ -251,9 +299,18 @@ impl ClientConfig {
     /// ```
     ///
     /// # Errors
-    /// [`ClientError::InvalidConfig`] naming the first bad value, or for a
-    /// TLS or QUIC endpoint without [`ClientConfig::trust`].
+    /// [`ClientError::InvalidConfig`] naming the first bad value, for no
+    /// endpoint or more than [`MAX_ENDPOINTS`], or for a TLS or QUIC
+    /// endpoint without [`ClientConfig::trust`].
     pub fn validate(&self) -> Result<(), ClientError> {
+        if self.endpoints.is_empty() {
+            return Err(ClientError::InvalidConfig(
+                "endpoints must name at least one broker".into(),
+            ));
+        }
+        if self.endpoints.len() > MAX_ENDPOINTS {
+            return Err(too_many_endpoints());
+        }
         let checks: [(bool, &str); 8] = [
             (
                 !self.heartbeat_interval.is_zero(),
@@ -291,8 +348,10 @@ impl ClientConfig {
         if let Some((_, msg)) = checks.iter().find(|(ok, _)| !ok) {
             return Err(ClientError::InvalidConfig((*msg).to_owned()));
         }
-        if self.endpoint.is_secure() && self.trust.is_none() {
-            return Err(no_trust(&self.endpoint));
+        if let Some(secure) = self.endpoints.iter().find(|e| e.is_secure()) {
+            if self.trust.is_none() {
+                return Err(no_trust(secure));
+            }
         }
         // The semaphore behind the outbound queue has a maximum size.
         if self.outbound_queue_capacity > tokio::sync::Semaphore::MAX_PERMITS {
@@ -304,11 +363,15 @@ impl ClientConfig {
     }
 }
 
+fn too_many_endpoints() -> ClientError {
+    ClientError::InvalidConfig(format!("more than {MAX_ENDPOINTS} endpoints"))
+}
+
 impl fmt::Debug for ClientConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // The token is a credential: never print it.
         f.debug_struct("ClientConfig")
-            .field("endpoint", &self.endpoint)
+            .field("endpoints", &self.endpoints)
             .field("trust", &self.trust)
             .field("server_name", &self.server_name)
             .field("token", &"<redacted>")
@@ -362,6 +425,26 @@ mod tests {
         assert!(c.validate().is_err());
         assert!(ClientConfig::new("confab://h:1", "t", "").is_err());
         assert!(ClientConfig::new("bogus://h:1", "t", "d").is_err());
+        assert!(ClientConfig::new("confab://h:1,bogus://h:2", "t", "d").is_err());
+        assert!(ClientConfig::new("confab://h:1,", "t", "d").is_err());
+        let mut c = config();
+        c.endpoints.clear();
+        assert!(c.validate().is_err());
+        let many = vec!["confab://h:1"; MAX_ENDPOINTS + 1].join(",");
+        assert!(ClientConfig::new(&many, "t", "d").is_err());
+        let mut c = config();
+        c.endpoints = vec![c.endpoints[0].clone(); MAX_ENDPOINTS + 1];
+        assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn a_list_of_urls_keeps_its_order() {
+        let c = ClientConfig::new("confab://a:1, confabs://b:2 ,confab+quic://c", "t", "d").unwrap();
+        let urls: Vec<String> = c.endpoints.iter().map(ToString::to_string).collect();
+        assert_eq!(urls, ["confab://a:1", "confabs://b:2", "confab+quic://c:7401"]);
+        // A secure endpoint anywhere in the list needs a trust anchor.
+        assert!(c.validate().is_err());
+        assert!(c.trust(Trust::CaFile("/etc/ca.pem".into())).validate().is_ok());
     }
 
     #[test]

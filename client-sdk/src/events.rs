@@ -8,6 +8,7 @@ use confab_codec::{
 };
 
 use crate::error::{ClientError, DisconnectReason};
+use crate::transport::Endpoint;
 
 /// One message of a room, delivered exactly once and in sequence order.
 ///
@@ -173,6 +174,9 @@ pub enum ConnectionEvent {
         /// The attempt's number since the last connection was up (or since
         /// the client started), from 1.
         attempt: u32,
+        /// The endpoint this attempt goes to (one of
+        /// [`ClientConfig::endpoints`](crate::ClientConfig::endpoints)).
+        endpoint: Endpoint,
     },
     /// The first connection of this client is up.
     Connected {

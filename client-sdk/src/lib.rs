@@ -139,7 +139,7 @@ mod view;
 
 pub use backoff::BackoffConfig;
 pub use client::Client;
-pub use config::ClientConfig;
+pub use config::{ClientConfig, MAX_ENDPOINTS};
 pub use cursor::{CursorStore, FileCursorStore, MemoryCursorStore, FILE_FLUSH_DELAY};
 pub use error::{ClientError, DisconnectReason};
 pub use events::{ConnectionEvent, ConnectionState, Gap, RoomEvent, Signal};

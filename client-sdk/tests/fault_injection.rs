@@ -47,6 +47,7 @@ over_transports!(
     reconnect_resumes_every_room_without_loss_or_duplicates,
     unacknowledged_publishes_are_retried_and_stored_once,
     publishes_refused_for_a_full_disk_are_retried_and_stored_once,
+    publishes_answered_internal_after_being_stored_are_acked_once,
     a_dead_link_is_detected_by_heartbeats,
     a_slow_reader_pauses_its_room_and_loses_nothing,
     a_restarted_app_resumes_from_its_file_cursor,
@@ -311,6 +312,48 @@ async fn publishes_refused_for_a_full_disk_are_retried_and_stored_once(t: Transp
         );
         assert_eq!(stored[i].client_msg_id, a.client_msg_id, "the same id");
     }
+}
+
+/// A publish answered with `Internal` may have been stored (in a cluster:
+/// the owner stored it, the forward's reply was lost): the SDK sends it
+/// again with the same id until it is acknowledged, and the application
+/// gets one acknowledgement per message, with the sequence it was stored
+/// under; nothing is stored twice.
+async fn publishes_answered_internal_after_being_stored_are_acked_once(t: Transport) {
+    let mock = Mock::start_over(t).await;
+    let alice = Client::connect(config(&mock, "alice", "phone"))
+        .await
+        .unwrap();
+    mock.stored_then_internal(3);
+    let mut pending = Vec::new();
+    for i in 1..=6 {
+        pending.push(
+            alice
+                .enqueue(Message::new("r".parse().unwrap(), format!("m{i}")))
+                .await
+                .unwrap(),
+        );
+    }
+    let mut acks = Vec::new();
+    for p in pending {
+        acks.push(within(p).await.unwrap());
+    }
+    let stored = mock.stored("r");
+    let payloads: Vec<String> = stored
+        .iter()
+        .map(|r| String::from_utf8(r.payload.to_vec()).unwrap())
+        .collect();
+    let expected: Vec<String> = (1..=6).map(|i| format!("m{i}")).collect();
+    assert_eq!(payloads, expected, "each stored once, in order");
+    assert!(mock.received() >= 6 + 3, "the refused ones were sent again");
+    for (i, a) in acks.iter().enumerate() {
+        assert_eq!(a.seq.0, i as u64 + 1, "acknowledged with its stored sequence");
+        assert_eq!(stored[i].client_msg_id, a.client_msg_id, "the same id");
+    }
+    assert!(
+        acks.iter().any(|a| a.duplicate),
+        "a retry of a stored publish is answered with its original"
+    );
 }
 
 async fn a_dead_link_is_detected_by_heartbeats(t: Transport) {

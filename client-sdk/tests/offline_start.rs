@@ -264,7 +264,7 @@ async fn apps_started_while_the_broker_is_down_catch_up(t: Transport) {
     let mut events = alice.events();
     wait_event(
         &mut events,
-        |e| matches!(e, ConnectionEvent::Connecting { attempt } if *attempt >= 2),
+        |e| matches!(e, ConnectionEvent::Connecting { attempt, .. } if *attempt >= 2),
     )
     .await;
     wait_event(&mut events, |e| {

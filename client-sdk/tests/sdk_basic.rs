@@ -364,7 +364,7 @@ async fn a_login_back_off_refusal_is_waited_out() {
     within(async {
         loop {
             match events.recv().await {
-                Ok(ConnectionEvent::Connecting { attempt }) => attempts = attempt,
+                Ok(ConnectionEvent::Connecting { attempt, .. }) => attempts = attempt,
                 Ok(ConnectionEvent::Connected { .. }) => return,
                 Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
                 Err(broadcast::error::RecvError::Closed) => panic!("client closed"),

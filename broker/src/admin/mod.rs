@@ -86,6 +86,11 @@ pub enum AdminCommand {
     /// says exactly what is damaged (exit status 1 if anything is). Run it
     /// on a stopped broker for a complete answer.
     Verify,
+    /// Cluster mode: the nodes (advertised address, time since their last
+    /// heartbeat, their view of the live set), the rooms each writes and
+    /// follows, and how far each is behind the stream. Needs the cluster's
+    /// NATS settings (`--cluster URLS` or `[cluster]`).
+    Cluster,
     /// Replaces the (stopped) broker's data directory with a backup. The
     /// old directory is kept beside it as `<data_dir>.before-restore-<time>`.
     Restore {
@@ -121,7 +126,35 @@ pub fn run(config: &Config, command: AdminCommand) -> Result<String, AdminError>
         AdminCommand::Backup { dest, remote } => maintain::backup(config, &dest, &remote),
         AdminCommand::Restore { backup } => maintain::restore(config, &backup),
         AdminCommand::Verify => verify(dir),
+        AdminCommand::Cluster => cluster(config),
     }
+}
+
+/// `cluster`: asks the nodes over NATS (see `cluster::report`).
+#[cfg(feature = "cluster")]
+fn cluster(config: &Config) -> Result<String, AdminError> {
+    if !config.cluster.enabled() {
+        return Err(AdminError::Usage(
+            "not a cluster: give the NATS servers with --cluster URLS or cluster.nats_urls".into(),
+        ));
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| AdminError::Io {
+            what: "starting the async runtime".into(),
+            source,
+        })?;
+    runtime
+        .block_on(crate::cluster::report(&config.cluster))
+        .map_err(|e| AdminError::Remote(e.to_string()))
+}
+
+#[cfg(not(feature = "cluster"))]
+fn cluster(_config: &Config) -> Result<String, AdminError> {
+    Err(AdminError::Usage(
+        "this build has no cluster mode (cargo feature `cluster`)".into(),
+    ))
 }
 
 /// `verify`: the report, or [`AdminError::Damaged`] with it.

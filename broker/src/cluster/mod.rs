@@ -36,6 +36,7 @@ pub(crate) mod node;
 mod rendezvous;
 mod room_log;
 mod settings;
+mod status;
 mod writer;
 
 pub use error::ClusterError;
@@ -43,4 +44,5 @@ pub use follow::{Follower, RoomFeed, Step};
 pub use log::{ChunkRef, JetStreamLog, LogConfig};
 pub use membership::{LiveNodes, Membership, MembershipConfig, NodeId};
 pub use rendezvous::{owner, score};
+pub use status::{report, NodeStatus, RoomStatus, MAX_STATUS_ROOMS};
 pub use writer::{Appended, RoomWriter};

@@ -10,6 +10,7 @@ use tracing::{info, warn};
 
 use super::forward::{serve_requests, start_forwarder, NodeLink};
 use super::room_log::ClusterLog;
+use super::status::{serve_status, StatusSource};
 use super::{ClusterError, JetStreamLog, Membership};
 use crate::config::Config;
 use crate::sequencer::SeqTx;
@@ -24,6 +25,8 @@ pub(crate) struct ClusterNode {
     link: NodeLink,
     log: ClusterLog,
     membership: Membership,
+    /// The address devices reach this node at (for `confab admin cluster`).
+    address: String,
 }
 
 impl ClusterNode {
@@ -67,6 +70,7 @@ impl ClusterNode {
             },
             log: room_log,
             membership,
+            address: cfg.advertised_address.clone(),
         })
     }
 
@@ -95,6 +99,15 @@ impl ClusterNode {
     ) -> Result<Arc<dyn Forward>, ClusterError> {
         self.log.feed_into(sequencer.clone());
         serve_requests(&self.link, sequencer, stats, tasks.clone(), stop.clone()).await?;
+        let source = StatusSource {
+            client: self.link.client.clone(),
+            stream: self.link.stream.clone(),
+            me: self.link.me.clone(),
+            address: self.address.clone(),
+            live: self.membership.changes(),
+            log: self.log.clone(),
+        };
+        serve_status(source, tasks, stop.clone()).await?;
         let forwarder =
             start_forwarder(&self.link, self.membership.changes(), tasks, stop.clone()).await?;
         let membership = self.membership;

@@ -45,8 +45,9 @@ struct Store {
     /// The takeover window (`storage.dedup_window`).
     window: usize,
     writers: Mutex<FxHashMap<RoomId, Writer>>,
-    /// Rooms followed, and the token that stops their task.
-    followed: Mutex<FxHashMap<RoomId, CancellationToken>>,
+    /// Rooms followed: the token that stops their task, and the last
+    /// sequence it handed to the sequencer.
+    followed: Mutex<FxHashMap<RoomId, Followed>>,
     /// Where followed entries go (set once the sequencer's queue exists).
     sequencer: OnceLock<SeqTx>,
     /// Metadata that is not a room's (last-seen times, push
@@ -55,6 +56,38 @@ struct Store {
     meta: MemoryLog,
     takeovers: AtomicU64,
     stop: CancellationToken,
+}
+
+/// A followed room's task, as the store sees it.
+struct Followed {
+    stop: CancellationToken,
+    /// [`Follower::applied`], updated after every step.
+    applied: Arc<AtomicU64>,
+}
+
+/// What a node writes and follows, for `confab admin cluster`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct RoomsHeld {
+    /// Per room, in room order, at most the `max_rooms` asked for: the
+    /// writer's head (`None` if it does not write the room, or its append
+    /// is in flight) and the last sequence handed to the fan-out (`None`
+    /// if it does not follow the room).
+    pub(crate) rooms: Vec<(RoomId, RoomHeld)>,
+    /// Rooms with a writer, all of them.
+    pub(crate) writing: usize,
+    /// Rooms followed, all of them.
+    pub(crate) following: usize,
+}
+
+/// One room of [`RoomsHeld`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct RoomHeld {
+    /// Whether this node has a writer for the room.
+    pub(crate) writer: bool,
+    /// The writer's head, when it could be read without waiting.
+    pub(crate) head: Option<Seq>,
+    /// The last sequence handed to the fan-out, if followed.
+    pub(crate) applied: Option<Seq>,
 }
 
 /// A [`RoomLog`] on JetStream (see the module docs).
@@ -122,6 +155,36 @@ impl ClusterLog {
         let _ = self.store.sequencer.set(tx);
     }
 
+    /// The rooms this node writes and follows, at most `max_rooms` of them
+    /// (the first in room order), with the counts of all. Never waits: a
+    /// writer whose append is in flight is listed without its head.
+    pub(crate) fn rooms_held(&self, max_rooms: usize) -> RoomsHeld {
+        let mut rooms: std::collections::BTreeMap<RoomId, RoomHeld> = Default::default();
+        let (writing, following);
+        {
+            let writers = lock(&self.store.writers);
+            writing = writers.len();
+            for (room, w) in writers.iter() {
+                let held = rooms.entry(room.clone()).or_default();
+                held.writer = true;
+                held.head = w.try_lock().ok().map(|w| w.head());
+            }
+        }
+        {
+            let followed = lock(&self.store.followed);
+            following = followed.len();
+            for (room, f) in followed.iter() {
+                rooms.entry(room.clone()).or_default().applied =
+                    Some(Seq(f.applied.load(Ordering::Relaxed)));
+            }
+        }
+        RoomsHeld {
+            rooms: rooms.into_iter().take(max_rooms).collect(),
+            writing,
+            following,
+        }
+    }
+
     fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
         self.store.runtime.block_on(f)
     }
@@ -171,18 +234,36 @@ impl Store {
         };
         let follower = Follower::start(&self.client, self.log.clone(), room.clone()).await?;
         let stop = self.stop.child_token();
+        let applied = Arc::new(AtomicU64::new(follower.applied().0));
         {
             let mut followed = lock(&self.followed);
             if followed.contains_key(room) {
                 return Ok(());
             }
-            followed.insert(room.clone(), stop.clone());
+            followed.insert(
+                room.clone(),
+                Followed {
+                    stop: stop.clone(),
+                    applied: applied.clone(),
+                },
+            );
         }
         let store = self.clone();
-        self.runtime
-            .spawn(run_follower(store, room.clone(), follower, tx, stop));
+        self.runtime.spawn(run_follower(
+            store,
+            room.clone(),
+            follower,
+            tx,
+            Progress { stop, applied },
+        ));
         Ok(())
     }
+}
+
+/// A follower task's stop token and where it reports its progress.
+struct Progress {
+    stop: CancellationToken,
+    applied: Arc<AtomicU64>,
 }
 
 /// Feeds one followed room into the sequencer until stopped; opens the
@@ -192,8 +273,9 @@ async fn run_follower(
     room: RoomId,
     mut follower: Follower,
     tx: SeqTx,
-    stop: CancellationToken,
+    progress: Progress,
 ) {
+    let Progress { stop, applied } = progress;
     loop {
         let next = tokio::select! {
             _ = stop.cancelled() => return,
@@ -201,6 +283,7 @@ async fn run_follower(
         };
         match next {
             Ok(records) => {
+                applied.store(follower.applied().0, Ordering::Relaxed);
                 let events = frames(&room, records);
                 if !events.is_empty()
                     && tx
@@ -474,8 +557,8 @@ impl RoomLog for ClusterLog {
             return;
         }
         lock(&self.store.writers).remove(room);
-        if let Some(stop) = lock(&self.store.followed).remove(room) {
-            stop.cancel();
+        if let Some(f) = lock(&self.store.followed).remove(room) {
+            f.stop.cancel();
         }
     }
 

@@ -164,12 +164,13 @@ pub(super) struct Opened {
 pub(super) async fn open(
     config: &ClientConfig,
     dialer: &Dialer,
+    endpoint: usize,
     hello: Hello,
     hello_rid: u32,
 ) -> Result<Opened, OpenError> {
     let attempt = async {
         let link = dialer
-            .connect()
+            .connect(endpoint)
             .await
             .map_err(|e| OpenError::Retry(DisconnectReason::ConnectFailed(e.to_string())))?;
         let quic = link.quic;

@@ -396,16 +396,19 @@ impl Driver {
         true
     }
 
-    /// A publish was refused with `StorageFull`: the broker stored nothing
-    /// and will accept writes again once its operator frees space. Send it
-    /// again, with the same client message id, after a back-off delay
-    /// (`backoff`, without its attempt limit: publishes have no timeout,
-    /// and one refused for a full disk is retried until it is stored or
-    /// the client is closed). Refusals that arrive while a pause is already
-    /// set (the rest of a burst) do not lengthen the delay. Meanwhile one
-    /// publish at a time, as after a rate limit, so that a long queue is
-    /// not refused all over again at every try.
-    fn retry_storage_full(&mut self, order: u64) {
+    /// A publish was refused with `StorageFull` (the broker stored nothing
+    /// and will accept writes again once its operator frees space) or
+    /// `Internal` (a server-side failure: in a cluster, the room's owner
+    /// left or did not answer in time, and the publish may have been
+    /// stored). Send it again, with the same client message id, after a
+    /// back-off delay (`backoff`, without its attempt limit: publishes have
+    /// no timeout, and such a publish is retried until it is acknowledged,
+    /// with its original sequence if it was stored, or the client is
+    /// closed). Refusals that arrive while a pause is already set (the rest
+    /// of a burst) do not lengthen the delay. Meanwhile one publish at a
+    /// time, as after a rate limit, so that a long queue is not refused all
+    /// over again at every try.
+    fn retry_refused_publish(&mut self, order: u64, code: ErrorCode) {
         self.publish_window = 1;
         let Some(p) = self.publishes.get_mut(&order) else {
             return;
@@ -416,14 +419,16 @@ impl Driver {
             return;
         }
         let delay = self
-            .storage_full
+            .refused_publish
             .next_delay(&mut self.rng)
             .unwrap_or(self.config.backoff.max)
             .max(std::time::Duration::from_millis(1));
-        if self.storage_full.failures() == 1 {
+        if self.refused_publish.failures() == 1 && code == ErrorCode::StorageFull {
             warn!(room = %p.publish.room, "the broker's storage is full; publishes wait and are sent again with back-off");
+        } else if self.refused_publish.failures() == 1 {
+            warn!(room = %p.publish.room, code = code.as_str(), "a publish failed at the broker; it is sent again with the same id, with back-off");
         } else {
-            debug!(room = %p.publish.room, client_msg_id = p.publish.client_msg_id, delay_ms = delay.as_millis(), "storage still full; retrying later");
+            debug!(room = %p.publish.room, client_msg_id = p.publish.client_msg_id, code = code.as_str(), delay_ms = delay.as_millis(), "publish refused again; retrying later");
         }
         self.publish_paused_until = Some(now + delay);
     }
@@ -611,8 +616,8 @@ impl Driver {
                     {
                         return;
                     }
-                    if e.code == ErrorCode::StorageFull {
-                        self.retry_storage_full(order);
+                    if matches!(e.code, ErrorCode::StorageFull | ErrorCode::Internal) {
+                        self.retry_refused_publish(order, e.code);
                         return;
                     }
                 }
@@ -633,7 +638,7 @@ impl Driver {
                 let acked = result.is_ok();
                 self.complete_publish(order, result);
                 if acked {
-                    self.storage_full.reset();
+                    self.refused_publish.reset();
                     self.widen_publish_window();
                 } else if self.publish_window != usize::MAX {
                     // Its place in the window is free again.

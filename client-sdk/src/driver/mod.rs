@@ -143,6 +143,9 @@ enum Attempt {
 struct Driver {
     config: Arc<ClientConfig>,
     dialer: Arc<crate::transport::Dialer>,
+    /// The endpoint of the next (or current) connection: an index into
+    /// `dialer`, moved on by every failed attempt and lost connection.
+    endpoint: usize,
     cmds: mpsc::Receiver<Command>,
     cmds_open: bool,
     ctl: mpsc::UnboundedReceiver<SubCtl>,
@@ -164,9 +167,10 @@ struct Driver {
     /// After a `RateLimited` or `StorageFull` publish: no publish is sent
     /// before this.
     publish_paused_until: Option<Instant>,
-    /// Delays between resends of publishes refused with `StorageFull`:
-    /// `backoff` without its attempt limit, reset by an acknowledgement.
-    storage_full: Backoff,
+    /// Delays between resends of publishes refused with `StorageFull` or
+    /// `Internal`: `backoff` without its attempt limit, reset by an
+    /// acknowledgement.
+    refused_publish: Backoff,
     /// After a subscription refused with a passing error (`Internal`, ...):
     /// when the rooms waiting for it are subscribed again.
     resubscribe_at: Option<Instant>,
@@ -204,7 +208,7 @@ impl Driver {
             token: p.config.token.clone(),
             publish_paused_until: None,
             publish_window: usize::MAX,
-            storage_full: Backoff::new(crate::backoff::BackoffConfig {
+            refused_publish: Backoff::new(crate::backoff::BackoffConfig {
                 max_attempts: None,
                 ..p.config.backoff.clone()
             }),
@@ -215,6 +219,7 @@ impl Driver {
             }),
             config: p.config,
             dialer: p.dialer,
+            endpoint: 0,
             cmds: p.cmds,
             cmds_open: true,
             ctl: p.ctl,
@@ -277,6 +282,7 @@ impl Driver {
             }
             self.emit(ConnectionEvent::Connecting {
                 attempt: backoff.failures().saturating_add(1),
+                endpoint: self.dialer.endpoint(self.endpoint).clone(),
             });
             match self.attempt().await {
                 Attempt::Stop => break None,
@@ -300,6 +306,9 @@ impl Driver {
                                 _ => None,
                             };
                             self.connection_lost(reason);
+                            // The node may be gone: the next attempt goes
+                            // to the next endpoint of the list.
+                            self.next_endpoint();
                             if let Some(err) = fatal {
                                 // Session replaced: another instance of this
                                 // device took over; never fight it. Others:
@@ -348,12 +357,14 @@ impl Driver {
                             DisconnectReason::Goodbye { code, message }
                         }
                     };
-                    debug!(%reason, "connection attempt failed");
+                    debug!(%reason, endpoint = %self.dialer.endpoint(self.endpoint), "connection attempt failed");
                     let err = attempt_error(&reason);
                     self.emit(ConnectionEvent::Disconnected { reason });
-                    if self.first_connect.is_some() {
-                        // `Client::connect` reports the first failure
-                        // instead of retrying.
+                    self.next_endpoint();
+                    if self.first_connect.is_some() && self.endpoint == 0 {
+                        // `Client::connect` reports the failure of the
+                        // first round (each endpoint tried once) instead
+                        // of retrying.
                         break Some(err);
                     }
                 }
@@ -368,6 +379,11 @@ impl Driver {
             }
         };
         self.finish(fatal).await;
+    }
+
+    /// Moves to the next endpoint of the list (after the last, the first).
+    fn next_endpoint(&mut self) {
+        self.endpoint = (self.endpoint + 1) % self.dialer.len();
     }
 
     /// Serves commands until `delay` has passed.
@@ -409,7 +425,7 @@ impl Driver {
         let hello_rid = self.next_rid();
         let (hello, resumed) = self.hello();
         let (config, dialer) = (self.config.clone(), self.dialer.clone());
-        let open = conn::open(&config, &dialer, hello, hello_rid);
+        let open = conn::open(&config, &dialer, self.endpoint, hello, hello_rid);
         tokio::pin!(open);
         loop {
             tokio::select! {

@@ -294,9 +294,16 @@ pub(crate) struct Link {
     pub(crate) quic: Option<QuicLink>,
 }
 
-/// Opens links to the configured endpoint. Built once per client, so that
-/// a bad CA file is reported by `Client::connect`, not at every attempt.
+/// Opens links to the configured endpoints. Built once per client, so that
+/// a bad CA file or server name is reported by `Client::connect`, not at
+/// every attempt.
 pub(crate) struct Dialer {
+    /// One per [`ClientConfig::endpoints`], in the same order.
+    targets: Vec<Target>,
+}
+
+/// One endpoint, with what its transport needs prepared.
+struct Target {
     endpoint: Endpoint,
     /// The name certificates are checked against (TLS, QUIC).
     server_name: Option<ServerName<'static>>,
@@ -307,48 +314,78 @@ pub(crate) struct Dialer {
 impl fmt::Debug for Dialer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Dialer")
-            .field("endpoint", &self.endpoint)
+            .field(
+                "endpoints",
+                &self.targets.iter().map(|t| &t.endpoint).collect::<Vec<_>>(),
+            )
             .finish_non_exhaustive()
     }
 }
 
 impl Dialer {
-    /// Prepares the TLS and QUIC configurations the endpoint needs.
+    /// Prepares the TLS and QUIC configurations the endpoints need.
     ///
     /// # Errors
-    /// [`ClientError::InvalidConfig`] if TLS or QUIC is asked for without a
-    /// usable [`Trust`], or with a server name that is not a valid name.
+    /// [`ClientError::InvalidConfig`] if there is no endpoint, or TLS or
+    /// QUIC is asked for without a usable [`Trust`], or with a server name
+    /// that is not a valid name.
     pub(crate) fn new(config: &ClientConfig) -> Result<Self, ClientError> {
-        let mut dialer = Dialer {
-            endpoint: config.endpoint.clone(),
+        if config.endpoints.is_empty() {
+            return Err(ClientError::InvalidConfig("no endpoint".into()));
+        }
+        let targets = config
+            .endpoints
+            .iter()
+            .map(|e| Target::new(e, config))
+            .collect::<Result<_, _>>()?;
+        Ok(Self { targets })
+    }
+
+    /// How many endpoints there are (at least one).
+    pub(crate) fn len(&self) -> usize {
+        self.targets.len()
+    }
+
+    /// The endpoint at `index` (taken modulo [`Dialer::len`]).
+    pub(crate) fn endpoint(&self, index: usize) -> &Endpoint {
+        &self.targets[index % self.targets.len()].endpoint
+    }
+
+    /// Opens a link to the endpoint at `index` (taken modulo
+    /// [`Dialer::len`]).
+    pub(crate) async fn connect(&self, index: usize) -> std::io::Result<Link> {
+        self.targets[index % self.targets.len()].connect().await
+    }
+}
+
+impl Target {
+    fn new(endpoint: &Endpoint, config: &ClientConfig) -> Result<Self, ClientError> {
+        let mut target = Target {
+            endpoint: endpoint.clone(),
             server_name: None,
             tls: None,
             quic: None,
         };
-        let host = match &config.endpoint {
+        let host = match endpoint {
             Endpoint::Tls { host, .. } | Endpoint::Quic { host, .. } => host,
-            Endpoint::Tcp { .. } | Endpoint::Custom(_) => return Ok(dialer),
+            Endpoint::Tcp { .. } | Endpoint::Custom(_) => return Ok(target),
         };
-        let trust = config
-            .trust
-            .as_ref()
-            .ok_or_else(|| no_trust(&config.endpoint))?;
+        let trust = config.trust.as_ref().ok_or_else(|| no_trust(endpoint))?;
         let name = config.server_name.clone().unwrap_or_else(|| host.clone());
-        dialer.server_name = Some(ServerName::try_from(name.clone()).map_err(|_| {
+        target.server_name = Some(ServerName::try_from(name.clone()).map_err(|_| {
             ClientError::InvalidConfig(format!("`{name}` is not a valid TLS server name"))
         })?);
-        match &config.endpoint {
+        match endpoint {
             Endpoint::Tls { .. } => {
                 let tls = tls::client_config(trust, false)?;
-                dialer.tls = Some(tokio_rustls::TlsConnector::from(Arc::new(tls)));
+                target.tls = Some(tokio_rustls::TlsConnector::from(Arc::new(tls)));
             }
-            _ => dialer.quic = Some(quic::client_config(trust, config)?),
+            _ => target.quic = Some(quic::client_config(trust, config)?),
         }
-        Ok(dialer)
+        Ok(target)
     }
 
-    /// Opens a link to the endpoint.
-    pub(crate) async fn connect(&self) -> std::io::Result<Link> {
+    async fn connect(&self) -> std::io::Result<Link> {
         let stream: BoxByteStream = match (&self.endpoint, &self.server_name) {
             (Endpoint::Tcp { host, port }, _) => Box::new(tcp(host, *port).await?),
             (Endpoint::Tls { host, port }, Some(name)) => {
@@ -514,7 +551,7 @@ mod tests {
             ClientConfig::with_endpoint(endpoint, "t", confab_codec::DeviceId::new("d").unwrap());
         let mut stream = Dialer::new(&config)
             .unwrap()
-            .connect()
+            .connect(0)
             .await
             .unwrap()
             .stream;

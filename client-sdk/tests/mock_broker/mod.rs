@@ -85,6 +85,10 @@ pub(crate) struct State {
     /// The next this-many publishes are refused with `StorageFull` and not
     /// stored (a broker whose disk is full).
     storage_full: usize,
+    /// The next this-many new publishes are stored, then answered with
+    /// `Internal` (a cluster node whose forward to the room's owner timed
+    /// out after the owner stored it).
+    stored_then_internal: usize,
     /// The next this-many subscribe items (in `Subscribe`s and `Hello`
     /// resumes) are refused with `Internal` (a storage read that failed).
     refuse_subscribes: usize,
@@ -264,6 +268,12 @@ impl Mock {
     /// The next `n` publishes are refused with `StorageFull`, not stored.
     pub(crate) fn storage_full(&self, n: usize) {
         self.state.lock().unwrap().storage_full = n;
+    }
+
+    /// The next `n` new publishes are stored, then answered with
+    /// `Internal` instead of their acknowledgement.
+    pub(crate) fn stored_then_internal(&self, n: usize) {
+        self.state.lock().unwrap().stored_then_internal = n;
     }
 
     /// The next `n` subscribe items are refused with `Internal`.
@@ -621,6 +631,16 @@ async fn serve(
                         st.lose_acks -= 1;
                         st.subs.retain(|s| s.conn != conn);
                         return;
+                    }
+                    if st.stored_then_internal > 0 {
+                        st.stored_then_internal -= 1;
+                        let refusal = ErrorFrame {
+                            code: ErrorCode::Internal,
+                            retry_after_ms: 0,
+                            message: "the room's owner did not answer in time".into(),
+                        };
+                        tx.send(Frame::request(rid, refusal)).unwrap();
+                        continue;
                     }
                     let ack = PublishAck {
                         room: p.room,
