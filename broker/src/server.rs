@@ -311,11 +311,25 @@ impl BrokerBuilder {
         let compression = Arc::new(ContextBudget::new(config.compression.max_contexts));
         #[cfg(feature = "cluster")]
         let forward = match cluster {
-            Some(node) => Some(
-                node.start(seq_tx.clone(), stats.clone(), &tasks, shutdown.clone())
+            Some(node) => {
+                // Typing and presence reach every node (docs/cluster.md).
+                let ephemeral = crate::cluster::node::Ephemeral {
+                    typing: typing.clone(),
+                    presence: presence.clone(),
+                    rooms: rooms.clone(),
+                };
+                Some(
+                    node.start(
+                        seq_tx.clone(),
+                        stats.clone(),
+                        ephemeral,
+                        &tasks,
+                        shutdown.clone(),
+                    )
                     .await
                     .map_err(|e| BrokerError::Cluster(e.to_string()))?,
-            ),
+                )
+            }
             None => None,
         };
         #[cfg(not(feature = "cluster"))]

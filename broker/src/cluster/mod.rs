@@ -22,8 +22,10 @@
 //! `confab serve` with `[cluster]` runs a [`node::ClusterNode`]: the
 //! sequencer commits through [`room_log::ClusterLog`] (each room's part
 //! of a group as one fenced chunk), publishes for rooms another node owns
-//! are forwarded to it ([`forward`]), and rooms are followed into the
-//! local fan-out. Single-node mode does not use this module at all.
+//! are forwarded to it ([`forward`]), rooms are followed into the local
+//! fan-out, and typing ([`typing`]) and presence ([`presence`]) reach the
+//! devices of every node. Single-node mode does not use this module at
+//! all.
 
 mod chunk;
 mod error;
@@ -33,10 +35,12 @@ mod log;
 mod membership;
 mod names;
 pub(crate) mod node;
+mod presence;
 mod rendezvous;
 mod room_log;
 mod settings;
 mod status;
+mod typing;
 mod writer;
 
 pub use error::ClusterError;

@@ -25,6 +25,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use super::typing::TypingLink;
 use super::{ClusterError, Follower, JetStreamLog, LiveNodes, NodeId, RoomWriter};
 use crate::sequencer::{SeqMsg, SeqTx};
 use crate::storage::{
@@ -50,6 +51,8 @@ struct Store {
     followed: Mutex<FxHashMap<RoomId, Followed>>,
     /// Where followed entries go (set once the sequencer's queue exists).
     sequencer: OnceLock<SeqTx>,
+    /// Where followed rooms' typing from other nodes goes (set at start).
+    typing: OnceLock<Arc<TypingLink>>,
     /// Metadata that is not a room's (last-seen times, push
     /// registrations): kept by this node only, in memory. Room metadata
     /// (managed rooms, markers) is refused in cluster mode for now.
@@ -134,6 +137,7 @@ impl ClusterLog {
                 writers: Mutex::new(FxHashMap::default()),
                 followed: Mutex::new(FxHashMap::default()),
                 sequencer: OnceLock::new(),
+                typing: OnceLock::new(),
                 meta: MemoryLog::new(),
                 takeovers: AtomicU64::new(0),
                 stop,
@@ -153,6 +157,12 @@ impl ClusterLog {
     /// Where followed rooms' entries go: the sequencer's queue.
     pub(crate) fn feed_into(&self, tx: SeqTx) {
         let _ = self.store.sequencer.set(tx);
+    }
+
+    /// Every room followed from now on also receives its typing from the
+    /// other nodes, through `link`, for as long as it is followed.
+    pub(crate) fn typing_from(&self, link: Arc<TypingLink>) {
+        let _ = self.store.typing.set(link);
     }
 
     /// The rooms this node writes and follows, at most `max_rooms` of them
@@ -224,7 +234,8 @@ impl Store {
 
     /// Starts following `room` (once): subscribes to its fan-out subject,
     /// then reads its head, and feeds what is stored after that head into
-    /// the sequencer, which hands it to the fan-out.
+    /// the sequencer, which hands it to the fan-out. Its typing from other
+    /// nodes is received for as long (`cluster::typing`).
     async fn follow(self: &Arc<Self>, room: &RoomId) -> Result<(), ClusterError> {
         if lock(&self.followed).contains_key(room) {
             return Ok(());
@@ -232,12 +243,27 @@ impl Store {
         let Some(tx) = self.sequencer.get().cloned() else {
             return Ok(());
         };
-        let follower = Follower::start(&self.client, self.log.clone(), room.clone()).await?;
         let stop = self.stop.child_token();
+        // Typing first: the follower's head read below is a round trip on
+        // the same connection, after which the server has both interests.
+        if let Some(link) = self.typing.get() {
+            // Typing is ephemeral: a room without it still delivers.
+            if let Err(e) = link.follow(room, stop.clone()).await {
+                warn!(%room, error = %e, "the room's typing from other nodes is not received");
+            }
+        }
+        let follower = match Follower::start(&self.client, self.log.clone(), room.clone()).await {
+            Ok(f) => f,
+            Err(e) => {
+                stop.cancel();
+                return Err(e);
+            }
+        };
         let applied = Arc::new(AtomicU64::new(follower.applied().0));
         {
             let mut followed = lock(&self.followed);
             if followed.contains_key(room) {
+                stop.cancel();
                 return Ok(());
             }
             followed.insert(

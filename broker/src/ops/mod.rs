@@ -190,4 +190,16 @@ fn describe() {
         "confab_auth_failures_total",
         "Hello or RefreshToken tokens refused."
     );
+    describe_counter!(
+        "confab_cluster_typing_dropped_total",
+        "Cluster mode: typing changes of this node's devices not sent to the other nodes (the relay queue was full)."
+    );
+    describe_counter!(
+        "confab_cluster_presence_syncs_total",
+        "Cluster mode: presence snapshots asked of other nodes (a node joined, restarted, or messages were lost)."
+    );
+    describe_counter!(
+        "confab_cluster_ignored_total",
+        "Cluster mode: typing or presence from other nodes ignored, by kind: undecodable messages, users beyond a node's share."
+    );
 }

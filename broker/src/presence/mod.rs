@@ -14,6 +14,13 @@
 //! Last-seen times are stored in the metadata keyspace (`S` · len(user) ·
 //! user → u64 big-endian microseconds) when a user's last device
 //! disconnects, through [`RoomLog::commit`] on a blocking thread.
+//!
+//! In cluster mode the aggregate covers the user's devices on every node:
+//! the cluster layer takes what to tell the other nodes
+//! ([`PresenceHub::take_relayed`]) and hands in what they say
+//! ([`PresenceHub::apply_peer`], [`PresenceHub::replace_peer`],
+//! [`PresenceHub::drop_peer`] when a node leaves); pushes and
+//! `GetPresence` then work from the merged state as above.
 
 mod share;
 pub(crate) mod state;
@@ -28,6 +35,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 pub(crate) use share::visible_to;
+pub(crate) use state::{Departure, Peer, Relayed};
 
 use crate::fanout::{presence_events, Outbox};
 use crate::sequencer::{write_meta, SeqTx};
@@ -41,6 +49,10 @@ use state::{Change, PresenceState};
 pub(crate) fn stored_last_seen(log: &dyn RoomLog, user: &UserId) -> Result<u64, StorageError> {
     meta::presence::last_seen(log, user)
 }
+
+/// Most last-seen times [`PresenceHub::store_departures`] stores in one
+/// commit.
+const DEPARTURES_PER_WRITE: usize = 1024;
 
 /// One connection that turned `WatchPresence` on.
 #[derive(Debug, Clone)]
@@ -114,7 +126,8 @@ impl PresenceHub {
     }
 
     /// A device disconnected: it stops watching, and if it was the user's
-    /// last device the user's last-seen time is stored (by the sequencer,
+    /// last device (on any node, in cluster mode) the user's last-seen
+    /// time is stored (by the sequencer,
     /// the metadata's one writer; awaited, so shutdown waits for it).
     pub(crate) async fn disconnect(&self, session: u64, user: &UserId, now_us: u64) {
         self.watch(session, user, None);
@@ -142,6 +155,75 @@ impl PresenceHub {
         }
         if list.is_empty() {
             watchers.remove(user);
+        }
+    }
+
+    /// Cluster mode: tracks this node's devices for the other nodes from
+    /// now on, and accepts at most `max_per_peer` users from each of them.
+    pub(crate) fn relay(&self, max_per_peer: usize) {
+        self.state().relay(max_per_peer);
+    }
+
+    /// Cluster mode: what to tell the other nodes about this node's
+    /// devices: every user with a device here (`all`, a snapshot), or the
+    /// changes since the last call.
+    pub(crate) fn take_relayed(&self, all: bool) -> Vec<Relayed> {
+        self.state().take_relayed(all)
+    }
+
+    /// Cluster mode: what `peer` says about some of its users. Returns the
+    /// departures to store ([`PresenceHub::store_departures`]) and how
+    /// many users were ignored (beyond the peer's share).
+    pub(crate) fn apply_peer(
+        &self,
+        peer: &Peer,
+        updates: Vec<Relayed>,
+        now_us: u64,
+    ) -> (Vec<Departure>, usize) {
+        let mut st = self.state();
+        let mut departures = Vec::new();
+        let mut ignored = 0;
+        for update in updates {
+            let (gone, kept) = st.apply_peer(peer, update, now_us);
+            departures.extend(gone);
+            ignored += usize::from(!kept);
+        }
+        (departures, ignored)
+    }
+
+    /// Cluster mode: `users` is everything `peer` has now (a snapshot).
+    /// Returns the departures to store and how many users were ignored.
+    pub(crate) fn replace_peer(
+        &self,
+        peer: &Peer,
+        users: Vec<Relayed>,
+        now_us: u64,
+    ) -> (Vec<Departure>, usize) {
+        self.state().replace_peer(peer, users, now_us)
+    }
+
+    /// Cluster mode: `peer` left; everything it said is dropped. Returns
+    /// the departures to store (users it was the last node of).
+    pub(crate) fn drop_peer(&self, peer: &Peer, now_us: u64) -> Vec<Departure> {
+        self.state().drop_peer(peer, now_us)
+    }
+
+    /// Stores the last-seen times of users who left through another node
+    /// (by the sequencer, in batches; awaited), then lets them be
+    /// forgotten.
+    pub(crate) async fn store_departures(&self, departures: Vec<Departure>) {
+        for batch in departures.chunks(DEPARTURES_PER_WRITE) {
+            let writes = batch
+                .iter()
+                .map(|(user, at)| meta::presence::put_last_seen(user, *at))
+                .collect();
+            if let Err(code) = write_meta(&self.writer, writes).await {
+                warn!(users = batch.len(), ?code, "cannot store last-seen times");
+            }
+            let mut st = self.state();
+            for (user, _) in batch {
+                st.saved(user);
+            }
         }
     }
 

@@ -6,12 +6,19 @@
 //! the devices following it. A start that is not refreshed expires by
 //! itself after `rooms.typing_ttl_ms` (default 5 s). A device whose queue
 //! is full misses typing events: they are the first thing dropped.
+//!
+//! In cluster mode every typing change of this node's devices is also
+//! handed to the cluster layer ([`TypingHub::relay_to`]), which sends it to
+//! the other nodes following the room; what they send comes back in
+//! through [`TypingHub::set_remote`] and is kept, expired and published
+//! exactly like a local change. So each node holds the room's whole set.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use confab_codec::{Frame, RoomId, TypingEvent, UserId};
 use rustc_hash::FxHashMap;
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -19,6 +26,22 @@ use super::Room;
 
 /// Most users one `TypingEvent` names.
 const MAX_TYPING_LISTED: usize = 1000;
+
+/// Most users typing in one room that changes from other nodes may add
+/// (their peers' rate limits bound them already; this bounds memory if a
+/// peer misbehaves).
+const MAX_REMOTE_TYPING: usize = 10_000;
+
+/// A typing change of one of this node's devices, for the other nodes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct TypingNote {
+    /// The room.
+    pub(crate) room: RoomId,
+    /// Who started or stopped.
+    pub(crate) user: UserId,
+    /// Started (or still typing): true; stopped: false.
+    pub(crate) active: bool,
+}
 
 #[derive(Debug)]
 struct RoomTyping {
@@ -34,6 +57,8 @@ struct RoomTyping {
 pub(crate) struct TypingHub {
     rooms: Mutex<FxHashMap<RoomId, RoomTyping>>,
     ttl: Duration,
+    /// Cluster mode: where this node's devices' changes go.
+    relay: OnceLock<mpsc::Sender<TypingNote>>,
 }
 
 impl TypingHub {
@@ -41,11 +66,42 @@ impl TypingHub {
         Self {
             rooms: Mutex::new(FxHashMap::default()),
             ttl,
+            relay: OnceLock::new(),
         }
     }
 
-    /// Records that `user` started (or stopped) typing in `room`.
+    /// Cluster mode: every later change of this node's devices is also
+    /// sent to `tx` (if it is full, the change is not relayed: typing is
+    /// ephemeral, and the device's next refresh is).
+    pub(crate) fn relay_to(&self, tx: mpsc::Sender<TypingNote>) {
+        let _ = self.relay.set(tx);
+    }
+
+    /// Records that `user`, on one of this node's devices, started (or
+    /// stopped) typing in `room`.
     pub(crate) fn set(&self, room: Arc<Room>, user: UserId, active: bool, now: Instant) {
+        if let Some(tx) = self.relay.get() {
+            let note = TypingNote {
+                room: room.id.clone(),
+                user: user.clone(),
+                active,
+            };
+            if tx.try_send(note).is_err() {
+                // Counted: typing changes not relayed to other nodes.
+                metrics::counter!("confab_cluster_typing_dropped_total").increment(1);
+            }
+        }
+        self.record(room, user, active, now, usize::MAX);
+    }
+
+    /// Records a change another node relayed: kept and expired like a
+    /// local one, not relayed again. A room already holding
+    /// [`MAX_REMOTE_TYPING`] users takes no new one this way.
+    pub(crate) fn set_remote(&self, room: Arc<Room>, user: UserId, active: bool, now: Instant) {
+        self.record(room, user, active, now, MAX_REMOTE_TYPING);
+    }
+
+    fn record(&self, room: Arc<Room>, user: UserId, active: bool, now: Instant, most: usize) {
         let mut rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
         let entry = rooms.entry(room.id.clone()).or_insert_with(|| RoomTyping {
             room,
@@ -53,6 +109,9 @@ impl TypingHub {
             dirty: false,
         });
         if active {
+            if entry.typing.len() >= most && !entry.typing.contains_key(&user) {
+                return;
+            }
             let was = entry.typing.insert(user, now + self.ttl);
             entry.dirty |= was.is_none();
         } else {
