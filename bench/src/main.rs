@@ -172,6 +172,11 @@ enum Scenario {
         /// Subscribers.
         #[arg(long, default_value_t = 1)]
         subs: usize,
+        /// Confab's maximum 1 -> subs rate (msgs/s) that the fractions are
+        /// of, instead of measuring it first: runs of two builds or two
+        /// settings then offer exactly the same rates.
+        #[arg(long)]
+        max: Option<f64>,
     },
     /// The chat shape: many rooms of a few members, each device in many
     /// rooms, many publishers; open loop at fixed total rates.
@@ -462,8 +467,9 @@ fn plan_fanout(ctx: &Ctx, subs: &[usize]) -> usize {
     subs.len() * (usize::from(ctx.confab()) + ctx.pubsub_peers().len())
 }
 
-fn plan_latency(ctx: &Ctx, fractions: &[f64]) -> usize {
-    (1 + fractions.len()) * (usize::from(ctx.confab()) + ctx.pubsub_peers().len())
+fn plan_latency(ctx: &Ctx, fractions: &[f64], max_given: bool) -> usize {
+    let confab = usize::from(ctx.confab());
+    (1 + fractions.len()) * (confab + ctx.pubsub_peers().len()) - usize::from(max_given) * confab
 }
 
 async fn durable(ctx: &Ctx, out: &mut Out, conns: usize, window: usize, rooms: usize, replay: u64) {
@@ -759,13 +765,13 @@ async fn peer_latency(
     Ok(row)
 }
 
-async fn latency(ctx: &Ctx, out: &mut Out, fractions: &[f64], subs: usize) {
+async fn latency(ctx: &Ctx, out: &mut Out, fractions: &[f64], subs: usize, max: Option<f64>) {
     let size = ctx.size();
     let budget = ctx.budget(Duration::ZERO);
-    // Maximum 1 -> subs rate of each system (closed loop).
-    let mut confab_max = None;
+    // Maximum 1 -> subs rate of each system (closed loop), unless given.
+    let mut confab_max = max.filter(|_| ctx.confab());
     let mut confab_max_row = None;
-    if ctx.confab() {
+    if ctx.confab() && confab_max.is_none() {
         let params = format!("1 -> {subs}, {size} B, wal, max");
         confab_max_row = ctx
             .run_one(out, "pubsub", "confab", params.clone(), budget, async {
@@ -970,7 +976,7 @@ async fn run(cli: Cli) -> anyhow::Result<(Out, Ctx)> {
     let total = match &cli.scenario {
         Scenario::Durable { replay, .. } => plan_durable(&ctx, *replay),
         Scenario::Fanout { subs, .. } => plan_fanout(&ctx, subs),
-        Scenario::Latency { fractions, .. } => plan_latency(&ctx, fractions),
+        Scenario::Latency { fractions, max, .. } => plan_latency(&ctx, fractions, max.is_some()),
         Scenario::Pubsub { sizes, .. } => drivers::plan_pubsub(&ctx, sizes),
         Scenario::Rooms(a) => drivers::plan_rooms(&ctx, a),
         Scenario::Connections(a) => drivers::plan_connections(&ctx, a),
@@ -980,7 +986,7 @@ async fn run(cli: Cli) -> anyhow::Result<(Out, Ctx)> {
             plan_durable(&ctx, suite_replay)
                 + drivers::plan_pubsub(&ctx, suite_sizes)
                 + plan_fanout(&ctx, suite_subs)
-                + plan_latency(&ctx, suite_fractions)
+                + plan_latency(&ctx, suite_fractions, false)
                 + drivers::plan_rooms(&ctx, &suite_rooms)
                 + drivers::plan_connections(&ctx, &suite_conns)
                 + drivers::plan_slow(&ctx, &suite_slow)
@@ -1005,7 +1011,11 @@ async fn run(cli: Cli) -> anyhow::Result<(Out, Ctx)> {
             replay,
         } => durable(&ctx, &mut out, conns, window, rooms, replay).await,
         Scenario::Fanout { subs, window } => fanout(&ctx, &mut out, &subs, window).await,
-        Scenario::Latency { fractions, subs } => latency(&ctx, &mut out, &fractions, subs).await,
+        Scenario::Latency {
+            fractions,
+            subs,
+            max,
+        } => latency(&ctx, &mut out, &fractions, subs, max).await,
         Scenario::Pubsub { sizes, window } => drivers::pubsub(&ctx, &mut out, &sizes, window).await,
         Scenario::Rooms(a) => drivers::rooms(&ctx, &mut out, &a).await,
         Scenario::Connections(a) => drivers::connections(&ctx, &mut out, &a).await,
@@ -1020,7 +1030,7 @@ async fn run(cli: Cli) -> anyhow::Result<(Out, Ctx)> {
             durable(&ctx, &mut out, 4, 1024, 16, suite_replay).await;
             drivers::pubsub(&ctx, &mut out, suite_sizes, 256).await;
             fanout(&ctx, &mut out, suite_subs, 256).await;
-            latency(&ctx, &mut out, suite_fractions, 1).await;
+            latency(&ctx, &mut out, suite_fractions, 1, None).await;
             drivers::rooms(&ctx, &mut out, &suite_rooms).await;
             drivers::connections(&ctx, &mut out, &suite_conns).await;
             drivers::slow(&ctx, &mut out, &suite_slow).await;

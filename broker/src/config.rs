@@ -519,6 +519,12 @@ pub struct DeliveryConfig {
     /// each room is pinned to one of them. Each has its own queue of up to
     /// `queue_capacity` frames.
     pub quic_event_streams: usize,
+    /// Most deliveries (subscribers of the rooms of one group commit,
+    /// summed) that the sequencer thread makes itself when the fan-out
+    /// thread is idle: one thread hand-off less per message at low rates.
+    /// Larger commits, and every commit while the fan-out thread is busy,
+    /// go to the fan-out thread. 0 turns it off.
+    pub inline_fanout: usize,
 }
 
 /// Rooms and membership.
@@ -661,6 +667,7 @@ impl Default for DeliveryConfig {
             write_batch_bytes: 64 << 10,
             catchup_batch: 256,
             quic_event_streams: 8,
+            inline_fanout: 64,
         }
     }
 }

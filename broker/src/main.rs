@@ -213,7 +213,9 @@ fn main() -> anyhow::Result<()> {
         Command::Admin(mut args) => {
             // An admin command never joins a cluster: it needs the
             // cluster's NATS settings, not a node's id and address.
-            args.settings.node_id.get_or_insert_with(|| "confab-admin".into());
+            args.settings
+                .node_id
+                .get_or_insert_with(|| "confab-admin".into());
             args.settings.advertise.get_or_insert_with(|| "none".into());
             let config = args.settings.load()?;
             let out = confab_broker::admin::run(&config, args.command)?;

@@ -251,10 +251,6 @@ impl BrokerBuilder {
         )));
         let stats = Arc::new(Stats::with_metrics());
         let (seq_tx, seq_rx) = crate::sequencer::queue(config.limits.sequencer_queue);
-        // Bounded: when fan-out falls behind the sequencer (more deliveries
-        // per second than it can make), commits wait, acks slow down, and
-        // publishers feel it through their in-flight limit.
-        let (fan_tx, fan_rx) = crossbeam_channel::bounded(FANOUT_QUEUE);
         let tasks = TaskTracker::new();
         let ready = Arc::new(AtomicBool::new(false));
         let supervisor = Arc::new(Supervisor::new(shutdown.clone(), ready.clone()));
@@ -262,6 +258,29 @@ impl BrokerBuilder {
         // Cluster mode: the sequencer's view of the log follows and takes
         // rooms over; everyone else's only reads.
         let seq_log = seq_log.unwrap_or_else(|| log.clone());
+        let reads = Arc::new(ReadPool::new(config.limits.max_concurrent_reads));
+        let ctx = Arc::new(CatchupCtx {
+            log: log.clone(),
+            reads: reads.clone(),
+            batch: config.delivery.catchup_batch,
+            max_bytes: (config.limits.max_frame_len as usize).saturating_sub(1024),
+            max_frame_len: config.limits.max_frame_len as usize,
+            ahead_bytes: config.delivery.write_batch_bytes,
+            stats: stats.clone(),
+        });
+        let runtime = tokio::runtime::Handle::current();
+        // Bounded: when fan-out falls behind the sequencer (more deliveries
+        // per second than it can make), commits wait, acks slow down, and
+        // publishers feel it through their in-flight limit. While the
+        // fan-out thread is idle, the sequencer makes small commits'
+        // deliveries itself.
+        let (fan_tx, fan_rx) = fanout::channel(FANOUT_QUEUE);
+        let fan_tx = fan_tx.inline(
+            ctx.clone(),
+            runtime.clone(),
+            tasks.clone(),
+            config.delivery.inline_fanout,
+        );
         let sequencer = Sequencer::new(
             seq_log.clone(),
             rooms.clone(),
@@ -278,17 +297,6 @@ impl BrokerBuilder {
         let sequencer_thread = supervisor
             .spawn("confab-sequencer", move || sequencer.run(seq_rx, readers))
             .map_err(BrokerError::Thread)?;
-        let reads = Arc::new(ReadPool::new(config.limits.max_concurrent_reads));
-        let ctx = Arc::new(CatchupCtx {
-            log: log.clone(),
-            reads: reads.clone(),
-            batch: config.delivery.catchup_batch,
-            max_bytes: (config.limits.max_frame_len as usize).saturating_sub(1024),
-            max_frame_len: config.limits.max_frame_len as usize,
-            ahead_bytes: config.delivery.write_batch_bytes,
-            stats: stats.clone(),
-        });
-        let runtime = tokio::runtime::Handle::current();
         let fanout_tasks = tasks.clone();
         let fanout_thread = supervisor
             .spawn("confab-fanout", move || {

@@ -17,6 +17,9 @@ pub(crate) struct Stats {
     pub(crate) slow_consumer_disconnects: AtomicU64,
     pub(crate) published: AtomicU64,
     pub(crate) commits: AtomicU64,
+    /// Fan-out messages (a commit's events, a receipt) the sequencer
+    /// carried out itself, the fan-out thread being idle.
+    pub(crate) fanout_inline: AtomicU64,
     /// The time of the sequencer's last completed step (µs since the
     /// epoch): every commit stamped at or before it is visible in storage.
     /// The cursor an inbox sync hands out.
@@ -132,6 +135,10 @@ pub struct BrokerStats {
     pub published: u64,
     /// Group commits.
     pub commits: u64,
+    /// Group commits (or receipt events) whose deliveries the sequencer
+    /// thread made itself, the fan-out thread being idle
+    /// (`delivery.inline_fanout`).
+    pub fanout_inline: u64,
     /// Events handed to device outboxes, live or replayed by catch-up.
     pub delivered: u64,
     /// Catch-up batches read from the log.
@@ -172,6 +179,7 @@ impl Stats {
             slow_consumer_disconnects: self.slow_consumer_disconnects.load(Ordering::Relaxed),
             published: self.published.load(Ordering::Relaxed),
             commits: self.commits.load(Ordering::Relaxed),
+            fanout_inline: self.fanout_inline.load(Ordering::Relaxed),
             delivered: self.delivered.load(Ordering::Relaxed),
             catchup_batches_read: self.catchup_read.load(Ordering::Relaxed),
             catchup_batches_shared: self.catchup_shared.load(Ordering::Relaxed),

@@ -84,7 +84,10 @@ async fn killing_the_owner_under_sdk_load_loses_and_doubles_nothing() {
         eprintln!("cycle {cycle}: CONFAB_CLUSTER_SEED={seed} CONFAB_CLUSTER_CYCLES=1");
         bounded(120, sdk_kill_cycle(&nats, seed)).await;
     }
-    eprintln!("{cycles} cycles in {:.1} s", started.elapsed().as_secs_f64());
+    eprintln!(
+        "{cycles} cycles in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
 }
 
 /// What one SDK publisher was told.
@@ -137,7 +140,11 @@ async fn sdk_kill_cycle(nats: &Nats, seed: u64) {
         .into_iter()
         .enumerate()
     {
-        let other = if node == others[0] { others[1] } else { others[0] };
+        let other = if node == others[0] {
+            others[1]
+        } else {
+            others[0]
+        };
         let list = [addrs[node], addrs[other]];
         let room = rooms[i % 2].clone();
         let user = format!("user{i}");
@@ -244,7 +251,11 @@ async fn sdk_kill_cycle(nats: &Nats, seed: u64) {
         eprintln!(
             "reader{i} (on {}{}) converged on both rooms",
             nodes[i].id,
-            if moved { ", killed: moved to the next node" } else { "" }
+            if moved {
+                ", killed: moved to the next node"
+            } else {
+                ""
+            }
         );
         client.close().await;
     }

@@ -29,8 +29,8 @@ use confab_broker::cluster::{owner, JetStreamLog, LogConfig, NodeId};
 use confab_codec::{Body, ErrorCode, RoomId, Seq, StartAt};
 
 use cluster_support::{bounded, Nats};
-use nodes::{room_owned_by, three_nodes, three_nodes_with, tokens, writers};
 use common::{read_all, Conn};
+use nodes::{room_owned_by, three_nodes, three_nodes_with, tokens, writers};
 
 /// Publishes until acknowledged, retrying with the same client message id
 /// after an error (the owner gone, a takeover under way). Returns the
@@ -151,7 +151,10 @@ async fn devices_on_two_nodes_share_a_room_owned_by_a_third() {
         drop((on_a, on_c, again));
         nodes::signal(&nodes[0].child, "-TERM");
         let mut nodes = nodes;
-        assert!(nodes::wait_exit(&mut nodes[0].child).await, "node a exited 0");
+        assert!(
+            nodes::wait_exit(&mut nodes[0].child).await,
+            "node a exited 0"
+        );
     })
     .await;
 }

@@ -424,3 +424,66 @@ async fn live_runs_of_a_commit_arrive_as_one_batch() {
     assert_eq!(broker.stats().lag_switches, 0);
     broker.shutdown().await;
 }
+
+/// A commit of a room with few subscribers is delivered by the sequencer
+/// thread itself while the fan-out thread is idle (`delivery.inline_fanout`);
+/// one of a room with more subscribers than that goes through the fan-out
+/// thread. Either way, with a subscription registered from 1 between
+/// commits, every device gets every entry once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_commits_are_delivered_by_the_sequencer_in_order() {
+    for inline in [0usize, 8] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = test_config(dir.path());
+        cfg.delivery.inline_fanout = inline;
+        let broker = start(cfg).await;
+        let addr = broker.tcp_addr();
+        let (small, big) = (room("small"), room("big"));
+        let mut crowd = Vec::new();
+        for i in 0..10 {
+            let mut c = Conn::open(addr, &format!("member{i}"), "d").await;
+            c.subscribe(vec![(big.clone(), StartAt::Live)]).await;
+            crowd.push(c);
+        }
+        let mut reader = Conn::open(addr, "reader", "d").await;
+        reader.subscribe(vec![(small.clone(), StartAt::Live)]).await;
+        let mut writer = Conn::open(addr, "writer", "w").await;
+        let mut late: Option<Conn> = None;
+        let mut seqs = Vec::new();
+        for i in 1..=40u64 {
+            assert_eq!(writer.publish(&small, i, b"s").await.seq, Seq(i));
+            let (events, _) = reader.events(1).await;
+            seqs.extend(events.iter().map(|e| e.1));
+            if i == 20 {
+                let mut c = Conn::open(addr, "late", "d").await;
+                c.subscribe(vec![(small.clone(), StartAt::From(Seq(1)))])
+                    .await;
+                late = Some(c);
+            }
+        }
+        assert_contiguous(&seqs, 1, 40);
+        let (events, _) = late.unwrap().events(40).await;
+        let seqs: Vec<u64> = events.iter().map(|e| e.1).collect();
+        assert_contiguous(&seqs, 1, 40);
+
+        let inline_small = broker.stats().fanout_inline;
+        for i in 1..=20u64 {
+            assert_eq!(writer.publish(&big, 100 + i, b"b").await.seq, Seq(i));
+        }
+        for c in &mut crowd {
+            let (events, _) = c.events(20).await;
+            let seqs: Vec<u64> = events.iter().map(|e| e.1).collect();
+            assert_contiguous(&seqs, 1, 20);
+        }
+        let inline_big = broker.stats().fanout_inline - inline_small;
+        if inline == 0 {
+            assert_eq!(inline_small, 0, "off");
+        } else {
+            // At least the first commit after the subscription found the
+            // fan-out thread idle (the device was acknowledged first).
+            assert!(inline_small >= 1, "no commit was delivered inline");
+        }
+        assert_eq!(inline_big, 0, "10 subscribers is over the limit of 8");
+        broker.shutdown().await;
+    }
+}

@@ -439,12 +439,19 @@ mod tests {
 
     #[test]
     fn a_list_of_urls_keeps_its_order() {
-        let c = ClientConfig::new("confab://a:1, confabs://b:2 ,confab+quic://c", "t", "d").unwrap();
+        let c =
+            ClientConfig::new("confab://a:1, confabs://b:2 ,confab+quic://c", "t", "d").unwrap();
         let urls: Vec<String> = c.endpoints.iter().map(ToString::to_string).collect();
-        assert_eq!(urls, ["confab://a:1", "confabs://b:2", "confab+quic://c:7401"]);
+        assert_eq!(
+            urls,
+            ["confab://a:1", "confabs://b:2", "confab+quic://c:7401"]
+        );
         // A secure endpoint anywhere in the list needs a trust anchor.
         assert!(c.validate().is_err());
-        assert!(c.trust(Trust::CaFile("/etc/ca.pem".into())).validate().is_ok());
+        assert!(c
+            .trust(Trust::CaFile("/etc/ca.pem".into()))
+            .validate()
+            .is_ok());
     }
 
     #[test]

@@ -102,10 +102,16 @@ async fn the_first_connection_goes_to_the_first_endpoint_that_answers() {
     let seen = until_up(&mut events).await;
     assert_eq!(
         tried(&seen),
-        [Endpoint::tcp(dead).to_string(), Endpoint::tcp(live).to_string()],
+        [
+            Endpoint::tcp(dead).to_string(),
+            Endpoint::tcp(live).to_string()
+        ],
         "{seen:?}"
     );
-    assert!(matches!(seen.last(), Some(ConnectionEvent::Connected { .. })));
+    assert!(matches!(
+        seen.last(),
+        Some(ConnectionEvent::Connected { .. })
+    ));
     let ack = within(client.publish("r", "hello")).await.unwrap();
     assert_eq!(ack.seq, Seq(1));
     client.close().await;

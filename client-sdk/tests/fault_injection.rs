@@ -347,7 +347,11 @@ async fn publishes_answered_internal_after_being_stored_are_acked_once(t: Transp
     assert_eq!(payloads, expected, "each stored once, in order");
     assert!(mock.received() >= 6 + 3, "the refused ones were sent again");
     for (i, a) in acks.iter().enumerate() {
-        assert_eq!(a.seq.0, i as u64 + 1, "acknowledged with its stored sequence");
+        assert_eq!(
+            a.seq.0,
+            i as u64 + 1,
+            "acknowledged with its stored sequence"
+        );
         assert_eq!(stored[i].client_msg_id, a.client_msg_id, "the same id");
     }
     assert!(

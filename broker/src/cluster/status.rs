@@ -316,7 +316,10 @@ async fn ask(
 
 /// Time since `created_nanos` (Unix nanoseconds), if not in the future.
 fn heartbeat_age(created_nanos: i128) -> Option<Duration> {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).ok()?.as_nanos();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .ok()?
+        .as_nanos();
     let created = u128::try_from(created_nanos).ok()?;
     now.checked_sub(created)
         .and_then(|d| u64::try_from(d).ok())

@@ -6,9 +6,11 @@
 //! channel, a subscription registered "at head H" sees exactly the events
 //! after H live, and reads the ones before from the log: no gap, no
 //! duplicate. Each event is encoded once; every recipient gets a clone of
-//! the same `Bytes`.
+//! the same `Bytes`. While the thread is idle, the sequencer carries out
+//! small messages itself (see `handoff`): one thread hand-off less.
 
 mod conn;
+mod handoff;
 mod outbox;
 mod replay;
 mod room;
@@ -19,12 +21,12 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use confab_codec::{ErrorCode, GapReason, Seq, StartAt, SubscribeResult};
-use crossbeam_channel::Receiver;
 use tokio::runtime::Handle;
 use tokio_util::task::TaskTracker;
 use tracing::warn;
 
 pub(crate) use conn::{ConnCtx, DirectReply, Held};
+pub(crate) use handoff::{channel, FanoutRx, Handoff};
 pub(crate) use outbox::{Drained, Outbox, Source};
 pub(crate) use room::{Room, RoomRegistry};
 pub(crate) use split::{presence_events, receipt_events, subscribe_acks};
@@ -97,17 +99,12 @@ pub(crate) enum FanoutMsg {
 }
 
 /// Runs the fan-out loop until every sender is gone.
-pub(crate) fn run(
-    rx: Receiver<FanoutMsg>,
-    ctx: Arc<CatchupCtx>,
-    runtime: Handle,
-    tasks: TaskTracker,
-) {
+pub(crate) fn run(rx: FanoutRx, ctx: Arc<CatchupCtx>, runtime: Handle, tasks: TaskTracker) {
     let mut to_wake: Vec<Arc<Outbox>> = Vec::new();
     let mut catch_up = |sub: Arc<Subscription>, lagged: bool| {
         tasks.spawn_on(sub.catch_up(ctx.clone(), lagged), &runtime);
     };
-    while let Ok(msg) = rx.recv() {
+    while let Some(msg) = rx.recv() {
         if matches!(msg, FanoutMsg::Stop) {
             break;
         }
@@ -118,6 +115,8 @@ pub(crate) fn run(
         for outbox in to_wake.drain(..) {
             outbox.wake();
         }
+        // Only now may the sequencer carry out the next message itself.
+        rx.done();
     }
 }
 

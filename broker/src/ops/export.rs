@@ -30,6 +30,7 @@ pub(crate) fn export(shared: &Shared) {
     counter!("confab_catchup_batches_total", "source" => "shared")
         .absolute(s.catchup_shared.load(Ordering::Relaxed));
     counter!("confab_commits_total").absolute(s.commits.load(Ordering::Relaxed));
+    counter!("confab_fanout_inline_total").absolute(s.fanout_inline.load(Ordering::Relaxed));
     counter!("confab_lag_switches_total").absolute(s.lag_switches.load(Ordering::Relaxed));
     counter!("confab_slow_consumer_disconnects_total")
         .absolute(s.slow_consumer_disconnects.load(Ordering::Relaxed));

@@ -109,6 +109,10 @@ fn describe() {
         "Events handed to device outboxes, live or replayed from the log."
     );
     describe_counter!("confab_commits_total", "Group commits.");
+    describe_counter!(
+        "confab_fanout_inline_total",
+        "Group commits (and receipt events) delivered by the sequencer thread itself while the fan-out thread was idle (delivery.inline_fanout)."
+    );
     describe_gauge!(
         "confab_storage_full",
         "1 while the storage refuses writes because its disk is full (clients get StorageFull), else 0."

@@ -19,7 +19,7 @@ use super::{PublishReq, SeqMsg, SeqRx};
 use crate::base::now_us;
 use crate::config::{RoomsConfig, StorageConfig};
 use crate::fanout::ConnCtx;
-use crate::fanout::{receipt_events, Committed, FanoutMsg};
+use crate::fanout::{receipt_events, Committed, FanoutMsg, Handoff};
 use crate::push::PushHub;
 use crate::rooms::{Room, RoomRegistry};
 use crate::stats::Stats;
@@ -78,7 +78,7 @@ impl Readers {
 /// The sequencer thread's state: the core and where its outcomes go.
 pub(crate) struct Sequencer {
     core: Core,
-    fanout: Sender<FanoutMsg>,
+    fanout: Handoff,
     stats: Arc<Stats>,
     /// Offline push, when on.
     push: Option<Arc<PushHub>>,
@@ -92,7 +92,7 @@ impl Sequencer {
         registry: Arc<RoomRegistry>,
         cfg: StorageConfig,
         rooms_cfg: RoomsConfig,
-        fanout: Sender<FanoutMsg>,
+        fanout: Handoff,
         stats: Arc<Stats>,
     ) -> Self {
         Self {
@@ -234,7 +234,7 @@ impl Sequencer {
         self.core.parked()
     }
 
-    fn fan_out(&self, msg: FanoutMsg) -> Result<(), Fatal> {
+    fn fan_out(&mut self, msg: FanoutMsg) -> Result<(), Fatal> {
         self.fanout.send(msg).map_err(|_| Fatal::FanoutGone)
     }
 

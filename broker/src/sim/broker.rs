@@ -111,7 +111,7 @@ impl SimBroker {
             registry.clone(),
             cfg.storage.clone(),
             cfg.rooms.clone(),
-            fan_tx,
+            crate::fanout::Handoff::new(fan_tx),
             stats.clone(),
         );
         let max_frame_len = confab_codec::DEFAULT_MAX_FRAME_LEN as usize;

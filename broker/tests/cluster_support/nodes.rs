@@ -202,7 +202,10 @@ pub async fn wait_exit(child: &mut Child) -> bool {
         if let Some(exit) = child.try_wait().unwrap() {
             return exit.success();
         }
-        assert!(std::time::Instant::now() < deadline, "the node did not stop");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the node did not stop"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
