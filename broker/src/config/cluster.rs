@@ -23,9 +23,17 @@ pub struct ClusterConfig {
     /// Required in cluster mode.
     pub advertised_address: String,
     /// A file holding the NATS token (trailing newline removed), or empty
-    /// for none. (NATS `.creds` files need async-nats's `nkeys` feature,
-    /// which this build does not have.)
+    /// for none. At most one of `token_file`, `creds_file` and `nkey_file`.
     pub token_file: PathBuf,
+    /// A NATS `.creds` file (a user JWT and its nkey seed, as `nsc`
+    /// writes them) for servers in operator mode (decentralized JWT auth),
+    /// or empty for none.
+    pub creds_file: PathBuf,
+    /// A file holding a user nkey seed (`SU...`, surrounding whitespace
+    /// removed) for servers that list the user's public nkey
+    /// (`authorization { users = [ { nkey: "U..." } ] }`), or empty for
+    /// none.
+    pub nkey_file: PathBuf,
     /// CA certificates (PEM) to verify the NATS servers with; setting it
     /// (or a client certificate) requires TLS.
     pub tls_ca_file: PathBuf,
@@ -66,6 +74,8 @@ impl Default for ClusterConfig {
             node_id: String::new(),
             advertised_address: String::new(),
             token_file: PathBuf::new(),
+            creds_file: PathBuf::new(),
+            nkey_file: PathBuf::new(),
             tls_ca_file: PathBuf::new(),
             tls_cert_file: PathBuf::new(),
             tls_key_file: PathBuf::new(),
@@ -128,6 +138,21 @@ impl ClusterConfig {
         }
         if self.advertised_address.is_empty() {
             return bad("cluster.advertised_address is required in cluster mode".into());
+        }
+        let auth: Vec<&str> = [
+            ("cluster.token_file", &self.token_file),
+            ("cluster.creds_file", &self.creds_file),
+            ("cluster.nkey_file", &self.nkey_file),
+        ]
+        .into_iter()
+        .filter(|(_, p)| !p.as_os_str().is_empty())
+        .map(|(key, _)| key)
+        .collect();
+        if auth.len() > 1 {
+            return bad(format!(
+                "{}: set at most one NATS authentication (a token, a .creds file or an nkey seed)",
+                auth.join(" and ")
+            ));
         }
         if self.tls_cert_file.as_os_str().is_empty() != self.tls_key_file.as_os_str().is_empty() {
             return bad(
@@ -212,6 +237,29 @@ mod tests {
 
     #[cfg(feature = "cluster")]
     #[test]
+    fn any_one_nats_authentication_is_valid() {
+        let mut c = on();
+        c.token_file = "token".into();
+        c.validate().expect("a token");
+        let mut c = on();
+        c.creds_file = "user.creds".into();
+        c.tls_ca_file = "ca.pem".into();
+        c.validate().expect("a .creds file, with TLS");
+        let mut c = on();
+        c.nkey_file = "user.nk".into();
+        c.validate().expect("an nkey seed");
+        let mut c = on();
+        c.token_file = "token".into();
+        c.nkey_file = "user.nk".into();
+        let e = c.validate().expect_err("two").to_string();
+        assert!(
+            e.contains("cluster.token_file and cluster.nkey_file"),
+            "{e}"
+        );
+    }
+
+    #[cfg(feature = "cluster")]
+    #[test]
     fn each_bad_value_is_named() {
         type Break = Box<dyn Fn(&mut ClusterConfig)>;
         let cases: Vec<(&str, Break)> = vec![
@@ -233,6 +281,20 @@ mod tests {
             (
                 "tls_cert_file",
                 Box::new(|c| c.tls_cert_file = "c.pem".into()),
+            ),
+            (
+                "creds_file",
+                Box::new(|c| {
+                    c.token_file = "token".into();
+                    c.creds_file = "user.creds".into();
+                }),
+            ),
+            (
+                "nkey_file",
+                Box::new(|c| {
+                    c.creds_file = "user.creds".into();
+                    c.nkey_file = "user.nk".into();
+                }),
             ),
             ("stream", Box::new(|c| c.stream = "a.b".into())),
             (
