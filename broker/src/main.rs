@@ -86,7 +86,7 @@ struct Settings {
     metrics_listen: Option<String>,
     /// Cluster mode: the NATS servers, comma-separated
     /// (nats://HOST:PORT[,...]); sets cluster.nats_urls. Needs a node id and
-    /// an advertised address (--node-id, --advertise, or [cluster]).
+    /// an advertised address (--node-id, --advertise, or `[cluster]`).
     #[arg(long, value_name = "URLS")]
     cluster: Option<String>,
     /// This node's id in the cluster (cluster.node_id).

@@ -19,11 +19,11 @@
 //! - [`Follower`]: a room followed from another node, from the chunks
 //!   JetStream republishes once stored, gaps read from the stream.
 //!
-//! `confab serve` with `[cluster]` runs a [`node::ClusterNode`]: the
-//! sequencer commits through [`room_log::ClusterLog`] (each room's part
+//! `confab serve` with `[cluster]` runs a `node::ClusterNode`: the
+//! sequencer commits through `room_log::ClusterLog` (each room's part
 //! of a group as one fenced chunk), publishes for rooms another node owns
-//! are forwarded to it ([`forward`]), rooms are followed into the local
-//! fan-out, and typing ([`typing`]) and presence ([`presence`]) reach the
+//! are forwarded to it (`forward`), rooms are followed into the local
+//! fan-out, and typing (`typing`) and presence (`presence`) reach the
 //! devices of every node. Single-node mode does not use this module at
 //! all.
 

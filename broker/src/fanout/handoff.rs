@@ -69,6 +69,7 @@ struct Inline {
 impl Handoff {
     /// A hand-off over `tx` that never carries out a message itself (the
     /// deterministic simulation steps the fan-out on its own).
+    #[cfg(test)]
     pub(crate) fn new(tx: Sender<FanoutMsg>) -> Self {
         Self {
             tx,
@@ -185,8 +186,8 @@ mod tests {
     fn only_an_idle_fan_out_lets_the_sender_carry_out_messages() {
         // The count alone: two sent, one done, one left.
         let (mut tx, rx) = channel(4);
-        tx.send(FanoutMsg::Stop).unwrap();
-        tx.send(FanoutMsg::Stop).unwrap();
+        tx.send(FanoutMsg::Stop).expect("room in the channel");
+        tx.send(FanoutMsg::Stop).expect("room in the channel");
         assert_eq!(tx.queued.load(Ordering::Acquire), 2);
         assert!(rx.recv().is_some());
         rx.done();

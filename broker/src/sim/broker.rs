@@ -22,8 +22,8 @@ use super::Failure;
 use crate::base::sender_key;
 use crate::config::{RoomsConfig, StorageConfig};
 use crate::fanout::{
-    self, read_batch, CatchupCtx, CatchupStep, ConnCtx, Drained, FanoutMsg, Outbox, SubscribeCmd,
-    SubscribeItem, Subscription,
+    self, read_batch, CatchupCtx, CatchupStep, ConnCtx, Drained, FanoutMsg, Handoff, Outbox,
+    SubscribeCmd, SubscribeItem, Subscription,
 };
 use crate::rooms::RoomRegistry;
 use crate::sequencer::{read, Loaded, Need, PublishReq, SeqMsg, Sequencer};
@@ -111,7 +111,7 @@ impl SimBroker {
             registry.clone(),
             cfg.storage.clone(),
             cfg.rooms.clone(),
-            crate::fanout::Handoff::new(fan_tx),
+            Handoff::new(fan_tx),
             stats.clone(),
         );
         let max_frame_len = confab_codec::DEFAULT_MAX_FRAME_LEN as usize;
