@@ -68,14 +68,20 @@ fn seed_from_env() -> u64 {
 
 /// The issue's `kill -9` test with SDK clients: cycles of
 /// [`sdk_kill_cycle`], each with its own nats-server and nodes.
-/// `CONFAB_CLUSTER_CYCLES` (default 3) and `CONFAB_CLUSTER_SEED` (default:
-/// from the clock; each cycle prints its own) to repeat or replay.
+/// `CONFAB_CLUSTER_CYCLES` (default 3, and 20 under CI, where `CI` is set:
+/// about 4 s each) and `CONFAB_CLUSTER_SEED` (default: from the clock; each
+/// cycle prints its own) to repeat or replay.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn killing_the_owner_under_sdk_load_loses_and_doubles_nothing() {
+    let default_cycles = if std::env::var_os("CI").is_some() {
+        20
+    } else {
+        3
+    };
     let cycles: u64 = std::env::var("CONFAB_CLUSTER_CYCLES")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(3);
+        .unwrap_or(default_cycles);
     let seed = seed_from_env();
     let started = Instant::now();
     for cycle in 0..cycles {
