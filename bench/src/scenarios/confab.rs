@@ -357,6 +357,9 @@ fn paced_publisher(
     // Acks (and the Welcome) are read and dropped by a helper thread so
     // they never delay a send.
     let mut reader = stream.try_clone()?;
+    // Bounded: the broker closes after the half-close below, but a wedged
+    // run must still end.
+    reader.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
     let drain = std::thread::spawn(move || {
         let mut buf = vec![0u8; 64 << 10];
         while matches!(reader.read(&mut buf), Ok(n) if n > 0) {}
@@ -365,7 +368,12 @@ fn paced_publisher(
         stream.write_all(frames)?;
         Ok(())
     })?;
-    let _ = stream.shutdown(std::net::Shutdown::Both);
+    // Half-close, then read the acks to the end: the broker reads every
+    // publish sent before the FIN. Closing both ways with acks unread
+    // would reset the connection, and the reset drops whatever publishes
+    // the broker had not read yet: a shortfall of the load generator's
+    // making, not the broker's.
+    let _ = stream.shutdown(std::net::Shutdown::Write);
     let _ = drain.join();
     Ok(sent)
 }
