@@ -359,7 +359,7 @@ fn paced_publisher(
     let mut reader = stream.try_clone()?;
     // Bounded: the broker closes after the half-close below, but a wedged
     // run must still end.
-    reader.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+    reader.set_read_timeout(Some(Duration::from_secs(5)))?;
     let drain = std::thread::spawn(move || {
         let mut buf = vec![0u8; 64 << 10];
         while matches!(reader.read(&mut buf), Ok(n) if n > 0) {}
