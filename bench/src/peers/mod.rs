@@ -418,8 +418,10 @@ pub struct Schedule {
 impl Schedule {
     /// Messages sent after the warm-up.
     pub fn measured(&self) -> u64 {
-        self.sent
-            .saturating_sub(((self.warm_end - self.start) as f64 / self.interval_ns) as u64)
+        self.sent.saturating_sub(crate::scenarios::warmup_messages(
+            self.warm_end - self.start,
+            self.interval_ns,
+        ))
     }
 }
 

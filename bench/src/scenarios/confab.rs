@@ -265,7 +265,7 @@ pub(crate) async fn finish_latency(
     for r in readers {
         let _ = r.await;
     }
-    let measured = sent.saturating_sub((warmup_ns as f64 / interval_ns) as u64);
+    let measured = sent.saturating_sub(super::warmup_messages(warmup_ns, interval_ns));
     let h = hist
         .lock()
         .map_err(|_| anyhow::anyhow!("histogram lock poisoned"))?;

@@ -69,6 +69,23 @@ pub fn payload(size: usize, stamp: u64) -> bytes::Bytes {
     bytes::Bytes::from(p)
 }
 
+/// How many messages of a paced schedule fall in its first `warmup_ns`
+/// (message k is stamped `start + (k * interval_ns) as u64`, as
+/// [`paced_publishes`] and the peers' pacer stamp it): the ones the
+/// subscribers do not record. Rounded as the stamps are, so that a run
+/// that delivers everything is never counted one short.
+pub fn warmup_messages(warmup_ns: u64, interval_ns: f64) -> u64 {
+    let stamp = |k: u64| (k as f64 * interval_ns) as u64;
+    let mut k = (warmup_ns as f64 / interval_ns).ceil() as u64;
+    while k > 0 && stamp(k - 1) >= warmup_ns {
+        k -= 1;
+    }
+    while stamp(k) < warmup_ns {
+        k += 1;
+    }
+    k
+}
+
 /// The open-loop schedule of a latency publisher, on the calling (OS)
 /// thread: message k (from 0) is due at `start + k * interval_ns`. The
 /// thread sleeps until messages are due (instead of spinning, which would
@@ -140,4 +157,22 @@ pub struct Knobs {
     pub duration: Duration,
     /// Warm-up before measuring.
     pub warmup: Duration,
+}
+
+#[cfg(test)]
+mod warmup_tests {
+    use super::warmup_messages;
+
+    #[test]
+    fn the_warm_up_count_matches_the_stamps() {
+        // 20k/s for 1 s: messages 0..20,000 are stamped before the end.
+        assert_eq!(warmup_messages(1_000_000_000, 50_000.0), 20_000);
+        for rate in [36_555.3_f64, 188_007.9, 100.0, 357_214.6] {
+            let interval = 1e9 / rate;
+            let n = warmup_messages(1_000_000_000, interval);
+            let stamp = |k: u64| (k as f64 * interval) as u64;
+            assert!(stamp(n - 1) < 1_000_000_000, "{rate}");
+            assert!(stamp(n) >= 1_000_000_000, "{rate}");
+        }
+    }
 }
