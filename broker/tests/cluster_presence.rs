@@ -33,7 +33,7 @@ use confab_codec::{
 };
 
 use cluster_support::{bounded, Nats};
-use common::{request, room, user, Conn};
+use common::{request, room, typing_sets, user, Conn};
 use nodes::{three_nodes_with, Node};
 
 /// The membership TTL the nodes run with (`cluster.node_ttl_ms`, set by
@@ -49,23 +49,6 @@ const OFFLINE_BOUND: Duration = Duration::from_millis(1000 + 1000 + 2000);
 
 /// The settings of every node here: pushes coalesced over 100 ms.
 const SETTINGS: &[&str] = &["--set", "presence.window_ms=100"];
-
-/// The typing sets of `room` that `c` receives within `d`.
-async fn typing_sets(c: &mut Conn, d: Duration) -> Vec<Vec<String>> {
-    let end = Instant::now() + d;
-    let mut sets = Vec::new();
-    while let Some(left) = end.checked_duration_since(Instant::now()) {
-        match c.recv_timeout(left).await {
-            Ok(Some(f)) => {
-                if let Body::TypingEvent(t) = f.body {
-                    sets.push(t.users.iter().map(|u| u.to_string()).collect());
-                }
-            }
-            _ => break,
-        }
-    }
-    sets
-}
 
 /// Waits (at most `d`) until `c` receives the typing set `want`.
 async fn typing_until(c: &mut Conn, want: &[&str], d: Duration) -> bool {

@@ -3,27 +3,10 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use confab_codec::*;
-
-/// The typing sets seen for a room within `d`.
-async fn typing_sets(c: &mut Conn, d: Duration) -> Vec<Vec<String>> {
-    let end = Instant::now() + d;
-    let mut sets = Vec::new();
-    while let Some(left) = end.checked_duration_since(Instant::now()) {
-        match c.recv_timeout(left).await {
-            Ok(Some(f)) => {
-                if let Body::TypingEvent(t) = f.body {
-                    sets.push(t.users.iter().map(|u| u.to_string()).collect());
-                }
-            }
-            _ => break,
-        }
-    }
-    sets
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn typing_is_coalesced_and_expires() {

@@ -401,18 +401,7 @@ pub(crate) async fn serve_requests(
                 direct: Some(direct),
                 version: PROTOCOL_VERSION,
             });
-            let req = PublishReq {
-                conn,
-                request_id: 0,
-                no_reply: false,
-                room: p.room,
-                client_msg_id: p.client_msg_id,
-                kind: p.kind,
-                refers_to: p.refers_to,
-                thread: p.thread,
-                payload: p.payload,
-                received: Instant::now(),
-            };
+            let req = PublishReq::new(conn, 0, false, p, Instant::now());
             // In arrival order, as a session hands its publishes over.
             if sequencer.send(SeqMsg::Publish(req)).await.is_err() {
                 respond(

@@ -44,7 +44,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use confab_codec::{ErrorCode, MessageKind, RoomId, Seq};
+use confab_codec::{ErrorCode, MessageKind, Publish, RoomId, Seq};
 use tokio::sync::oneshot;
 
 use crate::fanout::ConnCtx;
@@ -65,6 +65,30 @@ pub(crate) struct PublishReq {
     pub(crate) payload: Bytes,
     /// When the session received it (for the latency histograms).
     pub(crate) received: Instant,
+}
+
+impl PublishReq {
+    /// The request for a decoded `Publish` frame of `conn`.
+    pub(crate) fn new(
+        conn: Arc<ConnCtx>,
+        request_id: u32,
+        no_reply: bool,
+        p: Publish,
+        received: Instant,
+    ) -> Self {
+        Self {
+            conn,
+            request_id,
+            no_reply,
+            room: p.room,
+            client_msg_id: p.client_msg_id,
+            kind: p.kind,
+            refers_to: p.refers_to,
+            thread: p.thread,
+            payload: p.payload,
+            received,
+        }
+    }
 }
 
 /// Requests to the sequencer.

@@ -69,18 +69,8 @@ impl Session {
             Ok(p) => p.forget(),
             Err(_) => return Some((ErrorCode::Internal, "publish permits closed".into())),
         }
-        let req = PublishReq {
-            conn: self.conn.clone(),
-            request_id: rid,
-            no_reply: frame_flags & flags::NO_REPLY != 0,
-            room: p.room,
-            client_msg_id: p.client_msg_id,
-            kind: p.kind,
-            refers_to: p.refers_to,
-            thread: p.thread,
-            payload: p.payload,
-            received: received_at,
-        };
+        let no_reply = frame_flags & flags::NO_REPLY != 0;
+        let req = PublishReq::new(self.conn.clone(), rid, no_reply, p, received_at);
         // Cluster mode: a room another node owns is its business. The
         // forwarder keeps the order of the calls, as the sequencer does.
         let req = match &self.shared.forward {

@@ -444,18 +444,13 @@ fn request(
 ) -> Option<SeqMsg> {
     let rid = frame.request_id;
     match frame.body {
-        Body::Publish(p) => Some(SeqMsg::Publish(PublishReq {
-            conn: s.ctx.clone(),
-            request_id: rid,
-            no_reply: false,
-            room: p.room,
-            client_msg_id: p.client_msg_id,
-            kind: p.kind,
-            refers_to: p.refers_to,
-            thread: p.thread,
-            payload: p.payload,
-            received: Instant::now(),
-        })),
+        Body::Publish(p) => Some(SeqMsg::Publish(PublishReq::new(
+            s.ctx.clone(),
+            rid,
+            false,
+            p,
+            Instant::now(),
+        ))),
         Body::Subscribe(sub) => {
             s.subs.retain(|_, x| !x.is_closed());
             let mut results = Vec::with_capacity(sub.items.len());

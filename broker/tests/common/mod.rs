@@ -867,3 +867,20 @@ impl Rng {
         self.next() % n.max(1)
     }
 }
+
+/// The typing sets (user ids) that `c` receives within `d`, in order.
+pub async fn typing_sets(c: &mut Conn, d: Duration) -> Vec<Vec<String>> {
+    let end = std::time::Instant::now() + d;
+    let mut sets = Vec::new();
+    while let Some(left) = end.checked_duration_since(std::time::Instant::now()) {
+        match c.recv_timeout(left).await {
+            Ok(Some(f)) => {
+                if let Body::TypingEvent(t) = f.body {
+                    sets.push(t.users.iter().map(|u| u.to_string()).collect());
+                }
+            }
+            _ => break,
+        }
+    }
+    sets
+}
